@@ -1,0 +1,182 @@
+"""Reading one window of a file and hashing it with BLAKE3: the work of every hashing stage.
+
+A stage is a `Window`: head, tail or full.  `hash_batch` runs in the worker processes (or in process
+with `--workers 0`) and returns digests for the files it could read; a file it could not read, or
+whose size differs from what the scan saw, gets no digest and an issue instead, so it never matches.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from array import array
+from dataclasses import dataclass
+
+from blake3 import blake3
+
+from dedup_engine.records import Stage
+
+DIGEST_SIZE = 32
+_NO_DIGEST = bytes(DIGEST_SIZE)
+
+# O_NONBLOCK: a path swapped for a FIFO after the scan must not hang the open; it has no effect on
+# regular files.  O_NOFOLLOW (unless links are followed): a path swapped for a symlink is refused.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0)
+_OPEN_FLAGS |= getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Which bytes a stage reads.
+
+    `length` is the window for head and tail (0 for full).  A file no bigger than
+    `max(length, whole)` is read whole in one go: its digest is then the digest of the file, and the
+    file is complete, so it skips the later stages.
+    """
+
+    stage: Stage
+    length: int = 0
+    whole: int = 0
+
+    def reads_whole(self, size: int) -> bool:
+        return self.stage is Stage.FULL or size <= max(self.length, self.whole)
+
+
+@dataclass(frozen=True, slots=True)
+class HashTask:
+    """A batch of files for one window; `ids` are the caller's row numbers, echoed back."""
+
+    window: Window
+    ids: array[int]
+    paths: tuple[str, ...]
+    sizes: array[int]
+    follow_links: bool
+    chunk_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class HashResult:
+    """Digests in task order (`DIGEST_SIZE` bytes each); rows in `failed` have no digest."""
+
+    window: Window
+    ids: array[int]
+    digests: bytes
+    failed: tuple[tuple[int, str], ...]
+    files_opened: int
+    bytes_read: int
+
+    def digest(self, position: int) -> bytes:
+        return self.digests[position * DIGEST_SIZE : (position + 1) * DIGEST_SIZE]
+
+
+class ChangedError(OSError):
+    """The file is not the size the scan saw, or is no longer a regular file."""
+
+
+def hash_batch(task: HashTask) -> HashResult:
+    """Hash the window of every file in the task; never raises for a single file's failure."""
+    window = task.window
+    flags = _OPEN_FLAGS if task.follow_links else _OPEN_FLAGS | _NOFOLLOW
+    buf = bytearray(task.chunk_size) if window.stage is Stage.FULL else bytearray(0)
+    out = bytearray()
+    failed: list[tuple[int, str]] = []
+    opened = 0
+    total = 0
+    for position, (path, size) in enumerate(zip(task.paths, task.sizes)):
+        try:
+            fd = os.open(path, flags)
+        except OSError as exc:
+            failed.append((position, _describe(exc)))
+            out += _NO_DIGEST
+            continue
+        opened += 1
+        try:
+            digest, nread = _hash_fd(fd, size, window, buf)
+        except OSError as exc:
+            failed.append((position, _describe(exc)))
+            out += _NO_DIGEST
+            continue
+        finally:
+            os.close(fd)
+        total += nread
+        out += digest
+    return HashResult(window, task.ids, bytes(out), tuple(failed), opened, total)
+
+
+def _hash_fd(fd: int, size: int, window: Window, buf: bytearray) -> tuple[bytes, int]:
+    if window.reads_whole(size):
+        if window.stage is Stage.FULL:
+            return _hash_chunked(fd, size, buf)
+        return _hash_whole_small(fd, size)
+    if window.stage is Stage.HEAD:
+        offset = 0
+    else:
+        offset = size - window.length
+    data = os.pread(fd, window.length, offset)
+    if len(data) != window.length:
+        data = _read_rest(fd, data, window.length, offset)
+    return blake3(data).digest(), len(data)
+
+
+def _hash_whole_small(fd: int, size: int) -> tuple[bytes, int]:
+    # One extra byte is asked for so that a file that grew since the scan shows itself here; on a
+    # regular file a read returns less than asked only at end of file, so one read suffices.
+    _check_regular(fd, size)
+    data = os.read(fd, size + 1)
+    if len(data) < size:
+        data = _read_rest(fd, data, size, 0)
+    if len(data) != size:
+        raise ChangedError(errno.EIO, f"size changed while reading: expected {size} bytes")
+    return blake3(data).digest(), len(data)
+
+
+def _hash_chunked(fd: int, size: int, buf: bytearray) -> tuple[bytes, int]:
+    _check_regular(fd, size)
+    hasher = blake3()
+    view = memoryview(buf)
+    total = 0
+    readinto = os.readv
+    while total <= size:
+        n = readinto(fd, [buf])
+        if n == 0:
+            break
+        hasher.update(view[:n])
+        total += n
+    if total != size:
+        raise ChangedError(errno.EIO, f"size changed while reading: expected {size} bytes")
+    return hasher.digest(), total
+
+
+def _check_regular(fd: int, size: int) -> None:
+    # The stage that produces a file's final digest confirms the open file is still a regular file
+    # of the scanned size: a file replaced or resized after the scan must never match.
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise ChangedError(errno.EINVAL, "no longer a regular file")
+    if st.st_size != size:
+        raise ChangedError(errno.EIO, f"size changed since scan: {size} -> {st.st_size} bytes")
+
+
+def _read_rest(fd: int, data: bytes, want: int, offset: int) -> bytes:
+    # Only for short reads, which regular local files do not produce but network and FUSE mounts can.
+    parts = [data]
+    have = len(data)
+    while have < want:
+        more = os.pread(fd, want - have, offset + have)
+        if not more:
+            raise ChangedError(errno.EIO, f"short read: file ended at {offset + have} bytes")
+        parts.append(more)
+        have += len(more)
+    return b"".join(parts)
+
+
+def _describe(exc: OSError) -> str:
+    if isinstance(exc, ChangedError):
+        return str(exc.strerror)
+    if exc.errno == errno.ELOOP:
+        return "is now a symbolic link (not followed)"
+    name = errno.errorcode.get(exc.errno or 0, "")
+    text = exc.strerror or str(exc)
+    return f"{name}: {text}" if name else text

@@ -1,0 +1,238 @@
+"""The whole duplicate search, start to end: `find_duplicates`.
+
+scan → size → hard-link collapse → head → tail → full → groups.  The walk and the head stage overlap:
+a file is sent for its head hash as soon as a second inode of its size turns up.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dedup_engine.grouping import Group, SizeGroups, build_groups
+from dedup_engine.hashing import Window
+from dedup_engine.options import OptionsError, ScanOptions
+from dedup_engine.pool import Pool, open_pool
+from dedup_engine.records import FindResult, Issue, RunStats, Stage
+from dedup_engine.scanner import DirJob, FileColumns, ScanResult, ScanTask
+from dedup_engine.stages import HashStep
+
+#: Tasks in flight per worker: enough to hide the queue round trip, few enough to keep memory flat.
+IN_FLIGHT_PER_WORKER = 3
+#: Directories per scan task, at most; fewer while there are few to share out.
+SCAN_BATCH_DIRS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot for progress displays: the stage running and what it has done so far."""
+
+    stage: Stage
+    files: int
+    bytes: int
+    total: int | None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def canonical_roots(roots: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
+    """Absolute, symlink-free roots, each once, in the order given; missing roots are fatal."""
+    out: list[str] = []
+    for root in roots:
+        text = os.fspath(root)
+        if not text:
+            raise OptionsError("an empty root was given")
+        real = os.path.realpath(text)
+        try:
+            st = os.stat(real)
+        except OSError as exc:
+            raise OptionsError(f"root {text!r}: {exc.strerror}") from None
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            raise OptionsError(f"root {text!r} is neither a directory nor a regular file")
+        if real not in out:
+            out.append(real)
+    if not out:
+        raise OptionsError("no root given")
+    return tuple(out)
+
+
+def find_duplicates(
+    roots: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+    options: ScanOptions | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+) -> FindResult:
+    """Find every group of files with identical content under the roots.
+
+    Reads files but never changes them.  Per-file failures are returned as issues; bad options and
+    missing roots raise `OptionsError` before any work starts.
+    """
+    opts = options or ScanOptions()
+    if isinstance(roots, str | Path) or not isinstance(roots, Sequence):
+        roots = [roots]  # type: ignore[list-item]
+    canon = canonical_roots(roots)
+    started = time.perf_counter()
+    stats = RunStats()
+    issues: list[Issue] = []
+    pool = open_pool(opts, canon)
+    try:
+        run = _Run(pool, canon, opts, stats, issues, progress)
+        finals = run.search()
+        groups = build_groups(run.table, finals, run.sizes.links)
+    finally:
+        pool.close()
+    stats.workers = pool.workers
+    stats.groups = len(groups)
+    stats.files_in_groups = sum(len(g.files) for g in groups)
+    stats.bytes_reclaimable = sum(g.reclaimable for g in groups)
+    stats.seconds = time.perf_counter() - started
+    issues.sort(key=lambda i: (i.path, i.stage.value))
+    return FindResult(canon, tuple(groups), tuple(issues), stats)
+
+
+class _Run:
+    """The state of one search; `search` is the pipeline."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        roots: tuple[str, ...],
+        opts: ScanOptions,
+        stats: RunStats,
+        issues: list[Issue],
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.pool = pool
+        self.roots = roots
+        self.opts = opts
+        self.stats = stats
+        self.issues = issues
+        self.progress = progress
+        self.limit = max(1, pool.workers) * IN_FLIGHT_PER_WORKER
+        for stage in (Stage.SCAN, Stage.SIZE, Stage.HARDLINK, Stage.HEAD, Stage.TAIL, Stage.FULL):
+            stats.stage(stage)  # rows in pipeline order
+        self.current = Stage.SCAN
+        self.table = FileColumns()
+        self.head = self._step(Window(Stage.HEAD, opts.head_window, opts.whole_threshold))
+        feed = self.head.feed if "head" in opts.stages else _ignore
+        self.sizes = SizeGroups(self.table, opts.hard_links, feed)
+        self._last_tick = 0.0
+
+    def search(self) -> list[tuple[bytes, Group]]:
+        opts = self.opts
+        self._scan()
+        groups = self.sizes.groups()
+        self._count_size_stages(groups)
+        finals: list[tuple[bytes, Group]] = []
+        windows = [
+            (self.head, "head" in opts.stages),
+            (self._step(Window(Stage.TAIL, opts.tail_window)), "tail" in opts.stages),
+            (self._step(Window(Stage.FULL)), True),
+        ]
+        for step, enabled in windows:
+            if not enabled or not groups:
+                continue
+            self.current = step.window.stage
+            if step is not self.head:
+                step.feed([row for group in groups for row in group])
+            step.drain()
+            done, groups = step.refine(groups, self.sizes.weight)
+            finals.extend(done)
+        return finals
+
+    def _step(self, window: Window) -> HashStep:
+        return HashStep(
+            self.pool,
+            self.table,
+            window,
+            self.stats.stage(window.stage),
+            self.issues,
+            follow_links=self.opts.follow_links,
+            chunk_size=self.opts.chunk_size,
+            in_flight=self.limit,
+            tick=self._tick if self.progress else None,
+        )
+
+    def _scan(self) -> None:
+        """Walk every root; rows stream into the size groups, which feed the head stage."""
+        started = time.perf_counter()
+        pending: deque[DirJob] = deque()
+        seen: set[tuple[int, int]] = set()
+        for index, root in enumerate(self.roots):
+            st = os.stat(root)
+            if stat.S_ISDIR(st.st_mode):
+                seen.add((st.st_dev, st.st_ino))
+                pending.append(DirJob(root, index, 0, st.st_dev))
+            elif self.opts.accepts_size(st.st_size):
+                start = len(self.table)
+                self.table.add(root, index, st)
+                self.sizes.add(start, start + 1)
+        self._pending = pending
+        self._seen = seen
+        self._scans = 0
+        pool = self.pool
+        workers = max(1, pool.workers)
+        while pending or self._scans:
+            while pending and pool.in_flight < self.limit:
+                count = max(1, min(SCAN_BATCH_DIRS, len(pending) // (2 * workers)))
+                jobs = tuple(pending.popleft() for _ in range(min(count, len(pending))))
+                self._scans += 1
+                pool.submit(ScanTask(jobs), self._scanned)
+            self.head.flush()
+            pool.wait_one()
+        self.stats.stage(Stage.SCAN).seconds = time.perf_counter() - started
+
+    def _scanned(self, result: ScanResult) -> None:
+        self._scans -= 1
+        stats = self.stats
+        start = len(self.table)
+        self.table.extend(result.files)
+        stats.dirs_scanned += result.dirs_scanned
+        stats.skipped_special += result.skipped_special
+        stats.skipped_symlinks += result.skipped_symlinks
+        stats.files_scanned += len(result.files)
+        stats.bytes_scanned += sum(result.files.size)
+        for path, message in result.issues:
+            self.issues.append(Issue(path, Stage.SCAN, message))
+        seen = self._seen
+        for job, dev, ino in zip(result.subdirs, result.subdir_devs, result.subdir_inos):
+            key = (dev, ino)
+            if key in seen:  # a loop through a followed link or a bind mount, or a nested root
+                stats.dirs_revisited += 1
+                continue
+            seen.add(key)
+            self._pending.append(job)
+        self.sizes.add(start, len(self.table))
+        if self.progress is not None:
+            self._tick()
+
+    def _count_size_stages(self, groups: list[Group]) -> None:
+        scan = self.stats.stage(Stage.SCAN)
+        scan.files_out = self.stats.files_scanned
+        size = self.stats.stage(Stage.SIZE)
+        size.files_in = self.sizes.rows_in
+        size.files_out = self.sizes.paths_in_candidates
+        hardlink = self.stats.stage(Stage.HARDLINK)
+        hardlink.files_in = size.files_out
+        hardlink.files_out = sum(len(g) for g in groups)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self.progress is None or now - self._last_tick < 0.1:
+            return
+        self._last_tick = now
+        row = self.stats.stage(self.current)
+        if self.current is Stage.SCAN:
+            self.progress(Progress(Stage.SCAN, self.stats.files_scanned, self.stats.bytes_scanned, None))
+        else:
+            self.progress(Progress(self.current, row.files_opened, row.bytes_read, row.files_in))
+
+
+def _ignore(rows: list[int]) -> None:
+    del rows

@@ -1,0 +1,140 @@
+"""The records the engine hands out: files, duplicate groups, issues and per-stage statistics.
+
+These are the public result types of `find_duplicates`; they are frozen and slotted so they are cheap,
+hashable and safe to pass between processes.  The hot paths inside the pipeline use columnar arrays
+instead (see `table.py`) and only build these records for files that end up in a group.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Stage(str, enum.Enum):
+    """A pipeline stage; also the `stage` of an issue, so a user can tell where a file fell out."""
+
+    SCAN = "scan"
+    SIZE = "size"
+    HARDLINK = "hardlink"
+    HEAD = "head"
+    TAIL = "tail"
+    FULL = "full"
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One path of a file in a duplicate group, with the identity `apply` re-checks before acting."""
+
+    path: str
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateGroup:
+    """Files with identical content: equal size and equal BLAKE3 digest of every byte.
+
+    `files` lists every path of every inode in the group, hard links included, ordered by the index of
+    the root they were found under and then by path.
+    """
+
+    size: int
+    digest: str
+    files: tuple[FileEntry, ...]
+
+    @property
+    def inodes(self) -> int:
+        """How many distinct files (dev, ino) the group holds."""
+        return len({(f.dev, f.ino) for f in self.files})
+
+    @property
+    def reclaimable(self) -> int:
+        """Bytes freed if all but one inode of the group were removed."""
+        return self.size * (self.inodes - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """A file that could not be examined; it was excluded from matching and the run went on."""
+
+    path: str
+    stage: Stage
+    message: str
+
+
+@dataclass(slots=True)
+class StageStats:
+    """Work done by one stage; counts are exact, so they can gate regressions where times cannot."""
+
+    stage: Stage
+    files_in: int = 0
+    files_out: int = 0
+    files_opened: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, int | float | str]:
+        return {
+            "stage": self.stage.value,
+            "files_in": self.files_in,
+            "files_out": self.files_out,
+            "files_opened": self.files_opened,
+            "bytes_read": self.bytes_read,
+            "seconds": round(self.seconds, 6),
+        }
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Totals for a whole run plus the per-stage rows, in pipeline order."""
+
+    stages: list[StageStats] = field(default_factory=list)
+    dirs_scanned: int = 0
+    files_scanned: int = 0
+    bytes_scanned: int = 0
+    skipped_special: int = 0
+    skipped_symlinks: int = 0
+    dirs_revisited: int = 0
+    groups: int = 0
+    files_in_groups: int = 0
+    bytes_reclaimable: int = 0
+    workers: int = 0
+    seconds: float = 0.0
+
+    def stage(self, stage: Stage) -> StageStats:
+        for row in self.stages:
+            if row.stage is stage:
+                return row
+        row = StageStats(stage)
+        self.stages.append(row)
+        return row
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "dirs_scanned": self.dirs_scanned,
+            "files_scanned": self.files_scanned,
+            "bytes_scanned": self.bytes_scanned,
+            "skipped_special": self.skipped_special,
+            "skipped_symlinks": self.skipped_symlinks,
+            "dirs_revisited": self.dirs_revisited,
+            "groups": self.groups,
+            "files_in_groups": self.files_in_groups,
+            "bytes_reclaimable": self.bytes_reclaimable,
+            "workers": self.workers,
+            "seconds": round(self.seconds, 6),
+            "stages": [row.as_dict() for row in self.stages],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FindResult:
+    """What `find_duplicates` returns: the groups, the files it could not examine, and the work it did."""
+
+    roots: tuple[str, ...]
+    groups: tuple[DuplicateGroup, ...]
+    issues: tuple[Issue, ...]
+    stats: RunStats

@@ -1,0 +1,214 @@
+"""Listing directories: turning a batch of directories into file rows and subdirectories.
+
+Runs in the worker processes.  One `os.scandir` per directory and at most one stat per entry (from
+the DirEntry); FIFOs, sockets and devices are recognised from the directory entry's type and never
+opened or stat'ed.  Results are columnar (arrays and one joined string) because pickling a tuple per
+file costs more than the listing itself.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import stat
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from dedup_engine.options import ScanOptions
+
+
+@dataclass(frozen=True, slots=True)
+class DirJob:
+    """A directory to list.  `depth` is its depth below its root (the root is 0)."""
+
+    path: str
+    root: int
+    depth: int
+    root_dev: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScanTask:
+    dirs: tuple[DirJob, ...]
+
+
+@dataclass(slots=True)
+class FileColumns:
+    """File rows in columns: the scan's output and, appended together, the run's file table."""
+
+    paths: list[str] = field(default_factory=list)
+    root: array[int] = field(default_factory=lambda: array("I"))
+    dev: array[int] = field(default_factory=lambda: array("Q"))
+    ino: array[int] = field(default_factory=lambda: array("Q"))
+    nlink: array[int] = field(default_factory=lambda: array("Q"))
+    size: array[int] = field(default_factory=lambda: array("q"))
+    mtime: array[int] = field(default_factory=lambda: array("q"))
+    ctime: array[int] = field(default_factory=lambda: array("q"))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def extend(self, other: FileColumns) -> None:
+        self.paths.extend(other.paths)
+        self.root.extend(other.root)
+        self.dev.extend(other.dev)
+        self.ino.extend(other.ino)
+        self.nlink.extend(other.nlink)
+        self.size.extend(other.size)
+        self.mtime.extend(other.mtime)
+        self.ctime.extend(other.ctime)
+
+    def add(self, path: str, root: int, st: os.stat_result) -> None:
+        self.paths.append(path)
+        self.root.append(root)
+        self.dev.append(st.st_dev)
+        self.ino.append(st.st_ino)
+        self.nlink.append(st.st_nlink)
+        self.size.append(st.st_size)
+        self.mtime.append(st.st_mtime_ns)
+        self.ctime.append(st.st_ctime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    files: FileColumns
+    subdirs: tuple[DirJob, ...]
+    subdir_devs: array[int]  # (dev, ino) of each subdir, so the caller can detect loops
+    subdir_inos: array[int]
+    issues: tuple[tuple[str, str], ...]
+    dirs_scanned: int
+    skipped_special: int
+    skipped_symlinks: int
+
+
+class Filter:
+    """Name filters and limits from the options, compiled once per process."""
+
+    def __init__(self, options: ScanOptions, roots: Sequence[str]) -> None:
+        self.options = options
+        self.roots = tuple(roots)
+        self._include_name, self._include_path = _compile(options.include)
+        self._exclude_name, self._exclude_path = _compile(options.exclude)
+        self.has_include = bool(options.include)
+        self.has_exclude = bool(options.exclude)
+
+    def _relative(self, path: str, root: int) -> str:
+        base = self.roots[root]
+        return path[len(base) :].lstrip("/") if path.startswith(base) else path
+
+    def excluded(self, name: str, path: str, root: int) -> bool:
+        if not self.options.hidden and name.startswith("."):
+            return True
+        if not self.has_exclude:
+            return False
+        if self._exclude_name is not None and self._exclude_name.match(name):
+            return True
+        return self._exclude_path is not None and bool(
+            self._exclude_path.match(self._relative(path, root))
+        )
+
+    def included(self, name: str, path: str, root: int) -> bool:
+        if not self.has_include:
+            return True
+        if self._include_name is not None and self._include_name.match(name):
+            return True
+        return self._include_path is not None and bool(
+            self._include_path.match(self._relative(path, root))
+        )
+
+
+def _compile(patterns: Sequence[str]) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
+    # A pattern with a "/" matches the path below the root, like a .gitignore entry; one without
+    # matches the name alone.  Each kind is folded into a single regular expression.
+    names = [fnmatch.translate(p) for p in patterns if "/" not in p]
+    paths = [fnmatch.translate(p.strip("/")) for p in patterns if "/" in p]
+    return (
+        re.compile("|".join(names)) if names else None,
+        re.compile("|".join(paths)) if paths else None,
+    )
+
+
+def scan_dirs(task: ScanTask, flt: Filter) -> ScanResult:
+    """List every directory of the task; errors become issues and the listing goes on."""
+    opts = flt.options
+    follow = opts.follow_links
+    max_depth = opts.max_depth
+    files = FileColumns()
+    subdirs: list[DirJob] = []
+    subdir_devs = array("Q")
+    subdir_inos = array("Q")
+    issues: list[tuple[str, str]] = []
+    special = 0
+    symlinks = 0
+    scanned = 0
+    for job in task.dirs:
+        try:
+            listing = os.scandir(job.path)
+        except OSError as exc:
+            issues.append((job.path, _describe(exc)))
+            continue
+        scanned += 1
+        root = job.root
+        descend = max_depth is None or job.depth < max_depth
+        with listing:
+            while True:
+                try:
+                    entry = next(listing)
+                except StopIteration:
+                    break
+                except OSError as exc:  # EIO in the middle of a listing: keep what we have
+                    issues.append((job.path, _describe(exc)))
+                    break
+                name = entry.name
+                path = entry.path
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if descend and not flt.excluded(name, path, root):
+                            st = entry.stat(follow_symlinks=False)
+                            if not opts.one_file_system or st.st_dev == job.root_dev:
+                                subdirs.append(DirJob(path, root, job.depth + 1, job.root_dev))
+                                subdir_devs.append(st.st_dev)
+                                subdir_inos.append(st.st_ino)
+                        continue
+                    if entry.is_file(follow_symlinks=False):
+                        if flt.excluded(name, path, root) or not flt.included(name, path, root):
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                        if opts.accepts_size(st.st_size):
+                            files.add(path, root, st)
+                        continue
+                    if not entry.is_symlink():
+                        special += 1
+                        continue
+                    if not follow:
+                        symlinks += 1
+                        continue
+                    if flt.excluded(name, path, root):
+                        continue
+                    try:
+                        st = os.stat(path)
+                    except OSError:  # dangling, looping or unreadable target
+                        symlinks += 1
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        if descend and (not opts.one_file_system or st.st_dev == job.root_dev):
+                            subdirs.append(DirJob(path, root, job.depth + 1, job.root_dev))
+                            subdir_devs.append(st.st_dev)
+                            subdir_inos.append(st.st_ino)
+                    elif stat.S_ISREG(st.st_mode):
+                        if flt.included(name, path, root) and opts.accepts_size(st.st_size):
+                            files.add(path, root, st)
+                    else:
+                        special += 1
+                except OSError as exc:  # vanished between listing and stat, or EACCES
+                    issues.append((path, _describe(exc)))
+    return ScanResult(
+        files, tuple(subdirs), subdir_devs, subdir_inos, tuple(issues), scanned, special, symlinks
+    )
+
+
+def _describe(exc: OSError) -> str:
+    name = os.strerror(exc.errno) if exc.errno else str(exc)
+    return f"cannot list or stat: {name}"

@@ -1,0 +1,151 @@
+"""The generic hashing step: hash one window of candidate files on the pool, then split the groups.
+
+Head, tail and full are the same `HashStep` with a different `Window`.  Rows are fed in (during the
+walk for the head stage), sent out in batches bounded by count and bytes, and `refine` splits each
+group by digest, dropping groups that fall below two members.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections.abc import Callable
+
+from dedup_engine.grouping import Group
+from dedup_engine.hashing import HashResult, HashTask, Window
+from dedup_engine.pool import Pool
+from dedup_engine.records import Issue, StageStats
+from dedup_engine.scanner import FileColumns
+
+#: Files per task: enough that a task costs ~1 ms for small reads (queue overhead is ~50 us).
+BATCH_FILES = 256
+#: Bytes per task in the full stage: a big file goes alone, so both workers stay busy to the end.
+BATCH_BYTES = 8 * 1024 * 1024
+
+
+class HashStep:
+    def __init__(
+        self,
+        pool: Pool,
+        table: FileColumns,
+        window: Window,
+        stats: StageStats,
+        issues: list[Issue],
+        *,
+        follow_links: bool,
+        chunk_size: int,
+        in_flight: int,
+        tick: Callable[[], None] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.table = table
+        self.window = window
+        self.stats = stats
+        self.issues = issues
+        self.follow_links = follow_links
+        self.chunk_size = chunk_size
+        self.limit = in_flight
+        self.digests: dict[int, bytes] = {}
+        self._pending: list[int] = []
+        self._pending_bytes = 0
+        self._outstanding = 0
+        self._started: float | None = None
+        self._tick = tick
+
+    def feed(self, rows: list[int]) -> None:
+        if self._started is None:
+            self._started = time.perf_counter()
+        self.stats.files_in += len(rows)
+        if self.window.length:
+            self._pending.extend(rows)
+            return
+        sizes = self.table.size
+        # Largest first: the long full hashes start early and the short ones fill in at the end.
+        self._pending.extend(sorted(rows, key=lambda r: -sizes[r]))
+
+    def flush(self, final: bool = False) -> None:
+        """Submit batches while the pool has room; with `final`, the last partial one too."""
+        pending = self._pending
+        while pending and self.pool.in_flight < self.limit:
+            if not final and len(pending) < BATCH_FILES:
+                return
+            self._submit(self._take_batch())
+
+    def _take_batch(self) -> list[int]:
+        pending = self._pending
+        count = min(len(pending), BATCH_FILES)
+        if not self.window.length:
+            sizes = self.table.size
+            total = 0
+            for count, row in enumerate(pending[:BATCH_FILES], 1):
+                total += sizes[row]
+                if total >= BATCH_BYTES:
+                    break
+        batch = pending[:count]
+        del pending[:count]
+        return batch
+
+    def _submit(self, rows: list[int]) -> None:
+        table = self.table
+        paths = table.paths
+        sizes = table.size
+        task = HashTask(
+            self.window,
+            array("Q", rows),
+            tuple(paths[r] for r in rows),
+            array("q", (sizes[r] for r in rows)),
+            self.follow_links,
+            self.chunk_size,
+        )
+        self._outstanding += 1
+        self.pool.submit(task, self._done)
+
+    def _done(self, result: HashResult) -> None:
+        self._outstanding -= 1
+        failed = dict(result.failed)
+        digests = self.digests
+        for position, row in enumerate(result.ids):
+            if position in failed:
+                self.issues.append(
+                    Issue(self.table.paths[row], self.stats.stage, failed[position])
+                )
+            else:
+                digests[row] = result.digest(position)
+        self.stats.files_opened += result.files_opened
+        self.stats.bytes_read += result.bytes_read
+        if self._tick is not None:
+            self._tick()
+
+    def drain(self) -> None:
+        """Hash everything fed so far and wait for it."""
+        while self._pending or self._outstanding:
+            self.flush(final=True)
+            self.pool.wait_one()
+        if self._started is not None:
+            self.stats.seconds += time.perf_counter() - self._started
+
+    def refine(
+        self, groups: list[Group], weight: Callable[[Group], int]
+    ) -> tuple[list[tuple[bytes, Group]], list[Group]]:
+        """Split groups by this window's digest: (finished groups with full digests, the rest)."""
+        digests = self.digests
+        sizes = self.table.size
+        window = self.window
+        done: list[tuple[bytes, Group]] = []
+        rest: list[Group] = []
+        for group in groups:
+            buckets: dict[bytes, Group] = {}
+            for row in group:
+                digest = digests.get(row)
+                if digest is not None:
+                    buckets.setdefault(digest, []).append(row)
+            whole = window.reads_whole(sizes[group[0]])
+            for digest, members in buckets.items():
+                if weight(members) < 2:
+                    continue
+                if whole:
+                    done.append((digest, members))
+                else:
+                    rest.append(members)
+        self.stats.files_out = sum(len(g) for g in rest) + sum(len(g) for _, g in done)
+        return done, rest

@@ -28,9 +28,11 @@ class SizeGroups:
         self.table = table
         self.hard_links = hard_links
         self.links: dict[int, list[int]] = {}
+        #: The rule for "still a group": `len` (inodes), or paths with `hard_links`.
+        self.weight: Callable[[Group], int] = self.paths if hard_links else len
         self._on_candidates = on_candidates
         self._by_size: dict[int, Group] = {}
-        self._weight: dict[int, int] = {}
+        self._extra: dict[int, int] = {}  # with hard_links: extra paths per size
         self._inodes: dict[tuple[int, int], int] = {}
         self.rows_in = 0
         self.paths_in_candidates = 0
@@ -38,33 +40,19 @@ class SizeGroups:
     def add(self, start: int, end: int) -> None:
         """Take table rows start..end-1."""
         table = self.table
-        sizes, nlinks, devs, inos = table.size, table.nlink, table.dev, table.ino
-        by_size, weight, inodes, links = self._by_size, self._weight, self._inodes, self.links
+        by_size, extra = self._by_size, self._extra
         fresh: list[int] = []
         self.rows_in += end - start
-        for row in range(start, end):
-            size = sizes[row]
-            if nlinks[row] > 1:
-                # Only multiply-linked files can share an inode, so only they pay for the lookup.
-                key = (devs[row], inos[row])
-                rep = inodes.get(key)
-                if rep is not None:
-                    links.setdefault(rep, []).append(row)
-                    if self.hard_links:
-                        now = weight[size] + 1
-                        weight[size] = now
-                        if now == 2:
-                            fresh.extend(by_size[size])
-                    continue
-                inodes[key] = row
+        rows = range(start, end)
+        for row, size, nlink in zip(rows, table.size[start:end], table.nlink[start:end]):
+            if nlink > 1 and self._is_link(row, size):
+                continue
             group = by_size.get(size)
             if group is None:
                 by_size[size] = [row]
-                weight[size] = 1
                 continue
             group.append(row)
-            now = weight[size] + 1
-            weight[size] = now
+            now = len(group) + extra.get(size, 0) if extra else len(group)
             if now == 2:
                 fresh.extend(group)
             elif now > 2:
@@ -72,19 +60,35 @@ class SizeGroups:
         if fresh:
             self._on_candidates(fresh)
 
+    def _is_link(self, row: int, size: int) -> bool:
+        """Record a second path of a known inode; only multiply-linked files pay for the lookup."""
+        key = (self.table.dev[row], self.table.ino[row])
+        rep = self._inodes.get(key)
+        if rep is None:
+            self._inodes[key] = row
+            return False
+        self.links.setdefault(rep, []).append(row)
+        if self.hard_links:
+            group = self._by_size[size]
+            now = len(group) + self._extra.get(size, 0) + 1
+            self._extra[size] = self._extra.get(size, 0) + 1
+            if now == 2:
+                self._on_candidates(list(group))
+        return True
+
     def groups(self) -> list[Group]:
-        """The size groups that count, in order of first appearance."""
-        weight = self._weight
-        out = [group for size, group in self._by_size.items() if weight[size] >= 2]
-        self.paths_in_candidates = sum(self.paths(g) for g in out)
+        """The size groups that count, in order of first appearance; frees the size index."""
+        weight = self.weight
+        out = [group for group in self._by_size.values() if weight(group) >= 2]
+        self.paths_in_candidates = sum(map(self.paths, out))
+        self._by_size = {}
         return out
 
     def paths(self, group: Group) -> int:
         links = self.links
+        if not links:
+            return len(group)
         return len(group) + sum(len(links[r]) for r in group if r in links)
-
-    def weight(self, group: Group) -> int:
-        return self.paths(group) if self.hard_links else len(group)
 
 
 def build_groups(

@@ -12,13 +12,13 @@ from array import array
 from collections.abc import Callable
 
 from dedup_engine.grouping import Group
-from dedup_engine.hashing import HashResult, HashTask, Window
+from dedup_engine.hashing import DIGEST_SIZE, NO_DIGEST, HashResult, HashTask, Window
 from dedup_engine.pool import Pool
 from dedup_engine.records import Issue, StageStats
 from dedup_engine.scanner import FileColumns
 
 #: Files per task: enough that a task costs ~1 ms for small reads (queue overhead is ~50 us).
-BATCH_FILES = 256
+BATCH_FILES = 512
 #: Bytes per task in the full stage: a big file goes alone, so both workers stay busy to the end.
 BATCH_BYTES = 8 * 1024 * 1024
 
@@ -45,7 +45,8 @@ class HashStep:
         self.follow_links = follow_links
         self.chunk_size = chunk_size
         self.limit = in_flight
-        self.digests: dict[int, bytes] = {}
+        # One digest column for the whole table, DIGEST_SIZE bytes a row: no object per file.
+        self.digests = bytearray()
         self._pending: list[int] = []
         self._pending_bytes = 0
         self._outstanding = 0
@@ -87,13 +88,11 @@ class HashStep:
 
     def _submit(self, rows: list[int]) -> None:
         table = self.table
-        paths = table.paths
-        sizes = table.size
         task = HashTask(
             self.window,
             array("Q", rows),
-            tuple(paths[r] for r in rows),
-            array("q", (sizes[r] for r in rows)),
+            tuple(map(table.paths.__getitem__, rows)),
+            array("q", map(table.size.__getitem__, rows)),
             self.follow_links,
             self.chunk_size,
         )
@@ -102,15 +101,20 @@ class HashStep:
 
     def _done(self, result: HashResult) -> None:
         self._outstanding -= 1
-        failed = dict(result.failed)
-        digests = self.digests
+        column = self.digests
+        need = (max(result.ids) + 1) * DIGEST_SIZE
+        if len(column) < need:
+            column.extend(bytes(max(need, len(self.table) * DIGEST_SIZE) - len(column)))
+        blob = result.digests
+        # Failed files carry zeros, which refine drops.
         for position, row in enumerate(result.ids):
-            if position in failed:
-                self.issues.append(
-                    Issue(self.table.paths[row], self.stats.stage, failed[position])
-                )
-            else:
-                digests[row] = result.digest(position)
+            at = row * DIGEST_SIZE
+            src = position * DIGEST_SIZE
+            column[at : at + DIGEST_SIZE] = blob[src : src + DIGEST_SIZE]
+        paths = self.table.paths
+        stage = self.stats.stage
+        for position, message in result.failed:
+            self.issues.append(Issue(paths[result.ids[position]], stage, message))
         self.stats.files_opened += result.files_opened
         self.stats.bytes_read += result.bytes_read
         if self._tick is not None:
@@ -127,25 +131,36 @@ class HashStep:
     def refine(
         self, groups: list[Group], weight: Callable[[Group], int]
     ) -> tuple[list[tuple[bytes, Group]], list[Group]]:
-        """Split groups by this window's digest: (finished groups with full digests, the rest)."""
-        digests = self.digests
+        """Split groups by this window's digest: (finished groups with full digests, the rest).
+
+        The digests are released afterwards: each stage holds only its own.
+        """
+        column = bytes(self.digests)  # slices of bytes are hashable keys, made in one step
+        size = DIGEST_SIZE
         sizes = self.table.size
-        window = self.window
+        reads_whole = self.window.reads_whole
         done: list[tuple[bytes, Group]] = []
         rest: list[Group] = []
         for group in groups:
+            whole = reads_whole(sizes[group[0]])
             buckets: dict[bytes, Group] = {}
             for row in group:
-                digest = digests.get(row)
-                if digest is not None:
-                    buckets.setdefault(digest, []).append(row)
-            whole = window.reads_whole(sizes[group[0]])
+                at = row * size
+                digest = column[at : at + size]
+                bucket = buckets.get(digest)
+                if bucket is None:
+                    buckets[digest] = [row]
+                else:
+                    bucket.append(row)
+            if len(buckets) == len(group) and weight is len:
+                continue  # all different: the common fate of unrelated same-size files
             for digest, members in buckets.items():
-                if weight(members) < 2:
+                if digest == NO_DIGEST or weight(members) < 2:
                     continue
                 if whole:
                     done.append((digest, members))
                 else:
                     rest.append(members)
-        self.stats.files_out = sum(len(g) for g in rest) + sum(len(g) for _, g in done)
+        self.digests = bytearray()
+        self.stats.files_out = sum(map(len, rest)) + sum(len(g) for _, g in done)
         return done, rest

@@ -1,0 +1,323 @@
+"""The `dedup` command line: parse options, call the library, print; nothing else.
+
+Exit codes: 0 done; 1 done, but some files could not be read; 2 usage error (bad option, missing
+root); 3 duplicates were found and `--fail-on-duplicates` was given (it wins over 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+import typer
+
+from dedup_engine import __version__
+from dedup_engine.options import OptionsError, ScanOptions
+from dedup_engine.pipeline import Progress, ProgressCallback, find_duplicates
+from dedup_engine.records import FindResult
+from dedup_engine.report import Format, human_size, write_csv, write_fdupes, write_json, write_text
+
+EXIT_OK = 0
+EXIT_ISSUES = 1
+EXIT_USAGE = 2
+EXIT_DUPLICATES = 3
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 done; 1 done, but some files could not be read; 2 usage error; "
+    "3 duplicates found with --fail-on-duplicates."
+)
+
+app = typer.Typer(
+    name="dedup",
+    help="Find duplicate files fast; act on them safely.",
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """'4096', '4K', '4KiB', '1.5' is refused; units are binary (K = 1024)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise typer.BadParameter(f"{text!r} is not a size (examples: 4096, 64K, 10M, 1G)")
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"dedup-engine {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Find duplicate files fast; act on them safely."""
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def find(
+    roots: Annotated[list[str], typer.Argument(help="Directories or files to search.")],
+    output_format: Annotated[
+        Format, typer.Option("--format", "-f", help="text (for people), fdupes, json or csv.")
+    ] = Format.TEXT,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the report here, not stdout.")
+    ] = None,
+    follow_links: Annotated[
+        bool, typer.Option("--follow-links", "-L", help="Follow symlinks (loops are detected).")
+    ] = False,
+    one_file_system: Annotated[
+        bool, typer.Option("--one-file-system", "-x", help="Stay on each root's filesystem.")
+    ] = False,
+    max_depth: Annotated[
+        int | None,
+        typer.Option(help="Descend at most this many directories below a root (0: root only)."),
+    ] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only files matching GLOB (name; or path below the root if it has a '/'). "
+            "Repeatable."
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(help="Skip files and directories matching GLOB. Repeatable."),
+    ] = None,
+    hidden: Annotated[
+        bool,
+        typer.Option(
+            "--hidden/--no-hidden",
+            help="Include names starting with '.' (default, as jdupes/fdupes/rdfind do).",
+        ),
+    ] = True,
+    min_size: Annotated[
+        str, typer.Option(help="Ignore files smaller than this (4096, 64K, 1M...).")
+    ] = "1",
+    max_size: Annotated[str | None, typer.Option(help="Ignore files larger than this.")] = None,
+    empty: Annotated[bool, typer.Option("--empty", help="Report empty files as duplicates.")] = (
+        False
+    ),
+    hard_links: Annotated[
+        bool,
+        typer.Option("--hard-links", help="Report hard links of one file as duplicates too."),
+    ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", "-j", help="Worker processes (default: usable CPUs; 0: in process)."
+        ),
+    ] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress", help="Progress on stderr (default: when it is a terminal)."
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
+    ] = False,
+    show_stats: Annotated[
+        bool, typer.Option("--stats", help="A per-stage table of the work done, on stderr.")
+    ] = False,
+    fail_on_duplicates: Annotated[
+        bool, typer.Option("--fail-on-duplicates", help="Exit 3 if any group is found.")
+    ] = False,
+    partial_stages: Annotated[
+        str,
+        typer.Option(
+            help="Partial-hash stages to run, comma-separated (head,tail); for benchmarking.",
+            hidden=True,
+        ),
+    ] = "head,tail",
+    chunk_size: Annotated[
+        str, typer.Option(help="Read chunk of the full hash.", hidden=True)
+    ] = "256K",
+    head_window: Annotated[str, typer.Option(hidden=True)] = "4K",
+    tail_window: Annotated[str, typer.Option(hidden=True)] = "4K",
+    whole_threshold: Annotated[str, typer.Option(hidden=True)] = "16K",
+) -> None:
+    """Find groups of files with identical content (read-only)."""
+    try:
+        options = ScanOptions(
+            follow_links=follow_links,
+            one_file_system=one_file_system,
+            max_depth=max_depth,
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
+            hidden=hidden,
+            min_size=parse_size(min_size),
+            max_size=parse_size(max_size) if max_size is not None else None,
+            empty=empty,
+            hard_links=hard_links,
+            workers=workers,
+            head_window=parse_size(head_window),
+            tail_window=parse_size(tail_window),
+            whole_threshold=parse_size(whole_threshold),
+            chunk_size=parse_size(chunk_size),
+            stages=tuple(s.strip() for s in partial_stages.split(",") if s.strip()),
+        )
+        show_progress = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
+        with _progress(show_progress) as callback:
+            result = find_duplicates(roots, options, progress=callback)
+    except OptionsError as exc:
+        _fail_usage(str(exc))
+    with _open_output(output) as out:
+        if output_format is Format.JSON:
+            text = _TextOut(out)
+            write_json(result, options, __version__, text)
+            text.flush()
+        elif output_format is Format.CSV:
+            write_csv(result.groups, out)
+        elif output_format is Format.FDUPES:
+            write_fdupes(result.groups, out)
+        else:
+            write_text(result, out)
+    if show_stats:
+        _print_stats(result)
+    if not quiet and (output_format is not Format.TEXT or output is not None):
+        _print_summary(result)
+    if fail_on_duplicates and result.groups:
+        raise typer.Exit(EXIT_DUPLICATES)
+    if result.issues:
+        raise typer.Exit(EXIT_ISSUES)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def synth(
+    directory: Annotated[Path, typer.Argument(help="Where to write data/ and manifest.json.")],
+    profile: Annotated[str, typer.Option(help="small, large or mixed.")] = "small",
+    seed: Annotated[int, typer.Option(help="Same seed, same tree, byte for byte.")] = 1,
+    files: Annotated[int | None, typer.Option(help="Number of files (default: profile's).")] = None,
+) -> None:
+    """Write a deterministic synthetic tree with a manifest of its true duplicate groups."""
+    from dedup_engine.synth import Profile, generate
+
+    try:
+        chosen = Profile(profile)
+    except ValueError:
+        _fail_usage(f"unknown profile {profile!r} (small, large, mixed)")
+    try:
+        manifest = generate(directory, chosen, seed, files)
+    except ValueError as exc:
+        _fail_usage(str(exc))
+    typer.echo(
+        f"{manifest.files} files, {human_size(manifest.bytes)}, {len(manifest.groups)} groups "
+        f"holding {manifest.files_in_groups} files; manifest: {directory / 'manifest.json'}",
+        err=True,
+    )
+
+
+def _fail_usage(message: str) -> Any:
+    typer.echo(f"dedup: error: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+class _TextOut:
+    """A text face on a binary stream, for the JSON writer."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+
+    def write(self, text: str) -> int:
+        self._out.write(text.encode("ascii"))
+        return len(text)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+@contextlib.contextmanager
+def _open_output(path: Path | None) -> Iterator[IO[bytes]]:
+    if path is None or str(path) == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    with path.open("wb") as out:
+        yield out
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[ProgressCallback | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as RichProgress
+
+    console = Console(stderr=True)
+    bar = RichProgress(
+        TextColumn("{task.description:>6}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[size]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(event: Progress) -> None:
+        name = event.stage.value
+        if name not in tasks:
+            tasks[name] = bar.add_task(name, total=event.total, size="")
+        bar.update(
+            tasks[name], completed=event.files, total=event.total, size=human_size(event.bytes)
+        )
+
+    with bar:
+        yield update
+
+
+def _print_summary(result: FindResult) -> None:
+    stats = result.stats
+    line = (
+        f"{stats.groups} groups, {stats.files_in_groups} files in groups, "
+        f"{human_size(stats.bytes_reclaimable)} reclaimable; {stats.files_scanned} files scanned "
+        f"in {stats.seconds:.2f} s"
+    )
+    if result.issues:
+        line += f"; {len(result.issues)} files could not be read"
+    typer.echo(line, err=True)
+
+
+def _print_stats(result: FindResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="dedup find: work per stage")
+    for column in ("stage", "files in", "files out", "opened", "bytes read", "seconds"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for row in result.stats.stages:
+        table.add_row(
+            row.stage.value,
+            f"{row.files_in:,}",
+            f"{row.files_out:,}",
+            f"{row.files_opened:,}",
+            human_size(row.bytes_read),
+            f"{row.seconds:.3f}",
+        )
+    Console(stderr=True).print(table)
+
+
+def main() -> None:
+    # Typer's exit codes for usage errors are click's: 2, as documented.
+    app(prog_name="dedup")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Writing results as text, fdupes, JSON and CSV, and reading the JSON report back.
+
+The JSON report (schema 1) is what `dedup apply` acts on, so its reader and writer live together
+and round-trip.  File names that are not valid UTF-8 are kept as Python's surrogateescape strings:
+JSON escapes them (`\\udcxx`) and `os.fsencode(path)` restores the exact bytes; the byte-oriented
+formats (fdupes, CSV) write the original bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import enum
+import io
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+from dedup_engine.options import ScanOptions
+from dedup_engine.records import DuplicateGroup, FileEntry, FindResult, Issue, Stage
+
+SCHEMA = 1
+TOOL = "dedup-engine"
+
+
+class Format(str, enum.Enum):
+    TEXT = "text"
+    FDUPES = "fdupes"
+    JSON = "json"
+    CSV = "csv"
+
+
+class ReportError(ValueError):
+    """A report that is not a dedup-engine report of a schema this version reads."""
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A JSON report as read back: what `find` found, and the options it ran with."""
+
+    version: str
+    created: str
+    roots: tuple[str, ...]
+    options: Mapping[str, Any]
+    stats: Mapping[str, Any]
+    groups: tuple[DuplicateGroup, ...]
+    issues: tuple[Issue, ...]
+
+
+def to_json_dict(result: FindResult, options: ScanOptions, version: str) -> dict[str, Any]:
+    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    return {
+        "schema": SCHEMA,
+        "tool": TOOL,
+        "version": version,
+        "created": created.isoformat().replace("+00:00", "Z"),
+        "roots": list(result.roots),
+        "options": options.as_dict(),
+        "stats": result.stats.as_dict(),
+        "groups": [
+            {
+                "size": g.size,
+                "digest": g.digest,
+                "files": [
+                    {
+                        "path": f.path,
+                        "dev": f.dev,
+                        "ino": f.ino,
+                        "mtime_ns": f.mtime_ns,
+                        "ctime_ns": f.ctime_ns,
+                    }
+                    for f in g.files
+                ],
+            }
+            for g in result.groups
+        ],
+        "issues": [
+            {"path": i.path, "stage": i.stage.value, "message": i.message} for i in result.issues
+        ],
+    }
+
+
+def write_json(result: FindResult, options: ScanOptions, version: str, out: IO[str]) -> None:
+    # ensure_ascii keeps surrogate-escaped names representable: they become \\udcxx escapes.
+    json.dump(to_json_dict(result, options, version), out, indent=1, ensure_ascii=True)
+    out.write("\n")
+
+
+def read_json(source: IO[str] | str) -> Report:
+    """Read a schema-1 report; refuse anything else with a `ReportError` that says why."""
+    try:
+        data = json.loads(source) if isinstance(source, str) else json.load(source)
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"not a JSON report: {exc}") from None
+    if not isinstance(data, dict) or data.get("tool") != TOOL:
+        raise ReportError("not a dedup-engine report (no \"tool\": \"dedup-engine\")")
+    if data.get("schema") != SCHEMA:
+        raise ReportError(f"report schema {data.get('schema')!r} is not supported (want {SCHEMA})")
+    try:
+        groups = tuple(
+            DuplicateGroup(
+                int(g["size"]),
+                str(g["digest"]),
+                tuple(
+                    FileEntry(
+                        str(f["path"]),
+                        int(f["dev"]),
+                        int(f["ino"]),
+                        int(g["size"]),
+                        int(f["mtime_ns"]),
+                        int(f["ctime_ns"]),
+                    )
+                    for f in g["files"]
+                ),
+            )
+            for g in data["groups"]
+        )
+        issues = tuple(
+            Issue(str(i["path"]), Stage(i["stage"]), str(i["message"])) for i in data["issues"]
+        )
+        return Report(
+            str(data["version"]),
+            str(data["created"]),
+            tuple(str(r) for r in data["roots"]),
+            dict(data["options"]),
+            dict(data["stats"]),
+            groups,
+            issues,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReportError(f"malformed report: {exc!r}") from None
+
+
+def write_fdupes(groups: Iterable[DuplicateGroup], out: IO[bytes]) -> None:
+    """fdupes' own format: one path per line, a blank line after each group, raw name bytes."""
+    for group in groups:
+        out.write(b"".join(os.fsencode(f.path) + b"\n" for f in group.files))
+        out.write(b"\n")
+
+
+def write_csv(groups: Iterable[DuplicateGroup], out: IO[bytes]) -> None:
+    """One row per path with a group id; names keep their bytes (quoted where needed)."""
+    text = io.TextIOWrapper(out, encoding="utf-8", errors="surrogateescape", newline="")
+    writer = csv.writer(text)
+    writer.writerow(["group", "size", "digest", "path", "dev", "ino", "mtime_ns", "ctime_ns"])
+    for number, group in enumerate(groups, 1):
+        for f in group.files:
+            writer.writerow(
+                [number, group.size, group.digest, f.path, f.dev, f.ino, f.mtime_ns, f.ctime_ns]
+            )
+    text.flush()
+    text.detach()
+
+
+def write_text(result: FindResult, out: IO[bytes]) -> None:
+    """For people: each group with its size and digest, then a summary.  Odd names are escaped."""
+    lines: list[str] = []
+    for number, group in enumerate(result.groups, 1):
+        inodes = group.inodes
+        lines.append(
+            f"group {number}: {len(group.files)} files, {inodes} distinct, "
+            f"{human_size(group.size)} each, {human_size(group.reclaimable)} reclaimable, "
+            f"blake3 {group.digest[:16]}"
+        )
+        lines.extend(f"  {printable(f.path)}" for f in group.files)
+        lines.append("")
+    stats = result.stats
+    lines.append(
+        f"{stats.groups} groups, {stats.files_in_groups} files in groups, "
+        f"{human_size(stats.bytes_reclaimable)} reclaimable; scanned {stats.files_scanned} files "
+        f"({human_size(stats.bytes_scanned)}) in {stats.seconds:.2f} s"
+    )
+    if result.issues:
+        lines.append(f"{len(result.issues)} files could not be read:")
+        lines.extend(
+            f"  {printable(i.path)}: {i.message} ({i.stage.value})" for i in result.issues
+        )
+    out.write(("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
+
+
+def printable(path: str) -> str:
+    """A path safe to print on a terminal: control characters and undecodable bytes escaped."""
+    if path.isprintable():
+        return path
+    out = []
+    for ch in path:
+        if ch.isprintable():
+            out.append(ch)
+        elif "\udc80" <= ch <= "\udcff":
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def human_size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"

@@ -1,0 +1,861 @@
+"""`find_duplicates` on real trees: exact groups, the traps of real disks, and exact stage counts.
+
+Every run goes through `treebuilder.check_invariants` (no path twice, no file its own duplicate,
+every group's files byte-for-byte equal with the digest it claims), so each test also checks those.
+Most tests run twice: in process and with two worker processes (the `workers` fixture).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from treebuilder import (
+    OsSpy,
+    Runner,
+    Tree,
+    append,
+    brute_groups,
+    check_invariants,
+    content,
+    expect,
+    flip,
+    groups_of,
+    issues_of,
+)
+
+import dedup_engine.hashing
+from dedup_engine import FindResult, ScanOptions, Stage, find_duplicates
+from dedup_engine.report import Report, read_json
+
+pytestmark = pytest.mark.usefixtures("deadline")
+
+HEAD = 4096
+TAIL = 4096
+WHOLE = 16384
+
+
+# --- plain duplicates ------------------------------------------------------------------------------
+
+
+def test_groups_of_two_to_five_across_directories(tree: Tree, run: Runner) -> None:
+    expected = set()
+    for n in range(2, 6):
+        data = content(1000 + n, seed="group")  # a different size for each group
+        paths = [tree.file(f"d{i}/sub{n}/g{n}-{i}.bin", data) for i in range(n)]
+        expected.add(frozenset(paths))
+    # Same content as the group of 3 but one byte longer: a different size, no match.
+    tree.file("other/longer.bin", content(1003, seed="group") + b"\0")
+    tree.file("other/unique.bin", content(1003, seed="unique"))
+    result = run(tree.root)
+    assert groups_of(result) == expected
+    assert result.issues == ()
+    assert groups_of(result) == brute_groups(tree.root)
+    by_size = {g.size: g for g in result.groups}
+    for n in range(2, 6):
+        group = by_size[1000 + n]
+        assert group.inodes == n
+        assert group.reclaimable == (1000 + n) * (n - 1)
+
+
+def test_same_size_but_one_byte_differs_is_no_group(tree: Tree, run: Runner) -> None:
+    base = content(3000, seed="base")
+    tree.file("a/base", base)
+    tree.file("b/first", flip(base, 0))
+    tree.file("c/last", flip(base, len(base) - 1))
+    tree.file("d/middle", flip(base, len(base) // 2))
+    result = run(tree.root)
+    assert groups_of(result) == set()
+    assert result.issues == ()
+
+
+def _variants(size: int) -> dict[str, int]:
+    """Near-copy name -> the one offset where it differs from the original."""
+    offsets = {"first": 0, "last": size - 1, "middle": size // 2}
+    if size > HEAD:
+        offsets["head_end"] = HEAD - 1  # last byte of the head window
+        offsets["at_4096"] = HEAD  # first byte past the head window
+    if size > TAIL:
+        offsets["tail_start"] = size - TAIL  # first byte of the tail window
+        offsets["before_tail"] = size - TAIL - 1  # last byte before it
+    return offsets
+
+
+BOUNDARY_SIZES = [
+    1,
+    2,
+    4095,
+    4096,
+    4097,
+    8191,
+    8192,
+    8193,
+    16383,
+    16384,
+    16385,
+    WHOLE + TAIL,
+    WHOLE + TAIL + 1,
+    300_001,  # more than one 256 KiB read chunk in the full stage
+]
+
+
+@pytest.mark.parametrize("size", BOUNDARY_SIZES)
+def test_window_boundaries(tree: Tree, run: Runner, size: int) -> None:
+    """At and around each window edge: true copies group, near-copies (one byte off) never do."""
+    original = content(size, seed="orig")
+    tree.file("orig/file", original)
+    tree.file("copy/file", original)
+    expected = expect(tree, ["orig/file", "copy/file"])
+    for name, offset in _variants(size).items():
+        near = flip(original, offset)
+        # Each near-copy has its own true copy, so both kinds of answer are tested per offset.
+        tree.file(f"near/{name}", near)
+        tree.file(f"near-copy/{name}", near)
+        expected |= expect(tree, [f"near/{name}", f"near-copy/{name}"])
+    result = run(tree.root)
+    assert groups_of(result) == expected
+    assert result.issues == ()
+
+
+@pytest.mark.parametrize("size", [s for s in BOUNDARY_SIZES if s > WHOLE])
+@pytest.mark.parametrize("where", ["at_4096", "head_end", "middle", "before_tail"])
+def test_only_the_full_hash_can_tell(tree: Tree, run: Runner, size: int, where: str) -> None:
+    """Head and tail windows equal: the pair reaches the full stage, which must separate it."""
+    original = content(size, seed="orig")
+    tree.file("a", original)
+    tree.file("b", flip(original, _variants(size)[where]))
+    result = run(tree.root)
+    assert groups_of(result) == set()
+    full = result.stats.stage(Stage.FULL)
+    assert (full.files_in, full.files_opened, full.bytes_read, full.files_out) == (
+        2,
+        2,
+        2 * size,
+        0,
+    )
+
+
+@pytest.mark.parametrize("size", [WHOLE + 1, WHOLE + TAIL + 1])
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_a_partial_window_separates_early(tree: Tree, run: Runner, size: int, where: str) -> None:
+    original = content(size, seed="orig")
+    tree.file("a", original)
+    tree.file("b", flip(original, _variants(size)[where]))
+    result = run(tree.root)
+    assert groups_of(result) == set()
+    stopped_at = Stage.HEAD if where == "first" else Stage.TAIL
+    assert result.stats.stage(stopped_at).files_out == 0
+    assert result.stats.stage(Stage.FULL).files_in == 0
+
+
+# --- hard links -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [100, WHOLE + TAIL + 1])
+def test_hard_links_alone_are_no_group(tree: Tree, run: Runner, size: int) -> None:
+    tree.file("a/orig", content(size))
+    tree.hardlink("b/link", "a/orig")
+    tree.hardlink("b/link2", "a/orig")
+    assert groups_of(run(tree.root)) == set()
+
+
+@pytest.mark.parametrize("size", [100, WHOLE + TAIL + 1])
+def test_hard_links_alone_with_hard_links_option(tree: Tree, run: Runner, size: int) -> None:
+    tree.file("a/orig", content(size))
+    tree.hardlink("b/link", "a/orig")
+    result = run(tree.root, hard_links=True)
+    assert groups_of(result) == expect(tree, ["a/orig", "b/link"])
+    (group,) = result.groups
+    assert group.inodes == 1
+    assert group.reclaimable == 0
+
+
+@pytest.mark.parametrize("hard_links", [False, True])
+@pytest.mark.parametrize("size", [100, WHOLE + TAIL + 1])
+def test_hard_link_plus_a_real_copy(tree: Tree, run: Runner, size: int, hard_links: bool) -> None:
+    data = content(size)
+    tree.file("a/orig", data)
+    tree.hardlink("b/link", "a/orig")
+    tree.file("c/copy", data)
+    result = run(tree.root, hard_links=hard_links)
+    assert groups_of(result) == expect(tree, ["a/orig", "b/link", "c/copy"])
+    (group,) = result.groups
+    assert group.inodes == 2
+    assert group.reclaimable == size
+
+
+# --- symbolic links -------------------------------------------------------------------------------
+
+
+def test_symlinks_are_not_followed_by_default(tree: Tree, run: Runner, tmp_path: Path) -> None:
+    data = content(500)
+    tree.file("a", data)
+    tree.file("sub/b", data)
+    outside = Tree(tmp_path / "outside")
+    outside.file("x", data)
+    outside.file("dir/y", data)
+    tree.symlink("link-to-a", "a")
+    tree.symlink("link-to-outside-file", outside.path("x"))
+    tree.symlink("link-to-outside-dir", outside.path("dir"))
+    tree.symlink("link-to-sub", "sub")
+    result = run(tree.root)
+    assert groups_of(result) == expect(tree, ["a", "sub/b"])
+    assert result.stats.skipped_symlinks == 4
+
+
+def test_followed_symlinks_count_their_targets(tree: Tree, run: Runner, tmp_path: Path) -> None:
+    data = content(500)
+    tree.file("a", data)
+    outside = Tree(tmp_path / "outside")
+    outside.file("x", data)
+    outside.file("dir/y", data)
+    tree.symlink("lf", outside.path("x"))
+    tree.symlink("ld", outside.path("dir"))
+    result = run(tree.root, follow_links=True)
+    # Paths are reported as found (through the link), not resolved.
+    assert groups_of(result) == expect(tree, ["a", "lf", "ld/y"])
+
+
+def test_followed_symlink_to_a_file_with_a_copy(tree: Tree, run: Runner) -> None:
+    data = content(500)
+    tree.file("a", data)
+    tree.file("b", data)
+    tree.symlink("link", "a")
+    result = run(tree.root, follow_links=True)
+    (group,) = result.groups
+    a, b = os.stat(tree.path("a")), os.stat(tree.path("b"))
+    assert {(f.dev, f.ino) for f in group.files} == {(a.st_dev, a.st_ino), (b.st_dev, b.st_ino)}
+    assert tree.paths("a", "b") <= {f.path for f in group.files} <= tree.paths("a", "b", "link")
+    assert group.inodes == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: with follow_links a file reached directly and through a symlink (or through two "
+    "symlinks) is reported as its own duplicate when its st_nlink is 1: grouping.SizeGroups.add "
+    "only collapses (dev, ino) for nlink > 1, and scanner.scan_dirs adds the link's row with the "
+    "target's stat",
+)
+@pytest.mark.parametrize("links", [["link"], ["l1", "l2"]])
+def test_followed_symlink_is_never_its_targets_duplicate(
+    tree: Tree, run: Runner, tmp_path: Path, links: list[str]
+) -> None:
+    if links == ["link"]:
+        tree.file("a", content(500))
+        tree.symlink("link", "a")
+    else:  # two links to one file outside the root: one inode reached twice
+        target = Tree(tmp_path / "outside").file("x", content(500))
+        for name in links:
+            tree.symlink(name, target)
+    result = run(tree.root, follow_links=True)
+    assert groups_of(result) == set()
+
+
+def test_followed_dir_symlink_reaches_each_dir_once(tree: Tree, run: Runner) -> None:
+    tree.file("sub/x", content(500))
+    tree.file("sub/deeper/y", content(600))
+    tree.symlink("alias", "sub")
+    tree.symlink("sub/deeper/alias2", "..")
+    result = run(tree.root, follow_links=True)
+    assert groups_of(result) == set()
+    assert result.stats.files_scanned == 2
+    assert result.stats.dirs_revisited >= 1
+
+
+def test_dangling_symlink(tree: Tree, run: Runner) -> None:
+    data = content(500)
+    tree.file("a", data)
+    tree.file("b", data)
+    tree.symlink("dangling", "no-such-file")
+    tree.symlink("dangling-abs", "/no/such/dir/at/all")
+    for follow in (False, True):
+        result = run(tree.root, follow_links=follow)
+        assert groups_of(result) == expect(tree, ["a", "b"])
+        assert tree.path("dangling") not in issues_of(result)
+
+
+def test_symlink_loop_is_followed_once(tree: Tree, run: Runner) -> None:
+    data = content(500)
+    tree.file("a", data)
+    tree.file("sub/b", data)
+    tree.symlink("sub/up", "..")  # a directory link to its parent
+    tree.symlink("sub/self", ".")
+    tree.symlink("loop1", "loop2")  # a symlink loop: ELOOP
+    tree.symlink("loop2", "loop1")
+    result = run(tree.root, follow_links=True)
+    assert groups_of(result) == expect(tree, ["a", "sub/b"])
+    assert result.stats.files_scanned == 2
+    assert result.stats.dirs_revisited >= 2
+
+
+# --- special files --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_fifo_and_socket_are_skipped_unopened(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, follow: bool
+) -> None:
+    spy = OsSpy()
+    monkeypatch.setattr(dedup_engine.hashing, "os", spy)
+    tree.file("a", b"")
+    tree.file("b", b"")
+    tree.file("c", b"data")
+    tree.file("d", b"data")
+    fifo = tree.fifo("fifo")
+    sock = tree.unix_socket("sock")
+    tree.symlink("link-to-fifo", "fifo")
+    specials = [fifo, sock, tree.path("link-to-fifo")]
+    try:
+        os.mknod(tree.bpath("zero"), stat.S_IFCHR | 0o600, os.makedev(1, 5))  # like /dev/zero
+        specials.append(tree.path("zero"))
+    except OSError:
+        pass  # no CAP_MKNOD here; the FIFO and the socket still count
+    # empty=True: a FIFO's size is 0, like the empty files it must not be grouped with.
+    result = find_duplicates(tree.root, ScanOptions(workers=0, empty=True, follow_links=follow))
+    assert groups_of(result) == expect(tree, ["a", "b"], ["c", "d"])
+    assert not set(spy.opened) & set(specials)
+    assert result.issues == ()
+    assert result.stats.skipped_special == len(specials) - (0 if follow else 1)
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_fifo_and_socket_with_workers(tree: Tree, run: Runner, follow: bool) -> None:
+    tree.file("a", b"data")
+    tree.file("b", b"data")
+    tree.fifo("fifo")
+    tree.unix_socket("sock")
+    tree.symlink("link-to-fifo", "fifo")
+    result = run(tree.root, empty=True, follow_links=follow)
+    assert groups_of(result) == expect(tree, ["a", "b"])
+    assert result.issues == ()
+
+
+# --- empty files ----------------------------------------------------------------------------------
+
+
+def test_empty_files(tree: Tree, run: Runner) -> None:
+    tree.file("e1")
+    tree.file("sub/e2")
+    tree.file("sub/e3")
+    tree.file("x", b"x")
+    tree.file("y", b"x")
+    assert groups_of(run(tree.root)) == expect(tree, ["x", "y"])
+    assert groups_of(run(tree.root, empty=True)) == expect(
+        tree, ["e1", "sub/e2", "sub/e3"], ["x", "y"]
+    )
+    # --empty wins over --min-size: empty files are their own switch.
+    assert groups_of(run(tree.root, empty=True, min_size=2)) == expect(
+        tree, ["e1", "sub/e2", "sub/e3"]
+    )
+
+
+# --- names ----------------------------------------------------------------------------------------
+
+ODD_NAMES: list[str | bytes] = [
+    b"latin1-\xe9t\xe9",  # not UTF-8
+    b"\xff\xfe-invalid-\x80",
+    "new\nline",
+    "tab\tand\rreturn",
+    "\x01control\x7f",
+    "unicode-ünïcødé-日本語-😀",
+    " leading and trailing ",
+    "n" * 255,  # the longest name
+    "é" * 127 + "x",  # 255 bytes of UTF-8
+    "-dash-first",
+    "back\\slash",
+    "quote\"'",
+]
+
+
+def test_odd_names_round_trip(tree: Tree, run: Runner) -> None:
+    created: dict[bytes, str] = {}
+    expected = set()
+    for i, name in enumerate(ODD_NAMES):
+        assert len(os.fsencode(name)) <= 255
+        data = content(100 + i, seed="names")
+        one = tree.file(os.path.join(b"one", os.fsencode(name)), data)
+        two = tree.file(os.path.join(b"two", os.fsencode(name)), data)
+        created[os.fsencode(one)] = one
+        created[os.fsencode(two)] = two
+        expected.add(frozenset({one, two}))
+    result = run(tree.root)
+    assert groups_of(result) == expected
+    found = {os.fsencode(f.path) for g in result.groups for f in g.files}
+    assert found == set(created)
+    assert result.issues == ()
+
+
+# --- deep trees -----------------------------------------------------------------------------------
+
+
+def _build_deep(root: str, levels: int, name: str, data: bytes) -> str:
+    """levels nested dirs named `name` with `data` at the bottom, built by dir fd (no long paths)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(levels):
+            os.mkdir(name, dir_fd=fd)
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        out = os.open("bottom.bin", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        try:
+            os.write(out, data)
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
+    return root + f"/{name}" * levels + "/bottom.bin"
+
+
+def test_deep_nesting(tree: Tree, run: Runner) -> None:
+    data = content(2000)
+    levels, name = 130, "d" * 24
+    bottom = _build_deep(tree.root, levels, name, data)
+    assert 3000 < len(os.fsencode(bottom)) < 4096
+    top = tree.file("top.bin", data)
+    result = run(tree.root)
+    assert groups_of(result) == {frozenset({top, bottom})}
+    assert result.stats.dirs_scanned == levels + 1
+    # And max_depth cuts it: the bottom file sits at depth `levels`.
+    assert groups_of(run(tree.root, max_depth=levels - 1)) == set()
+    assert groups_of(run(tree.root, max_depth=levels)) == {frozenset({top, bottom})}
+
+
+# --- sparse files ---------------------------------------------------------------------------------
+
+SPARSE = 10 * 1024 * 1024
+
+
+def test_sparse_files(tree: Tree, run: Runner) -> None:
+    writes = {0: b"head", SPARSE // 2: b"middle", SPARSE - 4: b"tail"}
+    tree.sparse("s1", SPARSE, writes)
+    tree.sparse("sub/s2", SPARSE, writes)
+    tree.sparse("s3", SPARSE, {**writes, SPARSE // 2: b"MIDDLE"})  # differs in the middle only
+    tree.sparse("s4", SPARSE, {**writes, HEAD: b"!"})  # differs at offset 4096 only
+    result = run(tree.root)
+    assert groups_of(result) == expect(tree, ["s1", "sub/s2"])
+    assert result.stats.stage(Stage.FULL).files_in == 4
+
+
+# --- unreadable files and directories, with privileges really dropped -------------------------------
+
+
+def _open_up(tree: Tree) -> None:
+    """Everything readable by everyone, whatever the umask, before chmod'ing some of it away."""
+    for dirpath, dirs, names in os.walk(tree.root):
+        os.chmod(dirpath, 0o755)
+        for name in dirs:
+            os.chmod(os.path.join(dirpath, name), 0o755)
+        for name in names:
+            os.chmod(os.path.join(dirpath, name), 0o644)
+
+
+def _find_as(prefix: list[str], tree: Tree, workers: int) -> tuple[int, Report, str]:
+    """`dedup find ROOT -f json` run with the prefix (privileges dropped): exit code, report, stderr."""
+    cmd = [*prefix, "-m", "dedup_engine", "find", tree.root, "-f", "json", "-j", str(workers)]
+    proc = subprocess.run(
+        cmd, cwd=os.path.dirname(tree.root), capture_output=True, timeout=60, check=False
+    )
+    stderr = proc.stderr.decode(errors="replace")
+    assert proc.stdout, stderr
+    return proc.returncode, read_json(proc.stdout.decode("ascii")), stderr
+
+
+@pytest.mark.parametrize("size", [100, WHOLE + TAIL + 1])
+def test_unreadable_file(
+    world_tree: Tree, unprivileged: list[str], workers: int, size: int
+) -> None:
+    tree = world_tree
+    data = content(size)
+    tree.file("a/x", data)
+    tree.file("b/x", data)
+    tree.file("c/x", data)
+    tree.file("c/other", content(size, seed="other"))
+    _open_up(tree)
+    os.chmod(tree.bpath("c/x"), 0)
+    code, result, stderr = _find_as(unprivileged, tree, workers)
+    assert code == 1, stderr
+    assert groups_of(result) == expect(tree, ["a/x", "b/x"])
+    assert set(issues_of(result)) == {tree.path("c/x")}
+    assert issues_of(result)[tree.path("c/x")] <= {"head", "scan"}
+    assert "1 files could not be read" in stderr
+
+
+def test_unreadable_directory(world_tree: Tree, unprivileged: list[str], workers: int) -> None:
+    tree = world_tree
+    data = content(100)
+    tree.file("a/x", data)
+    tree.file("b/x", data)
+    tree.file("locked/x", data)
+    tree.file("locked/inner/y", data)
+    _open_up(tree)
+    os.chmod(tree.bpath("locked"), 0)
+    code, result, stderr = _find_as(unprivileged, tree, workers)
+    assert code == 1, stderr
+    assert groups_of(result) == expect(tree, ["a/x", "b/x"])
+    assert issues_of(result) == {tree.path("locked"): {"scan"}}
+
+
+# --- overlapping roots ----------------------------------------------------------------------------
+
+
+def _overlap_tree(tree: Tree) -> None:
+    data = content(700)
+    tree.file("a", data)
+    tree.file("sub/b", data)
+    tree.file("sub/deeper/c", data)
+    tree.file("sub/d", content(800))
+    tree.file("sub/deeper/e", content(800))
+
+
+def test_same_root_twice(tree: Tree, run: Runner) -> None:
+    _overlap_tree(tree)
+    once = run(tree.root)
+    twice = run([tree.root, tree.root, tree.root + "/", tree.root + "/./sub/.."])
+    assert groups_of(twice) == groups_of(once) == brute_groups(tree.root)
+    assert twice.roots == (tree.root,)
+    assert twice.stats.files_scanned == once.stats.files_scanned == 5
+
+
+def test_root_and_its_subdirectory(tree: Tree, run: Runner) -> None:
+    _overlap_tree(tree)
+    expected = brute_groups(tree.root)
+    for roots in ([tree.root, tree.path("sub")], [tree.path("sub"), tree.root]):
+        result = run(roots)
+        assert groups_of(result) == expected
+        assert result.stats.files_scanned == 5
+
+
+def test_root_through_a_symlink_alias(tree: Tree, run: Runner, tmp_path: Path) -> None:
+    _overlap_tree(tree)
+    alias = str(tmp_path / "alias")
+    os.symlink(tree.root, alias)
+    result = run([alias, tree.root])
+    assert result.roots == (tree.root,)
+    assert groups_of(result) == brute_groups(tree.root)
+
+
+def test_files_given_as_roots(tree: Tree, run: Runner) -> None:
+    _overlap_tree(tree)
+    assert groups_of(run([tree.path("a"), tree.path("sub/b")])) == expect(tree, ["a", "sub/b"])
+    assert groups_of(run([tree.path("a"), tree.path("a")])) == set()
+    assert groups_of(run(tree.path("a"))) == set()
+    result = run([tree.path("sub/d"), tree.path("sub/deeper")])
+    assert groups_of(result) == expect(tree, ["sub/d", "sub/deeper/e"])
+
+
+FILE_ROOT_BUG = (
+    "BUG: a file given as a root that is also under a directory root is added twice (once by "
+    "pipeline._Run._scan, once by the walk) and reported as its own duplicate; the rows share "
+    "(dev, ino) but grouping.SizeGroups.add only collapses inodes with st_nlink > 1"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=FILE_ROOT_BUG)
+def test_file_root_inside_a_dir_root_alone(tree: Tree, run: Runner) -> None:
+    tree.file("a", content(700))
+    assert groups_of(run([tree.root, tree.path("a")])) == set()
+
+
+@pytest.mark.xfail(strict=True, reason=FILE_ROOT_BUG)
+def test_file_root_inside_a_dir_root_with_a_copy(tree: Tree, run: Runner) -> None:
+    _overlap_tree(tree)
+    result = run([tree.path("a"), tree.root])
+    assert groups_of(result) == brute_groups(tree.root)
+
+
+# --- files that change under the engine (in process, so the stand-in `os` sees every call) --------
+
+SMALL = 1000
+BIG = WHOLE + TAIL + 1
+
+
+def _three_copies(tree: Tree, size: int) -> str:
+    data = content(size)
+    tree.file("keep1", data)
+    tree.file("keep2", data)
+    return tree.file("victim", data)
+
+
+def _run_spied(tree: Tree, spy: OsSpy, monkeypatch: pytest.MonkeyPatch) -> FindResult:
+    monkeypatch.setattr(dedup_engine.hashing, "os", spy)
+    result = find_duplicates(tree.root, ScanOptions(workers=0))
+    monkeypatch.undo()
+    check_invariants(result)
+    return result
+
+
+def _assert_excluded(tree: Tree, result: FindResult, victim: str, stage: str) -> None:
+    assert groups_of(result) == expect(tree, ["keep1", "keep2"])
+    assert issues_of(result) == {victim: {stage}}
+    assert all(i.message for i in result.issues)
+
+
+@pytest.mark.parametrize(
+    ("size", "nth_open", "stage"),
+    [(SMALL, 1, "head"), (BIG, 1, "head"), (BIG, 2, "tail"), (BIG, 3, "full")],
+)
+def test_file_grows_after_the_scan(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, size: int, nth_open: int, stage: str
+) -> None:
+    """Grown before the n-th open: caught by the size check of the stage reading it whole."""
+    victim = _three_copies(tree, size)
+    spy = OsSpy()
+
+    def grow(path: str, n: int) -> None:
+        if path == victim and n == nth_open:
+            append(path)
+
+    spy.on_open = grow
+    result = _run_spied(tree, spy, monkeypatch)
+    # A big file grown before its head or tail read still has equal windows: the full stage
+    # (the one that reads it whole) is where the size check catches it.
+    caught = stage if size <= WHOLE else "full"
+    _assert_excluded(tree, result, victim, caught)
+
+
+@pytest.mark.parametrize("change", ["grow", "shrink"])
+@pytest.mark.parametrize(("size", "stage"), [(SMALL, "head"), (BIG, "full")])
+def test_file_changes_size_while_read(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, size: int, stage: str, change: str
+) -> None:
+    """Resized between the size check (fstat) and the read: the byte count gives it away."""
+    victim = _three_copies(tree, size)
+    spy = OsSpy()
+
+    def resize(path: str) -> None:
+        if path == victim:
+            if change == "grow":
+                append(path, b"more")
+            else:
+                os.truncate(path, size - 1)
+
+    spy.on_fstat = resize
+    _assert_excluded(tree, _run_spied(tree, spy, monkeypatch), victim, stage)
+
+
+@pytest.mark.parametrize(
+    ("size", "nth_open", "stage"),
+    [(SMALL, 1, "head"), (BIG, 1, "head"), (BIG, 2, "tail"), (BIG, 3, "full")],
+)
+def test_file_vanishes_after_the_scan(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, size: int, nth_open: int, stage: str
+) -> None:
+    victim = _three_copies(tree, size)
+    spy = OsSpy()
+
+    def vanish(path: str, n: int) -> None:
+        if path == victim and n == nth_open:
+            os.unlink(path)
+
+    spy.on_open = vanish
+    _assert_excluded(tree, _run_spied(tree, spy, monkeypatch), victim, stage)
+
+
+@pytest.mark.parametrize("replacement", ["fifo", "symlink"])
+@pytest.mark.parametrize(
+    ("size", "nth_open", "stage"),
+    [(SMALL, 1, "head"), (BIG, 1, "head"), (BIG, 3, "full")],
+)
+def test_file_replaced_after_the_scan(
+    tree: Tree,
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
+    nth_open: int,
+    stage: str,
+    replacement: str,
+) -> None:
+    """Swapped for a FIFO (must not hang) or a symlink to a copy (must not be followed)."""
+    victim = _three_copies(tree, size)
+    spy = OsSpy()
+
+    def swap(path: str, n: int) -> None:
+        if path == victim and n == nth_open:
+            os.unlink(path)
+            if replacement == "fifo":
+                os.mkfifo(path)
+            else:
+                os.symlink("keep1", path)
+
+    spy.on_open = swap
+    _assert_excluded(tree, _run_spied(tree, spy, monkeypatch), victim, stage)
+
+
+@pytest.mark.parametrize(
+    ("size", "call", "nth_open", "stage"),
+    [
+        (SMALL, "read", 1, "head"),
+        (BIG, "pread", 1, "head"),
+        (BIG, "pread", 2, "tail"),
+        (BIG, "readv", 3, "full"),
+    ],
+)
+def test_read_error(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, size: int, call: str, nth_open: int, stage: str
+) -> None:
+    victim = _three_copies(tree, size)
+    spy = OsSpy()
+    spy.eio.add((victim, call, nth_open))
+    result = _run_spied(tree, spy, monkeypatch)
+    _assert_excluded(tree, result, victim, stage)
+    assert "EIO" in result.issues[0].message
+    # Every opened file was closed again, the failed one included.
+    assert spy.fd_paths == {}
+
+
+# --- exact work per stage -------------------------------------------------------------------------
+
+
+def test_stage_counts_are_exact(tree: Tree, run: Runner, workers: int) -> None:
+    small = content(100)
+    tree.file("a1", small)
+    tree.file("x/a2", small)
+    tree.file("x/b1", content(100, seed="b"))  # same size as a*, other content
+    big = content(20000)
+    tree.file("c1", big)
+    tree.file("y/c2", big)
+    tree.file("y/c3", flip(big, HEAD))  # same head and tail as c*, other content
+    tree.file("y/d1", flip(big, 0))  # other head
+    tree.file("e1", content(5000))  # a size of its own: never opened
+    tree.file("h1", content(300))
+    tree.hardlink("x/h2", "h1")
+    tree.copy("h1", "y/h3")
+    tree.symlink("link", "a1")
+    tree.fifo("fifo")
+    result = run(tree.root)
+    assert groups_of(result) == expect(tree, ["a1", "x/a2"], ["c1", "y/c2"], ["h1", "x/h2", "y/h3"])
+
+    stats = result.stats
+    assert [row.stage for row in stats.stages] == list(Stage)
+    rows = {
+        row.stage.value: (row.files_in, row.files_out, row.files_opened, row.bytes_read)
+        for row in stats.stages
+    }
+    # 11 paths scanned; sizes 100 (3 paths), 20000 (4 paths) and 300 (3 paths, 2 inodes) count.
+    # Head: 9 inodes; the 100- and 300-byte files are read whole, the 20000-byte ones 4096 bytes.
+    # Tail: c1, c2, c3 (d1 left at head); full: the same three, read whole.
+    assert rows == {
+        "scan": (0, 11, 0, 0),
+        "size": (11, 10, 0, 0),
+        "hardlink": (10, 9, 0, 0),
+        "head": (9, 7, 9, 3 * 100 + 2 * 300 + 4 * HEAD),
+        "tail": (3, 3, 3, 3 * TAIL),
+        "full": (3, 2, 3, 3 * 20000),
+    }
+    assert stats.dirs_scanned == 3
+    assert stats.files_scanned == 11
+    assert stats.bytes_scanned == 3 * 100 + 4 * 20000 + 5000 + 3 * 300
+    assert stats.skipped_special == 1
+    assert stats.skipped_symlinks == 1
+    assert stats.dirs_revisited == 0
+    assert stats.groups == 3
+    assert stats.files_in_groups == 7
+    assert stats.bytes_reclaimable == 100 + 20000 + 300
+    assert stats.workers == workers
+    data = json.loads(json.dumps(stats.as_dict()))
+    assert [s["stage"] for s in data["stages"]] == [s.value for s in Stage]
+
+
+@pytest.mark.parametrize(("head", "tail", "whole"), [(1024, 512, 2048), (8192, 100, 0)])
+def test_stage_counts_with_other_windows(
+    tree: Tree, run: Runner, head: int, tail: int, whole: int
+) -> None:
+    sizes = [600, 2048, 3000, 9000]
+    for size in sizes:
+        data = content(size)
+        tree.file(f"{size}/a", data)
+        tree.file(f"{size}/b", data)
+        tree.file(f"{size}/c", flip(data, head) if size > head else flip(data, 0))
+    result = run(tree.root, head_window=head, tail_window=tail, whole_threshold=whole)
+    assert groups_of(result) == {tree.paths(f"{s}/a", f"{s}/b") for s in sizes}
+    whole_at_head = [s for s in sizes if s <= max(head, whole)]
+    partial = [s for s in sizes if s > max(head, whole)]
+    stats = result.stats
+    head_row, tail_row, full_row = (stats.stage(s) for s in (Stage.HEAD, Stage.TAIL, Stage.FULL))
+    assert head_row.files_opened == 3 * len(sizes)
+    assert head_row.bytes_read == 3 * (sum(whole_at_head) + head * len(partial))
+    # The near-copy differs at offset `head`: same head window, same tail window unless the tail
+    # reaches back over that byte.
+    assert tail_row.files_opened == 3 * len(partial)
+    assert tail_row.bytes_read == sum(3 * min(tail, s) for s in partial)
+    in_full = sum(3 if s - tail > head else 2 for s in partial)
+    assert full_row.files_opened == in_full
+    assert full_row.bytes_read == sum((3 if s - tail > head else 2) * s for s in partial)
+
+
+@pytest.mark.parametrize("stages", [(), ("head",), ("tail",), ("tail", "head")])
+def test_partial_stages_do_not_change_the_answer(
+    tree: Tree, run: Runner, stages: tuple[str, ...]
+) -> None:
+    for size in (10, 4096, 16385, 20481):
+        data = content(size)
+        tree.file(f"{size}/a", data)
+        tree.file(f"{size}/b", data)
+        for offset in {0, size // 2, size - 1}:
+            tree.file(f"{size}/near{offset}", flip(data, offset))
+    result = run(tree.root, stages=stages)
+    assert groups_of(result) == brute_groups(tree.root)
+    assert len(result.groups) == 4
+
+
+# --- the result -----------------------------------------------------------------------------------
+
+
+def test_group_and_file_order(tmp_path: Path, run: Runner) -> None:
+    second = Tree(tmp_path / "z-second-root")
+    first = Tree(tmp_path / "a-first-root")
+    for t in (second, first):
+        t.file("small/1", content(10))
+        t.file("small/0", content(10))
+        t.file("big", content(5000))
+    result = run([second.root, first.root])
+    assert result.roots == (second.root, first.root)
+    assert [g.size for g in result.groups] == [5000, 10]
+    big, small = ([f.path for f in g.files] for g in result.groups)
+    assert big == [second.path("big"), first.path("big")]
+    # By root index first (the order roots were given), then by path.
+    assert small == [
+        second.path("small/0"),
+        second.path("small/1"),
+        first.path("small/0"),
+        first.path("small/1"),
+    ]
+    for group in result.groups:
+        for f in group.files:
+            st = os.stat(f.path)
+            assert (f.size, f.mtime_ns, f.ctime_ns) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def test_roots_in_any_form(tree: Tree, run: Runner) -> None:
+    tree.file("a", b"same")
+    tree.file("b", b"same")
+    expected = expect(tree, ["a", "b"])
+    assert groups_of(run(tree.root)) == expected
+    assert groups_of(run(Path(tree.root))) == expected
+    assert groups_of(run((Path(tree.root),))) == expected
+    assert groups_of(run([tree.root])) == expected
+    rel = os.path.relpath(tree.root)
+    assert groups_of(run(rel)) == expected  # relative roots come back absolute
+
+
+def test_no_files_at_all(tree: Tree, run: Runner) -> None:
+    tree.dir("empty/dir")
+    result = run(tree.root)
+    assert result.groups == ()
+    assert result.issues == ()
+    assert result.stats.files_scanned == 0
+
+
+def test_brute_force_agrees_on_a_mixed_tree(tree: Tree, run: Runner) -> None:
+    """Many sizes, many near-copies and copies; the engine agrees with hashing everything."""
+    for i in range(60):
+        size = [1, 7, 4095, 4097, 16384, 16385, 20481, 70000][i % 8]
+        data = content(size, seed=i % 5)
+        tree.file(f"d{i % 7}/f{i}", data if i % 3 else flip(data, (i * 7919) % size))
+    tree.hardlink("d0/link", "d1/f1")
+    result = run(tree.root)
+    assert groups_of(result) == brute_groups(tree.root)

@@ -16,6 +16,7 @@ jdupes is installed with apt-get when it is missing and this runs as root.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -50,8 +51,17 @@ def ensure_tree(cache: Path, profile: str, seed: int) -> Path:
             shutil.rmtree(dest)
         dest.mkdir(parents=True)
         subprocess.run(
-            [sys.executable, "-m", "dedup_engine", "synth", str(dest), "--profile", profile,
-             "--seed", str(seed)],
+            [
+                sys.executable,
+                "-m",
+                "dedup_engine",
+                "synth",
+                str(dest),
+                "--profile",
+                profile,
+                "--seed",
+                str(seed),
+            ],
             check=True,
         )
     return dest / "data"
@@ -92,10 +102,8 @@ def peak_tree_rss(cmd: list[str]) -> int:
         except psutil.NoSuchProcess:
             break
         for member in members:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 total += member.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
         peak = max(peak, total)
         time.sleep(0.005)
     return peak
@@ -116,7 +124,8 @@ def main() -> None:
     parser.add_argument("--dedup", default=shutil.which("dedup") or "dedup")
     args = parser.parse_args()
     jdupes = ensure_jdupes()
-    version = subprocess.run([jdupes, "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    probe = subprocess.run([jdupes, "-v"], capture_output=True, text=True, check=False)
+    version = probe.stdout.split("\n")[0]
     print(f"# {version}; {psutil.cpu_count()} CPUs; {args.runs} interleaved runs after 1 warm-up")
     rows = []
     for profile in args.profiles.split(","):
@@ -135,8 +144,10 @@ def main() -> None:
         theirs_rss = peak_single_rss(theirs)
         rows.append((profile, ours_t, theirs_t, ours_rss, theirs_rss, len(groups_of(a)), agree))
     print()
-    print("| tree | dedup find median (min-max) | jdupes -Q median (min-max) | ratio of medians "
-          "| dedup peak RSS (tree) | jdupes peak RSS | groups | same groups |")
+    print(
+        "| tree | dedup find median (min-max) | jdupes -Q median (min-max) | ratio of medians "
+        "| dedup peak RSS (tree) | jdupes peak RSS | groups | same groups |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for profile, ours_t, theirs_t, ours_rss, theirs_rss, groups, agree in rows:
         mo, mt = statistics.median(ours_t), statistics.median(theirs_t)

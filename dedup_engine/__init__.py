@@ -6,7 +6,15 @@ over it (`dedup_engine.cli`), and importing this package never imports the CLI's
 
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.pipeline import Progress, find_duplicates
-from dedup_engine.records import DuplicateGroup, FileEntry, FindResult, Issue, RunStats, Stage, StageStats
+from dedup_engine.records import (
+    DuplicateGroup,
+    FileEntry,
+    FindResult,
+    Issue,
+    RunStats,
+    Stage,
+    StageStats,
+)
 
 __version__ = "0.1.0"
 

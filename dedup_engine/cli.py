@@ -7,6 +7,8 @@ root); 3 duplicates were found and `--fail-on-duplicates` was given (it wins ove
 from __future__ import annotations
 
 import contextlib
+import io
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -149,6 +151,7 @@ def find(
     head_window: Annotated[str, typer.Option(hidden=True)] = "4K",
     tail_window: Annotated[str, typer.Option(hidden=True)] = "4K",
     whole_threshold: Annotated[str, typer.Option(hidden=True)] = "16K",
+    tail_min_size: Annotated[str, typer.Option(hidden=True)] = "64K",
 ) -> None:
     """Find groups of files with identical content (read-only)."""
     try:
@@ -167,9 +170,11 @@ def find(
             head_window=parse_size(head_window),
             tail_window=parse_size(tail_window),
             whole_threshold=parse_size(whole_threshold),
+            tail_min_size=parse_size(tail_min_size),
             chunk_size=parse_size(chunk_size),
             stages=tuple(s.strip() for s in partial_stages.split(",") if s.strip()),
         )
+        _check_output(output)
         show_progress = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
         with _progress(show_progress) as callback:
             result = find_duplicates(roots, options, progress=callback)
@@ -177,9 +182,10 @@ def find(
         _fail_usage(str(exc))
     with _open_output(output) as out:
         if output_format is Format.JSON:
-            text = _TextOut(out)
+            text = io.TextIOWrapper(out, encoding="ascii", newline="\n")
             write_json(result, options, __version__, text)
             text.flush()
+            text.detach()
         elif output_format is Format.CSV:
             write_csv(result.groups, out)
         elif output_format is Format.FDUPES:
@@ -226,18 +232,17 @@ def _fail_usage(message: str) -> Any:
     raise typer.Exit(EXIT_USAGE)
 
 
-class _TextOut:
-    """A text face on a binary stream, for the JSON writer."""
-
-    def __init__(self, out: IO[bytes]) -> None:
-        self._out = out
-
-    def write(self, text: str) -> int:
-        self._out.write(text.encode("ascii"))
-        return len(text)
-
-    def flush(self) -> None:
-        self._out.flush()
+def _check_output(path: Path | None) -> None:
+    """Refuse an output we could not write before the search, not after it."""
+    if path is None or str(path) == "-":
+        return
+    if path.is_dir():
+        raise OptionsError(f"--output {str(path)!r} is a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OptionsError(f"--output {str(path)!r}: no such directory {str(parent)!r}")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OptionsError(f"--output {str(path)!r} is not writable")
 
 
 @contextlib.contextmanager

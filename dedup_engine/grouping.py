@@ -23,9 +23,17 @@ class SizeGroups:
     """
 
     def __init__(
-        self, table: FileColumns, hard_links: bool, on_candidates: Callable[[list[int]], None]
+        self,
+        table: FileColumns,
+        hard_links: bool,
+        on_candidates: Callable[[list[int]], None],
+        *,
+        every_inode: bool = False,
     ) -> None:
         self.table = table
+        # Inodes are looked up only for files with a link count above 1, unless `every_inode`:
+        # a followed symlink reaches a file by a second path without raising its link count.
+        self._min_links = 0 if every_inode else 1
         self.hard_links = hard_links
         self.links: dict[int, list[int]] = {}
         #: The rule for "still a group": `len` (inodes), or paths with `hard_links`.
@@ -40,12 +48,13 @@ class SizeGroups:
     def add(self, start: int, end: int) -> None:
         """Take table rows start..end-1."""
         table = self.table
-        by_size, extra = self._by_size, self._extra
+        by_size, extra, min_links = self._by_size, self._extra, self._min_links
         fresh: list[int] = []
         self.rows_in += end - start
         rows = range(start, end)
-        for row, size, nlink in zip(rows, table.size[start:end], table.nlink[start:end]):
-            if nlink > 1 and self._is_link(row, size):
+        columns = zip(rows, table.size[start:end], table.nlink[start:end], strict=True)
+        for row, size, nlink in columns:
+            if nlink > min_links and self._is_link(row, size):
                 continue
             group = by_size.get(size)
             if group is None:

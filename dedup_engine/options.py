@@ -15,6 +15,9 @@ DEFAULT_HEAD = 4096
 DEFAULT_TAIL = 4096
 #: Files up to this size are read whole in the head stage, so they need one open in all, not three.
 DEFAULT_WHOLE = 16384
+#: Smaller files skip the tail stage and go straight to the full hash: below this, reading them
+#: whole costs about what another open for the tail does.
+DEFAULT_TAIL_MIN = 64 * 1024
 #: Read chunk for the full hash: big enough that BLAKE3's SIMD runs at full speed, small enough to
 #: stay in L2 with its reused buffer.
 DEFAULT_CHUNK = 256 * 1024
@@ -46,6 +49,7 @@ class ScanOptions:
     head_window: int = DEFAULT_HEAD
     tail_window: int = DEFAULT_TAIL
     whole_threshold: int = DEFAULT_WHOLE
+    tail_min_size: int = DEFAULT_TAIL_MIN
     chunk_size: int = DEFAULT_CHUNK
     stages: tuple[str, ...] = ("head", "tail")
 
@@ -61,8 +65,8 @@ class ScanOptions:
         for name in ("head_window", "tail_window", "chunk_size"):
             if getattr(self, name) < 1:
                 raise OptionsError(f"{name} must be at least 1 byte")
-        if self.whole_threshold < 0:
-            raise OptionsError("whole_threshold must be 0 or more")
+        if self.whole_threshold < 0 or self.tail_min_size < 0:
+            raise OptionsError("whole_threshold and tail_min_size must be 0 or more")
         unknown = set(self.stages) - {"head", "tail"}
         if unknown:
             raise OptionsError(f"unknown partial stage(s): {', '.join(sorted(unknown))}")
@@ -98,6 +102,7 @@ class ScanOptions:
             "head_window": self.head_window,
             "tail_window": self.tail_window,
             "whole_threshold": self.whole_threshold,
+            "tail_min_size": self.tail_min_size,
             "chunk_size": self.chunk_size,
             "stages": list(self.stages),
         }

@@ -1,7 +1,7 @@
 """The whole duplicate search, start to end: `find_duplicates`.
 
-scan → size → hard-link collapse → head → tail → full → groups.  The walk and the head stage overlap:
-a file is sent for its head hash as soon as a second inode of its size turns up.
+scan → size → hard-link collapse → head → tail → full → groups.  The walk and the head stage
+overlap: a file is sent for its head hash as soon as a second inode of its size turns up.
 """
 
 from __future__ import annotations
@@ -42,8 +42,14 @@ ProgressCallback = Callable[[Progress], None]
 
 
 def canonical_roots(roots: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
-    """Absolute, symlink-free roots, each once, in the order given; missing roots are fatal."""
+    """Absolute, symlink-free roots, each once, in the order given; missing roots are fatal.
+
+    A file root inside a directory root is dropped: the walk of that directory finds it, and one
+    path must never be listed twice.  Nested directory roots are kept (a file under both is
+    attributed to the innermost); the walk visits each directory once by (st_dev, st_ino).
+    """
     out: list[str] = []
+    dirs: list[str] = []
     for root in roots:
         text = os.fspath(root)
         if not text:
@@ -57,6 +63,9 @@ def canonical_roots(roots: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
             raise OptionsError(f"root {text!r} is neither a directory nor a regular file")
         if real not in out:
             out.append(real)
+            if stat.S_ISDIR(st.st_mode):
+                dirs.append(real)
+    out = [r for r in out if r in dirs or not any(_inside(r, d) for d in dirs)]
     if not out:
         raise OptionsError("no root given")
     return tuple(out)
@@ -75,7 +84,7 @@ def find_duplicates(
     """
     opts = options or ScanOptions()
     if isinstance(roots, str | Path) or not isinstance(roots, Sequence):
-        roots = [roots]  # type: ignore[list-item]
+        roots = [roots]
     canon = canonical_roots(roots)
     started = time.perf_counter()
     stats = RunStats()
@@ -121,7 +130,8 @@ class _Run:
         self.table = FileColumns()
         self.head = self._step(Window(Stage.HEAD, opts.head_window, opts.whole_threshold))
         feed = self.head.feed if "head" in opts.stages else _ignore
-        self.sizes = SizeGroups(self.table, opts.hard_links, feed)
+        # With links followed, one inode can be reached by two paths even with a link count of 1.
+        self.sizes = SizeGroups(self.table, opts.hard_links, feed, every_inode=opts.follow_links)
         self._last_tick = 0.0
 
     def search(self) -> list[tuple[bytes, Group]]:
@@ -132,7 +142,10 @@ class _Run:
         finals: list[tuple[bytes, Group]] = []
         windows = [
             (self.head, "head" in opts.stages),
-            (self._step(Window(Stage.TAIL, opts.tail_window)), "tail" in opts.stages),
+            (
+                self._step(Window(Stage.TAIL, opts.tail_window, min_size=opts.tail_min_size)),
+                "tail" in opts.stages,
+            ),
             (self._step(Window(Stage.FULL)), True),
         ]
         for step, enabled in windows:
@@ -140,7 +153,9 @@ class _Run:
                 continue
             self.current = step.window.stage
             if step is not self.head:
-                step.feed([row for group in groups for row in group])
+                applies = step.window.applies
+                sizes = self.table.size
+                step.feed([row for g in groups if applies(sizes[g[0]]) for row in g])
             step.drain()
             done, groups = step.refine(groups, self.sizes.weight)
             finals.extend(done)
@@ -172,6 +187,8 @@ class _Run:
             elif self.opts.accepts_size(st.st_size):
                 start = len(self.table)
                 self.table.add(root, index, st)
+                self.stats.files_scanned += 1
+                self.stats.bytes_scanned += st.st_size
                 self.sizes.add(start, start + 1)
         self._pending = pending
         self._seen = seen
@@ -201,7 +218,8 @@ class _Run:
         for path, message in result.issues:
             self.issues.append(Issue(path, Stage.SCAN, message))
         seen = self._seen
-        for job, dev, ino in zip(result.subdirs, result.subdir_devs, result.subdir_inos):
+        subdirs = zip(result.subdirs, result.subdir_devs, result.subdir_inos, strict=True)
+        for job, dev, ino in subdirs:
             key = (dev, ino)
             if key in seen:  # a loop through a followed link or a bind mount, or a nested root
                 stats.dirs_revisited += 1
@@ -229,9 +247,15 @@ class _Run:
         self._last_tick = now
         row = self.stats.stage(self.current)
         if self.current is Stage.SCAN:
-            self.progress(Progress(Stage.SCAN, self.stats.files_scanned, self.stats.bytes_scanned, None))
+            self.progress(
+                Progress(Stage.SCAN, self.stats.files_scanned, self.stats.bytes_scanned, None)
+            )
         else:
             self.progress(Progress(self.current, row.files_opened, row.bytes_read, row.files_in))
+
+
+def _inside(path: str, directory: str) -> bool:
+    return path.startswith(directory if directory.endswith("/") else directory + "/")
 
 
 def _ignore(rows: list[int]) -> None:

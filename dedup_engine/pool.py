@@ -7,13 +7,15 @@ processes are forked once, before the run has built any large structure, and ser
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
-import multiprocessing.process
 import queue
 import sys
+import threading
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
 from dedup_engine.hashing import HashResult, HashTask, hash_batch
@@ -21,6 +23,7 @@ from dedup_engine.options import ScanOptions
 from dedup_engine.scanner import Filter, ScanResult, ScanTask, scan_dirs
 
 Task = ScanTask | HashTask
+PIPE_BYTES = 1 << 20
 Result = ScanResult | HashResult
 Callback = Callable[[Any], None]
 
@@ -71,39 +74,69 @@ class InlinePool:
         self._queue.clear()
 
 
-def _worker_main(tasks: Any, results: Any, options: ScanOptions, roots: Sequence[str]) -> None:
+def _worker_main(
+    tasks: Connection, results: Connection, options: ScanOptions, roots: Sequence[str]
+) -> None:
     flt = Filter(options, roots)
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def receive() -> None:
+        # Tasks are drained as they come, so the parent's send never waits on this worker while
+        # this worker waits for the parent to read a result.
+        while True:
+            try:
+                item = tasks.recv()
+            except (EOFError, OSError):
+                item = None
+            inbox.put(item)
+            if item is None:
+                return
+
+    threading.Thread(target=receive, daemon=True).start()
     while True:
-        item = tasks.get()
+        item = inbox.get()
         if item is None:
             return
         key, task = item
+        reply: tuple[int, Result | None, str | None]
         try:
-            results.put((key, run_task(task, flt), None))
+            reply = (key, run_task(task, flt), None)
         except BaseException:  # report, then keep serving: the parent decides to stop
-            results.put((key, None, traceback.format_exc()))
+            reply = (key, None, traceback.format_exc())
+        results.send(reply)
 
 
 class ProcessPool:
-    """Worker processes fed through one shared task queue, so an idle worker takes the next task."""
+    """Worker processes, each fed through its own pipe; a task goes to the least busy worker.
+
+    Pipes and no queue threads in the parent: the parent's CPU is part of the run's budget.
+    """
 
     def __init__(self, workers: int, options: ScanOptions, roots: Sequence[str]) -> None:
         method = "fork" if sys.platform.startswith("linux") else "spawn"
         ctx = multiprocessing.get_context(method)
         self.workers = workers
-        self._tasks: Any = ctx.Queue()
-        self._results: Any = ctx.Queue()
-        self._callbacks: dict[int, Callback] = {}
+        self._callbacks: dict[int, tuple[Callback, int]] = {}
+        self._busy = [0] * workers
         self._next = 0
-        self._procs: list[multiprocessing.process.BaseProcess] = []
+        self._procs: list[Any] = []
+        self._send: list[Connection] = []
+        self._recv: list[Connection] = []
         for _ in range(workers):
-            proc = ctx.Process(
-                target=_worker_main,
-                args=(self._tasks, self._results, options, tuple(roots)),
-                daemon=True,
+            task_r, task_w = ctx.Pipe(duplex=False)
+            result_r, result_w = ctx.Pipe(duplex=False)
+            proc = ctx.Process(  # type: ignore[attr-defined]
+                target=_worker_main, args=(task_r, result_w, options, tuple(roots)), daemon=True
             )
+            _widen(task_w)
+            _widen(result_r)
             proc.start()
+            task_r.close()
+            result_w.close()
             self._procs.append(proc)
+            self._send.append(task_w)
+            self._recv.append(result_r)
+        self._owner = {conn: index for index, conn in enumerate(self._recv)}
 
     @property
     def in_flight(self) -> int:
@@ -112,36 +145,57 @@ class ProcessPool:
     def submit(self, task: Task, on_done: Callback) -> None:
         key = self._next
         self._next += 1
-        self._callbacks[key] = on_done
-        self._tasks.put((key, task))
+        busy = self._busy
+        worker = busy.index(min(busy))
+        busy[worker] += 1
+        self._callbacks[key] = (on_done, worker)
+        self._send[worker].send((key, task))
 
     def wait_one(self) -> None:
         while True:
-            try:
-                key, result, error = self._results.get(timeout=0.5)
+            ready = wait(self._recv, timeout=0.5)
+            if ready:
                 break
-            except queue.Empty:
-                dead = [p for p in self._procs if not p.is_alive()]
-                if dead:
-                    codes = ", ".join(str(p.exitcode) for p in dead)
-                    raise WorkerError(f"a worker process died (exit code {codes})") from None
-        on_done = self._callbacks.pop(key)
-        if error is not None:
-            raise WorkerError(f"a worker failed:\n{error}")
-        on_done(result)
+            dead = [p for p in self._procs if not p.is_alive()]
+            if dead:
+                codes = ", ".join(str(p.exitcode) for p in dead)
+                raise WorkerError(f"a worker process died (exit code {codes})")
+        for conn in ready:
+            assert isinstance(conn, Connection)
+            try:
+                key, result, error = conn.recv()
+            except (EOFError, OSError):
+                code = self._procs[self._owner[conn]].exitcode
+                raise WorkerError(f"a worker process died (exit code {code})") from None
+            on_done, worker = self._callbacks.pop(key)
+            self._busy[worker] -= 1
+            if error is not None:
+                raise WorkerError(f"a worker failed:\n{error}")
+            on_done(result)
 
     def close(self) -> None:
-        for _ in self._procs:
-            self._tasks.put(None)
+        for conn in self._send:
+            with contextlib.suppress(OSError):  # that worker is gone already
+                conn.send(None)
         for proc in self._procs:
             proc.join(timeout=2)
             if proc.is_alive():
                 proc.terminate()
                 proc.join(timeout=2)
-        # Tasks still queued are dropped on purpose: the run is over (or aborted).
-        for q in (self._tasks, self._results):
-            q.cancel_join_thread()
-            q.close()
+        for conn in (*self._send, *self._recv):
+            conn.close()
+
+
+def _widen(conn: Connection) -> None:
+    # A pipe holds 64 KiB by default: a few batches of paths.  With room for all the tasks in
+    # flight, a send returns at once instead of waiting for the worker's reader thread to get
+    # the GIL.  Linux only, and best effort: the pool is correct without it.
+    try:
+        import fcntl
+
+        fcntl.fcntl(conn.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    except (ImportError, OSError):
+        pass
 
 
 def open_pool(options: ScanOptions, roots: Sequence[str]) -> Pool:

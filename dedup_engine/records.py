@@ -1,8 +1,8 @@
 """The records the engine hands out: files, duplicate groups, issues and per-stage statistics.
 
-These are the public result types of `find_duplicates`; they are frozen and slotted so they are cheap,
-hashable and safe to pass between processes.  The hot paths inside the pipeline use columnar arrays
-instead (see `table.py`) and only build these records for files that end up in a group.
+These are the public result types of `find_duplicates`, frozen and slotted: cheap, hashable and safe
+to pass between processes.  The hot paths inside the pipeline use columnar arrays instead
+(`scanner.FileColumns`) and only build these records for files that end up in a group.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class Stage(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class FileEntry:
-    """One path of a file in a duplicate group, with the identity `apply` re-checks before acting."""
+    """One path of a file in a duplicate group, with the identity `apply` re-checks first."""
 
     path: str
     dev: int
@@ -38,8 +38,8 @@ class FileEntry:
 class DuplicateGroup:
     """Files with identical content: equal size and equal BLAKE3 digest of every byte.
 
-    `files` lists every path of every inode in the group, hard links included, ordered by the index of
-    the root they were found under and then by path.
+    `files` lists every path of every inode in the group, hard links included, ordered by the
+    index of the root they were found under and then by path.
     """
 
     size: int
@@ -132,7 +132,7 @@ class RunStats:
 
 @dataclass(frozen=True, slots=True)
 class FindResult:
-    """What `find_duplicates` returns: the groups, the files it could not examine, and the work it did."""
+    """What `find_duplicates` returns: the groups, the files it could not read, the work done."""
 
     roots: tuple[str, ...]
     groups: tuple[DuplicateGroup, ...]

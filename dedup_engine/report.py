@@ -95,7 +95,7 @@ def read_json(source: IO[str] | str) -> Report:
     except json.JSONDecodeError as exc:
         raise ReportError(f"not a JSON report: {exc}") from None
     if not isinstance(data, dict) or data.get("tool") != TOOL:
-        raise ReportError("not a dedup-engine report (no \"tool\": \"dedup-engine\")")
+        raise ReportError('not a dedup-engine report (no "tool": "dedup-engine")')
     if data.get("schema") != SCHEMA:
         raise ReportError(f"report schema {data.get('schema')!r} is not supported (want {SCHEMA})")
     try:
@@ -174,9 +174,7 @@ def write_text(result: FindResult, out: IO[bytes]) -> None:
     )
     if result.issues:
         lines.append(f"{len(result.issues)} files could not be read:")
-        lines.extend(
-            f"  {printable(i.path)}: {i.message} ({i.stage.value})" for i in result.issues
-        )
+        lines.extend(f"  {printable(i.path)}: {i.message} ({i.stage.value})" for i in result.issues)
     out.write(("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
 
 

@@ -2,8 +2,8 @@
 
 Runs in the worker processes.  One `os.scandir` per directory and at most one stat per entry (from
 the DirEntry); FIFOs, sockets and devices are recognised from the directory entry's type and never
-opened or stat'ed.  Results are columnar (arrays and one joined string) because pickling a tuple per
-file costs more than the listing itself.
+opened or stat'ed.  Results are columnar (a list of paths and arrays of numbers) because pickling a
+tuple per file costs more than the listing itself.
 """
 
 from __future__ import annotations
@@ -59,6 +59,21 @@ class FileColumns:
         self.size.extend(other.size)
         self.mtime.extend(other.mtime)
         self.ctime.extend(other.ctime)
+
+    @classmethod
+    def from_stats(
+        cls, paths: list[str], roots: array[int], stats: list[os.stat_result]
+    ) -> FileColumns:
+        return cls(
+            paths,
+            roots,
+            array("Q", [st.st_dev for st in stats]),
+            array("Q", [st.st_ino for st in stats]),
+            array("Q", [st.st_nlink for st in stats]),
+            array("q", [st.st_size for st in stats]),
+            array("q", [st.st_mtime_ns for st in stats]),
+            array("q", [st.st_ctime_ns for st in stats]),
+        )
 
     def add(self, path: str, root: int, st: os.stat_result) -> None:
         self.paths.append(path)
@@ -131,11 +146,21 @@ def _compile(patterns: Sequence[str]) -> tuple[re.Pattern[str] | None, re.Patter
 
 
 def scan_dirs(task: ScanTask, flt: Filter) -> ScanResult:
-    """List every directory of the task; errors become issues and the listing goes on."""
+    """List every directory of the task; errors become issues and the listing goes on.
+
+    Runs once per directory entry, so the common case (a regular file, no patterns) is kept to a
+    type check, one stat and two appends; the columns are built once at the end.
+    """
     opts = flt.options
     follow = opts.follow_links
     max_depth = opts.max_depth
-    files = FileColumns()
+    filtering = flt.has_include or flt.has_exclude or not opts.hidden
+    min_size = max(opts.min_size, 1)
+    max_size = opts.max_size if opts.max_size is not None else 1 << 63
+    empty = opts.empty
+    paths: list[str] = []
+    stats: list[os.stat_result] = []
+    roots = array("I")
     subdirs: list[DirJob] = []
     subdir_devs = array("Q")
     subdir_inos = array("Q")
@@ -143,6 +168,7 @@ def scan_dirs(task: ScanTask, flt: Filter) -> ScanResult:
     special = 0
     symlinks = 0
     scanned = 0
+    add_path, add_stat = paths.append, stats.append
     for job in task.dirs:
         try:
             listing = os.scandir(job.path)
@@ -151,6 +177,7 @@ def scan_dirs(task: ScanTask, flt: Filter) -> ScanResult:
             continue
         scanned += 1
         root = job.root
+        before = len(paths)
         descend = max_depth is None or job.depth < max_depth
         with listing:
             while True:
@@ -161,31 +188,35 @@ def scan_dirs(task: ScanTask, flt: Filter) -> ScanResult:
                 except OSError as exc:  # EIO in the middle of a listing: keep what we have
                     issues.append((job.path, _describe(exc)))
                     break
-                name = entry.name
                 path = entry.path
                 try:
+                    if entry.is_file(follow_symlinks=False):
+                        if filtering and (
+                            flt.excluded(entry.name, path, root)
+                            or not flt.included(entry.name, path, root)
+                        ):
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                        size = st.st_size
+                        if (min_size <= size <= max_size) if size else empty:
+                            add_path(path)
+                            add_stat(st)
+                        continue
                     if entry.is_dir(follow_symlinks=False):
-                        if descend and not flt.excluded(name, path, root):
+                        if descend and not (filtering and flt.excluded(entry.name, path, root)):
                             st = entry.stat(follow_symlinks=False)
                             if not opts.one_file_system or st.st_dev == job.root_dev:
                                 subdirs.append(DirJob(path, root, job.depth + 1, job.root_dev))
                                 subdir_devs.append(st.st_dev)
                                 subdir_inos.append(st.st_ino)
                         continue
-                    if entry.is_file(follow_symlinks=False):
-                        if flt.excluded(name, path, root) or not flt.included(name, path, root):
-                            continue
-                        st = entry.stat(follow_symlinks=False)
-                        if opts.accepts_size(st.st_size):
-                            files.add(path, root, st)
-                        continue
                     if not entry.is_symlink():
-                        special += 1
+                        special += 1  # FIFO, socket or device: known from the entry, never opened
                         continue
                     if not follow:
                         symlinks += 1
                         continue
-                    if flt.excluded(name, path, root):
+                    if flt.excluded(entry.name, path, root):
                         continue
                     try:
                         st = os.stat(path)
@@ -198,12 +229,15 @@ def scan_dirs(task: ScanTask, flt: Filter) -> ScanResult:
                             subdir_devs.append(st.st_dev)
                             subdir_inos.append(st.st_ino)
                     elif stat.S_ISREG(st.st_mode):
-                        if flt.included(name, path, root) and opts.accepts_size(st.st_size):
-                            files.add(path, root, st)
+                        if flt.included(entry.name, path, root) and opts.accepts_size(st.st_size):
+                            add_path(path)
+                            add_stat(st)
                     else:
                         special += 1
                 except OSError as exc:  # vanished between listing and stat, or EACCES
                     issues.append((path, _describe(exc)))
+        roots.extend(array("I", [root]) * (len(paths) - before))
+    files = FileColumns.from_stats(paths, roots, stats)
     return ScanResult(
         files, tuple(subdirs), subdir_devs, subdir_inos, tuple(issues), scanned, special, symlinks
     )

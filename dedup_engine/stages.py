@@ -78,9 +78,10 @@ class HashStep:
         if not self.window.length:
             sizes = self.table.size
             total = 0
-            for count, row in enumerate(pending[:BATCH_FILES], 1):
+            for taken, row in enumerate(pending[:BATCH_FILES], 1):
                 total += sizes[row]
                 if total >= BATCH_BYTES:
+                    count = taken
                     break
         batch = pending[:count]
         del pending[:count]
@@ -136,17 +137,23 @@ class HashStep:
         The digests are released afterwards: each stage holds only its own.
         """
         column = bytes(self.digests)  # slices of bytes are hashable keys, made in one step
-        size = DIGEST_SIZE
+        width = DIGEST_SIZE
         sizes = self.table.size
         reads_whole = self.window.reads_whole
         done: list[tuple[bytes, Group]] = []
         rest: list[Group] = []
+        applies = self.window.applies
         for group in groups:
-            whole = reads_whole(sizes[group[0]])
+            size_of_group = sizes[group[0]]
+            if not applies(size_of_group):
+                rest.append(group)  # this stage skipped it
+                self.stats.files_in += len(group)
+                continue
+            whole = reads_whole(size_of_group)
             buckets: dict[bytes, Group] = {}
             for row in group:
-                at = row * size
-                digest = column[at : at + size]
+                at = row * width
+                digest = column[at : at + width]
                 bucket = buckets.get(digest)
                 if bucket is None:
                     buckets[digest] = [row]

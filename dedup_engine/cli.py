@@ -147,7 +147,7 @@ def find(
     ] = "head,tail",
     chunk_size: Annotated[
         str, typer.Option(help="Read chunk of the full hash.", hidden=True)
-    ] = "256K",
+    ] = "128K",
     head_window: Annotated[str, typer.Option(hidden=True)] = "4K",
     tail_window: Annotated[str, typer.Option(hidden=True)] = "4K",
     whole_threshold: Annotated[str, typer.Option(hidden=True)] = "16K",

@@ -18,9 +18,9 @@ DEFAULT_WHOLE = 16384
 #: Smaller files skip the tail stage and go straight to the full hash: below this, reading them
 #: whole costs about what another open for the tail does.
 DEFAULT_TAIL_MIN = 64 * 1024
-#: Read chunk for the full hash: big enough that BLAKE3's SIMD runs at full speed, small enough to
-#: stay in L2 with its reused buffer.
-DEFAULT_CHUNK = 256 * 1024
+#: Read chunk of the full stage: big enough that BLAKE3 runs at full speed, small enough that the
+#: buffers stay in L2 (measured: 128 KiB reads hash at 2.7 GB/s here, 256 KiB ones as low as 1.5).
+DEFAULT_CHUNK = 128 * 1024
 
 
 class OptionsError(ValueError):

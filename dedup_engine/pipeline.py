@@ -152,9 +152,13 @@ class _Run:
             if not enabled or not groups:
                 continue
             self.current = step.window.stage
-            if step is not self.head:
-                applies = step.window.applies
-                sizes = self.table.size
+            applies = step.window.applies
+            sizes = self.table.size
+            if step.window.stage is Stage.FULL:
+                # With hard_links, a lone inode can be a group by its paths alone, so members
+                # are hashed one by one instead of compared (which drops a member left alone).
+                step.feed_groups([[r] for g in groups for r in g] if opts.hard_links else groups)
+            elif step is not self.head:
                 step.feed([row for g in groups if applies(sizes[g[0]]) for row in g])
             step.drain()
             done, groups = step.refine(groups, self.sizes.weight)

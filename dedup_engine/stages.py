@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from array import array
+from collections import deque
 from collections.abc import Callable
 
 from dedup_engine.grouping import Group
@@ -48,21 +49,32 @@ class HashStep:
         # One digest column for the whole table, DIGEST_SIZE bytes a row: no object per file.
         self.digests = bytearray()
         self._pending: list[int] = []
-        self._pending_bytes = 0
+        self._bounds: deque[int] = (
+            deque()
+        )  # full stage: the sizes of the groups in _pending, in order
         self._outstanding = 0
         self._started: float | None = None
         self._tick = tick
 
     def feed(self, rows: list[int]) -> None:
+        """Queue files for a partial window; each is hashed on its own."""
         if self._started is None:
             self._started = time.perf_counter()
         self.stats.files_in += len(rows)
-        if self.window.length:
-            self._pending.extend(rows)
-            return
+        self._pending.extend(rows)
+
+    def feed_groups(self, groups: list[Group]) -> None:
+        """Queue whole groups for the full stage, which compares the members of a group together.
+
+        Largest first: the long reads start early and the short ones fill in at the end.
+        """
+        if self._started is None:
+            self._started = time.perf_counter()
         sizes = self.table.size
-        # Largest first: the long full hashes start early and the short ones fill in at the end.
-        self._pending.extend(sorted(rows, key=lambda r: -sizes[r]))
+        for group in sorted(groups, key=lambda g: -sizes[g[0]]):
+            self.stats.files_in += len(group)
+            self._pending.extend(group)
+            self._bounds.append(len(group))
 
     def flush(self, final: bool = False) -> None:
         """Submit batches while the pool has room; with `final`, the last partial one too."""
@@ -72,22 +84,29 @@ class HashStep:
                 return
             self._submit(self._take_batch())
 
-    def _take_batch(self) -> list[int]:
+    def _take_batch(self) -> tuple[list[int], array[int]]:
         pending = self._pending
-        count = min(len(pending), BATCH_FILES)
-        if not self.window.length:
+        bounds = array("I")
+        if not self._bounds:
+            count = min(len(pending), BATCH_FILES)
+        else:
+            # Whole groups, at least one, up to the byte and file budgets.
             sizes = self.table.size
+            count = 0
             total = 0
-            for taken, row in enumerate(pending[:BATCH_FILES], 1):
-                total += sizes[row]
-                if total >= BATCH_BYTES:
-                    count = taken
-                    break
+            while self._bounds and (
+                count == 0 or (count + self._bounds[0] <= BATCH_FILES and total < BATCH_BYTES)
+            ):
+                members = self._bounds.popleft()
+                total += sizes[pending[count]] * members
+                count += members
+                bounds.append(members)
         batch = pending[:count]
         del pending[:count]
-        return batch
+        return batch, bounds
 
-    def _submit(self, rows: list[int]) -> None:
+    def _submit(self, batch: tuple[list[int], array[int]]) -> None:
+        rows, bounds = batch
         table = self.table
         task = HashTask(
             self.window,
@@ -96,6 +115,7 @@ class HashStep:
             array("q", map(table.size.__getitem__, rows)),
             self.follow_links,
             self.chunk_size,
+            bounds,
         )
         self._outstanding += 1
         self.pool.submit(task, self._done)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,8 +31,7 @@ DEADLINE_S = 60
 
 @pytest.fixture
 def deadline() -> Iterator[None]:
-    """SIGALRM after DEADLINE_S: a hang (a FIFO opened, a loop followed) fails instead of stalling."""
-    import signal
+    """SIGALRM after DEADLINE_S: a hang (a FIFO opened, a loop followed) fails, not stalls."""
 
     def on_alarm(signum: int, frame: FrameType | None) -> None:
         raise TimeoutError(f"test still running after {DEADLINE_S} s: a hang?")
@@ -67,7 +67,7 @@ def run(workers: int) -> Runner:
     return _run
 
 
-# --- dropping privileges ----------------------------------------------------------------------------
+# --- dropping privileges -------------------------------------------------------------------------
 
 _PROBE = """
 import sys
@@ -100,16 +100,15 @@ def unprivileged() -> list[str]:
         pytest.skip("needs root, to drop privileges for real (a mode-000 file is readable by root)")
     if shutil.which("setpriv") is None:
         pytest.skip("needs setpriv (util-linux) to drop privileges")
-    top = tempfile.mkdtemp(prefix="dedup-probe-")
+    top = Path(tempfile.mkdtemp(prefix="dedup-probe-"))
     try:
-        os.chmod(top, 0o755)
-        secret = os.path.join(top, "secret")
-        with open(secret, "wb") as f:
-            f.write(b"x")
-        os.chmod(secret, 0)
+        top.chmod(0o755)
+        secret = top / "secret"
+        secret.write_bytes(b"x")
+        secret.chmod(0)
         reasons = []
         for drop in _DROPS:
-            cmd = [*drop, sys.executable, "-c", _PROBE, secret]
+            cmd = [*drop, sys.executable, "-c", _PROBE, str(secret)]
             proc = subprocess.run(cmd, cwd=top, capture_output=True, timeout=60, check=False)
             if proc.returncode == 0:
                 return [*drop, sys.executable]
@@ -122,12 +121,12 @@ def unprivileged() -> list[str]:
 @pytest.fixture
 def world_tree() -> Iterator[Tree]:
     """A tree in a fresh directory every user can enter (tmp_path may sit under a 0700 dir)."""
-    top = tempfile.mkdtemp(prefix="dedup-test-")
+    top = Path(tempfile.mkdtemp(prefix="dedup-test-"))
     try:
-        os.chmod(top, 0o755)
-        yield Tree(os.path.join(top, "tree"))
+        top.chmod(0o755)
+        yield Tree(top / "tree")
     finally:
         for dirpath, dirs, _names in os.walk(top):
             for name in dirs:
-                os.chmod(os.path.join(dirpath, name), 0o755)
+                Path(dirpath, name).chmod(0o755)
         shutil.rmtree(top, ignore_errors=True)

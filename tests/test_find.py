@@ -12,6 +12,7 @@ import os
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from treebuilder import (
@@ -23,13 +24,14 @@ from treebuilder import (
     check_invariants,
     content,
     expect,
+    find_checked,
     flip,
     groups_of,
     issues_of,
 )
 
 import dedup_engine.hashing
-from dedup_engine import FindResult, ScanOptions, Stage, find_duplicates
+from dedup_engine import FindResult, Progress, ScanOptions, Stage, find_duplicates
 from dedup_engine.report import Report, read_json
 
 pytestmark = pytest.mark.usefixtures("deadline")
@@ -37,9 +39,11 @@ pytestmark = pytest.mark.usefixtures("deadline")
 HEAD = 4096
 TAIL = 4096
 WHOLE = 16384
+#: Files smaller than this skip the tail stage (0: no such rule in this version of the engine).
+TAIL_MIN: int = getattr(ScanOptions(), "tail_min_size", 0)
 
 
-# --- plain duplicates ------------------------------------------------------------------------------
+# --- plain duplicates ---------------------------------------------------------------------------
 
 
 def test_groups_of_two_to_five_across_directories(tree: Tree, run: Runner) -> None:
@@ -99,6 +103,9 @@ BOUNDARY_SIZES = [
     16385,
     WHOLE + TAIL,
     WHOLE + TAIL + 1,
+    65535,
+    65536,
+    65537,
     300_001,  # more than one 256 KiB read chunk in the full stage
 ]
 
@@ -110,7 +117,8 @@ def test_window_boundaries(tree: Tree, run: Runner, size: int) -> None:
     tree.file("orig/file", original)
     tree.file("copy/file", original)
     expected = expect(tree, ["orig/file", "copy/file"])
-    for name, offset in _variants(size).items():
+    distinct = {offset: name for name, offset in reversed(_variants(size).items())}
+    for offset, name in distinct.items():
         near = flip(original, offset)
         # Each near-copy has its own true copy, so both kinds of answer are tested per offset.
         tree.file(f"near/{name}", near)
@@ -122,7 +130,7 @@ def test_window_boundaries(tree: Tree, run: Runner, size: int) -> None:
 
 
 @pytest.mark.parametrize("size", [s for s in BOUNDARY_SIZES if s > WHOLE])
-@pytest.mark.parametrize("where", ["at_4096", "head_end", "middle", "before_tail"])
+@pytest.mark.parametrize("where", ["at_4096", "middle", "before_tail"])
 def test_only_the_full_hash_can_tell(tree: Tree, run: Runner, size: int, where: str) -> None:
     """Head and tail windows equal: the pair reaches the full stage, which must separate it."""
     original = content(size, seed="orig")
@@ -131,15 +139,15 @@ def test_only_the_full_hash_can_tell(tree: Tree, run: Runner, size: int, where: 
     result = run(tree.root)
     assert groups_of(result) == set()
     full = result.stats.stage(Stage.FULL)
-    assert (full.files_in, full.files_opened, full.bytes_read, full.files_out) == (
-        2,
-        2,
-        2 * size,
-        0,
-    )
+    # The full stage reads the pair side by side and stops at the chunk holding the difference.
+    chunk = ScanOptions().chunk_size
+    offset = _variants(size)[where]
+    read_each = min(size, (offset // chunk + 1) * chunk)
+    counts = (full.files_in, full.files_opened, full.bytes_read, full.files_out)
+    assert counts == (2, 2, 2 * read_each, 0)
 
 
-@pytest.mark.parametrize("size", [WHOLE + 1, WHOLE + TAIL + 1])
+@pytest.mark.parametrize("size", [WHOLE + 1, WHOLE + TAIL + 1, max(WHOLE + TAIL, TAIL_MIN) + 1])
 @pytest.mark.parametrize("where", ["first", "last"])
 def test_a_partial_window_separates_early(tree: Tree, run: Runner, size: int, where: str) -> None:
     original = content(size, seed="orig")
@@ -147,9 +155,14 @@ def test_a_partial_window_separates_early(tree: Tree, run: Runner, size: int, wh
     tree.file("b", flip(original, _variants(size)[where]))
     result = run(tree.root)
     assert groups_of(result) == set()
-    stopped_at = Stage.HEAD if where == "first" else Stage.TAIL
-    assert result.stats.stage(stopped_at).files_out == 0
-    assert result.stats.stage(Stage.FULL).files_in == 0
+    if where == "first" or size >= TAIL_MIN:
+        stopped_at = Stage.HEAD if where == "first" else Stage.TAIL
+        assert result.stats.stage(stopped_at).files_out == 0
+        assert result.stats.stage(Stage.FULL).files_in == 0
+    else:  # too small for the tail stage: the full hash separates them
+        assert result.stats.stage(Stage.TAIL).files_opened == 0
+        assert result.stats.stage(Stage.FULL).files_in == 2
+        assert result.stats.stage(Stage.FULL).files_out == 0
 
 
 # --- hard links -----------------------------------------------------------------------------------
@@ -227,23 +240,17 @@ def test_followed_symlink_to_a_file_with_a_copy(tree: Tree, run: Runner) -> None
     tree.symlink("link", "a")
     result = run(tree.root, follow_links=True)
     (group,) = result.groups
-    a, b = os.stat(tree.path("a")), os.stat(tree.path("b"))
+    a, b = tree.p("a").stat(), tree.p("b").stat()
     assert {(f.dev, f.ino) for f in group.files} == {(a.st_dev, a.st_ino), (b.st_dev, b.st_ino)}
     assert tree.paths("a", "b") <= {f.path for f in group.files} <= tree.paths("a", "b", "link")
     assert group.inodes == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with follow_links a file reached directly and through a symlink (or through two "
-    "symlinks) is reported as its own duplicate when its st_nlink is 1: grouping.SizeGroups.add "
-    "only collapses (dev, ino) for nlink > 1, and scanner.scan_dirs adds the link's row with the "
-    "target's stat",
-)
 @pytest.mark.parametrize("links", [["link"], ["l1", "l2"]])
 def test_followed_symlink_is_never_its_targets_duplicate(
     tree: Tree, run: Runner, tmp_path: Path, links: list[str]
 ) -> None:
+    """One inode reached by two paths (target and link, or two links) with st_nlink 1."""
     if links == ["link"]:
         tree.file("a", content(500))
         tree.symlink("link", "a")
@@ -253,6 +260,19 @@ def test_followed_symlink_is_never_its_targets_duplicate(
             tree.symlink(name, target)
     result = run(tree.root, follow_links=True)
     assert groups_of(result) == set()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: with follow_links and hard_links, a followed symlink and its target form a group "
+    "(a symlink is not a hard link): the link's row joins grouping.SizeGroups.links of the "
+    "target's inode (every_inode=True) and `weight` with hard_links counts paths; a later `apply` "
+    "keeping the link and removing the target would destroy the data",
+)
+def test_followed_symlink_is_not_a_hard_link(tree: Tree, run: Runner) -> None:
+    tree.file("a", content(500))
+    tree.symlink("link", "a")
+    assert groups_of(run(tree.root, follow_links=True, hard_links=True)) == set()
 
 
 def test_followed_dir_symlink_reaches_each_dir_once(tree: Tree, run: Runner) -> None:
@@ -377,8 +397,8 @@ def test_odd_names_round_trip(tree: Tree, run: Runner) -> None:
     for i, name in enumerate(ODD_NAMES):
         assert len(os.fsencode(name)) <= 255
         data = content(100 + i, seed="names")
-        one = tree.file(os.path.join(b"one", os.fsencode(name)), data)
-        two = tree.file(os.path.join(b"two", os.fsencode(name)), data)
+        one = tree.file(b"one/" + os.fsencode(name), data)
+        two = tree.file(b"two/" + os.fsencode(name), data)
         created[os.fsencode(one)] = one
         created[os.fsencode(two)] = two
         expected.add(frozenset({one, two}))
@@ -393,7 +413,7 @@ def test_odd_names_round_trip(tree: Tree, run: Runner) -> None:
 
 
 def _build_deep(root: str, levels: int, name: str, data: bytes) -> str:
-    """levels nested dirs named `name` with `data` at the bottom, built by dir fd (no long paths)."""
+    """`levels` nested dirs named `name`, `data` at the bottom; built by dir fd, no long paths."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for _ in range(levels):
@@ -441,24 +461,24 @@ def test_sparse_files(tree: Tree, run: Runner) -> None:
     assert result.stats.stage(Stage.FULL).files_in == 4
 
 
-# --- unreadable files and directories, with privileges really dropped -------------------------------
+# --- unreadable files and directories, with privileges really dropped ----------------------------
 
 
 def _open_up(tree: Tree) -> None:
     """Everything readable by everyone, whatever the umask, before chmod'ing some of it away."""
     for dirpath, dirs, names in os.walk(tree.root):
-        os.chmod(dirpath, 0o755)
+        Path(dirpath).chmod(0o755)
         for name in dirs:
-            os.chmod(os.path.join(dirpath, name), 0o755)
+            Path(dirpath, name).chmod(0o755)
         for name in names:
-            os.chmod(os.path.join(dirpath, name), 0o644)
+            Path(dirpath, name).chmod(0o644)
 
 
 def _find_as(prefix: list[str], tree: Tree, workers: int) -> tuple[int, Report, str]:
-    """`dedup find ROOT -f json` run with the prefix (privileges dropped): exit code, report, stderr."""
+    """`dedup find ROOT -f json` run after the prefix (privileges dropped): exit, report, stderr."""
     cmd = [*prefix, "-m", "dedup_engine", "find", tree.root, "-f", "json", "-j", str(workers)]
     proc = subprocess.run(
-        cmd, cwd=os.path.dirname(tree.root), capture_output=True, timeout=60, check=False
+        cmd, cwd=Path(tree.root).parent, capture_output=True, timeout=60, check=False
     )
     stderr = proc.stderr.decode(errors="replace")
     assert proc.stdout, stderr
@@ -476,7 +496,7 @@ def test_unreadable_file(
     tree.file("c/x", data)
     tree.file("c/other", content(size, seed="other"))
     _open_up(tree)
-    os.chmod(tree.bpath("c/x"), 0)
+    tree.p("c/x").chmod(0)
     code, result, stderr = _find_as(unprivileged, tree, workers)
     assert code == 1, stderr
     assert groups_of(result) == expect(tree, ["a/x", "b/x"])
@@ -493,7 +513,7 @@ def test_unreadable_directory(world_tree: Tree, unprivileged: list[str], workers
     tree.file("locked/x", data)
     tree.file("locked/inner/y", data)
     _open_up(tree)
-    os.chmod(tree.bpath("locked"), 0)
+    tree.p("locked").chmod(0)
     code, result, stderr = _find_as(unprivileged, tree, workers)
     assert code == 1, stderr
     assert groups_of(result) == expect(tree, ["a/x", "b/x"])
@@ -532,8 +552,8 @@ def test_root_and_its_subdirectory(tree: Tree, run: Runner) -> None:
 
 def test_root_through_a_symlink_alias(tree: Tree, run: Runner, tmp_path: Path) -> None:
     _overlap_tree(tree)
-    alias = str(tmp_path / "alias")
-    os.symlink(tree.root, alias)
+    alias = tmp_path / "alias"
+    alias.symlink_to(tree.root)
     result = run([alias, tree.root])
     assert result.roots == (tree.root,)
     assert groups_of(result) == brute_groups(tree.root)
@@ -548,30 +568,61 @@ def test_files_given_as_roots(tree: Tree, run: Runner) -> None:
     assert groups_of(result) == expect(tree, ["sub/d", "sub/deeper/e"])
 
 
-FILE_ROOT_BUG = (
-    "BUG: a file given as a root that is also under a directory root is added twice (once by "
-    "pipeline._Run._scan, once by the walk) and reported as its own duplicate; the rows share "
-    "(dev, ino) but grouping.SizeGroups.add only collapses inodes with st_nlink > 1"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=FILE_ROOT_BUG)
 def test_file_root_inside_a_dir_root_alone(tree: Tree, run: Runner) -> None:
     tree.file("a", content(700))
     assert groups_of(run([tree.root, tree.path("a")])) == set()
 
 
-@pytest.mark.xfail(strict=True, reason=FILE_ROOT_BUG)
 def test_file_root_inside_a_dir_root_with_a_copy(tree: Tree, run: Runner) -> None:
     _overlap_tree(tree)
     result = run([tree.path("a"), tree.root])
     assert groups_of(result) == brute_groups(tree.root)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a file named as a root is dropped by pipeline.canonical_roots when it lies under "
+    "a directory root ('the walk of that directory finds it'), but the walk does not find it when "
+    "--max-depth, --no-hidden or --exclude keeps it out; the same file named as a root next to a "
+    "file, not a directory, is always examined",
+)
+@pytest.mark.parametrize(
+    ("rel", "options"),
+    [
+        ("sub/a", {"max_depth": 0}),
+        (".hidden/a", {"hidden": False}),
+        ("a.log", {"exclude": ("*.log",)}),
+        ("sub/a", {"exclude": ("sub",)}),
+    ],
+)
+def test_a_file_root_is_examined_whatever_else_is_a_root(
+    tree: Tree, run: Runner, rel: str, options: dict[str, Any]
+) -> None:
+    data = content(700)
+    tree.file("b", data)
+    named = tree.file(rel, data)
+    alone = run([named, tree.path("b")], **options)
+    nested = run([tree.root, named], **options)
+    assert groups_of(alone) == expect(tree, ["b", rel])  # a file root passes the filters
+    assert groups_of(nested) == groups_of(alone)
+
+
 # --- files that change under the engine (in process, so the stand-in `os` sees every call) --------
 
-SMALL = 1000
-BIG = WHOLE + TAIL + 1
+SMALL = 1000  # read whole at the head stage
+MID = WHOLE + TAIL + 1  # head, (tail where it applies to this size), full
+BIG = max(WHOLE + TAIL, TAIL_MIN) + 1  # head, tail, full
+
+
+def _stages_of(size: int) -> list[str]:
+    """The stages that open a file of this size when it keeps matching, in order."""
+    if size <= WHOLE:
+        return ["head"]
+    return ["head", "tail", "full"] if size >= TAIL_MIN else ["head", "full"]
+
+
+#: (size, stage): each stage that opens a file of each kind of size.
+EVERY_OPEN = [(size, stage) for size in (SMALL, MID, BIG) for stage in _stages_of(size)]
 
 
 def _three_copies(tree: Tree, size: int) -> str:
@@ -595,111 +646,90 @@ def _assert_excluded(tree: Tree, result: FindResult, victim: str, stage: str) ->
     assert all(i.message for i in result.issues)
 
 
-@pytest.mark.parametrize(
-    ("size", "nth_open", "stage"),
-    [(SMALL, 1, "head"), (BIG, 1, "head"), (BIG, 2, "tail"), (BIG, 3, "full")],
-)
+@pytest.mark.parametrize(("size", "stage"), EVERY_OPEN)
 def test_file_grows_after_the_scan(
-    tree: Tree, monkeypatch: pytest.MonkeyPatch, size: int, nth_open: int, stage: str
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, size: int, stage: str
 ) -> None:
-    """Grown before the n-th open: caught by the size check of the stage reading it whole."""
+    """Grown just before a stage opens it: the stage that reads it whole must notice."""
     victim = _three_copies(tree, size)
+    nth = _stages_of(size).index(stage) + 1
     spy = OsSpy()
 
     def grow(path: str, n: int) -> None:
-        if path == victim and n == nth_open:
+        if path == victim and n == nth:
             append(path)
 
     spy.on_open = grow
-    result = _run_spied(tree, spy, monkeypatch)
-    # A big file grown before its head or tail read still has equal windows: the full stage
-    # (the one that reads it whole) is where the size check catches it.
-    caught = stage if size <= WHOLE else "full"
-    _assert_excluded(tree, result, victim, caught)
+    # A big file grown before its head or tail read still has the same windows at the scanned
+    # offsets; the full stage, which reads it whole, is where the size gives it away.
+    caught = "head" if size <= WHOLE else "full"
+    _assert_excluded(tree, _run_spied(tree, spy, monkeypatch), victim, caught)
 
 
 @pytest.mark.parametrize("change", ["grow", "shrink"])
-@pytest.mark.parametrize(("size", "stage"), [(SMALL, "head"), (BIG, "full")])
+@pytest.mark.parametrize("size", [SMALL, WHOLE, MID, BIG])
 def test_file_changes_size_while_read(
-    tree: Tree, monkeypatch: pytest.MonkeyPatch, size: int, stage: str, change: str
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, size: int, change: str
 ) -> None:
-    """Resized between the size check (fstat) and the read: the byte count gives it away."""
+    """Resized after it was opened for its whole read (past any size check on the open file)."""
     victim = _three_copies(tree, size)
+    last = len(_stages_of(size))
     spy = OsSpy()
 
-    def resize(path: str) -> None:
-        if path == victim:
+    def resize(path: str, n: int) -> None:
+        if path == victim and n == last:
             if change == "grow":
                 append(path, b"more")
             else:
                 os.truncate(path, size - 1)
 
-    spy.on_fstat = resize
-    _assert_excluded(tree, _run_spied(tree, spy, monkeypatch), victim, stage)
+    spy.on_read = resize
+    _assert_excluded(tree, _run_spied(tree, spy, monkeypatch), victim, _stages_of(size)[-1])
 
 
-@pytest.mark.parametrize(
-    ("size", "nth_open", "stage"),
-    [(SMALL, 1, "head"), (BIG, 1, "head"), (BIG, 2, "tail"), (BIG, 3, "full")],
-)
+@pytest.mark.parametrize(("size", "stage"), EVERY_OPEN)
 def test_file_vanishes_after_the_scan(
-    tree: Tree, monkeypatch: pytest.MonkeyPatch, size: int, nth_open: int, stage: str
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, size: int, stage: str
 ) -> None:
     victim = _three_copies(tree, size)
+    nth = _stages_of(size).index(stage) + 1
     spy = OsSpy()
 
     def vanish(path: str, n: int) -> None:
-        if path == victim and n == nth_open:
-            os.unlink(path)
+        if path == victim and n == nth:
+            Path(path).unlink()
 
     spy.on_open = vanish
     _assert_excluded(tree, _run_spied(tree, spy, monkeypatch), victim, stage)
 
 
 @pytest.mark.parametrize("replacement", ["fifo", "symlink"])
-@pytest.mark.parametrize(
-    ("size", "nth_open", "stage"),
-    [(SMALL, 1, "head"), (BIG, 1, "head"), (BIG, 3, "full")],
-)
+@pytest.mark.parametrize(("size", "stage"), EVERY_OPEN)
 def test_file_replaced_after_the_scan(
-    tree: Tree,
-    monkeypatch: pytest.MonkeyPatch,
-    size: int,
-    nth_open: int,
-    stage: str,
-    replacement: str,
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, size: int, stage: str, replacement: str
 ) -> None:
     """Swapped for a FIFO (must not hang) or a symlink to a copy (must not be followed)."""
     victim = _three_copies(tree, size)
+    nth = _stages_of(size).index(stage) + 1
     spy = OsSpy()
 
     def swap(path: str, n: int) -> None:
-        if path == victim and n == nth_open:
-            os.unlink(path)
+        if path == victim and n == nth:
+            Path(path).unlink()
             if replacement == "fifo":
                 os.mkfifo(path)
             else:
-                os.symlink("keep1", path)
+                Path(path).symlink_to("keep1")
 
     spy.on_open = swap
     _assert_excluded(tree, _run_spied(tree, spy, monkeypatch), victim, stage)
 
 
-@pytest.mark.parametrize(
-    ("size", "call", "nth_open", "stage"),
-    [
-        (SMALL, "read", 1, "head"),
-        (BIG, "pread", 1, "head"),
-        (BIG, "pread", 2, "tail"),
-        (BIG, "readv", 3, "full"),
-    ],
-)
-def test_read_error(
-    tree: Tree, monkeypatch: pytest.MonkeyPatch, size: int, call: str, nth_open: int, stage: str
-) -> None:
+@pytest.mark.parametrize(("size", "stage"), EVERY_OPEN)
+def test_read_error(tree: Tree, monkeypatch: pytest.MonkeyPatch, size: int, stage: str) -> None:
     victim = _three_copies(tree, size)
     spy = OsSpy()
-    spy.eio.add((victim, call, nth_open))
+    spy.eio.add((victim, _stages_of(size).index(stage) + 1))
     result = _run_spied(tree, spy, monkeypatch)
     _assert_excluded(tree, result, victim, stage)
     assert "EIO" in result.issues[0].message
@@ -707,15 +737,117 @@ def test_read_error(
     assert spy.fd_paths == {}
 
 
+def test_several_failures_in_one_group_are_not_a_group(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies that all fail must not match each other: they have no digest, not an equal one."""
+    for size in (SMALL, BIG):
+        data = content(size)
+        for name in ("keep1", "keep2", "bad1", "bad2"):
+            tree.file(f"{size}/{name}", data)
+        tree.file(f"{size}/bad3", data)
+        tree.file(f"{size}/bad4", data)
+    spy = OsSpy()
+    for size in (SMALL, BIG):
+        spy.eio.add((tree.path(f"{size}/bad1"), 1))
+        spy.eio.add((tree.path(f"{size}/bad2"), 1))
+        last = len(_stages_of(size))
+        spy.eio.add((tree.path(f"{size}/bad3"), last))
+        spy.eio.add((tree.path(f"{size}/bad4"), last))
+    result = _run_spied(tree, spy, monkeypatch)
+    assert groups_of(result) == {tree.paths(f"{s}/keep1", f"{s}/keep2") for s in (SMALL, BIG)}
+    assert set(issues_of(result)) == {
+        tree.path(f"{s}/bad{n}") for s in (SMALL, BIG) for n in range(1, 5)
+    }
+
+
+def test_every_copy_failing_leaves_no_group(tree: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = OsSpy()
+    for name in ("x", "y"):
+        spy.eio.add((tree.file(name, content(SMALL)), 1))
+    result = _run_spied(tree, spy, monkeypatch)
+    assert result.groups == ()
+    assert set(issues_of(result)) == tree.paths("x", "y")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (race, low severity): a directory swapped for a symlink after its parent was "
+    "listed is followed without follow_links: scanner.scan_dirs calls os.scandir(job.path), which "
+    "follows a symlink, and hashing's O_NOFOLLOW guards only the last path component",
+)
+def test_directory_swapped_for_a_symlink_is_not_followed(
+    tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = content(SMALL)
+    tree.file("a", data)
+    tree.file("sub/other", content(5))
+    outside = Tree(tmp_path / "outside")
+    outside.file("x", data)
+    real = os.scandir
+
+    def swap_then_list(path: Any = ".") -> Any:
+        if os.fspath(path) == tree.path("sub") and not Path(path).is_symlink():
+            tree.p("sub").rename(tree.p("moved"))
+            tree.symlink("sub", outside.root)
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", swap_then_list)
+    result = find_duplicates(tree.root, ScanOptions(workers=0))
+    monkeypatch.undo()
+    assert groups_of(result) == set()
+
+
+@pytest.mark.parametrize(
+    "hard_links",
+    [
+        False,
+        pytest.param(
+            True,
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=KeyError,
+                reason="BUG: with hard_links, a hard-linked file whose size changes between the "
+                "stats of two of its paths crashes the run with KeyError in grouping.SizeGroups."
+                "_is_link (`self._by_size[size]` for the second path's new size)",
+            ),
+        ),
+    ],
+)
+def test_hard_linked_file_resized_between_its_paths(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, hard_links: bool
+) -> None:
+    tree.file("d1/a", content(SMALL))
+    tree.hardlink("d2/b", "d1/a")
+    tree.file("d3/c", content(SMALL))
+    listed: list[str] = []
+    real = os.scandir
+
+    def grow_between(path: Any = ".") -> Any:
+        if os.fspath(path) in tree.paths("d1", "d2"):
+            listed.append(os.fspath(path))
+            if len(listed) == 2:  # one path of the inode stat'ed, the other not yet
+                append(tree.path("d1/a"))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", grow_between)
+    result = find_duplicates(tree.root, ScanOptions(workers=0, hard_links=hard_links))
+    monkeypatch.undo()
+    in_groups = {f.path for g in result.groups for f in g.files}
+    assert not in_groups & tree.paths("d1/a", "d2/b", "d3/c")
+
+
 # --- exact work per stage -------------------------------------------------------------------------
 
 
 def test_stage_counts_are_exact(tree: Tree, run: Runner, workers: int) -> None:
+    big_size = 100_000  # above the head's whole-file limit and the tail stage's minimum size
+    assert big_size > max(WHOLE, TAIL_MIN)
     small = content(100)
     tree.file("a1", small)
     tree.file("x/a2", small)
     tree.file("x/b1", content(100, seed="b"))  # same size as a*, other content
-    big = content(20000)
+    big = content(big_size)
     tree.file("c1", big)
     tree.file("y/c2", big)
     tree.file("y/c3", flip(big, HEAD))  # same head and tail as c*, other content
@@ -735,63 +867,83 @@ def test_stage_counts_are_exact(tree: Tree, run: Runner, workers: int) -> None:
         row.stage.value: (row.files_in, row.files_out, row.files_opened, row.bytes_read)
         for row in stats.stages
     }
-    # 11 paths scanned; sizes 100 (3 paths), 20000 (4 paths) and 300 (3 paths, 2 inodes) count.
-    # Head: 9 inodes; the 100- and 300-byte files are read whole, the 20000-byte ones 4096 bytes.
-    # Tail: c1, c2, c3 (d1 left at head); full: the same three, read whole.
+    # 11 paths scanned; sizes 100 (3 paths), 100000 (4 paths) and 300 (3 paths, 2 inodes) count.
+    # Head: 9 inodes; the 100- and 300-byte files are read whole, the big ones 4096 bytes each.
+    # Tail: c1, c2, c3 (d1 fell out at the head); full: the same three, read whole.
     assert rows == {
         "scan": (0, 11, 0, 0),
         "size": (11, 10, 0, 0),
         "hardlink": (10, 9, 0, 0),
         "head": (9, 7, 9, 3 * 100 + 2 * 300 + 4 * HEAD),
         "tail": (3, 3, 3, 3 * TAIL),
-        "full": (3, 2, 3, 3 * 20000),
+        "full": (3, 2, 3, 3 * big_size),
     }
     assert stats.dirs_scanned == 3
     assert stats.files_scanned == 11
-    assert stats.bytes_scanned == 3 * 100 + 4 * 20000 + 5000 + 3 * 300
+    assert stats.bytes_scanned == 3 * 100 + 4 * big_size + 5000 + 3 * 300
     assert stats.skipped_special == 1
     assert stats.skipped_symlinks == 1
     assert stats.dirs_revisited == 0
     assert stats.groups == 3
     assert stats.files_in_groups == 7
-    assert stats.bytes_reclaimable == 100 + 20000 + 300
+    assert stats.bytes_reclaimable == 100 + big_size + 300
     assert stats.workers == workers
     data = json.loads(json.dumps(stats.as_dict()))
     assert [s["stage"] for s in data["stages"]] == [s.value for s in Stage]
 
 
-@pytest.mark.parametrize(("head", "tail", "whole"), [(1024, 512, 2048), (8192, 100, 0)])
+def _model(sizes: list[int], opts: ScanOptions) -> dict[str, tuple[int, int]]:
+    """(files opened, bytes read) per hashing stage, by hand, for the tree of
+    `test_stage_counts_with_other_windows`: per size, copies a and b plus c differing at offset
+    `head_window` (or 0 when the file is no bigger than the head window)."""
+    head, tail, whole = opts.head_window, opts.tail_window, opts.whole_threshold
+    tail_min = getattr(opts, "tail_min_size", 0)
+    out = {"head": [0, 0], "tail": [0, 0], "full": [0, 0]}
+    for size in sizes:
+        if size <= max(head, whole):
+            out["head"][0] += 3
+            out["head"][1] += 3 * size
+            continue
+        out["head"][0] += 3
+        out["head"][1] += 3 * head
+        alive = 3  # c differs at offset `head`, just past the head window
+        if size >= tail_min:
+            out["tail"][0] += alive
+            out["tail"][1] += alive * min(tail, size)
+            if size - tail <= head:  # the tail window covers the differing byte
+                alive = 2
+        out["full"][0] += alive
+        out["full"][1] += alive * size
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+@pytest.mark.parametrize(
+    ("head", "tail", "whole"), [(1024, 512, 2048), (8192, 100, 0), (100, 6000, 100)]
+)
 def test_stage_counts_with_other_windows(
-    tree: Tree, run: Runner, head: int, tail: int, whole: int
+    tree: Tree, workers: int, head: int, tail: int, whole: int
 ) -> None:
-    sizes = [600, 2048, 3000, 9000]
+    sizes = [600, 2048, 3000, 9000, 70_000]
     for size in sizes:
         data = content(size)
         tree.file(f"{size}/a", data)
         tree.file(f"{size}/b", data)
         tree.file(f"{size}/c", flip(data, head) if size > head else flip(data, 0))
-    result = run(tree.root, head_window=head, tail_window=tail, whole_threshold=whole)
+    opts = ScanOptions(workers=workers, head_window=head, tail_window=tail, whole_threshold=whole)
+    result = find_checked(tree.root, opts)
     assert groups_of(result) == {tree.paths(f"{s}/a", f"{s}/b") for s in sizes}
-    whole_at_head = [s for s in sizes if s <= max(head, whole)]
-    partial = [s for s in sizes if s > max(head, whole)]
-    stats = result.stats
-    head_row, tail_row, full_row = (stats.stage(s) for s in (Stage.HEAD, Stage.TAIL, Stage.FULL))
-    assert head_row.files_opened == 3 * len(sizes)
-    assert head_row.bytes_read == 3 * (sum(whole_at_head) + head * len(partial))
-    # The near-copy differs at offset `head`: same head window, same tail window unless the tail
-    # reaches back over that byte.
-    assert tail_row.files_opened == 3 * len(partial)
-    assert tail_row.bytes_read == sum(3 * min(tail, s) for s in partial)
-    in_full = sum(3 if s - tail > head else 2 for s in partial)
-    assert full_row.files_opened == in_full
-    assert full_row.bytes_read == sum((3 if s - tail > head else 2) * s for s in partial)
+    counts = {
+        stage.value: (result.stats.stage(stage).files_opened, result.stats.stage(stage).bytes_read)
+        for stage in (Stage.HEAD, Stage.TAIL, Stage.FULL)
+    }
+    assert counts == _model(sizes, opts)
 
 
 @pytest.mark.parametrize("stages", [(), ("head",), ("tail",), ("tail", "head")])
 def test_partial_stages_do_not_change_the_answer(
     tree: Tree, run: Runner, stages: tuple[str, ...]
 ) -> None:
-    for size in (10, 4096, 16385, 20481):
+    for size in (10, 4096, 16385, 20481, 70001):
         data = content(size)
         tree.file(f"{size}/a", data)
         tree.file(f"{size}/b", data)
@@ -799,7 +951,7 @@ def test_partial_stages_do_not_change_the_answer(
             tree.file(f"{size}/near{offset}", flip(data, offset))
     result = run(tree.root, stages=stages)
     assert groups_of(result) == brute_groups(tree.root)
-    assert len(result.groups) == 4
+    assert len(result.groups) == 5
 
 
 # --- the result -----------------------------------------------------------------------------------
@@ -826,7 +978,7 @@ def test_group_and_file_order(tmp_path: Path, run: Runner) -> None:
     ]
     for group in result.groups:
         for f in group.files:
-            st = os.stat(f.path)
+            st = Path(f.path).stat()
             assert (f.size, f.mtime_ns, f.ctime_ns) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -859,3 +1011,53 @@ def test_brute_force_agrees_on_a_mixed_tree(tree: Tree, run: Runner) -> None:
     tree.hardlink("d0/link", "d1/f1")
     result = run(tree.root)
     assert groups_of(result) == brute_groups(tree.root)
+
+
+def test_many_files_and_directories(tree: Tree, run: Runner) -> None:
+    """More files than one hash batch and more directories than one scan batch."""
+    expected = set()
+    for g in range(150):
+        data = content(64 + g % 7, seed=g)
+        members = [tree.file(f"d{(g + i) % 40}/s{g % 3}/f{g}-{i}", data) for i in range(2 + g % 3)]
+        expected.add(frozenset(members))
+    for u in range(300):  # same sizes, unique content
+        tree.file(f"d{u % 40}/u{u}", content(64 + u % 7, seed=f"u{u}"))
+    result = run(tree.root)
+    assert groups_of(result) == expected
+    assert result.stats.dirs_scanned == 1 + 40 + 40 * 3
+
+
+def test_the_tree_is_left_untouched(tree: Tree, run: Runner) -> None:
+    for i in range(20):
+        tree.file(f"d{i % 3}/f{i}", content(10 + i % 4))
+        tree.file(f"e{i % 2}/g{i}", content(20000 + i % 2))
+    before = {p: (Path(p).stat().st_mtime_ns, Path(p).read_bytes()) for p in _all_paths(tree)}
+    run(tree.root)
+    after = {p: (Path(p).stat().st_mtime_ns, Path(p).read_bytes()) for p in _all_paths(tree)}
+    assert after == before
+
+
+def _all_paths(tree: Tree) -> list[str]:
+    return [str(Path(d, n)) for d, _dirs, names in os.walk(tree.root) for n in names]
+
+
+def test_progress_callback(tree: Tree, run: Runner, workers: int) -> None:
+    for i in range(50):
+        tree.file(f"d{i % 5}/f{i}", content(100 + i % 3))
+    events: list[Progress] = []
+    result = find_duplicates(tree.root, ScanOptions(workers=workers), progress=events.append)
+    assert groups_of(result) == brute_groups(tree.root)
+    assert all(isinstance(e, Progress) and isinstance(e.stage, Stage) for e in events)
+
+
+def test_root_with_a_name_that_is_not_utf8(tmp_path: Path, run: Runner) -> None:
+    tree = Tree(os.fsdecode(os.fsencode(tmp_path) + b"/root-\xff\xfe"))
+    a = tree.file("a", b"same")
+    b = tree.file(b"sub-\x80/b", b"same")
+    result = run(tree.root)
+    assert result.roots == (tree.root,)
+    assert groups_of(result) == {frozenset({a, b})}
+    assert {os.fsencode(f.path) for f in result.groups[0].files} == {
+        os.fsencode(tmp_path) + b"/root-\xff\xfe/a",
+        os.fsencode(tmp_path) + b"/root-\xff\xfe/sub-\x80/b",
+    }

@@ -18,6 +18,7 @@ import socket
 import stat
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import blake3
@@ -44,62 +45,58 @@ class Tree:
     """A directory tree under `root` (made absolute and symlink-free, as the engine reports it)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        os.makedirs(root, exist_ok=True)
+        Path(root).mkdir(parents=True, exist_ok=True)
         self.root = os.path.realpath(root)
-        self.broot = os.fsencode(self.root)
+
+    def p(self, rel: Name) -> Path:
+        """`rel` (relative to the root) as a Path; odd bytes ride along surrogate-escaped."""
+        return Path(self.root, os.fsdecode(rel))
 
     def path(self, rel: Name) -> str:
         """The absolute path of `rel` (relative to the root) as the engine reports it."""
-        return os.fsdecode(self.bpath(rel))
+        return str(self.p(rel))
 
     def bpath(self, rel: Name) -> bytes:
-        return os.path.join(self.broot, os.fsencode(rel))
+        """The absolute path as the bytes on disk."""
+        return os.fsencode(self.p(rel))
 
     def paths(self, *rels: Name) -> frozenset[str]:
         return frozenset(self.path(r) for r in rels)
 
     def dir(self, rel: Name) -> str:
-        os.makedirs(self.bpath(rel), exist_ok=True)
+        self.p(rel).mkdir(parents=True, exist_ok=True)
         return self.path(rel)
 
-    def _parent(self, rel: Name) -> bytes:
-        full = self.bpath(rel)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
+    def _parent(self, rel: Name) -> Path:
+        full = self.p(rel)
+        full.parent.mkdir(parents=True, exist_ok=True)
         return full
 
     def file(self, rel: Name, data: bytes = b"", mode: int | None = None) -> str:
         full = self._parent(rel)
-        fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
+        full.write_bytes(data)
         if mode is not None:
-            os.chmod(full, mode)
+            full.chmod(mode)
         return self.path(rel)
 
     def read(self, rel: Name) -> bytes:
-        with open(self.bpath(rel), "rb") as f:
-            return f.read()
+        return self.p(rel).read_bytes()
 
     def copy(self, src: Name, dst: Name) -> str:
         return self.file(dst, self.read(src))
 
     def hardlink(self, rel: Name, existing: Name) -> str:
-        os.link(self.bpath(existing), self._parent(rel))
+        self._parent(rel).hardlink_to(self.p(existing))
         return self.path(rel)
 
     def symlink(self, rel: Name, target: Name) -> str:
         """A symlink at `rel` whose text is `target` exactly (relative or absolute)."""
-        os.symlink(os.fsencode(target), self._parent(rel))
+        self._parent(rel).symlink_to(os.fsdecode(target))
         return self.path(rel)
 
     def sparse(self, rel: Name, size: int, writes: dict[int, bytes]) -> str:
         """A file of `size` bytes, all holes but the given writes."""
-        full = self._parent(rel)
-        fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(self._parent(rel), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.ftruncate(fd, size)
             for offset, data in writes.items():
@@ -115,12 +112,12 @@ class Tree:
     def unix_socket(self, rel: Name) -> str:
         """A bound unix socket's file (the socket itself is closed; the file stays)."""
         full = self._parent(rel)
-        old = os.getcwd()
+        old = Path.cwd()
         # bind() by a relative name: sun_path holds only ~108 bytes.
-        os.chdir(os.path.dirname(full))
+        os.chdir(full.parent)
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.bind(os.path.basename(full))
+                sock.bind(full.name)
         finally:
             os.chdir(old)
         return self.path(rel)
@@ -170,9 +167,8 @@ def check_invariants(result: FindResult, *, hard_links: bool = False) -> None:
             assert group.inodes >= 2, f"a group of one inode (a file as its own duplicate): {group}"
         datas: set[bytes] = set()
         for f in group.files:
-            with open(os.fsencode(f.path), "rb") as fh:
-                datas.add(fh.read())
-            st = os.stat(os.fsencode(f.path))
+            datas.add(Path(f.path).read_bytes())
+            st = Path(f.path).stat()
             assert (st.st_dev, st.st_ino) == (f.dev, f.ino), f"{f.path!r}: wrong (dev, ino)"
         assert len(datas) == 1, f"a group of files whose contents differ: {group}"
         data = datas.pop()
@@ -210,16 +206,15 @@ def brute_groups(root: str) -> GroupSet:
     """The true groups under root with default options: regular files (links not followed) of
     equal non-zero content, two or more inodes, every path of each inode listed."""
     by_inode: dict[tuple[int, int], list[str]] = defaultdict(list)
-    for dirpath, _dirs, names in os.walk(os.fsencode(root)):
+    for dirpath, _dirs, names in os.walk(root):
         for name in names:
-            full = os.path.join(dirpath, name)
-            st = os.lstat(full)
+            full = Path(dirpath, name)
+            st = full.lstat()
             if stat.S_ISREG(st.st_mode) and st.st_size:
-                by_inode[(st.st_dev, st.st_ino)].append(os.fsdecode(full))
+                by_inode[(st.st_dev, st.st_ino)].append(str(full))
     by_data: dict[bytes, list[list[str]]] = defaultdict(list)
     for paths in by_inode.values():
-        with open(os.fsencode(paths[0]), "rb") as fh:
-            by_data[fh.read()].append(paths)
+        by_data[Path(paths[0]).read_bytes()].append(paths)
     return {
         frozenset(p for paths in inodes for p in paths)
         for inodes in by_data.values()
@@ -227,16 +222,17 @@ def brute_groups(root: str) -> GroupSet:
     }
 
 
-# --- standing in for `os` inside dedup_engine.hashing ----------------------------------------------
+# --- standing in for `os` inside dedup_engine.hashing ---------------------------------------------
 
 
 class OsSpy:
     """Replaces the `os` module seen by `dedup_engine.hashing` (monkeypatch it in, workers=0).
 
-    Records every open by path, counts opens per path (head = 1st, tail = 2nd, full = 3rd for a
-    file too big to be read whole), and lets a test act at exact points: `on_open(path, n)` runs
-    just before the n-th open of path, `on_fstat(path)` just after an fstat of it (the size check of
-    the stage that reads a file whole), and `eio` names (path, call, n) reads that fail with EIO.
+    Records every open by path and counts opens per path: a file too big to be read whole is
+    opened once per stage (head = 1st, tail = 2nd where the tail stage applies, full = last), a
+    small one once.  A test acts at exact points: `on_open(path, n)` runs just before the n-th open
+    of path, `on_read(path, n)` just before the first read after the n-th open, and `eio` holds
+    (path, n) pairs whose reads after the n-th open fail with EIO, whatever the read call.
     Everything else is the real `os`.
     """
 
@@ -245,8 +241,9 @@ class OsSpy:
         self.opens: dict[str, int] = defaultdict(int)
         self.fd_paths: dict[int, str] = {}
         self.on_open: Callable[[str, int], None] | None = None
-        self.on_fstat: Callable[[str], None] | None = None
-        self.eio: set[tuple[str, str, int]] = set()
+        self.on_read: Callable[[str, int], None] | None = None
+        self.eio: set[tuple[str, int]] = set()
+        self._read_once: set[tuple[str, int]] = set()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
@@ -264,31 +261,34 @@ class OsSpy:
         self.fd_paths.pop(fd, None)
         os.close(fd)
 
-    def fstat(self, fd: int) -> os.stat_result:
-        st = os.fstat(fd)
+    def _before_read(self, fd: int) -> None:
         path = self.fd_paths.get(fd)
-        if path is not None and self.on_fstat is not None:
-            self.on_fstat(path)
-        return st
-
-    def _check(self, fd: int, call: str) -> None:
-        path = self.fd_paths.get(fd)
-        if path is not None and (path, call, self.opens[path]) in self.eio:
+        if path is None:
+            return
+        key = (path, self.opens[path])
+        if key in self.eio:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
+        if self.on_read is not None and key not in self._read_once:
+            self._read_once.add(key)
+            self.on_read(*key)
 
     def read(self, fd: int, n: int) -> bytes:
-        self._check(fd, "read")
+        self._before_read(fd)
         return os.read(fd, n)
 
     def pread(self, fd: int, n: int, offset: int) -> bytes:
-        self._check(fd, "pread")
+        self._before_read(fd)
         return os.pread(fd, n, offset)
 
     def readv(self, fd: int, buffers: Sequence[bytearray]) -> int:
-        self._check(fd, "readv")
+        self._before_read(fd)
         return os.readv(fd, buffers)
+
+    def preadv(self, fd: int, buffers: Sequence[bytearray], offset: int, *flags: int) -> int:
+        self._before_read(fd)
+        return os.preadv(fd, buffers, offset, *flags)
 
 
 def append(path: str, data: bytes = b"+") -> None:
-    with open(os.fsencode(path), "ab") as f:
+    with Path(path).open("ab") as f:
         f.write(data)

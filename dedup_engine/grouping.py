@@ -31,30 +31,39 @@ class SizeGroups:
         every_inode: bool = False,
     ) -> None:
         self.table = table
-        # Inodes are looked up only for files with a link count above 1, unless `every_inode`:
-        # a followed symlink reaches a file by a second path without raising its link count.
-        self._min_links = 0 if every_inode else 1
         self.hard_links = hard_links
         self.links: dict[int, list[int]] = {}
         #: The rule for "still a group": `len` (inodes), or paths with `hard_links`.
-        self.weight: Callable[[Group], int] = self.paths if hard_links else len
+        self.weight: Callable[[Group], int] = self._copies if hard_links else len
         self._on_candidates = on_candidates
         self._by_size: dict[int, Group] = {}
-        self._extra: dict[int, int] = {}  # with hard_links: extra paths per size
+        self._extra: dict[int, int] = {}  # with hard_links: paths beyond one per inode, by size
         self._inodes: dict[tuple[int, int], int] = {}
+        # Inodes are looked up only for files with a link count above 1, or watched ones (file
+        # roots, which the walk may reach again), unless `every_inode`: a followed symlink
+        # reaches a file by a second path without raising its link count.
+        self._watch: set[tuple[int, int]] = set()
+        self._min_links = 0 if every_inode else 1
         self.rows_in = 0
         self.paths_in_candidates = 0
+
+    def watch(self, dev: int, ino: int) -> None:
+        """Look this inode up whatever its link count: it may come again by the same path."""
+        self._watch.add((dev, ino))
 
     def add(self, start: int, end: int) -> None:
         """Take table rows start..end-1."""
         table = self.table
         by_size, extra, min_links = self._by_size, self._extra, self._min_links
+        watch, devs, inos = self._watch, table.dev, table.ino
         fresh: list[int] = []
         self.rows_in += end - start
         rows = range(start, end)
         columns = zip(rows, table.size[start:end], table.nlink[start:end], strict=True)
         for row, size, nlink in columns:
-            if nlink > min_links and self._is_link(row, size):
+            if (nlink > min_links or (watch and (devs[row], inos[row]) in watch)) and self._is_link(
+                row
+            ):
                 continue
             group = by_size.get(size)
             if group is None:
@@ -69,21 +78,37 @@ class SizeGroups:
         if fresh:
             self._on_candidates(fresh)
 
-    def _is_link(self, row: int, size: int) -> bool:
-        """Record a second path of a known inode; only multiply-linked files pay for the lookup."""
-        key = (self.table.dev[row], self.table.ino[row])
+    def _is_link(self, row: int) -> bool:
+        """Record another path of a known inode; False (and remember it) for a new inode."""
+        table = self.table
+        key = (table.dev[row], table.ino[row])
         rep = self._inodes.get(key)
         if rep is None:
             self._inodes[key] = row
             return False
-        self.links.setdefault(rep, []).append(row)
-        if self.hard_links:
+        others = self.links.setdefault(rep, [])
+        path = table.paths[row]
+        if path == table.paths[rep] or any(table.paths[o] == path for o in others):
+            return True  # the same path again (a file root the walk reached too)
+        before = self._inode_copies(rep)
+        others.append(row)
+        if self.hard_links and self._inode_copies(rep) > before:
+            size = table.size[rep]  # the inode's size as first seen: it may have changed since
             group = self._by_size[size]
-            now = len(group) + self._extra.get(size, 0) + 1
             self._extra[size] = self._extra.get(size, 0) + 1
-            if now == 2:
+            if len(group) + self._extra[size] == 2:
                 self._on_candidates(list(group))
         return True
+
+    def _inode_copies(self, rep: int) -> int:
+        """Paths of one inode that count as copies: names reached through a symlink do not."""
+        alias = self.table.alias
+        real = sum(1 for r in (rep, *self.links.get(rep, ())) if not alias[r])
+        return max(1, real)
+
+    def _copies(self, group: Group) -> int:
+        links = self.links
+        return sum(self._inode_copies(r) if r in links else 1 for r in group)
 
     def groups(self) -> list[Group]:
         """The size groups that count, in order of first appearance; frees the size index."""
@@ -111,8 +136,15 @@ def build_groups(
     index of the root the file was found under, then by path.  Both orders are stable across runs.
     """
     out: list[DuplicateGroup] = []
+    alias = table.alias
     for digest, reps in finals:
-        rows = [row for rep in reps for row in (rep, *links.get(rep, ()))]
+        rows: list[int] = []
+        for rep in reps:
+            names = (rep, *links.get(rep, ()))
+            real = [r for r in names if not alias[r]]
+            # A name reached through a symlink is listed only when the file has no other: acting
+            # on a link while keeping its target's copies elsewhere is what loses data.
+            rows.extend(real or names)
         rows.sort(key=lambda r: (table.root[r], table.paths[r]))
         files = tuple(
             FileEntry(

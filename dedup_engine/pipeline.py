@@ -44,12 +44,11 @@ ProgressCallback = Callable[[Progress], None]
 def canonical_roots(roots: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
     """Absolute, symlink-free roots, each once, in the order given; missing roots are fatal.
 
-    A file root inside a directory root is dropped: the walk of that directory finds it, and one
-    path must never be listed twice.  Nested directory roots are kept (a file under both is
-    attributed to the innermost); the walk visits each directory once by (st_dev, st_ino).
+    Nested directory roots are kept (a file under both is attributed to the innermost): the walk
+    visits each directory once by (st_dev, st_ino).  A file root inside a directory root is kept
+    too, and listed once: the size grouping drops a path it has already seen.
     """
     out: list[str] = []
-    dirs: list[str] = []
     for root in roots:
         text = os.fspath(root)
         if not text:
@@ -63,9 +62,6 @@ def canonical_roots(roots: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
             raise OptionsError(f"root {text!r} is neither a directory nor a regular file")
         if real not in out:
             out.append(real)
-            if stat.S_ISDIR(st.st_mode):
-                dirs.append(real)
-    out = [r for r in out if r in dirs or not any(_inside(r, d) for d in dirs)]
     if not out:
         raise OptionsError("no root given")
     return tuple(out)
@@ -193,6 +189,7 @@ class _Run:
                 self.table.add(root, index, st)
                 self.stats.files_scanned += 1
                 self.stats.bytes_scanned += st.st_size
+                self.sizes.watch(st.st_dev, st.st_ino)
                 self.sizes.add(start, start + 1)
         self._pending = pending
         self._seen = seen
@@ -256,10 +253,6 @@ class _Run:
             )
         else:
             self.progress(Progress(self.current, row.files_opened, row.bytes_read, row.files_in))
-
-
-def _inside(path: str, directory: str) -> bool:
-    return path.startswith(directory if directory.endswith("/") else directory + "/")
 
 
 def _ignore(rows: list[int]) -> None:

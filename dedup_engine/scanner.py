@@ -46,6 +46,9 @@ class FileColumns:
     size: array[int] = field(default_factory=lambda: array("q"))
     mtime: array[int] = field(default_factory=lambda: array("q"))
     ctime: array[int] = field(default_factory=lambda: array("q"))
+    #: Rows reached through a symlink to a file (with follow_links): another name of a file
+    #: that may also be found by its real path, so never a copy in its own right.
+    alias: array[int] = field(default_factory=lambda: array("B"))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -59,10 +62,11 @@ class FileColumns:
         self.size.extend(other.size)
         self.mtime.extend(other.mtime)
         self.ctime.extend(other.ctime)
+        self.alias.extend(other.alias)
 
     @classmethod
     def from_stats(
-        cls, paths: list[str], roots: array[int], stats: list[os.stat_result]
+        cls, paths: list[str], roots: array[int], stats: list[os.stat_result], alias: array[int]
     ) -> FileColumns:
         return cls(
             paths,
@@ -73,6 +77,7 @@ class FileColumns:
             array("q", [st.st_size for st in stats]),
             array("q", [st.st_mtime_ns for st in stats]),
             array("q", [st.st_ctime_ns for st in stats]),
+            alias,
         )
 
     def add(self, path: str, root: int, st: os.stat_result) -> None:
@@ -84,6 +89,7 @@ class FileColumns:
         self.size.append(st.st_size)
         self.mtime.append(st.st_mtime_ns)
         self.ctime.append(st.st_ctime_ns)
+        self.alias.append(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +159,9 @@ def scan_dirs(task: ScanTask, flt: Filter) -> ScanResult:
     """
     opts = flt.options
     follow = opts.follow_links
+    dir_flags = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+    if not follow:
+        dir_flags |= getattr(os, "O_NOFOLLOW", 0)
     max_depth = opts.max_depth
     filtering = flt.has_include or flt.has_exclude or not opts.hidden
     min_size = max(opts.min_size, 1)
@@ -161,6 +170,7 @@ def scan_dirs(task: ScanTask, flt: Filter) -> ScanResult:
     paths: list[str] = []
     stats: list[os.stat_result] = []
     roots = array("I")
+    aliases: list[int] = []  # positions in `paths` reached through a file symlink
     subdirs: list[DirJob] = []
     subdir_devs = array("Q")
     subdir_inos = array("Q")
@@ -170,74 +180,95 @@ def scan_dirs(task: ScanTask, flt: Filter) -> ScanResult:
     scanned = 0
     add_path, add_stat = paths.append, stats.append
     for job in task.dirs:
+        # The directory is opened without following a symlink (unless links are followed), so
+        # one swapped for a link after its parent was listed is refused, and each entry is then
+        # stat'ed relative to it, which is also a shorter lookup than the full path.
         try:
-            listing = os.scandir(job.path)
+            dir_fd = os.open(job.path, dir_flags)
         except OSError as exc:
+            issues.append((job.path, _describe(exc)))
+            continue
+        try:
+            listing = os.scandir(dir_fd)
+        except OSError as exc:
+            os.close(dir_fd)
             issues.append((job.path, _describe(exc)))
             continue
         scanned += 1
         root = job.root
         before = len(paths)
         descend = max_depth is None or job.depth < max_depth
-        with listing:
-            while True:
-                try:
-                    entry = next(listing)
-                except StopIteration:
-                    break
-                except OSError as exc:  # EIO in the middle of a listing: keep what we have
-                    issues.append((job.path, _describe(exc)))
-                    break
-                path = entry.path
-                try:
-                    if entry.is_file(follow_symlinks=False):
-                        if filtering and (
-                            flt.excluded(entry.name, path, root)
-                            or not flt.included(entry.name, path, root)
-                        ):
-                            continue
-                        st = entry.stat(follow_symlinks=False)
-                        size = st.st_size
-                        if (min_size <= size <= max_size) if size else empty:
-                            add_path(path)
-                            add_stat(st)
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        if descend and not (filtering and flt.excluded(entry.name, path, root)):
+        prefix = job.path if job.path.endswith("/") else job.path + "/"
+        try:
+            with listing:
+                while True:
+                    try:
+                        entry = next(listing)
+                    except StopIteration:
+                        break
+                    except OSError as exc:  # EIO in the middle of a listing: keep what we have
+                        issues.append((job.path, _describe(exc)))
+                        break
+                    path = prefix + entry.name
+                    try:
+                        if entry.is_file(follow_symlinks=False):
+                            if filtering and (
+                                flt.excluded(entry.name, path, root)
+                                or not flt.included(entry.name, path, root)
+                            ):
+                                continue
                             st = entry.stat(follow_symlinks=False)
-                            if not opts.one_file_system or st.st_dev == job.root_dev:
+                            size = st.st_size
+                            if (min_size <= size <= max_size) if size else empty:
+                                add_path(path)
+                                add_stat(st)
+                            continue
+                        if entry.is_dir(follow_symlinks=False):
+                            if descend and not (filtering and flt.excluded(entry.name, path, root)):
+                                st = entry.stat(follow_symlinks=False)
+                                if not opts.one_file_system or st.st_dev == job.root_dev:
+                                    subdirs.append(DirJob(path, root, job.depth + 1, job.root_dev))
+                                    subdir_devs.append(st.st_dev)
+                                    subdir_inos.append(st.st_ino)
+                            continue
+                        if not entry.is_symlink():
+                            special += (
+                                1  # FIFO, socket or device: known from the entry, never opened
+                            )
+                            continue
+                        if not follow:
+                            symlinks += 1
+                            continue
+                        if flt.excluded(entry.name, path, root):
+                            continue
+                        try:
+                            st = os.stat(path)
+                        except OSError:  # dangling, looping or unreadable target
+                            symlinks += 1
+                            continue
+                        if stat.S_ISDIR(st.st_mode):
+                            if descend and (not opts.one_file_system or st.st_dev == job.root_dev):
                                 subdirs.append(DirJob(path, root, job.depth + 1, job.root_dev))
                                 subdir_devs.append(st.st_dev)
                                 subdir_inos.append(st.st_ino)
-                        continue
-                    if not entry.is_symlink():
-                        special += 1  # FIFO, socket or device: known from the entry, never opened
-                        continue
-                    if not follow:
-                        symlinks += 1
-                        continue
-                    if flt.excluded(entry.name, path, root):
-                        continue
-                    try:
-                        st = os.stat(path)
-                    except OSError:  # dangling, looping or unreadable target
-                        symlinks += 1
-                        continue
-                    if stat.S_ISDIR(st.st_mode):
-                        if descend and (not opts.one_file_system or st.st_dev == job.root_dev):
-                            subdirs.append(DirJob(path, root, job.depth + 1, job.root_dev))
-                            subdir_devs.append(st.st_dev)
-                            subdir_inos.append(st.st_ino)
-                    elif stat.S_ISREG(st.st_mode):
-                        if flt.included(entry.name, path, root) and opts.accepts_size(st.st_size):
-                            add_path(path)
-                            add_stat(st)
-                    else:
-                        special += 1
-                except OSError as exc:  # vanished between listing and stat, or EACCES
-                    issues.append((path, _describe(exc)))
+                        elif stat.S_ISREG(st.st_mode):
+                            if flt.included(entry.name, path, root) and opts.accepts_size(
+                                st.st_size
+                            ):
+                                aliases.append(len(paths))
+                                add_path(path)
+                                add_stat(st)
+                        else:
+                            special += 1
+                    except OSError as exc:  # vanished between listing and stat, or EACCES
+                        issues.append((path, _describe(exc)))
+        finally:
+            os.close(dir_fd)
         roots.extend(array("I", [root]) * (len(paths) - before))
-    files = FileColumns.from_stats(paths, roots, stats)
+    alias = array("B", bytes(len(paths)))
+    for position in aliases:
+        alias[position] = 1
+    files = FileColumns.from_stats(paths, roots, stats, alias)
     return ScanResult(
         files, tuple(subdirs), subdir_devs, subdir_inos, tuple(issues), scanned, special, symlinks
     )

@@ -262,13 +262,6 @@ def test_followed_symlink_is_never_its_targets_duplicate(
     assert groups_of(result) == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with follow_links and hard_links, a followed symlink and its target form a group "
-    "(a symlink is not a hard link): the link's row joins grouping.SizeGroups.links of the "
-    "target's inode (every_inode=True) and `weight` with hard_links counts paths; a later `apply` "
-    "keeping the link and removing the target would destroy the data",
-)
 def test_followed_symlink_is_not_a_hard_link(tree: Tree, run: Runner) -> None:
     tree.file("a", content(500))
     tree.symlink("link", "a")
@@ -579,13 +572,6 @@ def test_file_root_inside_a_dir_root_with_a_copy(tree: Tree, run: Runner) -> Non
     assert groups_of(result) == brute_groups(tree.root)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a file named as a root is dropped by pipeline.canonical_roots when it lies under "
-    "a directory root ('the walk of that directory finds it'), but the walk does not find it when "
-    "--max-depth, --no-hidden or --exclude keeps it out; the same file named as a root next to a "
-    "file, not a directory, is always examined",
-)
 @pytest.mark.parametrize(
     ("rel", "options"),
     [
@@ -770,12 +756,6 @@ def test_every_copy_failing_leaves_no_group(tree: Tree, monkeypatch: pytest.Monk
     assert set(issues_of(result)) == tree.paths("x", "y")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (race, low severity): a directory swapped for a symlink after its parent was "
-    "listed is followed without follow_links: scanner.scan_dirs calls os.scandir(job.path), which "
-    "follows a symlink, and hashing's O_NOFOLLOW guards only the last path component",
-)
 def test_directory_swapped_for_a_symlink_is_not_followed(
     tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -784,36 +764,26 @@ def test_directory_swapped_for_a_symlink_is_not_followed(
     tree.file("sub/other", content(5))
     outside = Tree(tmp_path / "outside")
     outside.file("x", data)
-    real = os.scandir
+    real = os.open
 
-    def swap_then_list(path: Any = ".") -> Any:
-        if os.fspath(path) == tree.path("sub") and not Path(path).is_symlink():
+    def swap_then_list(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        # The scanner opens each directory before listing it: swap this one just before.
+        if (
+            flags & os.O_DIRECTORY
+            and os.fspath(path) == tree.path("sub")
+            and not Path(path).is_symlink()
+        ):
             tree.p("sub").rename(tree.p("moved"))
             tree.symlink("sub", outside.root)
-        return real(path)
+        return real(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(os, "scandir", swap_then_list)
+    monkeypatch.setattr(os, "open", swap_then_list)
     result = find_duplicates(tree.root, ScanOptions(workers=0))
     monkeypatch.undo()
     assert groups_of(result) == set()
 
 
-@pytest.mark.parametrize(
-    "hard_links",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=KeyError,
-                reason="BUG: with hard_links, a hard-linked file whose size changes between the "
-                "stats of two of its paths crashes the run with KeyError in grouping.SizeGroups."
-                "_is_link (`self._by_size[size]` for the second path's new size)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("hard_links", [False, True])
 def test_hard_linked_file_resized_between_its_paths(
     tree: Tree, monkeypatch: pytest.MonkeyPatch, hard_links: bool
 ) -> None:
@@ -821,16 +791,16 @@ def test_hard_linked_file_resized_between_its_paths(
     tree.hardlink("d2/b", "d1/a")
     tree.file("d3/c", content(SMALL))
     listed: list[str] = []
-    real = os.scandir
+    real = os.open
 
-    def grow_between(path: Any = ".") -> Any:
-        if os.fspath(path) in tree.paths("d1", "d2"):
+    def grow_between(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_DIRECTORY and os.fspath(path) in tree.paths("d1", "d2"):
             listed.append(os.fspath(path))
             if len(listed) == 2:  # one path of the inode stat'ed, the other not yet
                 append(tree.path("d1/a"))
-        return real(path)
+        return real(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(os, "scandir", grow_between)
+    monkeypatch.setattr(os, "open", grow_between)
     result = find_duplicates(tree.root, ScanOptions(workers=0, hard_links=hard_links))
     monkeypatch.undo()
     in_groups = {f.path for g in result.groups for f in g.files}

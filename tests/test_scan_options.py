@@ -291,13 +291,14 @@ def test_good_edge_options_are_accepted() -> None:
 def no_listing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Records every directory listed in this process (use with workers=0)."""
     listed: list[str] = []
-    real = os.scandir
+    real = os.open
 
-    def spy(path: Any = ".") -> Any:
-        listed.append(os.fspath(path))
-        return real(path)
+    def spy(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_DIRECTORY:  # the scanner opens each directory it lists
+            listed.append(os.fspath(path))
+        return real(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(os, "scandir", spy)
+    monkeypatch.setattr(os, "open", spy)
     return listed
 
 

@@ -115,13 +115,23 @@ def peak_single_rss(cmd: list[str]) -> int:
     return usage.ru_maxrss * 1024
 
 
+def _default_dedup() -> str:
+    beside = Path(sys.executable).with_name("dedup")
+    return str(beside) if beside.exists() else shutil.which("dedup") or "dedup"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", default="small,large")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--dedup", default=shutil.which("dedup") or "dedup")
+    parser.add_argument(
+        "--dedup",
+        default=_default_dedup(),
+        help="the dedup command (default: the one installed beside this Python, so no shell "
+        "wrapper such as a version manager's shim is timed with it)",
+    )
     args = parser.parse_args()
     jdupes = ensure_jdupes()
     probe = subprocess.run([jdupes, "-v"], capture_output=True, text=True, check=False)

@@ -7,6 +7,7 @@ root); 3 duplicates were found and `--fail-on-duplicates` was given (it wins ove
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import os
 import re
@@ -176,7 +177,7 @@ def find(
         )
         _check_output(output)
         show_progress = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
-        with _progress(show_progress) as callback:
+        with _progress(show_progress) as callback, _no_gc():
             result = find_duplicates(roots, options, progress=callback)
     except OptionsError as exc:
         _fail_usage(str(exc))
@@ -230,6 +231,18 @@ def synth(
 def _fail_usage(message: str) -> Any:
     typer.echo(f"dedup: error: {message}", err=True)
     raise typer.Exit(EXIT_USAGE)
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    # The search allocates hundreds of thousands of objects and no reference cycles; the cyclic
+    # collector's passes over them cost ~15% of the main process's CPU.  The library leaves the
+    # collector alone (it is the caller's to set); the command is its own caller.
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _check_output(path: Path | None) -> None:

@@ -136,27 +136,27 @@ def build_groups(
     index of the root the file was found under, then by path.  Both orders are stable across runs.
     """
     out: list[DuplicateGroup] = []
-    alias = table.alias
+    paths, roots, alias = table.paths, table.root, table.alias
+    dev, ino, size, mtime, ctime = table.dev, table.ino, table.size, table.mtime, table.ctime
+    single_root = not any(roots)
     for digest, reps in finals:
-        rows: list[int] = []
-        for rep in reps:
-            names = (rep, *links.get(rep, ()))
-            real = [r for r in names if not alias[r]]
-            # A name reached through a symlink is listed only when the file has no other: acting
-            # on a link while keeping its target's copies elsewhere is what loses data.
-            rows.extend(real or names)
-        rows.sort(key=lambda r: (table.root[r], table.paths[r]))
+        if links:
+            rows: list[int] = []
+            for rep in reps:
+                names = (rep, *links.get(rep, ()))
+                real = [r for r in names if not alias[r]]
+                # A name reached through a symlink is listed only when the file has no other:
+                # acting on a link while keeping its target's copies elsewhere loses data.
+                rows.extend(real or names)
+        else:
+            rows = list(reps)
+        if single_root:
+            rows.sort(key=paths.__getitem__)
+        else:
+            rows.sort(key=lambda r: (roots[r], paths[r]))
         files = tuple(
-            FileEntry(
-                table.paths[r],
-                table.dev[r],
-                table.ino[r],
-                table.size[r],
-                table.mtime[r],
-                table.ctime[r],
-            )
-            for r in rows
+            [FileEntry(paths[r], dev[r], ino[r], size[r], mtime[r], ctime[r]) for r in rows]
         )
-        out.append(DuplicateGroup(table.size[reps[0]], digest.hex(), files))
+        out.append(DuplicateGroup(size[reps[0]], digest.hex(), files))
     out.sort(key=lambda g: (-g.size, g.files[0].path))
     return out

@@ -139,7 +139,8 @@ def main() -> None:
     print(f"# {version}; {psutil.cpu_count()} CPUs; {args.runs} interleaved runs after 1 warm-up")
     rows = []
     for profile in args.profiles.split(","):
-        root = str(ensure_tree(args.cache, profile, args.seed))
+        # Canonical, so both tools print the same paths for the same files.
+        root = os.path.realpath(ensure_tree(args.cache, profile, args.seed))
         ours = [args.dedup, "find", root, "--format", "fdupes", "--quiet"]
         theirs = [jdupes, "-r", "-q", "-Q", root]
         a = subprocess.run(ours, capture_output=True, check=False).stdout

@@ -37,6 +37,7 @@ EXIT_CODES_HELP = (
 app = typer.Typer(
     name="dedup",
     help="Find duplicate files fast; act on them safely.",
+    epilog=EXIT_CODES_HELP,
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -181,18 +182,15 @@ def find(
             result = find_duplicates(roots, options, progress=callback)
     except OptionsError as exc:
         _fail_usage(str(exc))
-    with _open_output(output) as out:
-        if output_format is Format.JSON:
-            text = io.TextIOWrapper(out, encoding="ascii", newline="\n")
-            write_json(result, options, __version__, text)
-            text.flush()
-            text.detach()
-        elif output_format is Format.CSV:
-            write_csv(result.groups, out)
-        elif output_format is Format.FDUPES:
-            write_fdupes(result.groups, out)
-        else:
-            write_text(result, out)
+    try:
+        with _open_output(output) as out:
+            _write(result, options, output_format, out)
+    except BrokenPipeError:
+        # The reader stopped early (`dedup find ... | head`): not an error of ours.  Later writes
+        # to stdout go nowhere, so the exit does not fail on flushing it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     if show_stats:
         _print_stats(result)
     if not quiet and (output_format is not Format.TEXT or output is not None):
@@ -226,6 +224,20 @@ def synth(
         f"holding {manifest.files_in_groups} files; manifest: {directory / 'manifest.json'}",
         err=True,
     )
+
+
+def _write(result: FindResult, options: ScanOptions, form: Format, out: IO[bytes]) -> None:
+    if form is Format.JSON:
+        text = io.TextIOWrapper(out, encoding="ascii", newline="\n")
+        write_json(result, options, __version__, text)
+        text.flush()
+        text.detach()
+    elif form is Format.CSV:
+        write_csv(result.groups, out)
+    elif form is Format.FDUPES:
+        write_fdupes(result.groups, out)
+    else:
+        write_text(result, out)
 
 
 def _fail_usage(message: str) -> Any:

@@ -329,6 +329,27 @@ def test_top_level_help() -> None:
     assert code == 0
     assert b"find" in out
     assert b"--version" in out
+    text = " ".join(out.decode().split())
+    assert "Exit codes: 0 done; 1 done, but some files could not be read; 2 usage error" in text
+
+
+def test_reader_closing_the_pipe_early_is_not_an_error(tree: Tree) -> None:
+    """`dedup find ... | head`: regression test, it used to exit 1 (the unreadable-files code)."""
+    for number in range(150):  # long names, so the report is bigger than a pipe's buffer
+        name = f"{number:03d}-" + "n" * 240
+        tree.file(f"a/{name}", content(50, seed=str(number)))
+        tree.file(f"b/{name}", content(50, seed=str(number)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dedup_engine", "find", tree.root, "-f", "fdupes", "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(os.fsencode(tree.root))
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0
+    assert b"Traceback" not in err
 
 
 def test_version() -> None:

@@ -7,6 +7,7 @@ of an inode hang off the representative in `links`.  Whether a group still count
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 
 from dedup_engine.records import DuplicateGroup, FileEntry
@@ -125,38 +126,55 @@ class SizeGroups:
         return len(group) + sum(len(links[r]) for r in group if r in links)
 
 
-def build_groups(
-    table: FileColumns,
-    finals: Iterable[tuple[bytes, Group]],
-    links: dict[int, list[int]],
-) -> list[DuplicateGroup]:
-    """Turn (digest, representative rows) into groups listing every path of every inode.
+class GroupBuilder:
+    """Turns (digest, representative rows) into groups listing every path of every inode.
 
-    Order: largest files first (most space at stake), then by first path; within a group, by the
-    index of the root the file was found under, then by path.  Both orders are stable across runs.
+    Building is done in slices (`build_some`) so the parent can do it while the workers hash the
+    next stage.  Order (`groups`): largest files first (most space at stake), then by first path;
+    within a group, by the index of the root the file was found under, then by path.  Both orders
+    are stable across runs.
     """
-    out: list[DuplicateGroup] = []
-    paths, roots, alias = table.paths, table.root, table.alias
-    dev, ino, size, mtime, ctime = table.dev, table.ino, table.size, table.mtime, table.ctime
-    single_root = not any(roots)
-    for digest, reps in finals:
-        if links:
-            rows: list[int] = []
-            for rep in reps:
-                names = (rep, *links.get(rep, ()))
-                real = [r for r in names if not alias[r]]
-                # A name reached through a symlink is listed only when the file has no other:
-                # acting on a link while keeping its target's copies elsewhere loses data.
-                rows.extend(real or names)
-        else:
-            rows = list(reps)
-        if single_root:
-            rows.sort(key=paths.__getitem__)
-        else:
-            rows.sort(key=lambda r: (roots[r], paths[r]))
-        files = tuple(
-            [FileEntry(paths[r], dev[r], ino[r], size[r], mtime[r], ctime[r]) for r in rows]
-        )
-        out.append(DuplicateGroup(size[reps[0]], digest.hex(), files))
-    out.sort(key=lambda g: (-g.size, g.files[0].path))
-    return out
+
+    def __init__(self, table: FileColumns, links: dict[int, list[int]]) -> None:
+        self.table = table
+        self.links = links
+        self._pending: deque[tuple[bytes, Group]] = deque()
+        self._built: list[DuplicateGroup] = []
+
+    def add(self, finals: Iterable[tuple[bytes, Group]]) -> None:
+        self._pending.extend(finals)
+
+    def build_some(self, count: int = 256) -> bool:
+        """Build up to `count` groups; True while some are left."""
+        pending, built = self._pending, self._built
+        table, links = self.table, self.links
+        paths, roots, alias = table.paths, table.root, table.alias
+        dev, ino, size, mtime, ctime = table.dev, table.ino, table.size, table.mtime, table.ctime
+        single_root = not any(roots)
+        for _ in range(min(count, len(pending))):
+            digest, reps = pending.popleft()
+            if links:
+                rows: list[int] = []
+                for rep in reps:
+                    names = (rep, *links.get(rep, ()))
+                    real = [r for r in names if not alias[r]]
+                    # A name reached through a symlink is listed only when the file has no
+                    # other: acting on a link while keeping its target's copies loses data.
+                    rows.extend(real or names)
+            else:
+                rows = list(reps)
+            if single_root:
+                rows.sort(key=paths.__getitem__)
+            else:
+                rows.sort(key=lambda r: (roots[r], paths[r]))
+            files = tuple(
+                [FileEntry(paths[r], dev[r], ino[r], size[r], mtime[r], ctime[r]) for r in rows]
+            )
+            built.append(DuplicateGroup(size[reps[0]], digest.hex(), files))
+        return bool(pending)
+
+    def groups(self) -> list[DuplicateGroup]:
+        while self.build_some(4096):
+            pass
+        self._built.sort(key=lambda g: (-g.size, g.files[0].path))
+        return self._built

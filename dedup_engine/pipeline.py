@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dedup_engine.grouping import Group, SizeGroups, build_groups
+from dedup_engine.grouping import Group, GroupBuilder, SizeGroups
 from dedup_engine.hashing import Window
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.pool import Pool, open_pool
-from dedup_engine.records import FindResult, Issue, RunStats, Stage
+from dedup_engine.records import DuplicateGroup, FindResult, Issue, RunStats, Stage
 from dedup_engine.scanner import DirJob, FileColumns, ScanResult, ScanTask
 from dedup_engine.stages import HashStep
 
@@ -88,8 +88,7 @@ def find_duplicates(
     pool = open_pool(opts, canon)
     try:
         run = _Run(pool, canon, opts, stats, issues, progress)
-        finals = run.search()
-        groups = build_groups(run.table, finals, run.sizes.links)
+        groups = run.search()
     finally:
         pool.close()
     stats.workers = pool.workers
@@ -129,13 +128,17 @@ class _Run:
         # With links followed, one inode can be reached by two paths even with a link count of 1.
         self.sizes = SizeGroups(self.table, opts.hard_links, feed, every_inode=opts.follow_links)
         self._last_tick = 0.0
+        self._dirs: deque[DirJob] = deque()  # directories still to list
+        self._seen: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every directory queued
+        self._scans = 0  # scan tasks out
 
-    def search(self) -> list[tuple[bytes, Group]]:
+    def search(self) -> list[DuplicateGroup]:
         opts = self.opts
         self._scan()
         groups = self.sizes.groups()
         self._count_size_stages(groups)
-        finals: list[tuple[bytes, Group]] = []
+        # Finished groups are built into records while the workers hash the next stage.
+        finals = GroupBuilder(self.table, self.sizes.links)
         windows = [
             (self.head, "head" in opts.stages),
             (
@@ -156,10 +159,10 @@ class _Run:
                 step.feed_groups([[r] for g in groups for r in g] if opts.hard_links else groups)
             elif step is not self.head:
                 step.feed([row for g in groups if applies(sizes[g[0]]) for row in g])
-            step.drain()
+            step.drain(idle=finals.build_some)
             done, groups = step.refine(groups, self.sizes.weight)
-            finals.extend(done)
-        return finals
+            finals.add(done)
+        return finals.groups()
 
     def _step(self, window: Window) -> HashStep:
         return HashStep(
@@ -177,12 +180,11 @@ class _Run:
     def _scan(self) -> None:
         """Walk every root; rows stream into the size groups, which feed the head stage."""
         started = time.perf_counter()
-        pending: deque[DirJob] = deque()
-        seen: set[tuple[int, int]] = set()
+        pending = self._dirs
         for index, root in enumerate(self.roots):
             st = os.stat(root)
             if stat.S_ISDIR(st.st_mode):
-                seen.add((st.st_dev, st.st_ino))
+                self._seen.add((st.st_dev, st.st_ino))
                 pending.append(DirJob(root, index, 0, st.st_dev))
             elif self.opts.accepts_size(st.st_size):
                 start = len(self.table)
@@ -191,9 +193,6 @@ class _Run:
                 self.stats.bytes_scanned += st.st_size
                 self.sizes.watch(st.st_dev, st.st_ino)
                 self.sizes.add(start, start + 1)
-        self._pending = pending
-        self._seen = seen
-        self._scans = 0
         pool = self.pool
         workers = max(1, pool.workers)
         while pending or self._scans:
@@ -226,7 +225,7 @@ class _Run:
                 stats.dirs_revisited += 1
                 continue
             seen.add(key)
-            self._pending.append(job)
+            self._dirs.append(job)
         self.sizes.add(start, len(self.table))
         if self.progress is not None:
             self._tick()

@@ -141,10 +141,16 @@ class HashStep:
         if self._tick is not None:
             self._tick()
 
-    def drain(self) -> None:
-        """Hash everything fed so far and wait for it."""
+    def drain(self, idle: Callable[[], bool] | None = None) -> None:
+        """Hash everything fed so far and wait for it.
+
+        `idle` is the parent's own work, done in slices while tasks are out; it returns False
+        when there is no more.
+        """
         while self._pending or self._outstanding:
             self.flush(final=True)
+            if idle is not None and self._outstanding and not idle():
+                idle = None
             self.pool.wait_one()
         if self._started is not None:
             self.stats.seconds += time.perf_counter() - self._started

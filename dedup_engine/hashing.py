@@ -119,9 +119,12 @@ def hash_batch(task: HashTask) -> HashResult:
                 nread = size
             elif size <= limit:
                 # One byte more than expected is asked for, so a file that grew since the scan
-                # shows itself; on a regular file a read is short only at end of file.  No fstat:
-                # a FIFO (opened O_NONBLOCK) or a device swapped in cannot return exactly `size`
-                # bytes, so the count check keeps them out, one syscall cheaper per small file.
+                # shows itself; on a regular file a read is short only at end of file.  No fstat
+                # for a non-empty file: a FIFO (opened O_NONBLOCK) or a device swapped in cannot
+                # return exactly `size` bytes, so the count check keeps them out, one syscall
+                # cheaper per small file.  An empty FIFO reads like an empty file, hence the check.
+                if not size:
+                    _check_regular(fd, size)
                 data = os_read(fd, size + 1)
                 if len(data) != size:
                     data = _finish_whole(fd, data, size)

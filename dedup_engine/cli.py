@@ -308,6 +308,8 @@ def _progress(enabled: bool) -> Iterator[ProgressCallback | None]:
         bar.update(
             tasks[name], completed=event.files, total=event.total, size=human_size(event.bytes)
         )
+        if event.finished:
+            bar.stop_task(tasks[name])  # its clock stops at the stage's own duration
 
     with bar:
         yield update

@@ -36,6 +36,7 @@ class Progress:
     files: int
     bytes: int
     total: int | None
+    finished: bool = False
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -160,6 +161,7 @@ class _Run:
             elif step is not self.head:
                 step.feed([row for g in groups if applies(sizes[g[0]]) for row in g])
             step.drain(idle=finals.build_some)
+            self._tick(finished=True)
             done, groups = step.refine(groups, self.sizes.weight)
             finals.add(done)
         return finals.groups()
@@ -204,6 +206,7 @@ class _Run:
             self.head.flush()
             pool.wait_one()
         self.stats.stage(Stage.SCAN).seconds = time.perf_counter() - started
+        self._tick(finished=True)
 
     def _scanned(self, result: ScanResult) -> None:
         self._scans -= 1
@@ -240,18 +243,22 @@ class _Run:
         hardlink.files_in = size.files_out
         hardlink.files_out = sum(len(g) for g in groups)
 
-    def _tick(self) -> None:
+    def _tick(self, finished: bool = False) -> None:
+        """Report progress, at most ten times a second, and always when a stage ends."""
         now = time.perf_counter()
-        if self.progress is None or now - self._last_tick < 0.1:
+        if self.progress is None or (now - self._last_tick < 0.1 and not finished):
             return
         self._last_tick = now
         row = self.stats.stage(self.current)
         if self.current is Stage.SCAN:
-            self.progress(
-                Progress(Stage.SCAN, self.stats.files_scanned, self.stats.bytes_scanned, None)
+            files = self.stats.files_scanned
+            event = Progress(
+                Stage.SCAN, files, self.stats.bytes_scanned, files if finished else None, finished
             )
         else:
-            self.progress(Progress(self.current, row.files_opened, row.bytes_read, row.files_in))
+            done = row.files_in if finished else row.files_opened
+            event = Progress(self.current, done, row.bytes_read, row.files_in, finished)
+        self.progress(event)
 
 
 def _ignore(rows: list[int]) -> None:

@@ -1014,10 +1014,18 @@ def _all_paths(tree: Tree) -> list[str]:
 def test_progress_callback(tree: Tree, run: Runner, workers: int) -> None:
     for i in range(50):
         tree.file(f"d{i % 5}/f{i}", content(100 + i % 3))
+    tree.file("big/a", content(70_000))  # big enough for the tail and full stages
+    tree.file("big/b", content(70_000))
     events: list[Progress] = []
     result = find_duplicates(tree.root, ScanOptions(workers=workers), progress=events.append)
     assert groups_of(result) == brute_groups(tree.root)
     assert all(isinstance(e, Progress) and isinstance(e.stage, Stage) for e in events)
+    # Every stage that ran ends with a final event, so a display shows it complete.
+    finished = [e for e in events if e.finished]
+    assert [e.stage for e in finished] == [Stage.SCAN, Stage.HEAD, Stage.TAIL, Stage.FULL]
+    assert finished[0].files == finished[0].total == 52
+    for event in finished[1:]:
+        assert event.files == event.total == result.stats.stage(event.stage).files_in
 
 
 def test_root_with_a_name_that_is_not_utf8(tmp_path: Path, run: Runner) -> None:

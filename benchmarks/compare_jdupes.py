@@ -4,9 +4,8 @@
 For each profile (default: small and large) it makes the tree once with `dedup synth` in a cache
 directory, checks that both tools find the same groups, then times interleaved runs (A B A B ...)
 and reports medians and the ratio of medians.  Peak RSS is measured in separate runs, because
-sampling the process tree costs CPU on a 2-core machine: for dedup-engine it is the largest sum of
-the resident sets of the whole process tree (main process plus workers), sampled every 5 ms; for
-jdupes, a single process, the kernel's own peak (ru_maxrss).
+sampling the process tree costs CPU on a 2-core machine: the largest sum of the resident sets of
+the whole process tree (for dedup-engine the main process plus its workers), sampled every 5 ms.
 
     python benchmarks/compare_jdupes.py [--profiles small,large] [--runs 7] [--cache DIR]
 
@@ -109,12 +108,6 @@ def peak_tree_rss(cmd: list[str]) -> int:
     return peak
 
 
-def peak_single_rss(cmd: list[str]) -> int:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, _, usage = os.wait4(proc.pid, 0)
-    return usage.ru_maxrss * 1024
-
-
 def _default_dedup() -> str:
     beside = Path(sys.executable).with_name("dedup")
     return str(beside) if beside.exists() else shutil.which("dedup") or "dedup"
@@ -151,8 +144,10 @@ def main() -> None:
         for _ in range(args.runs):
             ours_t.append(timed(ours))
             theirs_t.append(timed(theirs))
+        # Both sampled the same way.  (A child's ru_maxrss would not do: Linux carries the
+        # peak of the process that forked it across exec, so jdupes would report this script's.)
         ours_rss = max(peak_tree_rss(ours) for _ in range(2))
-        theirs_rss = peak_single_rss(theirs)
+        theirs_rss = max(peak_tree_rss(theirs) for _ in range(2))
         rows.append((profile, ours_t, theirs_t, ours_rss, theirs_rss, len(groups_of(a)), agree))
     print()
     print(

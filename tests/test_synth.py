@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import blake3
 import pytest
 
+from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.synth import MANIFEST_NAME, Manifest, Profile, generate, load_manifest
 
 #: Small enough for a quick suite, big enough that every trap kind appears.
@@ -232,3 +235,34 @@ def test_refuses_a_nonempty_data_dir(tmp_path: Path) -> None:
         generate(tmp_path, "small", 1, files=50, workers=0)
     with pytest.raises(ValueError):
         generate(tmp_path / "x", "tiny", 1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_engine_finds_exactly_the_manifest_groups(
+    tree: tuple[Path, Manifest], workers: int
+) -> None:
+    dest, manifest = tree
+    result = find_duplicates(dest / "data", ScanOptions(workers=workers))
+    found = tuple(
+        sorted(tuple(sorted(os.path.relpath(f.path, dest) for f in g.files)) for g in result.groups)
+    )
+    assert found == manifest.groups
+    assert sum(len(g.files) for g in result.groups) == manifest.files_in_groups
+    assert result.issues == ()
+
+
+def test_the_cli_on_a_synth_tree_agrees_with_its_manifest(mixed: tuple[Path, Manifest]) -> None:
+    dest, manifest = mixed
+    proc = subprocess.run(
+        [sys.executable, "-m", "dedup_engine", "find", str(dest / "data"), "-f", "fdupes", "-q"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    blocks = [b for b in proc.stdout.split(b"\n\n") if b.strip()]
+    found = sorted(
+        tuple(sorted(os.path.relpath(os.fsdecode(p), dest) for p in block.split(b"\n") if p))
+        for block in blocks
+    )
+    assert tuple(found) == manifest.groups

@@ -186,10 +186,8 @@ def _compare_groups(task: HashTask, flags: int) -> HashResult:
         size = task.sizes[start]
         if members > MAX_COMPARED or members == 1:
             for position in range(start, end):
-                try:
-                    fd = os.open(task.paths[position], flags)
-                except OSError as exc:
-                    failed.append((position, _describe(exc)))
+                fd = _open(task.paths[position], flags, position, failed)
+                if fd is None:
                     continue
                 opened += 1
                 try:
@@ -225,10 +223,8 @@ def _compare_group(
     opened = 0
     try:
         for position in range(start, end):
-            try:
-                fd = os.open(task.paths[position], flags)
-            except OSError as exc:
-                failed.append((position, _describe(exc)))
+            fd = _open(task.paths[position], flags, position, failed)
+            if fd is None:
                 continue
             opened += 1
             live.append(_Open(position, fd, buffers[len(live)]))
@@ -286,6 +282,14 @@ def _compare_group(
         for member in live:
             os.close(member.fd)
     return opened, total
+
+
+def _open(path: str, flags: int, position: int, failed: list[tuple[int, str]]) -> int | None:
+    try:
+        return os.open(path, flags)
+    except OSError as exc:
+        failed.append((position, _describe(exc)))
+        return None
 
 
 def _read_exact(fd: int, buf: bytearray, want: int) -> int:

@@ -240,6 +240,64 @@ def _write(result: FindResult, options: ScanOptions, form: Format, out: IO[bytes
         write_text(result, out)
 
 
+bench = typer.Typer(
+    help="Benchmarks and gates on the engine's work.", no_args_is_help=True, add_completion=False
+)
+app.add_typer(bench, name="bench")
+
+
+@bench.command(
+    "work-gate",
+    epilog="Exit codes: 0 no more work than the baseline; 1 more work or "
+    "other groups; 2 usage error.",
+)
+def work_gate(
+    baseline: Annotated[
+        Path, typer.Option(help="The committed counts (run from the repository root).")
+    ] = Path("benchmarks/work_baseline.json"),
+    update: Annotated[
+        bool, typer.Option("--update", help="Write today's counts as the new baseline.")
+    ] = False,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the gate's trees are kept (default: $DEDUP_BENCH_CACHE or "
+            "~/.cache/dedup-engine/bench)."
+        ),
+    ] = None,
+    partial_stages: Annotated[
+        str, typer.Option(help="Partial stages to run (to see the gate fail).", hidden=True)
+    ] = "head,tail",
+) -> None:
+    """Count the engine's work on fixed synthetic trees; fail if any stage does more."""
+    from dedup_engine import workgate
+
+    stages = tuple(s.strip() for s in partial_stages.split(",") if s.strip())
+    try:
+        options = ScanOptions(stages=stages)
+    except OptionsError as exc:
+        _fail_usage(str(exc))
+    current = workgate.measure(cache or workgate.default_cache(), options)
+    if update:
+        workgate.save_baseline(current, baseline)
+        typer.echo(f"baseline written: {baseline}", err=True)
+        return
+    try:
+        reference = workgate.load_baseline(baseline)
+    except (OSError, ValueError) as exc:
+        _fail_usage(f"cannot read the baseline {str(baseline)!r}: {exc}")
+    failures, notes = workgate.compare(reference, current)
+    for note in notes:
+        typer.echo(f"less work: {note} (tighten with --update)", err=True)
+    for failure in failures:
+        typer.echo(f"FAIL: {failure}", err=True)
+    if failures:
+        raise typer.Exit(EXIT_ISSUES)
+    typer.echo(
+        f"work gate passed: {len(current['trees'])} trees, no stage does more work", err=True
+    )
+
+
 def _fail_usage(message: str) -> Any:
     typer.echo(f"dedup: error: {message}", err=True)
     raise typer.Exit(EXIT_USAGE)

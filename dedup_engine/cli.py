@@ -20,7 +20,7 @@ import typer
 
 from dedup_engine import __version__
 from dedup_engine.options import OptionsError, ScanOptions
-from dedup_engine.pipeline import Progress, ProgressCallback, find_duplicates
+from dedup_engine.pipeline import Progress, ProgressCallback, canonical_roots, find_duplicates
 from dedup_engine.records import FindResult
 from dedup_engine.report import Format, human_size, write_csv, write_fdupes, write_json, write_text
 
@@ -296,6 +296,60 @@ def work_gate(
     typer.echo(
         f"work gate passed: {len(current['trees'])} trees, no stage does more work", err=True
     )
+
+
+@bench.command(
+    "time-gate",
+    epilog="Exit codes: 0 within tolerance; 1 a stage's time ratio grew past it; 2 usage error.",
+)
+def time_gate(
+    root: Annotated[Path, typer.Argument(help="The tree to time (the same tree every run).")],
+    baseline: Annotated[Path, typer.Option(help="Saved ratios (JSON).")],
+    update: Annotated[
+        bool, typer.Option("--update", help="Write this run's ratios as the baseline.")
+    ] = False,
+    tolerance: Annotated[
+        float, typer.Option(help="Allowed growth of a stage's ratio (0.25: 25%).")
+    ] = 0.25,
+    rounds: Annotated[int, typer.Option(help="Runs to take the median of.")] = 3,
+    chunk_size: Annotated[
+        str, typer.Option(help="Read chunk of the full stage (to see the gate fail).", hidden=True)
+    ] = "128K",
+) -> None:
+    """Each stage's time over a plain read+BLAKE3 of the same tree in the same run; fail on growth.
+
+    The ratio, unlike seconds, carries from one machine to another, so a baseline saved on a
+    developer's machine can gate a CI run elsewhere.  Runs in one process, for steadier figures.
+    """
+    from dedup_engine import timegate
+
+    try:
+        options = ScanOptions(workers=0, chunk_size=parse_size(chunk_size))
+        if rounds < 1 or tolerance < 0:
+            raise OptionsError("--rounds must be at least 1 and --tolerance at least 0")
+        canonical_roots([root])
+    except OptionsError as exc:
+        _fail_usage(str(exc))
+    current = timegate.measure(root, options, rounds)
+    for name, row in current["stages"].items():
+        typer.echo(f"{name:5} {row['seconds']:.4f} s  ratio {row['ratio']:.4f}", err=True)
+    typer.echo(
+        f"reference {current['reference_seconds']:.4f} s (read + BLAKE3 of the tree)", err=True
+    )
+    if update:
+        timegate.save(current, baseline)
+        typer.echo(f"baseline written: {baseline}", err=True)
+        return
+    try:
+        reference = timegate.load(baseline)
+    except (OSError, ValueError) as exc:
+        _fail_usage(f"cannot read the baseline {str(baseline)!r}: {exc}")
+    failures = timegate.compare(reference, current, tolerance)
+    for failure in failures:
+        typer.echo(f"FAIL: {failure}", err=True)
+    if failures:
+        raise typer.Exit(EXIT_ISSUES)
+    typer.echo("time gate passed", err=True)
 
 
 def _fail_usage(message: str) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from dedup_engine import ScanOptions, find_duplicates, workgate
+from dedup_engine.fullstage import compare_groups
 from dedup_engine.grouping import Group, GroupBuilder
 from dedup_engine.hashing import HashResult, HashTask, Window, hash_batch
 from dedup_engine.pipeline import _Run, canonical_roots
@@ -56,11 +57,11 @@ def _capture(root: Path) -> Captured:
     run._scan()
     candidates = run.sizes.groups()
     run.head.drain()
-    _done, after_head = run.head.refine(candidates, run.sizes.weight)
+    _done, after_head = run.head.refine(candidates, len)
     tail = run._step(Window(Stage.TAIL, opts.tail_window, min_size=opts.tail_min_size))
     tail.feed([r for g in after_head if tail.window.applies(run.table.size[g[0]]) for r in g])
     tail.drain()
-    _done, after_tail = tail.refine(after_head, run.sizes.weight)
+    _done, after_tail = tail.refine(after_head, len)
     first = DirJob(roots[0], 0, 0, 0)
     return Captured(run, [first, *seen_dirs], candidates, after_head, after_tail)
 
@@ -89,7 +90,8 @@ def _record(benchmark: Bench, results: list[HashResult]) -> None:
 
 
 def _hash_all(tasks: list[HashTask]) -> Callable[[], list[HashResult]]:
-    return lambda: [hash_batch(task) for task in tasks]
+    # As the pool does: the full stage's tasks carry groups, the partial windows' do not.
+    return lambda: [compare_groups(t) if t.groups else hash_batch(t) for t in tasks]
 
 
 def test_stage_scan(benchmark: Bench, tree: tuple[str, Path], captured: Captured) -> None:

@@ -34,23 +34,25 @@ class SizeGroups:
         self.table = table
         self.hard_links = hard_links
         self.links: dict[int, list[int]] = {}
-        #: The rule for "still a group": `len` (inodes), or paths with `hard_links`.
-        self.weight: Callable[[Group], int] = self._copies if hard_links else len
         self._on_candidates = on_candidates
         self._by_size: dict[int, Group] = {}
         self._extra: dict[int, int] = {}  # with hard_links: paths beyond one per inode, by size
         self._inodes: dict[tuple[int, int], int] = {}
+        self._real: dict[int, int] = {}  # names not reached through a symlink, per linked inode
         # Inodes are looked up only for files with a link count above 1, or watched ones (file
         # roots, which the walk may reach again), unless `every_inode`: a followed symlink
-        # reaches a file by a second path without raising its link count.
+        # reaches a file by a second path without raising its link count.  Inodes that slip
+        # through anyway (a bind mount, a link made during the walk) are caught by `settle`.
         self._watch: set[tuple[int, int]] = set()
+        self._watched_paths: set[str] = set()
         self._min_links = 0 if every_inode else 1
         self.rows_in = 0
         self.paths_in_candidates = 0
 
-    def watch(self, dev: int, ino: int) -> None:
+    def watch(self, dev: int, ino: int, path: str) -> None:
         """Look this inode up whatever its link count: it may come again by the same path."""
         self._watch.add((dev, ino))
+        self._watched_paths.add(path)
 
     def add(self, start: int, end: int) -> None:
         """Take table rows start..end-1."""
@@ -87,13 +89,14 @@ class SizeGroups:
         if rep is None:
             self._inodes[key] = row
             return False
-        others = self.links.setdefault(rep, [])
         path = table.paths[row]
-        if path == table.paths[rep] or any(table.paths[o] == path for o in others):
+        if path in self._watched_paths and key in self._watch:
             return True  # the same path again (a file root the walk reached too)
-        before = self._inode_copies(rep)
-        others.append(row)
-        if self.hard_links and self._inode_copies(rep) > before:
+        before = self._copies_of(rep)
+        self.links.setdefault(rep, []).append(row)
+        if not table.alias[row]:
+            self._real[rep] = self._real.get(rep, 0 if table.alias[rep] else 1) + 1
+        if self.hard_links and self._copies_of(rep) > before:
             size = table.size[rep]  # the inode's size as first seen: it may have changed since
             group = self._by_size[size]
             self._extra[size] = self._extra.get(size, 0) + 1
@@ -101,19 +104,18 @@ class SizeGroups:
                 self._on_candidates(list(group))
         return True
 
-    def _inode_copies(self, rep: int) -> int:
-        """Paths of one inode that count as copies: names reached through a symlink do not."""
-        alias = self.table.alias
-        real = sum(1 for r in (rep, *self.links.get(rep, ())) if not alias[r])
-        return max(1, real)
+    def _copies_of(self, rep: int) -> int:
+        """Names of one inode that count as copies (a name reached through a symlink does not)."""
+        real = self._real.get(rep)
+        return 1 if real is None else max(1, real)
 
-    def _copies(self, group: Group) -> int:
-        links = self.links
-        return sum(self._inode_copies(r) if r in links else 1 for r in group)
+    def copies(self, group: Group) -> int:
+        """With hard_links, a group's weight: the names that count as copies."""
+        return sum(map(self._copies_of, group))
 
     def groups(self) -> list[Group]:
         """The size groups that count, in order of first appearance; frees the size index."""
-        weight = self.weight
+        weight = self.copies if self.hard_links else len
         out = [group for group in self._by_size.values() if weight(group) >= 2]
         self.paths_in_candidates = sum(map(self.paths, out))
         self._by_size = {}
@@ -124,6 +126,31 @@ class SizeGroups:
         if not links:
             return len(group)
         return len(group) + sum(len(links[r]) for r in group if r in links)
+
+    def settle(self, groups: list[tuple[bytes, Group]]) -> list[tuple[bytes, Group]]:
+        """Final groups with no inode twice: a bind-mounted file, or one linked during the walk,
+        reached two ways with a link count of 1 each time, becomes one file with two names."""
+        table = self.table
+        out: list[tuple[bytes, Group]] = []
+        for digest, reps in groups:
+            keys = [(table.dev[r], table.ino[r]) for r in reps]
+            if len(set(keys)) == len(reps):
+                out.append((digest, reps))
+                continue
+            first: dict[tuple[int, int], int] = {}
+            kept: Group = []
+            for rep, key in zip(reps, keys, strict=True):
+                if key in first:
+                    owner = first[key]
+                    self.links.setdefault(owner, []).extend([rep, *self.links.pop(rep, [])])
+                    self._real[owner] = self._copies_of(owner) + self._copies_of(rep)
+                else:
+                    first[key] = rep
+                    kept.append(rep)
+            weight = self.copies(kept) if self.hard_links else len(kept)
+            if weight >= 2:
+                out.append((digest, kept))
+        return out
 
 
 class GroupBuilder:
@@ -140,6 +167,7 @@ class GroupBuilder:
         self.links = links
         self._pending: deque[tuple[bytes, Group]] = deque()
         self._built: list[DuplicateGroup] = []
+        self._single_root = not any(table.root)
 
     def add(self, finals: Iterable[tuple[bytes, Group]]) -> None:
         self._pending.extend(finals)
@@ -150,7 +178,6 @@ class GroupBuilder:
         table, links = self.table, self.links
         paths, roots, alias = table.paths, table.root, table.alias
         dev, ino, size, mtime, ctime = table.dev, table.ino, table.size, table.mtime, table.ctime
-        single_root = not any(roots)
         for _ in range(min(count, len(pending))):
             digest, reps = pending.popleft()
             if links:
@@ -163,7 +190,7 @@ class GroupBuilder:
                     rows.extend(real or names)
             else:
                 rows = list(reps)
-            if single_root:
+            if self._single_root:
                 rows.sort(key=paths.__getitem__)
             else:
                 rows.sort(key=lambda r: (roots[r], paths[r]))

@@ -17,11 +17,11 @@ from blake3 import blake3
 
 from dedup_engine.records import Stage
 
-# O_NONBLOCK: a path swapped for a FIFO after the scan must not hang the open; it has no effect on
-# regular files.  O_NOFOLLOW (unless links are followed): a path swapped for a symlink is refused.
 DIGEST_SIZE = 32
 NO_DIGEST = bytes(DIGEST_SIZE)
 
+# O_NONBLOCK: a path swapped for a FIFO after the scan must not hang the open; it has no effect on
+# regular files.  O_NOFOLLOW (unless links are followed): a path swapped for a symlink is refused.
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0)
 _OPEN_FLAGS |= getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -86,20 +86,16 @@ class ChangedError(OSError):
 
 
 def hash_batch(task: HashTask) -> HashResult:
-    """Hash the window of every file in the task; never raises for a single file's failure.
+    """Hash the head or tail window of every file in the task; never raises for one file.
 
     The loop is written out flat because it runs once per candidate file: at ~200k files a
     function call per file costs a measurable share of the run.
     """
     window = task.window
-    flags = _OPEN_FLAGS if task.follow_links else _OPEN_FLAGS | _NOFOLLOW
-    if task.groups:
-        return _compare_groups(task, flags)
-    full = window.stage is Stage.FULL
+    flags = open_flags(task.follow_links)
     head = window.stage is Stage.HEAD
     length = window.length
     limit = window.whole_limit
-    buf = bytearray(task.chunk_size) if full else bytearray(0)
     digests = bytearray()
     failed: list[tuple[int, str]] = []
     opened = 0
@@ -109,22 +105,17 @@ def hash_batch(task: HashTask) -> HashResult:
         try:
             fd = os_open(path, flags)
         except OSError as exc:
-            failed.append((position, _describe(exc)))
+            failed.append((position, describe(exc)))
             digests += NO_DIGEST
             continue
         opened += 1
         try:
-            if full:
-                digest = _hash_chunked(fd, size, buf)
-                nread = size
-            elif size <= limit:
+            if size <= limit:
+                # The file is read whole and this digest is final, so the open file must be the
+                # regular file the scan saw (a FIFO swapped in can hold exactly `size` bytes).
                 # One byte more than expected is asked for, so a file that grew since the scan
-                # shows itself; on a regular file a read is short only at end of file.  No fstat
-                # for a non-empty file: a FIFO (opened O_NONBLOCK) or a device swapped in cannot
-                # return exactly `size` bytes, so the count check keeps them out, one syscall
-                # cheaper per small file.  An empty FIFO reads like an empty file, hence the check.
-                if not size:
-                    _check_regular(fd, size)
+                # shows itself; on a regular file a read is short only at end of file.
+                check_regular(fd, size)
                 data = os_read(fd, size + 1)
                 if len(data) != size:
                     data = _finish_whole(fd, data, size)
@@ -138,7 +129,7 @@ def hash_batch(task: HashTask) -> HashResult:
                 digest = hasher(data).digest()
                 nread = length
         except OSError as exc:
-            failed.append((position, _describe(exc)))
+            failed.append((position, describe(exc)))
             digests += NO_DIGEST
             continue
         finally:
@@ -148,171 +139,8 @@ def hash_batch(task: HashTask) -> HashResult:
     return HashResult(window, task.ids, bytes(digests), tuple(failed), opened, total)
 
 
-#: Larger groups are hashed file by file, so a group never holds more than this many files open;
-#: so are groups of one (with --hard-links, where one inode's paths count as copies).
-MAX_COMPARED = 64
-
-
-class _Open:
-    """A member of a group being compared: its position in the task, its file and its buffer."""
-
-    __slots__ = ("buf", "fd", "position")
-
-    def __init__(self, position: int, fd: int, buf: bytearray) -> None:
-        self.position = position
-        self.fd = fd
-        self.buf = buf
-
-
-def _compare_groups(task: HashTask, flags: int) -> HashResult:
-    """The full stage: read the members of each group side by side, chunk by chunk.
-
-    Members are split as soon as their bytes differ, and a member left alone stops being read, so
-    files that differ only deep inside cost only what precedes the difference.  Each set of
-    identical members feeds one BLAKE3 hasher (copied when a set splits): a digest is the BLAKE3
-    of the whole file, yet identical copies are hashed once and compared byte for byte.
-    """
-    digests = [NO_DIGEST] * len(task.paths)
-    failed: list[tuple[int, str]] = []
-    opened = 0
-    total = 0
-    start = 0
-    # Buffers are reused across the task's groups: a fresh zeroed buffer per file costs page
-    # faults that outweigh the reading itself for files of a few dozen KiB.
-    chunk = min(task.chunk_size, max(task.sizes, default=1) + 1)
-    buffers = [bytearray(chunk) for _ in range(min(max(task.groups), MAX_COMPARED))]
-    for members in task.groups:
-        end = start + members
-        size = task.sizes[start]
-        if members > MAX_COMPARED or members == 1:
-            for position in range(start, end):
-                fd = _open(task.paths[position], flags, position, failed)
-                if fd is None:
-                    continue
-                opened += 1
-                try:
-                    digests[position] = _hash_chunked(fd, size, buffers[0])
-                    total += size
-                except OSError as exc:
-                    failed.append((position, _describe(exc)))
-                finally:
-                    os.close(fd)
-        else:
-            n_opened, n_read = _compare_group(
-                task, start, end, size, flags, buffers, digests, failed
-            )
-            opened += n_opened
-            total += n_read
-        start = end
-    return HashResult(task.window, task.ids, b"".join(digests), tuple(failed), opened, total)
-
-
-def _compare_group(
-    task: HashTask,
-    start: int,
-    end: int,
-    size: int,
-    flags: int,
-    buffers: list[bytearray],
-    digests: list[bytes],
-    failed: list[tuple[int, str]],
-) -> tuple[int, int]:
-    chunk = len(buffers[0])
-    live: list[_Open] = []
-    total = 0
-    opened = 0
-    try:
-        for position in range(start, end):
-            fd = _open(task.paths[position], flags, position, failed)
-            if fd is None:
-                continue
-            opened += 1
-            live.append(_Open(position, fd, buffers[len(live)]))
-            try:
-                _check_regular(fd, size)
-            except OSError as exc:
-                failed.append((position, _describe(exc)))
-                live.pop()
-                os.close(fd)
-        sets: list[tuple[list[_Open], blake3]] = [(live, blake3())] if len(live) > 1 else []
-        offset = 0
-        while offset < size and sets:
-            want = min(chunk, size - offset)
-            following: list[tuple[list[_Open], blake3]] = []
-            for members, hasher in sets:
-                read_ok = []
-                for member in members:
-                    try:
-                        got = _read_exact(member.fd, member.buf, want)
-                    except OSError as exc:
-                        failed.append((member.position, _describe(exc)))
-                        continue
-                    total += got
-                    read_ok.append(member)
-                parts: list[list[_Open]] = []
-                for member in read_ok:
-                    for part in parts:
-                        if _same(part[0].buf, member.buf, want, chunk):
-                            part.append(member)
-                            break
-                    else:
-                        parts.append([member])
-                keep = [part for part in parts if len(part) > 1]
-                for index, part in enumerate(keep):
-                    # The last set takes the hasher itself; the others need their own copy of the
-                    # state the chunks so far have left in it.
-                    own = hasher if index == len(keep) - 1 else hasher.copy()
-                    own.update(memoryview(part[0].buf)[:want])
-                    following.append((part, own))
-            sets = following
-            offset += want
-        for members, hasher in sets:
-            intact = []
-            for member in members:
-                try:
-                    if os.read(member.fd, 1):
-                        raise ChangedError(errno.EIO, f"grew while reading: expected {size} bytes")
-                    intact.append(member)
-                except OSError as exc:
-                    failed.append((member.position, _describe(exc)))
-            digest = bytes(hasher.digest())
-            for member in intact:
-                digests[member.position] = digest
-    finally:
-        for member in live:
-            os.close(member.fd)
-    return opened, total
-
-
-def _open(path: str, flags: int, position: int, failed: list[tuple[int, str]]) -> int | None:
-    try:
-        return os.open(path, flags)
-    except OSError as exc:
-        failed.append((position, _describe(exc)))
-        return None
-
-
-def _read_exact(fd: int, buf: bytearray, want: int) -> int:
-    """Fill buf[:want] from the file; anything else (short file, grown file) is a change."""
-    got = os.readv(fd, [buf])
-    if got == want:
-        return got
-    if got > want:
-        raise ChangedError(errno.EIO, "grew while reading")
-    view = memoryview(buf)
-    while got < want:
-        more = os.readv(fd, [view[got:want]])
-        if more == 0:
-            raise ChangedError(errno.EIO, "short read: the file shrank while reading")
-        got += more
-    return got
-
-
-def _same(a: bytearray, b: bytearray, want: int, chunk: int) -> bool:
-    # Whole bytearrays compare with memcmp; memoryview comparison is element by element.
-    if want == chunk:
-        return a == b
-    return a[:want] == b[:want]
+def open_flags(follow_links: bool) -> int:
+    return _OPEN_FLAGS if follow_links else _OPEN_FLAGS | _NOFOLLOW
 
 
 def _finish_whole(fd: int, data: bytes, size: int) -> bytes:
@@ -323,24 +151,7 @@ def _finish_whole(fd: int, data: bytes, size: int) -> bytes:
     return data
 
 
-def _hash_chunked(fd: int, size: int, buf: bytearray) -> bytes:
-    _check_regular(fd, size)
-    hasher = blake3()
-    view = memoryview(buf)
-    total = 0
-    readinto = os.readv
-    while total <= size:
-        n = readinto(fd, [buf])
-        if n == 0:
-            break
-        hasher.update(view[:n])
-        total += n
-    if total != size:
-        raise ChangedError(errno.EIO, f"size changed while reading: expected {size} bytes")
-    return bytes(hasher.digest())
-
-
-def _check_regular(fd: int, size: int) -> None:
+def check_regular(fd: int, size: int) -> None:
     # The stage that produces a file's final digest confirms the open file is still a regular file
     # of the scanned size: a file replaced or resized after the scan must never match.
     st = os.fstat(fd)
@@ -363,7 +174,7 @@ def _read_rest(fd: int, data: bytes, want: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def _describe(exc: OSError) -> str:
+def describe(exc: OSError) -> str:
     if isinstance(exc, ChangedError):
         return str(exc.strerror)
     if exc.errno == errno.ELOOP:

@@ -87,11 +87,14 @@ def find_duplicates(
     stats = RunStats()
     issues: list[Issue] = []
     pool = open_pool(opts, canon)
+    run = None
     try:
         run = _Run(pool, canon, opts, stats, issues, progress)
         groups = run.search()
     finally:
         pool.close()
+        if run is not None:
+            run.release()
     stats.workers = pool.workers
     stats.groups = len(groups)
     stats.files_in_groups = sum(len(g.files) for g in groups)
@@ -133,6 +136,12 @@ class _Run:
         self._seen: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every directory queued
         self._scans = 0  # scan tasks out
 
+    def release(self) -> None:
+        """Drop the run's big structures now: the stages and the size index refer back to the
+        run (progress ticks, candidate feeds), and a caller running without the cyclic garbage
+        collector would otherwise keep them, and the table, alive."""
+        del self.head, self.sizes, self.table, self.pool
+
     def search(self) -> list[DuplicateGroup]:
         opts = self.opts
         self._scan()
@@ -140,6 +149,7 @@ class _Run:
         self._count_size_stages(groups)
         # Finished groups are built into records while the workers hash the next stage.
         finals = GroupBuilder(self.table, self.sizes.links)
+        weight = self.sizes.copies if opts.hard_links else len
         windows = [
             (self.head, "head" in opts.stages),
             (
@@ -162,8 +172,8 @@ class _Run:
                 step.feed([row for g in groups if applies(sizes[g[0]]) for row in g])
             step.drain(idle=finals.build_some)
             self._tick(finished=True)
-            done, groups = step.refine(groups, self.sizes.weight)
-            finals.add(done)
+            done, groups = step.refine(groups, weight)
+            finals.add(self.sizes.settle(done))
         return finals.groups()
 
     def _step(self, window: Window) -> HashStep:
@@ -184,7 +194,11 @@ class _Run:
         started = time.perf_counter()
         pending = self._dirs
         for index, root in enumerate(self.roots):
-            st = os.stat(root)
+            try:
+                st = os.stat(root)
+            except OSError as exc:  # vanished since canonical_roots looked
+                self.issues.append(Issue(root, Stage.SCAN, f"cannot stat root: {exc.strerror}"))
+                continue
             if stat.S_ISDIR(st.st_mode):
                 self._seen.add((st.st_dev, st.st_ino))
                 pending.append(DirJob(root, index, 0, st.st_dev))
@@ -193,7 +207,7 @@ class _Run:
                 self.table.add(root, index, st)
                 self.stats.files_scanned += 1
                 self.stats.bytes_scanned += st.st_size
-                self.sizes.watch(st.st_dev, st.st_ino)
+                self.sizes.watch(st.st_dev, st.st_ino, root)
                 self.sizes.add(start, start + 1)
         pool = self.pool
         workers = max(1, pool.workers)

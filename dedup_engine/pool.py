@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
+from dedup_engine.fullstage import compare_groups
 from dedup_engine.hashing import HashResult, HashTask, hash_batch
 from dedup_engine.options import ScanOptions
 from dedup_engine.scanner import Filter, ScanResult, ScanTask, scan_dirs
@@ -48,6 +49,8 @@ class Pool(Protocol):
 def run_task(task: Task, flt: Filter) -> Result:
     if isinstance(task, ScanTask):
         return scan_dirs(task, flt)
+    if task.groups:
+        return compare_groups(task)
     return hash_batch(task)
 
 
@@ -122,10 +125,18 @@ class ProcessPool:
         self._procs: list[Any] = []
         self._send: list[Connection] = []
         self._recv: list[Connection] = []
+        try:
+            self._start(ctx, workers, options, roots)
+        except BaseException:
+            self.close()  # the workers already started
+            raise
+        self._owner = {conn: index for index, conn in enumerate(self._recv)}
+
+    def _start(self, ctx: Any, workers: int, options: ScanOptions, roots: Sequence[str]) -> None:
         for _ in range(workers):
             task_r, task_w = ctx.Pipe(duplex=False)
             result_r, result_w = ctx.Pipe(duplex=False)
-            proc = ctx.Process(  # type: ignore[attr-defined]
+            proc = ctx.Process(
                 target=_worker_main, args=(task_r, result_w, options, tuple(roots)), daemon=True
             )
             _widen(task_w)
@@ -136,7 +147,6 @@ class ProcessPool:
             self._procs.append(proc)
             self._send.append(task_w)
             self._recv.append(result_r)
-        self._owner = {conn: index for index, conn in enumerate(self._recv)}
 
     @property
     def in_flight(self) -> int:
@@ -149,7 +159,11 @@ class ProcessPool:
         worker = busy.index(min(busy))
         busy[worker] += 1
         self._callbacks[key] = (on_done, worker)
-        self._send[worker].send((key, task))
+        try:
+            self._send[worker].send((key, task))
+        except OSError as exc:  # EPIPE: the worker is gone
+            code = self._procs[worker].exitcode
+            raise WorkerError(f"a worker process died (exit code {code})") from exc
 
     def wait_one(self) -> None:
         while True:
@@ -182,6 +196,8 @@ class ProcessPool:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(timeout=2)
+            if not proc.is_alive():
+                proc.close()  # its sentinel pipe, now rather than at garbage collection
         for conn in (*self._send, *self._recv):
             conn.close()
 

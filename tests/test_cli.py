@@ -18,6 +18,7 @@ import pytest
 from treebuilder import OsSpy, Tree, content, expect, groups_of, issues_of
 from typer.testing import CliRunner
 
+import dedup_engine.fullstage
 import dedup_engine.hashing
 from dedup_engine import ScanOptions, __version__, find_duplicates
 from dedup_engine.cli import app
@@ -124,6 +125,7 @@ def test_exit_1_when_a_file_cannot_be_read(dups: Tree, monkeypatch: pytest.Monke
     spy = OsSpy()
     spy.eio.add((dups.path("b/one"), 1))
     monkeypatch.setattr(dedup_engine.hashing, "os", spy)
+    monkeypatch.setattr(dedup_engine.fullstage, "os", spy)
     code, out, err = invoke("find", dups.root, "-j", "0", "-f", "json")
     assert code == 1, err
     report = read_json(out.decode("ascii"))

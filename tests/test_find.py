@@ -30,6 +30,7 @@ from treebuilder import (
     issues_of,
 )
 
+import dedup_engine.fullstage
 import dedup_engine.hashing
 from dedup_engine import FindResult, Progress, ScanOptions, Stage, find_duplicates
 from dedup_engine.report import Report, read_json
@@ -314,6 +315,7 @@ def test_fifo_and_socket_are_skipped_unopened(
 ) -> None:
     spy = OsSpy()
     monkeypatch.setattr(dedup_engine.hashing, "os", spy)
+    monkeypatch.setattr(dedup_engine.fullstage, "os", spy)
     tree.file("a", b"")
     tree.file("b", b"")
     tree.file("c", b"data")
@@ -620,6 +622,7 @@ def _three_copies(tree: Tree, size: int) -> str:
 
 def _run_spied(tree: Tree, spy: OsSpy, monkeypatch: pytest.MonkeyPatch) -> FindResult:
     monkeypatch.setattr(dedup_engine.hashing, "os", spy)
+    monkeypatch.setattr(dedup_engine.fullstage, "os", spy)
     result = find_duplicates(tree.root, ScanOptions(workers=0))
     monkeypatch.undo()
     check_invariants(result)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from treebuilder import OsSpy, Tree, check_invariants, content, groups_of
 
+import dedup_engine.fullstage
 import dedup_engine.hashing
 from dedup_engine import FindResult, RunStats, ScanOptions, __version__, find_duplicates
 from dedup_engine.report import (
@@ -48,6 +49,7 @@ def found(tree: Tree, monkeypatch: pytest.MonkeyPatch) -> tuple[Tree, FindResult
     spy = OsSpy()
     spy.eio.add((broken, 1))
     monkeypatch.setattr(dedup_engine.hashing, "os", spy)
+    monkeypatch.setattr(dedup_engine.fullstage, "os", spy)
     result = find_duplicates(tree.root, OPTIONS)
     monkeypatch.undo()
     check_invariants(result)

@@ -222,11 +222,12 @@ def brute_groups(root: str) -> GroupSet:
     }
 
 
-# --- standing in for `os` inside dedup_engine.hashing ---------------------------------------------
+# --- standing in for `os` inside dedup_engine.hashing and .fullstage --------------------------
 
 
 class OsSpy:
-    """Replaces the `os` module seen by `dedup_engine.hashing` (monkeypatch it in, workers=0).
+    """Replaces the `os` module seen by `dedup_engine.hashing` and `dedup_engine.fullstage`
+    (monkeypatch it into both, workers=0).
 
     Records every open by path and counts opens per path: a file too big to be read whole is
     opened once per stage (head = 1st, tail = 2nd where the tail stage applies, full = last), a

@@ -21,6 +21,7 @@ import typer
 from dedup_engine import __version__
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.pipeline import Progress, ProgressCallback, canonical_roots, find_duplicates
+from dedup_engine.pool import WorkerError
 from dedup_engine.records import FindResult
 from dedup_engine.report import Format, human_size, write_csv, write_fdupes, write_json, write_text
 
@@ -28,10 +29,11 @@ EXIT_OK = 0
 EXIT_ISSUES = 1
 EXIT_USAGE = 2
 EXIT_DUPLICATES = 3
+EXIT_FAILED = 4
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done; 1 done, but some files could not be read; 2 usage error; "
-    "3 duplicates found with --fail-on-duplicates."
+    "3 duplicates found with --fail-on-duplicates; 4 the run could not finish (a worker died)."
 )
 
 app = typer.Typer(
@@ -182,6 +184,9 @@ def find(
             result = find_duplicates(roots, options, progress=callback)
     except OptionsError as exc:
         _fail_usage(str(exc))
+    except WorkerError as exc:
+        typer.echo(f"dedup: error: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
     try:
         with _open_output(output) as out:
             _write(result, options, output_format, out)
@@ -414,6 +419,10 @@ def _progress(enabled: bool) -> Iterator[ProgressCallback | None]:
     tasks: dict[str, Any] = {}
 
     def update(event: Progress) -> None:
+        # Started on the first event, which comes after the workers are forked: the display's
+        # refresh thread must not exist at fork time.
+        if not bar.live.is_started:
+            bar.start()
         name = event.stage.value
         if name not in tasks:
             tasks[name] = bar.add_task(name, total=event.total, size="")
@@ -423,8 +432,11 @@ def _progress(enabled: bool) -> Iterator[ProgressCallback | None]:
         if event.finished:
             bar.stop_task(tasks[name])  # its clock stops at the stage's own duration
 
-    with bar:
+    try:
         yield update
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 def _print_summary(result: FindResult) -> None:

@@ -110,8 +110,8 @@ class Filter:
     def __init__(self, options: ScanOptions, roots: Sequence[str]) -> None:
         self.options = options
         self.roots = tuple(roots)
-        self._include_name, self._include_path = _compile(options.include)
-        self._exclude_name, self._exclude_path = _compile(options.exclude)
+        self._include_name, self._include_path, _ = _compile(options.include)
+        self._exclude_name, self._exclude_path, self._exclude_dir = _compile(options.exclude)
         self.has_include = bool(options.include)
         self.has_exclude = bool(options.exclude)
 
@@ -119,12 +119,14 @@ class Filter:
         base = self.roots[root]
         return path[len(base) :].lstrip("/") if path.startswith(base) else path
 
-    def excluded(self, name: str, path: str, root: int) -> bool:
+    def excluded(self, name: str, path: str, root: int, is_dir: bool = False) -> bool:
         if not self.options.hidden and name.startswith("."):
             return True
         if not self.has_exclude:
             return False
         if self._exclude_name is not None and self._exclude_name.match(name):
+            return True
+        if is_dir and self._exclude_dir is not None and self._exclude_dir.match(name):
             return True
         return self._exclude_path is not None and bool(
             self._exclude_path.match(self._relative(path, root))
@@ -140,14 +142,23 @@ class Filter:
         )
 
 
-def _compile(patterns: Sequence[str]) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
-    # A pattern with a "/" matches the path below the root, like a .gitignore entry; one without
-    # matches the name alone.  Each kind is folded into a single regular expression.
-    names = [fnmatch.translate(p) for p in patterns if "/" not in p]
-    paths = [fnmatch.translate(p.strip("/")) for p in patterns if "/" in p]
-    return (
-        re.compile("|".join(names)) if names else None,
-        re.compile("|".join(paths)) if paths else None,
+def _compile(
+    patterns: Sequence[str],
+) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None, re.Pattern[str] | None]:
+    # As in a .gitignore: a pattern with a "/" at its start or in its middle matches the path
+    # below the root; one without matches the name at any depth; a trailing "/" limits it to
+    # directories.  Each kind is folded into a single regular expression.
+    names, paths, dir_names = [], [], []
+    for pattern in patterns:
+        bare = pattern.rstrip("/")
+        if "/" in bare:
+            paths.append(fnmatch.translate(bare.lstrip("/")))
+        elif bare != pattern:
+            dir_names.append(fnmatch.translate(bare))
+        else:
+            names.append(fnmatch.translate(bare))
+    return tuple(  # type: ignore[return-value]
+        re.compile("|".join(kind)) if kind else None for kind in (names, paths, dir_names)
     )
 
 
@@ -179,6 +190,13 @@ def scan_dirs(task: ScanTask, flt: Filter) -> ScanResult:
     symlinks = 0
     scanned = 0
     add_path, add_stat = paths.append, stats.append
+
+    def add_dir(path: str, root: int, parent: DirJob, st: os.stat_result) -> None:
+        if not opts.one_file_system or st.st_dev == parent.root_dev:
+            subdirs.append(DirJob(path, root, parent.depth + 1, parent.root_dev))
+            subdir_devs.append(st.st_dev)
+            subdir_inos.append(st.st_ino)
+
     for job in task.dirs:
         # The directory is opened without following a symlink (unless links are followed), so
         # one swapped for a link after its parent was listed is refused, and each entry is then
@@ -224,33 +242,29 @@ def scan_dirs(task: ScanTask, flt: Filter) -> ScanResult:
                                 add_stat(st)
                             continue
                         if entry.is_dir(follow_symlinks=False):
-                            if descend and not (filtering and flt.excluded(entry.name, path, root)):
+                            if descend and not (
+                                filtering and flt.excluded(entry.name, path, root, True)
+                            ):
                                 st = entry.stat(follow_symlinks=False)
-                                if not opts.one_file_system or st.st_dev == job.root_dev:
-                                    subdirs.append(DirJob(path, root, job.depth + 1, job.root_dev))
-                                    subdir_devs.append(st.st_dev)
-                                    subdir_inos.append(st.st_ino)
+                                add_dir(path, root, job, st)
                             continue
                         if not entry.is_symlink():
-                            special += (
-                                1  # FIFO, socket or device: known from the entry, never opened
-                            )
+                            special += 1  # FIFO, socket or device: known from the entry alone
                             continue
                         if not follow:
                             symlinks += 1
-                            continue
-                        if flt.excluded(entry.name, path, root):
                             continue
                         try:
                             st = os.stat(path)
                         except OSError:  # dangling, looping or unreadable target
                             symlinks += 1
                             continue
-                        if stat.S_ISDIR(st.st_mode):
-                            if descend and (not opts.one_file_system or st.st_dev == job.root_dev):
-                                subdirs.append(DirJob(path, root, job.depth + 1, job.root_dev))
-                                subdir_devs.append(st.st_dev)
-                                subdir_inos.append(st.st_ino)
+                        is_dir = stat.S_ISDIR(st.st_mode)
+                        if flt.excluded(entry.name, path, root, is_dir):
+                            continue
+                        if is_dir:
+                            if descend:
+                                add_dir(path, root, job, st)
                         elif stat.S_ISREG(st.st_mode):
                             if flt.included(entry.name, path, root) and opts.accepts_size(
                                 st.st_size

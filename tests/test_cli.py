@@ -318,6 +318,7 @@ def test_find_help_lists_the_exit_codes() -> None:
     text = " ".join(proc.stdout.decode().split())
     assert "Exit codes: 0 done; 1 done, but some files could not be read; 2 usage error" in text
     assert "3 duplicates found with --fail-on-duplicates" in text
+    assert "4 the run could not finish" in text
     for flag in ("--format", "--output", "--follow-links", "--one-file-system", "--max-depth"):
         assert flag in text
     for flag in ("--include", "--exclude", "--no-hidden", "--min-size", "--max-size", "--empty"):
@@ -362,3 +363,18 @@ def test_version() -> None:
     assert proc.stdout == f"dedup-engine {__version__}\n".encode()
     code, out, _err = invoke("--version")
     assert (code, out) == (0, proc.stdout)
+
+
+def test_exit_4_when_a_worker_dies(dups: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crashed run is not 'done, but some files could not be read' (regression: it exited 1)."""
+    import dedup_engine.cli
+    from dedup_engine.pool import WorkerError
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise WorkerError("a worker process died (exit code -9)")
+
+    monkeypatch.setattr(dedup_engine.cli, "find_duplicates", crash)
+    code, out, err = invoke("find", dups.root)
+    assert code == 4
+    assert out == b""
+    assert b"a worker process died" in err

@@ -322,3 +322,17 @@ def test_bad_root_is_refused_before_any_work(tree: Tree, no_listing: list[str], 
 def test_no_roots_is_refused() -> None:
     with pytest.raises(OptionsError):
         find_duplicates([], ScanOptions(workers=0))
+
+
+def test_exclude_with_a_trailing_slash_prunes_directories_at_any_depth(tree: Tree) -> None:
+    """As in a .gitignore (regression: 'build/' used to match only a top-level 'build')."""
+    same = b"same bytes"
+    tree.file("a/build/x", same)
+    tree.file("build/y", same)
+    tree.file("keep1", same)
+    tree.file("build-file/keep2", same)
+    tree.file("sub/build", same)  # a file, not a directory: "build/" does not exclude it
+    result = find_duplicates(tree.root, ScanOptions(workers=0, exclude=("build/",)))
+    assert groups_of(result) == {frozenset(tree.paths("keep1", "build-file/keep2", "sub/build"))}
+    anchored = find_duplicates(tree.root, ScanOptions(workers=0, exclude=("/build",)))
+    assert tree.path("a/build/x") in next(iter(groups_of(anchored)))

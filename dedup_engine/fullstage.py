@@ -31,12 +31,16 @@ MAX_COMPARED = 64
 class _Open:
     """A member of a group being compared: its position in the task, its file and its buffer."""
 
-    __slots__ = ("buf", "fd", "position")
+    __slots__ = ("buf", "eof", "fd", "position")
 
     def __init__(self, position: int, fd: int, buf: bytearray) -> None:
         self.position = position
         self.fd = fd
         self.buf = buf
+        #: The last read asked for more than was left and got exactly the rest: the end of
+        #: file is seen (a regular file's read is short only there), so no extra read to check
+        #: that the file did not grow.
+        self.eof = False
 
 
 def compare_groups(task: HashTask) -> HashResult:
@@ -113,7 +117,7 @@ def _compare_group(
                 read_ok = []
                 for member in members:
                     try:
-                        got = _read_exact(member.fd, member.buf, want)
+                        got, member.eof = _read_exact(member.fd, member.buf, want)
                     except OSError as exc:
                         failed.append((member.position, describe(exc)))
                         continue
@@ -140,7 +144,7 @@ def _compare_group(
             intact = []
             for member in members:
                 try:
-                    if os.read(member.fd, 1):
+                    if not member.eof and os.read(member.fd, 1):
                         raise ChangedError(errno.EIO, f"grew while reading: expected {size} bytes")
                     intact.append(member)
                 except OSError as exc:
@@ -162,11 +166,15 @@ def _open(path: str, flags: int, position: int, failed: list[tuple[int, str]]) -
         return None
 
 
-def _read_exact(fd: int, buf: bytearray, want: int) -> int:
-    """Fill buf[:want] from the file; anything else (short file, grown file) is a change."""
+def _read_exact(fd: int, buf: bytearray, want: int) -> tuple[int, bool]:
+    """Fill buf[:want] from the file; anything else (short file, grown file) is a change.
+
+    Also says whether the read met the end of file: it asked for the whole buffer, more than
+    `want`, and got `want`.
+    """
     got = os.readv(fd, [buf])
     if got == want:
-        return got
+        return got, want < len(buf)
     if got > want:
         raise ChangedError(errno.EIO, "grew while reading")
     view = memoryview(buf)
@@ -175,7 +183,7 @@ def _read_exact(fd: int, buf: bytearray, want: int) -> int:
         if more == 0:
             raise ChangedError(errno.EIO, "short read: the file shrank while reading")
         got += more
-    return got
+    return got, False
 
 
 def _same(a: bytearray, b: bytearray, want: int, chunk: int) -> bool:

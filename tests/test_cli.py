@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -378,3 +379,20 @@ def test_exit_4_when_a_worker_dies(dups: Tree, monkeypatch: pytest.MonkeyPatch) 
     assert code == 4
     assert out == b""
     assert b"a worker process died" in err
+
+
+def test_bench_compare_writes_the_table_json_csv_and_chart(dups: Tree, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    proc = dedup(
+        "bench", "compare", dups.root, "--tools", "dedup,jdupes,nosuchtool",
+        "--runs", "1", "--warmup", "0", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.decode()
+    assert "dedup" in table and "agrees" in table and "1.00x" in table
+    assert b"skipped nosuchtool" in proc.stderr
+    data = json.loads((out / "comparison.json").read_text())
+    assert data["tools"][0]["name"] == "dedup"
+    assert all(t["agrees"] for t in data["tools"])
+    assert (out / "comparison.csv").read_text().count("\n") == 1 + len(data["tools"])
+    assert (out / "comparison.svg").read_text().lstrip().startswith("<")

@@ -44,6 +44,7 @@ SCHEMA = 1
 SAMPLE_S = 0.005
 PAGE = os.sysconf("SC_PAGE_SIZE")
 REFERENCE = "dedup"
+DROP_CACHES = "/proc/sys/vm/drop_caches"  #: the kernel's knob: writing 1 drops the page cache
 ProgressFn = Callable[[str, int, int, float], None]
 GroupSet = frozenset[frozenset[str]]
 
@@ -310,7 +311,7 @@ def evict(root: Path) -> str:
     """Drop the tree from the page cache: "drop_caches" (as root) or "fadvise" per regular file."""
     os.sync()
     try:
-        with open("/proc/sys/vm/drop_caches", "w") as knob:
+        with open(DROP_CACHES, "w") as knob:
             knob.write("1")
     except OSError:
         pass

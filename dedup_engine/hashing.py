@@ -100,7 +100,7 @@ def hash_batch(task: HashTask) -> HashResult:
     failed: list[tuple[int, str]] = []
     opened = 0
     total = 0
-    os_open, os_close, os_read, os_pread, hasher = os.open, os.close, os.read, os.pread, blake3
+    os_open, os_close, os_pread, hasher = os.open, os.close, os.pread, blake3
     for position, (path, size) in enumerate(zip(task.paths, task.sizes, strict=True)):
         try:
             fd = os_open(path, flags)
@@ -111,12 +111,12 @@ def hash_batch(task: HashTask) -> HashResult:
         opened += 1
         try:
             if size <= limit:
-                # The file is read whole and this digest is final, so the open file must be the
-                # regular file the scan saw (a FIFO swapped in can hold exactly `size` bytes).
-                # One byte more than expected is asked for, so a file that grew since the scan
-                # shows itself; on a regular file a read is short only at end of file.
-                check_regular(fd, size)
-                data = os_read(fd, size + 1)
+                # The file is read whole and this digest is final.  pread, not read: a FIFO or
+                # socket swapped in after the scan fails it (ESPIPE) however many bytes it holds,
+                # which spares an fstat per small file.  One byte more than expected is asked
+                # for, so a file that grew since the scan shows itself; on a regular file a read
+                # is short only at end of file.
+                data = os_pread(fd, size + 1, 0)
                 if len(data) != size:
                     data = _finish_whole(fd, data, size)
                 digest = hasher(data).digest()
@@ -179,6 +179,8 @@ def describe(exc: OSError) -> str:
         return str(exc.strerror)
     if exc.errno == errno.ELOOP:
         return "is now a symbolic link (not followed)"
+    if exc.errno == errno.ESPIPE:
+        return "no longer a regular file (a FIFO or socket now)"
     name = errno.errorcode.get(exc.errno or 0, "")
     text = exc.strerror or str(exc)
     return f"{name}: {text}" if name else text

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import queue
+import selectors
 import sys
 import threading
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from dedup_engine.fullstage import compare_groups
@@ -125,12 +126,15 @@ class ProcessPool:
         self._procs: list[Any] = []
         self._send: list[Connection] = []
         self._recv: list[Connection] = []
+        self._selector = selectors.DefaultSelector()
         try:
             self._start(ctx, workers, options, roots)
         except BaseException:
             self.close()  # the workers already started
             raise
         self._owner = {conn: index for index, conn in enumerate(self._recv)}
+        for conn in self._recv:
+            self._selector.register(conn, selectors.EVENT_READ)
 
     def _start(self, ctx: Any, workers: int, options: ScanOptions, roots: Sequence[str]) -> None:
         for _ in range(workers):
@@ -166,8 +170,10 @@ class ProcessPool:
             raise WorkerError(f"a worker process died (exit code {code})") from exc
 
     def wait_one(self) -> None:
+        # One selector for the whole run: multiprocessing.connection.wait builds a new one per
+        # call, a cost paid for every result.
         while True:
-            ready = wait(self._recv, timeout=0.5)
+            ready = [key.fileobj for key, _ in self._selector.select(timeout=0.5)]
             if ready:
                 break
             dead = [p for p in self._procs if not p.is_alive()]
@@ -198,6 +204,7 @@ class ProcessPool:
                 proc.join(timeout=2)
             if not proc.is_alive():
                 proc.close()  # its sentinel pipe, now rather than at garbage collection
+        self._selector.close()
         for conn in (*self._send, *self._recv):
             conn.close()
 

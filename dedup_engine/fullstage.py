@@ -78,7 +78,9 @@ def compare_groups(task: HashTask) -> HashResult:
             opened += n_opened
             total += n_read
         start = end
-    return HashResult(task.window, task.ids, b"".join(digests), tuple(failed), opened, total)
+    return HashResult(
+        task.window, task.ids, b"".join(digests), tuple(failed), opened, total, task.groups
+    )
 
 
 def _compare_group(

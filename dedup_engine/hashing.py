@@ -79,6 +79,7 @@ class HashResult:
     failed: tuple[tuple[int, str], ...]
     files_opened: int
     bytes_read: int
+    groups: array[int] = field(default_factory=lambda: array("I"))  #: the task's, echoed
 
 
 class ChangedError(OSError):

@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from dedup_engine.grouping import Group, GroupBuilder, SizeGroups
@@ -127,10 +128,15 @@ class _Run:
             stats.stage(stage)  # rows in pipeline order
         self.current = Stage.SCAN
         self.table = FileColumns()
-        self.head = self._step(Window(Stage.HEAD, opts.head_window, opts.whole_threshold))
+        # The head stage exists before the size groups it is fed by; it learns the weight rule
+        # once they do.
+        self.head = self._step(Window(Stage.HEAD, opts.head_window, opts.whole_threshold), len)
         feed = self.head.feed if "head" in opts.stages else _ignore
         # With links followed, one inode can be reached by two paths even with a link count of 1.
         self.sizes = SizeGroups(self.table, opts.hard_links, feed, every_inode=opts.follow_links)
+        # Which groups still count: two inodes, or with hard_links two names.
+        self.weight = self.sizes.copies if opts.hard_links else len
+        self.head.weight = self.weight
         self._last_tick = 0.0
         self._dirs: deque[DirJob] = deque()  # directories still to list
         self._seen: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every directory queued
@@ -149,14 +155,15 @@ class _Run:
         self._count_size_stages(groups)
         # Finished groups are built into records while the workers hash the next stage.
         finals = GroupBuilder(self.table, self.sizes.links)
-        weight = self.sizes.copies if opts.hard_links else len
         windows = [
             (self.head, "head" in opts.stages),
             (
-                self._step(Window(Stage.TAIL, opts.tail_window, min_size=opts.tail_min_size)),
+                self._step(
+                    Window(Stage.TAIL, opts.tail_window, min_size=opts.tail_min_size), self.weight
+                ),
                 "tail" in opts.stages,
             ),
-            (self._step(Window(Stage.FULL)), True),
+            (self._step(Window(Stage.FULL), self.weight, not opts.hard_links), True),
         ]
         for step, enabled in windows:
             if not enabled or not groups:
@@ -170,13 +177,20 @@ class _Run:
                 step.feed_groups([[r] for g in groups for r in g] if opts.hard_links else groups)
             elif step is not self.head:
                 step.feed([row for g in groups if applies(sizes[g[0]]) for row in g])
-            step.drain(idle=finals.build_some)
+            step.drain(idle=partial(self._build_some, step, finals))
             self._tick(finished=True)
-            done, groups = step.refine(groups, weight)
+            done, groups = step.refine(groups)
             finals.add(self.sizes.settle(done))
         return finals.groups()
 
-    def _step(self, window: Window) -> HashStep:
+    def _build_some(self, step: HashStep, finals: GroupBuilder) -> None:
+        """The parent's work while a stage's tasks are out: settle and build finished groups."""
+        finals.add(self.sizes.settle(step.take_finished()))
+        finals.build_some()
+
+    def _step(
+        self, window: Window, weight: Callable[[Group], int], split_on_arrival: bool = False
+    ) -> HashStep:
         return HashStep(
             self.pool,
             self.table,
@@ -186,6 +200,8 @@ class _Run:
             follow_links=self.opts.follow_links,
             chunk_size=self.opts.chunk_size,
             in_flight=self.limit,
+            weight=weight,
+            split_on_arrival=split_on_arrival,
             tick=self._tick if self.progress else None,
         )
 

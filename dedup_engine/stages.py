@@ -39,6 +39,8 @@ class HashStep:
         follow_links: bool,
         chunk_size: int,
         in_flight: int,
+        weight: Callable[[Group], int] = len,
+        split_on_arrival: bool = False,
         tick: Callable[[], None] | None = None,
     ) -> None:
         self.pool = pool
@@ -49,6 +51,13 @@ class HashStep:
         self.follow_links = follow_links
         self.chunk_size = chunk_size
         self.limit = in_flight
+        self.weight = weight
+        # Full stage: a task holds whole groups, so each is split as its result arrives and the
+        # parent can build the finished groups while the workers go on.  (Not with hard_links:
+        # there the groups are fed one file at a time and must be split together, at the end.)
+        self.split_on_arrival = split_on_arrival
+        self._finished: list[tuple[bytes, Group]] = []
+        self._handed_out = 0  # files in the groups take_finished has handed out
         # One digest column for the whole table, DIGEST_SIZE bytes a row: no object per file.
         self.digests = bytearray()
         self._pending: list[int] = []
@@ -124,6 +133,39 @@ class HashStep:
 
     def _done(self, result: HashResult) -> None:
         self._outstanding -= 1
+        if self.split_on_arrival:
+            self._split_groups(result)
+        else:
+            self._store(result)
+        paths = self.table.paths
+        stage = self.stats.stage
+        for position, message in result.failed:
+            self.issues.append(Issue(paths[result.ids[position]], stage, message))
+        self.stats.files_opened += result.files_opened
+        self.stats.bytes_read += result.bytes_read
+        if self._tick is not None:
+            self._tick()
+
+    def _split_groups(self, result: HashResult) -> None:
+        blob = result.digests
+        ids = result.ids
+        start = 0
+        for members in result.groups:
+            digests = [
+                blob[p * DIGEST_SIZE : (p + 1) * DIGEST_SIZE] for p in range(start, start + members)
+            ]
+            self._finished.extend(
+                _split(ids[start : start + members].tolist(), digests, self.weight)
+            )
+            start += members
+
+    def take_finished(self) -> list[tuple[bytes, Group]]:
+        """The groups the full stage has confirmed so far, each handed out once."""
+        finished, self._finished = self._finished, []
+        self._handed_out += sum(len(members) for _, members in finished)
+        return finished
+
+    def _store(self, result: HashResult) -> None:
         column = self.digests
         need = (max(result.ids) + 1) * DIGEST_SIZE
         if len(column) < need:
@@ -134,68 +176,65 @@ class HashStep:
             at = row * DIGEST_SIZE
             src = position * DIGEST_SIZE
             column[at : at + DIGEST_SIZE] = blob[src : src + DIGEST_SIZE]
-        paths = self.table.paths
-        stage = self.stats.stage
-        for position, message in result.failed:
-            self.issues.append(Issue(paths[result.ids[position]], stage, message))
-        self.stats.files_opened += result.files_opened
-        self.stats.bytes_read += result.bytes_read
-        if self._tick is not None:
-            self._tick()
 
-    def drain(self, idle: Callable[[], bool] | None = None) -> None:
+    def drain(self, idle: Callable[[], object] | None = None) -> None:
         """Hash everything fed so far and wait for it.
 
-        `idle` is the parent's own work, done in slices while tasks are out; it returns False
-        when there is no more.
+        `idle` is the parent's own work, done in small slices while tasks are out.
         """
         while self._pending or self._outstanding:
             self.flush(final=True)
-            if idle is not None and self._outstanding and not idle():
-                idle = None
+            if idle is not None and self._outstanding:
+                idle()
             self.pool.wait_one()
         if self._started is not None:
             self.stats.seconds += time.perf_counter() - self._started
 
-    def refine(
-        self, groups: list[Group], weight: Callable[[Group], int]
-    ) -> tuple[list[tuple[bytes, Group]], list[Group]]:
+    def refine(self, groups: list[Group]) -> tuple[list[tuple[bytes, Group]], list[Group]]:
         """Split groups by this window's digest: (finished groups with full digests, the rest).
 
         The digests are released afterwards: each stage holds only its own.
         """
+        if self.split_on_arrival:
+            last = self.take_finished()  # split as their results came
+            self.stats.files_out = self._handed_out
+            return last, []
+        weight = self.weight
         column = bytes(self.digests)  # slices of bytes are hashable keys, made in one step
         width = DIGEST_SIZE
         sizes = self.table.size
         reads_whole = self.window.reads_whole
+        applies = self.window.applies
         done: list[tuple[bytes, Group]] = []
         rest: list[Group] = []
-        applies = self.window.applies
         for group in groups:
             size_of_group = sizes[group[0]]
             if not applies(size_of_group):
                 rest.append(group)  # this stage skipped it
                 self.stats.files_in += len(group)
                 continue
-            whole = reads_whole(size_of_group)
-            buckets: dict[bytes, Group] = {}
-            for row in group:
-                at = row * width
-                digest = column[at : at + width]
-                bucket = buckets.get(digest)
-                if bucket is None:
-                    buckets[digest] = [row]
-                else:
-                    bucket.append(row)
-            if len(buckets) == len(group) and weight is len:
-                continue  # all different: the common fate of unrelated same-size files
-            for digest, members in buckets.items():
-                if digest == NO_DIGEST or weight(members) < 2:
-                    continue
-                if whole:
-                    done.append((digest, members))
-                else:
-                    rest.append(members)
+            digests = [column[row * width : (row + 1) * width] for row in group]
+            kept = _split(group, digests, weight)
+            if reads_whole(size_of_group):
+                done.extend(kept)
+            else:
+                rest.extend(members for _, members in kept)
         self.digests = bytearray()
         self.stats.files_out = sum(map(len, rest)) + sum(len(g) for _, g in done)
         return done, rest
+
+
+def _split(
+    rows: list[int], digests: list[bytes], weight: Callable[[Group], int]
+) -> list[tuple[bytes, Group]]:
+    """The rows that share a digest, in groups that still count; a failed file (zeros) in none."""
+    buckets: dict[bytes, Group] = {}
+    for row, digest in zip(rows, digests, strict=True):
+        bucket = buckets.get(digest)
+        if bucket is None:
+            buckets[digest] = [row]
+        else:
+            bucket.append(row)
+    if len(buckets) == len(rows) and weight is len:
+        return []  # all different: the common fate of unrelated same-size files
+    return [(d, m) for d, m in buckets.items() if d != NO_DIGEST and weight(m) >= 2]

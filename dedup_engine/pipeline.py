@@ -27,6 +27,8 @@ from dedup_engine.stages import HashStep
 IN_FLIGHT_PER_WORKER = 3
 #: Directories per scan task, at most; fewer while there are few to share out.
 SCAN_BATCH_DIRS = 16
+#: Groups refined between two feeds of the next stage.
+REFINE_SLICE = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,35 +155,59 @@ class _Run:
         self._scan()
         groups = self.sizes.groups()
         self._count_size_stages(groups)
+        tail = self._step(
+            Window(Stage.TAIL, opts.tail_window, min_size=opts.tail_min_size), self.weight
+        )
+        full = self._step(Window(Stage.FULL), self.weight, not opts.hard_links)
+        steps = [
+            step
+            for step, enabled in ((self.head, "head" in opts.stages), (tail, "tail" in opts.stages))
+            if enabled
+        ] + [full]
         # Finished groups are built into records while the workers hash the next stage.
         finals = GroupBuilder(self.table, self.sizes.links)
-        windows = [
-            (self.head, "head" in opts.stages),
-            (
-                self._step(
-                    Window(Stage.TAIL, opts.tail_window, min_size=opts.tail_min_size), self.weight
-                ),
-                "tail" in opts.stages,
-            ),
-            (self._step(Window(Stage.FULL), self.weight, not opts.hard_links), True),
-        ]
-        for step, enabled in windows:
-            if not enabled or not groups:
-                continue
+        fed: dict[HashStep, list[Group]] = {step: [] for step in steps}
+        if steps[0] is self.head:
+            fed[self.head] = groups  # fed during the walk
+        else:
+            self._route(groups, steps, fed)
+        for index, step in enumerate(steps):
             self.current = step.window.stage
-            applies = step.window.applies
-            sizes = self.table.size
-            if step.window.stage is Stage.FULL:
-                # With hard_links, a lone inode can be a group by its paths alone, so members
-                # are hashed one by one instead of compared (which drops a member left alone).
-                step.feed_groups([[r] for g in groups for r in g] if opts.hard_links else groups)
-            elif step is not self.head:
-                step.feed([row for g in groups if applies(sizes[g[0]]) for row in g])
             step.drain(idle=partial(self._build_some, step, finals))
             self._tick(finished=True)
-            done, groups = step.refine(groups)
-            finals.add(self.sizes.settle(done))
+            # Refined a slice at a time, so the workers start on the survivors while the parent
+            # refines the rest.
+            todo = fed[step]
+            for start in range(0, len(todo), REFINE_SLICE):
+                done, rest = step.refine(todo[start : start + REFINE_SLICE])
+                finals.add(self.sizes.settle(done))
+                self._route(rest, steps[index + 1 :], fed)
+            step.release()
         return finals.groups()
+
+    def _route(
+        self, groups: list[Group], later: list[HashStep], fed: dict[HashStep, list[Group]]
+    ) -> None:
+        """Feed each group to the first later stage whose window applies to its size."""
+        sizes = self.table.size
+        batches: dict[HashStep, list[Group]] = {}
+        for group in groups:
+            size = sizes[group[0]]
+            for step in later:
+                if step.window.applies(size):
+                    batches.setdefault(step, []).append(group)
+                    break
+        for step, batch in batches.items():
+            fed[step].extend(batch)
+            if step.window.stage is not Stage.FULL:
+                step.feed([row for group in batch for row in group])
+            elif self.opts.hard_links:
+                # A lone inode can be a group by its names alone: members are hashed one by one
+                # (comparing drops a member left alone) and split together at the end.
+                step.feed_groups([[row] for group in batch for row in group])
+            else:
+                step.feed_groups(batch)
+            step.flush()
 
     def _build_some(self, step: HashStep, finals: GroupBuilder) -> None:
         """The parent's work while a stage's tasks are out: settle and build finished groups."""

@@ -58,6 +58,7 @@ class HashStep:
         self.split_on_arrival = split_on_arrival
         self._finished: list[tuple[bytes, Group]] = []
         self._handed_out = 0  # files in the groups take_finished has handed out
+        self._column = b""  # the digests as bytes while refine runs slice by slice
         # One digest column for the whole table, DIGEST_SIZE bytes a row: no object per file.
         self.digests = bytearray()
         self._pending: list[int] = []
@@ -191,37 +192,35 @@ class HashStep:
             self.stats.seconds += time.perf_counter() - self._started
 
     def refine(self, groups: list[Group]) -> tuple[list[tuple[bytes, Group]], list[Group]]:
-        """Split groups by this window's digest: (finished groups with full digests, the rest).
-
-        The digests are released afterwards: each stage holds only its own.
-        """
+        """Split fed groups by this window's digest: (groups finished, with full digests; the
+        rest).  May be called a slice of the groups at a time, after `drain`."""
         if self.split_on_arrival:
             last = self.take_finished()  # split as their results came
             self.stats.files_out = self._handed_out
             return last, []
+        if not self._column:
+            self._column = bytes(self.digests)  # slices of bytes are hashable keys
+        column = self._column
         weight = self.weight
-        column = bytes(self.digests)  # slices of bytes are hashable keys, made in one step
         width = DIGEST_SIZE
         sizes = self.table.size
         reads_whole = self.window.reads_whole
-        applies = self.window.applies
         done: list[tuple[bytes, Group]] = []
         rest: list[Group] = []
         for group in groups:
-            size_of_group = sizes[group[0]]
-            if not applies(size_of_group):
-                rest.append(group)  # this stage skipped it
-                self.stats.files_in += len(group)
-                continue
             digests = [column[row * width : (row + 1) * width] for row in group]
             kept = _split(group, digests, weight)
-            if reads_whole(size_of_group):
+            if reads_whole(sizes[group[0]]):
                 done.extend(kept)
             else:
                 rest.extend(members for _, members in kept)
-        self.digests = bytearray()
-        self.stats.files_out = sum(map(len, rest)) + sum(len(g) for _, g in done)
+        self.stats.files_out += sum(map(len, rest)) + sum(len(g) for _, g in done)
         return done, rest
+
+    def release(self) -> None:
+        """Drop this stage's digests: each stage holds only its own, and only until refined."""
+        self.digests = bytearray()
+        self._column = b""
 
 
 def _split(

@@ -200,6 +200,7 @@ class HashStep:
             return last, []
         if not self._column:
             self._column = bytes(self.digests)  # slices of bytes are hashable keys
+            self.digests = bytearray()  # all results are in: one copy is enough
         column = self._column
         weight = self.weight
         width = DIGEST_SIZE

@@ -53,14 +53,9 @@ def work_gate(
     except OptionsError as exc:
         fail_usage(str(exc))
     current = workgate.measure(cache or workgate.default_cache(), options)
-    if update:
-        workgate.save_baseline(current, baseline)
-        typer.echo(f"baseline written: {baseline}", err=True)
+    reference = _baseline_or_update(current, baseline, update)
+    if reference is None:
         return
-    try:
-        reference = workgate.load_baseline(baseline)
-    except (OSError, ValueError) as exc:
-        fail_usage(f"cannot read the baseline {str(baseline)!r}: {exc}")
     failures, notes = workgate.compare(reference, current)
     for note in notes:
         typer.echo(f"less work: {note} (tighten with --update)", err=True)
@@ -226,17 +221,26 @@ def time_gate(
     typer.echo(
         f"reference {current['reference_seconds']:.4f} s (read + BLAKE3 of the tree)", err=True
     )
-    if update:
-        timegate.save(current, baseline)
-        typer.echo(f"baseline written: {baseline}", err=True)
+    reference = _baseline_or_update(current, baseline, update)
+    if reference is None:
         return
-    try:
-        reference = timegate.load(baseline)
-    except (OSError, ValueError) as exc:
-        fail_usage(f"cannot read the baseline {str(baseline)!r}: {exc}")
     failures = timegate.compare(reference, current, tolerance)
     for failure in failures:
         typer.echo(f"FAIL: {failure}", err=True)
     if failures:
         raise typer.Exit(EXIT_ISSUES)
     typer.echo("time gate passed", err=True)
+
+
+def _baseline_or_update(current: Any, baseline: Path, update: bool) -> Any:
+    """With --update, write today's figures and return None; else the saved ones to compare."""
+    from dedup_engine import workgate
+
+    if update:
+        workgate.save_baseline(current, baseline)
+        typer.echo(f"baseline written: {baseline}", err=True)
+        return None
+    try:
+        return workgate.load_baseline(baseline)
+    except (OSError, ValueError) as exc:
+        fail_usage(f"cannot read the baseline {str(baseline)!r}: {exc}")

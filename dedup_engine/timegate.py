@@ -8,7 +8,6 @@ A baseline of ratios saved on one machine can then gate a run on another, within
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import time
@@ -98,13 +97,3 @@ def compare(
                 f"(+{now / max(was, floor) - 1:.0%}, tolerance {tolerance:.0%})"
             )
     return failures
-
-
-def save(data: Mapping[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def load(path: Path) -> dict[str, Any]:
-    with path.open(encoding="utf-8") as handle:
-        data: dict[str, Any] = json.load(handle)
-    return data

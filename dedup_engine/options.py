@@ -6,7 +6,7 @@ Validation lives here so that every bad option is refused before any work starts
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 #: Head window.  4 KiB is one page: the cheapest read the kernel serves, and it separates the
 #: unrelated same-size files of typical trees as well as larger windows do (docs/architecture.md).
@@ -87,24 +87,10 @@ class ScanOptions:
         return cpu_count()
 
     def as_dict(self) -> dict[str, object]:
+        """Every option by name (tuples as lists), for the JSON report: new fields join in."""
         return {
-            "follow_links": self.follow_links,
-            "one_file_system": self.one_file_system,
-            "max_depth": self.max_depth,
-            "include": list(self.include),
-            "exclude": list(self.exclude),
-            "hidden": self.hidden,
-            "min_size": self.min_size,
-            "max_size": self.max_size,
-            "empty": self.empty,
-            "hard_links": self.hard_links,
-            "workers": self.workers,
-            "head_window": self.head_window,
-            "tail_window": self.tail_window,
-            "whole_threshold": self.whole_threshold,
-            "tail_min_size": self.tail_min_size,
-            "chunk_size": self.chunk_size,
-            "stages": list(self.stages),
+            f.name: list(value) if isinstance(value := getattr(self, f.name), tuple) else value
+            for f in fields(self)
         }
 
 

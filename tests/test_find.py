@@ -41,7 +41,7 @@ HEAD = 4096
 TAIL = 4096
 WHOLE = 16384
 #: Files smaller than this skip the tail stage (0: no such rule in this version of the engine).
-TAIL_MIN: int = getattr(ScanOptions(), "tail_min_size", 0)
+TAIL_MIN: int = ScanOptions().tail_min_size
 
 
 # --- plain duplicates ---------------------------------------------------------------------------

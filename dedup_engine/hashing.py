@@ -1,8 +1,9 @@
-"""Reading one window of a file and hashing it with BLAKE3: the work of every hashing stage.
+"""Reading the head or tail window of a file and hashing it with BLAKE3; the stages' shared types.
 
-A stage is a `Window`: head, tail or full.  `hash_batch` runs in the worker processes (or in process
-with `--workers 0`) and returns digests for the files it could read; a file it could not read, or
-whose size differs from what the scan saw, gets no digest and an issue instead, so it never matches.
+A stage is a `Window`: head, tail or full (the full stage's reader is `fullstage`).  `hash_batch`
+runs in the worker processes (or in process with `--workers 0`) and returns digests for the files
+it could read; a file it could not read, or whose size differs from what the scan saw, gets no
+digest and an issue instead, so it never matches.
 """
 
 from __future__ import annotations

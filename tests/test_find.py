@@ -1042,24 +1042,3 @@ def test_root_with_a_name_that_is_not_utf8(tmp_path: Path, run: Runner) -> None:
         os.fsencode(tmp_path) + b"/root-\xff\xfe/a",
         os.fsencode(tmp_path) + b"/root-\xff\xfe/sub-\x80/b",
     }
-
-
-def test_empty_file_swapped_for_a_fifo_never_matches(tmp_path: Path) -> None:
-    """Regression: with --empty, a FIFO read like an empty file (no writer: read returns b"")."""
-    from array import array
-
-    from dedup_engine.hashing import HashTask, Window, hash_batch
-
-    fifo = tmp_path / "was-empty"
-    os.mkfifo(fifo)
-    task = HashTask(
-        Window(Stage.HEAD, 4096, 16384),
-        array("Q", [7]),
-        (str(fifo),),
-        array("q", [0]),
-        False,
-        65536,
-    )
-    result = hash_batch(task)
-    assert [position for position, _ in result.failed] == [0]
-    assert "regular" in result.failed[0][1]

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 from array import array
 from pathlib import Path
 
@@ -116,30 +115,30 @@ def test_no_descriptors_left_after_runs_without_the_garbage_collector(tree: Tree
         gc.enable()
 
 
+def _head_task(path: Path, size: int) -> HashTask:
+    """A head-stage task for one file the scan saw as a regular file of `size` bytes."""
+    return HashTask(
+        Window(Stage.HEAD, 4096, 16384), array("Q", [1]), (str(path),), array("q", [size]),
+        False, 65536,
+    )  # fmt: skip
+
+
 def test_a_fifo_holding_exactly_the_expected_bytes_gets_no_digest(tmp_path: Path) -> None:
     fifo = tmp_path / "swapped"
     os.mkfifo(fifo)
-    data = b"x" * 100
-    writer_ready = threading.Event()
-
-    def write() -> None:
-        fd = os.open(fifo, os.O_RDWR)  # O_RDWR: does not wait for a reader
-        os.write(fd, data)
-        writer_ready.set()
-        writer_ready.wait()
-        threading.Event().wait(2)
-        os.close(fd)
-
-    thread = threading.Thread(target=write, daemon=True)
-    thread.start()
-    writer_ready.wait(5)
-    task = HashTask(
-        Window(Stage.HEAD, 4096, 16384),
-        array("Q", [1]),
-        (str(fifo),),
-        array("q", [100]),
-        False,
-        65536,
-    )
-    result = hash_batch(task)
+    writer = os.open(fifo, os.O_RDWR)  # O_RDWR: opens without waiting for a reader
+    try:
+        os.write(writer, b"x" * 100)  # fits in the pipe's buffer: no reader needed
+        result = hash_batch(_head_task(fifo, 100))
+    finally:
+        os.close(writer)
     assert [position for position, _ in result.failed] == [0]
+
+
+def test_empty_file_swapped_for_a_fifo_never_matches(tmp_path: Path) -> None:
+    """With --empty, a FIFO with no writer reads like an empty file (read returns b"")."""
+    fifo = tmp_path / "was-empty"
+    os.mkfifo(fifo)
+    result = hash_batch(_head_task(fifo, 0))
+    assert [position for position, _ in result.failed] == [0]
+    assert "regular" in result.failed[0][1]

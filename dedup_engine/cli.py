@@ -268,7 +268,7 @@ def _check_output(path: Path | None) -> None:
         return
     if path.is_dir():
         raise OptionsError(f"--output {str(path)!r} is a directory")
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent  # Path("x").parent is Path("."), never empty
     if not parent.is_dir():
         raise OptionsError(f"--output {str(path)!r}: no such directory {str(parent)!r}")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):

@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, Annotated, Any, NoReturn
 
 import typer
 
@@ -245,7 +245,7 @@ def _write(result: FindResult, options: ScanOptions, form: Format, out: IO[bytes
         write_text(result, out)
 
 
-def fail_usage(message: str) -> Any:
+def fail_usage(message: str) -> NoReturn:
     typer.echo(f"dedup: error: {message}", err=True)
     raise typer.Exit(EXIT_USAGE)
 
@@ -358,15 +358,17 @@ def _print_stats(result: FindResult) -> None:
     Console(stderr=True).print(table)
 
 
-def _register_bench() -> None:
-    # The bench commands live in their own module (a second reason to change); they use this
-    # module's helpers, so they are attached once both exist.
+def _register_commands() -> None:
+    # `apply` and the bench commands live in their own modules (each a second reason to change);
+    # they use this module's helpers, so they are attached once both exist.
+    from dedup_engine.cli_apply import APPLY_EXIT_HELP, apply
     from dedup_engine.cli_bench import bench
 
+    app.command(epilog=APPLY_EXIT_HELP)(apply)
     app.add_typer(bench, name="bench")
 
 
-_register_bench()
+_register_commands()
 
 
 def main() -> None:

@@ -1,0 +1,410 @@
+"""Carrying out one planned operation safely: check, set the victim aside, act, verify, commit.
+
+Every operation follows the same steps, and any failure before the commit puts everything back:
+
+1. re-stat the kept file and the victim (dev, ino, size, mtime_ns, ctime_ns, type) against what
+   the report (or our own earlier operation) left; any difference skips the group;
+2. open both without following links and check the descriptors are those files;
+3. journal the operation (fsync'd) before touching anything;
+4. rename the victim aside to a short temporary name in its directory (delete, hardlink, symlink),
+   or to its destination (move);
+5. compare the bytes of the kept file and the set-aside victim (unless `verify` is off);
+6. create the hard link or symlink at the victim's name and lstat it: it must be the kept inode,
+   or a symlink to the kept path;
+7. remove the temporary name, then journal the outcome.
+
+A reflink instead asks the kernel to share the blocks (FIDEDUPERANGE), which compares the bytes
+itself and changes nothing if they differ.  Rolling back removes only what we created (checked by
+identity) and puts the victim back without overwriting anything (RENAME_NOREPLACE); when that is
+impossible the outcome is ROLLBACK_FAILED, naming both paths, and the original stays under the
+temporary name, where `dedup apply --resume` finds it.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from dedup_engine.fsops import REAL, ContentDiffers, Syscalls, fs_type
+from dedup_engine.plan import Action, Operation
+from dedup_engine.records import FileEntry
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
+_COMPARE_CHUNK = 1 << 20
+#: Errors that mean "this filesystem cannot dedupe", as opposed to a failure of this file.
+_NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS}
+
+
+class Outcome(str, enum.Enum):
+    DONE = "done"
+    SKIPPED = "skipped"  # not attempted, or undone cleanly because a check failed
+    FAILED = "failed"  # a system call failed; everything was put back
+    ROLLBACK_FAILED = "rollback-failed"  # could not put everything back: needs a person
+
+
+@dataclass(frozen=True, slots=True)
+class OpResult:
+    op: Operation
+    outcome: Outcome
+    message: str = ""
+    reclaimed: int = 0  # bytes of blocks freed (st_blocks), counted when a file's last name goes
+
+
+class Journal(Protocol):
+    """Where each operation is recorded before it starts and after it ends (journal.py)."""
+
+    def begin(self, index: int, op: Operation, aside: str | None) -> None: ...
+    def end(self, index: int, outcome: Outcome, message: str) -> None: ...
+
+
+class _Skip(Exception):
+    """A check failed: the group is skipped with this reason."""
+
+
+@dataclass(slots=True)
+class Actor:
+    """Carries out operations one at a time; remembers what its own operations changed.
+
+    Our own operations change the ctime of the files they touch (a new link, a rename), so the
+    state each later check expects is what we saw after our last operation on that file, not
+    what the report says.
+    """
+
+    verify: bool = True
+    sys: Syscalls = REAL
+    journal: Journal | None = None
+    _seen: dict[tuple[int, int], tuple[int, int, int]] = field(default_factory=dict)
+
+    def run(self, index: int, op: Operation) -> OpResult:
+        try:
+            return self._run(index, op)
+        except _Skip as exc:
+            return OpResult(op, Outcome.SKIPPED, str(exc))
+
+    def _run(self, index: int, op: Operation) -> OpResult:
+        victim, keep = op.victim, op.keep
+        self._check(keep, "kept file")
+        self._check(victim, "victim")
+        if op.action in (Action.HARDLINK, Action.REFLINK) and victim.dev != keep.dev:
+            raise _Skip(f"{op.action.value} across filesystems is refused (no fallback)")
+        if op.action is Action.MOVE:
+            assert op.target is not None
+            if _device_of(op.target) != victim.dev:
+                raise _Skip(f"--to is on another filesystem than {victim.path!r}; not copying")
+        keep_fd = self._open(keep, "kept file")
+        try:
+            victim_fd = self._open(victim, "victim")
+            try:
+                if op.action is Action.REFLINK:
+                    return self._reflink(index, op, keep_fd, victim_fd)
+                if op.action is Action.MOVE:
+                    return self._move(index, op, keep_fd, victim_fd)
+                return self._replace(index, op, keep_fd, victim_fd)
+            finally:
+                os.close(victim_fd)
+        finally:
+            os.close(keep_fd)
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def _check(self, entry: FileEntry, role: str) -> None:
+        try:
+            st = os.lstat(entry.path)
+        except OSError as exc:
+            raise _Skip(f"{role} {entry.path!r}: {_why(exc)}") from None
+        problem = self._differs(st, entry)
+        if problem:
+            raise _Skip(f"{role} {entry.path!r} changed since the report: {problem}")
+
+    def _differs(self, st: os.stat_result, entry: FileEntry) -> str | None:
+        if not stat.S_ISREG(st.st_mode):
+            return f"it is no longer a regular file ({_kind(st.st_mode)})"
+        if (st.st_dev, st.st_ino) != (entry.dev, entry.ino):
+            return "it is another file now (dev, ino differ)"
+        size, mtime, ctime = self._seen.get(
+            (entry.dev, entry.ino), (entry.size, entry.mtime_ns, entry.ctime_ns)
+        )
+        if st.st_size != size:
+            return f"size {size} -> {st.st_size}"
+        if st.st_mtime_ns != mtime:
+            return "modified (mtime differs)"
+        if st.st_ctime_ns != ctime:
+            return "its metadata or links changed (ctime differs)"
+        return None
+
+    def _open(self, entry: FileEntry, role: str) -> int:
+        try:
+            fd = self.sys.open(entry.path, _OPEN_FLAGS)
+        except OSError as exc:
+            raise _Skip(f"{role} {entry.path!r}: cannot open: {_why(exc)}") from None
+        problem = self._differs(os.fstat(fd), entry)
+        if problem:
+            os.close(fd)
+            raise _Skip(f"{role} {entry.path!r} changed while being opened: {problem}")
+        return fd
+
+    def _remember(self, *fds: int) -> None:
+        for fd in fds:
+            st = os.fstat(fd)
+            self._seen[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    # -- delete, hardlink, symlink: aside, link, verify, commit ---------------------------
+
+    def _replace(self, index: int, op: Operation, keep_fd: int, victim_fd: int) -> OpResult:
+        path = op.victim.path
+        aside = aside_name(path)
+        before = os.fstat(victim_fd)
+        self._begin(index, op, aside)
+        try:
+            self.sys.rename_noreplace(path, aside)
+        except OSError as exc:
+            return self._end(index, op, Outcome.FAILED, f"cannot set {path!r} aside: {_why(exc)}")
+        undo = _Undo(self.sys, op, aside)
+        step = "check the set-aside name"
+        try:
+            if not _same_file(_lstat(aside), before):
+                return undo.back(self, index, "the set-aside name is not the victim")
+            step = "compare the bytes"
+            if self.verify and not self._same_bytes(keep_fd, victim_fd, op):
+                return undo.back(self, index, "content differs from the kept file", skip=True)
+            if op.action is Action.HARDLINK:
+                step = "link"
+                self.sys.link(op.keep.path, path)
+                undo.created = True
+                if not _same_file(_lstat(path), os.fstat(keep_fd)):
+                    return undo.back(self, index, f"{path!r} is not the kept file after linking")
+            elif op.action is Action.SYMLINK:
+                step = "symlink"
+                self.sys.symlink(op.keep.path, path)
+                undo.created = True
+                if not _is_symlink_to(path, op.keep.path, os.fstat(keep_fd)):
+                    return undo.back(self, index, f"{path!r} is not a symlink to the kept file")
+            # The last moment before a name goes for good: the kept copy must still be there.
+            if not _same_file(_lstat(op.keep.path), os.fstat(keep_fd)):
+                return undo.back(self, index, f"kept file {op.keep.path!r} changed", skip=True)
+            step = "remove the set-aside name"
+            self.sys.unlink(aside)
+        except OSError as exc:
+            return undo.back(self, index, f"{step}: {_why(exc)}", failed=True)
+        after = os.fstat(victim_fd)
+        reclaimed = before.st_blocks * 512 if after.st_nlink == 0 else 0
+        if op.action is Action.SYMLINK:
+            reclaimed -= _blocks(path) * 512
+        self._remember(keep_fd, victim_fd)
+        return self._end(index, op, Outcome.DONE, "", reclaimed)
+
+    # -- move and reflink -----------------------------------------------------------------
+
+    def _move(self, index: int, op: Operation, keep_fd: int, victim_fd: int) -> OpResult:
+        assert op.target is not None
+        path, target = op.victim.path, op.target
+        try:
+            if self.verify and not self._same_bytes(keep_fd, victim_fd, op):
+                raise _Skip(f"{path!r}: content differs from the kept file")
+        except OSError as exc:
+            raise _Skip(f"{path!r}: cannot compare the bytes: {_why(exc)}") from None
+        before = os.fstat(victim_fd)
+        try:
+            self._make_parents(target)
+        except OSError as exc:
+            raise _Skip(f"cannot create the directory of {target!r}: {_why(exc)}") from None
+        self._begin(index, op, None)
+        try:
+            self.sys.rename_noreplace(path, target)
+        except OSError as exc:
+            return self._end(index, op, Outcome.FAILED, f"cannot move to {target!r}: {_why(exc)}")
+        if _same_file(_lstat(target), before):
+            self._remember(keep_fd, victim_fd)
+            return self._end(index, op, Outcome.DONE, "")
+        try:
+            self.sys.rename_noreplace(target, path)
+        except OSError as exc:
+            message = f"moved file is not the victim and cannot be put back: {_why(exc)}"
+            return self._loud(index, op, path, target, message)
+        return self._end(index, op, Outcome.FAILED, f"{target!r} is not the victim after moving")
+
+    def _make_parents(self, target: str) -> None:
+        missing = []
+        parent = os.path.dirname(target)
+        while not os.path.isdir(parent):
+            missing.append(parent)
+            parent = os.path.dirname(parent)
+        for directory in reversed(missing):
+            self.sys.mkdir(directory)
+
+    def _reflink(self, index: int, op: Operation, keep_fd: int, victim_fd: int) -> OpResult:
+        before = os.fstat(victim_fd)
+        self._begin(index, op, None)
+        try:
+            self.sys.dedupe(keep_fd, victim_fd, op.victim.size)
+        except ContentDiffers:
+            self._end(index, op, Outcome.SKIPPED, "content differs (compared by the kernel)")
+            raise _Skip(f"{op.victim.path!r}: content differs (compared by the kernel)") from None
+        except OSError as exc:
+            if exc.errno in _NO_REFLINK:
+                message = f"reflink not supported on {fs_type(op.victim.path)}"
+            else:
+                message = f"reflink failed: {_why(exc)}"
+            return self._end(index, op, Outcome.FAILED, message)
+        after = os.fstat(victim_fd)
+        if (after.st_atime_ns, after.st_mtime_ns) != (before.st_atime_ns, before.st_mtime_ns):
+            # Sharing blocks is not a change of content: the file keeps its timestamps.
+            os.utime(victim_fd, ns=(before.st_atime_ns, before.st_mtime_ns))
+        self._remember(keep_fd, victim_fd)
+        return self._end(index, op, Outcome.DONE, "")
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _same_bytes(self, keep_fd: int, victim_fd: int, op: Operation) -> bool:
+        return same_bytes(keep_fd, victim_fd, op.victim.size)
+
+    def _begin(self, index: int, op: Operation, aside: str | None) -> None:
+        if self.journal is not None:
+            self.journal.begin(index, op, aside)
+
+    def _end(
+        self, index: int, op: Operation, outcome: Outcome, message: str, reclaimed: int = 0
+    ) -> OpResult:
+        if self.journal is not None:
+            self.journal.end(index, outcome, message)
+        return OpResult(op, outcome, message, reclaimed)
+
+    def _loud(self, index: int, op: Operation, path: str, other: str, why: str) -> OpResult:
+        message = f"ROLLBACK FAILED: {why}; the original is at {other!r}, it belongs at {path!r}"
+        return self._end(index, op, Outcome.ROLLBACK_FAILED, message)
+
+
+@dataclass(slots=True)
+class _Undo:
+    """Puts a set-aside victim back: removes our link (if it is ours), renames back."""
+
+    sys: Syscalls
+    op: Operation
+    aside: str
+    created: bool = False
+
+    def back(
+        self, actor: Actor, index: int, why: str, *, skip: bool = False, failed: bool = False
+    ) -> OpResult:
+        path = self.op.victim.path
+        try:
+            if self.created or _lexists(path):
+                if not self._ours(path):
+                    return actor._loud(index, self.op, path, self.aside, f"{why}; {path!r} "
+                                       "now holds a file we did not create")  # fmt: skip
+                self.sys.unlink(path)
+            self.sys.rename_noreplace(self.aside, path)
+        except OSError as exc:
+            return actor._loud(index, self.op, path, self.aside, f"{why}; then {_why(exc)}")
+        outcome = Outcome.FAILED if failed else Outcome.SKIPPED
+        message = f"{why}; rolled back" if failed else why
+        result = actor._end(index, self.op, outcome, message)
+        if skip:
+            raise _Skip(f"{path!r}: {why}")
+        return result
+
+    def _ours(self, path: str) -> bool:
+        st = _lstat(path)
+        if st is None:
+            return True  # nothing there: nothing to remove
+        if self.op.action is Action.HARDLINK:
+            keep = _lstat(self.op.keep.path)
+            return keep is not None and _same_file(st, keep) and stat.S_ISREG(st.st_mode)
+        if self.op.action is Action.SYMLINK:
+            return stat.S_ISLNK(st.st_mode) and _readlink(path) == self.op.keep.path
+        return False
+
+
+def same_bytes(a: int, b: int, size: int) -> bool:
+    """Whether two descriptors hold the same `size` bytes (and no more) from offset 0."""
+    offset = 0
+    while offset < size:
+        n = min(_COMPARE_CHUNK, size - offset)
+        x, y = os.pread(a, n, offset), os.pread(b, n, offset)
+        if len(x) != n or x != y:
+            return False
+        offset += n
+    return os.pread(a, 1, size) == b"" and os.pread(b, 1, size) == b""
+
+
+def aside_name(path: str) -> str:
+    """A short, unused temporary name in the directory of `path` (never a long name)."""
+    return os.path.join(os.path.dirname(path), f".dedup-{secrets.token_hex(4)}.tmp")
+
+
+ASIDE_PREFIX = ".dedup-"
+
+
+def _device_of(target: str) -> int | None:
+    parent = os.path.dirname(target)
+    while True:
+        try:
+            return os.stat(parent).st_dev
+        except FileNotFoundError:
+            if parent == os.path.dirname(parent):
+                return None
+            parent = os.path.dirname(parent)
+        except OSError:
+            return None
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def _lexists(path: str) -> bool:
+    return _lstat(path) is not None
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def _same_file(st: os.stat_result | None, other: os.stat_result) -> bool:
+    return st is not None and (st.st_dev, st.st_ino) == (other.st_dev, other.st_ino)
+
+
+def _is_symlink_to(path: str, target: str, keep: os.stat_result) -> bool:
+    st = _lstat(path)
+    if st is None or not stat.S_ISLNK(st.st_mode) or _readlink(path) != target:
+        return False
+    try:
+        return _same_file(os.stat(path), keep)
+    except OSError:
+        return False
+
+
+def _blocks(path: str) -> int:
+    st = _lstat(path)
+    return st.st_blocks if st is not None else 0
+
+
+def _kind(mode: int) -> str:
+    kinds: list[tuple[Callable[[int], bool], str]] = [
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def _why(exc: OSError) -> str:
+    """ "Permission denied (EACCES)": what happened, and the name to search for."""
+    if not exc.errno:
+        return str(exc)
+    return f"{os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})"

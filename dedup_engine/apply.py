@@ -1,0 +1,84 @@
+"""Running a plan: each operation through the `Actor`, in order, and a summary of the outcome.
+
+`apply_plan` is the library's way to act on a report (`dedup apply` is a thin layer over it).
+Within a group, the first operation that does not complete stops the group: the rest of it is
+skipped with that reason, so a group that changed since the report is left as it is now.
+Space reclaimed is measured, not predicted: from st_blocks of each file whose last name went
+(so sparse files and files with other links count right), and for reflinks, which leave every
+file its st_blocks, from the free space of each filesystem before and after.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dedup_engine.act import Actor, Journal, OpResult, Outcome
+from dedup_engine.fsops import REAL, Syscalls
+from dedup_engine.plan import Action, Plan, Skipped
+
+ProgressCallback = Callable[[int, int], None]  # operations finished, operations in all
+
+
+@dataclass(frozen=True, slots=True)
+class ApplySummary:
+    results: tuple[OpResult, ...]
+    left_alone: tuple[Skipped, ...]  # groups the plan had nothing to do for
+    reclaimed: int  # bytes
+    measured_by: str  # "st_blocks" or "free space" (reflink)
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for r in self.results if r.outcome is outcome)
+
+    @property
+    def clean(self) -> bool:
+        """Every planned operation was done."""
+        return all(r.outcome is Outcome.DONE for r in self.results)
+
+
+def apply_plan(
+    plan: Plan,
+    *,
+    verify: bool = True,
+    journal: Journal | None = None,
+    sys: Syscalls = REAL,
+    progress: ProgressCallback | None = None,
+) -> ApplySummary:
+    """Carry out `plan` operation by operation; never raises for a per-file problem."""
+    actor = Actor(verify=verify, sys=sys, journal=journal)
+    reflink = any(op.action is Action.REFLINK for op in plan.operations)
+    free_before = _free_space(plan) if reflink else {}
+    results: list[OpResult] = []
+    stopped: dict[int, str] = {}
+    total = len(plan.operations)
+    for index, op in enumerate(plan.operations):
+        if op.group in stopped:
+            result = OpResult(op, Outcome.SKIPPED, f"group stopped: {stopped[op.group]}")
+        else:
+            result = actor.run(index, op)
+            if result.outcome is not Outcome.DONE:
+                stopped[op.group] = result.message
+        results.append(result)
+        if progress is not None:
+            progress(index + 1, total)
+    if reflink:
+        after = _free_space(plan)
+        reclaimed = sum(after[dev] - free_before[dev] for dev in after if dev in free_before)
+        return ApplySummary(tuple(results), plan.skipped, reclaimed, "free space")
+    reclaimed = sum(r.reclaimed for r in results)
+    return ApplySummary(tuple(results), plan.skipped, reclaimed, "st_blocks")
+
+
+def _free_space(plan: Plan) -> dict[int, int]:
+    """Free bytes of each filesystem holding a victim, keyed by device."""
+    free: dict[int, int] = {}
+    for op in plan.operations:
+        if op.victim.dev in free:
+            continue
+        try:
+            info = os.statvfs(os.path.dirname(op.victim.path))
+        except OSError:
+            continue
+        free[op.victim.dev] = info.f_bfree * info.f_frsize
+    return free

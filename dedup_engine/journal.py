@@ -1,0 +1,289 @@
+"""The apply journal: a record of every operation, on disk before and after it, and `--resume`.
+
+The journal is JSON lines, one record per write, each flushed and fsync'd before `apply` goes on:
+a header, then for each operation a `begin` record (written before anything is touched: the
+victim's path and identity, its temporary name, the kept file) and an end record with the
+outcome.  An operation with a `begin` and no end was interrupted (SIGKILL, power loss);
+`resume` looks at what is on disk for each one and completes it or puts the victim back, so no
+file is left under a temporary name, then records that in the journal too.  A running `apply`
+holds an exclusive lock on its journal, so `--resume` cannot race a live run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import fcntl
+import json
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from dedup_engine.act import Outcome, same_bytes
+from dedup_engine.fsops import REAL, Syscalls
+from dedup_engine.plan import Action, Operation
+
+JOURNAL_VERSION = 1
+
+
+class JournalError(Exception):
+    """A journal that cannot be created, read or locked; nothing was changed."""
+
+
+def default_path() -> str:
+    """A new journal's path in the user's state directory (XDG_STATE_HOME, ~/.local/state)."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local/state")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return os.path.join(base, "dedup-engine", "journals", f"apply-{stamp}-{os.getpid()}.jsonl")
+
+
+class FileJournal:
+    """The journal of one run; created new (never appended to an old run's journal)."""
+
+    def __init__(self, path: str, header: dict[str, Any]) -> None:
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        except FileExistsError:
+            message = f"journal {path!r} exists: use --resume, or another --journal"
+            raise JournalError(message) from None
+        except OSError as exc:
+            raise JournalError(f"cannot create journal {path!r}: {exc.strerror}") from None
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._write({"journal": JOURNAL_VERSION, **header})
+        _fsync_dir(directory)
+
+    @classmethod
+    def reopen(cls, path: str) -> FileJournal:
+        """An existing journal, locked, for `resume` to append its settlements to."""
+        journal = cls.__new__(cls)
+        journal.path = path
+        try:
+            journal._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:
+            raise JournalError(f"cannot open journal {path!r}: {exc.strerror}") from None
+        try:
+            fcntl.flock(journal._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(journal._fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise JournalError(f"journal {path!r} is in use: its run is still going") from None
+            raise
+        return journal
+
+    def begin(self, index: int, op: Operation, aside: str | None) -> None:
+        self._write(
+            {
+                "op": index,
+                "state": "begin",
+                "group": op.group,
+                "action": op.action.value,
+                "path": op.victim.path,
+                "victim": [op.victim.dev, op.victim.ino],
+                "aside": aside,
+                "keep": op.keep.path,
+                "kept": [op.keep.dev, op.keep.ino],
+                "target": op.target,
+            }
+        )
+
+    def end(self, index: int, outcome: Outcome, message: str) -> None:
+        self._write({"op": index, "state": outcome.value, "message": message})
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        # ensure_ascii: names that are not UTF-8 travel as \\udcxx escapes and come back exact.
+        line = (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
+        os.write(self._fd, line)
+        os.fsync(self._fd)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An operation the journal shows begun and never ended."""
+
+    index: int
+    action: Action
+    path: str
+    victim: tuple[int, int]
+    aside: str | None
+    keep: str
+    kept: tuple[int, int]
+    target: str | None
+
+
+def read(path: str) -> tuple[dict[str, Any], list[Pending]]:
+    """The header and the interrupted operations.  A torn last line (killed mid-write) is
+    ignored: its record was never complete, so its step was never taken."""
+    try:
+        with open(path, "rb") as source:
+            lines = source.read().split(b"\n")
+    except OSError as exc:
+        raise JournalError(f"cannot read journal {path!r}: {exc.strerror}") from None
+    records = list(_records(lines, path))
+    if not records or records[0].get("journal") != JOURNAL_VERSION:
+        raise JournalError(f"{path!r} is not a dedup-engine journal (version {JOURNAL_VERSION})")
+    begun: dict[int, dict[str, Any]] = {}
+    for record in records[1:]:
+        if record.get("state") == "begin":
+            begun[int(record["op"])] = record
+        else:
+            begun.pop(int(record["op"]), None)
+    pending = [
+        Pending(
+            index,
+            Action(r["action"]),
+            r["path"],
+            (int(r["victim"][0]), int(r["victim"][1])),
+            r["aside"],
+            r["keep"],
+            (int(r["kept"][0]), int(r["kept"][1])),
+            r["target"],
+        )
+        for index, r in sorted(begun.items())
+    ]
+    return records[0], pending
+
+
+def _records(lines: list[bytes], path: str) -> Iterator[dict[str, Any]]:
+    for number, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except ValueError:
+            if number == len(lines) - 1 or not any(rest.strip() for rest in lines[number + 1 :]):
+                return  # torn by the kill: the last record only
+            raise JournalError(f"{path!r}: line {number + 1} is damaged") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    pending: Pending
+    outcome: Outcome  # DONE: completed; SKIPPED: put back as it was; ROLLBACK_FAILED: needs you
+    message: str
+
+
+def resume(path: str, sys: Syscalls = REAL) -> list[Settled]:
+    """Complete or roll back every interrupted operation of the journal at `path`."""
+    _, pending = read(path)
+    journal = FileJournal.reopen(path)
+    try:
+        settled = []
+        for item in pending:
+            outcome, message = _settle(item, sys)
+            journal.end(item.index, outcome, f"resumed: {message}")
+            settled.append(Settled(item, outcome, message))
+        return settled
+    finally:
+        journal.close()
+
+
+def _settle(item: Pending, sys: Syscalls) -> tuple[Outcome, str]:
+    try:
+        if item.action is Action.REFLINK:
+            return Outcome.DONE, "a reflink is atomic: the file is whole either way"
+        if item.action is Action.MOVE:
+            return _settle_move(item, sys)
+        return _settle_replace(item, sys)
+    except OSError as exc:
+        return Outcome.ROLLBACK_FAILED, f"{exc}; look at {item.path!r} and {item.aside!r}"
+
+
+def _settle_move(item: Pending, sys: Syscalls) -> tuple[Outcome, str]:
+    assert item.target is not None
+    at_path, at_target = _lstat(item.path), _lstat(item.target)
+    if _is(at_target, item.victim) and at_path is None:
+        return Outcome.DONE, f"{item.path!r} had been moved to {item.target!r}"
+    if _is(at_path, item.victim):
+        return Outcome.SKIPPED, f"{item.path!r} had not been moved"
+    return Outcome.ROLLBACK_FAILED, f"neither {item.path!r} nor {item.target!r} is the file"
+
+
+def _settle_replace(item: Pending, sys: Syscalls) -> tuple[Outcome, str]:
+    assert item.aside is not None
+    path, aside = item.path, item.aside
+    at_path, at_aside = _lstat(path), _lstat(aside)
+    ours = at_path is not None and _is_new(item, path, at_path)
+    if at_aside is None:
+        if _is(at_path, item.victim):
+            return Outcome.SKIPPED, f"{path!r} had not been touched"
+        if ours or (at_path is None and item.action is Action.DELETE):
+            return Outcome.DONE, f"{path!r} had been completed"
+        return Outcome.ROLLBACK_FAILED, f"{path!r} is not the file the journal names; left alone"
+    if not _is(at_aside, item.victim):
+        return Outcome.ROLLBACK_FAILED, f"{aside!r} is not the victim; left alone"
+    if at_path is None:
+        sys.rename_noreplace(aside, path)
+        return Outcome.SKIPPED, f"{path!r} put back from {aside!r}"
+    if not ours:
+        return (
+            Outcome.ROLLBACK_FAILED,
+            f"the original is at {aside!r}; {path!r} now holds a file we did not create",
+        )
+    if _still_duplicate(item):
+        sys.unlink(aside)
+        return Outcome.DONE, f"{path!r} completed; {aside!r} removed"
+    sys.unlink(path)
+    sys.rename_noreplace(aside, path)
+    return Outcome.SKIPPED, f"{path!r} put back: its bytes no longer match the kept file"
+
+
+def _is_new(item: Pending, path: str, st: os.stat_result) -> bool:
+    """Whether `path` holds what the operation creates there (the link or symlink)."""
+    if item.action is Action.HARDLINK:
+        return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == item.kept
+    if item.action is Action.SYMLINK:
+        try:
+            return stat.S_ISLNK(st.st_mode) and os.readlink(path) == item.keep
+        except OSError:
+            return False
+    return False
+
+
+def _still_duplicate(item: Pending) -> bool:
+    """The set-aside victim and the kept file: the right files, with the same bytes."""
+    assert item.aside is not None
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        a = os.open(item.keep, flags)
+    except OSError:
+        return False
+    try:
+        b = os.open(item.aside, flags)
+        try:
+            sa, sb = os.fstat(a), os.fstat(b)
+            if (sa.st_dev, sa.st_ino) != item.kept or (sb.st_dev, sb.st_ino) != item.victim:
+                return False
+            return sa.st_size == sb.st_size and same_bytes(a, b, sa.st_size)
+        finally:
+            os.close(b)
+    except OSError:
+        return False
+    finally:
+        os.close(a)
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _is(st: os.stat_result | None, identity: tuple[int, int]) -> bool:
+    return st is not None and (st.st_dev, st.st_ino) == identity

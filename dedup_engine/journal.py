@@ -114,7 +114,7 @@ def _fsync_dir(directory: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """An operation the journal shows begun and never ended."""
+    """An operation the journal shows begun and never ended, or ended in a failed rollback."""
 
     index: int
     action: Action
@@ -141,7 +141,8 @@ def read(path: str) -> tuple[dict[str, Any], list[Pending]]:
     for record in records[1:]:
         if record.get("state") == "begin":
             begun[int(record["op"])] = record
-        else:
+        elif record.get("state") != Outcome.ROLLBACK_FAILED.value:
+            # A failed rollback stays open: its file is still under the temporary name.
             begun.pop(int(record["op"]), None)
     pending = [
         Pending(

@@ -1,0 +1,134 @@
+"""System calls that fail on cue, and the checks that no byte was lost, for the apply tests.
+
+`Faulty` passes every call to the real system except the ones it is told to break: the `nth`
+call (counting all calls, from 1) fails with `err`, and with `persist` every call after it fails
+too (so the rollback fails as well).  With `crash`, the process "dies" there instead: a
+`Crash` (a BaseException, which no rollback catches) is raised before or after the call is
+made, leaving the disk as a SIGKILL would.
+
+`snapshot` records every regular file's bytes by path; `assert_nothing_lost` checks a tree
+after `apply` against it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from typing import Any
+
+from dedup_engine.fsops import REAL, Syscalls
+
+
+class Crash(BaseException):
+    """The process stops here, as if killed: nothing runs after it, not even a rollback."""
+
+
+class Faulty:
+    def __init__(
+        self,
+        nth: int = 0,
+        err: int = 0,
+        *,
+        persist: bool = False,
+        crash: str | None = None,  # "before" or "after" the nth call
+        real: Syscalls = REAL,
+    ) -> None:
+        self.nth, self.err, self.persist, self.crash = nth, err, persist, crash
+        self.real = real
+        self.calls: list[str] = []
+        self.hook: Callable[[str, int], None] | None = None
+
+    def _call(self, name: str, target: str, run: Callable[[], Any]) -> Any:
+        self.calls.append(name)
+        number = len(self.calls)
+        if self.hook is not None:
+            self.hook(name, number)
+        if self.crash == "before" and number == self.nth:
+            raise Crash(f"crash before call {number} ({name})")
+        if self.err and (number == self.nth or (self.persist and number > self.nth > 0)):
+            raise OSError(self.err, os.strerror(self.err), target)
+        result = run()
+        if self.crash == "after" and number == self.nth:
+            raise Crash(f"crash after call {number} ({name})")
+        return result
+
+    def open(self, path: str, flags: int) -> int:
+        return int(self._call("open", path, lambda: self.real.open(path, flags)))
+
+    def rename(self, src: str, dst: str) -> None:
+        self._call("rename", src, lambda: self.real.rename(src, dst))
+
+    def rename_noreplace(self, src: str, dst: str) -> None:
+        self._call("rename_noreplace", src, lambda: self.real.rename_noreplace(src, dst))
+
+    def link(self, src: str, dst: str) -> None:
+        self._call("link", dst, lambda: self.real.link(src, dst))
+
+    def symlink(self, target: str, path: str) -> None:
+        self._call("symlink", path, lambda: self.real.symlink(target, path))
+
+    def unlink(self, path: str) -> None:
+        self._call("unlink", path, lambda: self.real.unlink(path))
+
+    def mkdir(self, path: str) -> None:
+        self._call("mkdir", path, lambda: self.real.mkdir(path))
+
+    def dedupe(self, src_fd: int, dst_fd: int, length: int) -> None:
+        self._call("ioctl", str(dst_fd), lambda: self.real.dedupe(src_fd, dst_fd, length))
+
+
+def snapshot(root: str) -> dict[str, bytes]:
+    """Every regular file below `root` (not through symlinks), path -> bytes."""
+    files: dict[str, bytes] = {}
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(directory, name)
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                with open(path, "rb") as source:
+                    files[path] = source.read()
+    return files
+
+
+def leftovers(root: str) -> list[str]:
+    """Temporary names `apply` uses, anywhere below `root`."""
+    return [
+        os.path.join(directory, name)
+        for directory, dirs, names in os.walk(root)
+        for name in names + dirs
+        if name.startswith(".dedup-")
+    ]
+
+
+def assert_nothing_lost(
+    before: dict[str, bytes],
+    root: str,
+    *,
+    gone_ok: set[str] = frozenset(),  # type: ignore[assignment]
+    moved: dict[str, str] | None = None,
+    stranded: dict[str, str] | None = None,
+) -> None:
+    """Each original path holds its bytes (as a file, a hard link or a symlink to equal bytes),
+    or is in `gone_ok` (deleted by a completed operation: its bytes must live on at another
+    path of the same content), or was `moved` to a path holding its bytes, or is `stranded`
+    at a temporary name (a failed rollback) that holds its bytes."""
+    moved = moved or {}
+    stranded = stranded or {}
+    contents = set(before.values())
+    for path, data in before.items():
+        if os.path.lexists(path):
+            with open(path, "rb") as source:  # follows a symlink made by apply
+                assert source.read() == data, f"{path!r} lost its bytes"
+        elif path in moved:
+            with open(moved[path], "rb") as source:
+                assert source.read() == data, f"{path!r} moved to {moved[path]!r}: bytes differ"
+        elif path in stranded:
+            with open(stranded[path], "rb") as source:
+                assert source.read() == data, f"{path!r} stranded at {stranded[path]!r}: differs"
+        else:
+            assert path in gone_ok, f"{path!r} is gone, and no completed operation removed it"
+            survivors = [p for p, d in before.items() if d == data and os.path.lexists(p)]
+            assert survivors, f"every copy of {path!r}'s content is gone"
+    assert contents  # the check had something to check
+    expected_leftovers = set(stranded.values())
+    assert set(leftovers(root)) == expected_leftovers

@@ -1,0 +1,188 @@
+"""Fault injection for `apply`: every system call of an operation fails in turn, with each errno.
+
+For each action, a clean run records the calls one operation makes (open, rename, link, symlink,
+unlink, mkdir, the dedupe ioctl).  Then each of those calls is made to fail, with EACCES, EXDEV,
+ENOSPC, ENAMETOOLONG and EIO, on a fresh tree; afterwards the disk must be exactly as before (no
+byte lost, no inode changed, no temporary name left) and the outcome must name the error.
+With the fault persisting (so the rollback fails too), the outcome is a loud ROLLBACK_FAILED
+naming both paths, the original survives under its temporary name, and `resume` puts it back.
+Files changed while an operation is under way are caught and put back as well.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from faultsys import Faulty, assert_nothing_lost, leftovers, snapshot
+from treebuilder import Tree, content
+
+from dedup_engine import ScanOptions, find_duplicates
+from dedup_engine.act import Outcome
+from dedup_engine.apply import ApplySummary, apply_plan
+from dedup_engine.journal import FileJournal, resume
+from dedup_engine.plan import Action, Plan, Policy, make_plan
+
+ERRNOS = [errno.EACCES, errno.EXDEV, errno.ENOSPC, errno.ENAMETOOLONG, errno.EIO]
+ACTIONS = [Action.DELETE, Action.HARDLINK, Action.SYMLINK, Action.MOVE, Action.REFLINK]
+DATA = content(30_000, "fault")
+
+
+def make(tmp_path: Path, case: str, action: Action) -> tuple[Tree, Plan, str]:
+    tree = Tree(tmp_path / case / "t")
+    tree.file("k", DATA)
+    tree.file("sub/victim", DATA)
+    move_to = str(tmp_path / case / "moved")
+    result = find_duplicates([tree.root], ScanOptions(workers=0))
+    policy = Policy(action, move_to=move_to if action is Action.MOVE else None)
+    plan = make_plan(result.groups, result.roots, policy)
+    assert len(plan.operations) == 1
+    return tree, plan, move_to
+
+
+def clean_calls(tmp_path: Path, action: Action) -> list[str]:
+    """The calls one operation makes when nothing fails (a reflink on ext4 fails anyway)."""
+    _, plan, _ = make(tmp_path, "probe", action)
+    spy = Faulty()
+    summary = apply_plan(plan, sys=spy)
+    expected = Outcome.FAILED if action is Action.REFLINK else Outcome.DONE
+    assert summary.results[0].outcome is expected, summary.results[0].message
+    return spy.calls
+
+
+def state(root: str) -> dict[str, tuple[int, int, bytes]]:
+    """Inode, mtime and bytes of every file: "nothing changed" means all three."""
+    return {
+        path: (os.lstat(path).st_ino, os.lstat(path).st_mtime_ns, data)
+        for path, data in snapshot(root).items()
+    }
+
+
+@pytest.mark.parametrize("action", ACTIONS, ids=[a.value for a in ACTIONS])
+@pytest.mark.parametrize("err", ERRNOS, ids=[errno.errorcode[e] for e in ERRNOS])
+def test_any_call_failing_leaves_the_tree_as_it_was(
+    tmp_path: Path, action: Action, err: int
+) -> None:
+    calls = clean_calls(tmp_path, action)
+    assert "open" in calls
+    for nth, name in enumerate(calls, 1):
+        tree, plan, move_to = make(tmp_path, f"{name}-{nth}", action)
+        before = state(tree.root)
+        summary = apply_plan(plan, sys=Faulty(nth, err))
+        result = summary.results[0]
+        where = f"{action.value}: call {nth} ({name}) failing with {errno.errorcode[err]}"
+        assert result.outcome in (Outcome.SKIPPED, Outcome.FAILED), where
+        assert errno.errorcode[err] in result.message, f"{where}: {result.message}"
+        assert state(tree.root) == before, where
+        assert leftovers(tree.root) == [], where
+        assert not os.path.exists(os.path.join(move_to, "sub", "victim")), where
+
+
+def _journal(tmp_path: Path, name: str) -> FileJournal:
+    return FileJournal(str(tmp_path / f"{name}.jsonl"), {"test": name})
+
+
+@pytest.mark.parametrize("action", [Action.DELETE, Action.HARDLINK, Action.SYMLINK, Action.MOVE])
+def test_a_failed_rollback_is_loud_and_resume_puts_the_file_back(
+    tmp_path: Path, action: Action
+) -> None:
+    calls = clean_calls(tmp_path, action)
+    loud = 0
+    for nth, name in enumerate(calls, 1):
+        if name == "open":
+            continue
+        tree, plan, move_to = make(tmp_path, f"{name}-{nth}", action)
+        before = snapshot(tree.root)
+        journal = _journal(tmp_path, f"{name}-{nth}")
+        try:
+            summary = apply_plan(plan, sys=Faulty(nth, errno.EIO, persist=True), journal=journal)
+        finally:
+            journal.close()
+        result = summary.results[0]
+        where = f"{action.value}: calls {nth} ({name}) on failing"
+        stranded = leftovers(tree.root)
+        if result.outcome is Outcome.ROLLBACK_FAILED:
+            loud += 1
+            victim = tree.path("sub/victim")
+            assert "ROLLBACK FAILED" in result.message and repr(victim) in result.message, where
+            assert len(stranded) == 1 and repr(stranded[0]) in result.message, where
+            assert_nothing_lost(before, tree.root, stranded={victim: stranded[0]})
+        else:
+            assert result.outcome in (Outcome.SKIPPED, Outcome.FAILED), where
+            assert stranded == [], where
+        settled = resume(journal.path)
+        assert all(s.outcome is not Outcome.ROLLBACK_FAILED for s in settled), where
+        assert leftovers(tree.root) == [], where
+        assert_nothing_lost(before, tree.root)
+        assert not os.path.lexists(os.path.join(move_to, "sub", "victim")), where
+    if action is not Action.MOVE:  # a move's only change is one rename: nothing to roll back
+        assert loud, "no case made the rollback fail"
+
+
+def test_bytes_changed_after_the_rename_aside_are_caught(tmp_path: Path) -> None:
+    tree, plan, _ = make(tmp_path, "late", Action.HARDLINK)
+    victim = tree.path("sub/victim")
+    spy = Faulty()
+
+    def change(name: str, number: int) -> None:
+        if name == "rename_noreplace" and os.path.exists(victim):
+            # Same size, same mtime: only the bytes differ.
+            st = os.stat(victim)
+            with open(victim, "r+b") as f:
+                f.seek(100)
+                f.write(b"X")
+            os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    spy.hook = change
+    before = snapshot(tree.root)
+    result = apply_plan(plan, sys=spy).results[0]
+    assert result.outcome is Outcome.SKIPPED
+    assert "content differs" in result.message
+    assert os.lstat(victim).st_ino != os.lstat(tree.path("k")).st_ino
+    assert snapshot(tree.root)[tree.path("k")] == before[tree.path("k")]
+    assert leftovers(tree.root) == []
+
+
+def test_a_kept_file_swapped_before_the_link_is_caught(tmp_path: Path) -> None:
+    tree, plan, _ = make(tmp_path, "swap", Action.HARDLINK)
+    keep, victim = tree.path("k"), tree.path("sub/victim")
+    spy = Faulty()
+
+    def swap(name: str, number: int) -> None:
+        if name == "link":
+            os.rename(keep, keep + ".old")
+            Path(keep).write_bytes(b"an impostor")
+
+    spy.hook = swap
+    result = apply_plan(plan, sys=spy).results[0]
+    assert result.outcome is Outcome.SKIPPED
+    assert "not the kept file" in result.message
+    assert Path(victim).read_bytes() == DATA  # the victim is back, with its bytes
+    assert Path(keep).read_bytes() == b"an impostor"  # and the new file was not touched
+    assert leftovers(tree.root) == []
+
+
+def test_the_kept_file_deleted_before_the_commit_is_caught(tmp_path: Path) -> None:
+    tree, plan, _ = make(tmp_path, "gone", Action.DELETE)
+    keep, victim = tree.path("k"), tree.path("sub/victim")
+    spy = Faulty()
+
+    def remove_keep(name: str, number: int) -> None:
+        if name == "rename_noreplace" and os.path.exists(keep):
+            os.unlink(keep)
+
+    spy.hook = remove_keep
+    result = apply_plan(plan, sys=spy).results[0]
+    assert result.outcome is Outcome.SKIPPED
+    assert "kept file" in result.message
+    assert Path(victim).read_bytes() == DATA  # the last copy survives
+    assert leftovers(tree.root) == []
+
+
+def test_summary_counts(tmp_path: Path) -> None:
+    _, plan, _ = make(tmp_path, "count", Action.HARDLINK)
+    summary: ApplySummary = apply_plan(plan, sys=Faulty(3, errno.ENOSPC))
+    assert (summary.count(Outcome.DONE), summary.count(Outcome.FAILED)) == (0, 1)
+    assert not summary.clean and summary.reclaimed == 0

@@ -6,10 +6,12 @@ option is checked and the report read before the first file is touched.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Annotated
 
@@ -17,7 +19,7 @@ import typer
 
 from dedup_engine import __version__
 from dedup_engine.act import OpResult, Outcome
-from dedup_engine.apply import ApplySummary, apply_plan
+from dedup_engine.apply import ApplySummary, ProgressCallback, apply_plan
 from dedup_engine.cli import EXIT_FAILED, EXIT_ISSUES, EXIT_OK, fail_usage
 from dedup_engine.journal import FileJournal, JournalError, default_path, resume
 from dedup_engine.plan import Action, Keep, Policy, make_plan
@@ -81,6 +83,12 @@ def apply(
         typer.Option("--resume", help="Complete or roll back the interrupted run of JOURNAL."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only problems on stderr.")] = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress", help="Progress on stderr (default: when it is a terminal)."
+        ),
+    ] = None,
 ) -> None:
     """Act on the duplicates of a report: delete, link or move all but the kept copies."""
     if output_format not in ("text", "json"):
@@ -141,14 +149,32 @@ def apply(
         fail_usage(str(exc))
     if not quiet:
         typer.echo(f"journal: {path}", err=True)
+    show_progress = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
     try:
-        summary = apply_plan(plan, verify=not no_verify, journal=journal)
+        with _progress(show_progress, len(plan.operations)) as callback:
+            summary = apply_plan(plan, verify=not no_verify, journal=journal, progress=callback)
+    except JournalError as exc:
+        typer.echo(f"dedup: error: {exc}; stopped. Settle the run with --resume {path}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
     finally:
         journal.close()
     _print_results(summary, action, output_format, quiet)
     if summary.count(Outcome.ROLLBACK_FAILED):
         raise typer.Exit(EXIT_FAILED)
     raise typer.Exit(EXIT_OK if summary.clean else EXIT_ISSUES)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int) -> Iterator[ProgressCallback | None]:
+    if not enabled or total == 0:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    bar = Progress("apply", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
+    task = bar.add_task("apply", total=total)
+    with bar:
+        yield lambda done, _: bar.update(task, completed=done)
 
 
 def _move_target(to: Path) -> str:

@@ -29,7 +29,10 @@ JOURNAL_VERSION = 1
 
 
 class JournalError(Exception):
-    """A journal that cannot be created, read or locked; nothing was changed."""
+    """A journal that cannot be created, read, locked or written.
+
+    Raised before the first operation (nothing changed), or when a record cannot be written,
+    which stops the run: an operation whose `begin` is not on disk is never started."""
 
 
 def default_path() -> str:
@@ -100,8 +103,13 @@ class FileJournal:
     def _write(self, record: dict[str, Any]) -> None:
         # ensure_ascii: names that are not UTF-8 travel as \\udcxx escapes and come back exact.
         line = (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
-        os.write(self._fd, line)
-        os.fsync(self._fd)
+        try:
+            if os.write(self._fd, line) != len(line):
+                raise OSError(errno.ENOSPC, "short write")
+            os.fsync(self._fd)
+        except OSError as exc:
+            # Without a record on disk no further operation may start: the run stops here.
+            raise JournalError(f"cannot write journal {self.path!r}: {exc.strerror}") from None
 
 
 def _fsync_dir(directory: str) -> None:

@@ -192,3 +192,31 @@ def test_sigkill_in_the_middle_then_resume(
         assert len({os.lstat(p).st_ino for p in before}) == 400
     if action is Action.SYMLINK:
         assert sum(os.path.islink(p) for p in before) == 800
+
+
+def test_a_journal_that_cannot_be_written_stops_the_run_before_the_next_operation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree, plan, _ = make(tmp_path, Action.HARDLINK)
+    before = snapshot(tree.root)
+    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
+    writes = 0
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        nonlocal writes
+        writes += 1
+        if writes == 3:  # the second operation's begin record
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr("dedup_engine.journal.os.fsync", failing_fsync)
+    with pytest.raises(JournalError, match="No space left"):
+        apply_plan(plan, journal=journal)
+    monkeypatch.undo()
+    journal.close()
+    first, second = (op.victim.path for op in plan.operations)
+    assert os.lstat(first).st_ino == os.lstat(tree.path("k")).st_ino  # done
+    assert os.lstat(second).st_ino != os.lstat(tree.path("k")).st_ino  # never started
+    assert leftovers(tree.root) == []
+    assert_nothing_lost(before, tree.root)

@@ -160,6 +160,7 @@ def apply(
         journal.close()
     _print_results(summary, action, output_format, quiet)
     if summary.count(Outcome.ROLLBACK_FAILED):
+        typer.echo(f"dedup: once the cause is fixed: dedup apply --resume {path}", err=True)
         raise typer.Exit(EXIT_FAILED)
     raise typer.Exit(EXIT_OK if summary.clean else EXIT_ISSUES)
 

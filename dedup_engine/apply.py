@@ -5,12 +5,11 @@ Within a group, the first operation that does not complete stops the group: the 
 skipped with that reason, so a group that changed since the report is left as it is now.
 Space reclaimed is measured, not predicted: from st_blocks of each file whose last name went
 (so sparse files and files with other links count right), and for reflinks, which leave every
-file its st_blocks, from the free space of each filesystem before and after.
+file its st_blocks, from the filesystem's free space just before and after each one.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,8 +46,6 @@ def apply_plan(
 ) -> ApplySummary:
     """Carry out `plan` operation by operation; never raises for a per-file problem."""
     actor = Actor(verify=verify, sys=sys, journal=journal)
-    reflink = any(op.action is Action.REFLINK for op in plan.operations)
-    free_before = _free_space(plan) if reflink else {}
     results: list[OpResult] = []
     stopped: dict[int, str] = {}
     total = len(plan.operations)
@@ -62,23 +59,8 @@ def apply_plan(
         results.append(result)
         if progress is not None:
             progress(index + 1, total)
-    if reflink:
-        after = _free_space(plan)
-        reclaimed = sum(after[dev] - free_before[dev] for dev in after if dev in free_before)
-        return ApplySummary(tuple(results), plan.skipped, reclaimed, "free space")
+    reflink = any(op.action is Action.REFLINK for op in plan.operations)
     reclaimed = sum(r.reclaimed for r in results)
-    return ApplySummary(tuple(results), plan.skipped, reclaimed, "st_blocks")
-
-
-def _free_space(plan: Plan) -> dict[int, int]:
-    """Free bytes of each filesystem holding a victim, keyed by device."""
-    free: dict[int, int] = {}
-    for op in plan.operations:
-        if op.victim.dev in free:
-            continue
-        try:
-            info = os.statvfs(os.path.dirname(op.victim.path))
-        except OSError:
-            continue
-        free[op.victim.dev] = info.f_bfree * info.f_frsize
-    return free
+    return ApplySummary(
+        tuple(results), plan.skipped, reclaimed, "free space" if reflink else "st_blocks"
+    )

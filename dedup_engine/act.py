@@ -118,6 +118,11 @@ class Actor:
             st = os.lstat(entry.path)
         except OSError as exc:
             raise _Skip(f"{role} {entry.path!r}: {_why(exc)}") from None
+        directory = os.path.dirname(entry.path)
+        if os.path.realpath(directory) != directory:
+            # Only a report made with -L names such paths: acting through the link would
+            # change a file outside the roots that were searched.
+            raise _Skip(f"{role} {entry.path!r} is reached through a symlinked directory")
         problem = self._differs(st, entry)
         if problem:
             raise _Skip(f"{role} {entry.path!r} changed since the report: {problem}")

@@ -10,26 +10,27 @@ import contextlib
 import gc
 import io
 import os
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Annotated, Any, NoReturn
+from typing import IO, Annotated, Any
 
 import typer
 
 from dedup_engine import __version__
+from dedup_engine.cli_common import (
+    EXIT_DUPLICATES,
+    EXIT_FAILED,
+    EXIT_ISSUES,
+    fail_usage,
+    parse_size,
+    reader_may_leave,
+)
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.pipeline import Progress, ProgressCallback, find_duplicates
 from dedup_engine.pool import WorkerError
 from dedup_engine.records import FindResult
 from dedup_engine.report import Format, human_size, write_csv, write_fdupes, write_json, write_text
-
-EXIT_OK = 0
-EXIT_ISSUES = 1
-EXIT_USAGE = 2
-EXIT_DUPLICATES = 3
-EXIT_FAILED = 4
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done; 1 done, but some files could not be read; 2 usage error; "
@@ -45,17 +46,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-def parse_size(text: str) -> int:
-    """'4096', '4K', '4KiB', '1.5' is refused; units are binary (K = 1024)."""
-    match = _SIZE.match(text)
-    if not match:
-        raise typer.BadParameter(f"{text!r} is not a size (examples: 4096, 64K, 10M, 1G)")
-    return int(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
 def _version(value: bool) -> None:
@@ -187,15 +177,8 @@ def find(
     except WorkerError as exc:
         typer.echo(f"dedup: error: {exc}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
-    try:
-        with _open_output(output) as out:
-            _write(result, options, output_format, out)
-    except BrokenPipeError:
-        # The reader stopped early (`dedup find ... | head`): not an error of ours.  Later writes
-        # to stdout go nowhere, so the exit does not fail on flushing it.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+    with reader_may_leave(), _open_output(output) as out:
+        _write(result, options, output_format, out)
     if show_stats:
         _print_stats(result)
     if not quiet and (output_format is not Format.TEXT or output is not None):
@@ -243,11 +226,6 @@ def _write(result: FindResult, options: ScanOptions, form: Format, out: IO[bytes
         write_fdupes(result.groups, out)
     else:
         write_text(result, out)
-
-
-def fail_usage(message: str) -> NoReturn:
-    typer.echo(f"dedup: error: {message}", err=True)
-    raise typer.Exit(EXIT_USAGE)
 
 
 @contextlib.contextmanager

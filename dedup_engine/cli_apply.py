@@ -20,7 +20,7 @@ import typer
 from dedup_engine import __version__
 from dedup_engine.act import OpResult, Outcome
 from dedup_engine.apply import ApplySummary, ProgressCallback, apply_plan
-from dedup_engine.cli import EXIT_FAILED, EXIT_ISSUES, EXIT_OK, fail_usage
+from dedup_engine.cli_common import EXIT_FAILED, EXIT_ISSUES, EXIT_OK, fail_usage, reader_may_leave
 from dedup_engine.journal import FileJournal, JournalError, default_path, resume
 from dedup_engine.plan import Action, Keep, Policy, make_plan
 from dedup_engine.planfmt import write_json, write_script, write_text
@@ -96,6 +96,8 @@ def apply(
     if resume_journal is not None:
         if report is not None or action is not None:
             fail_usage("--resume takes only the journal")
+        if dry_run or script is not None:
+            fail_usage("--resume acts on the disk; it takes no --dry-run or --script")
         raise typer.Exit(_resume(str(resume_journal), quiet))
     if report is None:
         fail_usage("missing REPORT (a JSON report, or '-' for stdin)")
@@ -114,14 +116,15 @@ def apply(
     plan = make_plan(source.groups, source.roots, policy)
 
     if dry_run:
-        if output_format == "json":
-            text = io.TextIOWrapper(sys.stdout.buffer, encoding="ascii", newline="\n")
-            write_json(plan, action, text)
-            text.flush()
-            text.detach()
-        else:
-            write_text(plan, sys.stdout.buffer)
-        sys.stdout.buffer.flush()
+        with reader_may_leave():
+            if output_format == "json":
+                text = io.TextIOWrapper(sys.stdout.buffer, encoding="ascii", newline="\n")
+                write_json(plan, action, text)
+                text.flush()
+                text.detach()
+            else:
+                write_text(plan, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
         raise typer.Exit(EXIT_OK)
     if script is not None:
         try:
@@ -202,7 +205,8 @@ def _print_results(summary: ApplySummary, action: Action, form: str, quiet: bool
     failed = summary.count(Outcome.FAILED)
     broken = summary.count(Outcome.ROLLBACK_FAILED)
     if form == "json":
-        _write_json_results(summary, action, sys.stdout)
+        with reader_may_leave():
+            _write_json_results(summary, action, sys.stdout)
     for result in summary.results:
         if result.outcome is Outcome.ROLLBACK_FAILED:
             typer.echo(f"dedup: {printable(result.message)}", err=True)
@@ -215,7 +219,8 @@ def _print_results(summary: ApplySummary, action: Action, form: str, quiet: bool
         + (f"; {len(summary.left_alone)} groups left alone" if summary.left_alone else "")
     )
     if form == "text":
-        print(line)
+        with reader_may_leave():
+            print(line)
     elif not quiet:
         typer.echo(line, err=True)
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dedup_engine.cli import EXIT_ISSUES, fail_usage, parse_size
+from dedup_engine.cli_common import EXIT_ISSUES, fail_usage, parse_size
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.pipeline import canonical_roots
 from dedup_engine.report import human_size

@@ -48,6 +48,8 @@ class FileJournal:
     def __init__(self, path: str, header: dict[str, Any]) -> None:
         self.path = path
         directory = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise JournalError(f"journal {path!r} is a directory: give a file name")
         try:
             os.makedirs(directory, exist_ok=True)
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)

@@ -5,7 +5,8 @@ tested exactly.  The acting step re-checks every file against the report before 
 Rules: which copy is kept follows `--keep-path`, then the `--keep` order; at least `min_copies`
 distinct files (inodes) survive in every group, and further names of a kept file do not count
 as copies; a protected path is never touched (its file is kept, and counts as a copy); a group
-whose names are all one file is left alone.
+whose names are all one file is left alone; a move never sends two files to one target (the same
+path below two roots): that group is left alone, with the reason.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def make_plan(groups: Sequence[DuplicateGroup], roots: Sequence[str], policy: Po
     """The operations for every group, in report order; groups with nothing to do are skipped."""
     operations: list[Operation] = []
     skipped: list[Skipped] = []
+    targets: set[str] = set()  # move targets planned so far: each receives one file
     order = _order(policy, roots)
     for index, group in enumerate(groups):
         files: dict[tuple[int, int], list[FileEntry]] = {}
@@ -102,14 +104,33 @@ def make_plan(groups: Sequence[DuplicateGroup], roots: Sequence[str], policy: Po
             skipped.append(Skipped(index, reason))
             continue
         keep = names[kept[0]][0]
+        planned = []
         for key in victims:
             entries = names[key]
             if policy.action is Action.REFLINK:
                 entries = entries[:1]  # one name shares the file's blocks for all its names
             for victim in entries:
                 target = _moved(victim.path, roots, policy.move_to) if policy.move_to else None
-                operations.append(Operation(index, policy.action, victim, keep, target))
+                planned.append(Operation(index, policy.action, victim, keep, target))
+        clash = _clash(planned, targets)
+        if clash:
+            skipped.append(Skipped(index, f"two files would move to {clash!r} (same path below "
+                                   "two roots); move them in separate runs"))  # fmt: skip
+            continue
+        targets.update(op.target for op in planned if op.target)
+        operations.extend(planned)
     return Plan(tuple(operations), tuple(skipped))
+
+
+def _clash(planned: Sequence[Operation], targets: set[str]) -> str | None:
+    """A move target already taken by an earlier operation, or by two of these."""
+    seen = set(targets)
+    for op in planned:
+        if op.target is not None:
+            if op.target in seen:
+                return op.target
+            seen.add(op.target)
+    return None
 
 
 def _order(policy: Policy, roots: Sequence[str]) -> Callable[[FileEntry], tuple[object, ...]]:

@@ -19,7 +19,7 @@ from treebuilder import Tree, content
 from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.act import Outcome
 from dedup_engine.apply import ApplySummary, apply_plan
-from dedup_engine.journal import FileJournal
+from dedup_engine.journal import FileJournal, JournalError
 from dedup_engine.plan import Action, Keep, Plan, Policy, make_plan
 
 
@@ -276,3 +276,24 @@ def test_across_filesystems_is_refused_without_fallback(tmp_path: Path, action: 
         import shutil
 
         shutil.rmtree(far.root, ignore_errors=True)
+
+
+def test_a_path_through_a_symlinked_directory_is_not_acted_on(tmp_path: Path) -> None:
+    """Regression: a report made with -L named files outside the roots, and apply acted."""
+    t = Tree(tmp_path)
+    data = content(10_000, 9)
+    t.file("outside/x", data)
+    t.file("top/a/x", data)
+    t.symlink("top/link", "../outside")
+    result = find_duplicates([t.path("top")], ScanOptions(workers=0, follow_links=True))
+    plan = make_plan(result.groups, result.roots, Policy(Action.DELETE))
+    assert [op.victim.path for op in plan.operations] == [t.path("top/link/x")]
+    summary = apply_plan(plan)
+    assert outcomes(summary) == [Outcome.SKIPPED]
+    assert "symlinked directory" in summary.results[0].message
+    assert t.read("outside/x") == data
+
+
+def test_a_journal_path_that_is_a_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match="is a directory"):
+        FileJournal(str(tmp_path), {})

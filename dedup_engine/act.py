@@ -90,6 +90,8 @@ class Actor:
     def _run(self, index: int, op: Operation) -> OpResult:
         victim, keep = op.victim, op.keep
         self._check(keep, "kept file")
+        for other in op.also_kept:  # the further copies --min-copies and --protect count on
+            self._check(other, "kept copy")
         self._check(victim, "victim")
         if op.action in (Action.HARDLINK, Action.REFLINK) and victim.dev != keep.dev:
             raise _Skip(f"{op.action.value} across filesystems is refused (no fallback)")
@@ -178,6 +180,7 @@ class Actor:
             step = "compare the bytes"
             if self.verify and not self._same_bytes(keep_fd, victim_fd, op):
                 return undo.back(self, index, "content differs from the kept file", skip=True)
+            compared = _content_stamp(keep_fd), _content_stamp(victim_fd)
             if op.action is Action.HARDLINK:
                 step = "link"
                 self.sys.link(op.keep.path, path)
@@ -190,13 +193,18 @@ class Actor:
                 undo.created = True
                 if not _is_symlink_to(path, op.keep.path, os.fstat(keep_fd)):
                     return undo.back(self, index, f"{path!r} is not a symlink to the kept file")
-            # The last moment before a name goes for good: the kept copy must still be there.
+            # The last moment before a name goes for good: the kept copy must still be there,
+            # and neither file written to since their bytes were compared.
             if not _same_file(_lstat(op.keep.path), os.fstat(keep_fd)):
                 return undo.back(self, index, f"kept file {op.keep.path!r} changed", skip=True)
+            if (_content_stamp(keep_fd), _content_stamp(victim_fd)) != compared:
+                why = "a file was written to while it was being compared"
+                return undo.back(self, index, why, skip=True)
             step = "remove the set-aside name"
             self.sys.unlink(aside)
         except OSError as exc:
             return undo.back(self, index, f"{step}: {_why(exc)}", failed=True)
+        _sync_dir(os.path.dirname(path))
         after = os.fstat(victim_fd)
         reclaimed = before.st_blocks * 512 if after.st_nlink == 0 else 0
         if op.action is Action.SYMLINK:
@@ -225,6 +233,8 @@ class Actor:
         except OSError as exc:
             return self._end(index, op, Outcome.FAILED, f"cannot move to {target!r}: {_why(exc)}")
         if _same_file(_lstat(target), before):
+            _sync_dir(os.path.dirname(target))
+            _sync_dir(os.path.dirname(path))
             self._remember(keep_fd, victim_fd)
             return self._end(index, op, Outcome.DONE, "")
         try:
@@ -324,8 +334,13 @@ class _Undo:
         if st is None:
             return True  # nothing there: nothing to remove
         if self.op.action is Action.HARDLINK:
-            keep = _lstat(self.op.keep.path)
-            return keep is not None and _same_file(st, keep) and stat.S_ISREG(st.st_mode)
+            # The link names the kept inode, or whatever the kept path named when we linked
+            # it (it was swapped).  Removing it loses nothing: the victim's bytes go back in.
+            linked = {(self.op.keep.dev, self.op.keep.ino)}
+            now = _lstat(self.op.keep.path)
+            if now is not None:
+                linked.add((now.st_dev, now.st_ino))
+            return (st.st_dev, st.st_ino) in linked and stat.S_ISREG(st.st_mode)
         if self.op.action is Action.SYMLINK:
             return stat.S_ISLNK(st.st_mode) and _readlink(path) == self.op.keep.path
         return False
@@ -362,6 +377,28 @@ def _device_of(target: str) -> int | None:
             parent = os.path.dirname(parent)
         except OSError:
             return None
+
+
+def _sync_dir(directory: str) -> None:
+    """Make the directory's new entries durable before the journal says "done": resume
+    trusts a done record, and on some filesystems (btrfs) the journal's fsync alone does not
+    carry the rename and link with it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # the operation is done; a directory that cannot be synced is no reason to undo it
+    finally:
+        os.close(fd)
+
+
+def _content_stamp(fd: int) -> tuple[int, int]:
+    """Size and mtime: what any write changes (our own links and renames change only ctime)."""
+    st = os.fstat(fd)
+    return st.st_size, st.st_mtime_ns
 
 
 def _free_bytes(fd: int) -> int:

@@ -75,7 +75,11 @@ class RealSyscalls:
         # A filesystem without RENAME_NOREPLACE: link refuses an existing name as well, and
         # `src` is one of our own names, so removing it after the link loses nothing.
         os.link(src, dst, follow_symlinks=False)
-        os.unlink(src)
+        try:
+            os.unlink(src)
+        except OSError:
+            os.unlink(dst)  # not renamed after all: leave no second name behind
+            raise
 
     def link(self, src: str, dst: str) -> None:
         os.link(src, dst, follow_symlinks=False)

@@ -78,7 +78,18 @@ class FileJournal:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise JournalError(f"journal {path!r} is in use: its run is still going") from None
             raise
+        journal._drop_torn_tail()
         return journal
+
+    def _drop_torn_tail(self) -> None:
+        # A record cut short (a kill, a full disk) was never complete, so its step was never
+        # taken; cut it off, or the next record would be glued to it and unreadable.
+        with open(self.path, "rb") as source:
+            data = source.read()
+        end = data.rfind(b"\n") + 1
+        if end != len(data):
+            os.ftruncate(self._fd, end)
+            os.fsync(self._fd)
 
     def begin(self, index: int, op: Operation, aside: str | None) -> None:
         self._write(
@@ -107,6 +118,7 @@ class FileJournal:
         line = (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
         try:
             if os.write(self._fd, line) != len(line):
+                self._drop_torn_tail()
                 raise OSError(errno.ENOSPC, "short write")
             os.fsync(self._fd)
         except OSError as exc:
@@ -233,11 +245,17 @@ def _settle_replace(item: Pending, sys: Syscalls) -> tuple[Outcome, str]:
     if at_aside is None:
         if _is(at_path, item.victim):
             return Outcome.SKIPPED, f"{path!r} had not been touched"
-        if ours or (at_path is None and item.action is Action.DELETE):
+        if ours:
             return Outcome.DONE, f"{path!r} had been completed"
+        if at_path is None and item.action is Action.DELETE and _deleted_here(item):
+            return Outcome.DONE, f"{path!r} had been deleted"
         return Outcome.ROLLBACK_FAILED, f"{path!r} is not the file the journal names; left alone"
     if not _is(at_aside, item.victim):
         return Outcome.ROLLBACK_FAILED, f"{aside!r} is not the victim; left alone"
+    if _is(at_path, item.victim):
+        # A rename without RENAME_NOREPLACE is a link then an unlink: stopped between the two.
+        sys.unlink(aside)
+        return Outcome.SKIPPED, f"{path!r} had not been replaced; {aside!r} removed"
     if at_path is None:
         sys.rename_noreplace(aside, path)
         return Outcome.SKIPPED, f"{path!r} put back from {aside!r}"
@@ -252,6 +270,17 @@ def _settle_replace(item: Pending, sys: Syscalls) -> tuple[Outcome, str]:
     sys.unlink(path)
     sys.rename_noreplace(aside, path)
     return Outcome.SKIPPED, f"{path!r} put back: its bytes no longer match the kept file"
+
+
+def _deleted_here(item: Pending) -> bool:
+    """Both names gone is a completed delete only where the directory is the one we worked in
+    (not an unmounted volume or a renamed directory) and the kept file is still there."""
+    try:
+        directory = os.stat(os.path.dirname(item.path))
+        keep = os.lstat(item.keep)
+    except OSError:
+        return False
+    return directory.st_dev == item.victim[0] and (keep.st_dev, keep.st_ino) == item.kept
 
 
 def _is_new(item: Pending, path: str, st: os.stat_result) -> bool:

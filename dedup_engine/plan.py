@@ -63,6 +63,7 @@ class Operation:
     victim: FileEntry
     keep: FileEntry
     target: str | None = None  # for move: where the victim goes
+    also_kept: tuple[FileEntry, ...] = ()  # the group's other kept files: re-checked, never touched
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,7 @@ def make_plan(groups: Sequence[DuplicateGroup], roots: Sequence[str], policy: Po
             skipped.append(Skipped(index, reason))
             continue
         keep = names[kept[0]][0]
+        also_kept = tuple(names[key][0] for key in kept[1:])
         planned = []
         for key in victims:
             entries = names[key]
@@ -111,7 +113,7 @@ def make_plan(groups: Sequence[DuplicateGroup], roots: Sequence[str], policy: Po
                 entries = entries[:1]  # one name shares the file's blocks for all its names
             for victim in entries:
                 target = _moved(victim.path, roots, policy.move_to) if policy.move_to else None
-                planned.append(Operation(index, policy.action, victim, keep, target))
+                planned.append(Operation(index, policy.action, victim, keep, target, also_kept))
         clash = _clash(planned, targets)
         if clash:
             skipped.append(Skipped(index, f"two files would move to {clash!r} (same path below "

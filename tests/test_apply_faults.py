@@ -186,3 +186,52 @@ def test_summary_counts(tmp_path: Path) -> None:
     summary: ApplySummary = apply_plan(plan, sys=Faulty(3, errno.ENOSPC))
     assert (summary.count(Outcome.DONE), summary.count(Outcome.FAILED)) == (0, 1)
     assert not summary.clean and summary.reclaimed == 0
+
+
+# -- regressions from the safety review --------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", [Action.HARDLINK, Action.SYMLINK])
+@pytest.mark.parametrize("written", ["k", "sub/victim"])
+def test_a_write_after_the_comparison_is_caught_before_the_commit(
+    tmp_path: Path, action: Action, written: str
+) -> None:
+    """Regression: a file edited in place between the byte comparison and the final unlink."""
+    tree, plan, _ = make(tmp_path, f"{action.value}-{written.replace('/', '-')}", action)
+    spy = Faulty()
+
+    def edit(name: str, number: int) -> None:
+        if name in ("link", "symlink"):  # after the comparison, before the commit
+            target = tree.path("k") if written == "k" else leftovers(tree.root)[0]
+            with open(target, "r+b") as f:
+                f.write(b"EDITED")
+
+    spy.hook = edit
+    result = apply_plan(plan, sys=spy).results[0]
+    assert result.outcome is Outcome.SKIPPED
+    assert "written to" in result.message
+    assert leftovers(tree.root) == []
+    # Both files are back as they were, the edit included: no content was lost.
+    victim, keep = Path(tree.path("sub/victim")), Path(tree.path("k"))
+    assert not victim.is_symlink() and os.lstat(victim).st_ino != os.lstat(keep).st_ino
+    edited = b"EDITED" + DATA[6:]
+    assert (keep.read_bytes(), victim.read_bytes()) == (
+        (edited, DATA) if written == "k" else (DATA, edited)
+    )
+
+
+def test_min_copies_are_rechecked_before_acting(tmp_path: Path) -> None:
+    """Regression: only the first kept file was re-checked, so a changed second copy went
+    unnoticed and fewer than --min-copies copies were left."""
+    tree = Tree(tmp_path / "t")
+    for name in ("a", "bb", "ccc"):
+        tree.file(name, DATA)
+    result = find_duplicates([tree.root], ScanOptions(workers=0))
+    plan = make_plan(result.groups, result.roots, Policy(Action.DELETE, min_copies=2))
+    assert [op.victim.path for op in plan.operations] == [tree.path("ccc")]
+    assert [k.path for k in plan.operations[0].also_kept] == [tree.path("bb")]
+    Path(tree.path("bb")).write_bytes(b"changed")
+    summary = apply_plan(plan)
+    assert summary.results[0].outcome is Outcome.SKIPPED
+    assert "kept copy" in summary.results[0].message
+    assert Path(tree.path("ccc")).read_bytes() == DATA

@@ -220,3 +220,50 @@ def test_a_journal_that_cannot_be_written_stops_the_run_before_the_next_operatio
     assert os.lstat(second).st_ino != os.lstat(tree.path("k")).st_ino  # never started
     assert leftovers(tree.root) == []
     assert_nothing_lost(before, tree.root)
+
+
+def test_resume_does_not_call_a_delete_done_when_its_directory_is_missing(tmp_path: Path) -> None:
+    """Regression: both names missing (an unmounted volume, a renamed directory) was taken
+    for a completed delete, and the file was left under its temporary name for good."""
+    tree, plan, _ = make(tmp_path, Action.DELETE)
+    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
+    with pytest.raises(Crash):
+        apply_plan(plan, sys=Faulty(3, crash="after"), journal=journal)  # after the set-aside
+    journal.close()
+    os.rename(tree.path("sub"), tree.path("sub-elsewhere"))
+    [settled] = resume(journal.path)
+    assert settled.outcome is Outcome.ROLLBACK_FAILED
+    assert leftovers(tree.path("sub-elsewhere"))  # still there for a person, not forgotten
+    os.rename(tree.path("sub-elsewhere"), tree.path("sub"))
+    [again] = resume(journal.path)  # still open in the journal: settled once the dir is back
+    assert again.outcome is Outcome.SKIPPED
+    assert Path(tree.path("sub/victim")).read_bytes() == DATA and leftovers(tree.root) == []
+
+
+def test_resume_after_a_torn_record_leaves_a_readable_journal(tmp_path: Path) -> None:
+    """Regression: resume glued its record to the torn one, and the journal became unreadable."""
+    tree, plan, _ = make(tmp_path, Action.HARDLINK)
+    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
+    with pytest.raises(Crash):
+        apply_plan(plan, sys=Faulty(3, crash="after"), journal=journal)
+    journal.close()
+    with open(journal.path, "ab") as f:
+        f.write(b'{"op": 7, "sta')
+    resume(journal.path)
+    _, pending = read(journal.path)  # no "damaged" line
+    assert pending == [] and leftovers(tree.root) == []
+
+
+def test_resume_removes_a_second_name_left_by_a_link_and_unlink_rename(tmp_path: Path) -> None:
+    """Regression: where renameat2 is missing the set-aside is a link then an unlink; stopped
+    between the two, both names are the victim, and resume called that a foreign file."""
+    tree, plan, _ = make(tmp_path, Action.HARDLINK)
+    op = plan.operations[0]
+    aside = os.path.join(os.path.dirname(op.victim.path), ".dedup-0000.tmp")
+    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
+    journal.begin(0, op, aside)
+    journal.close()
+    os.link(op.victim.path, aside)
+    [settled] = resume(journal.path)
+    assert settled.outcome is Outcome.SKIPPED
+    assert leftovers(tree.root) == [] and Path(op.victim.path).read_bytes() == DATA

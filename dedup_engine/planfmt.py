@@ -75,25 +75,34 @@ def write_json(plan: Plan, action: Action, out: IO[str]) -> None:
 _PRELUDE = r"""set -u
 failed=0
 fail() { printf 'dedup script: %s\n' "$*" >&2; failed=1; }
-# Both names are regular files (not symlinks) with the same bytes.
-same() { [ -f "$1" ] && [ ! -L "$1" ] && [ -f "$2" ] && [ ! -L "$2" ] && cmp -s -- "$1" "$2"; }
-aside() {  # keep victim tmp: check, then move the victim aside
+# Two names of two different regular files (not symlinks, not one file) with the same bytes.
+same() {
+    [ -f "$1" ] && [ ! -L "$1" ] && [ -f "$2" ] && [ ! -L "$2" ] && ! [ "$1" -ef "$2" ] &&
+        cmp -s -- "$1" "$2"
+}
+aside() {  # keep victim tmp: check, then move the victim aside (never over another name)
     same "$1" "$2" || { fail "skipped, no longer a copy of $1: $2"; return 1; }
     if [ -e "$3" ] || [ -L "$3" ]; then fail "skipped, $3 exists: $2"; return 1; fi
-    mv -- "$2" "$3" || { fail "cannot set aside: $2"; return 1; }
+    mv -n -- "$2" "$3" && [ ! -e "$2" ] && [ ! -L "$2" ] ||
+        { fail "cannot set aside: $2"; return 1; }
 }
-back() {  # victim tmp: put the victim back after a failed step
-    if [ -e "$1" ] || [ -L "$1" ]; then rm -f -- "$1"; fi
-    mv -- "$2" "$1" || fail "ROLLBACK FAILED: the original of $1 is at $2"
+back() {  # victim tmp: put the victim back, never over a file someone else put there
+    if [ -e "$1" ] || [ -L "$1" ]; then
+        fail "ROLLBACK FAILED: $1 now holds another file; the original is at $2"; return
+    fi
+    mv -n -- "$2" "$1" || fail "ROLLBACK FAILED: the original of $1 is at $2"
 }
-do_delete() { aside "$@" || return 0; rm -f -- "$3" || back "$2" "$3"; }
+do_delete() { aside "$@" || return 0; rm -f -- "$3" || fail "cannot remove $3 (a copy of $1)"; }
 do_hardlink() {
     aside "$@" || return 0
-    if ln -- "$1" "$2"; then rm -f -- "$3"; else fail "cannot link: $2"; back "$2" "$3"; fi
+    if ! ln -T -- "$1" "$2"; then fail "cannot link: $2"; back "$2" "$3"; return 0; fi
+    if [ "$1" -ef "$2" ]; then rm -f -- "$3"; else fail "$2 is not $1; the original is at $3"; fi
 }
 do_symlink() {
     aside "$@" || return 0
-    if ln -s -- "$1" "$2"; then rm -f -- "$3"; else fail "cannot symlink: $2"; back "$2" "$3"; fi
+    if ! ln -s -T -- "$1" "$2"; then fail "cannot symlink: $2"; back "$2" "$3"; return 0; fi
+    if [ -L "$2" ] && [ "$1" -ef "$2" ]; then rm -f -- "$3"
+    else fail "$2 is not a link to $1; the original is at $3"; fi
 }
 do_reflink() {  # keep victim size: the kernel compares the bytes itself
     same "$1" "$2" || { fail "skipped, no longer a copy of $1: $2"; return 0; }
@@ -103,7 +112,7 @@ do_reflink() {  # keep victim size: the kernel compares the bytes itself
 do_move() {  # keep victim target target-dir
     same "$1" "$2" || { fail "skipped, no longer a copy of $1: $2"; return 0; }
     if [ -e "$3" ] || [ -L "$3" ]; then fail "skipped, $3 exists"; return 0; fi
-    mkdir -p -- "$4" && mv -n -- "$2" "$3" || fail "cannot move: $2"
+    mkdir -p -- "$4" && mv -n -- "$2" "$3" && [ ! -e "$2" ] || fail "cannot move: $2"
 }
 """
 

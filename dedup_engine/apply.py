@@ -26,6 +26,7 @@ class ApplySummary:
     left_alone: tuple[Skipped, ...]  # groups the plan had nothing to do for
     reclaimed: int  # bytes
     measured_by: str  # "st_blocks" or "free space" (reflink)
+    interrupted: bool = False  # stopped between operations; `results` holds those done so far
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for r in self.results if r.outcome is outcome)
@@ -33,7 +34,7 @@ class ApplySummary:
     @property
     def clean(self) -> bool:
         """Every planned operation was done."""
-        return all(r.outcome is Outcome.DONE for r in self.results)
+        return not self.interrupted and all(r.outcome is Outcome.DONE for r in self.results)
 
 
 def apply_plan(
@@ -43,13 +44,21 @@ def apply_plan(
     journal: Journal | None = None,
     sys: Syscalls = REAL,
     progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> ApplySummary:
-    """Carry out `plan` operation by operation; never raises for a per-file problem."""
+    """Carry out `plan` operation by operation; never raises for a per-file problem.
+
+    `should_stop` is asked between operations (never during one): the command sets it on
+    Ctrl-C or SIGTERM, so an interrupted run leaves nothing half done."""
     actor = Actor(verify=verify, sys=sys, journal=journal)
     results: list[OpResult] = []
     stopped: dict[int, str] = {}
     total = len(plan.operations)
+    interrupted = False
     for index, op in enumerate(plan.operations):
+        if should_stop is not None and should_stop():
+            interrupted = True
+            break
         if op.group in stopped:
             result = OpResult(op, Outcome.SKIPPED, f"group stopped: {stopped[op.group]}")
         else:
@@ -61,6 +70,5 @@ def apply_plan(
             progress(index + 1, total)
     reflink = any(op.action is Action.REFLINK for op in plan.operations)
     reclaimed = sum(r.reclaimed for r in results)
-    return ApplySummary(
-        tuple(results), plan.skipped, reclaimed, "free space" if reflink else "st_blocks"
-    )
+    measured_by = "free space" if reflink else "st_blocks"
+    return ApplySummary(tuple(results), plan.skipped, reclaimed, measured_by, interrupted)

@@ -10,8 +10,9 @@ import contextlib
 import io
 import json
 import os
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Annotated
 
@@ -20,16 +21,25 @@ import typer
 from dedup_engine import __version__
 from dedup_engine.act import OpResult, Outcome
 from dedup_engine.apply import ApplySummary, ProgressCallback, apply_plan
-from dedup_engine.cli_common import EXIT_FAILED, EXIT_ISSUES, EXIT_OK, fail_usage, reader_may_leave
+from dedup_engine.cli_common import (
+    EXIT_FAILED,
+    EXIT_ISSUES,
+    EXIT_OK,
+    fail_usage,
+    reader_may_leave,
+)
 from dedup_engine.journal import FileJournal, JournalError, default_path, resume
-from dedup_engine.plan import Action, Keep, Policy, make_plan
+from dedup_engine.plan import Action, Keep, Policy, make_plan, matches
 from dedup_engine.planfmt import write_json, write_script, write_text
 from dedup_engine.report import Report, ReportError, human_size, printable, read_json
+
+EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
 
 APPLY_EXIT_HELP = (
     "Exit codes: 0 every planned operation done (or printed); 1 some were skipped or failed, "
     "and were rolled back; 2 usage error (nothing was touched); 4 a rollback failed: a file is "
-    "under a temporary name, named on stderr."
+    "under a temporary name, named on stderr; 130 interrupted (Ctrl-C, SIGTERM) between "
+    "operations, nothing half done."
 )
 
 
@@ -113,6 +123,7 @@ def apply(
     except ValueError as exc:
         fail_usage(str(exc))
     source = _read_report(report)
+    _warn_unmatched(source, policy)
     plan = make_plan(source.groups, source.roots, policy)
 
     if dry_run:
@@ -154,18 +165,57 @@ def apply(
         typer.echo(f"journal: {path}", err=True)
     show_progress = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
     try:
-        with _progress(show_progress, len(plan.operations)) as callback:
-            summary = apply_plan(plan, verify=not no_verify, journal=journal, progress=callback)
+        with _progress(show_progress, len(plan.operations)) as callback, _deferred() as stop:
+            summary = apply_plan(
+                plan, verify=not no_verify, journal=journal, progress=callback, should_stop=stop
+            )
     except JournalError as exc:
         typer.echo(f"dedup: error: {exc}; stopped. Settle the run with --resume {path}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
     finally:
         journal.close()
     _print_results(summary, action, output_format, quiet)
+    if summary.interrupted:
+        left = len(plan.operations) - len(summary.results)
+        typer.echo(
+            f"dedup: interrupted: stopped between operations, {left} not started; nothing is "
+            "half done. Run find and apply again to finish.",
+            err=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
     if summary.count(Outcome.ROLLBACK_FAILED):
         typer.echo(f"dedup: once the cause is fixed: dedup apply --resume {path}", err=True)
         raise typer.Exit(EXIT_FAILED)
     raise typer.Exit(EXIT_OK if summary.clean else EXIT_ISSUES)
+
+
+@contextlib.contextmanager
+def _deferred() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C, SIGTERM and SIGHUP stop the run between operations, never in the middle of one
+    (which would leave a file under its temporary name until --resume)."""
+    caught: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = {number: signal.getsignal(number) for number in signals}
+    for number in signals:
+        signal.signal(number, lambda received, frame: caught.append(received))
+    try:
+        yield lambda: bool(caught)
+    finally:
+        for number, handler in old.items():
+            signal.signal(number, handler)
+
+
+def _warn_unmatched(source: Report, policy: Policy) -> None:
+    # A --protect that matches nothing is most likely a typo, and then protects nothing.
+    paths = [f.path for g in source.groups for f in g.files]
+    for option, patterns in (("--protect", policy.protect), ("--keep-path", policy.keep_paths)):
+        for pattern in patterns:
+            if not any(matches(path, (pattern,)) for path in paths):
+                typer.echo(
+                    f"dedup: warning: {option} {pattern!r} matches no file of the report "
+                    "(a pattern with '/' matches whole absolute paths: a directory needs 'DIR/*')",
+                    err=True,
+                )
 
 
 @contextlib.contextmanager

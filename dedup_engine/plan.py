@@ -95,7 +95,7 @@ def make_plan(groups: Sequence[DuplicateGroup], roots: Sequence[str], policy: Po
         names = {key: sorted(entries, key=order) for key, entries in files.items()}
         ranked = sorted(names, key=lambda key: order(names[key][0]))
         protected = [
-            key for key in ranked if any(_matches(e.path, policy.protect) for e in files[key])
+            key for key in ranked if any(matches(e.path, policy.protect) for e in files[key])
         ]
         kept = ranked[: policy.min_copies]
         kept += [key for key in protected if key not in kept]
@@ -143,7 +143,7 @@ def _order(policy: Policy, roots: Sequence[str]) -> Callable[[FileEntry], tuple[
         return len(roots)
 
     def key(entry: FileEntry) -> tuple[object, ...]:
-        wanted = 0 if _matches(entry.path, policy.keep_paths) else 1
+        wanted = 0 if matches(entry.path, policy.keep_paths) else 1
         path = entry.path
         rank: tuple[object, ...]
         if policy.keep is Keep.FIRST_ROOT:
@@ -161,7 +161,7 @@ def _order(policy: Policy, roots: Sequence[str]) -> Callable[[FileEntry], tuple[
     return key
 
 
-def _matches(path: str, patterns: Sequence[str]) -> bool:
+def matches(path: str, patterns: Sequence[str]) -> bool:
     # A pattern with a "/" matches the whole path; one without, the file's name.
     name = os.path.basename(path)
     return any(

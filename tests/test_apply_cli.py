@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -535,3 +536,46 @@ def test_move_never_plans_two_files_to_one_target(tmp_path: Path) -> None:
     assert proc.returncode == 0 and plan["operations"] == []  # the group is left alone
     [alone] = plan["left_alone"]
     assert alone["reason"].startswith(f"two files would move to {str(tmp_path / 'dest/sub/x')!r}")
+
+
+# Regression: Ctrl-C in the middle of an operation left the victim under its temporary name.
+def test_sigterm_stops_between_operations(tmp_path: Path) -> None:
+    tree = Tree(tmp_path / "tree")
+    for number in range(300):
+        for side in ("a", "b"):
+            tree.file(f"{side}/{number:03d}", content(3000, number))
+    report = find_report(tmp_path, tree.root)
+    journal = tmp_path / "j.jsonl"
+    cmd = [*DEDUP, "apply", str(report), "--action", "hardlink", "--journal", str(journal)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while proc.poll() is None and records_in(journal) < 50:
+        pass
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"interrupted: stopped between operations" in err
+    assert leftovers(tree.root) == []
+    records = [json.loads(line) for line in journal.read_bytes().splitlines()[1:]]
+    begun = {r["op"] for r in records if r["state"] == "begin"}
+    assert begun and begun == {r["op"] for r in records if r["state"] != "begin"}  # none open
+    assert len(begun) < 300  # it did stop early
+    for number in range(300):  # every name holds its bytes, linked or not
+        for side in ("a", "b"):
+            assert Path(tree.path(f"{side}/{number:03d}")).read_bytes() == content(3000, number)
+
+
+def records_in(journal: Path) -> int:
+    try:
+        return journal.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def test_a_protect_pattern_that_matches_nothing_is_warned_about(tmp_path: Path) -> None:
+    tree = Tree(tmp_path / "tree")
+    tree.file("a/x", content(500))
+    tree.file("b/x", content(500))
+    report = find_report(tmp_path, tree.root)
+    proc = dedup("apply", report, "--action", "delete", "-n", "--protect", tree.path("b"))
+    assert proc.returncode == 0
+    assert b"warning: --protect" in proc.stderr and b"DIR/*" in proc.stderr

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from faultsys import leftovers
 from treebuilder import Tree, append, content, flip
 
 from dedup_engine import FileEntry, ScanOptions, __version__, find_duplicates
@@ -48,15 +49,6 @@ def state(path: str) -> State:
         return None
     body = os.readlink(path) if stat.S_ISLNK(st.st_mode) else Path(path).read_bytes()
     return (stat.S_IFMT(st.st_mode), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, body)
-
-
-def leftovers(root: str) -> list[str]:
-    return [
-        os.path.join(d, n)
-        for d, dirs, names in os.walk(root)
-        for n in dirs + names
-        if n.startswith(".dedup-")
-    ]
 
 
 def wait_past(ctime_ns: int, probe: Path) -> None:

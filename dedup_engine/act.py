@@ -27,16 +27,29 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from dedup_engine.fsops import REAL, ContentDiffers, Syscalls, fs_type
+from dedup_engine.fsquery import (
+    blocks,
+    content_stamp,
+    describe_error,
+    device_of,
+    free_bytes,
+    is_symlink_to,
+    kind,
+    lexists,
+    lstat,
+    readlink,
+    same_bytes,
+    same_file,
+    sync_dir,
+)
 from dedup_engine.plan import Action, Operation
 from dedup_engine.records import FileEntry
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
-_COMPARE_CHUNK = 1 << 20
 #: Errors that mean "this filesystem cannot dedupe", as opposed to a failure of this file.
 _NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS}
 
@@ -97,7 +110,7 @@ class Actor:
             raise _Skip(f"{op.action.value} across filesystems is refused (no fallback)")
         if op.action is Action.MOVE:
             assert op.target is not None
-            if _device_of(op.target) != victim.dev:
+            if device_of(op.target) != victim.dev:
                 raise _Skip(f"--to is on another filesystem than {victim.path!r}; not copying")
         keep_fd = self._open(keep, "kept file")
         try:
@@ -119,7 +132,7 @@ class Actor:
         try:
             st = os.lstat(entry.path)
         except OSError as exc:
-            raise _Skip(f"{role} {entry.path!r}: {_why(exc)}") from None
+            raise _Skip(f"{role} {entry.path!r}: {describe_error(exc)}") from None
         directory = os.path.dirname(entry.path)
         if os.path.realpath(directory) != directory:
             # Only a report made with -L names such paths: acting through the link would
@@ -131,7 +144,7 @@ class Actor:
 
     def _differs(self, st: os.stat_result, entry: FileEntry) -> str | None:
         if not stat.S_ISREG(st.st_mode):
-            return f"it is no longer a regular file ({_kind(st.st_mode)})"
+            return f"it is no longer a regular file ({kind(st.st_mode)})"
         if (st.st_dev, st.st_ino) != (entry.dev, entry.ino):
             return "it is another file now (dev, ino differ)"
         size, mtime, ctime = self._seen.get(
@@ -149,7 +162,7 @@ class Actor:
         try:
             fd = self.sys.open(entry.path, _OPEN_FLAGS)
         except OSError as exc:
-            raise _Skip(f"{role} {entry.path!r}: cannot open: {_why(exc)}") from None
+            raise _Skip(f"{role} {entry.path!r}: cannot open: {describe_error(exc)}") from None
         problem = self._differs(os.fstat(fd), entry)
         if problem:
             os.close(fd)
@@ -171,44 +184,46 @@ class Actor:
         try:
             self.sys.rename_noreplace(path, aside)
         except OSError as exc:
-            return self._end(index, op, Outcome.FAILED, f"cannot set {path!r} aside: {_why(exc)}")
+            return self._end(
+                index, op, Outcome.FAILED, f"cannot set {path!r} aside: {describe_error(exc)}"
+            )
         undo = _Undo(self.sys, op, aside)
         step = "check the set-aside name"
         try:
-            if not _same_file(_lstat(aside), before):
+            if not same_file(lstat(aside), before):
                 return undo.back(self, index, "the set-aside name is not the victim")
             step = "compare the bytes"
             if self.verify and not self._same_bytes(keep_fd, victim_fd, op):
                 return undo.back(self, index, "content differs from the kept file", skip=True)
-            compared = _content_stamp(keep_fd), _content_stamp(victim_fd)
+            compared = content_stamp(keep_fd), content_stamp(victim_fd)
             if op.action is Action.HARDLINK:
                 step = "link"
                 self.sys.link(op.keep.path, path)
                 undo.created = True
-                if not _same_file(_lstat(path), os.fstat(keep_fd)):
+                if not same_file(lstat(path), os.fstat(keep_fd)):
                     return undo.back(self, index, f"{path!r} is not the kept file after linking")
             elif op.action is Action.SYMLINK:
                 step = "symlink"
                 self.sys.symlink(op.keep.path, path)
                 undo.created = True
-                if not _is_symlink_to(path, op.keep.path, os.fstat(keep_fd)):
+                if not is_symlink_to(path, op.keep.path, os.fstat(keep_fd)):
                     return undo.back(self, index, f"{path!r} is not a symlink to the kept file")
             # The last moment before a name goes for good: the kept copy must still be there,
             # and neither file written to since their bytes were compared.
-            if not _same_file(_lstat(op.keep.path), os.fstat(keep_fd)):
+            if not same_file(lstat(op.keep.path), os.fstat(keep_fd)):
                 return undo.back(self, index, f"kept file {op.keep.path!r} changed", skip=True)
-            if (_content_stamp(keep_fd), _content_stamp(victim_fd)) != compared:
+            if (content_stamp(keep_fd), content_stamp(victim_fd)) != compared:
                 why = "a file was written to while it was being compared"
                 return undo.back(self, index, why, skip=True)
             step = "remove the set-aside name"
             self.sys.unlink(aside)
         except OSError as exc:
-            return undo.back(self, index, f"{step}: {_why(exc)}", failed=True)
-        _sync_dir(os.path.dirname(path))
+            return undo.back(self, index, f"{step}: {describe_error(exc)}", failed=True)
+        sync_dir(os.path.dirname(path))
         after = os.fstat(victim_fd)
         reclaimed = before.st_blocks * 512 if after.st_nlink == 0 else 0
         if op.action is Action.SYMLINK:
-            reclaimed -= _blocks(path) * 512
+            reclaimed -= blocks(path) * 512
         self._remember(keep_fd, victim_fd)
         return self._end(index, op, Outcome.DONE, "", reclaimed)
 
@@ -221,26 +236,30 @@ class Actor:
             if self.verify and not self._same_bytes(keep_fd, victim_fd, op):
                 raise _Skip(f"{path!r}: content differs from the kept file")
         except OSError as exc:
-            raise _Skip(f"{path!r}: cannot compare the bytes: {_why(exc)}") from None
+            raise _Skip(f"{path!r}: cannot compare the bytes: {describe_error(exc)}") from None
         before = os.fstat(victim_fd)
         try:
             self._make_parents(target)
         except OSError as exc:
-            raise _Skip(f"cannot create the directory of {target!r}: {_why(exc)}") from None
+            raise _Skip(
+                f"cannot create the directory of {target!r}: {describe_error(exc)}"
+            ) from None
         self._begin(index, op, None)
         try:
             self.sys.rename_noreplace(path, target)
         except OSError as exc:
-            return self._end(index, op, Outcome.FAILED, f"cannot move to {target!r}: {_why(exc)}")
-        if _same_file(_lstat(target), before):
-            _sync_dir(os.path.dirname(target))
-            _sync_dir(os.path.dirname(path))
+            return self._end(
+                index, op, Outcome.FAILED, f"cannot move to {target!r}: {describe_error(exc)}"
+            )
+        if same_file(lstat(target), before):
+            sync_dir(os.path.dirname(target))
+            sync_dir(os.path.dirname(path))
             self._remember(keep_fd, victim_fd)
             return self._end(index, op, Outcome.DONE, "")
         try:
             self.sys.rename_noreplace(target, path)
         except OSError as exc:
-            message = f"moved file is not the victim and cannot be put back: {_why(exc)}"
+            message = f"moved file is not the victim and cannot be put back: {describe_error(exc)}"
             return self._loud(index, op, path, target, message)
         return self._end(index, op, Outcome.FAILED, f"{target!r} is not the victim after moving")
 
@@ -256,7 +275,7 @@ class Actor:
     def _reflink(self, index: int, op: Operation, keep_fd: int, victim_fd: int) -> OpResult:
         before = os.fstat(victim_fd)
         self._begin(index, op, None)
-        free_before = _free_bytes(victim_fd)
+        free_before = free_bytes(victim_fd)
         try:
             self.sys.dedupe(keep_fd, victim_fd, op.victim.size)
         except ContentDiffers:
@@ -266,7 +285,7 @@ class Actor:
             if exc.errno in _NO_REFLINK:
                 message = f"reflink not supported on {fs_type(op.victim.path)}"
             else:
-                message = f"reflink failed: {_why(exc)}"
+                message = f"reflink failed: {describe_error(exc)}"
             return self._end(index, op, Outcome.FAILED, message)
         after = os.fstat(victim_fd)
         if (after.st_atime_ns, after.st_mtime_ns) != (before.st_atime_ns, before.st_mtime_ns):
@@ -276,7 +295,7 @@ class Actor:
         # Shared blocks leave st_blocks as it was: the filesystem's free space tells what was
         # freed.  Taken around this one call and bounded by the file's own blocks, so other
         # writers on the filesystem move the figure as little as possible.
-        freed = min(max(_free_bytes(victim_fd) - free_before, 0), before.st_blocks * 512)
+        freed = min(max(free_bytes(victim_fd) - free_before, 0), before.st_blocks * 512)
         return self._end(index, op, Outcome.DONE, "", freed)
 
     # -- helpers --------------------------------------------------------------------------
@@ -314,14 +333,16 @@ class _Undo:
     ) -> OpResult:
         path = self.op.victim.path
         try:
-            if self.created or _lexists(path):
+            if self.created or lexists(path):
                 if not self._ours(path):
                     return actor._loud(index, self.op, path, self.aside, f"{why}; {path!r} "
                                        "now holds a file we did not create")  # fmt: skip
                 self.sys.unlink(path)
             self.sys.rename_noreplace(self.aside, path)
         except OSError as exc:
-            return actor._loud(index, self.op, path, self.aside, f"{why}; then {_why(exc)}")
+            return actor._loud(
+                index, self.op, path, self.aside, f"{why}; then {describe_error(exc)}"
+            )
         outcome = Outcome.FAILED if failed else Outcome.SKIPPED
         message = f"{why}; rolled back" if failed else why
         result = actor._end(index, self.op, outcome, message)
@@ -330,32 +351,20 @@ class _Undo:
         return result
 
     def _ours(self, path: str) -> bool:
-        st = _lstat(path)
+        st = lstat(path)
         if st is None:
             return True  # nothing there: nothing to remove
         if self.op.action is Action.HARDLINK:
             # The link names the kept inode, or whatever the kept path named when we linked
             # it (it was swapped).  Removing it loses nothing: the victim's bytes go back in.
             linked = {(self.op.keep.dev, self.op.keep.ino)}
-            now = _lstat(self.op.keep.path)
+            now = lstat(self.op.keep.path)
             if now is not None:
                 linked.add((now.st_dev, now.st_ino))
             return (st.st_dev, st.st_ino) in linked and stat.S_ISREG(st.st_mode)
         if self.op.action is Action.SYMLINK:
-            return stat.S_ISLNK(st.st_mode) and _readlink(path) == self.op.keep.path
+            return stat.S_ISLNK(st.st_mode) and readlink(path) == self.op.keep.path
         return False
-
-
-def same_bytes(a: int, b: int, size: int) -> bool:
-    """Whether two descriptors hold the same `size` bytes (and no more) from offset 0."""
-    offset = 0
-    while offset < size:
-        n = min(_COMPARE_CHUNK, size - offset)
-        x, y = os.pread(a, n, offset), os.pread(b, n, offset)
-        if len(x) != n or x != y:
-            return False
-        offset += n
-    return os.pread(a, 1, size) == b"" and os.pread(b, 1, size) == b""
 
 
 def aside_name(path: str) -> str:
@@ -364,99 +373,3 @@ def aside_name(path: str) -> str:
 
 
 ASIDE_PREFIX = ".dedup-"
-
-
-def _device_of(target: str) -> int | None:
-    parent = os.path.dirname(target)
-    while True:
-        try:
-            return os.stat(parent).st_dev
-        except FileNotFoundError:
-            if parent == os.path.dirname(parent):
-                return None
-            parent = os.path.dirname(parent)
-        except OSError:
-            return None
-
-
-def _sync_dir(directory: str) -> None:
-    """Make the directory's new entries durable before the journal says "done": resume
-    trusts a done record, and on some filesystems (btrfs) the journal's fsync alone does not
-    carry the rename and link with it."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # the operation is done; a directory that cannot be synced is no reason to undo it
-    finally:
-        os.close(fd)
-
-
-def _content_stamp(fd: int) -> tuple[int, int]:
-    """Size and mtime: what any write changes (our own links and renames change only ctime)."""
-    st = os.fstat(fd)
-    return st.st_size, st.st_mtime_ns
-
-
-def _free_bytes(fd: int) -> int:
-    info = os.fstatvfs(fd)
-    return info.f_bfree * info.f_frsize
-
-
-def _lstat(path: str) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except OSError:
-        return None
-
-
-def _lexists(path: str) -> bool:
-    return _lstat(path) is not None
-
-
-def _readlink(path: str) -> str | None:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
-
-
-def _same_file(st: os.stat_result | None, other: os.stat_result) -> bool:
-    return st is not None and (st.st_dev, st.st_ino) == (other.st_dev, other.st_ino)
-
-
-def _is_symlink_to(path: str, target: str, keep: os.stat_result) -> bool:
-    st = _lstat(path)
-    if st is None or not stat.S_ISLNK(st.st_mode) or _readlink(path) != target:
-        return False
-    try:
-        return _same_file(os.stat(path), keep)
-    except OSError:
-        return False
-
-
-def _blocks(path: str) -> int:
-    st = _lstat(path)
-    return st.st_blocks if st is not None else 0
-
-
-def _kind(mode: int) -> str:
-    kinds: list[tuple[Callable[[int], bool], str]] = [
-        (stat.S_ISLNK, "symlink"),
-        (stat.S_ISDIR, "directory"),
-        (stat.S_ISFIFO, "FIFO"),
-        (stat.S_ISSOCK, "socket"),
-        (stat.S_ISCHR, "character device"),
-        (stat.S_ISBLK, "block device"),
-    ]
-    return next((name for test, name in kinds if test(mode)), "special file")
-
-
-def _why(exc: OSError) -> str:
-    """ "Permission denied (EACCES)": what happened, and the name to search for."""
-    if not exc.errno:
-        return str(exc)
-    return f"{os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})"

@@ -21,8 +21,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from dedup_engine.act import Outcome, same_bytes
+from dedup_engine.act import Outcome
 from dedup_engine.fsops import REAL, Syscalls
+from dedup_engine.fsquery import same_bytes
 from dedup_engine.plan import Action, Operation
 
 JOURNAL_VERSION = 1

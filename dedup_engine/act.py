@@ -1,17 +1,19 @@
 """Carrying out one planned operation safely: check, set the victim aside, act, verify, commit.
 
-Every operation follows the same steps, and any failure before the commit puts everything back:
+The operation has already been journaled as begun (by `apply.apply_plan`, with its temporary
+name) when it gets here.  Every operation follows the same steps, and any failure before the
+commit puts everything back:
 
-1. re-stat the kept file and the victim (dev, ino, size, mtime_ns, ctime_ns, type) against what
+1. re-stat the kept files and the victim (dev, ino, size, mtime_ns, ctime_ns, type) against what
    the report (or our own earlier operation) left; any difference skips the group;
 2. open both without following links and check the descriptors are those files;
-3. journal the operation (fsync'd) before touching anything;
-4. rename the victim aside to a short temporary name in its directory (delete, hardlink, symlink),
+3. rename the victim aside to a short temporary name in its directory (delete, hardlink, symlink),
    or to its destination (move);
-5. compare the bytes of the kept file and the set-aside victim (unless `verify` is off);
-6. create the hard link or symlink at the victim's name and lstat it: it must be the kept inode,
+4. compare the bytes of the kept file and the set-aside victim (unless `verify` is off);
+5. create the hard link or symlink at the victim's name and lstat it: it must be the kept inode,
    or a symlink to the kept path;
-7. remove the temporary name, then journal the outcome.
+6. check that neither file was written since the comparison and the kept path is still the kept
+   file, then remove the temporary name and journal the outcome.
 
 A reflink instead asks the kernel to share the blocks (FIDEDUPERANGE), which compares the bytes
 itself and changes nothing if they differ.  Rolling back removes only what we created (checked by
@@ -44,7 +46,6 @@ from dedup_engine.fsquery import (
     readlink,
     same_bytes,
     same_file,
-    sync_dir,
 )
 from dedup_engine.plan import Action, Operation
 from dedup_engine.records import FileEntry
@@ -74,6 +75,8 @@ class Journal(Protocol):
 
     def begin(self, index: int, op: Operation, aside: str | None) -> None: ...
     def end(self, index: int, outcome: Outcome, message: str) -> None: ...
+    def commit(self) -> None:
+        """Make every record written so far durable (fsync)."""
 
 
 class _Skip(Exception):
@@ -92,15 +95,22 @@ class Actor:
     verify: bool = True
     sys: Syscalls = REAL
     journal: Journal | None = None
+    #: Directories whose entries our completed operations changed, not yet made durable.
+    touched: set[str] = field(default_factory=set)
     _seen: dict[tuple[int, int], tuple[int, int, int]] = field(default_factory=dict)
+    _ended: bool = False
 
-    def run(self, index: int, op: Operation) -> OpResult:
+    def run(self, index: int, op: Operation, aside: str | None) -> OpResult:
+        """Carry out `op`, already journaled as begun with `aside` as its temporary name."""
+        self._ended = False
         try:
-            return self._run(index, op)
+            return self._run(index, op, aside)
         except _Skip as exc:
+            if not self._ended:
+                self._end(index, op, Outcome.SKIPPED, str(exc))
             return OpResult(op, Outcome.SKIPPED, str(exc))
 
-    def _run(self, index: int, op: Operation) -> OpResult:
+    def _run(self, index: int, op: Operation, aside: str | None) -> OpResult:
         victim, keep = op.victim, op.keep
         self._check(keep, "kept file")
         for other in op.also_kept:  # the further copies --min-copies and --protect count on
@@ -120,7 +130,8 @@ class Actor:
                     return self._reflink(index, op, keep_fd, victim_fd)
                 if op.action is Action.MOVE:
                     return self._move(index, op, keep_fd, victim_fd)
-                return self._replace(index, op, keep_fd, victim_fd)
+                assert aside is not None, "delete, hardlink and symlink set the victim aside"
+                return self._replace(index, op, keep_fd, victim_fd, aside)
             finally:
                 os.close(victim_fd)
         finally:
@@ -176,11 +187,11 @@ class Actor:
 
     # -- delete, hardlink, symlink: aside, link, verify, commit ---------------------------
 
-    def _replace(self, index: int, op: Operation, keep_fd: int, victim_fd: int) -> OpResult:
+    def _replace(
+        self, index: int, op: Operation, keep_fd: int, victim_fd: int, aside: str
+    ) -> OpResult:
         path = op.victim.path
-        aside = aside_name(path)
         before = os.fstat(victim_fd)
-        self._begin(index, op, aside)
         try:
             self.sys.rename_noreplace(path, aside)
         except OSError as exc:
@@ -219,7 +230,7 @@ class Actor:
             self.sys.unlink(aside)
         except OSError as exc:
             return undo.back(self, index, f"{step}: {describe_error(exc)}", failed=True)
-        sync_dir(os.path.dirname(path))
+        self.touched.add(os.path.dirname(path))
         after = os.fstat(victim_fd)
         reclaimed = before.st_blocks * 512 if after.st_nlink == 0 else 0
         if op.action is Action.SYMLINK:
@@ -244,7 +255,6 @@ class Actor:
             raise _Skip(
                 f"cannot create the directory of {target!r}: {describe_error(exc)}"
             ) from None
-        self._begin(index, op, None)
         try:
             self.sys.rename_noreplace(path, target)
         except OSError as exc:
@@ -252,8 +262,7 @@ class Actor:
                 index, op, Outcome.FAILED, f"cannot move to {target!r}: {describe_error(exc)}"
             )
         if same_file(lstat(target), before):
-            sync_dir(os.path.dirname(target))
-            sync_dir(os.path.dirname(path))
+            self.touched.update((os.path.dirname(target), os.path.dirname(path)))
             self._remember(keep_fd, victim_fd)
             return self._end(index, op, Outcome.DONE, "")
         try:
@@ -274,7 +283,6 @@ class Actor:
 
     def _reflink(self, index: int, op: Operation, keep_fd: int, victim_fd: int) -> OpResult:
         before = os.fstat(victim_fd)
-        self._begin(index, op, None)
         free_before = free_bytes(victim_fd)
         try:
             self.sys.dedupe(keep_fd, victim_fd, op.victim.size)
@@ -303,15 +311,12 @@ class Actor:
     def _same_bytes(self, keep_fd: int, victim_fd: int, op: Operation) -> bool:
         return same_bytes(keep_fd, victim_fd, op.victim.size)
 
-    def _begin(self, index: int, op: Operation, aside: str | None) -> None:
-        if self.journal is not None:
-            self.journal.begin(index, op, aside)
-
     def _end(
         self, index: int, op: Operation, outcome: Outcome, message: str, reclaimed: int = 0
     ) -> OpResult:
         if self.journal is not None:
             self.journal.end(index, outcome, message)
+        self._ended = True
         return OpResult(op, outcome, message, reclaimed)
 
     def _loud(self, index: int, op: Operation, path: str, other: str, why: str) -> OpResult:

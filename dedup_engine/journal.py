@@ -1,9 +1,11 @@
 """The apply journal: a record of every operation, on disk before and after it, and `--resume`.
 
-The journal is JSON lines, one record per write, each flushed and fsync'd before `apply` goes on:
-a header, then for each operation a `begin` record (written before anything is touched: the
-victim's path and identity, its temporary name, the kept file) and an end record with the
-outcome.  An operation with a `begin` and no end was interrupted (SIGKILL, power loss);
+The journal is JSON lines: a header, then for each operation a `begin` record (the victim's path
+and identity, its temporary name, the kept file) and an end record with the outcome.  `apply`
+writes the `begin` records of a batch of operations and fsyncs them together before any of the
+batch starts; each end record is written as its operation ends, and fsync'd with the batch,
+after the directories the batch changed are synced (so "done" never runs ahead of the disk).
+An operation with a `begin` and no end was interrupted (SIGKILL, power loss) or never started;
 `resume` looks at what is on disk for each one and completes it or puts the victim back, so no
 file is left under a temporary name, then records that in the journal too.  A running `apply`
 holds an exclusive lock on its journal, so `--resume` cannot race a live run.
@@ -61,6 +63,7 @@ class FileJournal:
             raise JournalError(f"cannot create journal {path!r}: {exc.strerror}") from None
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         self._write({"journal": JOURNAL_VERSION, **header})
+        self.commit()
         _fsync_dir(directory)
 
     @classmethod
@@ -111,8 +114,18 @@ class FileJournal:
     def end(self, index: int, outcome: Outcome, message: str) -> None:
         self._write({"op": index, "state": outcome.value, "message": message})
 
+    def commit(self) -> None:
+        """Make every record written so far durable."""
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise JournalError(f"cannot write journal {self.path!r}: {exc.strerror}") from None
+
     def close(self) -> None:
-        os.close(self._fd)
+        try:
+            self.commit()
+        finally:
+            os.close(self._fd)
 
     def _write(self, record: dict[str, Any]) -> None:
         # ensure_ascii: names that are not UTF-8 travel as \\udcxx escapes and come back exact.
@@ -121,7 +134,6 @@ class FileJournal:
             if os.write(self._fd, line) != len(line):
                 self._drop_torn_tail()
                 raise OSError(errno.ENOSPC, "short write")
-            os.fsync(self._fd)
         except OSError as exc:
             # Without a record on disk no further operation may start: the run stops here.
             raise JournalError(f"cannot write journal {self.path!r}: {exc.strerror}") from None
@@ -248,9 +260,17 @@ def _settle_replace(item: Pending, sys: Syscalls) -> tuple[Outcome, str]:
             return Outcome.SKIPPED, f"{path!r} had not been touched"
         if ours:
             return Outcome.DONE, f"{path!r} had been completed"
-        if at_path is None and item.action is Action.DELETE and _deleted_here(item):
-            return Outcome.DONE, f"{path!r} had been deleted"
-        return Outcome.ROLLBACK_FAILED, f"{path!r} is not the file the journal names; left alone"
+        if not _same_directory(item):
+            # An unmounted volume or a renamed directory hides both names: nothing can be
+            # told from here, and a temporary name may be waiting there.
+            return Outcome.ROLLBACK_FAILED, f"the directory of {path!r} is not the one we worked in"
+        if at_path is None and item.action is Action.DELETE:
+            if _is(_lstat(item.keep), item.kept):
+                return Outcome.DONE, f"{path!r} had been deleted"
+            return Outcome.ROLLBACK_FAILED, f"{path!r} and its kept copy {item.keep!r} are gone"
+        # No temporary name and nothing of ours at the path: never started (a file changed
+        # after the report is skipped before it is set aside), or changed by someone since.
+        return Outcome.SKIPPED, f"{path!r} was changed by someone else; nothing of ours is there"
     if not _is(at_aside, item.victim):
         return Outcome.ROLLBACK_FAILED, f"{aside!r} is not the victim; left alone"
     if _is(at_path, item.victim):
@@ -273,15 +293,12 @@ def _settle_replace(item: Pending, sys: Syscalls) -> tuple[Outcome, str]:
     return Outcome.SKIPPED, f"{path!r} put back: its bytes no longer match the kept file"
 
 
-def _deleted_here(item: Pending) -> bool:
-    """Both names gone is a completed delete only where the directory is the one we worked in
-    (not an unmounted volume or a renamed directory) and the kept file is still there."""
+def _same_directory(item: Pending) -> bool:
+    """The victim's directory exists on the victim's filesystem (not an unmounted volume)."""
     try:
-        directory = os.stat(os.path.dirname(item.path))
-        keep = os.lstat(item.keep)
+        return os.stat(os.path.dirname(item.path)).st_dev == item.victim[0]
     except OSError:
         return False
-    return directory.st_dev == item.victim[0] and (keep.st_dev, keep.st_ino) == item.kept
 
 
 def _is_new(item: Pending, path: str, st: os.stat_result) -> bool:

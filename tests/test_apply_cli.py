@@ -354,8 +354,10 @@ def test_default_journal_is_in_the_state_directory(
     header = records[0]
     assert header["journal"] == 1 and header["tool"] == "dedup-engine"
     assert (header["action"], header["operations"]) == ("delete", 3)
+    # A batch's begin records go first (one fsync), then each operation's outcome.
     assert [(r["op"], r["state"]) for r in records[1:]] == [
-        (n, state) for n in range(3) for state in ("begin", "done")
+        *((n, "begin") for n in range(3)),
+        *((n, "done") for n in range(3)),
     ]
     begun = [r for r in records[1:] if r["state"] == "begin"]
     assert [(r["path"], r["keep"]) for r in begun] == [
@@ -401,14 +403,18 @@ def test_resume_settles_a_run_that_was_killed(
     journal = killed_run(dups, tmp_path, call)
     proc = dedup("apply", "--resume", journal)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == b"resume: 1 interrupted operations settled, 0 need you\n"
+    # The run's three operations were journaled as begun together: the one killed, and two
+    # never started, which resume finds untouched.
+    assert proc.stdout == b"resume: 3 interrupted operations settled, 0 need you\n"
     assert proc.stderr.decode().startswith(f"{word}: ")
+    assert proc.stderr.count(b"had not been touched") == 2
     assert leftovers(dups.root) == []
     assert dups.read("b/v1") == content(3000, 1)
     assert same_inode(dups, "b/v1", "a/k") is linked
     if not linked:
         assert os.lstat(dups.path("b/v1")).st_ino == victim.st_ino
     assert json.loads(journal.read_text().splitlines()[-1])["message"].startswith("resumed: ")
+    assert dedup("apply", "--resume", journal).stdout.startswith(b"resume: 0 interrupted")
 
 
 def test_exit_4_when_a_rollback_fails_and_resume_puts_the_file_back(

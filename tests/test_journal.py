@@ -86,9 +86,9 @@ def test_a_torn_last_record_is_ignored_and_a_damaged_one_is_refused(tmp_path: Pa
     with open(journal.path, "ab") as f:
         f.write(b'{"op": 0, "sta')  # killed in the middle of writing the end record
     _, pending = read(journal.path)
-    assert [p.index for p in pending] == [0]
+    assert [p.index for p in pending] == [0, 1]  # the second was begun with it, never started
     settled = resume(journal.path)
-    assert [s.outcome for s in settled] == [Outcome.DONE]
+    assert [s.outcome for s in settled] == [Outcome.DONE, Outcome.SKIPPED]
     assert leftovers(tree.root) == []
     lines = Path(journal.path).read_bytes().split(b"\n")
     lines.insert(1, b"{not json")
@@ -200,17 +200,18 @@ def test_a_journal_that_cannot_be_written_stops_the_run_before_the_next_operatio
     tree, plan, _ = make(tmp_path, Action.HARDLINK)
     before = snapshot(tree.root)
     journal = FileJournal(str(tmp_path / "j.jsonl"), {})
-    writes = 0
-    real_fsync = os.fsync
+    monkeypatch.setattr("dedup_engine.apply.BATCH", 1)  # one operation per batch
+    commits = 0
+    real_commit = journal.commit
 
-    def failing_fsync(fd: int) -> None:
-        nonlocal writes
-        writes += 1
-        if writes == 3:  # the second operation's begin record
-            raise OSError(28, "No space left on device")
-        real_fsync(fd)
+    def failing_commit() -> None:
+        nonlocal commits
+        commits += 1
+        if commits == 3:  # the second batch's begin record: the disk is full
+            raise JournalError("cannot write journal: No space left on device")
+        real_commit()
 
-    monkeypatch.setattr("dedup_engine.journal.os.fsync", failing_fsync)
+    monkeypatch.setattr(journal, "commit", failing_commit)
     with pytest.raises(JournalError, match="No space left"):
         apply_plan(plan, journal=journal)
     monkeypatch.undo()
@@ -231,12 +232,12 @@ def test_resume_does_not_call_a_delete_done_when_its_directory_is_missing(tmp_pa
         apply_plan(plan, sys=Faulty(3, crash="after"), journal=journal)  # after the set-aside
     journal.close()
     os.rename(tree.path("sub"), tree.path("sub-elsewhere"))
-    [settled] = resume(journal.path)
-    assert settled.outcome is Outcome.ROLLBACK_FAILED
+    settled = resume(journal.path)
+    assert [s.outcome for s in settled] == [Outcome.ROLLBACK_FAILED] * 2
     assert leftovers(tree.path("sub-elsewhere"))  # still there for a person, not forgotten
     os.rename(tree.path("sub-elsewhere"), tree.path("sub"))
-    [again] = resume(journal.path)  # still open in the journal: settled once the dir is back
-    assert again.outcome is Outcome.SKIPPED
+    again = resume(journal.path)  # still open in the journal: settled once the dir is back
+    assert [s.outcome for s in again] == [Outcome.SKIPPED] * 2
     assert Path(tree.path("sub/victim")).read_bytes() == DATA and leftovers(tree.root) == []
 
 
@@ -267,3 +268,23 @@ def test_resume_removes_a_second_name_left_by_a_link_and_unlink_rename(tmp_path:
     [settled] = resume(journal.path)
     assert settled.outcome is Outcome.SKIPPED
     assert leftovers(tree.root) == [] and Path(op.victim.path).read_bytes() == DATA
+
+
+def test_resume_leaves_a_begun_but_unstarted_operation_alone_when_its_file_changed(
+    tmp_path: Path,
+) -> None:
+    """A batch's operations are journaled as begun together; one that never started may find
+    its victim replaced by someone else since.  Nothing of ours is there: not a person's job."""
+    tree, plan, _ = make(tmp_path, Action.HARDLINK)
+    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
+    with pytest.raises(Crash):
+        apply_plan(plan, sys=Faulty(1, crash="before"), journal=journal)  # before any call
+    journal.close()
+    victim = tree.path("sub/victim-link")
+    os.unlink(victim)
+    Path(victim).write_bytes(b"someone else's new file")
+    settled = resume(journal.path)
+    assert [s.outcome for s in settled] == [Outcome.SKIPPED, Outcome.SKIPPED]
+    assert "changed by someone else" in settled[1].message
+    assert Path(victim).read_bytes() == b"someone else's new file"
+    assert leftovers(tree.root) == []

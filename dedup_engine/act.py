@@ -99,6 +99,7 @@ class Actor:
     touched: set[str] = field(default_factory=set)
     _seen: dict[tuple[int, int], tuple[int, int, int]] = field(default_factory=dict)
     _ended: bool = False
+    _real_dirs: set[str] = field(default_factory=set)
 
     def run(self, index: int, op: Operation, aside: str | None) -> OpResult:
         """Carry out `op`, already journaled as begun with `aside` as its temporary name."""
@@ -145,10 +146,13 @@ class Actor:
         except OSError as exc:
             raise _Skip(f"{role} {entry.path!r}: {describe_error(exc)}") from None
         directory = os.path.dirname(entry.path)
-        if os.path.realpath(directory) != directory:
+        if directory not in self._real_dirs and os.path.realpath(directory) != directory:
             # Only a report made with -L names such paths: acting through the link would
             # change a file outside the roots that were searched.
             raise _Skip(f"{role} {entry.path!r} is reached through a symlinked directory")
+        # Asked once per directory: it is about what the report names (made with -L or not),
+        # and the (dev, ino) checks, not this, guard against a tree changing under the run.
+        self._real_dirs.add(directory)
         problem = self._differs(st, entry)
         if problem:
             raise _Skip(f"{role} {entry.path!r} changed since the report: {problem}")

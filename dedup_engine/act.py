@@ -74,6 +74,10 @@ class Journal(Protocol):
     """Where each operation is recorded before it starts and after it ends (journal.py)."""
 
     def begin(self, index: int, op: Operation, aside: str | None) -> None: ...
+    def start(self, index: int) -> None:
+        """The operation is about to change the disk (not synced: it tells `--resume`, in the
+        same boot, that an operation without it never started)."""
+
     def end(self, index: int, outcome: Outcome, message: str) -> None: ...
     def commit(self) -> None:
         """Make every record written so far durable (fsync)."""
@@ -196,6 +200,7 @@ class Actor:
     ) -> OpResult:
         path = op.victim.path
         before = os.fstat(victim_fd)
+        self._start(index)
         try:
             self.sys.rename_noreplace(path, aside)
         except OSError as exc:
@@ -259,6 +264,7 @@ class Actor:
             raise _Skip(
                 f"cannot create the directory of {target!r}: {describe_error(exc)}"
             ) from None
+        self._start(index)
         try:
             self.sys.rename_noreplace(path, target)
         except OSError as exc:
@@ -269,6 +275,7 @@ class Actor:
             self.touched.update((os.path.dirname(target), os.path.dirname(path)))
             self._remember(keep_fd, victim_fd)
             return self._end(index, op, Outcome.DONE, "")
+        self.touched.update((os.path.dirname(target), os.path.dirname(path)))
         try:
             self.sys.rename_noreplace(target, path)
         except OSError as exc:
@@ -284,10 +291,12 @@ class Actor:
             parent = os.path.dirname(parent)
         for directory in reversed(missing):
             self.sys.mkdir(directory)
+            self.touched.add(os.path.dirname(directory))
 
     def _reflink(self, index: int, op: Operation, keep_fd: int, victim_fd: int) -> OpResult:
         before = os.fstat(victim_fd)
         free_before = free_bytes(victim_fd)
+        self._start(index)
         try:
             self.sys.dedupe(keep_fd, victim_fd, op.victim.size)
         except ContentDiffers:
@@ -314,6 +323,10 @@ class Actor:
 
     def _same_bytes(self, keep_fd: int, victim_fd: int, op: Operation) -> bool:
         return same_bytes(keep_fd, victim_fd, op.victim.size)
+
+    def _start(self, index: int) -> None:
+        if self.journal is not None:
+            self.journal.start(index)
 
     def _end(
         self, index: int, op: Operation, outcome: Outcome, message: str, reclaimed: int = 0
@@ -347,6 +360,7 @@ class _Undo:
                     return actor._loud(index, self.op, path, self.aside, f"{why}; {path!r} "
                                        "now holds a file we did not create")  # fmt: skip
                 self.sys.unlink(path)
+            actor.touched.add(os.path.dirname(path))
             self.sys.rename_noreplace(self.aside, path)
         except OSError as exc:
             return actor._loud(

@@ -63,32 +63,36 @@ def apply_plan(
     interrupted = False
     for start in range(0, total, BATCH):
         batch = list(enumerate(plan.operations[start : start + BATCH], start))
-        asides = [_aside(op) for _, op in batch]
+        asides = _asides([op for _, op in batch])
         if journal is not None:
             # One fsync makes the whole batch's begin records durable before any of them
             # starts: resume finds a begun operation that was never touched as it was.
             for (index, op), aside in zip(batch, asides, strict=True):
                 journal.begin(index, op, aside)
             journal.commit()
-        for (index, op), aside in zip(batch, asides, strict=True):
-            if interrupted or (should_stop is not None and should_stop()):
-                interrupted = True
-                _close(journal, index, "interrupted before it started")
-                continue
-            if op.group in stopped:
-                result = OpResult(op, Outcome.SKIPPED, f"group stopped: {stopped[op.group]}")
-                _close(journal, index, result.message)
-            else:
-                result = actor.run(index, op, aside)
-                if result.outcome is not Outcome.DONE:
-                    stopped[op.group] = result.message
-            results.append(result)
-            if progress is not None:
-                progress(index + 1, total)
-        # What the batch changed is on disk before the journal says so.
-        for directory in sorted(actor.touched):
-            sync_dir(directory)
-        actor.touched.clear()
+        try:
+            for (index, op), aside in zip(batch, asides, strict=True):
+                if interrupted or (should_stop is not None and should_stop()):
+                    interrupted = True
+                    _close(journal, index, "interrupted before it started")
+                    continue
+                if op.group in stopped:
+                    message = f"group stopped: {stopped[op.group]}"
+                    result = OpResult(op, Outcome.SKIPPED, message)
+                    _close(journal, index, message)
+                else:
+                    result = actor.run(index, op, aside)
+                    if result.outcome is not Outcome.DONE:
+                        stopped[op.group] = result.message
+                results.append(result)
+                if progress is not None:
+                    progress(index + 1, total)
+        finally:
+            # What the batch changed is on disk before the journal says so, even when an
+            # error stops the run here.
+            for directory in sorted(actor.touched):
+                sync_dir(directory)
+            actor.touched.clear()
         if journal is not None:
             journal.commit()
         if interrupted:
@@ -99,10 +103,20 @@ def apply_plan(
     return ApplySummary(tuple(results), plan.skipped, reclaimed, measured_by, interrupted)
 
 
-def _aside(op: Operation) -> str | None:
-    if op.action in (Action.DELETE, Action.HARDLINK, Action.SYMLINK):
-        return aside_name(op.victim.path)
-    return None
+def _asides(ops: list[Operation]) -> list[str | None]:
+    """A temporary name for each operation that sets its victim aside, all distinct."""
+    names: list[str | None] = []
+    taken: set[str] = set()
+    for op in ops:
+        if op.action not in (Action.DELETE, Action.HARDLINK, Action.SYMLINK):
+            names.append(None)
+            continue
+        name = aside_name(op.victim.path)
+        while name in taken:  # 32 random bits: a clash is rare, but two would be one name
+            name = aside_name(op.victim.path)
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 def _close(journal: Journal | None, index: int, why: str) -> None:

@@ -13,6 +13,7 @@ holds an exclusive lock on its journal, so `--resume` cannot race a live run.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import fcntl
@@ -62,7 +63,7 @@ class FileJournal:
         except OSError as exc:
             raise JournalError(f"cannot create journal {path!r}: {exc.strerror}") from None
         fcntl.flock(self._fd, fcntl.LOCK_EX)
-        self._write({"journal": JOURNAL_VERSION, **header})
+        self._write({"journal": JOURNAL_VERSION, "boot": boot_id(), **header})
         self.commit()
         _fsync_dir(directory)
 
@@ -108,8 +109,12 @@ class FileJournal:
                 "keep": op.keep.path,
                 "kept": [op.keep.dev, op.keep.ino],
                 "target": op.target,
+                "dir": _identity(os.path.dirname(op.victim.path)),
             }
         )
+
+    def start(self, index: int) -> None:
+        self._write({"op": index, "state": "start"})
 
     def end(self, index: int, outcome: Outcome, message: str) -> None:
         self._write({"op": index, "state": outcome.value, "message": message})
@@ -122,10 +127,11 @@ class FileJournal:
             raise JournalError(f"cannot write journal {self.path!r}: {exc.strerror}") from None
 
     def close(self) -> None:
-        try:
-            self.commit()
-        finally:
-            os.close(self._fd)
+        """Sync what is left, best effort: a record that does not reach the disk is one resume
+        works out from the disk itself; never raise over the run's own outcome."""
+        with contextlib.suppress(OSError):
+            os.fsync(self._fd)
+        os.close(self._fd)
 
     def _write(self, record: dict[str, Any]) -> None:
         # ensure_ascii: names that are not UTF-8 travel as \\udcxx escapes and come back exact.
@@ -137,6 +143,24 @@ class FileJournal:
         except OSError as exc:
             # Without a record on disk no further operation may start: the run stops here.
             raise JournalError(f"cannot write journal {self.path!r}: {exc.strerror}") from None
+
+
+def boot_id() -> str | None:
+    """This boot's id: within one boot, what `write` put in the journal is what a reader sees,
+    synced or not (the page cache outlives a killed process, not a power loss)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as source:
+            return source.read().strip()
+    except OSError:
+        return None
+
+
+def _identity(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino]
 
 
 def _fsync_dir(directory: str) -> None:
@@ -159,6 +183,8 @@ class Pending:
     keep: str
     kept: tuple[int, int]
     target: str | None
+    directory: tuple[int, int] | None  # the victim's directory, as it was when journaled
+    started: bool | None  # False: surely never started (same boot, no start record)
 
 
 def read(path: str) -> tuple[dict[str, Any], list[Pending]]:
@@ -173,12 +199,16 @@ def read(path: str) -> tuple[dict[str, Any], list[Pending]]:
     if not records or records[0].get("journal") != JOURNAL_VERSION:
         raise JournalError(f"{path!r} is not a dedup-engine journal (version {JOURNAL_VERSION})")
     begun: dict[int, dict[str, Any]] = {}
+    started: set[int] = set()
     for record in records[1:]:
         if record.get("state") == "begin":
             begun[int(record["op"])] = record
+        elif record.get("state") == "start":
+            started.add(int(record["op"]))
         elif record.get("state") != Outcome.ROLLBACK_FAILED.value:
             # A failed rollback stays open: its file is still under the temporary name.
             begun.pop(int(record["op"]), None)
+    same_boot = records[0].get("boot") is not None and records[0].get("boot") == boot_id()
     pending = [
         Pending(
             index,
@@ -189,6 +219,8 @@ def read(path: str) -> tuple[dict[str, Any], list[Pending]]:
             r["keep"],
             (int(r["kept"][0]), int(r["kept"][1])),
             r["target"],
+            (int(r["dir"][0]), int(r["dir"][1])) if r.get("dir") else None,
+            (index in started) if same_boot else None,
         )
         for index, r in sorted(begun.items())
     ]
@@ -197,7 +229,9 @@ def read(path: str) -> tuple[dict[str, Any], list[Pending]]:
 
 def _records(lines: list[bytes], path: str) -> Iterator[dict[str, Any]]:
     for number, line in enumerate(lines):
-        if not line.strip():
+        if not line.strip() or b"\0" in line:
+            # Blank, or zeros where writeback had not reached: an end record that was never
+            # synced, which resume works out from the disk.  (A begin is synced before use.)
             continue
         try:
             yield json.loads(line)
@@ -230,6 +264,8 @@ def resume(path: str, sys: Syscalls = REAL) -> list[Settled]:
 
 
 def _settle(item: Pending, sys: Syscalls) -> tuple[Outcome, str]:
+    if item.started is False:
+        return Outcome.SKIPPED, f"{item.path!r}: never started (it was waiting in its batch)"
     try:
         if item.action is Action.REFLINK:
             return Outcome.DONE, "a reflink is atomic: the file is whole either way"
@@ -247,7 +283,9 @@ def _settle_move(item: Pending, sys: Syscalls) -> tuple[Outcome, str]:
         return Outcome.DONE, f"{item.path!r} had been moved to {item.target!r}"
     if _is(at_path, item.victim):
         return Outcome.SKIPPED, f"{item.path!r} had not been moved"
-    return Outcome.ROLLBACK_FAILED, f"neither {item.path!r} nor {item.target!r} is the file"
+    # A move leaves no temporary name: with the file at neither place, someone moved or
+    # removed it, and nothing of ours is stranded.
+    return Outcome.SKIPPED, f"neither {item.path!r} nor {item.target!r} holds the file now"
 
 
 def _settle_replace(item: Pending, sys: Syscalls) -> tuple[Outcome, str]:
@@ -294,11 +332,15 @@ def _settle_replace(item: Pending, sys: Syscalls) -> tuple[Outcome, str]:
 
 
 def _same_directory(item: Pending) -> bool:
-    """The victim's directory exists on the victim's filesystem (not an unmounted volume)."""
+    """The victim's directory is the one we worked in: not an unmounted volume, nor a new
+    directory in place of one renamed away (which may hold our temporary name)."""
     try:
-        return os.stat(os.path.dirname(item.path)).st_dev == item.victim[0]
+        st = os.stat(os.path.dirname(item.path))
     except OSError:
         return False
+    if item.directory is not None:
+        return (st.st_dev, st.st_ino) == item.directory
+    return st.st_dev == item.victim[0]
 
 
 def _is_new(item: Pending, path: str, st: os.stat_result) -> bool:

@@ -19,7 +19,7 @@ from treebuilder import Tree, content
 from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.act import Outcome
 from dedup_engine.apply import ApplySummary, apply_plan
-from dedup_engine.journal import FileJournal, JournalError
+from dedup_engine.journal import FileJournal, JournalError, boot_id
 from dedup_engine.plan import Action, Keep, Plan, Policy, make_plan
 
 
@@ -235,11 +235,11 @@ def test_the_journal_records_each_operation_before_and_after(tree: Tree, tmp_pat
     finally:
         journal.close()
     records = [json.loads(line) for line in Path(path).read_text().splitlines()]
-    assert records[0] == {"journal": 1, "action": "hardlink"}
+    assert records[0] == {"journal": 1, "boot": boot_id(), "action": "hardlink"}
     states = [(r["op"], r["state"]) for r in records[1:]]
     # The batch's begin records first, made durable together, then each outcome.
-    assert states == [(0, "begin"), (1, "begin"), (2, "begin"), (0, "done"), (1, "done"),
-                      (2, "done")]  # fmt: skip
+    assert states == [(0, "begin"), (1, "begin"), (2, "begin"), (0, "start"), (0, "done"),
+                      (1, "start"), (1, "done"), (2, "start"), (2, "done")]  # fmt: skip
     assert all(r["aside"].startswith(os.path.dirname(r["path"]) + "/.dedup-")
                for r in records[1:4])  # fmt: skip
     assert leftovers(tree.root) == []

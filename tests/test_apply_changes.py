@@ -303,5 +303,5 @@ def test_a_read_only_directory_fails_with_eacces_and_changes_nothing(
     assert sorted(os.listdir(tree.path("b"))) == ["x"]
     assert leftovers(tree.root) == []
     records = [json.loads(line) for line in journal.read_text().splitlines()]
-    assert [r.get("state") for r in records[1:]] == ["begin", "failed"]
+    assert [r.get("state") for r in records[1:]] == ["begin", "start", "failed"]
     assert "EACCES" in records[-1]["message"]

@@ -354,10 +354,10 @@ def test_default_journal_is_in_the_state_directory(
     header = records[0]
     assert header["journal"] == 1 and header["tool"] == "dedup-engine"
     assert (header["action"], header["operations"]) == ("delete", 3)
-    # A batch's begin records go first (one fsync), then each operation's outcome.
+    # A batch's begin records go first (one fsync), then each operation's start and outcome.
     assert [(r["op"], r["state"]) for r in records[1:]] == [
         *((n, "begin") for n in range(3)),
-        *((n, "done") for n in range(3)),
+        *((n, state) for n in range(3) for state in ("start", "done")),
     ]
     begun = [r for r in records[1:] if r["state"] == "begin"]
     assert [(r["path"], r["keep"]) for r in begun] == [
@@ -407,7 +407,7 @@ def test_resume_settles_a_run_that_was_killed(
     # never started, which resume finds untouched.
     assert proc.stdout == b"resume: 3 interrupted operations settled, 0 need you\n"
     assert proc.stderr.decode().startswith(f"{word}: ")
-    assert proc.stderr.count(b"had not been touched") == 2
+    assert proc.stderr.count(b"never started") == 2
     assert leftovers(dups.root) == []
     assert dups.read("b/v1") == content(3000, 1)
     assert same_inode(dups, "b/v1", "a/k") is linked

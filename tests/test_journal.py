@@ -25,7 +25,8 @@ from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.act import Outcome
 from dedup_engine.apply import apply_plan
 from dedup_engine.journal import FileJournal, JournalError, read, resume
-from dedup_engine.plan import Action, Plan, Policy, make_plan
+from dedup_engine.plan import Action, Operation, Plan, Policy, make_plan
+from dedup_engine.records import FileEntry
 
 DATA = content(30_000, "journal")
 ACTIONS = [Action.DELETE, Action.HARDLINK, Action.SYMLINK, Action.MOVE, Action.REFLINK]
@@ -233,11 +234,12 @@ def test_resume_does_not_call_a_delete_done_when_its_directory_is_missing(tmp_pa
     journal.close()
     os.rename(tree.path("sub"), tree.path("sub-elsewhere"))
     settled = resume(journal.path)
-    assert [s.outcome for s in settled] == [Outcome.ROLLBACK_FAILED] * 2
+    # The second operation never started (no start record, same boot): nothing to look for.
+    assert [s.outcome for s in settled] == [Outcome.ROLLBACK_FAILED, Outcome.SKIPPED]
     assert leftovers(tree.path("sub-elsewhere"))  # still there for a person, not forgotten
     os.rename(tree.path("sub-elsewhere"), tree.path("sub"))
     again = resume(journal.path)  # still open in the journal: settled once the dir is back
-    assert [s.outcome for s in again] == [Outcome.SKIPPED] * 2
+    assert [s.outcome for s in again] == [Outcome.SKIPPED]
     assert Path(tree.path("sub/victim")).read_bytes() == DATA and leftovers(tree.root) == []
 
 
@@ -263,6 +265,7 @@ def test_resume_removes_a_second_name_left_by_a_link_and_unlink_rename(tmp_path:
     aside = os.path.join(os.path.dirname(op.victim.path), ".dedup-0000.tmp")
     journal = FileJournal(str(tmp_path / "j.jsonl"), {})
     journal.begin(0, op, aside)
+    journal.start(0)
     journal.close()
     os.link(op.victim.path, aside)
     [settled] = resume(journal.path)
@@ -270,21 +273,68 @@ def test_resume_removes_a_second_name_left_by_a_link_and_unlink_rename(tmp_path:
     assert leftovers(tree.root) == [] and Path(op.victim.path).read_bytes() == DATA
 
 
+@pytest.mark.parametrize("boot", ["same", "other"])
 def test_resume_leaves_a_begun_but_unstarted_operation_alone_when_its_file_changed(
-    tmp_path: Path,
+    tmp_path: Path, boot: str
 ) -> None:
     """A batch's operations are journaled as begun together; one that never started may find
-    its victim replaced by someone else since.  Nothing of ours is there: not a person's job."""
+    its victim replaced by someone else since.  In the same boot the journal says it never
+    started (no start record); after a reboot (unsynced records may be lost) the disk says
+    nothing of ours is there.  Either way it is not a person's job."""
     tree, plan, _ = make(tmp_path, Action.HARDLINK)
     journal = FileJournal(str(tmp_path / "j.jsonl"), {})
     with pytest.raises(Crash):
         apply_plan(plan, sys=Faulty(1, crash="before"), journal=journal)  # before any call
     journal.close()
+    if boot == "other":
+        text = Path(journal.path).read_text()
+        header = json.loads(text.splitlines()[0])
+        Path(journal.path).write_text(text.replace(header["boot"], "another-boot", 1))
     victim = tree.path("sub/victim-link")
     os.unlink(victim)
     Path(victim).write_bytes(b"someone else's new file")
     settled = resume(journal.path)
     assert [s.outcome for s in settled] == [Outcome.SKIPPED, Outcome.SKIPPED]
-    assert "changed by someone else" in settled[1].message
+    expected = "never started" if boot == "same" else "changed by someone else"
+    assert expected in settled[1].message
     assert Path(victim).read_bytes() == b"someone else's new file"
     assert leftovers(tree.root) == []
+
+
+def test_a_directory_renamed_and_made_anew_keeps_the_operation_open(tmp_path: Path) -> None:
+    """Regression: a new directory under the old name passed the device check, resume called
+    the operation settled, and the file stayed under its temporary name in the renamed one."""
+    tree, plan, _ = make(tmp_path, Action.HARDLINK)
+    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
+    with pytest.raises(Crash):
+        apply_plan(plan, sys=Faulty(3, crash="after"), journal=journal)  # after the set-aside
+    journal.close()
+    os.rename(tree.path("sub"), tree.path("sub-old"))
+    os.mkdir(tree.path("sub"))
+    settled = resume(journal.path)
+    assert settled[0].outcome is Outcome.ROLLBACK_FAILED
+    assert [p.index for p in read(journal.path)[1]] == [0]  # still open for a person
+    assert leftovers(tree.path("sub-old"))
+
+
+def test_lines_of_zeros_left_by_writeback_are_lost_end_records(tmp_path: Path) -> None:
+    tree, plan, _ = make(tmp_path, Action.HARDLINK)
+    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
+    apply_plan(plan, journal=journal)
+    journal.close()
+    lines = Path(journal.path).read_bytes().split(b"\n")
+    lines[-4] = b"\0" * len(lines[-4])  # op 0's end record, mid-file, never reached the disk
+    Path(journal.path).write_bytes(b"\n".join(lines))
+    settled = resume(journal.path)  # worked out from the disk: it had been completed
+    assert [s.outcome for s in settled] == [Outcome.DONE]
+    assert leftovers(tree.root) == []
+
+
+def test_temporary_names_in_a_batch_are_distinct(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dedup_engine import apply as apply_module
+
+    names = iter(["/d/.dedup-same.tmp", "/d/.dedup-same.tmp", "/d/.dedup-other.tmp"])
+    monkeypatch.setattr(apply_module, "aside_name", lambda path: next(names))
+    keep = FileEntry("/k", 1, 9, 1, 0, 0)
+    ops = [Operation(0, Action.HARDLINK, FileEntry(f"/d/{n}", 1, n, 1, 0, 0), keep) for n in (1, 2)]
+    assert apply_module._asides(ops) == ["/d/.dedup-same.tmp", "/d/.dedup-other.tmp"]

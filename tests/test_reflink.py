@@ -336,3 +336,29 @@ def test_a_reflink_run_that_did_nothing_reclaimed_nothing(tmp_path: Path) -> Non
 
     assert [r.outcome for r in summary.results] == [Outcome.FAILED]
     assert summary.reclaimed == 0
+
+
+def test_a_file_larger_than_one_dedupe_call_is_shared_in_steps(
+    xtree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel caps a call (XFS: 1 GiB); a smaller step makes the loop run many times."""
+    from dedup_engine import fsops
+
+    calls = 0
+    real_ioctl = fcntl.ioctl
+
+    def counting_ioctl(fd: int, request: int, arg: bytearray) -> object:
+        nonlocal calls
+        calls += 1
+        return real_ioctl(fd, request, arg)
+
+    monkeypatch.setattr(fsops, "DEDUPE_STEP", 256 << 10)
+    monkeypatch.setattr(fcntl, "ioctl", counting_ioctl)
+    data = content(3 * MiB + 5, "steps")
+    xtree.file("a/big", data)
+    xtree.file("b/big", data)
+    _, summary = find_and_apply([xtree.path("a"), xtree.path("b")], Action.REFLINK)
+    assert [r.outcome for r in summary.results] == [Outcome.DONE]
+    assert calls == 13  # 12 whole steps of 256 KiB and the 5-byte tail
+    assert shares_all_blocks(xtree.path("b/big"), xtree.path("a/big"))
+    assert Path(xtree.path("b/big")).read_bytes() == data

@@ -3,6 +3,8 @@
 `apply_plan` is the library's way to act on a report (`dedup apply` is a thin layer over it).
 Within a group, the first operation that does not complete stops the group: the rest of it is
 skipped with that reason, so a group that changed since the report is left as it is now.
+Operations are journaled in batches: the batch's begin records are synced together before any of
+them starts, and its end records after the directories it changed are synced.
 Space reclaimed is measured, not predicted: from st_blocks of each file whose last name went
 (so sparse files and files with other links count right), and for reflinks, which leave every
 file its st_blocks, from the filesystem's free space just before and after each one.

@@ -30,7 +30,7 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from dedup_engine.fsops import REAL, ContentDiffers, Syscalls, fs_type
 from dedup_engine.fsquery import (
@@ -83,6 +83,13 @@ class Journal(Protocol):
         """Make every record written so far durable (fsync)."""
 
 
+class _Opened(NamedTuple):
+    """A file opened for an operation, with its fstat from the moment it was checked."""
+
+    fd: int
+    st: os.stat_result
+
+
 class _Skip(Exception):
     """A check failed: the group is skipped with this reason."""
 
@@ -127,20 +134,20 @@ class Actor:
             assert op.target is not None
             if device_of(op.target) != victim.dev:
                 raise _Skip(f"--to is on another filesystem than {victim.path!r}; not copying")
-        keep_fd = self._open(keep, "kept file")
+        kept = self._open(keep, "kept file")
         try:
-            victim_fd = self._open(victim, "victim")
+            victim_file = self._open(victim, "victim")
             try:
                 if op.action is Action.REFLINK:
-                    return self._reflink(index, op, keep_fd, victim_fd)
+                    return self._reflink(index, op, kept, victim_file)
                 if op.action is Action.MOVE:
-                    return self._move(index, op, keep_fd, victim_fd)
+                    return self._move(index, op, kept, victim_file)
                 assert aside is not None, "delete, hardlink and symlink set the victim aside"
-                return self._replace(index, op, keep_fd, victim_fd, aside)
+                return self._replace(index, op, kept, victim_file, aside)
             finally:
-                os.close(victim_fd)
+                os.close(victim_file.fd)
         finally:
-            os.close(keep_fd)
+            os.close(kept.fd)
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -177,16 +184,17 @@ class Actor:
             return "its metadata or links changed (ctime differs)"
         return None
 
-    def _open(self, entry: FileEntry, role: str) -> int:
+    def _open(self, entry: FileEntry, role: str) -> _Opened:
         try:
             fd = self.sys.open(entry.path, _OPEN_FLAGS)
         except OSError as exc:
             raise _Skip(f"{role} {entry.path!r}: cannot open: {describe_error(exc)}") from None
-        problem = self._differs(os.fstat(fd), entry)
+        st = os.fstat(fd)
+        problem = self._differs(st, entry)
         if problem:
             os.close(fd)
             raise _Skip(f"{role} {entry.path!r} changed while being opened: {problem}")
-        return fd
+        return _Opened(fd, st)
 
     def _remember(self, *fds: int) -> None:
         for fd in fds:
@@ -196,10 +204,9 @@ class Actor:
     # -- delete, hardlink, symlink: aside, link, verify, commit ---------------------------
 
     def _replace(
-        self, index: int, op: Operation, keep_fd: int, victim_fd: int, aside: str
+        self, index: int, op: Operation, kept: _Opened, victim: _Opened, aside: str
     ) -> OpResult:
-        path = op.victim.path
-        before = os.fstat(victim_fd)
+        path, keep_fd, victim_fd, before = op.victim.path, kept.fd, victim.fd, victim.st
         self._start(index)
         try:
             self.sys.rename_noreplace(path, aside)
@@ -213,24 +220,24 @@ class Actor:
             if not same_file(lstat(aside), before):
                 return undo.back(self, index, "the set-aside name is not the victim")
             step = "compare the bytes"
-            if self.verify and not self._same_bytes(keep_fd, victim_fd, op):
+            if self.verify and not same_bytes(keep_fd, victim_fd, op.victim.size):
                 return undo.back(self, index, "content differs from the kept file", skip=True)
             compared = content_stamp(keep_fd), content_stamp(victim_fd)
             if op.action is Action.HARDLINK:
                 step = "link"
                 self.sys.link(op.keep.path, path)
                 undo.created = True
-                if not same_file(lstat(path), os.fstat(keep_fd)):
+                if not same_file(lstat(path), kept.st):
                     return undo.back(self, index, f"{path!r} is not the kept file after linking")
             elif op.action is Action.SYMLINK:
                 step = "symlink"
                 self.sys.symlink(op.keep.path, path)
                 undo.created = True
-                if not is_symlink_to(path, op.keep.path, os.fstat(keep_fd)):
+                if not is_symlink_to(path, op.keep.path, kept.st):
                     return undo.back(self, index, f"{path!r} is not a symlink to the kept file")
             # The last moment before a name goes for good: the kept copy must still be there,
             # and neither file written to since their bytes were compared.
-            if not same_file(lstat(op.keep.path), os.fstat(keep_fd)):
+            if not same_file(lstat(op.keep.path), kept.st):
                 return undo.back(self, index, f"kept file {op.keep.path!r} changed", skip=True)
             if (content_stamp(keep_fd), content_stamp(victim_fd)) != compared:
                 why = "a file was written to while it was being compared"
@@ -249,15 +256,14 @@ class Actor:
 
     # -- move and reflink -----------------------------------------------------------------
 
-    def _move(self, index: int, op: Operation, keep_fd: int, victim_fd: int) -> OpResult:
+    def _move(self, index: int, op: Operation, kept: _Opened, victim: _Opened) -> OpResult:
         assert op.target is not None
         path, target = op.victim.path, op.target
         try:
-            if self.verify and not self._same_bytes(keep_fd, victim_fd, op):
+            if self.verify and not same_bytes(kept.fd, victim.fd, op.victim.size):
                 raise _Skip(f"{path!r}: content differs from the kept file")
         except OSError as exc:
             raise _Skip(f"{path!r}: cannot compare the bytes: {describe_error(exc)}") from None
-        before = os.fstat(victim_fd)
         try:
             self._make_parents(target)
         except OSError as exc:
@@ -271,11 +277,10 @@ class Actor:
             return self._end(
                 index, op, Outcome.FAILED, f"cannot move to {target!r}: {describe_error(exc)}"
             )
-        if same_file(lstat(target), before):
-            self.touched.update((os.path.dirname(target), os.path.dirname(path)))
-            self._remember(keep_fd, victim_fd)
-            return self._end(index, op, Outcome.DONE, "")
         self.touched.update((os.path.dirname(target), os.path.dirname(path)))
+        if same_file(lstat(target), victim.st):
+            self._remember(kept.fd, victim.fd)
+            return self._end(index, op, Outcome.DONE, "")
         try:
             self.sys.rename_noreplace(target, path)
         except OSError as exc:
@@ -293,8 +298,8 @@ class Actor:
             self.sys.mkdir(directory)
             self.touched.add(os.path.dirname(directory))
 
-    def _reflink(self, index: int, op: Operation, keep_fd: int, victim_fd: int) -> OpResult:
-        before = os.fstat(victim_fd)
+    def _reflink(self, index: int, op: Operation, kept: _Opened, victim: _Opened) -> OpResult:
+        keep_fd, victim_fd, before = kept.fd, victim.fd, victim.st
         free_before = free_bytes(victim_fd)
         self._start(index)
         try:
@@ -320,9 +325,6 @@ class Actor:
         return self._end(index, op, Outcome.DONE, "", freed)
 
     # -- helpers --------------------------------------------------------------------------
-
-    def _same_bytes(self, keep_fd: int, victim_fd: int, op: Operation) -> bool:
-        return same_bytes(keep_fd, victim_fd, op.victim.size)
 
     def _start(self, index: int) -> None:
         if self.journal is not None:
@@ -390,9 +392,9 @@ class _Undo:
         return False
 
 
+ASIDE_PREFIX = ".dedup-"
+
+
 def aside_name(path: str) -> str:
     """A short, unused temporary name in the directory of `path` (never a long name)."""
-    return os.path.join(os.path.dirname(path), f".dedup-{secrets.token_hex(4)}.tmp")
-
-
-ASIDE_PREFIX = ".dedup-"
+    return os.path.join(os.path.dirname(path), f"{ASIDE_PREFIX}{secrets.token_hex(4)}.tmp")

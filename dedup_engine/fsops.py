@@ -37,7 +37,6 @@ class ContentDiffers(OSError):
 
 class Syscalls(Protocol):
     def open(self, path: str, flags: int) -> int: ...
-    def rename(self, src: str, dst: str) -> None: ...
     def rename_noreplace(self, src: str, dst: str) -> None: ...
     def link(self, src: str, dst: str) -> None: ...
     def symlink(self, target: str, path: str) -> None: ...
@@ -58,9 +57,6 @@ class RealSyscalls:
 
     def open(self, path: str, flags: int) -> int:
         return os.open(path, flags)
-
-    def rename(self, src: str, dst: str) -> None:
-        os.rename(src, dst)
 
     def rename_noreplace(self, src: str, dst: str) -> None:
         if self._renameat2 is not None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from dedup_engine.act import Outcome
 from dedup_engine.fsops import REAL, Syscalls
-from dedup_engine.fsquery import same_bytes
+from dedup_engine.fsquery import same_bytes, sync_dir
 from dedup_engine.plan import Action, Operation
 
 JOURNAL_VERSION = 1
@@ -65,7 +65,7 @@ class FileJournal:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         self._write({"journal": JOURNAL_VERSION, "boot": boot_id(), **header})
         self.commit()
-        _fsync_dir(directory)
+        sync_dir(directory)
 
     @classmethod
     def reopen(cls, path: str) -> FileJournal:
@@ -161,14 +161,6 @@ def _identity(path: str) -> list[int] | None:
     except OSError:
         return None
     return [st.st_dev, st.st_ino]
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
+from dedup_engine.act import ASIDE_PREFIX
 from dedup_engine.fsops import REAL, Syscalls
 
 
@@ -56,9 +57,6 @@ class Faulty:
     def open(self, path: str, flags: int) -> int:
         return int(self._call("open", path, lambda: self.real.open(path, flags)))
 
-    def rename(self, src: str, dst: str) -> None:
-        self._call("rename", src, lambda: self.real.rename(src, dst))
-
     def rename_noreplace(self, src: str, dst: str) -> None:
         self._call("rename_noreplace", src, lambda: self.real.rename_noreplace(src, dst))
 
@@ -96,7 +94,7 @@ def leftovers(root: str) -> list[str]:
         os.path.join(directory, name)
         for directory, dirs, names in os.walk(root)
         for name in names + dirs
-        if name.startswith(".dedup-")
+        if name.startswith(ASIDE_PREFIX)
     ]
 
 

@@ -43,6 +43,15 @@ def make(root: Path, action: Action) -> tuple[Tree, Plan, str]:
     return tree, make_plan(result.groups, result.roots, policy), move_to
 
 
+def crashed(plan: Plan, tmp_path: Path, sys: Faulty) -> FileJournal:
+    """Apply `plan` with a journal at tmp_path/j.jsonl until `sys` crashes it; the journal."""
+    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
+    with pytest.raises(Crash):
+        apply_plan(plan, sys=sys, journal=journal)
+    journal.close()
+    return journal
+
+
 def calls_of(root: Path, action: Action) -> list[str]:
     _, plan, _ = make(root, action)
     spy = Faulty()
@@ -80,10 +89,7 @@ def test_resume_after_a_crash_at_any_step(tmp_path: Path, action: Action, when: 
 
 def test_a_torn_last_record_is_ignored_and_a_damaged_one_is_refused(tmp_path: Path) -> None:
     tree, plan, _ = make(tmp_path, Action.HARDLINK)
-    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
-    with pytest.raises(Crash):
-        apply_plan(plan, sys=Faulty(4, crash="after"), journal=journal)  # after the link
-    journal.close()
+    journal = crashed(plan, tmp_path, Faulty(4, crash="after"))  # after the link
     with open(journal.path, "ab") as f:
         f.write(b'{"op": 0, "sta')  # killed in the middle of writing the end record
     _, pending = read(journal.path)
@@ -228,10 +234,7 @@ def test_resume_does_not_call_a_delete_done_when_its_directory_is_missing(tmp_pa
     """Regression: both names missing (an unmounted volume, a renamed directory) was taken
     for a completed delete, and the file was left under its temporary name for good."""
     tree, plan, _ = make(tmp_path, Action.DELETE)
-    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
-    with pytest.raises(Crash):
-        apply_plan(plan, sys=Faulty(3, crash="after"), journal=journal)  # after the set-aside
-    journal.close()
+    journal = crashed(plan, tmp_path, Faulty(3, crash="after"))  # after the set-aside
     os.rename(tree.path("sub"), tree.path("sub-elsewhere"))
     settled = resume(journal.path)
     # The second operation never started (no start record, same boot): nothing to look for.
@@ -246,10 +249,7 @@ def test_resume_does_not_call_a_delete_done_when_its_directory_is_missing(tmp_pa
 def test_resume_after_a_torn_record_leaves_a_readable_journal(tmp_path: Path) -> None:
     """Regression: resume glued its record to the torn one, and the journal became unreadable."""
     tree, plan, _ = make(tmp_path, Action.HARDLINK)
-    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
-    with pytest.raises(Crash):
-        apply_plan(plan, sys=Faulty(3, crash="after"), journal=journal)
-    journal.close()
+    journal = crashed(plan, tmp_path, Faulty(3, crash="after"))
     with open(journal.path, "ab") as f:
         f.write(b'{"op": 7, "sta')
     resume(journal.path)
@@ -282,10 +282,7 @@ def test_resume_leaves_a_begun_but_unstarted_operation_alone_when_its_file_chang
     started (no start record); after a reboot (unsynced records may be lost) the disk says
     nothing of ours is there.  Either way it is not a person's job."""
     tree, plan, _ = make(tmp_path, Action.HARDLINK)
-    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
-    with pytest.raises(Crash):
-        apply_plan(plan, sys=Faulty(1, crash="before"), journal=journal)  # before any call
-    journal.close()
+    journal = crashed(plan, tmp_path, Faulty(1, crash="before"))  # before any call
     if boot == "other":
         text = Path(journal.path).read_text()
         header = json.loads(text.splitlines()[0])
@@ -305,10 +302,7 @@ def test_a_directory_renamed_and_made_anew_keeps_the_operation_open(tmp_path: Pa
     """Regression: a new directory under the old name passed the device check, resume called
     the operation settled, and the file stayed under its temporary name in the renamed one."""
     tree, plan, _ = make(tmp_path, Action.HARDLINK)
-    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
-    with pytest.raises(Crash):
-        apply_plan(plan, sys=Faulty(3, crash="after"), journal=journal)  # after the set-aside
-    journal.close()
+    journal = crashed(plan, tmp_path, Faulty(3, crash="after"))  # after the set-aside
     os.rename(tree.path("sub"), tree.path("sub-old"))
     os.mkdir(tree.path("sub"))
     settled = resume(journal.path)

@@ -371,6 +371,8 @@ def _still_duplicate(item: Pending) -> bool:
 
 
 def _lstat(path: str) -> os.stat_result | None:
+    # Not fsquery.lstat, which reads any error as "absent": here an unreadable name must stop
+    # the settling (needs you), not be taken for a name that is gone.
     try:
         return os.lstat(path)
     except FileNotFoundError:

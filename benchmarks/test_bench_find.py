@@ -81,6 +81,9 @@ def _task(run: _Run, window: Window, rows: list[int], groups: list[int] | None =
         False,
         run.opts.chunk_size,
         array("I", groups or []),
+        array("Q", (table.ino[r] for r in rows)),
+        array("q", (table.mtime[r] for r in rows)),
+        array("q", (table.ctime[r] for r in rows)),
     )
 
 

@@ -18,7 +18,7 @@ from dedup_engine.hashing import (
     ChangedError,
     HashResult,
     HashTask,
-    check_regular,
+    check_unchanged,
     describe,
     open_flags,
 )
@@ -65,7 +65,7 @@ def compare_groups(task: HashTask) -> HashResult:
                     continue
                 opened += 1
                 try:
-                    digests[position] = _hash_chunked(fd, size, buffers[0])
+                    digests[position] = _hash_chunked(task, position, fd, buffers[0])
                     total += size
                 except OSError as exc:
                     failed.append((position, describe(exc)))
@@ -104,12 +104,6 @@ def _compare_group(
                 continue
             opened += 1
             live.append(_Open(position, fd, buffers[len(live)]))
-            try:
-                check_regular(fd, size)
-            except OSError as exc:
-                failed.append((position, describe(exc)))
-                live.pop()
-                os.close(fd)
         sets: list[tuple[list[_Open], blake3]] = [(live, blake3())] if len(live) > 1 else []
         offset = 0
         while offset < size and sets:
@@ -148,6 +142,9 @@ def _compare_group(
                 try:
                     if not member.eof and os.read(member.fd, 1):
                         raise ChangedError(errno.EIO, f"grew while reading: expected {size} bytes")
+                    # Once every member is read: unchanged since the scan, each held the bytes
+                    # compared from its scan to now, so they were all equal at once.
+                    _check(task, member.position, member.fd)
                     intact.append(member)
                 except OSError as exc:
                     failed.append((member.position, describe(exc)))
@@ -195,8 +192,14 @@ def _same(a: bytearray, b: bytearray, want: int, chunk: int) -> bool:
     return a[:want] == b[:want]
 
 
-def _hash_chunked(fd: int, size: int, buf: bytearray) -> bytes:
-    check_regular(fd, size)
+def _check(task: HashTask, position: int, fd: int) -> None:
+    check_unchanged(
+        fd, task.sizes[position], task.inos[position], task.mtimes[position], task.ctimes[position]
+    )
+
+
+def _hash_chunked(task: HashTask, position: int, fd: int, buf: bytearray) -> bytes:
+    size = task.sizes[position]
     hasher = blake3()
     view = memoryview(buf)
     total = 0
@@ -209,4 +212,5 @@ def _hash_chunked(fd: int, size: int, buf: bytearray) -> bytes:
         total += n
     if total != size:
         raise ChangedError(errno.EIO, f"size changed while reading: expected {size} bytes")
+    _check(task, position, fd)
     return bytes(hasher.digest())

@@ -67,6 +67,12 @@ class HashTask:
     chunk_size: int
     #: Full stage: the files come as consecutive groups of these sizes, compared within each group.
     groups: array[int] = field(default_factory=lambda: array("I"))
+    #: Full stage: what the scan saw of each file, checked on the open file once it is read.  The
+    #: partial windows go without: their digests are never final but for files read whole, which
+    #: the parent re-checks by path once every read of their group is done.
+    inos: array[int] = field(default_factory=lambda: array("Q"))
+    mtimes: array[int] = field(default_factory=lambda: array("q"))
+    ctimes: array[int] = field(default_factory=lambda: array("q"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +90,8 @@ class HashResult:
 
 
 class ChangedError(OSError):
-    """The file is not the size the scan saw, or is no longer a regular file."""
+    """The file is not as the scan saw it: another inode, size, mtime or ctime, or not a regular
+    file."""
 
 
 def hash_batch(task: HashTask) -> HashResult:
@@ -117,7 +124,7 @@ def hash_batch(task: HashTask) -> HashResult:
                 # socket swapped in after the scan fails it (ESPIPE) however many bytes it holds,
                 # which spares an fstat per small file.  One byte more than expected is asked
                 # for, so a file that grew since the scan shows itself; on a regular file a read
-                # is short only at end of file.
+                # is short only at end of file.  Any other change is for the parent's re-check.
                 data = os_pread(fd, size + 1, 0)
                 if len(data) != size:
                     data = _finish_whole(fd, data, size)
@@ -153,14 +160,23 @@ def _finish_whole(fd: int, data: bytes, size: int) -> bytes:
     return data
 
 
-def check_regular(fd: int, size: int) -> None:
-    # The stage that produces a file's final digest confirms the open file is still a regular file
-    # of the scanned size: a file replaced or resized after the scan must never match.
+def check_unchanged(fd: int, size: int, ino: int, mtime: int, ctime: int) -> None:
+    """Refuse a file just read that is not the one the scan saw: another inode, size, mtime or
+    ctime (a write since the scan changes both times), or not a regular file."""
     st = os.fstat(fd)
+    if st.st_mtime_ns != mtime or st.st_ctime_ns != ctime or st.st_ino != ino or st.st_size != size:
+        raise ChangedError(errno.EIO, what_changed(st, size, ino))
+
+
+def what_changed(st: os.stat_result, size: int, ino: int, dev: int | None = None) -> str:
+    """Why a file is not as the scan saw it, in words (something differs by assumption)."""
     if not stat.S_ISREG(st.st_mode):
-        raise ChangedError(errno.EINVAL, "no longer a regular file")
+        return "no longer a regular file"
+    if st.st_ino != ino or (dev is not None and st.st_dev != dev):
+        return "replaced since the scan (another file at this path)"
     if st.st_size != size:
-        raise ChangedError(errno.EIO, f"size changed since scan: {size} -> {st.st_size} bytes")
+        return f"changed since the scan: size {size} -> {st.st_size} bytes"
+    return "changed since the scan (mtime or ctime differs)"
 
 
 def _read_rest(fd: int, data: bytes, want: int, offset: int) -> bytes:

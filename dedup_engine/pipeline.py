@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from dedup_engine.grouping import Group, GroupBuilder, SizeGroups
-from dedup_engine.hashing import Window
+from dedup_engine.hashing import Window, describe, what_changed
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.pool import Pool, open_pool
 from dedup_engine.records import DuplicateGroup, FindResult, Issue, RunStats, Stage
@@ -29,6 +29,8 @@ IN_FLIGHT_PER_WORKER = 3
 SCAN_BATCH_DIRS = 16
 #: Groups refined between two feeds of the next stage.
 REFINE_SLICE = 2048
+#: Groups re-checked at a time while the workers hash (an lstat, some 3 us, per file).
+RECHECK_SLICE = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +145,8 @@ class _Run:
         self._dirs: deque[DirJob] = deque()  # directories still to list
         self._seen: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every directory queued
         self._scans = 0  # scan tasks out
+        # Groups finished by a window (files read whole), to be re-checked by path.
+        self._unchecked: deque[tuple[Stage, bytes, Group]] = deque()
 
     def release(self) -> None:
         """Drop the run's big structures now: the stages and the size index refer back to the
@@ -178,11 +182,17 @@ class _Run:
             # Refined a slice at a time, so the workers start on the survivors while the parent
             # refines the rest.
             todo = fed[step]
+            stage = step.window.stage
             for start in range(0, len(todo), REFINE_SLICE):
                 done, rest = step.refine(todo[start : start + REFINE_SLICE])
-                finals.add(self.sizes.settle(done))
+                if stage is Stage.FULL:
+                    finals.add(self.sizes.settle(done))
+                else:  # read whole by a window: re-checked by path first
+                    self._unchecked.extend((stage, d, g) for d, g in self.sizes.settle(done))
                 self._route(rest, steps[index + 1 :], fed)
             step.release()
+        while self._unchecked:
+            finals.add(self._recheck(RECHECK_SLICE))
         return finals.groups()
 
     def _route(
@@ -210,9 +220,53 @@ class _Run:
             step.flush()
 
     def _build_some(self, step: HashStep, finals: GroupBuilder) -> None:
-        """The parent's work while a stage's tasks are out: settle and build finished groups."""
+        """The parent's work while a stage's tasks are out: settle, re-check and build finished
+        groups."""
         finals.add(self.sizes.settle(step.take_finished()))
+        if self._unchecked:
+            finals.add(self._recheck(RECHECK_SLICE))
         finals.build_some()
+
+    def _recheck(self, count: int) -> list[tuple[bytes, Group]]:
+        """Up to `count` groups of files read whole by a window, each file stat'ed again by path.
+
+        The worker that read such a file checked only its size.  A file still as the scan saw it
+        (same inode, size, mtime and ctime) now, after every read of its group, held the bytes
+        read from its scan to now; so all the files of a group kept do, at once, even when one
+        was read early in the walk and another scanned later.  A changed file drops out with an
+        issue.  Files whose last read is the full stage's are checked on the open file instead.
+        """
+        table = self.table
+        paths, devs, inos, sizes = table.paths, table.dev, table.ino, table.size
+        mtimes, ctimes = table.mtime, table.ctime
+        stat_path = os.stat if self.opts.follow_links else os.lstat
+        out: list[tuple[bytes, Group]] = []
+        unchecked = self._unchecked
+        for _ in range(min(count, len(unchecked))):
+            stage, digest, group = unchecked.popleft()
+            kept: Group = []
+            for row in group:
+                try:
+                    st = stat_path(paths[row])
+                except OSError as exc:
+                    self.issues.append(
+                        Issue(paths[row], stage, f"changed since the scan: {describe(exc)}")
+                    )
+                    continue
+                if (
+                    st.st_ctime_ns != ctimes[row]
+                    or st.st_mtime_ns != mtimes[row]
+                    or st.st_ino != inos[row]
+                    or st.st_dev != devs[row]
+                    or st.st_size != sizes[row]
+                ):
+                    message = what_changed(st, sizes[row], inos[row], devs[row])
+                    self.issues.append(Issue(paths[row], stage, message))
+                    continue
+                kept.append(row)
+            if len(kept) == len(group) or self.weight(kept) >= 2:
+                out.append((digest, kept))
+        return out
 
     def _step(
         self, window: Window, weight: Callable[[Group], int], split_on_arrival: bool = False

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dedup_engine.grouping import Group
 from dedup_engine.hashing import DIGEST_SIZE, NO_DIGEST, HashResult, HashTask, Window
 from dedup_engine.pool import Pool
-from dedup_engine.records import Issue, StageStats
+from dedup_engine.records import Issue, Stage, StageStats
 from dedup_engine.scanner import FileColumns
 
 #: Files per task: enough that a task costs a few ms of small reads, against ~50 us of pipe and
@@ -120,6 +120,9 @@ class HashStep:
     def _submit(self, batch: tuple[list[int], array[int]]) -> None:
         rows, bounds = batch
         table = self.table
+        # What the scan saw goes with the full stage's files only: its digests are final, and it
+        # checks them on the open files (the parent re-checks files read whole by a window).
+        checked = rows if self.window.stage is Stage.FULL else ()
         task = HashTask(
             self.window,
             array("Q", rows),
@@ -128,6 +131,9 @@ class HashStep:
             self.follow_links,
             self.chunk_size,
             bounds,
+            array("Q", map(table.ino.__getitem__, checked)),
+            array("q", map(table.mtime.__getitem__, checked)),
+            array("q", map(table.ctime.__getitem__, checked)),
         )
         self._outstanding += 1
         self.pool.submit(task, self._done)

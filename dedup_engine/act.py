@@ -1,29 +1,38 @@
-"""Carrying out one planned operation safely: check, set the victim aside, act, verify, commit.
+"""Carrying out one planned operation safely: check, lease, set aside, act, verify, commit.
 
 The operation has already been journaled as begun (by `apply.apply_plan`, with its temporary
-name) when it gets here.  Every operation follows the same steps, and any failure before the
-commit puts everything back:
+name) when it gets here.  Every file is reached through its directory, opened one component at
+a time without following symlinks, and named relative to it.  Every operation follows the same
+steps, and any failure before the commit puts everything back:
 
-1. re-stat the kept files and the victim (dev, ino, size, mtime_ns, ctime_ns, type) against what
-   the report (or our own earlier operation) left; any difference skips the group;
-2. open both without following links and check the descriptors are those files;
-3. rename the victim aside to a short temporary name in its directory (delete, hardlink, symlink),
-   or to its destination (move);
-4. compare the bytes of the kept file and the set-aside victim (unless `verify` is off);
-5. create the hard link or symlink at the victim's name and lstat it: it must be the kept inode,
+1. re-stat the kept files and the victim (dev, ino, size, mtime_ns, ctime_ns, type, owner and
+   mode) against what the report (or our own earlier operation) left; any difference skips the
+   group;
+2. open both without following links and check the descriptors are those files, and (unless
+   told otherwise) that they share owner, group and mode;
+3. take a read lease on both: the kernel refuses it while any process holds the file open for
+   writing (the group is skipped), and breaks it, visibly, when one opens it for writing later;
+4. rename the victim aside to a short temporary name in its directory (delete, hardlink,
+   symlink), or to its destination (move);
+5. compare the bytes of the kept file and the set-aside victim (unless `verify` is off);
+6. create the hard link or symlink at the victim's name and lstat it: it must be the kept inode,
    or a symlink to the kept path;
-6. check that neither file was written since the comparison and the kept path is still the kept
-   file, then remove the temporary name and journal the outcome.
+7. check that both leases are intact, that neither file's size or mtime moved from what they were
+   when it was opened, and that the kept path is still the kept file; then remove the temporary
+   name and journal the outcome.
 
-A reflink instead asks the kernel to share the blocks (FIDEDUPERANGE), which compares the bytes
-itself and changes nothing if they differ.  Rolling back removes only what we created (checked by
-identity) and puts the victim back without overwriting anything (RENAME_NOREPLACE); when that is
-impossible the outcome is ROLLBACK_FAILED, naming both paths, and the original stays under the
-temporary name, where `dedup apply --resume` finds it.
+Where leases are unavailable (another owner's file without CAP_LEASE, NFS), step 7's size and
+mtime check is what catches a write, and the run says so once.  A reflink instead asks the
+kernel to share the blocks (FIDEDUPERANGE), which compares the bytes itself and changes nothing
+if they differ.  Rolling back removes only what we created (checked by identity) and puts the
+victim back without overwriting anything (RENAME_NOREPLACE); when that is impossible the outcome
+is ROLLBACK_FAILED, naming both paths, and the original stays under the temporary name, where
+`dedup apply --resume` finds it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import os
@@ -32,27 +41,30 @@ import stat
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from dedup_engine.fsops import REAL, ContentDiffers, Syscalls, fs_type
+from dedup_engine.fsops import OPEN_READ, REAL, ContentDiffers, SymlinkInPath, Syscalls, fs_type
 from dedup_engine.fsquery import (
-    blocks,
     content_stamp,
     describe_error,
-    device_of,
     free_bytes,
-    is_symlink_to,
     kind,
-    lexists,
-    lstat,
-    readlink,
+    lease_intact,
+    lstat_at,
+    owner,
+    readlink_at,
     same_bytes,
     same_file,
 )
 from dedup_engine.plan import Action, Operation
 from dedup_engine.records import FileEntry
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
 #: Errors that mean "this filesystem cannot dedupe", as opposed to a failure of this file.
 _NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS}
+#: Errors that mean "no lease can be had here" (not the owner and no CAP_LEASE; a filesystem
+#: without leases), as opposed to "someone has the file open for writing" (EAGAIN).
+_NO_LEASE = {errno.EACCES, errno.EPERM, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK}
+
+#: (dev, ino, size, mtime_ns, ctime_ns) of a file as our own last operation left it.
+Stamp = tuple[int, int, int, int, int]
 
 
 class Outcome(str, enum.Enum):
@@ -60,6 +72,9 @@ class Outcome(str, enum.Enum):
     SKIPPED = "skipped"  # not attempted, or undone cleanly because a check failed
     FAILED = "failed"  # a system call failed; everything was put back
     ROLLBACK_FAILED = "rollback-failed"  # could not put everything back: needs a person
+    #: The kept file could take no more links (EMLINK): the victim, put back, is kept instead
+    #: for the rest of its group.
+    KEPT = "kept"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,30 +83,80 @@ class OpResult:
     outcome: Outcome
     message: str = ""
     reclaimed: int = 0  # bytes of blocks freed (st_blocks), counted when a file's last name goes
+    #: The files as this operation left them, for the checks of later operations (and resume).
+    seen: tuple[Stamp, ...] = ()
+    #: The message is about the filesystem, not this file ("reflink not supported on ext4"):
+    #: said once, with a count, not once per file.
+    general: bool = False
 
 
 class Journal(Protocol):
     """Where each operation is recorded before it starts and after it ends (journal.py)."""
 
     def begin(self, index: int, op: Operation, aside: str | None) -> None: ...
-    def start(self, index: int) -> None:
-        """The operation is about to change the disk (not synced: it tells `--resume`, in the
-        same boot, that an operation without it never started)."""
+    def start(self, index: int, keep: FileEntry) -> None:
+        """The operation, keeping `keep`, is about to change the disk (not synced: it tells
+        `--resume`, in the same boot, that an operation without it never started)."""
 
-    def end(self, index: int, outcome: Outcome, message: str) -> None: ...
+    def end(self, index: int, result: OpResult) -> None: ...
+    def unstarted(self, index: int, why: str) -> None:
+        """The operation was closed without starting; `--resume` carries it out."""
+
     def commit(self) -> None:
         """Make every record written so far durable (fsync)."""
 
 
+class _Place(NamedTuple):
+    """A name in a directory opened without following symlinks."""
+
+    at: int  # O_PATH descriptor of the directory
+    name: str
+    path: str  # as the report gives it, for messages and the journal
+
+
 class _Opened(NamedTuple):
-    """A file opened for an operation, with its fstat from the moment it was checked."""
+    """A file opened for an operation: its fstat from the moment it was checked, and whether
+    we hold a read lease on it."""
 
     fd: int
     st: os.stat_result
+    leased: bool
 
 
 class _Skip(Exception):
     """A check failed: the group is skipped with this reason."""
+
+
+class _Dirs:
+    """The directories one operation works in, each opened once, closed together."""
+
+    def __init__(self, sys: Syscalls) -> None:
+        self.sys = sys
+        self._open: dict[str, int] = {}
+
+    def place(self, path: str, role: str) -> _Place:
+        directory, name = os.path.split(path)
+        at = self._open.get(directory)
+        if at is None:
+            try:
+                at = self.sys.open_dir(None, directory)
+            except SymlinkInPath as exc:
+                # Only a report made with -L names such paths: acting through the link would
+                # change a file outside the roots that were searched.
+                raise _Skip(
+                    f"{role} {path!r} is reached through a symlink ({exc.strerror})"
+                ) from None
+            except OSError as exc:
+                raise _Skip(
+                    f"{role} {path!r}: cannot open its directory: {describe_error(exc)}"
+                ) from None
+            self._open[directory] = at
+        return _Place(at, name, path)
+
+    def close(self) -> None:
+        for fd in self._open.values():
+            os.close(fd)
+        self._open.clear()
 
 
 @dataclass(slots=True)
@@ -104,46 +169,56 @@ class Actor:
     """
 
     verify: bool = True
+    across_owners: bool = False
     sys: Syscalls = REAL
     journal: Journal | None = None
     #: Directories whose entries our completed operations changed, not yet made durable.
     touched: set[str] = field(default_factory=set)
-    _seen: dict[tuple[int, int], tuple[int, int, int]] = field(default_factory=dict)
+    #: Said once per run: where leases are unavailable, and what protects the operation there.
+    notices: dict[tuple[int, str], str] = field(default_factory=dict)
+    seen: dict[tuple[int, int], tuple[int, int, int]] = field(default_factory=dict)
+    _no_reflink: dict[int, str] = field(default_factory=dict)  # st_dev -> filesystem type
     _ended: bool = False
-    _real_dirs: set[str] = field(default_factory=set)
 
     def run(self, index: int, op: Operation, aside: str | None) -> OpResult:
         """Carry out `op`, already journaled as begun with `aside` as its temporary name."""
         self._ended = False
+        dirs = _Dirs(self.sys)
         try:
-            return self._run(index, op, aside)
+            return self._run(index, op, aside, dirs)
         except _Skip as exc:
-            if not self._ended:
-                self._end(index, op, Outcome.SKIPPED, str(exc))
-            return OpResult(op, Outcome.SKIPPED, str(exc))
+            if self._ended:
+                raise AssertionError("an operation ended twice") from None
+            return self._end(index, op, Outcome.SKIPPED, str(exc))
+        finally:
+            dirs.close()
 
-    def _run(self, index: int, op: Operation, aside: str | None) -> OpResult:
-        victim, keep = op.victim, op.keep
-        self._check(keep, "kept file")
+    def _run(self, index: int, op: Operation, aside: str | None, dirs: _Dirs) -> OpResult:
+        victim_entry, keep_entry = op.victim, op.keep
+        keep = dirs.place(keep_entry.path, "kept file")
+        self._check(keep, keep_entry, "kept file")
         for other in op.also_kept:  # the further copies --min-copies and --protect count on
-            self._check(other, "kept copy")
-        self._check(victim, "victim")
-        if op.action in (Action.HARDLINK, Action.REFLINK) and victim.dev != keep.dev:
+            self._check(dirs.place(other.path, "kept copy"), other, "kept copy")
+        victim = dirs.place(victim_entry.path, "victim")
+        self._check(victim, victim_entry, "victim")
+        if op.action in (Action.HARDLINK, Action.REFLINK) and victim_entry.dev != keep_entry.dev:
             raise _Skip(f"{op.action.value} across filesystems is refused (no fallback)")
-        if op.action is Action.MOVE:
-            assert op.target is not None
-            if device_of(op.target) != victim.dev:
-                raise _Skip(f"--to is on another filesystem than {victim.path!r}; not copying")
-        kept = self._open(keep, "kept file")
+        if op.action is Action.REFLINK and victim_entry.dev in self._no_reflink:
+            message = f"reflink not supported on {self._no_reflink[victim_entry.dev]}"
+            return self._end(index, op, Outcome.FAILED, message, general=True)
+        kept = self._open(keep, keep_entry, "kept file")
         try:
-            victim_file = self._open(victim, "victim")
+            victim_file = self._open(victim, victim_entry, "victim")
             try:
                 if op.action is Action.REFLINK:
                     return self._reflink(index, op, kept, victim_file)
+                self._same_owner(op, kept, victim_file)
+                kept = self._lease(kept, keep, "kept file")
+                victim_file = self._lease(victim_file, victim, "victim")
                 if op.action is Action.MOVE:
-                    return self._move(index, op, kept, victim_file)
+                    return self._move(index, op, victim, kept, victim_file)
                 assert aside is not None, "delete, hardlink and symlink set the victim aside"
-                return self._replace(index, op, kept, victim_file, aside)
+                return self._replace(index, op, keep, victim, kept, victim_file, aside)
             finally:
                 os.close(victim_file.fd)
         finally:
@@ -151,19 +226,11 @@ class Actor:
 
     # -- checks ---------------------------------------------------------------------------
 
-    def _check(self, entry: FileEntry, role: str) -> None:
+    def _check(self, place: _Place, entry: FileEntry, role: str) -> None:
         try:
-            st = os.lstat(entry.path)
+            st = os.stat(place.name, dir_fd=place.at, follow_symlinks=False)
         except OSError as exc:
             raise _Skip(f"{role} {entry.path!r}: {describe_error(exc)}") from None
-        directory = os.path.dirname(entry.path)
-        if directory not in self._real_dirs and os.path.realpath(directory) != directory:
-            # Only a report made with -L names such paths: acting through the link would
-            # change a file outside the roots that were searched.
-            raise _Skip(f"{role} {entry.path!r} is reached through a symlinked directory")
-        # Asked once per directory: it is about what the report names (made with -L or not),
-        # and the (dev, ino) checks, not this, guard against a tree changing under the run.
-        self._real_dirs.add(directory)
         problem = self._differs(st, entry)
         if problem:
             raise _Skip(f"{role} {entry.path!r} changed since the report: {problem}")
@@ -173,20 +240,22 @@ class Actor:
             return f"it is no longer a regular file ({kind(st.st_mode)})"
         if (st.st_dev, st.st_ino) != (entry.dev, entry.ino):
             return "it is another file now (dev, ino differ)"
-        size, mtime, ctime = self._seen.get(
+        size, mtime, ctime = self.seen.get(
             (entry.dev, entry.ino), (entry.size, entry.mtime_ns, entry.ctime_ns)
         )
         if st.st_size != size:
             return f"size {size} -> {st.st_size}"
         if st.st_mtime_ns != mtime:
             return "modified (mtime differs)"
+        if owner(st) != entry.owner:
+            return f"owner or mode {entry.owner} -> {owner(st)}"
         if st.st_ctime_ns != ctime:
             return "its metadata or links changed (ctime differs)"
         return None
 
-    def _open(self, entry: FileEntry, role: str) -> _Opened:
+    def _open(self, place: _Place, entry: FileEntry, role: str) -> _Opened:
         try:
-            fd = self.sys.open(entry.path, _OPEN_FLAGS)
+            fd = self.sys.open(place.at, place.name, OPEN_READ)
         except OSError as exc:
             raise _Skip(f"{role} {entry.path!r}: cannot open: {describe_error(exc)}") from None
         st = os.fstat(fd)
@@ -194,149 +263,282 @@ class Actor:
         if problem:
             os.close(fd)
             raise _Skip(f"{role} {entry.path!r} changed while being opened: {problem}")
-        return _Opened(fd, st)
+        return _Opened(fd, st, False)
 
-    def _remember(self, *fds: int) -> None:
+    def _same_owner(self, op: Operation, kept: _Opened, victim: _Opened) -> None:
+        if self.across_owners or owner(kept.st) == owner(victim.st):
+            return
+        raise _Skip(
+            f"{op.victim.path!r} ({owner(victim.st)}) differs in owner, group or mode from the "
+            f"kept file ({owner(kept.st)}); --across-owners allows it"
+        )
+
+    def _lease(self, opened: _Opened, place: _Place, role: str) -> _Opened:
+        """`opened`, leased where the system allows it."""
+        try:
+            self.sys.lease(opened.fd)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise _Skip(
+                    f"{role} {place.path!r} is open for writing by another process"
+                ) from None
+            if exc.errno not in _NO_LEASE:
+                raise _Skip(
+                    f"{role} {place.path!r}: cannot take a lease: {describe_error(exc)}"
+                ) from None
+            self._no_lease(opened.fd, exc)
+            return opened
+        return opened._replace(leased=True)
+
+    def _no_lease(self, fd: int, exc: OSError) -> None:
+        code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            key, where = (0, code), "for files of other owners (no CAP_LEASE)"
+        else:
+            fs = fs_type(fd)
+            key, where = (os.fstat(fd).st_dev, code), f"on {fs}"
+        self.notices.setdefault(
+            key,
+            f"read leases are unavailable {where} ({code}): there, a write during an operation "
+            "is caught by the file's size and mtime, checked again after the link, not by the "
+            "kernel; a file held open for writing is not seen until it is written",
+        )
+
+    def _written(self, *files: tuple[str, _Opened]) -> str | None:
+        """Why a file may have been written since it was opened, or None."""
+        for role, opened in files:
+            if opened.leased and not lease_intact(opened.fd):
+                return f"the {role} was opened for writing by another process (lease broken)"
+            if content_stamp(opened.fd) != (opened.st.st_size, opened.st.st_mtime_ns):
+                return f"the {role} was written to during the operation"
+        return None
+
+    def _compare(self, kept: _Opened, victim: _Opened, size: int) -> str | None:
+        """Why the two files may not be taken for copies (None: they are), read to the end."""
+        files = (("kept file", kept), ("victim", victim))
+        if self.verify and not same_bytes(
+            kept.fd, victim.fd, size, self.sys, lambda: self._written(*files) is None
+        ):
+            return self._written(*files) or "content differs from the kept file"
+        return self._written(*files)
+
+    def _remember(self, *fds: int) -> tuple[Stamp, ...]:
+        stamps = []
         for fd in fds:
             st = os.fstat(fd)
-            self._seen[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            self.seen[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            stamps.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        return tuple(stamps)
 
     # -- delete, hardlink, symlink: aside, link, verify, commit ---------------------------
 
     def _replace(
-        self, index: int, op: Operation, kept: _Opened, victim: _Opened, aside: str
+        self,
+        index: int,
+        op: Operation,
+        keep: _Place,
+        victim: _Place,
+        kept: _Opened,
+        victim_file: _Opened,
+        aside: str,
     ) -> OpResult:
-        path, keep_fd, victim_fd, before = op.victim.path, kept.fd, victim.fd, victim.st
-        self._start(index)
+        path, before = victim.path, victim_file.st
+        temp = os.path.basename(aside)
+        self._start(index, op)
         try:
-            self.sys.rename_noreplace(path, aside)
+            self.sys.rename_noreplace(victim.at, victim.name, victim.at, temp)
         except OSError as exc:
             return self._end(
                 index, op, Outcome.FAILED, f"cannot set {path!r} aside: {describe_error(exc)}"
             )
-        undo = _Undo(self.sys, op, aside)
+        self.touched.add(os.path.dirname(path))
+        undo = _Undo(self, index, op, keep, victim, kept, victim_file, temp)
         step = "check the set-aside name"
         try:
-            if not same_file(lstat(aside), before):
-                return undo.back(self, index, "the set-aside name is not the victim")
+            if not same_file(lstat_at(victim.at, temp), before):
+                return undo.back("the set-aside name is not the victim")
             step = "compare the bytes"
-            if self.verify and not same_bytes(keep_fd, victim_fd, op.victim.size):
-                return undo.back(self, index, "content differs from the kept file", skip=True)
-            compared = content_stamp(keep_fd), content_stamp(victim_fd)
+            problem = self._compare(kept, victim_file, op.victim.size)
+            if problem:
+                return undo.back(problem)
             if op.action is Action.HARDLINK:
                 step = "link"
-                self.sys.link(op.keep.path, path)
+                self.sys.link(keep.at, keep.name, victim.at, victim.name)
                 undo.created = True
-                if not same_file(lstat(path), kept.st):
-                    return undo.back(self, index, f"{path!r} is not the kept file after linking")
+                if not same_file(lstat_at(victim.at, victim.name), kept.st):
+                    return undo.back(f"{path!r} is not the kept file after linking")
             elif op.action is Action.SYMLINK:
                 step = "symlink"
-                self.sys.symlink(op.keep.path, path)
+                self.sys.symlink(keep.path, victim.at, victim.name)
                 undo.created = True
-                if not is_symlink_to(path, op.keep.path, kept.st):
-                    return undo.back(self, index, f"{path!r} is not a symlink to the kept file")
+                if not self._is_symlink_to_kept(victim, keep.path, kept):
+                    return undo.back(f"{path!r} is not a symlink to the kept file")
             # The last moment before a name goes for good: the kept copy must still be there,
-            # and neither file written to since their bytes were compared.
-            if not same_file(lstat(op.keep.path), kept.st):
-                return undo.back(self, index, f"kept file {op.keep.path!r} changed", skip=True)
-            if (content_stamp(keep_fd), content_stamp(victim_fd)) != compared:
-                why = "a file was written to while it was being compared"
-                return undo.back(self, index, why, skip=True)
+            # and neither file written to since it was opened.
+            step = "check the kept file"
+            if not same_file(lstat_at(keep.at, keep.name), kept.st):
+                return undo.back(f"kept file {keep.path!r} changed")
+            problem = self._written(("kept file", kept), ("victim", victim_file))
+            if problem:
+                return undo.back(problem)
             step = "remove the set-aside name"
-            self.sys.unlink(aside)
+            self.sys.unlink(victim.at, temp)
         except OSError as exc:
-            return undo.back(self, index, f"{step}: {describe_error(exc)}", failed=True)
-        self.touched.add(os.path.dirname(path))
-        after = os.fstat(victim_fd)
+            if exc.errno == errno.EMLINK and step == "link":
+                why = (f"the kept file {keep.path!r} can take no more links (EMLINK): "
+                       f"{path!r} is kept instead for the rest of its group")  # fmt: skip
+                return undo.back(why, Outcome.KEPT)
+            return undo.back(f"{step}: {describe_error(exc)}", Outcome.FAILED)
+        after = os.fstat(victim_file.fd)
         reclaimed = before.st_blocks * 512 if after.st_nlink == 0 else 0
         if op.action is Action.SYMLINK:
-            reclaimed -= blocks(path) * 512
-        self._remember(keep_fd, victim_fd)
-        return self._end(index, op, Outcome.DONE, "", reclaimed)
+            link = lstat_at(victim.at, victim.name)
+            reclaimed -= link.st_blocks * 512 if link is not None else 0
+        seen = self._remember(kept.fd, victim_file.fd)
+        return self._end(index, op, Outcome.DONE, "", reclaimed, seen)
+
+    def _is_symlink_to_kept(self, place: _Place, target: str, kept: _Opened) -> bool:
+        st = lstat_at(place.at, place.name)
+        if st is None or not stat.S_ISLNK(st.st_mode):
+            return False
+        if readlink_at(place.at, place.name) != target:
+            return False
+        try:
+            return same_file(os.stat(place.name, dir_fd=place.at), kept.st)
+        except OSError:
+            return False
 
     # -- move and reflink -----------------------------------------------------------------
 
-    def _move(self, index: int, op: Operation, kept: _Opened, victim: _Opened) -> OpResult:
+    def _move(
+        self, index: int, op: Operation, victim: _Place, kept: _Opened, victim_file: _Opened
+    ) -> OpResult:
         assert op.target is not None
-        path, target = op.victim.path, op.target
+        path, target = victim.path, op.target
         try:
-            if self.verify and not same_bytes(kept.fd, victim.fd, op.victim.size):
-                raise _Skip(f"{path!r}: content differs from the kept file")
+            problem = self._compare(kept, victim_file, op.victim.size)
         except OSError as exc:
             raise _Skip(f"{path!r}: cannot compare the bytes: {describe_error(exc)}") from None
+        if problem:
+            raise _Skip(f"{path!r}: {problem}")
+        directory = self._target_dir(os.path.dirname(target), victim_file.st.st_dev)
         try:
-            self._make_parents(target)
-        except OSError as exc:
-            raise _Skip(
-                f"cannot create the directory of {target!r}: {describe_error(exc)}"
-            ) from None
-        self._start(index)
-        try:
-            self.sys.rename_noreplace(path, target)
-        except OSError as exc:
+            name = os.path.basename(target)
+            self._start(index, op)
+            try:
+                self.sys.rename_noreplace(victim.at, victim.name, directory, name)
+            except OSError as exc:
+                why = f"cannot move to {target!r}: {describe_error(exc)}"
+                return self._end(index, op, Outcome.FAILED, why)
+            self.touched.update((os.path.dirname(target), os.path.dirname(path)))
+            if same_file(lstat_at(directory, name), victim_file.st):
+                seen = self._remember(kept.fd, victim_file.fd)
+                return self._end(index, op, Outcome.DONE, "", seen=seen)
+            try:
+                self.sys.rename_noreplace(directory, name, victim.at, victim.name)
+            except OSError as exc:
+                why = f"moved file is not the victim and cannot be put back: {describe_error(exc)}"
+                return self._loud(index, op, path, target, why)
             return self._end(
-                index, op, Outcome.FAILED, f"cannot move to {target!r}: {describe_error(exc)}"
+                index, op, Outcome.FAILED, f"{target!r} is not the victim after moving"
             )
-        self.touched.update((os.path.dirname(target), os.path.dirname(path)))
-        if same_file(lstat(target), victim.st):
-            self._remember(kept.fd, victim.fd)
-            return self._end(index, op, Outcome.DONE, "")
-        try:
-            self.sys.rename_noreplace(target, path)
-        except OSError as exc:
-            message = f"moved file is not the victim and cannot be put back: {describe_error(exc)}"
-            return self._loud(index, op, path, target, message)
-        return self._end(index, op, Outcome.FAILED, f"{target!r} is not the victim after moving")
+        finally:
+            os.close(directory)
 
-    def _make_parents(self, target: str) -> None:
-        missing = []
-        parent = os.path.dirname(target)
-        while not os.path.isdir(parent):
-            missing.append(parent)
-            parent = os.path.dirname(parent)
-        for directory in reversed(missing):
-            self.sys.mkdir(directory)
-            self.touched.add(os.path.dirname(directory))
+    def _target_dir(self, directory: str, dev: int) -> int:
+        """The move's destination directory, made where missing; no component a symlink.
+
+        Walked from "/" a component at a time, so a symlink planted inside --to by another
+        user is refused rather than followed."""
+        missing: list[str] = []
+        probe = directory
+        while True:
+            try:
+                at = self.sys.open_dir(None, probe)
+                break
+            except FileNotFoundError:
+                parent = os.path.dirname(probe)
+                if parent == probe:
+                    raise _Skip(
+                        f"cannot create {directory!r}: no directory to start from"
+                    ) from None
+                missing.append(os.path.basename(probe))
+                probe = parent
+            except OSError as exc:
+                raise _Skip(
+                    f"cannot create the directory {directory!r}: {describe_error(exc)}"
+                ) from None
+        try:
+            if os.fstat(at).st_dev != dev:
+                raise _Skip(
+                    f"--to {directory!r} is on another filesystem than the victim; not copying"
+                )
+            for name in reversed(missing):
+                # Made meanwhile by someone else: opened below without following a symlink,
+                # as any other component.
+                with contextlib.suppress(FileExistsError):
+                    self.sys.mkdir(at, name)
+                self.touched.add(probe)
+                below = self.sys.open_dir(at, name)
+                os.close(at)
+                at, probe = below, os.path.join(probe, name)
+        except OSError as exc:
+            os.close(at)
+            raise _Skip(
+                f"cannot create the directory {directory!r}: {describe_error(exc)}"
+            ) from None
+        except BaseException:
+            os.close(at)
+            raise
+        return at
 
     def _reflink(self, index: int, op: Operation, kept: _Opened, victim: _Opened) -> OpResult:
         keep_fd, victim_fd, before = kept.fd, victim.fd, victim.st
         free_before = free_bytes(victim_fd)
-        self._start(index)
+        self._start(index, op)
         try:
             self.sys.dedupe(keep_fd, victim_fd, op.victim.size)
         except ContentDiffers:
-            self._end(index, op, Outcome.SKIPPED, "content differs (compared by the kernel)")
-            raise _Skip(f"{op.victim.path!r}: content differs (compared by the kernel)") from None
+            return self._end(index, op, Outcome.SKIPPED, "content differs (compared by the kernel)")
         except OSError as exc:
             if exc.errno in _NO_REFLINK:
-                message = f"reflink not supported on {fs_type(op.victim.path)}"
-            else:
-                message = f"reflink failed: {describe_error(exc)}"
-            return self._end(index, op, Outcome.FAILED, message)
+                self._no_reflink[before.st_dev] = fs_type(victim_fd)
+                message = f"reflink not supported on {self._no_reflink[before.st_dev]}"
+                return self._end(index, op, Outcome.FAILED, message, general=True)
+            return self._end(index, op, Outcome.FAILED, f"reflink failed: {describe_error(exc)}")
         after = os.fstat(victim_fd)
         if (after.st_atime_ns, after.st_mtime_ns) != (before.st_atime_ns, before.st_mtime_ns):
             # Sharing blocks is not a change of content: the file keeps its timestamps.
             os.utime(victim_fd, ns=(before.st_atime_ns, before.st_mtime_ns))
-        self._remember(keep_fd, victim_fd)
+        seen = self._remember(keep_fd, victim_fd)
         # Shared blocks leave st_blocks as it was: the filesystem's free space tells what was
         # freed.  Taken around this one call and bounded by the file's own blocks, so other
         # writers on the filesystem move the figure as little as possible.
         freed = min(max(free_bytes(victim_fd) - free_before, 0), before.st_blocks * 512)
-        return self._end(index, op, Outcome.DONE, "", freed)
+        return self._end(index, op, Outcome.DONE, "", freed, seen)
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _start(self, index: int) -> None:
+    def _start(self, index: int, op: Operation) -> None:
         if self.journal is not None:
-            self.journal.start(index)
+            self.journal.start(index, op.keep)
 
     def _end(
-        self, index: int, op: Operation, outcome: Outcome, message: str, reclaimed: int = 0
+        self,
+        index: int,
+        op: Operation,
+        outcome: Outcome,
+        message: str,
+        reclaimed: int = 0,
+        seen: tuple[Stamp, ...] = (),
+        *,
+        general: bool = False,
     ) -> OpResult:
+        result = OpResult(op, outcome, message, reclaimed, seen, general)
         if self.journal is not None:
-            self.journal.end(index, outcome, message)
+            self.journal.end(index, result)
         self._ended = True
-        return OpResult(op, outcome, message, reclaimed)
+        return result
 
     def _loud(self, index: int, op: Operation, path: str, other: str, why: str) -> OpResult:
         message = f"ROLLBACK FAILED: {why}; the original is at {other!r}, it belongs at {path!r}"
@@ -347,52 +549,61 @@ class Actor:
 class _Undo:
     """Puts a set-aside victim back: removes our link (if it is ours), renames back."""
 
-    sys: Syscalls
+    actor: Actor
+    index: int
     op: Operation
-    aside: str
+    keep: _Place
+    victim: _Place
+    kept: _Opened
+    victim_file: _Opened
+    temp: str  # the victim's temporary name in its directory
     created: bool = False
 
-    def back(
-        self, actor: Actor, index: int, why: str, *, skip: bool = False, failed: bool = False
-    ) -> OpResult:
-        path = self.op.victim.path
+    def back(self, why: str, outcome: Outcome = Outcome.SKIPPED) -> OpResult:
+        actor, victim, sys = self.actor, self.victim, self.actor.sys
+        aside = os.path.join(os.path.dirname(victim.path), self.temp)
         try:
-            if self.created or lexists(path):
-                if not self._ours(path):
-                    return actor._loud(index, self.op, path, self.aside, f"{why}; {path!r} "
-                                       "now holds a file we did not create")  # fmt: skip
-                self.sys.unlink(path)
-            actor.touched.add(os.path.dirname(path))
-            self.sys.rename_noreplace(self.aside, path)
+            if self.created or lstat_at(victim.at, victim.name) is not None:
+                if not self._ours():
+                    why += f"; {victim.path!r} now holds a file we did not create"
+                    return actor._loud(self.index, self.op, victim.path, aside, why)
+                sys.unlink(victim.at, victim.name)
+            sys.rename_noreplace(victim.at, self.temp, victim.at, victim.name)
         except OSError as exc:
             return actor._loud(
-                index, self.op, path, self.aside, f"{why}; then {describe_error(exc)}"
+                self.index, self.op, victim.path, aside, f"{why}; then {describe_error(exc)}"
             )
-        outcome = Outcome.FAILED if failed else Outcome.SKIPPED
-        message = f"{why}; rolled back" if failed else why
-        result = actor._end(index, self.op, outcome, message)
-        if skip:
-            raise _Skip(f"{path!r}: {why}")
-        return result
+        seen: tuple[Stamp, ...] = ()
+        if outcome is Outcome.KEPT:
+            # The group goes on with this file as its kept copy: what our renames did to its
+            # ctime (and the link count of the other) is ours, not a change to refuse.
+            seen = actor._remember(self.kept.fd, self.victim_file.fd)
+        message = f"{why}; rolled back" if outcome is Outcome.FAILED else why
+        return actor._end(self.index, self.op, outcome, message, seen=seen)
 
-    def _ours(self, path: str) -> bool:
-        st = lstat(path)
+    def _ours(self) -> bool:
+        victim = self.victim
+        st = lstat_at(victim.at, victim.name)
         if st is None:
             return True  # nothing there: nothing to remove
         if self.op.action is Action.HARDLINK:
             # The link names the kept inode, or whatever the kept path named when we linked
             # it (it was swapped).  Removing it loses nothing: the victim's bytes go back in.
             linked = {(self.op.keep.dev, self.op.keep.ino)}
-            now = lstat(self.op.keep.path)
+            now = lstat_at(self.keep.at, self.keep.name)
             if now is not None:
                 linked.add((now.st_dev, now.st_ino))
             return (st.st_dev, st.st_ino) in linked and stat.S_ISREG(st.st_mode)
         if self.op.action is Action.SYMLINK:
-            return stat.S_ISLNK(st.st_mode) and readlink(path) == self.op.keep.path
+            return (
+                stat.S_ISLNK(st.st_mode) and readlink_at(victim.at, victim.name) == self.keep.path
+            )
         return False
 
 
 ASIDE_PREFIX = ".dedup-"
+#: Only names of this shape are ever set aside, so `--resume` can refuse any other.
+ASIDE_PATTERN = r"\.dedup-[0-9a-f]{8}\.tmp"
 
 
 def aside_name(path: str) -> str:

@@ -2,9 +2,12 @@
 
 `apply_plan` is the library's way to act on a report (`dedup apply` is a thin layer over it).
 Within a group, the first operation that does not complete stops the group: the rest of it is
-skipped with that reason, so a group that changed since the report is left as it is now.
+skipped with that reason, so a group that changed since the report is left as it is now.  The
+one exception is a kept file that can take no more links (EMLINK): that victim is kept instead,
+and the rest of its group is linked to it.
 Operations are journaled in batches: the batch's begin records are synced together before any of
-them starts, and its end records after the directories it changed are synced.
+them starts, and its end records after the directories it changed are synced.  `--resume` runs
+the same plan again with what the journal says was already done (`Prior`), so the run finishes.
 Space reclaimed is measured, not predicted: from st_blocks of each file whose last name went
 (so sparse files and files with other links count right), and for reflinks, which leave every
 file its st_blocks, from the filesystem's free space just before and after each one.
@@ -12,13 +15,15 @@ file its st_blocks, from the filesystem's free space just before and after each 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from dedup_engine.act import Actor, Journal, OpResult, Outcome, aside_name
 from dedup_engine.fsops import REAL, Syscalls
 from dedup_engine.fsquery import sync_dir
 from dedup_engine.plan import Action, Operation, Plan, Skipped
+from dedup_engine.records import FileEntry
 
 ProgressCallback = Callable[[int, int], None]  # operations finished, operations in all
 
@@ -30,14 +35,27 @@ class ApplySummary:
     reclaimed: int  # bytes
     measured_by: str  # "st_blocks" or "free space" (reflink)
     interrupted: bool = False  # stopped between operations; `results` holds those done so far
+    #: Said once for the whole run (where leases are unavailable, and what protects instead).
+    notices: tuple[str, ...] = ()
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for r in self.results if r.outcome is outcome)
 
     @property
     def clean(self) -> bool:
-        """Every planned operation was done."""
-        return not self.interrupted and all(r.outcome is Outcome.DONE for r in self.results)
+        """Every planned operation was done (or its victim kept in place of a full kept file)."""
+        return not self.interrupted and all(
+            r.outcome in (Outcome.DONE, Outcome.KEPT) for r in self.results
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Prior:
+    """What an earlier run of the same plan settled: its results by operation index, and the
+    files as its own operations left them (so their new ctimes are not taken for changes)."""
+
+    results: Mapping[int, OpResult] = field(default_factory=dict)
+    seen: Mapping[tuple[int, int], tuple[int, int, int]] = field(default_factory=dict)
 
 
 #: Operations journaled as begun with one fsync.  Each costs an lstat on `--resume` if the run
@@ -53,18 +71,27 @@ def apply_plan(
     sys: Syscalls = REAL,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    prior: Prior | None = None,
 ) -> ApplySummary:
     """Carry out `plan` operation by operation; never raises for a per-file problem.
 
     `should_stop` is asked between operations (never during one): the command sets it on
-    Ctrl-C or SIGTERM, so an interrupted run leaves nothing half done."""
-    actor = Actor(verify=verify, sys=sys, journal=journal)
-    results: list[OpResult] = []
-    stopped: dict[int, str] = {}
+    Ctrl-C or SIGTERM, so an interrupted run leaves nothing half done.  With `prior`, the
+    operations it holds are not done again, and the summary covers them too."""
+    prior = prior or Prior()
+    actor = Actor(verify=verify, across_owners=plan.across_owners, sys=sys, journal=journal)
+    actor.seen.update(prior.seen)
+    groups = _Groups()
+    results: dict[int, OpResult] = {}
+    for index in sorted(prior.results):
+        results[index] = prior.results[index]
+        groups.record(prior.results[index])
+    todo = [(i, op) for i, op in enumerate(plan.operations) if i not in prior.results]
     total = len(plan.operations)
+    stop = should_stop or (lambda: False)
     interrupted = False
-    for start in range(0, total, BATCH):
-        batch = list(enumerate(plan.operations[start : start + BATCH], start))
+    for start in range(0, len(todo), BATCH):
+        batch = todo[start : start + BATCH]
         asides = _asides([op for _, op in batch])
         if journal is not None:
             # One fsync makes the whole batch's begin records durable before any of them
@@ -74,21 +101,14 @@ def apply_plan(
             journal.commit()
         try:
             for (index, op), aside in zip(batch, asides, strict=True):
-                if interrupted or (should_stop is not None and should_stop()):
+                if interrupted or stop():
                     interrupted = True
-                    _close(journal, index, "interrupted before it started")
+                    if journal is not None:
+                        journal.unstarted(index, "interrupted before it started")
                     continue
-                if op.group in stopped:
-                    message = f"group stopped: {stopped[op.group]}"
-                    result = OpResult(op, Outcome.SKIPPED, message)
-                    _close(journal, index, message)
-                else:
-                    result = actor.run(index, op, aside)
-                    if result.outcome is not Outcome.DONE:
-                        stopped[op.group] = result.message
-                results.append(result)
+                results[index] = groups.run(actor, index, op, aside)
                 if progress is not None:
-                    progress(index + 1, total)
+                    progress(len(results), total)
         finally:
             # What the batch changed is on disk before the journal says so, even when an
             # error stops the run here.
@@ -99,10 +119,53 @@ def apply_plan(
             journal.commit()
         if interrupted:
             break
+    # A signal during the last operation is seen here: the run was still interrupted.
+    interrupted = interrupted or stop()
+    ordered = tuple(results[i] for i in sorted(results))
     reflink = any(op.action is Action.REFLINK for op in plan.operations)
-    reclaimed = sum(r.reclaimed for r in results)
-    measured_by = "free space" if reflink else "st_blocks"
-    return ApplySummary(tuple(results), plan.skipped, reclaimed, measured_by, interrupted)
+    return ApplySummary(
+        ordered,
+        plan.skipped,
+        sum(r.reclaimed for r in ordered),
+        "free space" if reflink else "st_blocks",
+        interrupted,
+        tuple(actor.notices.values()),
+    )
+
+
+class _Groups:
+    """The group rules across operations: a group stops at its first operation that does not
+    complete, and a victim kept in place of a full kept file is the group's kept file after."""
+
+    def __init__(self) -> None:
+        self.stopped: dict[int, str] = {}
+        self.keep: dict[int, FileEntry] = {}
+
+    def run(self, actor: Actor, index: int, op: Operation, aside: str | None) -> OpResult:
+        if op.group in self.stopped:
+            message = f"group stopped: {self.stopped[op.group]}"
+            result = OpResult(op, Outcome.SKIPPED, message)
+            if actor.journal is not None:
+                actor.journal.end(index, result)
+            return result
+        keep = self.keep.get(op.group)
+        if keep is not None:
+            if (keep.dev, keep.ino) == (op.victim.dev, op.victim.ino):
+                result = OpResult(op, Outcome.KEPT, f"another name of the kept file {keep.path!r}")
+                if actor.journal is not None:
+                    actor.journal.end(index, result)
+                return result
+            op = dataclasses.replace(op, keep=keep)
+        result = actor.run(index, op, aside)
+        self.record(result)
+        return result
+
+    def record(self, result: OpResult) -> None:
+        group = result.op.group
+        if result.outcome is Outcome.KEPT:
+            self.keep.setdefault(group, result.op.victim)
+        elif result.outcome is not Outcome.DONE:
+            self.stopped.setdefault(group, result.message)
 
 
 def _asides(ops: list[Operation]) -> list[str | None]:
@@ -119,9 +182,3 @@ def _asides(ops: list[Operation]) -> list[str | None]:
         taken.add(name)
         names.append(name)
     return names
-
-
-def _close(journal: Journal | None, index: int, why: str) -> None:
-    """End an operation that was journaled as begun but never started."""
-    if journal is not None:
-        journal.end(index, Outcome.SKIPPED, why)

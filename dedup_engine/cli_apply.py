@@ -28,18 +28,20 @@ from dedup_engine.cli_common import (
     fail_usage,
     reader_may_leave,
 )
-from dedup_engine.journal import FileJournal, JournalError, default_path, resume
-from dedup_engine.plan import Action, Keep, Policy, make_plan, matches
+from dedup_engine.journal import JournalError, default_path
+from dedup_engine.plan import Action, Keep, LeftAlone, Policy, Skipped, make_plan, matches
 from dedup_engine.planfmt import write_json, write_script, write_text
-from dedup_engine.report import Report, ReportError, human_size, printable, read_json
+from dedup_engine.report import human_size, printable
+from dedup_engine.reportread import Report, ReportError, read_json
+from dedup_engine.resume import Resumed, Settlement, open_journal, resume
 
 EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
 
 APPLY_EXIT_HELP = (
     "Exit codes: 0 every planned operation done (or printed); 1 some were skipped or failed, "
-    "and were rolled back; 2 usage error (nothing was touched); 4 a rollback failed: a file is "
-    "under a temporary name, named on stderr; 130 interrupted (Ctrl-C, SIGTERM) between "
-    "operations, nothing half done."
+    "and were rolled back; 2 usage error or an invalid report or journal (nothing was "
+    "touched); 4 a rollback failed: a file is under a temporary name, named on stderr; 130 "
+    "interrupted (Ctrl-C, SIGTERM) between operations, nothing half done: --resume finishes."
 )
 
 
@@ -66,6 +68,16 @@ def apply(
         typer.Option(help="Never touch files matching GLOB (they may be the kept copy)."),
     ] = None,
     min_copies: Annotated[int, typer.Option(help="Copies (distinct files) to keep.")] = 1,
+    across_owners: Annotated[
+        bool,
+        typer.Option(
+            "--across-owners",
+            help="RISKY: also act among copies of different owner, group or mode. A hard link "
+            "or symlink then gives a path the kept file's owner and mode (another user may "
+            "then write what was yours), and a delete or move may leave a user only a copy "
+            "they cannot read. Default: only among files that share all three.",
+        ),
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", "-n", help="Print the operations; change nothing.")
     ] = False,
@@ -90,7 +102,11 @@ def apply(
     ] = None,
     resume_journal: Annotated[
         Path | None,
-        typer.Option("--resume", help="Complete or roll back the interrupted run of JOURNAL."),
+        typer.Option(
+            "--resume",
+            help="Finish the interrupted run of JOURNAL: settle what was under way, then carry "
+            "out the rest of its plan, with every check.",
+        ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only problems on stderr.")] = False,
     progress: Annotated[
@@ -108,7 +124,7 @@ def apply(
             fail_usage("--resume takes only the journal")
         if dry_run or script is not None:
             fail_usage("--resume acts on the disk; it takes no --dry-run or --script")
-        raise typer.Exit(_resume(str(resume_journal), quiet))
+        raise typer.Exit(_resume(str(resume_journal), output_format, quiet))
     if report is None:
         fail_usage("missing REPORT (a JSON report, or '-' for stdin)")
     if action is None:
@@ -118,11 +134,17 @@ def apply(
     move_to = _move_target(to) if to is not None else None
     try:
         policy = Policy(
-            action, keep, tuple(keep_path or ()), tuple(protect or ()), min_copies, move_to
+            action,
+            keep,
+            tuple(keep_path or ()),
+            tuple(protect or ()),
+            min_copies,
+            move_to,
+            across_owners,
         )
     except ValueError as exc:
         fail_usage(str(exc))
-    source = _read_report(report)
+    data, source = _read_report(report)
     _warn_unmatched(source, policy)
     plan = make_plan(source.groups, source.roots, policy)
 
@@ -149,16 +171,17 @@ def apply(
         raise typer.Exit(EXIT_OK)
 
     path = str(journal_path) if journal_path is not None else default_path()
-    header = {
-        "tool": "dedup-engine",
-        "version": __version__,
-        "pid": os.getpid(),
-        "report": report,
-        "action": action.value,
-        "operations": len(plan.operations),
-    }
+    header = {"tool": "dedup-engine", "version": __version__, "pid": os.getpid()}
     try:
-        journal = FileJournal(path, header)
+        journal = open_journal(
+            path,
+            data,
+            report,
+            policy,
+            verify=not no_verify,
+            operations=len(plan.operations),
+            extra=header,
+        )
     except JournalError as exc:
         fail_usage(str(exc))
     if not quiet:
@@ -170,23 +193,30 @@ def apply(
                 plan, verify=not no_verify, journal=journal, progress=callback, should_stop=stop
             )
     except JournalError as exc:
-        typer.echo(f"dedup: error: {exc}; stopped. Settle the run with --resume {path}", err=True)
+        typer.echo(f"dedup: error: {exc}; stopped. Finish the run with --resume {path}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
     finally:
         journal.close()
-    _print_results(summary, action, output_format, quiet)
+    raise typer.Exit(_finish(summary, len(plan.operations), action, output_format, quiet, path))
+
+
+def _finish(
+    summary: ApplySummary, total: int, action: Action, form: str, quiet: bool, journal: str
+) -> int:
+    """Print the run's results; its exit code."""
+    _print_results(summary, action, form, quiet)
     if summary.interrupted:
-        left = len(plan.operations) - len(summary.results)
+        left = total - len(summary.results)
         typer.echo(
             f"dedup: interrupted: stopped between operations, {left} not started; nothing is "
-            "half done. Run find and apply again to finish.",
+            f"half done. Finish with: dedup apply --resume {journal}",
             err=True,
         )
-        raise typer.Exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     if summary.count(Outcome.ROLLBACK_FAILED):
-        typer.echo(f"dedup: once the cause is fixed: dedup apply --resume {path}", err=True)
-        raise typer.Exit(EXIT_FAILED)
-    raise typer.Exit(EXIT_OK if summary.clean else EXIT_ISSUES)
+        typer.echo(f"dedup: once the cause is fixed: dedup apply --resume {journal}", err=True)
+        return EXIT_FAILED
+    return EXIT_OK if summary.clean else EXIT_ISSUES
 
 
 @contextlib.contextmanager
@@ -237,34 +267,57 @@ def _move_target(to: Path) -> str:
     return os.path.realpath(to)
 
 
-def _read_report(name: str) -> Report:
+def _read_report(name: str) -> tuple[bytes, Report]:
+    """The report's bytes (the journal keeps their digest) and the report they hold, checked;
+    read the same way from a file as from stdin."""
     try:
         if name == "-":
-            return read_json(sys.stdin)
-        with open(name, encoding="ascii", errors="strict") as source:
-            return read_json(source)
-    except (OSError, UnicodeDecodeError) as exc:
-        fail_usage(f"cannot read report {name!r}: {exc}")
+            data = sys.stdin.buffer.read()
+        else:
+            with open(name, "rb") as source:
+                data = source.read()
+    except OSError as exc:
+        fail_usage(f"cannot read report {name!r}: {exc.strerror}")
+    try:
+        return data, read_json(data)
     except ReportError as exc:
-        fail_usage(f"{name}: {exc}")
+        fail_usage(f"report {name!r}: {exc}")
 
 
 def _print_results(summary: ApplySummary, action: Action, form: str, quiet: bool) -> None:
-    done = summary.count(Outcome.DONE)
-    skipped = summary.count(Outcome.SKIPPED)
-    failed = summary.count(Outcome.FAILED)
-    broken = summary.count(Outcome.ROLLBACK_FAILED)
     if form == "json":
         with reader_may_leave():
             _write_json_results(summary, action, sys.stdout)
+    for notice in summary.notices:
+        if not quiet:
+            typer.echo(f"dedup: note: {notice}", err=True)
+    general: dict[tuple[Outcome, str], int] = {}
     for result in summary.results:
         if result.outcome is Outcome.ROLLBACK_FAILED:
             typer.echo(f"dedup: {printable(result.message)}", err=True)
+        elif result.general:
+            key = (result.outcome, result.message)
+            general[key] = general.get(key, 0) + 1
         elif result.outcome is not Outcome.DONE and not (quiet and form == "json"):
             typer.echo(f"{result.outcome.value}: {_describe(result)}", err=True)
+    for (outcome, message), count in general.items():
+        typer.echo(f"{outcome.value}: {printable(message)} ({count} files)", err=True)
+    if not quiet:
+        for line in _left_alone(summary.left_alone):
+            typer.echo(line, err=True)
+    counts = ", ".join(
+        f"{summary.count(o)} {word}"
+        for o, word in (
+            (Outcome.DONE, "done"),
+            (Outcome.KEPT, "kept instead (EMLINK)"),
+            (Outcome.SKIPPED, "skipped"),
+            (Outcome.FAILED, "failed"),
+            (Outcome.ROLLBACK_FAILED, "ROLLBACK FAILED"),
+        )
+        if summary.count(o) or o in (Outcome.DONE, Outcome.SKIPPED, Outcome.FAILED)
+    )
     line = (
-        f"{action.value}: {done} done, {skipped} skipped, {failed} failed"
-        + (f", {broken} ROLLBACK FAILED" if broken else "")
+        f"{action.value}: {counts}"
         + f"; {human_size(summary.reclaimed)} reclaimed (measured by {summary.measured_by})"
         + (f"; {len(summary.left_alone)} groups left alone" if summary.left_alone else "")
     )
@@ -273,6 +326,22 @@ def _print_results(summary: ApplySummary, action: Action, form: str, quiet: bool
             print(line)
     elif not quiet:
         typer.echo(line, err=True)
+
+
+_LEFT_ALONE = {
+    LeftAlone.ONE_FILE: "all their names are one file",
+    LeftAlone.ALL_KEPT: "every file kept by --min-copies or --protect",
+    LeftAlone.OWNER: "no copy of the same owner, group and mode (--across-owners acts across)",
+    LeftAlone.MOVE_CLASH: "two files would move to one target",
+}
+
+
+def _left_alone(skipped: tuple[Skipped, ...]) -> list[str]:
+    """One line per reason, with a count: the dry run lists each one."""
+    counts: dict[LeftAlone, int] = {}
+    for item in skipped:
+        counts[item.kind] = counts.get(item.kind, 0) + 1
+    return [f"left alone: {n} (sets of) files: {_LEFT_ALONE[kind]}" for kind, n in counts.items()]
 
 
 def _describe(result: OpResult) -> str:
@@ -306,18 +375,32 @@ def _write_json_results(summary: ApplySummary, action: Action, out: IO[str]) -> 
     out.flush()
 
 
-def _resume(path: str, quiet: bool) -> int:
+def _resume(path: str, form: str, quiet: bool) -> int:
     try:
-        settled = resume(path)
+        with _deferred() as stop:
+            done = resume(path, should_stop=stop)
     except JournalError as exc:
         fail_usage(str(exc))
+    broken = _print_settled(done, quiet)
+    line = f"resume: {len(done.settled)} interrupted operations settled, {broken} need you"
+    if form == "text":
+        with reader_may_leave():
+            print(line)
+    elif not quiet:
+        typer.echo(line, err=True)
+    if done.summary is None or done.plan is None:
+        typer.echo(f"dedup: the rest of the run cannot be carried out: {done.why_not}", err=True)
+        return EXIT_FAILED if broken else EXIT_ISSUES
+    action = done.plan.operations[0].action if done.plan.operations else Action.DELETE
+    return _finish(done.summary, len(done.plan.operations), action, form, quiet, path)
+
+
+def _print_settled(done: Resumed, quiet: bool) -> int:
     broken = 0
-    for item in settled:
-        if item.outcome is Outcome.ROLLBACK_FAILED:
+    for item in done.settled:
+        if item.settlement is Settlement.NEEDS_YOU:
             broken += 1
             typer.echo(f"dedup: NEEDS YOU: {printable(item.message)}", err=True)
         elif not quiet:
-            word = "completed" if item.outcome is Outcome.DONE else "rolled back"
-            typer.echo(f"{word}: {printable(item.message)}", err=True)
-    print(f"resume: {len(settled)} interrupted operations settled, {broken} need you")
-    return EXIT_FAILED if broken else EXIT_OK
+            typer.echo(f"{item.settlement.value}: {printable(item.message)}", err=True)
+    return broken

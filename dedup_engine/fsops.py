@@ -1,12 +1,20 @@
-"""The system calls `apply` changes the disk with, behind one interface that tests can fault.
+"""The system calls `apply` opens, reads and changes files with, behind one fault-able interface.
 
-Every call that `apply` makes to change or open a file goes through a `Syscalls` object, so a test
-can make any one of them fail with any errno (or crash the process) at any step of an operation
-and then check what is left on disk.  `REAL` is the implementation on the real system.
+Every call that `apply` makes to open, read, lease or change a file goes through a `Syscalls`
+object, so a test can make any one of them fail with any errno (or crash the process) at any step
+of an operation and then check what is left on disk.  `REAL` is the implementation on the real
+system.
 
-Two calls are not in `os`: `rename_noreplace` (renameat2 with RENAME_NOREPLACE, so putting a file
-back never overwrites a file someone else created in the meantime) and `dedupe` (the
-FIDEDUPERANGE ioctl: the kernel shares the blocks only if the bytes are equal, atomically).
+Files are reached through their directory: `open_dir` opens a directory one component at a time
+without following any symlink (a symlink planted anywhere on the way is refused, and a path
+longer than PATH_MAX still works), and every other call names a file relative to such a
+directory descriptor (`openat`, `renameat2`, `linkat`, `unlinkat`, `symlinkat`, `mkdirat`).
+
+Calls not in `os`: `rename_noreplace` (renameat2 with RENAME_NOREPLACE, so putting a file back
+never overwrites a file someone else created in the meantime), `lease` (a Linux read lease: it
+cannot be taken while any process holds the file open for writing, and it is broken, visibly,
+when one opens it for writing) and `dedupe` (the FIDEDUPERANGE ioctl: the kernel shares the
+blocks only if the bytes are equal, atomically).
 """
 
 from __future__ import annotations
@@ -16,8 +24,17 @@ import ctypes.util
 import errno
 import fcntl
 import os
+import signal
+import stat
 import struct
 from typing import Protocol
+
+#: How `apply` opens a file it reads: never through a symlink, never as a controlling terminal,
+#: never blocking on a FIFO swapped in since the report.
+OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
+#: A directory on the way to a file: a handle for the *at calls only (O_PATH needs no read
+#: permission, as path lookup needs none), and never a symlink.
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 #: _IOWR(0x94, 54, struct file_dedupe_range), from linux/fs.h.
 FIDEDUPERANGE = 0xC0189436
@@ -27,21 +44,36 @@ _SAME, _DIFFERS = 0, 1
 #: Asked per ioctl call; the kernel may do less (XFS caps a call at 1 GiB) and says how much.
 DEDUPE_STEP = 1 << 30
 
-_AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
+#: A lease break is signalled to its holder, by default with SIGIO, whose default action kills
+#: the process.  SIGURG's default action is to ignore it, so no handler has to be installed:
+#: `apply` asks the lease's state (F_GETLEASE) at each step instead.
+LEASE_SIGNAL = signal.SIGURG
 
 
 class ContentDiffers(OSError):
     """The kernel compared the bytes for a dedupe and they differ: nothing was shared."""
 
 
+class SymlinkInPath(OSError):
+    """A directory on the way to a file is a symlink: `apply` never acts through one."""
+
+
 class Syscalls(Protocol):
-    def open(self, path: str, flags: int) -> int: ...
-    def rename_noreplace(self, src: str, dst: str) -> None: ...
-    def link(self, src: str, dst: str) -> None: ...
-    def symlink(self, target: str, path: str) -> None: ...
-    def unlink(self, path: str) -> None: ...
-    def mkdir(self, path: str) -> None: ...
+    def open_dir(self, at: int | None, path: str) -> int:
+        """`path` (absolute when `at` is None, else relative to `at`) as an O_PATH descriptor,
+        opened a component at a time; `SymlinkInPath` if any component is a symlink."""
+
+    def open(self, at: int, name: str, flags: int) -> int: ...
+    def pread(self, fd: int, length: int, offset: int) -> bytes: ...
+    def lease(self, fd: int) -> None:
+        """Take a read lease on `fd` (EAGAIN: the file is open for writing somewhere)."""
+
+    def rename_noreplace(self, src_at: int, src: str, dst_at: int, dst: str) -> None: ...
+    def link(self, src_at: int, src: str, dst_at: int, dst: str) -> None: ...
+    def symlink(self, target: str, at: int, name: str) -> None: ...
+    def unlink(self, at: int, name: str) -> None: ...
+    def mkdir(self, at: int, name: str) -> None: ...
     def dedupe(self, src_fd: int, dst_fd: int, length: int) -> None: ...
 
 
@@ -55,13 +87,43 @@ class RealSyscalls:
             libc = ctypes.CDLL(name, use_errno=True)
             self._renameat2 = getattr(libc, "renameat2", None)
 
-    def open(self, path: str, flags: int) -> int:
-        return os.open(path, flags)
+    def open_dir(self, at: int | None, path: str) -> int:
+        if at is None and not path.startswith("/"):
+            raise OSError(errno.EINVAL, "not an absolute path", path)
+        fd = os.open("/", _DIR_FLAGS) if at is None else os.dup(at)
+        try:
+            for part in path.split("/"):
+                if part in ("", "."):
+                    continue
+                if part == "..":
+                    raise OSError(errno.EINVAL, "'..' in a path", path)
+                try:
+                    below = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except NotADirectoryError:
+                    if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+                        raise SymlinkInPath(errno.ELOOP, f"{part!r} is a symlink", path) from None
+                    raise
+                os.close(fd)
+                fd = below
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
-    def rename_noreplace(self, src: str, dst: str) -> None:
+    def open(self, at: int, name: str, flags: int) -> int:
+        return os.open(name, flags, dir_fd=at)
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        return os.pread(fd, length, offset)
+
+    def lease(self, fd: int) -> None:
+        fcntl.fcntl(fd, fcntl.F_SETSIG, LEASE_SIGNAL)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+
+    def rename_noreplace(self, src_at: int, src: str, dst_at: int, dst: str) -> None:
         if self._renameat2 is not None:
             result = self._renameat2(
-                _AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE
+                src_at, os.fsencode(src), dst_at, os.fsencode(dst), _RENAME_NOREPLACE
             )
             if result == 0:
                 return
@@ -70,24 +132,24 @@ class RealSyscalls:
                 raise OSError(code, os.strerror(code), src, None, dst)
         # A filesystem without RENAME_NOREPLACE: link refuses an existing name as well, and
         # `src` is one of our own names, so removing it after the link loses nothing.
-        os.link(src, dst, follow_symlinks=False)
+        self.link(src_at, src, dst_at, dst)
         try:
-            os.unlink(src)
+            os.unlink(src, dir_fd=src_at)
         except OSError:
-            os.unlink(dst)  # not renamed after all: leave no second name behind
+            os.unlink(dst, dir_fd=dst_at)  # not renamed after all: leave no second name behind
             raise
 
-    def link(self, src: str, dst: str) -> None:
-        os.link(src, dst, follow_symlinks=False)
+    def link(self, src_at: int, src: str, dst_at: int, dst: str) -> None:
+        os.link(src, dst, src_dir_fd=src_at, dst_dir_fd=dst_at, follow_symlinks=False)
 
-    def symlink(self, target: str, path: str) -> None:
-        os.symlink(target, path)
+    def symlink(self, target: str, at: int, name: str) -> None:
+        os.symlink(target, name, dir_fd=at)
 
-    def unlink(self, path: str) -> None:
-        os.unlink(path)
+    def unlink(self, at: int, name: str) -> None:
+        os.unlink(name, dir_fd=at)
 
-    def mkdir(self, path: str) -> None:
-        os.mkdir(path)
+    def mkdir(self, at: int, name: str) -> None:
+        os.mkdir(name, dir_fd=at)
 
     def dedupe(self, src_fd: int, dst_fd: int, length: int) -> None:
         """Share `length` bytes of src with dst if they are equal; `ContentDiffers` if not."""
@@ -110,10 +172,11 @@ class RealSyscalls:
 REAL: Syscalls = RealSyscalls()
 
 
-def fs_type(path: str) -> str:
-    """The filesystem type of `path`'s mount ("ext4", "xfs"...), or "unknown"."""
+def fs_type(path: str | int) -> str:
+    """The filesystem type of the mount holding `path` or descriptor ("ext4", "xfs"...), or
+    "unknown"."""
     try:
-        dev = os.lstat(path).st_dev
+        dev = os.fstat(path).st_dev if isinstance(path, int) else os.lstat(path).st_dev
         wanted = f"{os.major(dev)}:{os.minor(dev)}"
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as table:
             for line in table:

@@ -178,6 +178,7 @@ class GroupBuilder:
         table, links = self.table, self.links
         paths, roots, alias = table.paths, table.root, table.alias
         dev, ino, size, mtime, ctime = table.dev, table.ino, table.size, table.mtime, table.ctime
+        uid, gid, mode = table.uid, table.gid, table.mode
         for _ in range(min(count, len(pending))):
             digest, reps = pending.popleft()
             if links:
@@ -195,7 +196,20 @@ class GroupBuilder:
             else:
                 rows.sort(key=lambda r: (roots[r], paths[r]))
             files = tuple(
-                [FileEntry(paths[r], dev[r], ino[r], size[r], mtime[r], ctime[r]) for r in rows]
+                [
+                    FileEntry(
+                        paths[r],
+                        dev[r],
+                        ino[r],
+                        size[r],
+                        mtime[r],
+                        ctime[r],
+                        uid[r],
+                        gid[r],
+                        mode[r],
+                    )
+                    for r in rows
+                ]
             )
             built.append(DuplicateGroup(size[reps[0]], digest.hex(), files))
         return bool(pending)

@@ -1,14 +1,18 @@
-"""The apply journal: a record of every operation, on disk before and after it, and `--resume`.
+"""The apply journal: every operation on disk before and after it; read back as untrusted input.
 
-The journal is JSON lines: a header, then for each operation a `begin` record (the victim's path
-and identity, its temporary name, the kept file) and an end record with the outcome.  `apply`
-writes the `begin` records of a batch of operations and fsyncs them together before any of the
-batch starts; each end record is written as its operation ends, and fsync'd with the batch,
-after the directories the batch changed are synced (so "done" never runs ahead of the disk).
-An operation with a `begin` and no end was interrupted (SIGKILL, power loss) or never started;
-`resume` looks at what is on disk for each one and completes it or puts the victim back, so no
-file is left under a temporary name, then records that in the journal too.  A running `apply`
-holds an exclusive lock on its journal, so `--resume` cannot race a live run.
+The journal is JSON lines: a header (what `--resume` needs to make the same plan again: the
+report's path and BLAKE3 digest, the policy), then for each operation a `begin` record (the
+victim's path and identity, its temporary name, the kept file), a `start` record just before its
+first change, and an end record with the outcome and the files as it left them.  `apply` writes
+the `begin` records of a batch of operations and fsyncs them together before any of the batch
+starts; end records are fsync'd with the batch, after the directories the batch changed are
+synced (so "done" never runs ahead of the disk).  An operation closed without starting (Ctrl-C)
+gets an `unstarted` record.  A running `apply` holds an exclusive lock on its journal, so
+`--resume` (`resume.py`) cannot race a live run.
+
+`read` trusts nothing in the file: it must belong to the caller and be writable by no one else,
+and every record is checked (paths absolute and normalised, temporary names of the shape `apply`
+makes, in the victim's own directory) before `--resume` may act on it.
 """
 
 from __future__ import annotations
@@ -19,21 +23,30 @@ import errno
 import fcntl
 import json
 import os
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
-from dedup_engine.act import Outcome
-from dedup_engine.fsops import REAL, Syscalls
-from dedup_engine.fsquery import same_bytes, sync_dir
+from dedup_engine.act import ASIDE_PATTERN, OpResult, Outcome, Stamp
+from dedup_engine.fsquery import sync_dir
 from dedup_engine.plan import Action, Operation
+from dedup_engine.records import FileEntry
+from dedup_engine.reportread import path_problem
 
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2
+#: Version 1 journals (dedup-engine 0.1.0) hold no plan: they can be settled, not finished.
+READABLE_VERSIONS = (1, JOURNAL_VERSION)
+_ASIDE = re.compile(ASIDE_PATTERN)
+_ENDS = {o.value for o in Outcome}
+_STATES = {"begin", "start", "unstarted", *_ENDS}
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class JournalError(Exception):
-    """A journal that cannot be created, read, locked or written.
+    """A journal that cannot be created, read, trusted, locked or written.
 
     Raised before the first operation (nothing changed), or when a record cannot be written,
     which stops the run: an operation whose `begin` is not on disk is never started."""
@@ -46,51 +59,73 @@ def default_path() -> str:
     return os.path.join(base, "dedup-engine", "journals", f"apply-{stamp}-{os.getpid()}.jsonl")
 
 
+def create_private(path: str, what: str) -> int:
+    """A new file only the caller may read or write, never through a symlink."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise JournalError(f"{what} {path!r} is a directory: give a file name")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        return os.open(path, _CREATE, 0o600)
+    except FileExistsError:
+        raise JournalError(f"{what} {path!r} exists: use --resume, or another --journal") from None
+    except OSError as exc:
+        raise JournalError(f"cannot create {what} {path!r}: {exc.strerror}") from None
+
+
+def open_private(path: str, flags: int, what: str) -> int:
+    """An existing file of the caller's that no one else can write; anything else is refused
+    (a journal tells `--resume` what to rename and delete)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+        raise JournalError(f"cannot open {what} {path!r}: {reason}") from None
+    st = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = "is not a regular file"
+    elif st.st_uid != os.geteuid():
+        problem = f"belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})"
+    elif st.st_mode & 0o022:
+        problem = f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+    if problem:
+        os.close(fd)
+        raise JournalError(f"{what} {path!r} {problem}; refused")
+    return fd
+
+
 class FileJournal:
     """The journal of one run; created new (never appended to an old run's journal)."""
 
     def __init__(self, path: str, header: dict[str, Any]) -> None:
         self.path = path
-        directory = os.path.dirname(os.path.abspath(path))
-        if os.path.isdir(path):
-            raise JournalError(f"journal {path!r} is a directory: give a file name")
-        try:
-            os.makedirs(directory, exist_ok=True)
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        except FileExistsError:
-            message = f"journal {path!r} exists: use --resume, or another --journal"
-            raise JournalError(message) from None
-        except OSError as exc:
-            raise JournalError(f"cannot create journal {path!r}: {exc.strerror}") from None
+        self._fd = create_private(path, "journal")
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         self._write({"journal": JOURNAL_VERSION, "boot": boot_id(), **header})
         self.commit()
-        sync_dir(directory)
+        sync_dir(os.path.dirname(os.path.abspath(path)))
 
     @classmethod
     def reopen(cls, path: str) -> FileJournal:
-        """An existing journal, locked, for `resume` to append its settlements to."""
+        """An existing journal, locked, for `resume` to append to."""
         journal = cls.__new__(cls)
         journal.path = path
-        try:
-            journal._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        except OSError as exc:
-            raise JournalError(f"cannot open journal {path!r}: {exc.strerror}") from None
+        journal._fd = open_private(path, os.O_WRONLY | os.O_APPEND, "journal")
         try:
             fcntl.flock(journal._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(journal._fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise JournalError(f"journal {path!r} is in use: its run is still going") from None
-            raise
+            raise JournalError(f"cannot lock journal {path!r}: {exc.strerror}") from None
         journal._drop_torn_tail()
         return journal
 
     def _drop_torn_tail(self) -> None:
         # A record cut short (a kill, a full disk) was never complete, so its step was never
         # taken; cut it off, or the next record would be glued to it and unreadable.
-        with open(self.path, "rb") as source:
-            data = source.read()
+        data = _read_all(self.path)
         end = data.rfind(b"\n") + 1
         if end != len(data):
             os.ftruncate(self._fd, end)
@@ -113,11 +148,40 @@ class FileJournal:
             }
         )
 
-    def start(self, index: int) -> None:
-        self._write({"op": index, "state": "start"})
+    def start(self, index: int, keep: FileEntry) -> None:
+        # The kept file is said again: after an EMLINK it is another than the begin record's.
+        self._write(
+            {"op": index, "state": "start", "keep": keep.path, "kept": [keep.dev, keep.ino]}
+        )
 
-    def end(self, index: int, outcome: Outcome, message: str) -> None:
-        self._write({"op": index, "state": outcome.value, "message": message})
+    def end(self, index: int, result: OpResult) -> None:
+        self.end_as(
+            index, result.outcome, result.message, result.reclaimed, result.seen, result.general
+        )
+
+    def end_as(
+        self,
+        index: int,
+        outcome: Outcome,
+        message: str,
+        reclaimed: int = 0,
+        seen: tuple[Stamp, ...] = (),
+        general: bool = False,
+    ) -> None:
+        """An end record; `resume` settles operations with no `OpResult` of their own."""
+        self._write(
+            {
+                "op": index,
+                "state": outcome.value,
+                "message": message,
+                "reclaimed": reclaimed,
+                "seen": [list(s) for s in seen],
+                "general": general,
+            }
+        )
+
+    def unstarted(self, index: int, why: str) -> None:
+        self._write({"op": index, "state": "unstarted", "message": why})
 
     def commit(self) -> None:
         """Make every record written so far durable."""
@@ -179,205 +243,204 @@ class Pending:
     started: bool | None  # False: surely never started (same boot, no start record)
 
 
-def read(path: str) -> tuple[dict[str, Any], list[Pending]]:
-    """The header and the interrupted operations.  A torn last line (killed mid-write) is
-    ignored: its record was never complete, so its step was never taken."""
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """An operation's last end record."""
+
+    outcome: Outcome
+    message: str
+    reclaimed: int
+    seen: tuple[Stamp, ...]
+    general: bool
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """What a journal says: its header, the operations begun (path and action by index), those
+    to settle, those ended, and those closed without starting (to be carried out)."""
+
+    header: dict[str, Any]
+    begun: dict[int, tuple[Action, str]]
+    pending: list[Pending]
+    ended: dict[int, Ended]
+    unstarted: set[int]
+
+
+def read(path: str) -> State:
+    """The journal at `path`, checked record by record.  A torn last line (killed mid-write)
+    is ignored: its record was never complete, so its step was never taken."""
+    lines = _read_all(path).split(b"\n")
+    records = list(_records(lines, path))
+    if not records or not isinstance(records[0][1], dict):
+        _fail(path, 1, "not a dedup-engine journal")
+    header = records[0][1]
+    if header.get("journal") not in READABLE_VERSIONS:
+        _fail(path, 1, f"not a dedup-engine journal (version {JOURNAL_VERSION})")
+    limit = header.get("operations")
+    begins: dict[int, dict[str, Any]] = {}
+    starts: dict[int, dict[str, Any]] = {}
+    ended: dict[int, Ended] = {}
+    unstarted: set[int] = set()
+    for number, record in records[1:]:
+        index, state = _op_and_state(record, limit, path, number)
+        if state == "begin":
+            _check_begin(record, path, number)
+            begins[index] = record
+            ended.pop(index, None)
+            unstarted.discard(index)
+        elif index not in begins:
+            _fail(path, number, f"operation {index} has no begin record")
+        elif state == "start":
+            _check_start(record, path, number)
+            starts[index] = record
+        elif state == "unstarted":
+            unstarted.add(index)
+            ended.pop(index, None)
+        else:
+            ended[index] = _end(record, state, path, number)
+            unstarted.discard(index)
+    same_boot = header.get("boot") is not None and header.get("boot") == boot_id()
+    pending = [
+        _pending(index, record, starts.get(index), same_boot)
+        for index, record in sorted(begins.items())
+        if (index not in ended or ended[index].outcome is Outcome.ROLLBACK_FAILED)
+        and index not in unstarted
+    ]
+    begun = {i: (Action(r["action"]), str(r["path"])) for i, r in begins.items()}
+    # A failed rollback stays open: its file is still under the temporary name.
+    settled_ends = {i: e for i, e in ended.items() if e.outcome is not Outcome.ROLLBACK_FAILED}
+    return State(header, begun, pending, settled_ends, unstarted)
+
+
+def _read_all(path: str) -> bytes:
+    fd = open_private(path, os.O_RDONLY, "journal")
     try:
-        with open(path, "rb") as source:
-            lines = source.read().split(b"\n")
+        with os.fdopen(fd, "rb", closefd=False) as source:
+            return source.read()
     except OSError as exc:
         raise JournalError(f"cannot read journal {path!r}: {exc.strerror}") from None
-    records = list(_records(lines, path))
-    if not records or records[0].get("journal") != JOURNAL_VERSION:
-        raise JournalError(f"{path!r} is not a dedup-engine journal (version {JOURNAL_VERSION})")
-    begun: dict[int, dict[str, Any]] = {}
-    started: set[int] = set()
-    for record in records[1:]:
-        if record.get("state") == "begin":
-            begun[int(record["op"])] = record
-        elif record.get("state") == "start":
-            started.add(int(record["op"]))
-        elif record.get("state") != Outcome.ROLLBACK_FAILED.value:
-            # A failed rollback stays open: its file is still under the temporary name.
-            begun.pop(int(record["op"]), None)
-    same_boot = records[0].get("boot") is not None and records[0].get("boot") == boot_id()
-    pending = [
-        Pending(
-            index,
-            Action(r["action"]),
-            r["path"],
-            (int(r["victim"][0]), int(r["victim"][1])),
-            r["aside"],
-            r["keep"],
-            (int(r["kept"][0]), int(r["kept"][1])),
-            r["target"],
-            (int(r["dir"][0]), int(r["dir"][1])) if r.get("dir") else None,
-            (index in started) if same_boot else None,
-        )
-        for index, r in sorted(begun.items())
-    ]
-    return records[0], pending
+    finally:
+        os.close(fd)
 
 
-def _records(lines: list[bytes], path: str) -> Iterator[dict[str, Any]]:
-    for number, line in enumerate(lines):
+def _records(lines: list[bytes], path: str) -> Iterator[tuple[int, Any]]:
+    for number, line in enumerate(lines, 1):
         if not line.strip() or b"\0" in line:
             # Blank, or zeros where writeback had not reached: an end record that was never
             # synced, which resume works out from the disk.  (A begin is synced before use.)
             continue
         try:
-            yield json.loads(line)
-        except ValueError:
-            if number == len(lines) - 1 or not any(rest.strip() for rest in lines[number + 1 :]):
+            yield number, json.loads(line, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
+            if number == len(lines) or not any(rest.strip() for rest in lines[number:]):
                 return  # torn by the kill: the last record only
-            raise JournalError(f"{path!r}: line {number + 1} is damaged") from None
+            _fail(path, number, "damaged")
 
 
-@dataclass(frozen=True, slots=True)
-class Settled:
-    pending: Pending
-    outcome: Outcome  # DONE: completed; SKIPPED: put back as it was; ROLLBACK_FAILED: needs you
-    message: str
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(name)
 
 
-def resume(path: str, sys: Syscalls = REAL) -> list[Settled]:
-    """Complete or roll back every interrupted operation of the journal at `path`."""
-    _, pending = read(path)
-    journal = FileJournal.reopen(path)
+def _op_and_state(record: object, limit: object, path: str, number: int) -> tuple[int, str]:
+    if not isinstance(record, dict):
+        _fail(path, number, "not a record")
+    index, state = record.get("op"), record.get("state")
+    if not isinstance(index, int) or not _is_int(index) or index < 0:
+        _fail(path, number, f"bad operation number {index!r}")
+    if isinstance(limit, int) and index >= limit:
+        _fail(path, number, f"operation {index} is beyond the run's {limit}")
+    if not isinstance(state, str) or state not in _STATES:
+        _fail(path, number, f"unknown state {state!r}")
+    return index, state
+
+
+def _check_begin(record: dict[str, Any], path: str, number: int) -> None:
     try:
-        settled = []
-        for item in pending:
-            outcome, message = _settle(item, sys)
-            journal.end(item.index, outcome, f"resumed: {message}")
-            settled.append(Settled(item, outcome, message))
-        return settled
-    finally:
-        journal.close()
+        action = Action(record.get("action"))
+    except ValueError:
+        _fail(path, number, f"unknown action {record.get('action')!r}")
+    if not _is_int(record.get("group")) or record["group"] < 0:
+        _fail(path, number, "bad group number")
+    for key in ("path", "keep"):
+        _check_path(record.get(key), key, path, number)
+    for key in ("victim", "kept"):
+        _check_identity(record.get(key), key, path, number)
+    if record.get("dir") is not None:
+        _check_identity(record.get("dir"), "dir", path, number)
+    victim = record["path"]
+    aside, target = record.get("aside"), record.get("target")
+    if action in (Action.DELETE, Action.HARDLINK, Action.SYMLINK):
+        # Only a name `apply` itself makes: in the victim's own directory, of our shape.
+        _check_path(aside, "aside", path, number)
+        assert isinstance(aside, str)
+        if os.path.dirname(aside) != os.path.dirname(victim) or not _ASIDE.fullmatch(
+            os.path.basename(aside)
+        ):
+            _fail(path, number, f"{aside!r} is not a temporary name apply makes for {victim!r}")
+    elif aside is not None:
+        _fail(path, number, f"a {action.value} sets nothing aside")
+    if action is Action.MOVE:
+        _check_path(target, "target", path, number)
+    elif target is not None:
+        _fail(path, number, f"a {action.value} has no target")
 
 
-def _settle(item: Pending, sys: Syscalls) -> tuple[Outcome, str]:
-    if item.started is False:
-        return Outcome.SKIPPED, f"{item.path!r}: never started (it was waiting in its batch)"
-    try:
-        if item.action is Action.REFLINK:
-            return Outcome.DONE, "a reflink is atomic: the file is whole either way"
-        if item.action is Action.MOVE:
-            return _settle_move(item, sys)
-        return _settle_replace(item, sys)
-    except OSError as exc:
-        return Outcome.ROLLBACK_FAILED, f"{exc}; look at {item.path!r} and {item.aside!r}"
+def _check_start(record: dict[str, Any], path: str, number: int) -> None:
+    if "keep" in record:
+        _check_path(record.get("keep"), "keep", path, number)
+        _check_identity(record.get("kept"), "kept", path, number)
 
 
-def _settle_move(item: Pending, sys: Syscalls) -> tuple[Outcome, str]:
-    assert item.target is not None
-    at_path, at_target = _lstat(item.path), _lstat(item.target)
-    if _is(at_target, item.victim) and at_path is None:
-        return Outcome.DONE, f"{item.path!r} had been moved to {item.target!r}"
-    if _is(at_path, item.victim):
-        return Outcome.SKIPPED, f"{item.path!r} had not been moved"
-    # A move leaves no temporary name: with the file at neither place, someone moved or
-    # removed it, and nothing of ours is stranded.
-    return Outcome.SKIPPED, f"neither {item.path!r} nor {item.target!r} holds the file now"
+def _end(record: dict[str, Any], state: str, path: str, number: int) -> Ended:
+    message = record.get("message", "")
+    reclaimed = record.get("reclaimed", 0)
+    seen = record.get("seen", [])
+    if not isinstance(message, str) or not _is_int(reclaimed) or not isinstance(seen, list):
+        _fail(path, number, "bad end record")
+    for stamp in seen:
+        if not (isinstance(stamp, list) and len(stamp) == 5 and all(map(_is_int, stamp))):
+            _fail(path, number, "bad file stamp")
+    stamps = tuple((s[0], s[1], s[2], s[3], s[4]) for s in seen)
+    return Ended(Outcome(state), message, reclaimed, stamps, record.get("general") is True)
 
 
-def _settle_replace(item: Pending, sys: Syscalls) -> tuple[Outcome, str]:
-    assert item.aside is not None
-    path, aside = item.path, item.aside
-    at_path, at_aside = _lstat(path), _lstat(aside)
-    ours = at_path is not None and _is_new(item, path, at_path)
-    if at_aside is None:
-        if _is(at_path, item.victim):
-            return Outcome.SKIPPED, f"{path!r} had not been touched"
-        if ours:
-            return Outcome.DONE, f"{path!r} had been completed"
-        if not _same_directory(item):
-            # An unmounted volume or a renamed directory hides both names: nothing can be
-            # told from here, and a temporary name may be waiting there.
-            return Outcome.ROLLBACK_FAILED, f"the directory of {path!r} is not the one we worked in"
-        if at_path is None and item.action is Action.DELETE:
-            if _is(_lstat(item.keep), item.kept):
-                return Outcome.DONE, f"{path!r} had been deleted"
-            return Outcome.ROLLBACK_FAILED, f"{path!r} and its kept copy {item.keep!r} are gone"
-        # No temporary name and nothing of ours at the path: never started (a file changed
-        # after the report is skipped before it is set aside), or changed by someone since.
-        return Outcome.SKIPPED, f"{path!r} was changed by someone else; nothing of ours is there"
-    if not _is(at_aside, item.victim):
-        return Outcome.ROLLBACK_FAILED, f"{aside!r} is not the victim; left alone"
-    if _is(at_path, item.victim):
-        # A rename without RENAME_NOREPLACE is a link then an unlink: stopped between the two.
-        sys.unlink(aside)
-        return Outcome.SKIPPED, f"{path!r} had not been replaced; {aside!r} removed"
-    if at_path is None:
-        sys.rename_noreplace(aside, path)
-        return Outcome.SKIPPED, f"{path!r} put back from {aside!r}"
-    if not ours:
-        return (
-            Outcome.ROLLBACK_FAILED,
-            f"the original is at {aside!r}; {path!r} now holds a file we did not create",
-        )
-    if _still_duplicate(item):
-        sys.unlink(aside)
-        return Outcome.DONE, f"{path!r} completed; {aside!r} removed"
-    sys.unlink(path)
-    sys.rename_noreplace(aside, path)
-    return Outcome.SKIPPED, f"{path!r} put back: its bytes no longer match the kept file"
+def _pending(
+    index: int, record: dict[str, Any], start: dict[str, Any] | None, same_boot: bool
+) -> Pending:
+    keep, kept = record["keep"], record["kept"]
+    if start is not None and "keep" in start:
+        keep, kept = start["keep"], start["kept"]
+    return Pending(
+        index,
+        Action(record["action"]),
+        record["path"],
+        (record["victim"][0], record["victim"][1]),
+        record["aside"],
+        keep,
+        (kept[0], kept[1]),
+        record["target"],
+        (record["dir"][0], record["dir"][1]) if record.get("dir") else None,
+        (start is not None) if same_boot else None,
+    )
 
 
-def _same_directory(item: Pending) -> bool:
-    """The victim's directory is the one we worked in: not an unmounted volume, nor a new
-    directory in place of one renamed away (which may hold our temporary name)."""
-    try:
-        st = os.stat(os.path.dirname(item.path))
-    except OSError:
-        return False
-    if item.directory is not None:
-        return (st.st_dev, st.st_ino) == item.directory
-    return st.st_dev == item.victim[0]
+def _check_path(value: object, key: str, path: str, number: int) -> None:
+    problem = path_problem(value)
+    if problem:
+        _fail(path, number, f"{key}: {problem}")
 
 
-def _is_new(item: Pending, path: str, st: os.stat_result) -> bool:
-    """Whether `path` holds what the operation creates there (the link or symlink)."""
-    if item.action is Action.HARDLINK:
-        return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == item.kept
-    if item.action is Action.SYMLINK:
-        try:
-            return stat.S_ISLNK(st.st_mode) and os.readlink(path) == item.keep
-        except OSError:
-            return False
-    return False
+def _check_identity(value: object, key: str, path: str, number: int) -> None:
+    if not (
+        isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v >= 0 for v in value)
+    ):
+        _fail(path, number, f"{key}: not a (dev, ino) pair")
 
 
-def _still_duplicate(item: Pending) -> bool:
-    """The set-aside victim and the kept file: the right files, with the same bytes."""
-    assert item.aside is not None
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        a = os.open(item.keep, flags)
-    except OSError:
-        return False
-    try:
-        b = os.open(item.aside, flags)
-        try:
-            sa, sb = os.fstat(a), os.fstat(b)
-            if (sa.st_dev, sa.st_ino) != item.kept or (sb.st_dev, sb.st_ino) != item.victim:
-                return False
-            return sa.st_size == sb.st_size and same_bytes(a, b, sa.st_size)
-        finally:
-            os.close(b)
-    except OSError:
-        return False
-    finally:
-        os.close(a)
+def _is_int(value: object) -> bool:
+    """An integer of a system type (int64 or uint64); a bool is not one."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**64
 
 
-def _lstat(path: str) -> os.stat_result | None:
-    # Not fsquery.lstat, which reads any error as "absent": here an unreadable name must stop
-    # the settling (needs you), not be taken for a name that is gone.
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
-
-
-def _is(st: os.stat_result | None, identity: tuple[int, int]) -> bool:
-    return st is not None and (st.st_dev, st.st_ino) == identity
+def _fail(path: str, number: int, problem: str) -> NoReturn:
+    raise JournalError(f"journal {path!r}, line {number}: {problem}")

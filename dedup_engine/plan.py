@@ -1,12 +1,16 @@
 """Planning what `apply` will do: groups and a policy in, a list of operations out.
 
-Pure: it reads no file and changes none, so a plan can be printed (`--dry-run`), reviewed and
-tested exactly.  The acting step re-checks every file against the report before each operation.
-Rules: which copy is kept follows `--keep-path`, then the `--keep` order; at least `min_copies`
-distinct files (inodes) survive in every group, and further names of a kept file do not count
-as copies; a protected path is never touched (its file is kept, and counts as a copy); a group
-whose names are all one file is left alone; a move never sends two files to one target (the same
-path below two roots): that group is left alone, with the reason.
+Pure: it reads no file and changes none, so a plan can be printed (`--dry-run`), reviewed,
+tested exactly, and made again from the same report by `--resume`.  The acting step re-checks
+every file against the report before each operation.
+Rules: a group is first split into sets of files that share owner, group and mode (a hard link
+or symlink would otherwise hand a path to another owner, and a delete or move would leave a user
+only a copy they may not read), unless `across_owners`; reflinks keep each file's own metadata
+and are not split.  In each set, which copy is kept follows `--keep-path`, then the `--keep`
+order; at least `min_copies` distinct files (inodes) survive, and further names of a kept file
+do not count as copies; a protected path is never touched (its file is kept, and counts as a
+copy); a set whose names are all one file is left alone; a move never sends two files to one
+target (the same path below two roots): that set is left alone, with the reason.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from dedup_engine.records import DuplicateGroup, FileEntry
+from dedup_engine.records import DuplicateGroup, FileEntry, Owner
 
 
 class Action(str, enum.Enum):
@@ -46,12 +50,67 @@ class Policy:
     protect: tuple[str, ...] = ()
     min_copies: int = 1
     move_to: str | None = None
+    #: Act among files of different owner, group or mode (see the module docstring).
+    across_owners: bool = False
 
     def __post_init__(self) -> None:
         if self.min_copies < 1:
             raise ValueError("--min-copies must be at least 1: one copy always survives")
         if (self.action is Action.MOVE) != (self.move_to is not None):
             raise ValueError("--to DIR goes with --action move, and only with it")
+        if self.move_to is not None and not os.path.isabs(self.move_to):
+            raise ValueError(f"--to {self.move_to!r} must be an absolute path")
+
+    @property
+    def splits_by_owner(self) -> bool:
+        return not self.across_owners and self.action is not Action.REFLINK
+
+    def as_dict(self) -> dict[str, object]:
+        """For the journal, which `--resume` makes the same plan again from."""
+        return {
+            "action": self.action.value,
+            "keep": self.keep.value,
+            "keep_paths": list(self.keep_paths),
+            "protect": list(self.protect),
+            "min_copies": self.min_copies,
+            "move_to": self.move_to,
+            "across_owners": self.across_owners,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> Policy:
+        """The inverse of `as_dict`; `ValueError` for anything it would not have written."""
+        if not isinstance(data, dict) or set(data) != set(_POLICY_FIELDS):
+            raise ValueError("not a policy")
+        for key, kind in _POLICY_FIELDS.items():
+            value = data[key]
+            if key == "move_to" and value is None:
+                continue
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"policy {key}: {value!r}")
+        lists = [data["keep_paths"], data["protect"]]
+        if not all(isinstance(p, str) for patterns in lists for p in patterns):
+            raise ValueError("policy patterns must be strings")
+        return cls(
+            Action(data["action"]),
+            Keep(data["keep"]),
+            tuple(data["keep_paths"]),
+            tuple(data["protect"]),
+            data["min_copies"],
+            data["move_to"],
+            data["across_owners"],
+        )
+
+
+_POLICY_FIELDS: dict[str, type] = {
+    "action": str,
+    "keep": str,
+    "keep_paths": list,
+    "protect": list,
+    "min_copies": int,
+    "move_to": str,
+    "across_owners": bool,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,16 +125,28 @@ class Operation:
     also_kept: tuple[FileEntry, ...] = ()  # the group's other kept files: re-checked, never touched
 
 
+class LeftAlone(str, enum.Enum):
+    """Why the plan does nothing to (part of) a group."""
+
+    ONE_FILE = "one file"  # all its names are one file (hard links)
+    ALL_KEPT = "all kept"  # --min-copies and --protect keep every file
+    OWNER = "owner"  # no other file with the same owner, group and mode
+    MOVE_CLASH = "move clash"  # two files would move to one target
+
+
 @dataclass(frozen=True, slots=True)
 class Skipped:
     group: int
     reason: str
+    kind: LeftAlone
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     operations: tuple[Operation, ...]
     skipped: tuple[Skipped, ...]
+    #: The policy said so: `apply` then does not refuse a kept file of another owner or mode.
+    across_owners: bool = False
 
 
 def make_plan(groups: Sequence[DuplicateGroup], roots: Sequence[str], policy: Policy) -> Plan:
@@ -85,43 +156,71 @@ def make_plan(groups: Sequence[DuplicateGroup], roots: Sequence[str], policy: Po
     targets: set[str] = set()  # move targets planned so far: each receives one file
     order = _order(policy, roots)
     for index, group in enumerate(groups):
-        files: dict[tuple[int, int], list[FileEntry]] = {}
-        for entry in group.files:
-            files.setdefault((entry.dev, entry.ino), []).append(entry)
-        if len(files) < 2:
-            skipped.append(Skipped(index, "all its names are one file (hard links)"))
-            continue
-        # A file is represented by its best name; files are ranked by their best names.
-        names = {key: sorted(entries, key=order) for key, entries in files.items()}
-        ranked = sorted(names, key=lambda key: order(names[key][0]))
-        protected = [
-            key for key in ranked if any(matches(e.path, policy.protect) for e in files[key])
-        ]
-        kept = ranked[: policy.min_copies]
-        kept += [key for key in protected if key not in kept]
-        victims = [key for key in ranked if key not in kept]
-        if not victims:
-            reason = f"no file beyond the {len(kept)} kept (--min-copies, --protect)"
-            skipped.append(Skipped(index, reason))
-            continue
-        keep = names[kept[0]][0]
-        also_kept = tuple(names[key][0] for key in kept[1:])
-        planned = []
-        for key in victims:
-            entries = names[key]
-            if policy.action is Action.REFLINK:
-                entries = entries[:1]  # one name shares the file's blocks for all its names
-            for victim in entries:
-                target = _moved(victim.path, roots, policy.move_to) if policy.move_to else None
-                planned.append(Operation(index, policy.action, victim, keep, target, also_kept))
-        clash = _clash(planned, targets)
-        if clash:
-            skipped.append(Skipped(index, f"two files would move to {clash!r} (same path below "
-                                   "two roots); move them in separate runs"))  # fmt: skip
-            continue
-        targets.update(op.target for op in planned if op.target)
-        operations.extend(planned)
-    return Plan(tuple(operations), tuple(skipped))
+        sets = _owner_sets(group.files, order) if policy.splits_by_owner else [list(group.files)]
+        for files in sets:
+            planned, left = _plan_set(index, files, policy, order, roots, split=len(sets) > 1)
+            clash = _clash(planned, targets)
+            if clash:
+                why = f"two files would move to {clash!r} (same path below two roots); "
+                left = Skipped(index, why + "move them in separate runs", LeftAlone.MOVE_CLASH)
+            if left is not None:
+                skipped.append(left)
+                continue
+            targets.update(op.target for op in planned if op.target)
+            operations.extend(planned)
+    return Plan(tuple(operations), tuple(skipped), policy.across_owners)
+
+
+def _owner_sets(
+    files: Sequence[FileEntry], order: Callable[[FileEntry], tuple[object, ...]]
+) -> list[list[FileEntry]]:
+    """The group's files by owner, group and mode; sets in the order of their best file."""
+    sets: dict[Owner, list[FileEntry]] = {}
+    for entry in files:
+        sets.setdefault(entry.owner, []).append(entry)
+    return sorted(sets.values(), key=lambda members: min(map(order, members)))
+
+
+def _plan_set(
+    index: int,
+    files: Sequence[FileEntry],
+    policy: Policy,
+    order: Callable[[FileEntry], tuple[object, ...]],
+    roots: Sequence[str],
+    *,
+    split: bool,
+) -> tuple[list[Operation], Skipped | None]:
+    """The operations for one set of files that may be acted on together."""
+    inodes: dict[tuple[int, int], list[FileEntry]] = {}
+    for entry in files:
+        inodes.setdefault((entry.dev, entry.ino), []).append(entry)
+    if len(inodes) < 2:
+        if split:
+            reason = (f"{files[0].path!r} ({files[0].owner}) has no copy of the same owner, "
+                      "group and mode (--across-owners acts across them)")  # fmt: skip
+            return [], Skipped(index, reason, LeftAlone.OWNER)
+        return [], Skipped(index, "all its names are one file (hard links)", LeftAlone.ONE_FILE)
+    # A file is represented by its best name; files are ranked by their best names.
+    names = {key: sorted(entries, key=order) for key, entries in inodes.items()}
+    ranked = sorted(names, key=lambda key: order(names[key][0]))
+    protected = [key for key in ranked if any(matches(e.path, policy.protect) for e in inodes[key])]
+    kept = ranked[: policy.min_copies]
+    kept += [key for key in protected if key not in kept]
+    victims = [key for key in ranked if key not in kept]
+    if not victims:
+        reason = f"no file beyond the {len(kept)} kept (--min-copies, --protect)"
+        return [], Skipped(index, reason, LeftAlone.ALL_KEPT)
+    keep = names[kept[0]][0]
+    also_kept = tuple(names[key][0] for key in kept[1:])
+    planned = []
+    for key in victims:
+        entries = names[key]
+        if policy.action is Action.REFLINK:
+            entries = entries[:1]  # one name shares the file's blocks for all its names
+        for victim in entries:
+            target = _moved(victim.path, roots, policy.move_to) if policy.move_to else None
+            planned.append(Operation(index, policy.action, victim, keep, target, also_kept))
+    return planned, None
 
 
 def _clash(planned: Sequence[Operation], targets: set[str]) -> str | None:

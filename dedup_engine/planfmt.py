@@ -63,7 +63,9 @@ def to_json_dict(plan: Plan, action: Action) -> dict[str, Any]:
             }
             for op in plan.operations
         ],
-        "left_alone": [{"group": s.group + 1, "reason": s.reason} for s in plan.skipped],
+        "left_alone": [
+            {"group": s.group + 1, "reason": s.reason, "kind": s.kind.value} for s in plan.skipped
+        ],
     }
 
 
@@ -75,10 +77,36 @@ def write_json(plan: Plan, action: Action, out: IO[str]) -> None:
 _PRELUDE = r"""set -u
 failed=0
 fail() { printf 'dedup script: %s\n' "$*" >&2; failed=1; }
+# No directory on the way to $1 is a symlink (one planted there would redirect the step).
+plain() {
+    p=
+    rest=${1#/}
+    while :; do
+        case $rest in */*) part=${rest%%/*}; rest=${rest#*/} ;; *) return 0 ;; esac
+        [ -n "$part" ] || continue
+        p=$p/$part
+        if [ -L "$p" ]; then fail "skipped, $p is a symlink: $1"; return 1; fi
+    done
+}
 # Two names of two different regular files (not symlinks, not one file) with the same bytes.
 same() {
+    plain "$1" && plain "$2" || return 1
     [ -f "$1" ] && [ ! -L "$1" ] && [ -f "$2" ] && [ ! -L "$2" ] && ! [ "$1" -ef "$2" ] &&
         cmp -s -- "$1" "$2"
+}
+# Make directory $1 a component at a time where missing; a symlink anywhere is refused.
+make_dir() {
+    p=
+    rest=${1#/}/
+    while [ -n "$rest" ]; do
+        part=${rest%%/*}
+        rest=${rest#*/}
+        [ -n "$part" ] || continue
+        p=$p/$part
+        if [ -L "$p" ]; then fail "skipped, $p is a symlink"; return 1; fi
+        [ -d "$p" ] || mkdir -- "$p" || { fail "cannot create $p"; return 1; }
+        if [ -L "$p" ] || [ ! -d "$p" ]; then fail "skipped, $p is not a directory"; return 1; fi
+    done
 }
 aside() {  # keep victim tmp: check, then move the victim aside (never over another name)
     same "$1" "$2" || { fail "skipped, no longer a copy of $1: $2"; return 1; }
@@ -112,7 +140,8 @@ do_reflink() {  # keep victim size: the kernel compares the bytes itself
 do_move() {  # keep victim target target-dir
     same "$1" "$2" || { fail "skipped, no longer a copy of $1: $2"; return 0; }
     if [ -e "$3" ] || [ -L "$3" ]; then fail "skipped, $3 exists"; return 0; fi
-    mkdir -p -- "$4" && mv -n -- "$2" "$3" && [ ! -e "$2" ] || fail "cannot move: $2"
+    make_dir "$4" || return 0
+    mv -n -- "$2" "$3" && [ ! -e "$2" ] || fail "cannot move: $2"
 }
 """
 

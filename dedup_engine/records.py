@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class Stage(str, enum.Enum):
@@ -22,6 +23,18 @@ class Stage(str, enum.Enum):
     FULL = "full"
 
 
+class Owner(NamedTuple):
+    """Who may read and write a file.  A hard link or symlink makes a path share its target's,
+    so `apply` acts only among files whose owners are equal (unless told otherwise)."""
+
+    uid: int
+    gid: int
+    mode: int  # permission bits with the set-id and sticky bits (S_IMODE)
+
+    def __str__(self) -> str:
+        return f"uid {self.uid}, gid {self.gid}, mode {self.mode:04o}"
+
+
 @dataclass(frozen=True, slots=True)
 class FileEntry:
     """One path of a file in a duplicate group, with the identity `apply` re-checks first."""
@@ -32,6 +45,13 @@ class FileEntry:
     size: int
     mtime_ns: int
     ctime_ns: int
+    uid: int
+    gid: int
+    mode: int  # S_IMODE of st_mode
+
+    @property
+    def owner(self) -> Owner:
+        return Owner(self.uid, self.gid, self.mode)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,9 @@
-"""Writing results as text, fdupes, JSON and CSV, and reading the JSON report back.
+"""Writing results as text, fdupes, JSON and CSV.
 
-The JSON report (schema 1) is what `dedup apply` acts on, so its reader and writer live together
-and round-trip.  File names that are not valid UTF-8 are kept as Python's surrogateescape strings:
-JSON escapes them (`\\udcxx`) and `os.fsencode(path)` restores the exact bytes; the byte-oriented
-formats (fdupes, CSV) write the original bytes.
+The JSON report is what `dedup apply` acts on; its reader (`reportread`) checks
+it as untrusted input, and the two round-trip.  File names that are not valid UTF-8 are
+kept as Python's surrogateescape strings: JSON escapes them (`\\udcxx`) and `os.fsencode(path)`
+restores the exact bytes; the byte-oriented formats (fdupes, CSV) write the original bytes.
 """
 
 from __future__ import annotations
@@ -14,15 +14,12 @@ import enum
 import io
 import json
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import IO, Any
 
 from dedup_engine.options import ScanOptions
-from dedup_engine.records import DuplicateGroup, FileEntry, FindResult, Issue, Stage
-
-SCHEMA = 1
-TOOL = "dedup-engine"
+from dedup_engine.records import DuplicateGroup, FindResult
+from dedup_engine.reportread import SCHEMA, TOOL
 
 
 class Format(str, enum.Enum):
@@ -30,23 +27,6 @@ class Format(str, enum.Enum):
     FDUPES = "fdupes"
     JSON = "json"
     CSV = "csv"
-
-
-class ReportError(ValueError):
-    """A report that is not a dedup-engine report of a schema this version reads."""
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """A JSON report as read back: what `find` found, and the options it ran with."""
-
-    version: str
-    created: str
-    roots: tuple[str, ...]
-    options: Mapping[str, Any]
-    stats: Mapping[str, Any]
-    groups: tuple[DuplicateGroup, ...]
-    issues: tuple[Issue, ...]
 
 
 def to_json_dict(result: FindResult, options: ScanOptions, version: str) -> dict[str, Any]:
@@ -70,6 +50,9 @@ def to_json_dict(result: FindResult, options: ScanOptions, version: str) -> dict
                         "ino": f.ino,
                         "mtime_ns": f.mtime_ns,
                         "ctime_ns": f.ctime_ns,
+                        "uid": f.uid,
+                        "gid": f.gid,
+                        "mode": f.mode,
                     }
                     for f in g.files
                 ],
@@ -86,51 +69,6 @@ def write_json(result: FindResult, options: ScanOptions, version: str, out: IO[s
     # ensure_ascii keeps surrogate-escaped names representable: they become \\udcxx escapes.
     json.dump(to_json_dict(result, options, version), out, indent=1, ensure_ascii=True)
     out.write("\n")
-
-
-def read_json(source: IO[str] | str) -> Report:
-    """Read a schema-1 report; refuse anything else with a `ReportError` that says why."""
-    try:
-        data = json.loads(source) if isinstance(source, str) else json.load(source)
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"not a JSON report: {exc}") from None
-    if not isinstance(data, dict) or data.get("tool") != TOOL:
-        raise ReportError('not a dedup-engine report (no "tool": "dedup-engine")')
-    if data.get("schema") != SCHEMA:
-        raise ReportError(f"report schema {data.get('schema')!r} is not supported (want {SCHEMA})")
-    try:
-        groups = tuple(
-            DuplicateGroup(
-                int(g["size"]),
-                str(g["digest"]),
-                tuple(
-                    FileEntry(
-                        str(f["path"]),
-                        int(f["dev"]),
-                        int(f["ino"]),
-                        int(g["size"]),
-                        int(f["mtime_ns"]),
-                        int(f["ctime_ns"]),
-                    )
-                    for f in g["files"]
-                ),
-            )
-            for g in data["groups"]
-        )
-        issues = tuple(
-            Issue(str(i["path"]), Stage(i["stage"]), str(i["message"])) for i in data["issues"]
-        )
-        return Report(
-            str(data["version"]),
-            str(data["created"]),
-            tuple(str(r) for r in data["roots"]),
-            dict(data["options"]),
-            dict(data["stats"]),
-            groups,
-            issues,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ReportError(f"malformed report: {exc!r}") from None
 
 
 def write_fdupes(groups: Iterable[DuplicateGroup], out: IO[bytes]) -> None:

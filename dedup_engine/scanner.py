@@ -46,6 +46,10 @@ class FileColumns:
     size: array[int] = field(default_factory=lambda: array("q"))
     mtime: array[int] = field(default_factory=lambda: array("q"))
     ctime: array[int] = field(default_factory=lambda: array("q"))
+    #: Owner and permission bits (S_IMODE): `apply` acts only among files that share them.
+    uid: array[int] = field(default_factory=lambda: array("I"))
+    gid: array[int] = field(default_factory=lambda: array("I"))
+    mode: array[int] = field(default_factory=lambda: array("H"))
     #: Rows reached through a symlink to a file (with follow_links): another name of a file
     #: that may also be found by its real path, so never a copy in its own right.
     alias: array[int] = field(default_factory=lambda: array("B"))
@@ -62,6 +66,9 @@ class FileColumns:
         self.size.extend(other.size)
         self.mtime.extend(other.mtime)
         self.ctime.extend(other.ctime)
+        self.uid.extend(other.uid)
+        self.gid.extend(other.gid)
+        self.mode.extend(other.mode)
         self.alias.extend(other.alias)
 
     @classmethod
@@ -77,6 +84,9 @@ class FileColumns:
             array("q", [st.st_size for st in stats]),
             array("q", [st.st_mtime_ns for st in stats]),
             array("q", [st.st_ctime_ns for st in stats]),
+            array("I", [st.st_uid for st in stats]),
+            array("I", [st.st_gid for st in stats]),
+            array("H", [st.st_mode & 0o7777 for st in stats]),
             alias,
         )
 
@@ -89,6 +99,9 @@ class FileColumns:
         self.size.append(st.st_size)
         self.mtime.append(st.st_mtime_ns)
         self.ctime.append(st.st_ctime_ns)
+        self.uid.append(st.st_uid)
+        self.gid.append(st.st_gid)
+        self.mode.append(st.st_mode & 0o7777)
         self.alias.append(0)
 
 

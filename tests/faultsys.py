@@ -12,6 +12,7 @@ after `apply` against it.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any
 
 from dedup_engine.act import ASIDE_PREFIX
 from dedup_engine.fsops import REAL, Syscalls
+from dedup_engine.records import FileEntry
 
 
 class Crash(BaseException):
@@ -34,8 +36,10 @@ class Faulty:
         persist: bool = False,
         crash: str | None = None,  # "before" or "after" the nth call
         real: Syscalls = REAL,
+        no_lease: bool = False,  # as on a filesystem without leases (EINVAL)
     ) -> None:
         self.nth, self.err, self.persist, self.crash = nth, err, persist, crash
+        self.no_lease = no_lease
         self.real = real
         self.calls: list[str] = []
         self.hook: Callable[[str, int], None] | None = None
@@ -49,31 +53,64 @@ class Faulty:
             raise Crash(f"crash before call {number} ({name})")
         if self.err and (number == self.nth or (self.persist and number > self.nth > 0)):
             raise OSError(self.err, os.strerror(self.err), target)
-        result = run()
-        if self.crash == "after" and number == self.nth:
-            raise Crash(f"crash after call {number} ({name})")
-        return result
+        try:
+            return run()
+        finally:
+            # After the call, whether it succeeded or failed (ENOENT is an answer too).
+            if self.crash == "after" and number == self.nth:
+                raise Crash(f"crash after call {number} ({name})")
 
-    def open(self, path: str, flags: int) -> int:
-        return int(self._call("open", path, lambda: self.real.open(path, flags)))
+    def open_dir(self, at: int | None, path: str) -> int:
+        return int(self._call("opendir", path, lambda: self.real.open_dir(at, path)))
 
-    def rename_noreplace(self, src: str, dst: str) -> None:
-        self._call("rename_noreplace", src, lambda: self.real.rename_noreplace(src, dst))
+    def open(self, at: int, name: str, flags: int) -> int:
+        return int(self._call("open", name, lambda: self.real.open(at, name, flags)))
 
-    def link(self, src: str, dst: str) -> None:
-        self._call("link", dst, lambda: self.real.link(src, dst))
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        data: bytes = self._call("pread", str(fd), lambda: self.real.pread(fd, length, offset))
+        return data
 
-    def symlink(self, target: str, path: str) -> None:
-        self._call("symlink", path, lambda: self.real.symlink(target, path))
+    def lease(self, fd: int) -> None:
+        if self.no_lease:
+            self.calls.append("lease")
+            raise OSError(errno.EINVAL, "leases are not supported here (a test's choice)")
+        self._call("lease", str(fd), lambda: self.real.lease(fd))
 
-    def unlink(self, path: str) -> None:
-        self._call("unlink", path, lambda: self.real.unlink(path))
+    def rename_noreplace(self, src_at: int, src: str, dst_at: int, dst: str) -> None:
+        self._call(
+            "rename_noreplace", src, lambda: self.real.rename_noreplace(src_at, src, dst_at, dst)
+        )
 
-    def mkdir(self, path: str) -> None:
-        self._call("mkdir", path, lambda: self.real.mkdir(path))
+    def link(self, src_at: int, src: str, dst_at: int, dst: str) -> None:
+        self._call("link", dst, lambda: self.real.link(src_at, src, dst_at, dst))
+
+    def symlink(self, target: str, at: int, name: str) -> None:
+        self._call("symlink", name, lambda: self.real.symlink(target, at, name))
+
+    def unlink(self, at: int, name: str) -> None:
+        self._call("unlink", name, lambda: self.real.unlink(at, name))
+
+    def mkdir(self, at: int, name: str) -> None:
+        self._call("mkdir", name, lambda: self.real.mkdir(at, name))
 
     def dedupe(self, src_fd: int, dst_fd: int, length: int) -> None:
         self._call("ioctl", str(dst_fd), lambda: self.real.dedupe(src_fd, dst_fd, length))
+
+
+def entry_of(path: str) -> FileEntry:
+    """A report's entry for `path` as it is now: every stat check of `apply` passes."""
+    st = os.lstat(path)
+    return FileEntry(
+        path,
+        st.st_dev,
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_uid,
+        st.st_gid,
+        stat.S_IMODE(st.st_mode),
+    )
 
 
 def snapshot(root: str) -> dict[str, bytes]:

@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from faultsys import leftovers
+from faultsys import entry_of, leftovers
 from treebuilder import Tree, append, content, flip
 
-from dedup_engine import FileEntry, ScanOptions, __version__, find_duplicates
+from dedup_engine import ScanOptions, __version__, find_duplicates
 from dedup_engine.act import OpResult, Outcome
 from dedup_engine.apply import apply_plan
 from dedup_engine.plan import Action, Operation, Plan, Policy, make_plan
@@ -211,18 +211,13 @@ def test_a_change_after_find_skips_the_group(
 # --- what only the bytes show ------------------------------------------------------------------
 
 
-def current(path: str) -> FileEntry:
-    st = os.lstat(path)
-    return FileEntry(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 def stat_perfect_op(tree: Tree, action: Action) -> tuple[Operation, bytes, bytes]:
     """Same size, other bytes, and entries that match every stat of the files as they are now
     (a report that raced a writer): only the bytes can tell."""
     data = content(SIZE, "k")
     keep, victim = tree.file("a/x", data), tree.file("b/x", flip(data, SIZE - 1))
     target = tree.path("moved/x") if action is Action.MOVE else None
-    op = Operation(0, action, current(victim), current(keep), target)
+    op = Operation(0, action, entry_of(victim), entry_of(keep), target)
     return op, data, flip(data, SIZE - 1)
 
 

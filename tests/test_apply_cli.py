@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from blake3 import blake3
 from treebuilder import Name, Tree, content
 from typer.testing import CliRunner
 
 from dedup_engine import fsops
 from dedup_engine.cli import app
 from dedup_engine.plan import Action, Policy, make_plan
-from dedup_engine.report import read_json
+from dedup_engine.reportread import read_json
 
 pytestmark = pytest.mark.usefixtures("deadline")
 
@@ -148,7 +149,13 @@ def test_find_piped_into_apply_hardlinks_the_copies(dups: Tree, fmt: str) -> Non
     assert leftovers(dups.root) == []
     if fmt == "json":
         data = json.loads(proc.stdout)
-        assert data["counts"] == {"done": 3, "skipped": 0, "failed": 0, "rollback-failed": 0}
+        assert data["counts"] == {
+            "done": 3,
+            "skipped": 0,
+            "failed": 0,
+            "rollback-failed": 0,
+            "kept": 0,
+        }
         assert [(o["path"], o["keep"], o["outcome"]) for o in data["operations"]] == [
             (dups.path(v), dups.path(k), "done") for v, k in KEPT.items()
         ]
@@ -213,7 +220,13 @@ def test_exit_1_when_a_file_changed_after_the_report(dups: Tree, tmp_path: Path,
         assert "hardlink: 1 done, 2 skipped, 0 failed;" in summary and "reclaimed" in summary
     else:
         data = json.loads(proc.stdout)
-        assert data["counts"] == {"done": 1, "skipped": 2, "failed": 0, "rollback-failed": 0}
+        assert data["counts"] == {
+            "done": 1,
+            "skipped": 2,
+            "failed": 0,
+            "rollback-failed": 0,
+            "kept": 0,
+        }
         outcome = {o["path"]: (o["outcome"], o["message"]) for o in data["operations"]}
         assert outcome[dups.path("b/v1")][0] == "skipped"
         assert "changed since the report" in outcome[dups.path("b/v1")][1]
@@ -352,8 +365,12 @@ def test_default_journal_is_in_the_state_directory(
     assert journal.parent == state_home / "dedup-engine" / "journals"
     records = [json.loads(line) for line in journal.read_text().splitlines()]
     header = records[0]
-    assert header["journal"] == 1 and header["tool"] == "dedup-engine"
-    assert (header["action"], header["operations"]) == ("delete", 3)
+    assert header["journal"] == 2 and header["tool"] == "dedup-engine"
+    assert (header["policy"]["action"], header["operations"]) == ("delete", 3)
+    # What --resume needs to make the same plan again.
+    report = tmp_path / "report.json"
+    assert header["report"] == str(report) and header["report_saved"] is False
+    assert header["report_blake3"] == blake3(report.read_bytes()).hexdigest()
     # A batch's begin records go first (one fsync), then each operation's start and outcome.
     assert [(r["op"], r["state"]) for r in records[1:]] == [
         *((n, "begin") for n in range(3)),
@@ -393,28 +410,29 @@ def killed_run(dups: Tree, tmp_path: Path, call: str) -> Path:
     return journal
 
 
-@pytest.mark.parametrize(
-    ("call", "word", "linked"), [("link", "rolled back", False), ("unlink", "completed", True)]
-)
-def test_resume_settles_a_run_that_was_killed(
-    dups: Tree, tmp_path: Path, call: str, word: str, linked: bool
+@pytest.mark.parametrize(("call", "word"), [("link", "put back"), ("unlink", "completed")])
+def test_resume_settles_a_run_that_was_killed_and_finishes_it(
+    dups: Tree, tmp_path: Path, call: str, word: str
 ) -> None:
-    victim = os.lstat(dups.path("b/v1"))
     journal = killed_run(dups, tmp_path, call)
     proc = dedup("apply", "--resume", journal)
     assert proc.returncode == 0, proc.stderr
-    # The run's three operations were journaled as begun together: the one killed, and two
-    # never started, which resume finds untouched.
-    assert proc.stdout == b"resume: 3 interrupted operations settled, 0 need you\n"
+    # The run's three operations were journaled as begun together: the one killed is
+    # settled, then every operation not yet done is carried out (the one put back too), and
+    # the summary covers the whole run.  None is called rolled back.
+    out = proc.stdout.decode().splitlines()
+    assert out[0] == "resume: 1 interrupted operations settled, 0 need you"
+    assert out[1].startswith("hardlink: 3 done, 0 skipped, 0 failed;")
     assert proc.stderr.decode().startswith(f"{word}: ")
-    assert proc.stderr.count(b"never started") == 2
+    assert b"rolled back" not in proc.stderr and b"never started" not in proc.stderr
     assert leftovers(dups.root) == []
     assert dups.read("b/v1") == content(3000, 1)
-    assert same_inode(dups, "b/v1", "a/k") is linked
-    if not linked:
-        assert os.lstat(dups.path("b/v1")).st_ino == victim.st_ino
-    assert json.loads(journal.read_text().splitlines()[-1])["message"].startswith("resumed: ")
-    assert dedup("apply", "--resume", journal).stdout.startswith(b"resume: 0 interrupted")
+    assert all(same_inode(dups, victim, kept) for victim, kept in KEPT.items())
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert sorted(r["op"] for r in records if r.get("state") == "done") == [0, 1, 2]
+    again = dedup("apply", "--resume", journal)
+    assert again.stdout.startswith(b"resume: 0 interrupted")
+    assert b"hardlink: 3 done" in again.stdout
 
 
 def test_exit_4_when_a_rollback_fails_and_resume_puts_the_file_back(
@@ -424,14 +442,14 @@ def test_exit_4_when_a_rollback_fails_and_resume_puts_the_file_back(
     renames: list[str] = []
     rename = fsops.REAL.rename_noreplace
 
-    def rename_once(src: str, dst: str) -> None:  # sets the victim aside, then fails
-        renames.append(src)
+    def rename_once(src_at: int, src: str, dst_at: int, dst: str) -> None:
+        renames.append(src)  # sets the victim aside, then fails
         if len(renames) > 1:
             raise OSError(errno.EIO, "injected", src)
-        rename(src, dst)
+        rename(src_at, src, dst_at, dst)
 
-    def no_link(src: str, dst: str) -> None:
-        raise OSError(errno.EMLINK, "injected", dst)
+    def no_link(src_at: int, src: str, dst_at: int, dst: str) -> None:
+        raise OSError(errno.ENOSPC, "injected", dst)
 
     monkeypatch.setattr(fsops.REAL, "rename_noreplace", rename_once)
     monkeypatch.setattr(fsops.REAL, "link", no_link)
@@ -445,7 +463,10 @@ def test_exit_4_when_a_rollback_fails_and_resume_puts_the_file_back(
     proc = dedup("apply", "--resume", journal)
     assert proc.returncode == 0, proc.stderr
     assert leftovers(dups.root) == []
-    assert dups.read("b/v1") == content(3000, 1) and not same_inode(dups, "b/v1", "a/k")
+    # Put back, then carried out with the rest of its group, which had stopped at it.
+    assert proc.stderr.decode().startswith("put back: ")
+    assert dups.read("b/v1") == content(3000, 1)
+    assert all(same_inode(dups, victim, kept) for victim, kept in KEPT.items())
 
 
 # --- where moves go, which copy is kept -----------------------------------------------------------

@@ -23,7 +23,8 @@ import dedup_engine.fullstage
 import dedup_engine.hashing
 from dedup_engine import ScanOptions, __version__, find_duplicates
 from dedup_engine.cli import app
-from dedup_engine.report import read_json, write_fdupes
+from dedup_engine.report import write_fdupes
+from dedup_engine.reportread import read_json
 
 pytestmark = pytest.mark.usefixtures("deadline")
 

@@ -33,7 +33,7 @@ from treebuilder import (
 import dedup_engine.fullstage
 import dedup_engine.hashing
 from dedup_engine import FindResult, Progress, ScanOptions, Stage, find_duplicates
-from dedup_engine.report import Report, read_json
+from dedup_engine.reportread import Report, read_json
 
 pytestmark = pytest.mark.usefixtures("deadline")
 

@@ -22,11 +22,11 @@ from faultsys import Crash, Faulty, assert_nothing_lost, leftovers, snapshot
 from treebuilder import Tree, content
 
 from dedup_engine import ScanOptions, find_duplicates
-from dedup_engine.act import Outcome
 from dedup_engine.apply import apply_plan
-from dedup_engine.journal import FileJournal, JournalError, read, resume
+from dedup_engine.journal import FileJournal, JournalError, read
 from dedup_engine.plan import Action, Operation, Plan, Policy, make_plan
 from dedup_engine.records import FileEntry
+from dedup_engine.resume import Settlement, resume
 
 DATA = content(30_000, "journal")
 ACTIONS = [Action.DELETE, Action.HARDLINK, Action.SYMLINK, Action.MOVE, Action.REFLINK]
@@ -59,6 +59,15 @@ def calls_of(root: Path, action: Action) -> list[str]:
     return spy.calls
 
 
+def first(name: str, action: Action, root: Path) -> int:
+    """The number of the first call of `name` an operation of `action` makes (from 1)."""
+    return calls_of(root / f"probe-{name}", action).index(name) + 1
+
+
+def settlements(path: str) -> list[Settlement]:
+    return [s.settlement for s in resume(path).settled]
+
+
 @pytest.mark.parametrize("action", ACTIONS, ids=[a.value for a in ACTIONS])
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_resume_after_a_crash_at_any_step(tmp_path: Path, action: Action, when: str) -> None:
@@ -73,34 +82,37 @@ def test_resume_after_a_crash_at_any_step(tmp_path: Path, action: Action, when: 
         with pytest.raises(Crash):
             apply_plan(plan, sys=Faulty(nth, crash=when), journal=journal)
         journal.close()
-        settled = resume(journal.path)
+        settled = settlements(journal.path)
         where = f"{action.value}: crash {when} call {nth} ({name})"
-        assert all(s.outcome is not Outcome.ROLLBACK_FAILED for s in settled), where
+        assert Settlement.NEEDS_YOU not in settled, where
         assert leftovers(tree.root) == [], where
         victims = {op.victim.path for op in plan.operations}
         moved = {op.victim.path: op.target for op in plan.operations if op.target}
         gone = victims if action is Action.DELETE else set()
         assert_nothing_lost(before, tree.root, gone_ok=gone, moved=moved)
         # A second resume has nothing left to do.
-        assert resume(journal.path) == [], where
+        assert resume(journal.path).settled == (), where
         if action is not Action.MOVE:
             assert not os.path.exists(move_to), where
 
 
 def test_a_torn_last_record_is_ignored_and_a_damaged_one_is_refused(tmp_path: Path) -> None:
     tree, plan, _ = make(tmp_path, Action.HARDLINK)
-    journal = crashed(plan, tmp_path, Faulty(4, crash="after"))  # after the link
+    link = first("link", Action.HARDLINK, tmp_path)
+    journal = crashed(plan, tmp_path, Faulty(link, crash="after"))
     with open(journal.path, "ab") as f:
         f.write(b'{"op": 0, "sta')  # killed in the middle of writing the end record
-    _, pending = read(journal.path)
+    pending = read(journal.path).pending
     assert [p.index for p in pending] == [0, 1]  # the second was begun with it, never started
-    settled = resume(journal.path)
-    assert [s.outcome for s in settled] == [Outcome.DONE, Outcome.SKIPPED]
+    assert [p.started for p in pending] == [True, False]
+    # The second never started: nothing to settle (no library journal names a report to
+    # carry it out from, so it stays begun).
+    assert settlements(journal.path) == [Settlement.COMPLETED]
     assert leftovers(tree.root) == []
     lines = Path(journal.path).read_bytes().split(b"\n")
     lines.insert(1, b"{not json")
     Path(journal.path).write_bytes(b"\n".join(lines))
-    with pytest.raises(JournalError, match="line 2 is damaged"):
+    with pytest.raises(JournalError, match="line 2: damaged"):
         read(journal.path)
 
 
@@ -111,7 +123,7 @@ def test_a_journal_in_use_cannot_be_resumed(tmp_path: Path) -> None:
             resume(journal.path)
     finally:
         journal.close()
-    assert resume(journal.path) == []
+    assert resume(journal.path).settled == ()
 
 
 def test_not_a_journal(tmp_path: Path) -> None:
@@ -145,7 +157,7 @@ def _in_operation(path: Path, after: int) -> bool:
         lines = path.read_bytes().splitlines()
     except FileNotFoundError:
         return False
-    return len(lines) >= after and b'"state": "begin"' in lines[-1]
+    return len(lines) >= after and b'"state": "start"' in lines[-1]
 
 
 @pytest.mark.parametrize(
@@ -162,13 +174,13 @@ def test_sigkill_in_the_middle_then_resume(
     assert found.returncode == 0, found.stderr
     journal = tmp_path / "journal.jsonl"
     total = 2 * 400  # operations: two victims per group
-    stop_at = 1 + int(2 * total * fraction)  # header + begin/end records
+    stop_at = 1 + int(3 * total * fraction)  # header + begin, start and end records
     proc = subprocess.Popen(
         [sys.executable, "-m", "dedup_engine", "apply", str(report), "--action", action.value,
          "--journal", str(journal), "-q"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-    # Killed while an operation is under way: its begin record is the last one written.
+    # Killed while an operation is under way: its start record is the last one written.
     while proc.poll() is None and not _in_operation(journal, stop_at):
         time.sleep(0.0002)
     proc.send_signal(signal.SIGKILL)
@@ -176,29 +188,33 @@ def test_sigkill_in_the_middle_then_resume(
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     records = [json.loads(line) for line in journal.read_bytes().splitlines()[:-1]]
     assert sum(r.get("state") == "begin" for r in records) < total  # killed mid-run
-    _, pending = read(str(journal))
+    started = [p for p in read(str(journal)).pending if p.started]
+    # The one under way (unless the kill landed just after it ended); the rest of its batch
+    # never started.
+    assert len(started) <= 1
     resumed = _dedup("apply", "--resume", str(journal))
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resume: {len(pending)} interrupted operations settled".encode() in resumed.stdout
+    out = resumed.stdout.decode()
+    assert f"resume: {len(started)} interrupted operations settled, 0 need you" in out
+    # "Resume" finishes the job: the summary covers the whole run, and nothing that never
+    # started is called rolled back.
+    assert f"{action.value}: {total} done, 0 skipped, 0 failed" in out
+    assert "rolled back" not in out + resumed.stderr.decode()
     assert leftovers(tree.root) == []
     ended = [r for r in map(json.loads, journal.read_bytes().splitlines()) if "op" in r]
-    assert {r["op"] for r in ended if r["state"] == "begin"} <= {
-        r["op"] for r in ended if r["state"] != "begin"
-    }
+    ends = {r["op"] for r in ended if r["state"] not in ("begin", "start")}
+    assert ends == set(range(total))
     gone = set(before) if action is Action.DELETE else set()
-    assert_nothing_lost(before, tree.root, gone_ok=gone)
-    # What was not reached is still there to do: a new find and apply finish the job.
-    again = _dedup("find", tree.root, "--format", "json", "--output", str(report), "-q")
-    assert again.returncode == 0
-    rest = _dedup("apply", str(report), "--action", action.value, "--journal",
-                  str(tmp_path / "j2.jsonl"), "-q")  # fmt: skip
-    assert rest.returncode == 0, rest.stderr
-    assert leftovers(tree.root) == []
     assert_nothing_lost(before, tree.root, gone_ok=gone)
     if action is Action.HARDLINK:
         assert len({os.lstat(p).st_ino for p in before}) == 400
     if action is Action.SYMLINK:
         assert sum(os.path.islink(p) for p in before) == 800
+    if action is Action.DELETE:
+        assert sum(os.path.lexists(p) for p in before) == 400
+    again = _dedup("apply", "--resume", str(journal))
+    assert again.returncode == 0, again.stderr
+    assert b"resume: 0 interrupted operations settled" in again.stdout
 
 
 def test_a_journal_that_cannot_be_written_stops_the_run_before_the_next_operation(
@@ -234,27 +250,28 @@ def test_resume_does_not_call_a_delete_done_when_its_directory_is_missing(tmp_pa
     """Regression: both names missing (an unmounted volume, a renamed directory) was taken
     for a completed delete, and the file was left under its temporary name for good."""
     tree, plan, _ = make(tmp_path, Action.DELETE)
-    journal = crashed(plan, tmp_path, Faulty(3, crash="after"))  # after the set-aside
+    aside = first("rename_noreplace", Action.DELETE, tmp_path)
+    journal = crashed(plan, tmp_path, Faulty(aside, crash="after"))
     os.rename(tree.path("sub"), tree.path("sub-elsewhere"))
-    settled = resume(journal.path)
     # The second operation never started (no start record, same boot): nothing to look for.
-    assert [s.outcome for s in settled] == [Outcome.ROLLBACK_FAILED, Outcome.SKIPPED]
+    assert settlements(journal.path) == [Settlement.NEEDS_YOU]
     assert leftovers(tree.path("sub-elsewhere"))  # still there for a person, not forgotten
     os.rename(tree.path("sub-elsewhere"), tree.path("sub"))
-    again = resume(journal.path)  # still open in the journal: settled once the dir is back
-    assert [s.outcome for s in again] == [Outcome.SKIPPED]
+    # Still open in the journal: settled once the directory is back.
+    assert settlements(journal.path) == [Settlement.PUT_BACK]
     assert Path(tree.path("sub/victim")).read_bytes() == DATA and leftovers(tree.root) == []
 
 
 def test_resume_after_a_torn_record_leaves_a_readable_journal(tmp_path: Path) -> None:
     """Regression: resume glued its record to the torn one, and the journal became unreadable."""
     tree, plan, _ = make(tmp_path, Action.HARDLINK)
-    journal = crashed(plan, tmp_path, Faulty(3, crash="after"))
+    aside = first("rename_noreplace", Action.HARDLINK, tmp_path)
+    journal = crashed(plan, tmp_path, Faulty(aside, crash="after"))
     with open(journal.path, "ab") as f:
         f.write(b'{"op": 7, "sta')
     resume(journal.path)
-    _, pending = read(journal.path)  # no "damaged" line
-    assert pending == [] and leftovers(tree.root) == []
+    pending = read(journal.path).pending  # no "damaged" line
+    assert [p.started for p in pending] == [False] and leftovers(tree.root) == []
 
 
 def test_resume_removes_a_second_name_left_by_a_link_and_unlink_rename(tmp_path: Path) -> None:
@@ -262,14 +279,13 @@ def test_resume_removes_a_second_name_left_by_a_link_and_unlink_rename(tmp_path:
     between the two, both names are the victim, and resume called that a foreign file."""
     tree, plan, _ = make(tmp_path, Action.HARDLINK)
     op = plan.operations[0]
-    aside = os.path.join(os.path.dirname(op.victim.path), ".dedup-0000.tmp")
+    aside = os.path.join(os.path.dirname(op.victim.path), ".dedup-00000000.tmp")
     journal = FileJournal(str(tmp_path / "j.jsonl"), {})
     journal.begin(0, op, aside)
-    journal.start(0)
+    journal.start(0, op.keep)
     journal.close()
     os.link(op.victim.path, aside)
-    [settled] = resume(journal.path)
-    assert settled.outcome is Outcome.SKIPPED
+    assert settlements(journal.path) == [Settlement.UNTOUCHED]
     assert leftovers(tree.root) == [] and Path(op.victim.path).read_bytes() == DATA
 
 
@@ -290,10 +306,12 @@ def test_resume_leaves_a_begun_but_unstarted_operation_alone_when_its_file_chang
     victim = tree.path("sub/victim-link")
     os.unlink(victim)
     Path(victim).write_bytes(b"someone else's new file")
-    settled = resume(journal.path)
-    assert [s.outcome for s in settled] == [Outcome.SKIPPED, Outcome.SKIPPED]
-    expected = "never started" if boot == "same" else "changed by someone else"
-    assert expected in settled[1].message
+    settled = resume(journal.path).settled
+    if boot == "same":
+        assert settled == ()  # the journal says neither started: nothing to look at
+    else:
+        assert [s.settlement for s in settled] == [Settlement.UNTOUCHED, Settlement.LEFT]
+        assert "changed by someone else" in settled[1].message
     assert Path(victim).read_bytes() == b"someone else's new file"
     assert leftovers(tree.root) == []
 
@@ -302,12 +320,13 @@ def test_a_directory_renamed_and_made_anew_keeps_the_operation_open(tmp_path: Pa
     """Regression: a new directory under the old name passed the device check, resume called
     the operation settled, and the file stayed under its temporary name in the renamed one."""
     tree, plan, _ = make(tmp_path, Action.HARDLINK)
-    journal = crashed(plan, tmp_path, Faulty(3, crash="after"))  # after the set-aside
+    aside = first("rename_noreplace", Action.HARDLINK, tmp_path)
+    journal = crashed(plan, tmp_path, Faulty(aside, crash="after"))
     os.rename(tree.path("sub"), tree.path("sub-old"))
     os.mkdir(tree.path("sub"))
-    settled = resume(journal.path)
-    assert settled[0].outcome is Outcome.ROLLBACK_FAILED
-    assert [p.index for p in read(journal.path)[1]] == [0]  # still open for a person
+    assert settlements(journal.path) == [Settlement.NEEDS_YOU]
+    # Still open for a person (and the second, never started, still to do).
+    assert [p.index for p in read(journal.path).pending] == [0, 1]
     assert leftovers(tree.path("sub-old"))
 
 
@@ -319,8 +338,8 @@ def test_lines_of_zeros_left_by_writeback_are_lost_end_records(tmp_path: Path) -
     lines = Path(journal.path).read_bytes().split(b"\n")
     lines[-4] = b"\0" * len(lines[-4])  # op 0's end record, mid-file, never reached the disk
     Path(journal.path).write_bytes(b"\n".join(lines))
-    settled = resume(journal.path)  # worked out from the disk: it had been completed
-    assert [s.outcome for s in settled] == [Outcome.DONE]
+    # Worked out from the disk: it had been completed.
+    assert settlements(journal.path) == [Settlement.COMPLETED]
     assert leftovers(tree.root) == []
 
 
@@ -329,6 +348,9 @@ def test_temporary_names_in_a_batch_are_distinct(monkeypatch: pytest.MonkeyPatch
 
     names = iter(["/d/.dedup-same.tmp", "/d/.dedup-same.tmp", "/d/.dedup-other.tmp"])
     monkeypatch.setattr(apply_module, "aside_name", lambda path: next(names))
-    keep = FileEntry("/k", 1, 9, 1, 0, 0)
-    ops = [Operation(0, Action.HARDLINK, FileEntry(f"/d/{n}", 1, n, 1, 0, 0), keep) for n in (1, 2)]
+    keep = FileEntry("/k", 1, 9, 1, 0, 0, 0, 0, 0o644)
+    ops = [
+        Operation(0, Action.HARDLINK, FileEntry(f"/d/{n}", 1, n, 1, 0, 0, 0, 0, 0o644), keep)
+        for n in (1, 2)
+    ]
     assert apply_module._asides(ops) == ["/d/.dedup-same.tmp", "/d/.dedup-other.tmp"]

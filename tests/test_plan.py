@@ -10,8 +10,10 @@ from dedup_engine.records import DuplicateGroup, FileEntry
 ROOTS = ("/a", "/b")
 
 
-def entry(path: str, ino: int, mtime: int = 0, dev: int = 1) -> FileEntry:
-    return FileEntry(path, dev, ino, 10, mtime, mtime)
+def entry(
+    path: str, ino: int, mtime: int = 0, dev: int = 1, owner: tuple[int, int, int] = (0, 0, 0o644)
+) -> FileEntry:
+    return FileEntry(path, dev, ino, 10, mtime, mtime, *owner)
 
 
 def group(*files: FileEntry) -> DuplicateGroup:

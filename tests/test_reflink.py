@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from faultsys import entry_of
 from treebuilder import Tree, content, flip
 
-from dedup_engine import FileEntry, ScanOptions, find_duplicates
+from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.act import Outcome
 from dedup_engine.apply import ApplySummary, apply_plan
 from dedup_engine.fsops import RealSyscalls, fs_type
@@ -85,12 +86,6 @@ def shares_all_blocks(victim: str, keep: str) -> bool:
 def free_bytes(path: str) -> int:
     info = os.statvfs(path)
     return info.f_bfree * info.f_frsize
-
-
-def entry(path: str) -> FileEntry:
-    """A report's entry for `path` as it is now: every stat check of `apply` passes."""
-    st = os.lstat(path)
-    return FileEntry(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def state(path: str) -> tuple[object, ...]:
@@ -230,7 +225,7 @@ def test_the_kernel_compares_the_bytes(xtree: Tree, where: str) -> None:
     keep, victim = xtree.file("keep", data), xtree.file("victim", other)
     os.sync()
     states = {keep: state(keep), victim: state(victim)}
-    op = Operation(0, Action.REFLINK, entry(victim), entry(keep))
+    op = Operation(0, Action.REFLINK, entry_of(victim), entry_of(keep))
 
     summary = apply_plan(Plan((op,), ()))
 

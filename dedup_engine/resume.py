@@ -1,0 +1,411 @@
+"""Finishing an interrupted `apply`: settle what was under way, then carry out the rest of the plan.
+
+A journal's header names the report the run acted on, with its BLAKE3 digest (a report read
+from stdin is kept beside the journal), and the policy; from these `--resume` makes the same
+plan again and checks it against the journal's begin records.  It then looks at what is on disk
+for each operation that was begun and never ended (killed, power lost, or a rollback that
+failed): completed, put back, untouched, changed by someone else, or needs a person.  Last, it
+carries out every operation not yet done (never started, put back, skipped or failed: the cause
+may be gone), with all the usual checks, and its summary covers the whole run.  Operations that
+never started are carried out, never called rolled back.  A journal
+without a usable report (another version's, one the library wrote without a header, a report
+changed since) is settled only, and the reason is given.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from blake3 import blake3
+
+from dedup_engine.act import OpResult, Outcome, Stamp
+from dedup_engine.apply import ApplySummary, Prior, ProgressCallback, apply_plan
+from dedup_engine.fsops import OPEN_READ, REAL, Syscalls
+from dedup_engine.fsquery import lstat_at, readlink_at, same_bytes, same_file
+from dedup_engine.journal import (
+    FileJournal,
+    JournalError,
+    Pending,
+    State,
+    create_private,
+    open_private,
+    read,
+)
+from dedup_engine.plan import Action, Plan, Policy, make_plan
+from dedup_engine.reportread import ReportError, read_json
+
+
+def open_journal(
+    path: str,
+    report: bytes,
+    report_name: str,
+    policy: Policy,
+    *,
+    verify: bool,
+    operations: int,
+    extra: Mapping[str, Any] | None = None,
+) -> FileJournal:
+    """A new journal holding what `--resume` needs to finish the run: the report's path and
+    digest (a report from stdin is saved beside the journal), the policy, `verify`."""
+    source = os.path.abspath(report_name) if report_name != "-" else path + ".report.json"
+    if report_name == "-":
+        fd = create_private(source, "report copy")
+        try:
+            os.write(fd, report)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    header = {
+        **(extra or {}),
+        "report": source,
+        "report_saved": report_name == "-",
+        "report_blake3": blake3(report).hexdigest(),
+        "policy": policy.as_dict(),
+        "verify": verify,
+        "operations": operations,
+    }
+    try:
+        return FileJournal(path, header)
+    except JournalError:
+        if report_name == "-":
+            os.unlink(source)
+        raise
+
+
+class Settlement(str, enum.Enum):
+    """What `--resume` found on disk for an operation that was under way."""
+
+    COMPLETED = "completed"
+    PUT_BACK = "put back"  # our temporary name was renamed back: to be carried out again
+    UNTOUCHED = "untouched"  # nothing of the operation happened: to be carried out
+    LEFT = "left alone"  # someone else changed the files since: skipped
+    NEEDS_YOU = "needs you"  # the operation stays open in the journal
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    pending: Pending
+    settlement: Settlement
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """What `--resume` did: the settlements, then the whole run's summary (None when the
+    rest could not be carried out, `why_not` says why)."""
+
+    settled: tuple[Settled, ...]
+    plan: Plan | None
+    summary: ApplySummary | None
+    why_not: str | None
+
+
+def resume(
+    path: str,
+    sys: Syscalls = REAL,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Resumed:
+    """Settle every interrupted operation of the journal at `path`, then finish the run."""
+    state = read(path)
+    plan, verify, why_not = _plan_again(state)
+    journal = FileJournal.reopen(path)
+    try:
+        settled = []
+        for item in state.pending:
+            if item.started is False:
+                continue  # surely never started: carried out below, as any other not done
+            done = _settle(item, sys)
+            settled.append(done)
+            _record(journal, item.index, done)
+        journal.commit()
+        if plan is None:
+            return Resumed(tuple(settled), None, None, why_not)
+        prior = _prior(state, plan, settled)
+        summary = apply_plan(
+            plan,
+            verify=verify,
+            journal=journal,
+            sys=sys,
+            progress=progress,
+            should_stop=should_stop,
+            prior=prior,
+        )
+        return Resumed(tuple(settled), plan, summary, None)
+    finally:
+        journal.close()
+
+
+def _plan_again(state: State) -> tuple[Plan | None, bool, str | None]:
+    """The run's plan, made again from its report and policy; or why that cannot be done."""
+    header = state.header
+    source, digest = header.get("report"), header.get("report_blake3")
+    if not isinstance(source, str) or not isinstance(digest, str):
+        return None, True, "the journal names no report to finish the run from"
+    try:
+        policy = Policy.from_dict(header.get("policy"))
+    except ValueError as exc:
+        return None, True, f"the journal's policy is not readable ({exc})"
+    try:
+        # Our own copy of a report from stdin must be as private as the journal; the user's
+        # own report file need not be: its digest says it is what the run acted on.
+        if header.get("report_saved") is True:
+            fd = open_private(source, os.O_RDONLY, "report copy")
+        else:
+            fd = os.open(source, OPEN_READ)
+    except (OSError, JournalError) as exc:
+        return None, True, f"cannot read the report {source!r}: {exc}"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, True, f"the report {source!r} is not a regular file"
+        data = _read_fd(fd)
+    except OSError as exc:
+        return None, True, f"cannot read the report {source!r}: {exc.strerror}"
+    finally:
+        os.close(fd)
+    if blake3(data).hexdigest() != digest:
+        return None, True, f"the report {source!r} changed since the run began"
+    try:
+        report = read_json(data)
+    except ReportError as exc:
+        return None, True, f"the report {source!r}: {exc}"
+    plan = make_plan(report.groups, report.roots, policy)
+    for index, (action, victim) in state.begun.items():
+        ops = plan.operations
+        if index >= len(ops) or (ops[index].action, ops[index].victim.path) != (action, victim):
+            return None, True, f"the plan made again differs from the journal at operation {index}"
+    return plan, header.get("verify") is not False, None
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _record(journal: FileJournal, index: int, settled: Settled) -> None:
+    message = f"resumed: {settled.message}"
+    if settled.settlement in (Settlement.PUT_BACK, Settlement.UNTOUCHED):
+        journal.unstarted(index, message)
+        return
+    outcome = {
+        Settlement.COMPLETED: Outcome.DONE,
+        Settlement.LEFT: Outcome.SKIPPED,
+        Settlement.NEEDS_YOU: Outcome.ROLLBACK_FAILED,
+    }[settled.settlement]
+    journal.end_as(index, outcome, message)
+
+
+def _prior(state: State, plan: Plan, settled: list[Settled]) -> Prior:
+    """The results the run already has, and the files as its own operations left them."""
+    results: dict[int, OpResult] = {}
+    seen: dict[tuple[int, int], tuple[int, int, int]] = {}
+    for index in sorted(state.ended):
+        end = state.ended[index]
+        if end.outcome not in (Outcome.DONE, Outcome.KEPT):
+            continue  # not done: tried again, with every check, as if never started
+        results[index] = OpResult(
+            plan.operations[index], end.outcome, end.message, end.reclaimed, end.seen, end.general
+        )
+        _see(seen, end.seen)
+    for item in settled:
+        op = plan.operations[item.pending.index]
+        if item.settlement is Settlement.COMPLETED:
+            results[item.pending.index] = OpResult(op, Outcome.DONE, f"resumed: {item.message}")
+        elif item.settlement in (Settlement.LEFT, Settlement.NEEDS_YOU):
+            outcome = (
+                Outcome.SKIPPED if item.settlement is Settlement.LEFT else Outcome.ROLLBACK_FAILED
+            )
+            results[item.pending.index] = OpResult(op, outcome, f"resumed: {item.message}")
+        # Our renames and links changed these files' ctime: taken as ours only where size and
+        # mtime are still what the run expects, so a change by someone else still shows.
+        for entry in (op.keep, op.victim, *op.also_kept):
+            _see_now(seen, entry.path, (entry.dev, entry.ino), entry.size, entry.mtime_ns)
+    return Prior(results, seen)
+
+
+def _see(seen: dict[tuple[int, int], tuple[int, int, int]], stamps: tuple[Stamp, ...]) -> None:
+    for dev, ino, size, mtime, ctime in stamps:
+        seen[(dev, ino)] = (size, mtime, ctime)
+
+
+def _see_now(
+    seen: dict[tuple[int, int], tuple[int, int, int]],
+    path: str,
+    identity: tuple[int, int],
+    size: int,
+    mtime: int,
+) -> None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    expected = seen.get(identity, (size, mtime, 0))
+    if same_file(st, identity) and (st.st_size, st.st_mtime_ns) == expected[:2]:
+        seen[identity] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+# -- settling one operation from what is on disk ----------------------------------------------
+
+
+def _settle(item: Pending, sys: Syscalls) -> Settled:
+    try:
+        if item.action is Action.REFLINK:
+            return _done(
+                item, Settlement.COMPLETED, "a reflink is atomic: the file is whole either way"
+            )
+        directory = sys.open_dir(None, os.path.dirname(item.path))
+    except OSError as exc:
+        if item.action is Action.MOVE and item.target is not None:
+            return _settle_move(item, None, sys)
+        return _done(
+            item, Settlement.NEEDS_YOU, f"cannot open the directory of {item.path!r}: {exc}"
+        )
+    try:
+        if item.action is Action.MOVE:
+            return _settle_move(item, directory, sys)
+        return _settle_replace(item, directory, sys)
+    except OSError as exc:
+        return _done(item, Settlement.NEEDS_YOU, f"{exc}; look at {item.path!r} and {item.aside!r}")
+    finally:
+        os.close(directory)
+
+
+def _done(item: Pending, settlement: Settlement, message: str) -> Settled:
+    return Settled(item, settlement, message)
+
+
+def _settle_move(item: Pending, directory: int | None, sys: Syscalls) -> Settled:
+    assert item.target is not None
+    name = os.path.basename(item.path)
+    at_path = lstat_at(directory, name) if directory is not None else None
+    at_target = _lstat_path(item.target, sys)
+    if _is(at_target, item.victim) and at_path is None:
+        return _done(item, Settlement.COMPLETED, f"{item.path!r} had been moved to {item.target!r}")
+    if _is(at_path, item.victim):
+        return _done(item, Settlement.UNTOUCHED, f"{item.path!r} had not been moved")
+    # A move leaves no temporary name: with the file at neither place, someone moved or
+    # removed it, and nothing of ours is stranded.
+    return _done(
+        item, Settlement.LEFT, f"neither {item.path!r} nor {item.target!r} holds the file now"
+    )
+
+
+def _settle_replace(item: Pending, directory: int, sys: Syscalls) -> Settled:
+    assert item.aside is not None
+    name, temp = os.path.basename(item.path), os.path.basename(item.aside)
+    path, aside = item.path, item.aside
+    at_path, at_aside = lstat_at(directory, name), lstat_at(directory, temp)
+    ours = at_path is not None and _is_new(item, directory, name, at_path)
+    if at_aside is None:
+        if _is(at_path, item.victim):
+            return _done(item, Settlement.UNTOUCHED, f"{path!r} had not been touched")
+        if ours:
+            return _done(item, Settlement.COMPLETED, f"{path!r} had been completed")
+        if not _same_directory(item, directory):
+            # An unmounted volume or a renamed directory hides both names: nothing can be
+            # told from here, and a temporary name may be waiting there.
+            return _done(
+                item, Settlement.NEEDS_YOU, f"the directory of {path!r} is not the one we worked in"
+            )
+        if at_path is None and item.action is Action.DELETE:
+            if _is(_lstat_path(item.keep, sys), item.kept):
+                return _done(item, Settlement.COMPLETED, f"{path!r} had been deleted")
+            return _done(
+                item, Settlement.NEEDS_YOU, f"{path!r} and its kept copy {item.keep!r} are gone"
+            )
+        # No temporary name and nothing of ours at the path: never started (a file changed
+        # after the report is skipped before it is set aside), or changed by someone since.
+        return _done(
+            item, Settlement.LEFT, f"{path!r} was changed by someone else; nothing of ours is there"
+        )
+    if not _is(at_aside, item.victim):
+        return _done(item, Settlement.NEEDS_YOU, f"{aside!r} is not the victim; left alone")
+    if _is(at_path, item.victim):
+        # A rename without RENAME_NOREPLACE is a link then an unlink: stopped between the two.
+        sys.unlink(directory, temp)
+        return _done(
+            item, Settlement.UNTOUCHED, f"{path!r} had not been replaced; {aside!r} removed"
+        )
+    if at_path is None:
+        sys.rename_noreplace(directory, temp, directory, name)
+        return _done(item, Settlement.PUT_BACK, f"{path!r} put back from {aside!r}")
+    if not ours:
+        why = f"the original is at {aside!r}; {path!r} now holds a file we did not create"
+        return _done(item, Settlement.NEEDS_YOU, why)
+    if _still_duplicate(item, directory, temp, sys):
+        sys.unlink(directory, temp)
+        return _done(item, Settlement.COMPLETED, f"{path!r} completed; {aside!r} removed")
+    sys.unlink(directory, name)
+    sys.rename_noreplace(directory, temp, directory, name)
+    return _done(
+        item, Settlement.PUT_BACK, f"{path!r} put back: its bytes no longer match the kept file"
+    )
+
+
+def _same_directory(item: Pending, directory: int) -> bool:
+    """The victim's directory is the one we worked in: not an unmounted volume, nor a new
+    directory in place of one renamed away (which may hold our temporary name)."""
+    st = os.fstat(directory)
+    if item.directory is not None:
+        return (st.st_dev, st.st_ino) == item.directory
+    return st.st_dev == item.victim[0]
+
+
+def _is_new(item: Pending, directory: int, name: str, st: os.stat_result) -> bool:
+    """Whether `name` holds what the operation creates there (the link or symlink)."""
+    if item.action is Action.HARDLINK:
+        return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == item.kept
+    if item.action is Action.SYMLINK:
+        return stat.S_ISLNK(st.st_mode) and readlink_at(directory, name) == item.keep
+    return False
+
+
+def _still_duplicate(item: Pending, directory: int, temp: str, sys: Syscalls) -> bool:
+    """The set-aside victim and the kept file: the right files, with the same bytes."""
+    try:
+        keep_dir = sys.open_dir(None, os.path.dirname(item.keep))
+    except OSError:
+        return False
+    try:
+        a = sys.open(keep_dir, os.path.basename(item.keep), OPEN_READ)
+    except OSError:
+        return False
+    finally:
+        os.close(keep_dir)
+    try:
+        b = sys.open(directory, temp, OPEN_READ)
+        try:
+            sa, sb = os.fstat(a), os.fstat(b)
+            if (sa.st_dev, sa.st_ino) != item.kept or (sb.st_dev, sb.st_ino) != item.victim:
+                return False
+            return sa.st_size == sb.st_size and same_bytes(a, b, sa.st_size, sys)
+        finally:
+            os.close(b)
+    except OSError:
+        return False
+    finally:
+        os.close(a)
+
+
+def _lstat_path(path: str, sys: Syscalls) -> os.stat_result | None:
+    """`path` not followed, reached without following symlinks; None if it is not there."""
+    try:
+        directory = sys.open_dir(None, os.path.dirname(path))
+    except FileNotFoundError:
+        return None
+    try:
+        return lstat_at(directory, os.path.basename(path))
+    finally:
+        os.close(directory)
+
+
+def _is(st: os.stat_result | None, identity: tuple[int, int]) -> bool:
+    return st is not None and (st.st_dev, st.st_ino) == identity

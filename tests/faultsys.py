@@ -15,7 +15,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from dedup_engine.act import ASIDE_PREFIX
@@ -111,6 +113,16 @@ def entry_of(path: str) -> FileEntry:
         st.st_gid,
         stat.S_IMODE(st.st_mode),
     )
+
+
+def wait_past(ctime_ns: int, probe: Path) -> None:
+    """Wait until the filesystem's clock is past `ctime_ns`, so a change shows in the ctime.
+    (Timestamps come from a coarse clock: a change within the same tick would not.)"""
+    while True:
+        probe.write_bytes(b"")
+        if probe.stat().st_ctime_ns > ctime_ns:
+            return
+        time.sleep(0.001)
 
 
 def snapshot(root: str) -> dict[str, bytes]:

@@ -17,12 +17,11 @@ import json
 import os
 import stat
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from faultsys import entry_of, leftovers
+from faultsys import entry_of, leftovers, wait_past
 from treebuilder import Tree, append, content, flip
 
 from dedup_engine import ScanOptions, __version__, find_duplicates
@@ -49,16 +48,6 @@ def state(path: str) -> State:
         return None
     body = os.readlink(path) if stat.S_ISLNK(st.st_mode) else Path(path).read_bytes()
     return (stat.S_IFMT(st.st_mode), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, body)
-
-
-def wait_past(ctime_ns: int, probe: Path) -> None:
-    """Wait until the filesystem's clock is past `ctime_ns`, so a change shows in the ctime.
-    (Timestamps come from a coarse clock: a change within the same tick would not.)"""
-    while True:
-        probe.write_bytes(b"")
-        if probe.stat().st_ctime_ns > ctime_ns:
-            return
-        time.sleep(0.001)
 
 
 # --- the changes -------------------------------------------------------------------------------
@@ -120,6 +109,31 @@ def replaced(tree: Tree, rel: str) -> str:
     return "another file now (dev, ino differ)"
 
 
+def _owner_changed(path: str, change: Callable[[], None]) -> str:
+    before = entry_of(path).owner
+    change()
+    return f"owner or mode {before} -> {entry_of(path).owner}"
+
+
+def chmodded(tree: Tree, rel: str) -> str:
+    return _owner_changed(tree.path(rel), lambda: os.chmod(tree.path(rel), 0o600))
+
+
+def chowned(tree: Tree, rel: str) -> str:
+    return _owner_changed(tree.path(rel), lambda: os.chown(tree.path(rel), 65534, 65534))
+
+
+#: Descriptors a change holds open for writing until the test ends.
+_WRITERS: list[int] = []
+
+
+def held_open_for_writing(tree: Tree, rel: str) -> str:
+    """Another program holds the file open for writing (a log, an editor): replacing it would
+    send its later writes to a file with no name."""
+    _WRITERS.append(os.open(tree.path(rel), os.O_WRONLY | os.O_APPEND))
+    return "is open for writing by another process"
+
+
 CHANGES: dict[str, tuple[str, Change]] = {
     "victim-appended": (VICTIM, appended),
     "victim-rewritten-mtime-restored": (VICTIM, rewritten_mtime_restored),
@@ -133,6 +147,12 @@ CHANGES: dict[str, tuple[str, Change]] = {
     "kept-symlink-to-victim": (KEEP, symlinked),
     "kept-deleted": (KEEP, deleted),
     "kept-replaced-same-bytes": (KEEP, replaced),
+    "victim-chmod": (VICTIM, chmodded),
+    "victim-chown": (VICTIM, chowned),
+    "victim-held-open-for-writing": (VICTIM, held_open_for_writing),
+    "kept-chmod": (KEEP, chmodded),
+    "kept-chown": (KEEP, chowned),
+    "kept-held-open-for-writing": (KEEP, held_open_for_writing),
 }
 
 
@@ -145,6 +165,8 @@ def tree(tmp_path: Path) -> Iterator[Tree]:
     for rel in (OTHER_KEEP, OTHER_VICTIM):
         tree.file(rel, content(OTHER_SIZE, "o"))
     yield tree
+    while _WRITERS:
+        os.close(_WRITERS.pop())
     for dirpath, dirs, _ in os.walk(tmp_path):
         for name in dirs:
             Path(dirpath, name).chmod(0o755)

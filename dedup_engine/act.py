@@ -292,16 +292,15 @@ class Actor:
 
     def _no_lease(self, fd: int, exc: OSError) -> None:
         code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            key, where = (0, code), "for files of other owners (no CAP_LEASE)"
-        else:
-            fs = fs_type(fd)
-            key, where = (os.fstat(fd).st_dev, code), f"on {fs}"
-        self.notices.setdefault(
-            key,
+        other_owner = exc.errno in (errno.EACCES, errno.EPERM)
+        key = (0 if other_owner else os.fstat(fd).st_dev, code)
+        if key in self.notices:
+            return
+        where = "for files of other owners (no CAP_LEASE)" if other_owner else f"on {fs_type(fd)}"
+        self.notices[key] = (
             f"read leases are unavailable {where} ({code}): there, a write during an operation "
             "is caught by the file's size and mtime, checked again after the link, not by the "
-            "kernel; a file held open for writing is not seen until it is written",
+            "kernel; a file held open for writing is not seen until it is written"
         )
 
     def _written(self, *files: tuple[str, _Opened]) -> str | None:

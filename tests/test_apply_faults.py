@@ -1,9 +1,11 @@
 """Fault injection for `apply`: every system call of an operation fails in turn, with each errno.
 
-For each action, a clean run records the calls one operation makes (open, rename, link, symlink,
-unlink, mkdir, the dedupe ioctl).  Then each of those calls is made to fail, with EACCES, EXDEV,
-ENOSPC, ENAMETOOLONG and EIO, on a fresh tree; afterwards the disk must be exactly as before (no
-byte lost, no inode changed, no temporary name left) and the outcome must name the error.
+For each action, a clean run records the calls one operation makes (opening a directory, open,
+the lease, the reads of the comparison, rename, link, symlink, unlink, mkdir, the dedupe ioctl).
+Then each of those calls is made to fail, with EACCES, EXDEV, ENOSPC, ENAMETOOLONG and EIO, on a
+fresh tree; afterwards the disk must be exactly as before (no byte lost, no inode changed, no
+temporary name left) and the outcome must name the error.  A lease refused with EACCES is the
+exception: it means "no lease for this file", and the operation goes on with a notice.
 With the fault persisting (so the rollback fails too), the outcome is a loud ROLLBACK_FAILED
 naming both paths, the original survives under its temporary name, and `resume` puts it back.
 Files changed while an operation is under way are caught and put back as well.

@@ -319,7 +319,7 @@ def _print_results(summary: ApplySummary, action: Action, form: str, quiet: bool
     line = (
         f"{action.value}: {counts}"
         + f"; {human_size(summary.reclaimed)} reclaimed (measured by {summary.measured_by})"
-        + (f"; {len(summary.left_alone)} groups left alone" if summary.left_alone else "")
+        + (f"; {_groups(summary.left_alone)} groups left alone" if summary.left_alone else "")
     )
     if form == "text":
         with reader_may_leave():
@@ -329,11 +329,16 @@ def _print_results(summary: ApplySummary, action: Action, form: str, quiet: bool
 
 
 _LEFT_ALONE = {
-    LeftAlone.ONE_FILE: "all their names are one file",
+    LeftAlone.ONE_FILE: "all the names are one file",
     LeftAlone.ALL_KEPT: "every file kept by --min-copies or --protect",
     LeftAlone.OWNER: "no copy of the same owner, group and mode (--across-owners acts across)",
     LeftAlone.MOVE_CLASH: "two files would move to one target",
 }
+
+
+def _groups(skipped: tuple[Skipped, ...]) -> int:
+    """Groups with something left alone (a group split by owner may count twice otherwise)."""
+    return len({item.group for item in skipped})
 
 
 def _left_alone(skipped: tuple[Skipped, ...]) -> list[str]:
@@ -341,7 +346,7 @@ def _left_alone(skipped: tuple[Skipped, ...]) -> list[str]:
     counts: dict[LeftAlone, int] = {}
     for item in skipped:
         counts[item.kind] = counts.get(item.kind, 0) + 1
-    return [f"left alone: {n} (sets of) files: {_LEFT_ALONE[kind]}" for kind, n in counts.items()]
+    return [f"left alone ({n}): {_LEFT_ALONE[kind]}" for kind, n in counts.items()]
 
 
 def _describe(result: OpResult) -> str:

@@ -288,6 +288,10 @@ def test_the_dry_run_says_which_files_are_left_alone_and_why(tmp_path: Path) -> 
     lines = proc.stdout.decode().splitlines()
     assert sum("has no copy of the same owner, group and mode" in ln for ln in lines) == 2
     assert lines[-1].startswith("dry run: 0 operations")
+    run = dedup("apply", report, "--action", "hardlink", "--journal", tmp_path / "j")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.decode().endswith("; 1 groups left alone\n")  # one group, in two sets
+    assert b"left alone (2): no copy of the same owner, group and mode" in run.stderr
 
 
 # -- 3. move --to never follows a symlink ------------------------------------------------------

@@ -7,13 +7,17 @@ root); 3 duplicates were found and `--fail-on-duplicates` was given (it wins ove
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import io
 import os
+import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Annotated, Any
+from types import FrameType
+from typing import IO, Annotated, Any, ParamSpec
 
 import typer
 
@@ -28,9 +32,13 @@ from dedup_engine.cli_common import (
 )
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.pipeline import Progress, ProgressCallback, find_duplicates
-from dedup_engine.pool import WorkerError
+from dedup_engine.pool import STOP_SIGNALS, WorkerError
 from dedup_engine.records import FindResult
 from dedup_engine.report import Format, human_size, write_csv, write_fdupes, write_json, write_text
+
+#: Interrupted (Ctrl-C, SIGTERM, SIGHUP), as a shell reports a command stopped by Ctrl-C.
+EXIT_INTERRUPTED = 130
+P = ParamSpec("P")
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done; 1 done, but some files could not be read; 2 usage error; "
@@ -63,7 +71,43 @@ def _root(
     """Find duplicate files fast; act on them safely."""
 
 
+def _interruptible(command: Callable[P, None]) -> Callable[P, None]:
+    """Ctrl-C, SIGTERM and SIGHUP stop the command: one line on stderr, exit 130, no traceback.
+
+    The worker processes ignore Ctrl-C (the terminal sends it to the whole process group) and
+    are killed by the search on its way out (`find_duplicates`).  A second signal while stopping
+    is ignored, so that the stop is never cut short; the command is about to exit anyway.
+    """
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        stopping: list[int] = []
+
+        def stop(number: int, frame: FrameType | None) -> None:
+            if not stopping:
+                stopping.append(number)
+                raise KeyboardInterrupt
+
+        # Handlers can be set only from the main thread (elsewhere: a caller's test harness).
+        main = threading.current_thread() is threading.main_thread()
+        old = {number: signal.getsignal(number) for number in STOP_SIGNALS} if main else {}
+        for number in old:
+            signal.signal(number, stop)
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt:
+            typer.echo("dedup: interrupted", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        finally:
+            if not stopping:
+                for number, handler in old.items():
+                    signal.signal(number, handler)
+
+    return run
+
+
 @app.command(epilog=EXIT_CODES_HELP)
+@_interruptible
 def find(
     roots: Annotated[list[str], typer.Argument(help="Directories or files to search.")],
     output_format: Annotated[

@@ -96,8 +96,12 @@ def find_duplicates(
     try:
         run = _Run(pool, canon, opts, stats, issues, progress)
         groups = run.search()
-    finally:
+    except BaseException:  # KeyboardInterrupt, a dead worker: stop the workers at once
+        pool.abort()
+        raise
+    else:
         pool.close()
+    finally:
         if run is not None:
             run.release()
     stats.workers = pool.workers

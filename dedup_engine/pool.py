@@ -3,16 +3,22 @@
 The pipeline submits tasks with a callback and calls `wait_one` to let one result come back; the
 pipeline, not the pool, decides how many tasks are in flight, so memory stays bounded.  Worker
 processes are forked once, before the run has built any large structure, and serve every stage.
+They live no longer than the process that started them, hold none of its descriptors but their
+own two pipes and stderr, and leave interrupts to it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
+import os
 import queue
 import selectors
+import signal
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -26,6 +32,14 @@ from dedup_engine.scanner import Filter, ScanResult, ScanTask, scan_dirs
 
 Task = ScanTask | HashTask
 PIPE_BYTES = 1 << 20
+#: Signals the `dedup` command turns into a clean stop; a worker leaves them to its parent.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Seconds `abort` waits for killed workers to be reaped before leaving them to the system.
+REAP_S = 1.0
+#: Descriptors the parent holds per worker: its task pipe's write end, its result pipe's read
+#: end, and multiprocessing's two ends of the pipe that tells a worker's exit.
+FDS_PER_WORKER = 4
+_PR_SET_PDEATHSIG = 1
 Result = ScanResult | HashResult
 Callback = Callable[[Any], None]
 
@@ -44,7 +58,11 @@ class Pool(Protocol):
 
     def wait_one(self) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Stop the workers once they are done: the end of a run."""
+
+    def abort(self) -> None:
+        """Stop the workers now, whatever they are doing: an interrupt or a failure."""
 
 
 def run_task(task: Task, flt: Filter) -> Result:
@@ -77,10 +95,19 @@ class InlinePool:
     def close(self) -> None:
         self._queue.clear()
 
+    def abort(self) -> None:
+        self._queue.clear()
+
 
 def _worker_main(
-    tasks: Connection, results: Connection, options: ScanOptions, roots: Sequence[str]
+    tasks: Connection,
+    results: Connection,
+    options: ScanOptions,
+    roots: Sequence[str],
+    parent: int,
+    inherited: frozenset[int],
 ) -> None:
+    _detach(parent, inherited - {tasks.fileno(), results.fileno()})
     flt = Filter(options, roots)
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
@@ -107,7 +134,45 @@ def _worker_main(
             reply = (key, run_task(task, flt), None)
         except BaseException:  # report, then keep serving: the parent decides to stop
             reply = (key, None, traceback.format_exc())
-        results.send(reply)
+        try:
+            results.send(reply)
+        except OSError:  # the parent is gone: nobody to tell
+            return
+
+
+def _detach(parent: int, inherited: frozenset[int]) -> None:
+    """Make a new worker depend on its parent and on nothing else of it.
+
+    Runs with the stop signals blocked (see `ProcessPool._start`), so that none arrives before
+    the worker has chosen what to do with it: an interrupt is the parent's to handle (a terminal
+    sends Ctrl-C to the whole process group), so SIGINT is ignored here and SIGTERM and SIGHUP
+    end the worker at once.  Linux kills the worker when its parent dies, however it dies
+    (`PR_SET_PDEATHSIG`); a parent dead before that was asked is seen by the parent pid that
+    changed.  The descriptors inherited by fork are closed: a copy of a task pipe's write end
+    would keep its reader waiting for ever, and another worker's pipes are none of its business.
+    stdin and stdout point to /dev/null, so a pipeline reading the parent's output ends with the
+    parent; stderr stays, for a fatal message.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for number in STOP_SIGNALS[1:]:
+        signal.signal(number, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(0)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    for fd in inherited:
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):
+        if fd != null:
+            os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
 
 
 class ProcessPool:
@@ -130,27 +195,41 @@ class ProcessPool:
         try:
             self._start(ctx, workers, options, roots)
         except BaseException:
-            self.close()  # the workers already started
+            self.abort()  # the workers already started
             raise
         self._owner = {conn: index for index, conn in enumerate(self._recv)}
         for conn in self._recv:
             self._selector.register(conn, selectors.EVENT_READ)
 
     def _start(self, ctx: Any, workers: int, options: ScanOptions, roots: Sequence[str]) -> None:
-        for _ in range(workers):
-            task_r, task_w = ctx.Pipe(duplex=False)
-            result_r, result_w = ctx.Pipe(duplex=False)
-            proc = ctx.Process(
-                target=_worker_main, args=(task_r, result_w, options, tuple(roots)), daemon=True
-            )
-            _widen(task_w)
-            _widen(result_r)
-            proc.start()
-            task_r.close()
-            result_w.close()
-            self._procs.append(proc)
-            self._send.append(task_w)
-            self._recv.append(result_r)
+        parent = os.getpid()
+        # Blocked across each fork, so that a new worker meets no stop signal before it has
+        # chosen to ignore it (the parent's handler would run in the worker and print a
+        # traceback there); the parent gets any that arrived once the worker is started.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            for _ in range(workers):
+                task_r, task_w = ctx.Pipe(duplex=False)
+                result_r, result_w = ctx.Pipe(duplex=False)
+                _widen(task_w)
+                _widen(result_r)
+                # Everything open now is the parent's, for the worker to close; the pipes that
+                # multiprocessing makes while starting it are opened after.
+                own = [c.fileno() for c in (*self._send, *self._recv, task_w, result_r)]
+                inherited = frozenset([*_open_fds(), *own])
+                proc = ctx.Process(
+                    target=_worker_main,
+                    args=(task_r, result_w, options, tuple(roots), parent, inherited),
+                    daemon=True,
+                )
+                proc.start()
+                task_r.close()
+                result_w.close()
+                self._procs.append(proc)
+                self._send.append(task_w)
+                self._recv.append(result_r)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     @property
     def in_flight(self) -> int:
@@ -200,13 +279,32 @@ class ProcessPool:
         for proc in self._procs:
             proc.join(timeout=2)
             if proc.is_alive():
-                proc.terminate()
+                proc.kill()
                 proc.join(timeout=2)
-            if not proc.is_alive():
+        self._release()
+
+    def abort(self) -> None:
+        # No goodbyes: the workers' results are not wanted, and a worker reading a large file
+        # would finish its task first.
+        for proc in self._procs:
+            with contextlib.suppress(OSError, ValueError):
+                proc.kill()
+        deadline = time.monotonic() + REAP_S
+        for proc in self._procs:
+            # Reaped, unless stuck in the kernel (a hung network mount); the system reaps it
+            # when this process exits.
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._release()
+
+    def _release(self) -> None:
+        for proc in self._procs:
+            if proc.exitcode is not None:
                 proc.close()  # its sentinel pipe, now rather than at garbage collection
+        self._procs = []
         self._selector.close()
         for conn in (*self._send, *self._recv):
             conn.close()
+        self._send, self._recv = [], []
 
 
 def _widen(conn: Connection) -> None:
@@ -219,6 +317,13 @@ def _widen(conn: Connection) -> None:
         fcntl.fcntl(conn.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
     except (ImportError, OSError):
         pass
+
+
+def _open_fds() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: the pool's own pipes are named by the caller anyway
+        return []
 
 
 def open_pool(options: ScanOptions, roots: Sequence[str]) -> Pool:

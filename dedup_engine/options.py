@@ -23,6 +23,18 @@ DEFAULT_TAIL_MIN = 64 * 1024
 DEFAULT_CHUNK = 128 * 1024
 
 
+#: Worker processes per usable CPU, at most.  More than one per CPU pays off where reads wait on
+#: the device (a cold disk: 8 workers on 2 CPUs ran twice as fast as 2); many more only fork and
+#: wait, and `-j 10000` would fork for minutes.
+WORKERS_PER_CPU = 8
+#: Descriptors the parent holds per worker (`pool.ProcessPool`): the task pipe's write end, the
+#: result pipe's read end, and multiprocessing's two ends of the pipe that tells the worker's exit.
+FDS_PER_WORKER = 4
+#: Descriptors kept for everything else in the parent: stdio, the selector, the pipes of the
+#: worker being started, the interpreter's own.
+RESERVED_FDS = 32
+
+
 class OptionsError(ValueError):
     """A bad option or root; raised before any work starts."""
 
@@ -62,6 +74,10 @@ class ScanOptions:
             raise OptionsError(f"--max-size {self.max_size} is below --min-size {self.min_size}")
         if self.workers is not None and self.workers < 0:
             raise OptionsError(f"--workers must be 0 (in process) or more, not {self.workers}")
+        if self.workers is not None:
+            limit, why = worker_limit(cpu_count(), open_file_limit())
+            if self.workers > limit:
+                raise OptionsError(f"--workers {self.workers} is above the limit of {limit}: {why}")
         for name in ("head_window", "tail_window", "chunk_size"):
             if getattr(self, name) < 1:
                 raise OptionsError(f"{name} must be at least 1 byte")
@@ -81,10 +97,12 @@ class ScanOptions:
         return size >= self.min_size and (self.max_size is None or size <= self.max_size)
 
     def worker_count(self) -> int:
-        """Workers to start: the CPUs this process may run on, unless set."""
+        """Workers to start: the CPUs this process may run on (within `worker_limit`), unless
+        set."""
         if self.workers is not None:
             return self.workers
-        return cpu_count()
+        cpus = cpu_count()
+        return min(cpus, worker_limit(cpus, open_file_limit())[0])
 
     def as_dict(self) -> dict[str, object]:
         """Every option by name (tuples as lists), for the JSON report: new fields join in."""
@@ -92,6 +110,33 @@ class ScanOptions:
             f.name: list(value) if isinstance(value := getattr(self, f.name), tuple) else value
             for f in fields(self)
         }
+
+
+def worker_limit(cpus: int, open_files: int | None) -> tuple[int, str]:
+    """The most worker processes a run may start, and what sets it, in words.
+
+    `WORKERS_PER_CPU` per usable CPU, and no more than the parent's open-file limit holds at
+    `FDS_PER_WORKER` descriptors each once `RESERVED_FDS` are kept: (limit - 32) // 4, 248 under
+    the common `ulimit -n` of 1024.  `open_files` None: no limit.
+    """
+    by_cpu = WORKERS_PER_CPU * cpus
+    if open_files is None or (open_files - RESERVED_FDS) // FDS_PER_WORKER >= by_cpu:
+        return by_cpu, f"{WORKERS_PER_CPU} per usable CPU ({cpus})"
+    by_files = max(0, (open_files - RESERVED_FDS) // FDS_PER_WORKER)
+    return by_files, (
+        f"the open-file limit of {open_files} holds {FDS_PER_WORKER} per worker and "
+        f"{RESERVED_FDS} more (raise it with ulimit -n)"
+    )
+
+
+def open_file_limit() -> int | None:
+    """This process's soft limit on open descriptors (RLIMIT_NOFILE); None when unlimited."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def cpu_count() -> int:

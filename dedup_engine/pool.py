@@ -36,9 +36,6 @@ PIPE_BYTES = 1 << 20
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: Seconds `abort` waits for killed workers to be reaped before leaving them to the system.
 REAP_S = 1.0
-#: Descriptors the parent holds per worker: its task pipe's write end, its result pipe's read
-#: end, and multiprocessing's two ends of the pipe that tells a worker's exit.
-FDS_PER_WORKER = 4
 _PR_SET_PDEATHSIG = 1
 Result = ScanResult | HashResult
 Callback = Callable[[Any], None]

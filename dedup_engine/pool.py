@@ -104,7 +104,7 @@ def _worker_main(
     parent: int,
     inherited: frozenset[int],
 ) -> None:
-    _detach(parent, inherited - {tasks.fileno(), results.fileno()})
+    _detach(parent, inherited, keep={tasks.fileno(), results.fileno()})
     flt = Filter(options, roots)
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
@@ -137,7 +137,7 @@ def _worker_main(
             return
 
 
-def _detach(parent: int, inherited: frozenset[int]) -> None:
+def _detach(parent: int, inherited: frozenset[int], keep: set[int]) -> None:
     """Make a new worker depend on its parent and on nothing else of it.
 
     Runs with the stop signals blocked (see `ProcessPool._start`), so that none arrives before
@@ -160,13 +160,13 @@ def _detach(parent: int, inherited: frozenset[int]) -> None:
     if os.getppid() != parent:
         os._exit(0)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-    for fd in inherited:
+    for fd in inherited - keep:
         if fd > 2:
             with contextlib.suppress(OSError):
                 os.close(fd)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1):
-        if fd != null:
+        if fd != null and fd not in keep:  # a parent without stdio may have put a pipe there
             os.dup2(null, fd)
     if null > 2:
         os.close(null)

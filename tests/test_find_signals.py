@@ -213,3 +213,26 @@ def test_workers_hold_only_their_own_pipes(tree: Tree, tmp_path: Path, held: lis
     for pid, mine in pipes_of.items():
         for other, theirs in pipes_of.items():
             assert other == pid or not mine & theirs, f"workers {pid}, {other} share a pipe"
+
+
+def test_a_parent_without_stdin_and_stdout_still_has_workers(tree: Tree) -> None:
+    """Regression: with fds 0 and 1 closed, a worker's own pipe could sit on fd 0 or 1, where
+    the worker then put /dev/null: the run died with a WorkerError."""
+    data = content(500)
+    tree.file("a", data)
+    tree.file("b", data)
+    code = (
+        "import os, sys\n"
+        "os.close(0); os.close(1)\n"
+        "from dedup_engine import ScanOptions, find_duplicates\n"
+        "result = find_duplicates(sys.argv[1], ScanOptions(workers=2))\n"
+        "os.write(2, repr(sorted(f.path for g in result.groups for f in g.files)).encode())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, tree.root],
+        capture_output=True,
+        timeout=PATIENCE_S,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stderr.decode() == repr(sorted(tree.paths("a", "b")))

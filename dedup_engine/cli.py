@@ -1,7 +1,9 @@
 """The `dedup` command line: parse options, call the library, print; nothing else.
 
 Exit codes: 0 done; 1 done, but some files could not be read; 2 usage error (bad option, missing
-root); 3 duplicates were found and `--fail-on-duplicates` was given (it wins over 1).
+root); 3 duplicates were found and `--fail-on-duplicates` was given (it wins over 1); 4 the run
+could not finish (a worker died); 5 the report could not be written (it wins over 1 and 3); 130
+interrupted (Ctrl-C, SIGTERM, SIGHUP).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import IO, Annotated, Any, ParamSpec
+from typing import IO, Annotated, Any, NoReturn, ParamSpec
 
 import typer
 
@@ -26,9 +28,13 @@ from dedup_engine.cli_common import (
     EXIT_DUPLICATES,
     EXIT_FAILED,
     EXIT_ISSUES,
+    EXIT_OUTPUT,
+    OutputError,
     fail_usage,
+    output_to,
     parse_size,
     reader_may_leave,
+    stdout_usable,
 )
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.pipeline import Progress, ProgressCallback, find_duplicates
@@ -42,7 +48,8 @@ P = ParamSpec("P")
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done; 1 done, but some files could not be read; 2 usage error; "
-    "3 duplicates found with --fail-on-duplicates; 4 the run could not finish (a worker died)."
+    "3 duplicates found with --fail-on-duplicates; 4 the run could not finish (a worker died); "
+    "5 the report could not be written; 130 interrupted (Ctrl-C, SIGTERM, SIGHUP)."
 )
 
 app = typer.Typer(
@@ -116,6 +123,12 @@ def find(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the report here, not stdout.")
     ] = None,
+    null: Annotated[
+        bool,
+        typer.Option(
+            "--null", "-0", help="fdupes format: a NUL after each path and after each group."
+        ),
+    ] = False,
     follow_links: Annotated[
         bool, typer.Option("--follow-links", "-L", help="Follow symlinks (loops are detected).")
     ] = False,
@@ -212,7 +225,11 @@ def find(
             chunk_size=parse_size(chunk_size),
             stages=tuple(s.strip() for s in partial_stages.split(",") if s.strip()),
         )
+        if null and output_format is not Format.FDUPES:
+            raise OptionsError("-0/--null is for --format fdupes only")
         _check_output(output)
+        if (output is None or str(output) == "-") and not stdout_usable():
+            _fail_output("cannot write the report: stdout is closed")
         show_progress = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
         with _progress(show_progress) as callback, _no_gc():
             result = find_duplicates(roots, options, progress=callback)
@@ -221,8 +238,18 @@ def find(
     except WorkerError as exc:
         typer.echo(f"dedup: error: {exc}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
-    with reader_may_leave(), _open_output(output) as out:
-        _write(result, options, output_format, out)
+    left_out = 0  # stays 0 if the reader leaves early
+    try:
+        with reader_may_leave(), output_to(None if output is None else str(output)) as out:
+            left_out = _write(result, options, output_format, out, null)
+    except OutputError as exc:
+        _fail_output(str(exc))
+    if left_out:
+        typer.echo(
+            f"dedup: warning: {left_out} paths holding a newline are left out of the fdupes "
+            "output, where they would read as other paths; -0 or -f json lists them",
+            err=True,
+        )
     if show_stats:
         _print_stats(result)
     if not quiet and (output_format is not Format.TEXT or output is not None):
@@ -258,7 +285,10 @@ def synth(
     )
 
 
-def _write(result: FindResult, options: ScanOptions, form: Format, out: IO[bytes]) -> None:
+def _write(
+    result: FindResult, options: ScanOptions, form: Format, out: IO[bytes], null: bool
+) -> int:
+    """Write the report; the number of paths left out of it (fdupes without -0)."""
     if form is Format.JSON:
         text = io.TextIOWrapper(out, encoding="ascii", newline="\n")
         write_json(result, options, __version__, text)
@@ -267,9 +297,15 @@ def _write(result: FindResult, options: ScanOptions, form: Format, out: IO[bytes
     elif form is Format.CSV:
         write_csv(result.groups, out)
     elif form is Format.FDUPES:
-        write_fdupes(result.groups, out)
+        return write_fdupes(result.groups, out, null=null)
     else:
         write_text(result, out)
+    return 0
+
+
+def _fail_output(message: str) -> NoReturn:
+    typer.echo(f"dedup: error: {message}", err=True)
+    raise typer.Exit(EXIT_OUTPUT)
 
 
 @contextlib.contextmanager
@@ -288,23 +324,17 @@ def _check_output(path: Path | None) -> None:
     """Refuse an output we could not write before the search, not after it."""
     if path is None or str(path) == "-":
         return
-    if path.is_dir():
+    target = Path(os.path.realpath(path))  # what `output_to` writes: a symlink's target
+    if target.is_dir():
         raise OptionsError(f"--output {str(path)!r} is a directory")
-    parent = path.parent  # Path("x").parent is Path("."), never empty
+    parent = target.parent
     if not parent.is_dir():
         raise OptionsError(f"--output {str(path)!r}: no such directory {str(parent)!r}")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    if target.exists() and not os.access(target, os.W_OK):
         raise OptionsError(f"--output {str(path)!r} is not writable")
-
-
-@contextlib.contextmanager
-def _open_output(path: Path | None) -> Iterator[IO[bytes]]:
-    if path is None or str(path) == "-":
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
-        return
-    with path.open("wb") as out:
-        yield out
+    if (not target.exists() or target.is_file()) and not os.access(parent, os.W_OK):
+        # A regular file is replaced by a new one written beside it.
+        raise OptionsError(f"--output {str(path)!r} is not writable (its directory is not)")
 
 
 @contextlib.contextmanager
@@ -406,8 +436,9 @@ def main() -> None:
     # Everything is written and closed by now; skipping the interpreter's teardown (freeing
     # every object of a large run, module by module) saves a noticeable share of a short run.
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
+        if stream is not None:  # None: started without it (`>&-`)
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
     os._exit(code or 0)
 
 

@@ -1,4 +1,4 @@
-"""What every `dedup` command shares: exit codes, usage errors and size parsing.
+"""What every `dedup` command shares: exit codes, usage errors, size parsing and output files.
 
 Its own module so that `cli` (which attaches the other commands) and the command modules
 (`cli_apply`, `cli_bench`) import it, never each other: any of them can be imported first.
@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
+import stat
 import sys
 from collections.abc import Iterator
-from typing import NoReturn
+from typing import IO, NoReturn
 
 import typer
 
@@ -20,6 +22,8 @@ EXIT_ISSUES = 1
 EXIT_USAGE = 2
 EXIT_DUPLICATES = 3
 EXIT_FAILED = 4
+#: The report could not be written (a full disk, a closed stdout): never 0, whatever was found.
+EXIT_OUTPUT = 5
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -47,8 +51,105 @@ def reader_may_leave() -> Iterator[None]:
     """
     try:
         yield
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
+
+
+class OutputError(Exception):
+    """The report could not be written where asked; the message says where and why."""
+
+
+def stdout_usable() -> bool:
+    """Whether there is a stdout to write to (a process started with `>&-` has none)."""
+    if sys.stdout is None or sys.stdout.closed:
+        return False
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # a stream of the caller's, on no descriptor (a test's capture)
+        return True
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def output_to(path: str | None) -> Iterator[IO[bytes]]:
+    """Where a report goes: stdout (`None` or "-"), or the file at `path`.
+
+    A regular file, or a new one, is written under a temporary name in its directory, fsync'd,
+    and renamed over `path` only once complete, so no half report is ever left there; on any
+    failure the temporary name is removed and `path` is as it was.  The file keeps the mode and,
+    where allowed, the owner of the one it replaces (a symlink's target is replaced, not the
+    link).  Anything else (a FIFO, a device, /dev/stdout) is written in place.  A failed write
+    raises `OutputError`, except a reader that left early (EPIPE), which is `reader_may_leave`'s.
+    """
+    if path is None or path == "-":
+        if not stdout_usable():
+            raise OutputError("cannot write the report: stdout is closed")
+        assert sys.stdout is not None
+        try:
+            yield sys.stdout.buffer
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(f"cannot write the report to stdout: {exc.strerror}") from None
+        return
+    target = os.path.realpath(path)
+    try:
+        st: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise OutputError(f"cannot write the report to {path!r}: {exc.strerror}") from None
+    try:
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            with open(target, "wb") as out:
+                yield out
+            return
+        with _replacing(target, st) as out:
+            yield out
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write the report to {path!r}: {exc.strerror}") from None
+
+
+@contextlib.contextmanager
+def _replacing(target: str, old: os.stat_result | None) -> Iterator[IO[bytes]]:
+    directory = os.path.dirname(target)
+    while True:
+        # A short fixed name: the report's own name may be as long as a name can be.
+        temp = os.path.join(directory, f".dedup-report-{secrets.token_hex(4)}.tmp")
+        try:
+            # 0o666 less the umask, as a plain create would give; O_EXCL: never someone else's.
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if old is not None:
+                os.fchmod(fd, stat.S_IMODE(old.st_mode))
+                with contextlib.suppress(PermissionError):
+                    os.fchown(fd, old.st_uid, old.st_gid)
+            yield out
+            out.flush()
+            os.fsync(fd)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    with contextlib.suppress(OSError):  # the rename made durable too, where the system allows
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

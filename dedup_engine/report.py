@@ -71,11 +71,27 @@ def write_json(result: FindResult, options: ScanOptions, version: str, out: IO[s
     out.write("\n")
 
 
-def write_fdupes(groups: Iterable[DuplicateGroup], out: IO[bytes]) -> None:
-    """fdupes' own format: one path per line, a blank line after each group, raw name bytes."""
+def write_fdupes(groups: Iterable[DuplicateGroup], out: IO[bytes], *, null: bool = False) -> int:
+    """fdupes' own format: one path per line, a blank line after each group, raw name bytes.
+
+    With `null` (`-0`, as `jdupes -0` and `rmlint -0`), a NUL ends each path and one more each
+    group: exact for any name.  Without it, a name holding a newline would read as two paths (a
+    directory `x\\n` holding `etc/passwd` would give a line `/etc/passwd`), so such paths are left
+    out, with a group left with no copy.  Returns the number of paths left out so.
+    """
+    end = b"\0" if null else b"\n"
+    left_out = 0
     for group in groups:
-        out.write(b"".join(os.fsencode(f.path) + b"\n" for f in group.files))
-        out.write(b"\n")
+        files = group.files
+        if not null and any("\n" in f.path for f in files):
+            files = tuple(f for f in files if "\n" not in f.path)
+            left_out += len(group.files) - len(files)
+            # What is left must still be a group: two paths, and two files if it had two.
+            if len(files) < 2 or len({(f.dev, f.ino) for f in files}) < min(2, group.inodes):
+                continue
+        out.write(b"".join(os.fsencode(f.path) + end for f in files))
+        out.write(end)
+    return left_out
 
 
 def write_csv(groups: Iterable[DuplicateGroup], out: IO[bytes]) -> None:
@@ -117,17 +133,26 @@ def write_text(result: FindResult, out: IO[bytes]) -> None:
 
 
 def printable(path: str) -> str:
-    """A path safe to print on a terminal: control characters and undecodable bytes escaped."""
-    if path.isprintable():
+    """A path safe to print on a terminal, one line, and unambiguous: a backslash is doubled,
+    an undecodable byte is `\\xNN` (always 80-ff), an ASCII control character `\\n`, `\\t`, `\\r`
+    or `\\xNN` (below 80), any other character that does not print `\\uNNNN` or `\\UNNNNNNNN`.
+    So a newline in a name and a backslash followed by `n` print differently."""
+    if path.isprintable() and "\\" not in path:
         return path
     out = []
     for ch in path:
-        if ch.isprintable():
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable():
             out.append(ch)
         elif "\udc80" <= ch <= "\udcff":
             out.append(f"\\x{ord(ch) - 0xDC00:02x}")
-        else:
+        elif ch < "\x80":
             out.append(ch.encode("unicode_escape").decode("ascii"))
+        elif ch <= "\uffff":
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
     return "".join(out)
 
 

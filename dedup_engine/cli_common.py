@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import stat
 import sys
 from collections.abc import Iterator
@@ -126,7 +125,7 @@ def _replacing(target: str, old: os.stat_result | None) -> Iterator[IO[bytes]]:
     directory = os.path.dirname(target)
     while True:
         # A short fixed name: the report's own name may be as long as a name can be.
-        temp = os.path.join(directory, f".dedup-report-{secrets.token_hex(4)}.tmp")
+        temp = os.path.join(directory, f".dedup-report-{os.urandom(4).hex()}.tmp")
         try:
             # 0o666 less the umask, as a plain create would give; O_EXCL: never someone else's.
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)

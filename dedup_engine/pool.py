@@ -10,7 +10,6 @@ own two pipes and stderr, and leave interrupts to it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing
 import os
 import queue
@@ -154,6 +153,8 @@ def _detach(parent: int, inherited: frozenset[int], keep: set[int]) -> None:
     for number in STOP_SIGNALS[1:]:
         signal.signal(number, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
+        import ctypes  # here, not in every run of the command: ~2 ms
+
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

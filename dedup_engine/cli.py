@@ -95,9 +95,11 @@ def _interruptible(command: Callable[P, None]) -> Callable[P, None]:
                 stopping.append(number)
                 raise KeyboardInterrupt
 
-        # Handlers can be set only from the main thread (elsewhere: a caller's test harness).
+        # Handlers can be set only from the main thread (elsewhere: a caller's test harness).  A
+        # signal ignored when the command started stays ignored: `nohup`, a background job.
         main = threading.current_thread() is threading.main_thread()
         old = {number: signal.getsignal(number) for number in STOP_SIGNALS} if main else {}
+        old = {number: handler for number, handler in old.items() if handler != signal.SIG_IGN}
         for number in old:
             signal.signal(number, stop)
         try:

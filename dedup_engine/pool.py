@@ -141,17 +141,18 @@ def _detach(parent: int, inherited: frozenset[int], keep: set[int]) -> None:
 
     Runs with the stop signals blocked (see `ProcessPool._start`), so that none arrives before
     the worker has chosen what to do with it: an interrupt is the parent's to handle (a terminal
-    sends Ctrl-C to the whole process group), so SIGINT is ignored here and SIGTERM and SIGHUP
-    end the worker at once.  Linux kills the worker when its parent dies, however it dies
-    (`PR_SET_PDEATHSIG`); a parent dead before that was asked is seen by the parent pid that
-    changed.  The descriptors inherited by fork are closed: a copy of a task pipe's write end
-    would keep its reader waiting for ever, and another worker's pipes are none of its business.
-    stdin and stdout point to /dev/null, so a pipeline reading the parent's output ends with the
-    parent; stderr stays, for a fatal message.
+    sends Ctrl-C to the whole process group), so SIGINT is ignored here, and SIGTERM and SIGHUP
+    end the worker at once (unless the parent ignores them too).  Linux kills the worker when
+    its parent dies, however it dies (`PR_SET_PDEATHSIG`); a parent dead before that was asked
+    is seen by the parent pid that changed.  The descriptors inherited by fork are closed: a
+    copy of a task pipe's write end would keep its reader waiting for ever, and another worker's
+    pipes are none of its business.  stdin and stdout point to /dev/null, so a pipeline reading
+    the parent's output ends with the parent; stderr stays, for a fatal message.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for number in STOP_SIGNALS[1:]:
-        signal.signal(number, signal.SIG_DFL)
+        if signal.getsignal(number) != signal.SIG_IGN:  # ignored by all, as under `nohup`
+            signal.signal(number, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         import ctypes  # here, not in every run of the command: ~2 ms
 

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.usefixtures("deadline")
 PATIENCE_S = 30
 
 HOLD = '''
-"""Loaded before `dedup` (tests/test_find_signals.py): the read of one file never ends."""
+"""Loaded before `dedup` (tests/test_find_signals.py): the read of one file waits until a file
+named by DEDUP_TEST_RELEASE exists (for ever, without it)."""
 import os
 import time
 
@@ -42,8 +43,8 @@ class _HeldOs:
     def pread(self, fd, n, offset):
         if os.readlink(f"/proc/self/fd/{fd}") == os.environ["DEDUP_TEST_HOLD"]:
             open(os.environ["DEDUP_TEST_READY"], "w").close()
-            while True:
-                time.sleep(60)
+            while not os.path.exists(os.environ.get("DEDUP_TEST_RELEASE", "")):
+                time.sleep(0.01)
         return os.pread(fd, n, offset)
 
 
@@ -64,10 +65,12 @@ class Held:
         for n in range(200):  # other work about: more tasks, more pipes in use
             tree.file(f"c/{n:03d}", content(1000 + n % 7, seed=n))
         self.ready = tmp_path / "ready"
+        self.release = tmp_path / "release"
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
         env["DEDUP_TEST_HOLD"] = self.held
         env["DEDUP_TEST_READY"] = str(self.ready)
+        env["DEDUP_TEST_RELEASE"] = str(self.release)
         code = "import dedup_hold; from dedup_engine.cli import main; main()"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, "find", tree.root, "-f", "fdupes", "-j", str(workers)],
@@ -236,3 +239,20 @@ def test_a_parent_without_stdin_and_stdout_still_has_workers(tree: Tree) -> None
     )
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stderr.decode() == repr(sorted(tree.paths("a", "b")))
+
+
+def test_a_signal_ignored_at_start_stays_ignored(
+    tree: Tree, tmp_path: Path, held: list[Held]
+) -> None:
+    """Under `nohup` (SIGHUP ignored), a hangup neither stops `dedup` nor kills its workers."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited through exec, as nohup does
+    try:
+        run = Held(tree, tmp_path, 2, subprocess.PIPE)
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    held.append(run)
+    os.killpg(run.proc.pid, signal.SIGHUP)
+    run.release.touch()
+    out, err = run.proc.communicate(timeout=PATIENCE_S)
+    assert run.proc.returncode == 0, err.decode()
+    assert out.startswith(f"{run.held}\n".encode())

@@ -321,7 +321,8 @@ def test_find_help_lists_the_exit_codes() -> None:
     assert "Exit codes: 0 done; 1 done, but some files could not be read; 2 usage error" in text
     assert "3 duplicates found with --fail-on-duplicates" in text
     assert "4 the run could not finish" in text
-    for flag in ("--format", "--output", "--follow-links", "--one-file-system", "--max-depth"):
+    assert "5 the report could not be written; 130 interrupted" in text
+    for flag in ("--format", "--output", "--null", "--follow-links", "--one-file-system"):
         assert flag in text
     for flag in ("--include", "--exclude", "--no-hidden", "--min-size", "--max-size", "--empty"):
         assert flag in text

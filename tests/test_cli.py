@@ -326,8 +326,9 @@ def test_find_help_lists_the_exit_codes() -> None:
         assert flag in text
     for flag in ("--include", "--exclude", "--no-hidden", "--min-size", "--max-size", "--empty"):
         assert flag in text
-    for flag in ("--hard-links", "--workers", "--quiet", "--stats", "--fail-on-duplicates"):
+    for flag in ("--max-depth", "--hard-links", "--workers", "--quiet", "--stats"):
         assert flag in text
+    assert "--fail-on-duplicates" in text
 
 
 def test_top_level_help() -> None:

@@ -212,10 +212,13 @@ class ProcessPool:
                 result_r, result_w = ctx.Pipe(duplex=False)
                 _widen(task_w)
                 _widen(result_r)
-                # Everything open now is the parent's, for the worker to close; the pipes that
-                # multiprocessing makes while starting it are opened after.
-                own = [c.fileno() for c in (*self._send, *self._recv, task_w, result_r)]
-                inherited = frozenset([*_open_fds(), *own])
+                # Everything open now is the parent's, for a forked worker to close; the pipes
+                # multiprocessing makes while starting it are opened after.  A spawned worker
+                # inherits nothing: these numbers would name descriptors of its own.
+                inherited: frozenset[int] = frozenset()
+                if ctx.get_start_method() == "fork":
+                    own = [c.fileno() for c in (*self._send, *self._recv, task_w, result_r)]
+                    inherited = frozenset([*_open_fds(), *own])
                 proc = ctx.Process(
                     target=_worker_main,
                     args=(task_r, result_w, options, tuple(roots), parent, inherited),

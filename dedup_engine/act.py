@@ -59,6 +59,8 @@ from dedup_engine.records import FileEntry
 
 #: Errors that mean "this filesystem cannot dedupe", as opposed to a failure of this file.
 _NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS}
+#: Errors that mean "this filesystem cannot swap two names" (RENAME_EXCHANGE).
+_NO_EXCHANGE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
 #: Errors that mean "no lease can be had here" (not the owner and no CAP_LEASE; a filesystem
 #: without leases), as opposed to "someone has the file open for writing" (EAGAIN).
 _NO_LEASE = {errno.EACCES, errno.EPERM, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK}
@@ -127,6 +129,10 @@ class _Skip(Exception):
     """A check failed: the group is skipped with this reason."""
 
 
+class _Changed(Exception):
+    """A check failed once the disk had been changed: roll back, then skip with this reason."""
+
+
 class _Dirs:
     """The directories one operation works in, each opened once, closed together."""
 
@@ -178,6 +184,7 @@ class Actor:
     notices: dict[tuple[int, str], str] = field(default_factory=dict)
     seen: dict[tuple[int, int], tuple[int, int, int]] = field(default_factory=dict)
     _no_reflink: dict[int, str] = field(default_factory=dict)  # st_dev -> filesystem type
+    _no_exchange: dict[int, str] = field(default_factory=dict)  # st_dev -> filesystem type
     _ended: bool = False
 
     def run(self, index: int, op: Operation, aside: str | None) -> OpResult:
@@ -321,6 +328,12 @@ class Actor:
             return self._written(*files) or "content differs from the kept file"
         return self._written(*files)
 
+    def _remember_ours(self, *files: _Opened) -> tuple[Stamp, ...]:
+        """Remember the files whose size and mtime are still what they were at open: only
+        our own links and renames changed them since."""
+        unwritten = [f.fd for f in files if content_stamp(f.fd) == (f.st.st_size, f.st.st_mtime_ns)]
+        return self._remember(*unwritten)
+
     def _remember(self, *fds: int) -> tuple[Stamp, ...]:
         stamps = []
         for fd in fds:
@@ -342,52 +355,45 @@ class Actor:
         aside: str,
     ) -> OpResult:
         path, before = victim.path, victim_file.st
-        temp = os.path.basename(aside)
+        undo = _Undo(self, index, op, keep, victim, kept, victim_file, os.path.basename(aside))
         self._start(index, op)
         try:
-            self.sys.rename_noreplace(victim.at, victim.name, victim.at, temp)
-        except OSError as exc:
-            return self._end(
-                index, op, Outcome.FAILED, f"cannot set {path!r} aside: {describe_error(exc)}"
-            )
-        self.touched.add(os.path.dirname(path))
-        undo = _Undo(self, index, op, keep, victim, kept, victim_file, temp)
-        step = "check the set-aside name"
-        try:
-            if not same_file(lstat_at(victim.at, temp), before):
+            if op.action is Action.DELETE or not self._exchange(undo):
+                undo.step = "set the copy aside"
+                self.sys.rename_noreplace(victim.at, victim.name, victim.at, undo.temp)
+                undo.aside = True
+            self.touched.add(os.path.dirname(path))
+            if not same_file(lstat_at(victim.at, undo.temp), before):
                 return undo.back("the set-aside name is not the victim")
-            step = "compare the bytes"
+            undo.step = "compare the bytes"
             problem = self._compare(kept, victim_file, op.victim.size)
             if problem:
                 return undo.back(problem)
-            if op.action is Action.HARDLINK:
-                step = "link"
-                self.sys.link(keep.at, keep.name, victim.at, victim.name)
-                undo.created = True
-                if not same_file(lstat_at(victim.at, victim.name), kept.st):
+            if op.action is not Action.DELETE:
+                if undo.aside:
+                    undo.step = "link" if op.action is Action.HARDLINK else "symlink"
+                    self._make(op, keep, victim.at, victim.name)
+                    undo.created = True
+                if not self._holds_kept(op, victim.at, victim.name, keep, kept):
                     return undo.back(f"{path!r} is not the kept file after linking")
-            elif op.action is Action.SYMLINK:
-                step = "symlink"
-                self.sys.symlink(keep.path, victim.at, victim.name)
-                undo.created = True
-                if not self._is_symlink_to_kept(victim, keep.path, kept):
-                    return undo.back(f"{path!r} is not a symlink to the kept file")
             # The last moment before a name goes for good: the kept copy must still be there,
             # and neither file written to since it was opened.
-            step = "check the kept file"
+            undo.step = "check the kept file"
             if not same_file(lstat_at(keep.at, keep.name), kept.st):
                 return undo.back(f"kept file {keep.path!r} changed")
             problem = self._written(("kept file", kept), ("victim", victim_file))
             if problem:
                 return undo.back(problem)
-            step = "remove the set-aside name"
-            self.sys.unlink(victim.at, temp)
+            undo.step = "remove the set-aside name"
+            self.sys.unlink(victim.at, undo.temp)
+        except _Changed as exc:
+            return undo.back(str(exc))
         except OSError as exc:
-            if exc.errno == errno.EMLINK and step == "link":
+            if exc.errno == errno.EMLINK and undo.step == "link":
                 why = (f"the kept file {keep.path!r} can take no more links (EMLINK): "
                        f"{path!r} is kept instead for the rest of its group")  # fmt: skip
                 return undo.back(why, Outcome.KEPT)
-            return undo.back(f"{step}: {describe_error(exc)}", Outcome.FAILED)
+            return undo.back(f"{undo.step}: {describe_error(exc)}", Outcome.FAILED)
         after = os.fstat(victim_file.fd)
         reclaimed = before.st_blocks * 512 if after.st_nlink == 0 else 0
         if op.action is Action.SYMLINK:
@@ -395,6 +401,50 @@ class Actor:
             reclaimed -= link.st_blocks * 512 if link is not None else 0
         seen = self._remember(kept.fd, victim_file.fd)
         return self._end(index, op, Outcome.DONE, "", reclaimed, seen)
+
+    def _exchange(self, undo: _Undo) -> bool:
+        """Put the link in the copy's place in one step: made under the temporary name, then
+        swapped with the copy (RENAME_EXCHANGE), so the name is never absent and no one can
+        take it meanwhile.  False where the filesystem cannot swap: the caller then sets the
+        copy aside and links after (the name is absent for that moment, as the run says)."""
+        victim, dev = undo.victim, undo.victim_file.st.st_dev
+        if dev in self._no_exchange:
+            return False
+        undo.step = "link" if undo.op.action is Action.HARDLINK else "symlink"
+        self._make(undo.op, undo.keep, victim.at, undo.temp)
+        undo.made = True
+        if not self._holds_kept(undo.op, victim.at, undo.temp, undo.keep, undo.kept):
+            raise _Changed(f"kept file {undo.keep.path!r} is not the kept file when linked")
+        undo.step = "swap the link in"
+        try:
+            self.sys.exchange(victim.at, victim.name, victim.at, undo.temp)
+        except OSError as exc:
+            if exc.errno not in _NO_EXCHANGE:
+                raise
+            self.sys.unlink(victim.at, undo.temp)
+            undo.made = False
+            fs = fs_type(undo.victim_file.fd)
+            self._no_exchange[dev] = fs
+            self.notices[(dev, "exchange")] = (
+                f"{fs} cannot swap two names in one step (RENAME_EXCHANGE): there, a copy is "
+                "set aside before its link is made, and its name is absent for that moment"
+            )
+            return False
+        undo.made, undo.swapped = False, True
+        return True
+
+    def _make(self, op: Operation, keep: _Place, at: int, name: str) -> None:
+        """The hard link or symlink to the kept file, at `name` in `at`."""
+        if op.action is Action.HARDLINK:
+            self.sys.link(keep.at, keep.name, at, name)
+        else:
+            self.sys.symlink(keep.path, at, name)
+
+    def _holds_kept(self, op: Operation, at: int, name: str, keep: _Place, kept: _Opened) -> bool:
+        """`name` is our hard link (the kept inode) or symlink (to the kept path)."""
+        if op.action is Action.HARDLINK:
+            return same_file(lstat_at(at, name), kept.st)
+        return self._is_symlink_to_kept(_Place(at, name, ""), keep.path, kept)
 
     def _is_symlink_to_kept(self, place: _Place, target: str, kept: _Opened) -> bool:
         st = lstat_at(place.at, place.name)
@@ -546,7 +596,10 @@ class Actor:
 
 @dataclass(slots=True)
 class _Undo:
-    """Puts a set-aside victim back: removes our link (if it is ours), renames back."""
+    """Puts the copy back as it was, from whichever step the operation reached: our link made
+    under the temporary name (`made`), swapped with the copy (`swapped`), or the copy set aside
+    (`aside`) with our link perhaps made at its name (`created`).  Only what we made is
+    removed (checked by identity), and nothing is overwritten."""
 
     actor: Actor
     index: int
@@ -555,48 +608,64 @@ class _Undo:
     victim: _Place
     kept: _Opened
     victim_file: _Opened
-    temp: str  # the victim's temporary name in its directory
+    temp: str  # the temporary name in the copy's directory
+    step: str = "start"  # what was under way, for messages
+    made: bool = False
+    swapped: bool = False
+    aside: bool = False
     created: bool = False
 
     def back(self, why: str, outcome: Outcome = Outcome.SKIPPED) -> OpResult:
         actor, victim, sys = self.actor, self.victim, self.actor.sys
-        aside = os.path.join(os.path.dirname(victim.path), self.temp)
+        temp_path = os.path.join(os.path.dirname(victim.path), self.temp)
         try:
-            if self.created or lstat_at(victim.at, victim.name) is not None:
-                if not self._ours():
+            if self.swapped:
+                if not self._ours(victim.name):
                     why += f"; {victim.path!r} now holds a file we did not create"
-                    return actor._loud(self.index, self.op, victim.path, aside, why)
-                sys.unlink(victim.at, victim.name)
-            sys.rename_noreplace(victim.at, self.temp, victim.at, victim.name)
+                    return actor._loud(self.index, self.op, victim.path, temp_path, why)
+                sys.exchange(victim.at, victim.name, victim.at, self.temp)
+                self.swapped, self.made = False, True
+            if self.made:
+                if self._ours(self.temp):
+                    sys.unlink(victim.at, self.temp)
+                self.made = False
+            if self.aside:
+                if self.created or lstat_at(victim.at, victim.name) is not None:
+                    if not self._ours(victim.name):
+                        why += f"; {victim.path!r} now holds a file we did not create"
+                        return actor._loud(self.index, self.op, victim.path, temp_path, why)
+                    sys.unlink(victim.at, victim.name)
+                sys.rename_noreplace(victim.at, self.temp, victim.at, victim.name)
         except OSError as exc:
-            return actor._loud(
-                self.index, self.op, victim.path, aside, f"{why}; then {describe_error(exc)}"
-            )
-        seen: tuple[Stamp, ...] = ()
-        if outcome is Outcome.KEPT:
-            # The group goes on with this file as its kept copy: what our renames did to its
-            # ctime (and the link count of the other) is ours, not a change to refuse.
-            seen = actor._remember(self.kept.fd, self.victim_file.fd)
+            why += f"; then {describe_error(exc)}"
+            if self.made:  # the copy is in place; only our extra link is left over
+                message = (f"ROLLBACK FAILED: {why}; {victim.path!r} is in place, and "
+                           f"{temp_path!r} is a link we made: --resume removes it")  # fmt: skip
+                return actor._end(self.index, self.op, Outcome.ROLLBACK_FAILED, message)
+            return actor._loud(self.index, self.op, victim.path, temp_path, why)
+        # What our links and renames did to the files' ctime is ours, not a change to refuse
+        # later (an EMLINK victim kept instead, a retry by --resume); a write is not.
+        seen = actor._remember_ours(self.kept, self.victim_file)
         message = f"{why}; rolled back" if outcome is Outcome.FAILED else why
         return actor._end(self.index, self.op, outcome, message, seen=seen)
 
-    def _ours(self) -> bool:
+    def _ours(self, name: str) -> bool:
+        """Whether `name` holds nothing, or what the operation creates: removing it loses
+        nothing, since the copy's bytes go back in."""
         victim = self.victim
-        st = lstat_at(victim.at, victim.name)
+        st = lstat_at(victim.at, name)
         if st is None:
-            return True  # nothing there: nothing to remove
+            return True
         if self.op.action is Action.HARDLINK:
             # The link names the kept inode, or whatever the kept path named when we linked
-            # it (it was swapped).  Removing it loses nothing: the victim's bytes go back in.
+            # it (it was swapped).
             linked = {(self.op.keep.dev, self.op.keep.ino)}
             now = lstat_at(self.keep.at, self.keep.name)
             if now is not None:
                 linked.add((now.st_dev, now.st_ino))
             return (st.st_dev, st.st_ino) in linked and stat.S_ISREG(st.st_mode)
         if self.op.action is Action.SYMLINK:
-            return (
-                stat.S_ISLNK(st.st_mode) and readlink_at(victim.at, victim.name) == self.keep.path
-            )
+            return stat.S_ISLNK(st.st_mode) and readlink_at(victim.at, name) == self.keep.path
         return False
 
 

@@ -11,10 +11,11 @@ longer than PATH_MAX still works), and every other call names a file relative to
 directory descriptor (`openat`, `renameat2`, `linkat`, `unlinkat`, `symlinkat`, `mkdirat`).
 
 Calls not in `os`: `rename_noreplace` (renameat2 with RENAME_NOREPLACE, so putting a file back
-never overwrites a file someone else created in the meantime), `lease` (a Linux read lease: it
-cannot be taken while any process holds the file open for writing, and it is broken, visibly,
-when one opens it for writing) and `dedupe` (the FIDEDUPERANGE ioctl: the kernel shares the
-blocks only if the bytes are equal, atomically).
+never overwrites a file someone else created in the meantime), `exchange` (RENAME_EXCHANGE: a
+link put in a copy's place in one step, so the name is never absent), `lease` (a Linux read
+lease: it cannot be taken while any process holds the file open for writing, and it is broken,
+visibly, when one opens it for writing) and `dedupe` (the FIDEDUPERANGE ioctl: the kernel
+shares the blocks only if the bytes are equal, atomically).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ _SAME, _DIFFERS = 0, 1
 DEDUPE_STEP = 1 << 30
 
 _RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
 #: A lease break is signalled to its holder, by default with SIGIO, whose default action kills
 #: the process.  SIGURG's default action is to ignore it, so no handler has to be installed:
 #: `apply` asks the lease's state (F_GETLEASE) at each step instead.
@@ -70,6 +72,9 @@ class Syscalls(Protocol):
         """Take a read lease on `fd` (EAGAIN: the file is open for writing somewhere)."""
 
     def rename_noreplace(self, src_at: int, src: str, dst_at: int, dst: str) -> None: ...
+    def exchange(self, a_at: int, a: str, b_at: int, b: str) -> None:
+        """Swap two names in one step (RENAME_EXCHANGE); EINVAL where the filesystem cannot."""
+
     def link(self, src_at: int, src: str, dst_at: int, dst: str) -> None: ...
     def symlink(self, target: str, at: int, name: str) -> None: ...
     def unlink(self, at: int, name: str) -> None: ...
@@ -120,16 +125,25 @@ class RealSyscalls:
         fcntl.fcntl(fd, fcntl.F_SETSIG, LEASE_SIGNAL)
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
 
+    def _rename2(self, src_at: int, src: str, dst_at: int, dst: str, flags: int) -> int:
+        """renameat2's errno (0: done); ENOSYS where the C library lacks it."""
+        if self._renameat2 is None:
+            return errno.ENOSYS
+        if self._renameat2(src_at, os.fsencode(src), dst_at, os.fsencode(dst), flags) == 0:
+            return 0
+        return ctypes.get_errno()
+
+    def exchange(self, a_at: int, a: str, b_at: int, b: str) -> None:
+        code = self._rename2(a_at, a, b_at, b, _RENAME_EXCHANGE)
+        if code:
+            raise OSError(code, os.strerror(code), a, None, b)
+
     def rename_noreplace(self, src_at: int, src: str, dst_at: int, dst: str) -> None:
-        if self._renameat2 is not None:
-            result = self._renameat2(
-                src_at, os.fsencode(src), dst_at, os.fsencode(dst), _RENAME_NOREPLACE
-            )
-            if result == 0:
-                return
-            code = ctypes.get_errno()
-            if code not in (errno.EINVAL, errno.ENOSYS):
-                raise OSError(code, os.strerror(code), src, None, dst)
+        code = self._rename2(src_at, src, dst_at, dst, _RENAME_NOREPLACE)
+        if code == 0:
+            return
+        if code not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(code, os.strerror(code), src, None, dst)
         # A filesystem without RENAME_NOREPLACE: link refuses an existing name as well, and
         # `src` is one of our own names, so removing it after the link loses nothing.
         self.link(src_at, src, dst_at, dst)

@@ -42,7 +42,6 @@ _ASIDE = re.compile(ASIDE_PATTERN)
 _ENDS = {o.value for o in Outcome}
 _STATES = {"begin", "start", "unstarted", *_ENDS}
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class JournalError(Exception):
@@ -77,7 +76,8 @@ def open_private(path: str, flags: int, what: str) -> int:
     """An existing file of the caller's that no one else can write; anything else is refused
     (a journal tells `--resume` what to rename and delete)."""
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO given as a journal must be refused, not waited on.
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
         raise JournalError(f"cannot open {what} {path!r}: {reason}") from None
@@ -92,6 +92,7 @@ def open_private(path: str, flags: int, what: str) -> int:
     if problem:
         os.close(fd)
         raise JournalError(f"{what} {path!r} {problem}; refused")
+    os.set_blocking(fd, True)
     return fd
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from dedup_engine.records import DuplicateGroup, FileEntry, Owner
+from dedup_engine.reportread import path_problem
 
 
 class Action(str, enum.Enum):
@@ -91,6 +92,8 @@ class Policy:
         lists = [data["keep_paths"], data["protect"]]
         if not all(isinstance(p, str) for patterns in lists for p in patterns):
             raise ValueError("policy patterns must be strings")
+        if data["move_to"] is not None and path_problem(data["move_to"]):
+            raise ValueError(f"policy move_to: {path_problem(data['move_to'])}")
         return cls(
             Action(data["action"]),
             Keep(data["keep"]),

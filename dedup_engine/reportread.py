@@ -205,6 +205,14 @@ def path_problem(value: object) -> str | None:
         return "not a string"
     if "\0" in value:
         return "holds a NUL byte"
+    try:
+        raw = os.fsencode(value)
+    except UnicodeEncodeError:
+        return f"{_show(value)} is not a name of this system (a lone surrogate)"
+    if os.fsdecode(raw) != value:
+        # One name, two spellings ("\udcc3\udca9" for "é"): globs and the check for a path
+        # listed twice compare strings, so only the form `find` writes is accepted.
+        return f"{_show(value)} is not written as find writes it ({_show(os.fsdecode(raw))})"
     if not value.startswith("/"):
         return f"{_show(value)} is not an absolute path"
     if value.startswith("//") or os.path.normpath(value) != value:

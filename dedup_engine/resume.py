@@ -15,6 +15,7 @@ changed since) is settled only, and the reason is given.
 from __future__ import annotations
 
 import enum
+import errno
 import os
 import stat
 from collections.abc import Callable, Mapping
@@ -26,7 +27,16 @@ from blake3 import blake3
 from dedup_engine.act import OpResult, Outcome, Stamp
 from dedup_engine.apply import ApplySummary, Prior, ProgressCallback, apply_plan
 from dedup_engine.fsops import OPEN_READ, REAL, Syscalls
-from dedup_engine.fsquery import lstat_at, readlink_at, same_bytes, same_file
+from dedup_engine.fsquery import (
+    content_stamp,
+    describe_error,
+    lease_intact,
+    lstat_at,
+    owner,
+    readlink_at,
+    same_bytes,
+    same_file,
+)
 from dedup_engine.journal import (
     FileJournal,
     JournalError,
@@ -37,7 +47,7 @@ from dedup_engine.journal import (
     read,
 )
 from dedup_engine.plan import Action, Plan, Policy, make_plan
-from dedup_engine.reportread import ReportError, read_json
+from dedup_engine.reportread import ReportError, path_problem, read_json
 
 
 def open_journal(
@@ -115,13 +125,15 @@ def resume(
     """Settle every interrupted operation of the journal at `path`, then finish the run."""
     state = read(path)
     plan, verify, why_not = _plan_again(state)
+    policy = state.header.get("policy")
+    across_owners = isinstance(policy, dict) and policy.get("across_owners") is True
     journal = FileJournal.reopen(path)
     try:
         settled = []
         for item in state.pending:
             if item.started is False:
                 continue  # surely never started: carried out below, as any other not done
-            done = _settle(item, sys)
+            done = _settle(item, sys, across_owners)
             settled.append(done)
             _record(journal, item.index, done)
         journal.commit()
@@ -148,6 +160,8 @@ def _plan_again(state: State) -> tuple[Plan | None, bool, str | None]:
     source, digest = header.get("report"), header.get("report_blake3")
     if not isinstance(source, str) or not isinstance(digest, str):
         return None, True, "the journal names no report to finish the run from"
+    if path_problem(source):
+        return None, True, f"the journal's report path: {path_problem(source)}"
     try:
         policy = Policy.from_dict(header.get("policy"))
     except ValueError as exc:
@@ -209,12 +223,12 @@ def _prior(state: State, plan: Plan, settled: list[Settled]) -> Prior:
     seen: dict[tuple[int, int], tuple[int, int, int]] = {}
     for index in sorted(state.ended):
         end = state.ended[index]
+        _see(seen, end.seen)  # a rolled-back operation changed ctimes too
         if end.outcome not in (Outcome.DONE, Outcome.KEPT):
             continue  # not done: tried again, with every check, as if never started
         results[index] = OpResult(
             plan.operations[index], end.outcome, end.message, end.reclaimed, end.seen, end.general
         )
-        _see(seen, end.seen)
     for item in settled:
         op = plan.operations[item.pending.index]
         if item.settlement is Settlement.COMPLETED:
@@ -255,99 +269,103 @@ def _see_now(
 # -- settling one operation from what is on disk ----------------------------------------------
 
 
-def _settle(item: Pending, sys: Syscalls) -> Settled:
+def _settle(item: Pending, sys: Syscalls, across_owners: bool) -> Settled:
     try:
         if item.action is Action.REFLINK:
-            return _done(
-                item, Settlement.COMPLETED, "a reflink is atomic: the file is whole either way"
-            )
-        directory = sys.open_dir(None, os.path.dirname(item.path))
-    except OSError as exc:
-        if item.action is Action.MOVE and item.target is not None:
-            return _settle_move(item, None, sys)
-        return _done(
-            item, Settlement.NEEDS_YOU, f"cannot open the directory of {item.path!r}: {exc}"
-        )
-    try:
+            why = "a reflink is atomic: the file is whole either way"
+            return _done(item, Settlement.COMPLETED, why)
         if item.action is Action.MOVE:
-            return _settle_move(item, directory, sys)
-        return _settle_replace(item, directory, sys)
+            return _settle_move(item, sys)
+        directory = sys.open_dir(None, os.path.dirname(item.path))
+        try:
+            return _settle_replace(item, directory, sys, across_owners)
+        finally:
+            os.close(directory)
     except OSError as exc:
-        return _done(item, Settlement.NEEDS_YOU, f"{exc}; look at {item.path!r} and {item.aside!r}")
-    finally:
-        os.close(directory)
+        where = f"{item.path!r}" + (f" and {item.aside!r}" if item.aside else "")
+        return _done(item, Settlement.NEEDS_YOU, f"{describe_error(exc)}; look at {where}")
 
 
 def _done(item: Pending, settlement: Settlement, message: str) -> Settled:
     return Settled(item, settlement, message)
 
 
-def _settle_move(item: Pending, directory: int | None, sys: Syscalls) -> Settled:
+def _settle_move(item: Pending, sys: Syscalls) -> Settled:
     assert item.target is not None
-    name = os.path.basename(item.path)
-    at_path = lstat_at(directory, name) if directory is not None else None
-    at_target = _lstat_path(item.target, sys)
+    at_path, at_target = _lstat_path(item.path, sys), _lstat_path(item.target, sys)
     if _is(at_target, item.victim) and at_path is None:
         return _done(item, Settlement.COMPLETED, f"{item.path!r} had been moved to {item.target!r}")
     if _is(at_path, item.victim):
         return _done(item, Settlement.UNTOUCHED, f"{item.path!r} had not been moved")
     # A move leaves no temporary name: with the file at neither place, someone moved or
     # removed it, and nothing of ours is stranded.
-    return _done(
-        item, Settlement.LEFT, f"neither {item.path!r} nor {item.target!r} holds the file now"
-    )
+    why = f"neither {item.path!r} nor {item.target!r} holds the file now"
+    return _done(item, Settlement.LEFT, why)
 
 
-def _settle_replace(item: Pending, directory: int, sys: Syscalls) -> Settled:
+def _settle_replace(item: Pending, directory: int, sys: Syscalls, across_owners: bool) -> Settled:
+    """From what the copy's name and its temporary name hold: the operation sets the copy aside
+    (delete; hardlink and symlink where names cannot be swapped) and links after, or makes its
+    link under the temporary name and swaps it with the copy."""
     assert item.aside is not None
     name, temp = os.path.basename(item.path), os.path.basename(item.aside)
     path, aside = item.path, item.aside
     at_path, at_aside = lstat_at(directory, name), lstat_at(directory, temp)
     ours = at_path is not None and _is_new(item, directory, name, at_path)
     if at_aside is None:
+        return _nothing_aside(item, directory, at_path, ours, sys)
+    if _is_new(item, directory, temp, at_aside):
+        # Our link, made under the temporary name and not yet swapped in: the copy is in place.
+        sys.unlink(directory, temp)
         if _is(at_path, item.victim):
-            return _done(item, Settlement.UNTOUCHED, f"{path!r} had not been touched")
-        if ours:
-            return _done(item, Settlement.COMPLETED, f"{path!r} had been completed")
-        if not _same_directory(item, directory):
-            # An unmounted volume or a renamed directory hides both names: nothing can be
-            # told from here, and a temporary name may be waiting there.
-            return _done(
-                item, Settlement.NEEDS_YOU, f"the directory of {path!r} is not the one we worked in"
-            )
-        if at_path is None and item.action is Action.DELETE:
-            if _is(_lstat_path(item.keep, sys), item.kept):
-                return _done(item, Settlement.COMPLETED, f"{path!r} had been deleted")
-            return _done(
-                item, Settlement.NEEDS_YOU, f"{path!r} and its kept copy {item.keep!r} are gone"
-            )
-        # No temporary name and nothing of ours at the path: never started (a file changed
-        # after the report is skipped before it is set aside), or changed by someone since.
-        return _done(
-            item, Settlement.LEFT, f"{path!r} was changed by someone else; nothing of ours is there"
-        )
+            return _done(item, Settlement.UNTOUCHED, f"{path!r} had not been replaced")
+        why = f"{path!r} was changed by someone else; our link {aside!r} removed"
+        return _done(item, Settlement.LEFT, why)
     if not _is(at_aside, item.victim):
         return _done(item, Settlement.NEEDS_YOU, f"{aside!r} is not the victim; left alone")
     if _is(at_path, item.victim):
         # A rename without RENAME_NOREPLACE is a link then an unlink: stopped between the two.
         sys.unlink(directory, temp)
-        return _done(
-            item, Settlement.UNTOUCHED, f"{path!r} had not been replaced; {aside!r} removed"
-        )
+        why = f"{path!r} had not been replaced; {aside!r} removed"
+        return _done(item, Settlement.UNTOUCHED, why)
     if at_path is None:
         sys.rename_noreplace(directory, temp, directory, name)
         return _done(item, Settlement.PUT_BACK, f"{path!r} put back from {aside!r}")
     if not ours:
         why = f"the original is at {aside!r}; {path!r} now holds a file we did not create"
         return _done(item, Settlement.NEEDS_YOU, why)
-    if _still_duplicate(item, directory, temp, sys):
+    problem = _still_duplicate(item, directory, temp, sys, across_owners)
+    if problem is None:
         sys.unlink(directory, temp)
         return _done(item, Settlement.COMPLETED, f"{path!r} completed; {aside!r} removed")
     sys.unlink(directory, name)
     sys.rename_noreplace(directory, temp, directory, name)
-    return _done(
-        item, Settlement.PUT_BACK, f"{path!r} put back: its bytes no longer match the kept file"
-    )
+    return _done(item, Settlement.PUT_BACK, f"{path!r} put back: {problem}")
+
+
+def _nothing_aside(
+    item: Pending, directory: int, at_path: os.stat_result | None, ours: bool, sys: Syscalls
+) -> Settled:
+    """No temporary name: the operation did not start, was completed, or the name changed."""
+    path = item.path
+    if _is(at_path, item.victim):
+        return _done(item, Settlement.UNTOUCHED, f"{path!r} had not been touched")
+    if ours:
+        return _done(item, Settlement.COMPLETED, f"{path!r} had been completed")
+    if not _same_directory(item, directory):
+        # An unmounted volume or a renamed directory hides both names: nothing can be told
+        # from here, and a temporary name may be waiting there.
+        why = f"the directory of {path!r} is not the one we worked in"
+        return _done(item, Settlement.NEEDS_YOU, why)
+    if at_path is None and item.action is Action.DELETE:
+        if _is(_lstat_path(item.keep, sys), item.kept):
+            return _done(item, Settlement.COMPLETED, f"{path!r} had been deleted")
+        why = f"{path!r} and its kept copy {item.keep!r} are gone"
+        return _done(item, Settlement.NEEDS_YOU, why)
+    # No temporary name and nothing of ours at the path: never started (a file changed after
+    # the report is skipped before it is set aside), or changed by someone since.
+    why = f"{path!r} was changed by someone else; nothing of ours is there"
+    return _done(item, Settlement.LEFT, why)
 
 
 def _same_directory(item: Pending, directory: int) -> bool:
@@ -368,31 +386,54 @@ def _is_new(item: Pending, directory: int, name: str, st: os.stat_result) -> boo
     return False
 
 
-def _still_duplicate(item: Pending, directory: int, temp: str, sys: Syscalls) -> bool:
-    """The set-aside victim and the kept file: the right files, with the same bytes."""
+def _still_duplicate(
+    item: Pending, directory: int, temp: str, sys: Syscalls, across_owners: bool
+) -> str | None:
+    """Why the set-aside copy may not go (None: it may), checked as `apply` checks: the right
+    files, of one owner and mode, neither open for writing elsewhere (read leases), the same
+    bytes, and neither written while they were compared."""
     try:
         keep_dir = sys.open_dir(None, os.path.dirname(item.keep))
-    except OSError:
-        return False
-    try:
-        a = sys.open(keep_dir, os.path.basename(item.keep), OPEN_READ)
-    except OSError:
-        return False
-    finally:
-        os.close(keep_dir)
+        try:
+            a = sys.open(keep_dir, os.path.basename(item.keep), OPEN_READ)
+        finally:
+            os.close(keep_dir)
+    except OSError as exc:
+        return f"the kept file cannot be opened: {describe_error(exc)}"
     try:
         b = sys.open(directory, temp, OPEN_READ)
         try:
-            sa, sb = os.fstat(a), os.fstat(b)
-            if (sa.st_dev, sa.st_ino) != item.kept or (sb.st_dev, sb.st_ino) != item.victim:
-                return False
-            return sa.st_size == sb.st_size and same_bytes(a, b, sa.st_size, sys)
+            return _compare(item, a, b, sys, across_owners)
         finally:
             os.close(b)
-    except OSError:
-        return False
+    except OSError as exc:
+        return f"cannot compare: {describe_error(exc)}"
     finally:
         os.close(a)
+
+
+def _compare(item: Pending, a: int, b: int, sys: Syscalls, across_owners: bool) -> str | None:
+    sa, sb = os.fstat(a), os.fstat(b)
+    if (sa.st_dev, sa.st_ino) != item.kept or (sb.st_dev, sb.st_ino) != item.victim:
+        return "the kept file is another file now"
+    if not across_owners and owner(sa) != owner(sb):
+        return "its owner, group or mode differs from the kept file's"
+    leased = []
+    for fd in (a, b):
+        try:
+            sys.lease(fd)
+            leased.append(fd)
+        except OSError as exc:  # no lease to be had: the size and mtime check below guards
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                return "it or the kept file is open for writing by another process"
+    if sa.st_size != sb.st_size or not same_bytes(a, b, sa.st_size, sys):
+        return "its bytes no longer match the kept file"
+    if not all(map(lease_intact, leased)):
+        return "it or the kept file was opened for writing while they were compared"
+    for fd, before in ((a, sa), (b, sb)):
+        if content_stamp(fd) != (before.st_size, before.st_mtime_ns):
+            return "it or the kept file was written to while they were compared"
+    return None
 
 
 def _lstat_path(path: str, sys: Syscalls) -> os.stat_result | None:

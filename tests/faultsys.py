@@ -83,6 +83,9 @@ class Faulty:
             "rename_noreplace", src, lambda: self.real.rename_noreplace(src_at, src, dst_at, dst)
         )
 
+    def exchange(self, a_at: int, a: str, b_at: int, b: str) -> None:
+        self._call("exchange", a, lambda: self.real.exchange(a_at, a, b_at, b))
+
     def link(self, src_at: int, src: str, dst_at: int, dst: str) -> None:
         self._call("link", dst, lambda: self.real.link(src_at, src, dst_at, dst))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 from collections.abc import Callable, Iterator
@@ -314,11 +315,14 @@ def test_a_read_only_directory_fails_with_eacces_and_changes_nothing(
 
     stderr = proc.stderr.decode(errors="replace")
     assert proc.returncode == 1, stderr
-    assert f"failed: {victim}: cannot set {victim!r} aside: Permission denied (EACCES)" in stderr
+    # The first change is the link under a temporary name in the read-only directory.
+    assert re.search(
+        f"failed: {re.escape(victim)}: link: .*\\((EACCES|EPERM)\\); rolled back", stderr
+    )
     assert "hardlink: 0 done, 0 skipped, 1 failed" in proc.stdout.decode()
     assert {p: state(p) for p in (keep, victim)} == before
     assert sorted(os.listdir(tree.path("b"))) == ["x"]
     assert leftovers(tree.root) == []
     records = [json.loads(line) for line in journal.read_text().splitlines()]
     assert [r.get("state") for r in records[1:]] == ["begin", "start", "failed"]
-    assert "EACCES" in records[-1]["message"]
+    assert re.search("EACCES|EPERM", records[-1]["message"])

@@ -406,11 +406,11 @@ def killed_run(dups: Tree, tmp_path: Path, call: str) -> Path:
     ]
     killed = run(sys.executable, "-c", KILLED_AT, call, *args)
     assert killed.returncode == 137, killed.stderr
-    assert len(leftovers(dups.root)) == 1  # the victim's set-aside name
+    assert len(leftovers(dups.root)) == 1  # our link, or the victim, under the temporary name
     return journal
 
 
-@pytest.mark.parametrize(("call", "word"), [("link", "put back"), ("unlink", "completed")])
+@pytest.mark.parametrize(("call", "word"), [("exchange", "untouched"), ("unlink", "completed")])
 def test_resume_settles_a_run_that_was_killed_and_finishes_it(
     dups: Tree, tmp_path: Path, call: str, word: str
 ) -> None:
@@ -439,32 +439,33 @@ def test_exit_4_when_a_rollback_fails_and_resume_puts_the_file_back(
     dups: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     report, journal = find_report(tmp_path, dups.root), tmp_path / "run.jsonl"
-    renames: list[str] = []
-    rename = fsops.REAL.rename_noreplace
+    swaps: list[str] = []
+    exchange = fsops.REAL.exchange
 
-    def rename_once(src_at: int, src: str, dst_at: int, dst: str) -> None:
-        renames.append(src)  # sets the victim aside, then fails
-        if len(renames) > 1:
-            raise OSError(errno.EIO, "injected", src)
-        rename(src_at, src, dst_at, dst)
+    def exchange_once(a_at: int, a: str, b_at: int, b: str) -> None:
+        swaps.append(a)  # swaps the link in, then cannot swap it back
+        if len(swaps) > 1:
+            raise OSError(errno.EIO, "injected", a)
+        exchange(a_at, a, b_at, b)
 
-    def no_link(src_at: int, src: str, dst_at: int, dst: str) -> None:
-        raise OSError(errno.ENOSPC, "injected", dst)
+    def unreadable(fd: int, length: int, offset: int) -> bytes:
+        raise OSError(errno.EIO, "injected")
 
-    monkeypatch.setattr(fsops.REAL, "rename_noreplace", rename_once)
-    monkeypatch.setattr(fsops.REAL, "link", no_link)
+    monkeypatch.setattr(fsops.REAL, "exchange", exchange_once)
+    monkeypatch.setattr(fsops.REAL, "pread", unreadable)
     code, out, err = invoke("apply", report, "--action", "hardlink", "--journal", journal)
     monkeypatch.undo()
     assert code == 4, (out, err)
     assert b"ROLLBACK FAILED" in err and dups.bpath("b/v1") in err
-    assert not os.path.lexists(dups.path("b/v1"))
+    assert same_inode(dups, "b/v1", "a/k")  # our link is in place, the copy under its temp name
     (aside,) = leftovers(dups.root)
+    assert Path(os.fsdecode(aside)).read_bytes() == content(3000, 1)
     assert aside in err and f"dedup apply --resume {journal}".encode() in err
     proc = dedup("apply", "--resume", journal)
     assert proc.returncode == 0, proc.stderr
     assert leftovers(dups.root) == []
-    # Put back, then carried out with the rest of its group, which had stopped at it.
-    assert proc.stderr.decode().startswith("put back: ")
+    # Compared again and completed, then the rest of its group, which had stopped at it.
+    assert proc.stderr.decode().startswith("completed: ")
     assert dups.read("b/v1") == content(3000, 1)
     assert all(same_inode(dups, victim, kept) for victim, kept in KEPT.items())
 
@@ -521,7 +522,7 @@ def test_keep_options_decide_what_goes(
 def test_resume_with_dry_run_or_script_is_a_usage_error(
     dups: Tree, tmp_path: Path, flag: str
 ) -> None:
-    journal = killed_run(dups, tmp_path, "link")
+    journal = killed_run(dups, tmp_path, "exchange")
     before = snapshot(dups.root)
     script = [tmp_path / "plan.sh"] if flag == "--script" else []
     proc = dedup("apply", "--resume", journal, flag, *script)

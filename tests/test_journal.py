@@ -98,8 +98,8 @@ def test_resume_after_a_crash_at_any_step(tmp_path: Path, action: Action, when: 
 
 def test_a_torn_last_record_is_ignored_and_a_damaged_one_is_refused(tmp_path: Path) -> None:
     tree, plan, _ = make(tmp_path, Action.HARDLINK)
-    link = first("link", Action.HARDLINK, tmp_path)
-    journal = crashed(plan, tmp_path, Faulty(link, crash="after"))
+    swap = first("exchange", Action.HARDLINK, tmp_path)  # our link swapped in, not committed
+    journal = crashed(plan, tmp_path, Faulty(swap, crash="after"))
     with open(journal.path, "ab") as f:
         f.write(b'{"op": 0, "sta')  # killed in the middle of writing the end record
     pending = read(journal.path).pending
@@ -265,7 +265,7 @@ def test_resume_does_not_call_a_delete_done_when_its_directory_is_missing(tmp_pa
 def test_resume_after_a_torn_record_leaves_a_readable_journal(tmp_path: Path) -> None:
     """Regression: resume glued its record to the torn one, and the journal became unreadable."""
     tree, plan, _ = make(tmp_path, Action.HARDLINK)
-    aside = first("rename_noreplace", Action.HARDLINK, tmp_path)
+    aside = first("exchange", Action.HARDLINK, tmp_path)  # the copy under its temporary name
     journal = crashed(plan, tmp_path, Faulty(aside, crash="after"))
     with open(journal.path, "ab") as f:
         f.write(b'{"op": 7, "sta')
@@ -320,7 +320,7 @@ def test_a_directory_renamed_and_made_anew_keeps_the_operation_open(tmp_path: Pa
     """Regression: a new directory under the old name passed the device check, resume called
     the operation settled, and the file stayed under its temporary name in the renamed one."""
     tree, plan, _ = make(tmp_path, Action.HARDLINK)
-    aside = first("rename_noreplace", Action.HARDLINK, tmp_path)
+    aside = first("exchange", Action.HARDLINK, tmp_path)  # the copy under its temporary name
     journal = crashed(plan, tmp_path, Faulty(aside, crash="after"))
     os.rename(tree.path("sub"), tree.path("sub-old"))
     os.mkdir(tree.path("sub"))

@@ -41,6 +41,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from dedup_engine.access import Access
 from dedup_engine.fsops import OPEN_READ, REAL, ContentDiffers, SymlinkInPath, Syscalls, fs_type
 from dedup_engine.fsquery import (
     content_stamp,
@@ -183,6 +184,7 @@ class Actor:
     #: Said once per run: where leases are unavailable, and what protects the operation there.
     notices: dict[tuple[int, str], str] = field(default_factory=dict)
     seen: dict[tuple[int, int], tuple[int, int, int]] = field(default_factory=dict)
+    access: Access = field(default_factory=Access)
     _no_reflink: dict[int, str] = field(default_factory=dict)  # st_dev -> filesystem type
     _no_exchange: dict[int, str] = field(default_factory=dict)  # st_dev -> filesystem type
     _ended: bool = False
@@ -219,7 +221,7 @@ class Actor:
             try:
                 if op.action is Action.REFLINK:
                     return self._reflink(index, op, kept, victim_file)
-                self._same_owner(op, kept, victim_file)
+                self._may_act(op, keep, victim, kept, victim_file)
                 kept = self._lease(kept, keep, "kept file")
                 victim_file = self._lease(victim_file, victim, "victim")
                 if op.action is Action.MOVE:
@@ -272,13 +274,19 @@ class Actor:
             raise _Skip(f"{role} {entry.path!r} changed while being opened: {problem}")
         return _Opened(fd, st, False)
 
-    def _same_owner(self, op: Operation, kept: _Opened, victim: _Opened) -> None:
-        if self.across_owners or owner(kept.st) == owner(victim.st):
+    def _may_act(
+        self, op: Operation, keep: _Place, victim: _Place, kept: _Opened, victim_file: _Opened
+    ) -> None:
+        """Refuse what would change who can read or write a path, or lose the only copy."""
+        if op.action in (Action.DELETE, Action.SYMLINK):
+            problem = self.access.one_file_possible(kept.fd, victim_file.fd)
+            if problem:
+                raise _Skip(f"{victim.path!r}: {problem}")
+        if self.across_owners:
             return
-        raise _Skip(
-            f"{op.victim.path!r} ({owner(victim.st)}) differs in owner, group or mode from the "
-            f"kept file ({owner(kept.st)}); --across-owners allows it"
-        )
+        problem = self.access.differs((keep.path, kept.fd), (victim.path, victim_file.fd))
+        if problem:
+            raise _Skip(f"{victim.path!r} {problem}; --across-owners allows it")
 
     def _lease(self, opened: _Opened, place: _Place, role: str) -> _Opened:
         """`opened`, leased where the system allows it."""
@@ -470,7 +478,9 @@ class Actor:
             raise _Skip(f"{path!r}: cannot compare the bytes: {describe_error(exc)}") from None
         if problem:
             raise _Skip(f"{path!r}: {problem}")
-        directory = self._target_dir(os.path.dirname(target), victim_file.st.st_dev)
+        directory = self._target_dir(
+            os.path.dirname(target), victim_file.st.st_dev, os.path.dirname(path)
+        )
         try:
             name = os.path.basename(target)
             self._start(index, op)
@@ -494,11 +504,13 @@ class Actor:
         finally:
             os.close(directory)
 
-    def _target_dir(self, directory: str, dev: int) -> int:
+    def _target_dir(self, directory: str, dev: int, source: str) -> int:
         """The move's destination directory, made where missing; no component a symlink.
 
         Walked from "/" a component at a time, so a symlink planted inside --to by another
-        user is refused rather than followed."""
+        user is refused rather than followed.  A directory made here mirrors the directory of
+        the copy's it stands for (`source` and its parents), with its owner and mode: a copy
+        moved out of a private directory stays private."""
         missing: list[str] = []
         probe = directory
         while True:
@@ -523,14 +535,17 @@ class Actor:
                     f"--to {directory!r} is on another filesystem than the victim; not copying"
                 )
             for name in reversed(missing):
-                # Made meanwhile by someone else: opened below without following a symlink,
-                # as any other component.
-                with contextlib.suppress(FileExistsError):
-                    self.sys.mkdir(at, name)
+                made = True
+                try:
+                    self.sys.mkdir(at, name)  # mode 700 until it is given its own
+                except FileExistsError:
+                    made = False  # made meanwhile: opened below without following a symlink
                 self.touched.add(probe)
                 below = self.sys.open_dir(at, name)
                 os.close(at)
                 at, probe = below, os.path.join(probe, name)
+                if made:
+                    _mirror(at, probe, directory, source)
         except OSError as exc:
             os.close(at)
             raise _Skip(
@@ -543,6 +558,13 @@ class Actor:
 
     def _reflink(self, index: int, op: Operation, kept: _Opened, victim: _Opened) -> OpResult:
         keep_fd, victim_fd, before = kept.fd, victim.fd, victim.st
+        # Not required (the kernel compares and shares under its own locks), but only a lease
+        # still intact afterwards tells that a changed mtime is the dedupe's, not a writer's.
+        try:
+            self.sys.lease(victim_fd)
+            leased = True
+        except OSError:
+            leased = False
         free_before = free_bytes(victim_fd)
         self._start(index, op)
         try:
@@ -556,8 +578,14 @@ class Actor:
                 return self._end(index, op, Outcome.FAILED, message, general=True)
             return self._end(index, op, Outcome.FAILED, f"reflink failed: {describe_error(exc)}")
         after = os.fstat(victim_fd)
-        if (after.st_atime_ns, after.st_mtime_ns) != (before.st_atime_ns, before.st_mtime_ns):
-            # Sharing blocks is not a change of content: the file keeps its timestamps.
+        unwritten = leased and lease_intact(victim_fd) and after.st_size == before.st_size
+        if unwritten and (after.st_atime_ns, after.st_mtime_ns) != (
+            before.st_atime_ns,
+            before.st_mtime_ns,
+        ):
+            # Sharing blocks is not a change of content: the file keeps its timestamps.  A
+            # write may have landed just after the dedupe, though, unless the lease says no:
+            # its mtime must stay, or backups and the next find would miss it.
             os.utime(victim_fd, ns=(before.st_atime_ns, before.st_mtime_ns))
         seen = self._remember(keep_fd, victim_fd)
         # Shared blocks leave st_blocks as it was: the filesystem's free space tells what was
@@ -667,6 +695,28 @@ class _Undo:
         if self.op.action is Action.SYMLINK:
             return stat.S_ISLNK(st.st_mode) and readlink_at(victim.at, name) == self.keep.path
         return False
+
+
+def _mirror(at: int, made: str, target: str, source: str) -> None:
+    """Give the directory `made` (open as `at`, on the way to `target`) the owner and mode of
+    the directory of the copy's path it stands for: as deep below `source` as `made` is below
+    `target`, and of the same name.  Without one it stays mode 700."""
+    depth = target[len(made) :].count("/")
+    for _ in range(depth):
+        source = os.path.dirname(source)
+    try:
+        st = os.lstat(source)
+    except OSError:
+        return
+    if os.path.basename(source) != os.path.basename(made) or not stat.S_ISDIR(st.st_mode):
+        return
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=at)
+    try:
+        with contextlib.suppress(PermissionError):  # only root gives a file away
+            os.fchown(fd, st.st_uid, st.st_gid)
+        os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    finally:
+        os.close(fd)
 
 
 ASIDE_PREFIX = ".dedup-"

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import IO, Annotated, Any, NoReturn, ParamSpec
+from typing import IO, Annotated, Any, ParamSpec
 
 import typer
 
@@ -28,8 +28,8 @@ from dedup_engine.cli_common import (
     EXIT_DUPLICATES,
     EXIT_FAILED,
     EXIT_ISSUES,
-    EXIT_OUTPUT,
     OutputError,
+    fail_output,
     fail_usage,
     output_to,
     parse_size,
@@ -231,7 +231,7 @@ def find(
             raise OptionsError("-0/--null is for --format fdupes only")
         _check_output(output)
         if (output is None or str(output) == "-") and not stdout_usable():
-            _fail_output("cannot write the report: stdout is closed")
+            fail_output("cannot write the report: stdout is closed")
         show_progress = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
         with _progress(show_progress) as callback, _no_gc():
             result = find_duplicates(roots, options, progress=callback)
@@ -245,7 +245,7 @@ def find(
         with reader_may_leave(), output_to(None if output is None else str(output)) as out:
             left_out = _write(result, options, output_format, out, null)
     except OutputError as exc:
-        _fail_output(str(exc))
+        fail_output(str(exc))
     if left_out:
         typer.echo(
             f"dedup: warning: {left_out} paths holding a newline are left out of the fdupes "
@@ -303,11 +303,6 @@ def _write(
     else:
         write_text(result, out)
     return 0
-
-
-def _fail_output(message: str) -> NoReturn:
-    typer.echo(f"dedup: error: {message}", err=True)
-    raise typer.Exit(EXIT_OUTPUT)
 
 
 @contextlib.contextmanager

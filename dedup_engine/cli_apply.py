@@ -25,11 +25,25 @@ from dedup_engine.cli_common import (
     EXIT_FAILED,
     EXIT_ISSUES,
     EXIT_OK,
+    EXIT_OUTPUT,
+    OutputError,
+    fail_output,
     fail_usage,
+    output_to,
     reader_may_leave,
+    stdout_usable,
 )
 from dedup_engine.journal import JournalError, default_path
-from dedup_engine.plan import Action, Keep, LeftAlone, Policy, Skipped, make_plan, matches
+from dedup_engine.plan import (
+    Action,
+    Keep,
+    LeftAlone,
+    Plan,
+    Policy,
+    Skipped,
+    make_plan,
+    matches,
+)
 from dedup_engine.planfmt import write_json, write_script, write_text
 from dedup_engine.report import human_size, printable
 from dedup_engine.reportread import Report, ReportError, read_json
@@ -55,8 +69,12 @@ def apply(
         typer.Option(help="delete, hardlink, symlink, reflink or move (with --to)."),
     ] = None,
     to: Annotated[
-        Path | None,
-        typer.Option("--to", help="For move: the directory; paths below their root are kept."),
+        str | None,
+        typer.Option(
+            "--to",
+            help="For move: the directory (no symlink on its way); paths below their root are "
+            "kept.",
+        ),
     ] = None,
     keep: Annotated[Keep, typer.Option(help="Which copy is kept.")] = Keep.FIRST_ROOT,
     keep_path: Annotated[
@@ -86,7 +104,10 @@ def apply(
     ] = "text",
     script: Annotated[
         Path | None,
-        typer.Option(help="Write a reviewable sh script of the operations instead of acting."),
+        typer.Option(
+            help="Write a reviewable sh script of the operations instead of acting (a new file, "
+            "mode 700)."
+        ),
     ] = None,
     no_verify: Annotated[
         bool,
@@ -149,27 +170,26 @@ def apply(
     plan = make_plan(source.groups, source.roots, policy)
 
     if dry_run:
-        with reader_may_leave():
-            if output_format == "json":
-                text = io.TextIOWrapper(sys.stdout.buffer, encoding="ascii", newline="\n")
-                write_json(plan, action, text)
-                text.flush()
-                text.detach()
-            else:
-                write_text(plan, sys.stdout.buffer)
-            sys.stdout.buffer.flush()
+        try:
+            with reader_may_leave(), output_to(None) as out:
+                if output_format == "json":
+                    text = io.TextIOWrapper(out, encoding="ascii", newline="\n")
+                    write_json(plan, action, text)
+                    text.flush()
+                    text.detach()
+                else:
+                    write_text(plan, out)
+        except OutputError as exc:
+            fail_output(str(exc))
         raise typer.Exit(EXIT_OK)
     if script is not None:
-        try:
-            with script.open("wb") as out:
-                write_script(plan, action, report, out)
-        except OSError as exc:
-            fail_usage(f"--script {str(script)!r}: {exc.strerror}")
-        script.chmod(0o755)
+        _write_script(str(script), plan, action, report)
         if not quiet:
             typer.echo(f"{len(plan.operations)} operations written to {script}", err=True)
         raise typer.Exit(EXIT_OK)
 
+    if not stdout_usable():
+        fail_output("cannot write the results: stdout is closed; nothing was touched")
     path = str(journal_path) if journal_path is not None else default_path()
     header = {"tool": "dedup-engine", "version": __version__, "pid": os.getpid()}
     try:
@@ -204,7 +224,7 @@ def _finish(
     summary: ApplySummary, total: int, action: Action, form: str, quiet: bool, journal: str
 ) -> int:
     """Print the run's results; its exit code."""
-    _print_results(summary, action, form, quiet)
+    written = _print_results(summary, action, form, quiet)
     if summary.interrupted:
         left = total - len(summary.results)
         typer.echo(
@@ -216,6 +236,9 @@ def _finish(
     if summary.count(Outcome.ROLLBACK_FAILED):
         typer.echo(f"dedup: once the cause is fixed: dedup apply --resume {journal}", err=True)
         return EXIT_FAILED
+    if not written:
+        typer.echo(f"dedup: the journal holds every outcome: {journal}", err=True)
+        return EXIT_OUTPUT
     return EXIT_OK if summary.clean else EXIT_ISSUES
 
 
@@ -261,10 +284,42 @@ def _progress(enabled: bool, total: int) -> Iterator[ProgressCallback | None]:
         yield lambda done, _: bar.update(task, completed=done)
 
 
-def _move_target(to: Path) -> str:
-    if to.exists() and not to.is_dir():
-        fail_usage(f"--to {str(to)!r} is not a directory")
-    return os.path.realpath(to)
+def _move_target(to: str) -> str:
+    """--to as an absolute path, its symlinks not resolved: a symlink on the way (one planted
+    by another user in a shared directory) is refused here and again when acting."""
+    if not to:
+        fail_usage("--to is empty (an unset variable?): give the directory")
+    path = os.path.abspath(to)
+    probe = path
+    while True:
+        if os.path.islink(probe):
+            fail_usage(f"--to {to!r}: {probe!r} is a symlink; give a path without symlinks")
+        if probe == os.path.dirname(probe):
+            break
+        probe = os.path.dirname(probe)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        fail_usage(f"--to {to!r} is not a directory")
+    return path
+
+
+def _write_script(path: str, plan: Plan, action: Action, report: str) -> None:
+    """A new file, never through a symlink nor over an existing file (someone else's could
+    be changed between the review and `sh FILE`), readable by its owner only (it lists every
+    path of the plan)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o700)
+    except FileExistsError:
+        fail_usage(f"--script {path!r} exists: give a new file name")
+    except OSError as exc:
+        fail_usage(f"--script {path!r}: {exc.strerror}")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write_script(plan, action, report, out)
+            os.fchmod(out.fileno(), 0o700)  # the umask may have taken the owner's x bit
+    except OSError as exc:
+        os.unlink(path)
+        fail_output(f"cannot write the script {path!r}: {exc.strerror}")
 
 
 def _read_report(name: str) -> tuple[bytes, Report]:
@@ -284,10 +339,42 @@ def _read_report(name: str) -> tuple[bytes, Report]:
         fail_usage(f"report {name!r}: {exc}")
 
 
-def _print_results(summary: ApplySummary, action: Action, form: str, quiet: bool) -> None:
-    if form == "json":
-        with reader_may_leave():
-            _write_json_results(summary, action, sys.stdout)
+def _print_results(summary: ApplySummary, action: Action, form: str, quiet: bool) -> bool:
+    """Problems on stderr, the results on stdout; False if stdout could not be written."""
+    _print_problems(summary, form, quiet)
+    counts = ", ".join(
+        f"{summary.count(o)} {word}"
+        for o, word in (
+            (Outcome.DONE, "done"),
+            (Outcome.KEPT, "kept instead (EMLINK)"),
+            (Outcome.SKIPPED, "skipped"),
+            (Outcome.FAILED, "failed"),
+            (Outcome.ROLLBACK_FAILED, "ROLLBACK FAILED"),
+        )
+        if summary.count(o) or o in (Outcome.DONE, Outcome.SKIPPED, Outcome.FAILED)
+    )
+    line = (
+        f"{action.value}: {counts}"
+        + f"; {human_size(summary.reclaimed)} reclaimed (measured by {summary.measured_by})"
+        + (f"; {_groups(summary.left_alone)} groups left alone" if summary.left_alone else "")
+    )
+    try:
+        with reader_may_leave(), output_to(None) as out:
+            if form == "json":
+                text = io.TextIOWrapper(out, encoding="ascii", newline="\n")
+                _write_json_results(summary, action, text)
+                text.detach()
+            else:
+                out.write(f"{line}\n".encode())
+    except OutputError as exc:
+        typer.echo(f"dedup: error: {exc}", err=True)
+        return False
+    if form == "json" and not quiet:
+        typer.echo(line, err=True)
+    return True
+
+
+def _print_problems(summary: ApplySummary, form: str, quiet: bool) -> None:
     for notice in summary.notices:
         if not quiet:
             typer.echo(f"dedup: note: {notice}", err=True)
@@ -305,27 +392,6 @@ def _print_results(summary: ApplySummary, action: Action, form: str, quiet: bool
     if not quiet:
         for line in _left_alone(summary.left_alone):
             typer.echo(line, err=True)
-    counts = ", ".join(
-        f"{summary.count(o)} {word}"
-        for o, word in (
-            (Outcome.DONE, "done"),
-            (Outcome.KEPT, "kept instead (EMLINK)"),
-            (Outcome.SKIPPED, "skipped"),
-            (Outcome.FAILED, "failed"),
-            (Outcome.ROLLBACK_FAILED, "ROLLBACK FAILED"),
-        )
-        if summary.count(o) or o in (Outcome.DONE, Outcome.SKIPPED, Outcome.FAILED)
-    )
-    line = (
-        f"{action.value}: {counts}"
-        + f"; {human_size(summary.reclaimed)} reclaimed (measured by {summary.measured_by})"
-        + (f"; {_groups(summary.left_alone)} groups left alone" if summary.left_alone else "")
-    )
-    if form == "text":
-        with reader_may_leave():
-            print(line)
-    elif not quiet:
-        typer.echo(line, err=True)
 
 
 _LEFT_ALONE = {

@@ -58,6 +58,12 @@ def reader_may_leave() -> Iterator[None]:
         os.close(devnull)
 
 
+def fail_output(message: str) -> NoReturn:
+    """An output that could not be written: one line, and its own exit code."""
+    typer.echo(f"dedup: error: {message}", err=True)
+    raise typer.Exit(EXIT_OUTPUT)
+
+
 class OutputError(Exception):
     """The report could not be written where asked; the message says where and why."""
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from blake3 import blake3
 
+from dedup_engine.access import Access
 from dedup_engine.act import OpResult, Outcome, Stamp
 from dedup_engine.apply import ApplySummary, Prior, ProgressCallback, apply_plan
 from dedup_engine.fsops import OPEN_READ, REAL, Syscalls
@@ -32,7 +33,6 @@ from dedup_engine.fsquery import (
     describe_error,
     lease_intact,
     lstat_at,
-    owner,
     readlink_at,
     same_bytes,
     same_file,
@@ -416,8 +416,12 @@ def _compare(item: Pending, a: int, b: int, sys: Syscalls, across_owners: bool) 
     sa, sb = os.fstat(a), os.fstat(b)
     if (sa.st_dev, sa.st_ino) != item.kept or (sb.st_dev, sb.st_ino) != item.victim:
         return "the kept file is another file now"
-    if not across_owners and owner(sa) != owner(sb):
-        return "its owner, group or mode differs from the kept file's"
+    access = Access()
+    problem = access.one_file_possible(a, b) if item.action is not Action.HARDLINK else None
+    if problem is None and not across_owners:
+        problem = access.differs((item.keep, a), (item.path, b))
+    if problem:
+        return problem
     leased = []
     for fd in (a, b):
         try:

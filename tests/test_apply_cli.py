@@ -323,7 +323,9 @@ def test_script_does_what_apply_does(tmp_path: Path, action: str) -> None:
     before = snapshot(tmp_path / "B")
     proc = dedup("apply", report, *args(tmp_path / "B"), "--script", script)
     assert proc.returncode == 0, proc.stderr
-    assert stat.S_IMODE(script.stat().st_mode) == 0o755
+    assert (
+        stat.S_IMODE(script.stat().st_mode) == 0o700
+    )  # the plan lists every path: its owner's alone
     assert snapshot(tmp_path / "B") == before  # writing the script changes nothing
     ran = run("sh", script)
     assert ran.returncode == 0, ran.stderr

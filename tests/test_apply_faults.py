@@ -24,6 +24,7 @@ from treebuilder import Tree, content
 from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.act import Outcome
 from dedup_engine.apply import ApplySummary, apply_plan
+from dedup_engine.fsops import fs_type
 from dedup_engine.journal import FileJournal
 from dedup_engine.plan import Action, Plan, Policy, make_plan
 from dedup_engine.resume import Settlement, resume
@@ -77,6 +78,13 @@ def test_any_call_failing_leaves_the_tree_as_it_was(
         result = summary.results[0]
         where = f"{action.value}: call {nth} ({name}) failing with {errno.errorcode[err]}"
         assert leftovers(tree.root) == [], where
+        if name == "lease" and action is Action.REFLINK:
+            # A reflink needs no lease (the kernel compares under its own locks): without one
+            # it only keeps the timestamps the dedupe may have changed.  Here, on ext4, the
+            # dedupe itself fails after it.
+            assert result.message == f"reflink not supported on {fs_type(tree.root)}", where
+            assert state(tree.root) == before, where
+            continue
         if name == "lease" and err == errno.EACCES:
             # No lease for this file (not ours, no CAP_LEASE): the operation goes on, checked
             # by size and mtime instead, and the run says so once.

@@ -17,12 +17,13 @@ import shutil
 import stat
 import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from faultsys import entry_of
+from faultsys import Faulty, entry_of
 from treebuilder import Tree, content, flip
 
 from dedup_engine import ScanOptions, find_duplicates
@@ -357,3 +358,30 @@ def test_a_file_larger_than_one_dedupe_call_is_shared_in_steps(
     assert calls == 13  # 12 whole steps of 256 KiB and the 5-byte tail
     assert shares_all_blocks(xtree.path("b/big"), xtree.path("a/big"))
     assert Path(xtree.path("b/big")).read_bytes() == data
+
+
+def test_a_write_just_after_the_dedupe_keeps_its_mtime(xtree: Tree) -> None:
+    """Regression: a write that landed right after FIDEDUPERANGE had its mtime put back, so
+    the file held new bytes under its old size and mtime, and backups and the next find took
+    it for unchanged.  A writer holding the file open means no lease, so no restoring."""
+    data = content(1 * MiB, "w")
+    keep, victim = xtree.file("a/x", data), xtree.file("b/x", data)
+    found = find_duplicates([xtree.root], ScanOptions(workers=0))
+    plan = make_plan(found.groups, found.roots, Policy(Action.REFLINK))
+    writer = os.open(victim, os.O_WRONLY)  # a program that holds it open
+    before = os.lstat(victim)
+
+    class WriteAfterDedupe(Faulty):
+        def dedupe(self, src_fd: int, dst_fd: int, length: int) -> None:
+            super().dedupe(src_fd, dst_fd, length)
+            time.sleep(0.01)  # past the coarse clock's tick, so the write moves the mtime
+            os.pwrite(writer, b"written after the dedupe", 0)
+
+    try:
+        summary = apply_plan(plan, sys=WriteAfterDedupe())
+    finally:
+        os.close(writer)
+    assert [r.outcome for r in summary.results] == [Outcome.DONE]
+    assert Path(victim).read_bytes().startswith(b"written after the dedupe")
+    assert os.lstat(victim).st_mtime_ns > before.st_mtime_ns  # the write shows
+    assert Path(keep).read_bytes() == data

@@ -1,0 +1,343 @@
+"""Regressions from a hostile review of `apply`: each attack that worked, now refused, with the
+state on disk after.
+
+An overlay shows one file under two devices; a name left absent while its link was made could be
+taken; a symlink planted at `--to` itself was resolved; a script could be written through a
+symlink and its `mv` sent into a directory made at its temporary name; directory permissions and
+ACLs were not part of "who can read this path"; moved copies landed in world-readable
+directories; `--resume` completed an operation without apply's checks, gave tracebacks, and
+waited forever on a FIFO; `--to ""` meant the current directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from faultsys import Crash, Faulty, entry_of, leftovers
+from treebuilder import Tree, content
+
+from dedup_engine import ScanOptions, find_duplicates
+from dedup_engine.act import Outcome
+from dedup_engine.apply import apply_plan
+from dedup_engine.journal import FileJournal
+from dedup_engine.plan import Action, Plan, Policy, make_plan
+from dedup_engine.resume import Settlement, resume
+
+pytestmark = pytest.mark.usefixtures("deadline")
+
+DEDUP = [sys.executable, "-m", "dedup_engine"]
+DATA = content(6000, "attack")
+
+
+def dedup(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[bytes]:
+    command = [*DEDUP, *map(str, args)]
+    return subprocess.run(command, capture_output=True, timeout=120, check=False)
+
+
+def plan_of(roots: list[str], action: Action, **policy: object) -> Plan:
+    found = find_duplicates(roots, ScanOptions(workers=0))
+    return make_plan(found.groups, found.roots, Policy(action, **policy))  # type: ignore[arg-type]
+
+
+def one_line(proc: subprocess.CompletedProcess[bytes]) -> bool:
+    return proc.stderr.count(b"\n") == 1 and b"Traceback" not in proc.stderr
+
+
+# -- one file under two devices ------------------------------------------------------------------
+
+
+@pytest.fixture
+def overlay(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount an overlay")
+    for name in ("lower", "upper", "work", "merged"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "lower" / "x").write_bytes(DATA)
+    options = (
+        f"lowerdir={tmp_path / 'lower'},upperdir={tmp_path / 'upper'},workdir={tmp_path / 'work'}"
+    )
+    mounted = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", options, str(tmp_path / "merged")],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount an overlay here: {mounted.stderr.decode().strip()}")
+    try:
+        yield tmp_path
+    finally:
+        subprocess.run(["umount", str(tmp_path / "merged")], check=False)
+
+
+@pytest.mark.parametrize("action", [Action.DELETE, Action.SYMLINK])
+def test_a_file_seen_through_an_overlay_is_not_deleted_as_its_own_copy(
+    overlay: Path, action: Action
+) -> None:
+    """Regression: the merged view shows the lower file under another st_dev; find groups it
+    with itself, and apply deleted "the copy", the only one."""
+    merged, lower = str(overlay / "merged"), str(overlay / "lower")
+    plan = plan_of([merged, lower], action)
+    assert [op.victim.path for op in plan.operations] == [os.path.join(lower, "x")]
+    result = apply_plan(plan).results[0]
+    assert result.outcome is Outcome.SKIPPED
+    assert "overlay can show one file on two" in result.message
+    assert (overlay / "lower" / "x").read_bytes() == DATA
+    assert not (overlay / "lower" / "x").is_symlink()
+
+
+# -- the copy's name is never absent while it is replaced ------------------------------------------
+
+
+@pytest.mark.parametrize("action", [Action.HARDLINK, Action.SYMLINK])
+def test_the_copys_name_is_never_absent_while_it_is_replaced(
+    tmp_path: Path, action: Action
+) -> None:
+    """Regression: between setting the copy aside and linking, its name was free, and another
+    user could make a file there (in a sticky shared directory) or a reader saw ENOENT."""
+    tree = Tree(tmp_path / "t")
+    tree.file("k", DATA)
+    victim = tree.file("v", DATA)
+    spy = Faulty()
+    absent: list[str] = []
+    spy.hook = lambda name, number: None if os.path.lexists(victim) else absent.append(name)
+    summary = apply_plan(plan_of([tree.root], action), sys=spy)
+    assert [r.outcome for r in summary.results] == [Outcome.DONE]
+    assert "exchange" in spy.calls and absent == []
+    assert Path(victim).read_bytes() == DATA and leftovers(tree.root) == []
+
+
+# -- --to is taken as given ----------------------------------------------------------------------
+
+
+def test_a_symlink_planted_at_to_itself_is_refused(tmp_path: Path) -> None:
+    """Regression: --to was resolved with realpath, so a symlink another user planted at that
+    name in a shared directory sent root's moves into a directory of the attacker's choice."""
+    tree = Tree(tmp_path / "data")
+    tree.file("k", DATA)
+    tree.file("evil.sh", DATA)
+    shared, target = tmp_path / "shared", tmp_path / "root-only"
+    shared.mkdir()
+    target.mkdir(mode=0o700)
+    os.symlink(target, shared / "dupes")
+    report = tmp_path / "report.json"
+    assert dedup("find", tree.root, "-f", "json", "-o", report, "-q").returncode == 0
+    proc = dedup("apply", report, "--action", "move", "--to", shared / "dupes")
+    assert proc.returncode == 2 and one_line(proc)
+    assert b"is a symlink" in proc.stderr
+    assert os.listdir(target) == [] and Path(tree.path("evil.sh")).exists()
+
+
+def test_an_empty_to_is_refused(tmp_path: Path) -> None:
+    tree = Tree(tmp_path / "data")
+    tree.file("k", DATA)
+    tree.file("v", DATA)
+    report = tmp_path / "report.json"
+    assert dedup("find", tree.root, "-f", "json", "-o", report, "-q").returncode == 0
+    proc = subprocess.run(
+        [*DEDUP, "apply", str(report), "--action", "move", "--to", ""],
+        cwd=tmp_path, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and one_line(proc) and b"--to is empty" in proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["data", "report.json"]
+
+
+def test_moved_copies_keep_their_directories_private(tmp_path: Path) -> None:
+    """Regression: the directories made under --to were 0777 less the umask, so a copy moved
+    out of a 0700 directory became readable by everyone."""
+    tree = Tree(tmp_path / "data")
+    tree.file("keep/private/k", DATA)  # as private as the copy: only that lets it be moved
+    tree.file("private/deeper/s", DATA)
+    for rel, mode in (("keep/private", 0o700), ("private", 0o700), ("private/deeper", 0o750)):
+        tree.p(rel).chmod(mode)
+    for rel in ("keep/private", "private"):
+        os.chown(tree.path(rel), 65534, 65534)
+    dest = tmp_path / "dest"
+    plan = plan_of([tree.root], Action.MOVE, move_to=str(dest))
+    assert apply_plan(plan).clean
+    made, deeper = os.lstat(dest / "private"), os.lstat(dest / "private" / "deeper")
+    assert (stat.S_IMODE(made.st_mode), made.st_uid, made.st_gid) == (0o700, 65534, 65534)
+    assert stat.S_IMODE(deeper.st_mode) == 0o750
+    assert (dest / "private" / "deeper" / "s").read_bytes() == DATA
+
+
+# -- scripts -------------------------------------------------------------------------------------
+
+
+def test_a_script_is_never_written_through_a_symlink_nor_over_a_file(tmp_path: Path) -> None:
+    """Regression: the script was opened with open("wb") and chmod 755: a symlink planted at
+    its name overwrote (and made executable) a file of root's, and a file another user owned
+    stayed theirs to edit between the review and `sh FILE`."""
+    tree = Tree(tmp_path / "t")
+    tree.file("k", DATA)
+    tree.file("v", DATA)
+    report = tmp_path / "report.json"
+    assert dedup("find", tree.root, "-f", "json", "-o", report, "-q").returncode == 0
+    precious = tmp_path / "precious"
+    precious.write_bytes(b"root's")
+    precious.chmod(0o600)
+    (tmp_path / "link.sh").symlink_to(precious)
+    (tmp_path / "theirs.sh").write_bytes(b"#!/bin/sh\n")
+    for name in ("link.sh", "theirs.sh"):
+        proc = dedup("apply", report, "--action", "delete", "--script", tmp_path / name)
+        assert proc.returncode == 2 and one_line(proc), proc.stderr
+    assert precious.read_bytes() == b"root's" and stat.S_IMODE(precious.stat().st_mode) == 0o600
+    assert (tmp_path / "theirs.sh").read_bytes() == b"#!/bin/sh\n"
+
+
+def test_a_script_does_not_move_a_copy_into_a_directory_made_at_its_temporary_name(
+    tmp_path: Path,
+) -> None:
+    """Regression: `mv -n V TMP` moved V into a directory another user made at TMP between
+    the review and the run, and the script still exited 0."""
+    tree = Tree(tmp_path / "t")
+    tree.file("k", DATA)
+    victim = tree.file("v", DATA)
+    report, script = tmp_path / "report.json", tmp_path / "plan.sh"
+    assert dedup("find", tree.root, "-f", "json", "-o", report, "-q").returncode == 0
+    for action in ("hardlink", "delete"):
+        script.unlink(missing_ok=True)
+        assert dedup("apply", report, "--action", action, "--script", script).returncode == 0
+        (temp,) = re.findall(r"'([^']*\.dedup-[0-9a-f]{8}\.tmp)'", script.read_text())
+        os.mkdir(temp)  # made by someone else just before the step runs
+        ran = subprocess.run(["sh", script], capture_output=True, timeout=60, check=False)
+        assert ran.returncode == 1, ran.stderr
+        assert Path(victim).read_bytes() == DATA and os.listdir(temp) == []
+        os.rmdir(temp)
+
+
+# -- who can read a path: directories and ACLs ---------------------------------------------------
+
+
+@pytest.mark.parametrize("action", [Action.HARDLINK, Action.SYMLINK, Action.DELETE])
+def test_a_copy_others_can_reach_is_not_given_up_for_one_in_a_private_directory(
+    public: Path, action: Action
+) -> None:
+    """Regression: equal owner and mode, but the kept file in a 0700 directory: a symlink
+    to it, or a delete of the public copy, took the public path away from other users; a
+    hard link let them write (0666) into the private copy."""
+    tree = Tree(public / "t")
+    keep = tree.file("a-private/f", DATA, mode=0o666)
+    victim = tree.file("b-public/f", DATA, mode=0o666)
+    tree.p("a-private").chmod(0o700)
+    before = entry_of(victim)
+    result = apply_plan(plan_of([tree.root], action)).results[0]
+    assert result.outcome is Outcome.SKIPPED
+    assert "reachable by other users than the kept file" in result.message
+    assert entry_of(victim) == before and not os.path.samefile(keep, victim)
+
+
+@pytest.fixture
+def public() -> Iterator[Path]:
+    """A directory everyone can reach (pytest's own are root's alone)."""
+    top = Path(tempfile.mkdtemp(prefix="dedup-public-"))
+    top.chmod(0o755)
+    try:
+        yield top
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _acl(path: str, uid: int, perm: int) -> None:
+    """A POSIX ACL giving `uid` `perm` (the xattr's binary form; setfacl may be missing)."""
+    mode = os.stat(path).st_mode
+    entries = [(0x01, (mode >> 6) & 7, 0xFFFFFFFF), (0x02, perm, uid),
+               (0x04, (mode >> 3) & 7, 0xFFFFFFFF), (0x10, perm | ((mode >> 3) & 7), 0xFFFFFFFF),
+               (0x20, mode & 7, 0xFFFFFFFF)]  # fmt: skip
+    data = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+    os.setxattr(path, "system.posix_acl_access", data)
+
+
+def test_a_copy_with_an_acl_is_not_given_up_for_one_without(tmp_path: Path) -> None:
+    """Regression: b/f let the user nobody read it through an ACL; hard-linked to a/f, it no
+    longer did."""
+    tree = Tree(tmp_path / "t")
+    keep = tree.file("a/f", DATA, mode=0o640)
+    victim = tree.file("b/f", DATA, mode=0o640)
+    try:
+        _acl(victim, 65534, 4)
+    except OSError as exc:
+        pytest.skip(f"cannot set an ACL here: {exc}")
+    plan = plan_of([tree.root], Action.HARDLINK)  # the ACL's mask leaves the mode as it was
+    assert len(plan.operations) == 1
+    result = apply_plan(plan).results[0]
+    assert result.outcome is Outcome.SKIPPED, result.message
+    assert "differs in ACL or security attributes" in result.message
+    assert not os.path.samefile(keep, victim)
+    assert os.getxattr(victim, "system.posix_acl_access")
+
+
+# -- resume checks as apply does -------------------------------------------------------------------
+
+
+def test_resume_does_not_complete_over_a_file_held_open_for_writing(tmp_path: Path) -> None:
+    """Regression: resume compared the bytes and deleted the set-aside copy, while a program
+    held it open for writing: that program's later writes went to a file with no name."""
+    tree = Tree(tmp_path / "t")
+    tree.file("k", DATA)
+    victim = tree.file("sub/v", DATA)
+    plan = plan_of([tree.root], Action.HARDLINK)
+    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
+    swapped = Faulty(_first_call(tmp_path, "exchange"), crash="after")  # not yet committed
+    with pytest.raises(Crash):
+        apply_plan(plan, sys=swapped, journal=journal)
+    journal.close()
+    (temp,) = leftovers(tree.root)
+    writer = os.open(temp, os.O_WRONLY)  # holds the copy, under its temporary name
+    try:
+        settled = resume(journal.path).settled
+        os.pwrite(writer, b"LATE", 0)
+    finally:
+        os.close(writer)
+    assert [s.settlement for s in settled] == [Settlement.PUT_BACK]
+    assert "open for writing by another process" in settled[0].message
+    assert Path(victim).read_bytes() == b"LATE" + DATA[4:]
+    assert leftovers(tree.root) == []
+
+
+def _first_call(tmp_path: Path, name: str) -> int:
+    probe = Tree(tmp_path / f"probe-{name}")
+    probe.file("k", DATA)
+    probe.file("sub/v", DATA)
+    spy = Faulty()
+    apply_plan(plan_of([probe.root], Action.HARDLINK), sys=spy)
+    return spy.calls.index(name) + 1
+
+
+def test_resume_of_a_move_whose_directory_is_gone_needs_you_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    tree = Tree(tmp_path / "t")
+    tree.file("k", DATA)
+    tree.file("sub/v", DATA)
+    dest = tmp_path / "dest"
+    plan = plan_of([tree.root], Action.MOVE, move_to=str(dest))
+    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
+    op = plan.operations[0]
+    journal.begin(0, op, None)
+    journal.start(0, op.keep)
+    journal.close()
+    shutil.rmtree(tree.path("sub"))
+    dest.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", dest / "sub")
+    proc = dedup("apply", "--resume", journal.path)
+    assert b"Traceback" not in proc.stderr
+    assert b"NEEDS YOU" in proc.stderr and b"is a symlink" in proc.stderr
+
+
+def test_resume_of_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    """Regression: the journal was opened without O_NONBLOCK: a FIFO hung the command, with
+    Ctrl-C deferred."""
+    fifo = tmp_path / "journal.jsonl"
+    os.mkfifo(fifo, 0o600)
+    proc = dedup("apply", "--resume", fifo)
+    assert proc.returncode == 2 and one_line(proc) and b"not a regular file" in proc.stderr

@@ -612,3 +612,51 @@ def test_reflink_not_supported_is_said_once_per_filesystem(tmp_path: Path) -> No
     assert proc.returncode == 1
     lines = [ln for ln in proc.stderr.decode().splitlines() if "not supported" in ln]
     assert len(lines) == 1 and lines[0].endswith("(3 files)"), proc.stderr
+
+
+# -- 10. outputs that cannot be written ---------------------------------------------------------
+
+
+def _to_full(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[bytes]:
+    with open("/dev/full", "wb") as full:
+        return subprocess.run(
+            [*DEDUP, *map(str, args)], stdout=full, stderr=subprocess.PIPE, timeout=60, check=False
+        )
+
+
+def test_a_dry_run_that_cannot_be_written_is_exit_5(tmp_path: Path) -> None:
+    tree, _, _ = pair(tmp_path, content(5000, "o"))
+    report = tmp_path / "report.json"
+    assert dedup("find", tree.root, "-f", "json", "-o", report, "-q").returncode == 0
+    for form in ("text", "json"):
+        proc = _to_full("apply", report, "--action", "delete", "--dry-run", "-f", form)
+        assert proc.returncode == 5, proc.stderr
+        assert proc.stderr.count(b"\n") == 1 and b"Traceback" not in proc.stderr
+
+
+def test_results_that_cannot_be_written_are_exit_5_and_the_journal_has_them(
+    tmp_path: Path,
+) -> None:
+    tree, _, _ = pair(tmp_path, content(5000, "o"))
+    report, journal = tmp_path / "report.json", tmp_path / "j.jsonl"
+    assert dedup("find", tree.root, "-f", "json", "-o", report, "-q").returncode == 0
+    proc = _to_full("apply", report, "--action", "hardlink", "--journal", journal)
+    assert proc.returncode == 5, proc.stderr
+    assert (
+        b"Traceback" not in proc.stderr
+        and f"journal holds every outcome: {journal}".encode() in (proc.stderr)
+    )
+    assert os.path.samefile(tree.path("k"), tree.path("sub/victim"))  # done, and journaled
+    assert json.loads(journal.read_text().splitlines()[-1])["state"] == "done"
+
+
+def test_a_closed_stdout_is_refused_before_anything_is_touched(tmp_path: Path) -> None:
+    tree, _, _ = pair(tmp_path, content(5000, "o"))
+    report = tmp_path / "report.json"
+    assert dedup("find", tree.root, "-f", "json", "-o", report, "-q").returncode == 0
+    proc = subprocess.run(
+        f'{sys.executable} -m dedup_engine apply "{report}" --action delete >&-',
+        shell=True, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 5 and b"stdout is closed; nothing was touched" in proc.stderr
+    assert Path(tree.path("sub/victim")).exists()

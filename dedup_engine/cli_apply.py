@@ -54,7 +54,8 @@ EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
 APPLY_EXIT_HELP = (
     "Exit codes: 0 every planned operation done (or printed); 1 some were skipped or failed, "
     "and were rolled back; 2 usage error or an invalid report or journal (nothing was "
-    "touched); 4 a rollback failed: a file is under a temporary name, named on stderr; 130 "
+    "touched); 4 a rollback failed: a file is under a temporary name, named on stderr; 5 the "
+    "dry run, script or results could not be written (the journal has the outcomes); 130 "
     "interrupted (Ctrl-C, SIGTERM) between operations, nothing half done: --resume finishes."
 )
 

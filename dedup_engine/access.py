@@ -7,9 +7,15 @@ the kept copy; so `apply` acts on two files only where that changes nothing for 
   open files, since a report can be hand-made);
 - POSIX ACLs and security attributes (`system.posix_acl_access`, `security.*`: file
   capabilities, SELinux and SMACK labels) are equal;
-- the same users can reach both paths through their directories: search permission on every
-  directory on the way, for the file's owner, its group and others (by the permission bits;
-  ACLs on directories are not read).
+- the same users can reach both paths through their directories.  The directories are the ones
+  the operation works in: walked up from their open descriptors (`..`), never looked up again by
+  name, so a directory swapped for another under its name cannot answer for it.  Users are
+  judged as Linux judges them, owner class first, then group, then others, for the file's owner,
+  the members of its group and of every directory's group on the way, and everyone else (by the
+  permission bits; ACLs on directories are not read).
+- a move lands in directories no more reachable than the copy's own, owned by root or by the
+  file's owner (directories it makes are mode 700: the kept copy stays where its users reach
+  it, so the moved one need be reachable by no one new).
 
 `--across-owners` waives these.  One rule it does not waive: a delete or symlink across two
 filesystems only between filesystems whose files are their own.  An overlay's merged view shows
@@ -20,6 +26,7 @@ delete the only one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 
@@ -37,21 +44,70 @@ OWN_FILES = frozenset(
 #: The extended attributes that decide who may do what with a file.
 _ACL = "system.posix_acl_access"
 _SECURITY = "security."
+_PARENT = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
-#: (can reach as the file's owner, as its group, as anyone else)
-Reach = tuple[bool, bool, bool]
+#: (uid, gid, mode) of each directory from a file's own up to "/".
+Chain = list[tuple[int, int, int]]
+#: Who: ("owner", uid), ("group", gid) for its members, or ("other", 0).
+Principal = tuple[str, int]
+
+
+def chain(directory: int) -> Chain:
+    """The directories from `directory` (an open descriptor) up to the root, by `..`."""
+    out: Chain = []
+    fd = os.dup(directory)
+    try:
+        while True:
+            st = os.fstat(fd)
+            out.append((st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)))
+            parent = os.open("..", _PARENT, dir_fd=fd)
+            up = os.fstat(parent)
+            os.close(fd)
+            fd = parent
+            if (up.st_dev, up.st_ino) == (st.st_dev, st.st_ino):  # "/" is its own parent
+                return out
+    finally:
+        os.close(fd)
+
+
+def reach(path_chain: Chain, principals: set[Principal], gid: int) -> dict[Principal, bool]:
+    """Whether each principal can search every directory of the chain, with Linux's order:
+    the owner's bits for the directory's owner, the group's for its group, else the others'.
+    The file's owner counts as a member of the file's group (`gid`)."""
+    out = {}
+    for who in principals:
+        kind, ident = who
+        ok = True
+        for duid, dgid, dmode in path_chain:
+            if kind == "owner" and duid == ident:
+                bit = stat.S_IXUSR
+            elif (kind == "group" and dgid == ident) or (kind == "owner" and dgid == gid):
+                bit = stat.S_IXGRP
+            else:
+                bit = stat.S_IXOTH
+            ok = ok and bool(dmode & bit)
+        out[who] = ok
+    return out
+
+
+def principals(st: os.stat_result, *chains: Chain) -> set[Principal]:
+    """Everyone whose access could differ between the chains: the file's owner, its group,
+    every directory's group, and the rest."""
+    found: set[Principal] = {("owner", st.st_uid), ("group", st.st_gid), ("other", 0)}
+    for each in chains:
+        found.update(("group", gid) for _, gid, _ in each)
+    return found
 
 
 class Access:
-    """The checks, with what they learn about directories and filesystems kept for the run."""
+    """The checks, with the filesystem types they learn kept for the run."""
 
     def __init__(self) -> None:
-        self._dirs: dict[str, tuple[int, int, int]] = {}
         self._fs: dict[int, str] = {}
 
-    def differs(self, kept: tuple[str, int], victim: tuple[str, int]) -> str | None:
-        """Why the copy (path, open descriptor) may not give way to the kept file, or None."""
-        (kept_path, kept_fd), (victim_path, victim_fd) = kept, victim
+    def differs(self, kept: tuple[int, int], victim: tuple[int, int]) -> str | None:
+        """Why the copy ((directory, file) descriptors) may not give way to the kept file."""
+        (kept_dir, kept_fd), (victim_dir, victim_fd) = kept, victim
         kst, vst = os.fstat(kept_fd), os.fstat(victim_fd)
         if owner(kst) != owner(vst):
             return (
@@ -59,11 +115,26 @@ class Access:
             )
         if _security(kept_fd) != _security(victim_fd):
             return "differs in ACL or security attributes (capabilities, labels) from the kept file"
-        if self._reach(kept_path, kst) != self._reach(victim_path, vst):
+        kchain, vchain = chain(kept_dir), chain(victim_dir)
+        who = principals(kst, kchain, vchain)
+        if reach(kchain, who, kst.st_gid) != reach(vchain, who, vst.st_gid):
             return (
                 "is reachable by other users than the kept file (the permissions of the "
                 "directories on the way differ)"
             )
+        return None
+
+    def exposes(self, target_dir: int, victim_dir: int, victim_fd: int) -> str | None:
+        """Why moving the copy into `target_dir` would let someone new reach it, or None."""
+        vst = os.fstat(victim_fd)
+        tchain, vchain = chain(target_dir), chain(victim_dir)
+        strangers = [o for o, _, _ in tchain if o not in (0, vst.st_uid)]
+        if strangers:
+            return f"a directory of the destination belongs to another user (uid {strangers[0]})"
+        who = principals(vst, tchain, vchain)
+        before, after = reach(vchain, who, vst.st_gid), reach(tchain, who, vst.st_gid)
+        if any(after[w] and not before[w] for w in who):
+            return "the destination is reachable by users who cannot reach the copy now"
         return None
 
     def one_file_possible(self, kept_fd: int, victim_fd: int) -> str | None:
@@ -81,38 +152,9 @@ class Access:
                 )
         return None
 
-    def _reach(self, path: str, st: os.stat_result) -> Reach:
-        as_owner = as_group = as_other = True
-        directory = os.path.dirname(path)
-        while True:
-            duid, dgid, dmode = self._dir(directory)
-            other = bool(dmode & stat.S_IXOTH)
-            group = other or (dgid == st.st_gid and bool(dmode & stat.S_IXGRP))
-            as_other &= other
-            as_group &= group
-            as_owner &= group or (duid == st.st_uid and bool(dmode & stat.S_IXUSR))
-            parent = os.path.dirname(directory)
-            if parent == directory:
-                return as_owner, as_group, as_other
-            directory = parent
-
-    def _dir(self, directory: str) -> tuple[int, int, int]:
-        known = self._dirs.get(directory)
-        if known is None:
-            try:
-                st = os.lstat(directory)
-                known = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
-                if not stat.S_ISDIR(st.st_mode):
-                    known = (-1, -1, 0)  # reached by no one (acting refuses such a path anyway)
-            except OSError:
-                known = (-1, -1, 0)
-            self._dirs[directory] = known
-        return known
-
 
 def _security(fd: int) -> dict[str, bytes]:
-    try:
+    with contextlib.suppress(OSError):  # a filesystem without extended attributes
         names = [n for n in os.listxattr(fd) if n == _ACL or n.startswith(_SECURITY)]
         return {name: os.getxattr(fd, name) for name in names}
-    except OSError:  # a filesystem without extended attributes
-        return {}
+    return {}

@@ -284,7 +284,7 @@ class Actor:
                 raise _Skip(f"{victim.path!r}: {problem}")
         if self.across_owners:
             return
-        problem = self.access.differs((keep.path, kept.fd), (victim.path, victim_file.fd))
+        problem = self.access.differs((keep.at, kept.fd), (victim.at, victim_file.fd))
         if problem:
             raise _Skip(f"{victim.path!r} {problem}; --across-owners allows it")
 
@@ -318,13 +318,14 @@ class Actor:
             "kernel; a file held open for writing is not seen until it is written"
         )
 
-    def _written(self, *files: tuple[str, _Opened]) -> str | None:
-        """Why a file may have been written since it was opened, or None."""
+    def _written(self, *files: tuple[str, _Opened], ok: tuple[str, ...] = ()) -> str | None:
+        """Why a file may have been written since it was opened, or None.  A broken lease of
+        a role in `ok` is no reason: its opener waits for us and has written nothing."""
         for role, opened in files:
-            if opened.leased and not lease_intact(opened.fd):
-                return f"the {role} was opened for writing by another process (lease broken)"
             if content_stamp(opened.fd) != (opened.st.st_size, opened.st.st_mtime_ns):
                 return f"the {role} was written to during the operation"
+            if opened.leased and not lease_intact(opened.fd) and role not in ok:
+                return f"the {role} was opened for writing by another process (lease broken)"
         return None
 
     def _compare(self, kept: _Opened, victim: _Opened, size: int) -> str | None:
@@ -366,30 +367,27 @@ class Actor:
         undo = _Undo(self, index, op, keep, victim, kept, victim_file, os.path.basename(aside))
         self._start(index, op)
         try:
-            if op.action is Action.DELETE or not self._exchange(undo):
-                undo.step = "set the copy aside"
-                self.sys.rename_noreplace(victim.at, victim.name, victim.at, undo.temp)
-                undo.aside = True
+            swapped = op.action is not Action.DELETE and self._swap_in(undo)
+            if not swapped:
+                problem = self._set_aside(undo)
+                if problem:
+                    return undo.back(problem)
             self.touched.add(os.path.dirname(path))
-            if not same_file(lstat_at(victim.at, undo.temp), before):
-                return undo.back("the set-aside name is not the victim")
-            undo.step = "compare the bytes"
-            problem = self._compare(kept, victim_file, op.victim.size)
-            if problem:
-                return undo.back(problem)
-            if op.action is not Action.DELETE:
-                if undo.aside:
-                    undo.step = "link" if op.action is Action.HARDLINK else "symlink"
-                    self._make(op, keep, victim.at, victim.name)
-                    undo.created = True
-                if not self._holds_kept(op, victim.at, victim.name, keep, kept):
-                    return undo.back(f"{path!r} is not the kept file after linking")
+            if op.action is not Action.DELETE and not self._holds_kept(
+                op, victim.at, victim.name, keep, kept
+            ):
+                return undo.back(f"{path!r} is not the kept file after linking")
             # The last moment before a name goes for good: the kept copy must still be there,
-            # and neither file written to since it was opened.
+            # and neither file written to since it was opened.  Once the copy's name holds the
+            # kept file, a program opening that name for writing gets the kept file, and waits
+            # in open() on our lease: it has written nothing yet, and finishing is what makes
+            # its write land where it will look for it (undoing would leave it in the kept file
+            # and the copy back under its name).
             undo.step = "check the kept file"
             if not same_file(lstat_at(keep.at, keep.name), kept.st):
                 return undo.back(f"kept file {keep.path!r} changed")
-            problem = self._written(("kept file", kept), ("victim", victim_file))
+            opened_ok = ("kept file",) if op.action is not Action.DELETE else ()
+            problem = self._written(("kept file", kept), ("victim", victim_file), ok=opened_ok)
             if problem:
                 return undo.back(problem)
             undo.step = "remove the set-aside name"
@@ -410,19 +408,50 @@ class Actor:
         seen = self._remember(kept.fd, victim_file.fd)
         return self._end(index, op, Outcome.DONE, "", reclaimed, seen)
 
-    def _exchange(self, undo: _Undo) -> bool:
-        """Put the link in the copy's place in one step: made under the temporary name, then
-        swapped with the copy (RENAME_EXCHANGE), so the name is never absent and no one can
-        take it meanwhile.  False where the filesystem cannot swap: the caller then sets the
-        copy aside and links after (the name is absent for that moment, as the run says)."""
-        victim, dev = undo.victim, undo.victim_file.st.st_dev
+    def _set_aside(self, undo: _Undo) -> str | None:
+        """Rename the copy to the temporary name, compare it there, and (hardlink, symlink)
+        make the link at its name: why not to go on, or None."""
+        victim, op = undo.victim, undo.op
+        undo.step = "set the copy aside"
+        self.sys.rename_noreplace(victim.at, victim.name, victim.at, undo.temp)
+        undo.aside = True
+        if not same_file(lstat_at(victim.at, undo.temp), undo.victim_file.st):
+            return "the set-aside name is not the victim"
+        undo.step = "compare the bytes"
+        problem = self._compare(undo.kept, undo.victim_file, op.victim.size)
+        if problem or op.action is Action.DELETE:
+            return problem
+        undo.step = "link" if op.action is Action.HARDLINK else "symlink"
+        self._make(op, undo.keep, victim.at, victim.name)
+        undo.created = True
+        return None
+
+    def _swap_in(self, undo: _Undo) -> bool:
+        """Compare, then put the link in the copy's place in one step: made under the temporary
+        name and swapped with the copy (RENAME_EXCHANGE), so the name is never absent and no one
+        can take it meanwhile.  The comparison comes first: once the name holds the kept file,
+        a writer opening it gets the kept file, and undoing would misplace its write.  False
+        where the filesystem cannot swap: the caller sets the copy aside and links after."""
+        victim, op, dev = undo.victim, undo.op, undo.victim_file.st.st_dev
         if dev in self._no_exchange:
             return False
-        undo.step = "link" if undo.op.action is Action.HARDLINK else "symlink"
-        self._make(undo.op, undo.keep, victim.at, undo.temp)
+        undo.step = "compare the bytes"
+        problem = self._compare(undo.kept, undo.victim_file, op.victim.size)
+        if problem:
+            raise _Changed(problem)
+        # Nothing of ours has touched either file yet, so any change of ctime since they were
+        # opened is someone else's: a write whose mtime was put back shows there.
+        for role, opened in (("kept file", undo.kept), ("victim", undo.victim_file)):
+            if os.fstat(opened.fd).st_ctime_ns != opened.st.st_ctime_ns:
+                raise _Changed(f"the {role} changed while it was compared (ctime)")
+        undo.step = "link" if op.action is Action.HARDLINK else "symlink"
+        self._make(op, undo.keep, victim.at, undo.temp)
         undo.made = True
-        if not self._holds_kept(undo.op, victim.at, undo.temp, undo.keep, undo.kept):
+        if not self._holds_kept(op, victim.at, undo.temp, undo.keep, undo.kept):
             raise _Changed(f"kept file {undo.keep.path!r} is not the kept file when linked")
+        problem = self._written(("kept file", undo.kept), ("victim", undo.victim_file))
+        if problem or os.fstat(undo.victim_file.fd).st_ctime_ns != undo.victim_file.st.st_ctime_ns:
+            raise _Changed(problem or "the victim changed while it was compared (ctime)")
         undo.step = "swap the link in"
         try:
             self.sys.exchange(victim.at, victim.name, victim.at, undo.temp)
@@ -439,6 +468,8 @@ class Actor:
             )
             return False
         undo.made, undo.swapped = False, True
+        if not same_file(lstat_at(victim.at, undo.temp), undo.victim_file.st):
+            raise _Changed("the copy's name held another file than the victim when swapped")
         return True
 
     def _make(self, op: Operation, keep: _Place, at: int, name: str) -> None:
@@ -478,10 +509,12 @@ class Actor:
             raise _Skip(f"{path!r}: cannot compare the bytes: {describe_error(exc)}") from None
         if problem:
             raise _Skip(f"{path!r}: {problem}")
-        directory = self._target_dir(
-            os.path.dirname(target), victim_file.st.st_dev, os.path.dirname(path)
-        )
+        directory = self._target_dir(os.path.dirname(target), victim_file.st.st_dev)
         try:
+            if not self.across_owners:
+                problem = self.access.exposes(directory, victim.at, victim_file.fd)
+                if problem:
+                    raise _Skip(f"{path!r}: {problem}; --across-owners allows it")
             name = os.path.basename(target)
             self._start(index, op)
             try:
@@ -504,13 +537,12 @@ class Actor:
         finally:
             os.close(directory)
 
-    def _target_dir(self, directory: str, dev: int, source: str) -> int:
-        """The move's destination directory, made where missing; no component a symlink.
+    def _target_dir(self, directory: str, dev: int) -> int:
+        """The move's destination directory, made where missing (mode 700); no component a
+        symlink.
 
         Walked from "/" a component at a time, so a symlink planted inside --to by another
-        user is refused rather than followed.  A directory made here mirrors the directory of
-        the copy's it stands for (`source` and its parents), with its owner and mode: a copy
-        moved out of a private directory stays private."""
+        user is refused rather than followed."""
         missing: list[str] = []
         probe = directory
         while True:
@@ -535,17 +567,14 @@ class Actor:
                     f"--to {directory!r} is on another filesystem than the victim; not copying"
                 )
             for name in reversed(missing):
-                made = True
-                try:
-                    self.sys.mkdir(at, name)  # mode 700 until it is given its own
-                except FileExistsError:
-                    made = False  # made meanwhile: opened below without following a symlink
+                # Made meanwhile by someone else: opened below without following a symlink,
+                # and judged with the rest of the destination.
+                with contextlib.suppress(FileExistsError):
+                    self.sys.mkdir(at, name)
                 self.touched.add(probe)
                 below = self.sys.open_dir(at, name)
                 os.close(at)
                 at, probe = below, os.path.join(probe, name)
-                if made:
-                    _mirror(at, probe, directory, source)
         except OSError as exc:
             os.close(at)
             raise _Skip(
@@ -654,8 +683,11 @@ class _Undo:
                 sys.exchange(victim.at, victim.name, victim.at, self.temp)
                 self.swapped, self.made = False, True
             if self.made:
-                if self._ours(self.temp):
-                    sys.unlink(victim.at, self.temp)
+                # Our own random name: whatever our link made there goes (a link to what the
+                # kept path held then, even a symlink), unless it is the copy itself.
+                if not same_file(lstat_at(victim.at, self.temp), self.victim_file.st):
+                    with contextlib.suppress(FileNotFoundError):
+                        sys.unlink(victim.at, self.temp)
                 self.made = False
             if self.aside:
                 if self.created or lstat_at(victim.at, victim.name) is not None:
@@ -695,28 +727,6 @@ class _Undo:
         if self.op.action is Action.SYMLINK:
             return stat.S_ISLNK(st.st_mode) and readlink_at(victim.at, name) == self.keep.path
         return False
-
-
-def _mirror(at: int, made: str, target: str, source: str) -> None:
-    """Give the directory `made` (open as `at`, on the way to `target`) the owner and mode of
-    the directory of the copy's path it stands for: as deep below `source` as `made` is below
-    `target`, and of the same name.  Without one it stays mode 700."""
-    depth = target[len(made) :].count("/")
-    for _ in range(depth):
-        source = os.path.dirname(source)
-    try:
-        st = os.lstat(source)
-    except OSError:
-        return
-    if os.path.basename(source) != os.path.basename(made) or not stat.S_ISDIR(st.st_mode):
-        return
-    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=at)
-    try:
-        with contextlib.suppress(PermissionError):  # only root gives a file away
-            os.fchown(fd, st.st_uid, st.st_gid)
-        os.fchmod(fd, stat.S_IMODE(st.st_mode))
-    finally:
-        os.close(fd)
 
 
 ASIDE_PREFIX = ".dedup-"

@@ -172,7 +172,7 @@ def apply(
 
     if dry_run:
         try:
-            with reader_may_leave(), output_to(None) as out:
+            with reader_may_leave(), output_to(None, "the dry run") as out:
                 if output_format == "json":
                     text = io.TextIOWrapper(out, encoding="ascii", newline="\n")
                     write_json(plan, action, text)
@@ -360,7 +360,7 @@ def _print_results(summary: ApplySummary, action: Action, form: str, quiet: bool
         + (f"; {_groups(summary.left_alone)} groups left alone" if summary.left_alone else "")
     )
     try:
-        with reader_may_leave(), output_to(None) as out:
+        with reader_may_leave(), output_to(None, "the results") as out:
             if form == "json":
                 text = io.TextIOWrapper(out, encoding="ascii", newline="\n")
                 _write_json_results(summary, action, text)
@@ -382,14 +382,14 @@ def _print_problems(summary: ApplySummary, form: str, quiet: bool) -> None:
     general: dict[tuple[Outcome, str], int] = {}
     for result in summary.results:
         if result.outcome is Outcome.ROLLBACK_FAILED:
-            typer.echo(f"dedup: {printable(result.message)}", err=True)
+            typer.echo(f"dedup: {result.message}", err=True)
         elif result.general:
             key = (result.outcome, result.message)
             general[key] = general.get(key, 0) + 1
         elif result.outcome is not Outcome.DONE and not (quiet and form == "json"):
             typer.echo(f"{result.outcome.value}: {_describe(result)}", err=True)
     for (outcome, message), count in general.items():
-        typer.echo(f"{outcome.value}: {printable(message)} ({count} files)", err=True)
+        typer.echo(f"{outcome.value}: {message} ({count} files)", err=True)
     if not quiet:
         for line in _left_alone(summary.left_alone):
             typer.echo(line, err=True)
@@ -417,7 +417,8 @@ def _left_alone(skipped: tuple[Skipped, ...]) -> list[str]:
 
 
 def _describe(result: OpResult) -> str:
-    return f"{printable(result.op.victim.path)}: {printable(result.message)}"
+    # Messages name paths with repr(), escaped already: printable() would escape them twice.
+    return f"{printable(result.op.victim.path)}: {result.message}"
 
 
 def _write_json_results(summary: ApplySummary, action: Action, out: IO[str]) -> None:
@@ -448,6 +449,8 @@ def _write_json_results(summary: ApplySummary, action: Action, out: IO[str]) -> 
 
 
 def _resume(path: str, form: str, quiet: bool) -> int:
+    if not stdout_usable():
+        fail_output("cannot write the results: stdout is closed; nothing was touched")
     try:
         with _deferred() as stop:
             done = resume(path, should_stop=stop)
@@ -456,8 +459,12 @@ def _resume(path: str, form: str, quiet: bool) -> int:
     broken = _print_settled(done, quiet)
     line = f"resume: {len(done.settled)} interrupted operations settled, {broken} need you"
     if form == "text":
-        with reader_may_leave():
-            print(line)
+        try:
+            with reader_may_leave(), output_to(None, "the results") as out:
+                out.write(f"{line}\n".encode())
+        except OutputError as exc:
+            typer.echo(f"dedup: error: {exc}; the journal holds every outcome: {path}", err=True)
+            return EXIT_OUTPUT
     elif not quiet:
         typer.echo(line, err=True)
     if done.summary is None or done.plan is None:
@@ -472,7 +479,7 @@ def _print_settled(done: Resumed, quiet: bool) -> int:
     for item in done.settled:
         if item.settlement is Settlement.NEEDS_YOU:
             broken += 1
-            typer.echo(f"dedup: NEEDS YOU: {printable(item.message)}", err=True)
+            typer.echo(f"dedup: NEEDS YOU: {item.message}", err=True)
         elif not quiet:
-            typer.echo(f"{item.settlement.value}: {printable(item.message)}", err=True)
+            typer.echo(f"{item.settlement.value}: {item.message}", err=True)
     return broken

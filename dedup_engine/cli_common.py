@@ -84,7 +84,7 @@ def stdout_usable() -> bool:
 
 
 @contextlib.contextmanager
-def output_to(path: str | None) -> Iterator[IO[bytes]]:
+def output_to(path: str | None, what: str = "the report") -> Iterator[IO[bytes]]:
     """Where a report goes: stdout (`None` or "-"), or the file at `path`.
 
     A regular file, or a new one, is written under a temporary name in its directory, fsync'd,
@@ -96,7 +96,7 @@ def output_to(path: str | None) -> Iterator[IO[bytes]]:
     """
     if path is None or path == "-":
         if not stdout_usable():
-            raise OutputError("cannot write the report: stdout is closed")
+            raise OutputError(f"cannot write {what}: stdout is closed")
         assert sys.stdout is not None
         try:
             yield sys.stdout.buffer
@@ -104,7 +104,7 @@ def output_to(path: str | None) -> Iterator[IO[bytes]]:
         except BrokenPipeError:
             raise
         except OSError as exc:
-            raise OutputError(f"cannot write the report to stdout: {exc.strerror}") from None
+            raise OutputError(f"cannot write {what} to stdout: {exc.strerror}") from None
         return
     target = os.path.realpath(path)
     try:
@@ -112,7 +112,7 @@ def output_to(path: str | None) -> Iterator[IO[bytes]]:
     except FileNotFoundError:
         st = None
     except OSError as exc:
-        raise OutputError(f"cannot write the report to {path!r}: {exc.strerror}") from None
+        raise OutputError(f"cannot write {what} to {path!r}: {exc.strerror}") from None
     try:
         if st is not None and not stat.S_ISREG(st.st_mode):
             with open(target, "wb") as out:
@@ -123,7 +123,7 @@ def output_to(path: str | None) -> Iterator[IO[bytes]]:
     except BrokenPipeError:
         raise
     except OSError as exc:
-        raise OutputError(f"cannot write the report to {path!r}: {exc.strerror}") from None
+        raise OutputError(f"cannot write {what} to {path!r}: {exc.strerror}") from None
 
 
 @contextlib.contextmanager

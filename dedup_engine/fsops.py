@@ -163,7 +163,7 @@ class RealSyscalls:
         os.unlink(name, dir_fd=at)
 
     def mkdir(self, at: int, name: str) -> None:
-        os.mkdir(name, 0o700, dir_fd=at)  # private until the caller gives it its own mode
+        os.mkdir(name, 0o700, dir_fd=at)  # a moved copy need be reachable by no one new
 
     def dedupe(self, src_fd: int, dst_fd: int, length: int) -> None:
         """Share `length` bytes of src with dst if they are equal; `ContentDiffers` if not."""

@@ -295,6 +295,16 @@ def _settle_move(item: Pending, sys: Syscalls) -> Settled:
     at_path, at_target = _lstat_path(item.path, sys), _lstat_path(item.target, sys)
     if _is(at_target, item.victim) and at_path is None:
         return _done(item, Settlement.COMPLETED, f"{item.path!r} had been moved to {item.target!r}")
+    if _is(at_target, item.victim) and _is(at_path, item.victim):
+        # Where a filesystem has no RENAME_NOREPLACE a move is a link, then an unlink: stopped
+        # between the two, the file has both names, and the old one goes.
+        directory = sys.open_dir(None, os.path.dirname(item.path))
+        try:
+            sys.unlink(directory, os.path.basename(item.path))
+        finally:
+            os.close(directory)
+        why = f"{item.path!r} had been linked to {item.target!r}; its old name removed"
+        return _done(item, Settlement.COMPLETED, why)
     if _is(at_path, item.victim):
         return _done(item, Settlement.UNTOUCHED, f"{item.path!r} had not been moved")
     # A move leaves no temporary name: with the file at neither place, someone moved or
@@ -390,36 +400,44 @@ def _still_duplicate(
     item: Pending, directory: int, temp: str, sys: Syscalls, across_owners: bool
 ) -> str | None:
     """Why the set-aside copy may not go (None: it may), checked as `apply` checks: the right
-    files, of one owner and mode, neither open for writing elsewhere (read leases), the same
-    bytes, and neither written while they were compared."""
+    files, with equal access (owner, mode, ACLs, the directories on the way), neither open for
+    writing elsewhere (read leases), the same bytes, and neither written while compared."""
     try:
         keep_dir = sys.open_dir(None, os.path.dirname(item.keep))
-        try:
-            a = sys.open(keep_dir, os.path.basename(item.keep), OPEN_READ)
-        finally:
-            os.close(keep_dir)
     except OSError as exc:
-        return f"the kept file cannot be opened: {describe_error(exc)}"
+        return f"the kept file cannot be reached: {describe_error(exc)}"
     try:
-        b = sys.open(directory, temp, OPEN_READ)
+        a = sys.open(keep_dir, os.path.basename(item.keep), OPEN_READ)
         try:
-            return _compare(item, a, b, sys, across_owners)
+            b = sys.open(directory, temp, OPEN_READ)
+            try:
+                return _compare(item, (keep_dir, a), (directory, b), sys, across_owners)
+            finally:
+                os.close(b)
         finally:
-            os.close(b)
+            os.close(a)
     except OSError as exc:
         return f"cannot compare: {describe_error(exc)}"
     finally:
-        os.close(a)
+        os.close(keep_dir)
 
 
-def _compare(item: Pending, a: int, b: int, sys: Syscalls, across_owners: bool) -> str | None:
+def _compare(
+    item: Pending,
+    kept: tuple[int, int],
+    victim: tuple[int, int],
+    sys: Syscalls,
+    across_owners: bool,
+) -> str | None:
+    """The checks of `_still_duplicate` on the open files ((directory, file) descriptors)."""
+    a, b = kept[1], victim[1]
     sa, sb = os.fstat(a), os.fstat(b)
     if (sa.st_dev, sa.st_ino) != item.kept or (sb.st_dev, sb.st_ino) != item.victim:
         return "the kept file is another file now"
     access = Access()
     problem = access.one_file_possible(a, b) if item.action is not Action.HARDLINK else None
     if problem is None and not across_owners:
-        problem = access.differs((item.keep, a), (item.path, b))
+        problem = access.differs(kept, victim)
     if problem:
         return problem
     leased = []

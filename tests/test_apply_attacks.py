@@ -150,23 +150,48 @@ def test_an_empty_to_is_refused(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["data", "report.json"]
 
 
-def test_moved_copies_keep_their_directories_private(tmp_path: Path) -> None:
+def test_moved_copies_go_to_private_directories(tmp_path: Path) -> None:
     """Regression: the directories made under --to were 0777 less the umask, so a copy moved
-    out of a 0700 directory became readable by everyone."""
+    out of a 0700 directory became readable by everyone.  They are 700 now: the kept copy
+    stays where its users reach it."""
     tree = Tree(tmp_path / "data")
     tree.file("keep/private/k", DATA)  # as private as the copy: only that lets it be moved
     tree.file("private/deeper/s", DATA)
-    for rel, mode in (("keep/private", 0o700), ("private", 0o700), ("private/deeper", 0o750)):
-        tree.p(rel).chmod(mode)
     for rel in ("keep/private", "private"):
-        os.chown(tree.path(rel), 65534, 65534)
+        tree.p(rel).chmod(0o700)
     dest = tmp_path / "dest"
     plan = plan_of([tree.root], Action.MOVE, move_to=str(dest))
     assert apply_plan(plan).clean
-    made, deeper = os.lstat(dest / "private"), os.lstat(dest / "private" / "deeper")
-    assert (stat.S_IMODE(made.st_mode), made.st_uid, made.st_gid) == (0o700, 65534, 65534)
-    assert stat.S_IMODE(deeper.st_mode) == 0o750
+    for made in (dest, dest / "private", dest / "private" / "deeper"):
+        assert stat.S_IMODE(os.lstat(made).st_mode) == 0o700
     assert (dest / "private" / "deeper" / "s").read_bytes() == DATA
+
+
+@pytest.mark.parametrize("case", ["public --to", "another user's --to"])
+def test_a_move_into_a_more_open_or_foreign_destination_is_refused(public: Path, case: str) -> None:
+    """Regression: a copy from a private directory moved into an existing public --to (or
+    one another user made in a shared directory) became readable, and theirs to take."""
+    tree = Tree(public / "data")
+    tree.file("keep/private/k", DATA)
+    tree.file("private/s", DATA)
+    for rel in ("keep/private", "private"):
+        tree.p(rel).chmod(0o700)
+    dest = public / "dest"
+    dest.mkdir(mode=0o755)
+    dest.chmod(0o755)
+    if case == "another user's --to":
+        dest.chmod(0o777)
+        os.chown(dest, 65534, 65534)
+    (dest / "private").mkdir()  # already there, public
+    (dest / "private").chmod(0o755)
+    plan = plan_of([tree.root], Action.MOVE, move_to=str(dest), keep_paths=("*/keep/*",))
+    assert [op.victim.path for op in plan.operations] == [tree.path("private/s")]
+    result = apply_plan(plan).results[0]
+    assert result.outcome is Outcome.SKIPPED, result.message
+    expected = "belongs to another user" if "another" in case else "reachable by users who"
+    assert expected in result.message
+    assert Path(tree.path("private/s")).read_bytes() == DATA
+    assert os.listdir(dest / "private") == []
 
 
 # -- scripts -------------------------------------------------------------------------------------
@@ -341,3 +366,149 @@ def test_resume_of_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
     os.mkfifo(fifo, 0o600)
     proc = dedup("apply", "--resume", fifo)
     assert proc.returncode == 2 and one_line(proc) and b"not a regular file" in proc.stderr
+
+
+# -- second round ---------------------------------------------------------------------------------
+
+
+def test_directory_permissions_are_read_from_the_directories_acted_in(public: Path) -> None:
+    """Regression: the directories on the way were looked up again by name, and cached: a user
+    who could swap a public decoy in under the private directory's name passed the check, and
+    then wrote into root's private file through the public copy's new hard link."""
+    tree = Tree(public / "t")
+    keep = tree.file("a-private/f", DATA, mode=0o666)
+    victim = tree.file("b-public/f", DATA, mode=0o666)
+    tree.p("a-private").chmod(0o700)
+    spy = Faulty()
+
+    def decoy(name: str, number: int) -> None:
+        if name == "open" and spy.calls.count("open") == 2:  # both directories are open
+            os.rename(tree.path("a-private"), tree.path("a-private-real"))
+            os.mkdir(tree.path("a-private"), 0o755)
+
+    spy.hook = decoy
+    result = apply_plan(plan_of([tree.root], Action.HARDLINK), sys=spy).results[0]
+    assert result.outcome is Outcome.SKIPPED, result.message
+    assert "reachable by other users than the kept file" in result.message
+    assert not os.path.samefile(tree.path("a-private-real/f"), victim)
+    assert Path(keep).parent.name == "a-private" and os.listdir(tree.path("a-private")) == []
+
+
+def test_a_directory_group_gets_the_group_bits_not_the_others(public: Path) -> None:
+    """Regression: a 0705 directory of group staff was taken as open to all, as Linux does not
+    take it: a member of staff gets the group bits (none).  A symlink into it took the public
+    copy away from them."""
+    tree = Tree(public / "t")
+    tree.file("nostaff/r", DATA)
+    victim = tree.file("pub/r", DATA)
+    tree.p("nostaff").chmod(0o705)
+    os.chown(tree.path("nostaff"), 0, 50)
+    plan = plan_of([tree.root], Action.SYMLINK, keep_paths=("*/nostaff/*",))
+    assert [op.victim.path for op in plan.operations] == [victim]
+    result = apply_plan(plan).results[0]
+    assert result.outcome is Outcome.SKIPPED, result.message
+    assert "reachable by other users" in result.message
+    assert not os.path.islink(victim)
+
+
+def test_a_writer_opening_the_copys_name_once_the_link_is_in_gets_what_it_opened(
+    tmp_path: Path,
+) -> None:
+    """Regression: once the link was swapped in, a program opening the copy's name for writing
+    got the kept file, broke its lease, and the run undid itself: the write landed in the kept
+    file, and the copy came back under the name without it."""
+    tree = Tree(tmp_path / "t")
+    keep = tree.file("k", DATA)
+    victim = tree.file("v", DATA)
+    writers: list[subprocess.Popen[bytes]] = []
+
+    class OpenAfterSwap(Faulty):
+        def exchange(self, a_at: int, a: str, b_at: int, b: str) -> None:
+            super().exchange(a_at, a, b_at, b)
+            if writers:
+                return
+            code = (
+                "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY); os.pwrite(fd, b'NEW', 0)"
+            )
+            writers.append(subprocess.Popen([sys.executable, "-c", code, victim]))
+            while not _lease_breaking():
+                assert writers[0].poll() is None, "the writer got in without breaking the lease"
+
+    summary = apply_plan(plan_of([tree.root], Action.HARDLINK), sys=OpenAfterSwap())
+    assert writers[0].wait(timeout=30) == 0
+    assert [r.outcome for r in summary.results] == [Outcome.DONE], summary.results
+    assert os.path.samefile(keep, victim)
+    assert Path(victim).read_bytes() == b"NEW" + DATA[3:]  # where the writer will look for it
+    assert leftovers(tree.root) == []
+
+
+def _lease_breaking() -> bool:
+    for fd in os.listdir("/proc/self/fdinfo"):
+        try:
+            text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        if "LEASE" in text and "BREAKING" in text:
+            return True
+    return False
+
+
+def test_a_link_made_to_whatever_replaced_the_kept_file_is_removed(tmp_path: Path) -> None:
+    """Regression: the kept name swapped for a symlink just before the link was made left a
+    hard link to that symlink under the temporary name, unreported."""
+    tree = Tree(tmp_path / "t")
+    keep = tree.file("k", DATA)
+    tree.file("v", DATA)
+    spy = Faulty()
+
+    def swap(name: str, number: int) -> None:
+        if name == "link" and not os.path.islink(keep):
+            os.rename(keep, keep + ".moved")
+            os.symlink("/etc/hostname", keep)
+
+    spy.hook = swap
+    result = apply_plan(plan_of([tree.root], Action.HARDLINK), sys=spy).results[0]
+    assert result.outcome is Outcome.SKIPPED, result.message
+    assert leftovers(tree.root) == []
+    assert Path(tree.path("v")).read_bytes() == DATA
+
+
+def test_resume_to_a_full_or_closed_stdout_is_exit_5(tmp_path: Path) -> None:
+    tree = Tree(tmp_path / "t")
+    tree.file("k", DATA)
+    tree.file("v", DATA)
+    report, journal = tmp_path / "report.json", tmp_path / "j.jsonl"
+    assert dedup("find", tree.root, "-f", "json", "-o", report, "-q").returncode == 0
+    assert dedup("apply", report, "--action", "delete", "--journal", journal).returncode == 0
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run(
+            [*DEDUP, "apply", "--resume", str(journal)],
+            stdout=full, stderr=subprocess.PIPE, timeout=60, check=False,
+        )  # fmt: skip
+    assert proc.returncode == 5 and b"Traceback" not in proc.stderr
+    closed = subprocess.run(
+        f'{sys.executable} -m dedup_engine apply --resume "{journal}" >&-',
+        shell=True, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert closed.returncode == 5 and b"nothing was touched" in closed.stderr
+
+
+def test_resume_finishes_a_move_stopped_between_its_link_and_unlink(tmp_path: Path) -> None:
+    """Where renameat2 is missing a move is a link then an unlink; stopped between the two,
+    resume called it untouched, then failed on its own link for ever."""
+    tree = Tree(tmp_path / "t")
+    tree.file("k", DATA)
+    victim = tree.file("sub/v", DATA)
+    dest = tmp_path / "dest"
+    plan = plan_of([tree.root], Action.MOVE, move_to=str(dest))
+    (op,) = plan.operations
+    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
+    journal.begin(0, op, None)
+    journal.start(0, op.keep)
+    journal.close()
+    assert op.target is not None
+    os.makedirs(os.path.dirname(op.target))
+    os.link(victim, op.target)  # the link made, the unlink not
+    settled = resume(journal.path).settled
+    assert [s.settlement for s in settled] == [Settlement.COMPLETED]
+    assert not os.path.lexists(victim) and Path(op.target).read_bytes() == DATA

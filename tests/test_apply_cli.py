@@ -450,11 +450,17 @@ def test_exit_4_when_a_rollback_fails_and_resume_puts_the_file_back(
             raise OSError(errno.EIO, "injected", a)
         exchange(a_at, a, b_at, b)
 
-    def unreadable(fd: int, length: int, offset: int) -> bytes:
-        raise OSError(errno.EIO, "injected")
+    unlinks: list[str] = []
+    unlink = fsops.REAL.unlink
+
+    def unlink_fails_once(at: int, name: str) -> None:  # the first commit fails: undone
+        unlinks.append(name)
+        if len(unlinks) == 1:
+            raise OSError(errno.EIO, "injected", name)
+        unlink(at, name)
 
     monkeypatch.setattr(fsops.REAL, "exchange", exchange_once)
-    monkeypatch.setattr(fsops.REAL, "pread", unreadable)
+    monkeypatch.setattr(fsops.REAL, "unlink", unlink_fails_once)
     code, out, err = invoke("apply", report, "--action", "hardlink", "--journal", journal)
     monkeypatch.undo()
     assert code == 4, (out, err)

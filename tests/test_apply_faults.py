@@ -139,16 +139,22 @@ def test_a_failed_rollback_is_loud_and_resume_puts_the_file_back(
         assert loud, "no case made the rollback fail"
 
 
-def test_bytes_changed_after_the_rename_aside_are_caught(tmp_path: Path) -> None:
-    tree, plan, _ = make(tmp_path, "late", Action.HARDLINK)
+@pytest.mark.parametrize(
+    ("action", "when"), [(Action.HARDLINK, "link"), (Action.DELETE, "rename_noreplace")]
+)
+def test_bytes_changed_with_the_mtime_put_back_are_caught(
+    tmp_path: Path, action: Action, when: str
+) -> None:
+    """A change that keeps size and mtime: for hardlink (compared before the swap) made just
+    after the comparison, caught by the ctime; for delete (compared once set aside) made as
+    it is set aside, caught by the comparison."""
+    tree, plan, _ = make(tmp_path, f"late-{action.value}", action)
     victim = tree.path("sub/victim")
     # Without leases: this process's own write would wait for its own lease to break.
     spy = Faulty(no_lease=True)
 
     def change(name: str, number: int) -> None:
-        # Once, as the copy is set aside (or swapped out); the rollback swaps it back later.
-        if name in ("rename_noreplace", "exchange") and name not in spy.calls[: number - 1]:
-            # Same size, same mtime: only the bytes differ.
+        if name == when and name not in spy.calls[: number - 1]:  # the first such call only
             st = os.stat(victim)
             with open(victim, "r+b") as f:
                 f.seek(100)
@@ -159,8 +165,14 @@ def test_bytes_changed_after_the_rename_aside_are_caught(tmp_path: Path) -> None
     before = snapshot(tree.root)
     result = apply_plan(plan, sys=spy).results[0]
     assert result.outcome is Outcome.SKIPPED
-    assert "content differs" in result.message
+    expected = "the victim changed while it was compared (ctime)"
+    assert (
+        result.message == expected
+        if action is Action.HARDLINK
+        else "content differs" in (result.message)
+    )
     assert os.lstat(victim).st_ino != os.lstat(tree.path("k")).st_ino
+    assert Path(victim).read_bytes()[100:101] == b"X"  # the change kept, at its name
     assert snapshot(tree.root)[tree.path("k")] == before[tree.path("k")]
     assert leftovers(tree.root) == []
 
@@ -226,7 +238,7 @@ def test_a_write_after_the_comparison_is_caught_before_the_commit(
         # The comparison's last read (the end-of-file check): after the bytes were compared,
         # before the commit.
         if name == "pread" and spy.calls.count("pread") == 4:
-            target = tree.path("k") if written == "k" else leftovers(tree.root)[0]
+            target = tree.path(written)  # a hardlink compares the copy at its own name
             with open(target, "r+b") as f:
                 f.write(b"EDITED")
 

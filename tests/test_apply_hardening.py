@@ -113,8 +113,14 @@ def test_a_writer_opening_a_file_during_the_comparison_breaks_the_lease_and_the_
     def pause_in_the_comparison(name: str, number: int) -> None:
         if name != "pread" or writers:
             return
-        # The victim is under its temporary name while it is compared.
-        target = tree.path("k") if written == "k" else os.fsdecode(leftovers(tree.root)[0])
+        # A delete compares the copy under its temporary name, a hardlink at its own name
+        # (before the link is swapped in).
+        if written == "k":
+            target = tree.path("k")
+        elif action is Action.DELETE:
+            target = os.fsdecode(leftovers(tree.root)[0])
+        else:
+            target = tree.path("sub/victim")
         writers.append(subprocess.Popen([sys.executable, "-c", WRITER, target]))
         give_up = time.monotonic() + 30
         while not lease_breaking():  # the writer waits in open() for our lease to go
@@ -149,7 +155,12 @@ def test_without_leases_a_write_during_the_comparison_is_caught_and_kept(
 
     def write_in_the_comparison(name: str, number: int) -> None:
         if name == "pread" and spy.calls.count("pread") == 3:  # after the first chunk
-            target = tree.path("k") if written == "k" else os.fsdecode(leftovers(tree.root)[0])
+            if written == "k":
+                target = tree.path("k")
+            elif action is Action.DELETE:  # compared under its temporary name
+                target = os.fsdecode(leftovers(tree.root)[0])
+            else:  # compared at its own name, before the link is swapped in
+                target = tree.path("sub/victim")
             with open(target, "r+b") as f:
                 f.write(EDIT)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Iterator
 
 from dedup_engine.fsops import fs_type
 from dedup_engine.fsquery import owner
@@ -44,7 +45,6 @@ OWN_FILES = frozenset(
 #: The extended attributes that decide who may do what with a file.
 _ACL = "system.posix_acl_access"
 _SECURITY = "security."
-_PARENT = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 #: (uid, gid, mode) of each directory from a file's own up to "/".
 Chain = list[tuple[int, int, int]]
@@ -52,22 +52,45 @@ Chain = list[tuple[int, int, int]]
 Principal = tuple[str, int]
 
 
+def _up(directory: int) -> Iterator[tuple[tuple[int, int], tuple[int, int, int]]]:
+    """(dev, ino) and (uid, gid, mode) of `directory` (an open descriptor) and of each directory
+    above it, up to the root: "..", "../.." and so on, looked up from the descriptor, so they
+    are the directories above it now, whatever names lead to it."""
+    st = os.fstat(directory)
+    up = ".."
+    while True:
+        yield (st.st_dev, st.st_ino), (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+        above = os.stat(up, dir_fd=directory)
+        if (above.st_dev, above.st_ino) == (st.st_dev, st.st_ino):  # "/" is its own parent
+            return
+        st, up = above, up + "/.."
+
+
 def chain(directory: int) -> Chain:
-    """The directories from `directory` (an open descriptor) up to the root, by `..`."""
-    out: Chain = []
-    fd = os.dup(directory)
-    try:
-        while True:
-            st = os.fstat(fd)
-            out.append((st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)))
-            parent = os.open("..", _PARENT, dir_fd=fd)
-            up = os.fstat(parent)
-            os.close(fd)
-            fd = parent
-            if (up.st_dev, up.st_ino) == (st.st_dev, st.st_ino):  # "/" is its own parent
-                return out
-    finally:
-        os.close(fd)
+    """The directories from `directory` (an open descriptor) up to the root."""
+    return [perms for _, perms in _up(directory)]
+
+
+def own_parts(a: int, b: int) -> tuple[Chain, Chain]:
+    """The directories above `a` and above `b` below the first one they share: the part of
+    each path the other does not cross.  Walked in turns, so a deep common part is not."""
+    walks = (_up(a), _up(b))
+    own: tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]] = ([], [])
+    seen: tuple[dict[tuple[int, int], int], dict[tuple[int, int], int]] = ({}, {})
+    while True:
+        steps = [next(walk, None) for walk in walks]
+        if steps == [None, None]:  # no directory in common (not even "/"): all is their own
+            return own[0], own[1]
+        for side, step in enumerate(steps):
+            if step is None:
+                continue
+            key, perms = step
+            where = seen[1 - side].get(key)
+            if where is not None:  # the first directory above both
+                del own[1 - side][where:]
+                return own[0], own[1]
+            seen[side][key] = len(own[side])
+            own[side].append(perms)
 
 
 def reach(path_chain: Chain, principals: set[Principal], gid: int) -> dict[Principal, bool]:
@@ -115,9 +138,7 @@ class Access:
             )
         if _security(kept_fd) != _security(victim_fd):
             return "differs in ACL or security attributes (capabilities, labels) from the kept file"
-        kchain, vchain = chain(kept_dir), chain(victim_dir)
-        who = principals(kst, kchain, vchain)
-        if reach(kchain, who, kst.st_gid) != reach(vchain, who, vst.st_gid):
+        if not _same_reach(kept_dir, victim_dir, kst):
             return (
                 "is reachable by other users than the kept file (the permissions of the "
                 "directories on the way differ)"
@@ -127,10 +148,12 @@ class Access:
     def exposes(self, target_dir: int, victim_dir: int, victim_fd: int) -> str | None:
         """Why moving the copy into `target_dir` would let someone new reach it, or None."""
         vst = os.fstat(victim_fd)
-        tchain, vchain = chain(target_dir), chain(victim_dir)
-        strangers = [o for o, _, _ in tchain if o not in (0, vst.st_uid)]
+        tpart, _ = own_parts(target_dir, victim_dir)
+        # Above the first directory they share, a stranger's directory holds the copy already.
+        strangers = [o for o, _, _ in tpart if o not in (0, vst.st_uid)]
         if strangers:
             return f"a directory of the destination belongs to another user (uid {strangers[0]})"
+        tchain, vchain = chain(target_dir), chain(victim_dir)
         who = principals(vst, tchain, vchain)
         before, after = reach(vchain, who, vst.st_gid), reach(tchain, who, vst.st_gid)
         if any(after[w] and not before[w] for w in who):
@@ -151,6 +174,19 @@ class Access:
                     "(an overlay, FUSE or network view): it may be this very file"
                 )
         return None
+
+
+def _same_reach(a: int, b: int, st: os.stat_result) -> bool:
+    """Whether the same users can reach the directories `a` and `b` (descriptors).  The part
+    above the first directory they share is common to both, so the parts below it decide,
+    unless they differ: then a principal they part on may still be stopped above, for both."""
+    own_a, own_b = own_parts(a, b)
+    who = principals(st, own_a, own_b)
+    if reach(own_a, who, st.st_gid) == reach(own_b, who, st.st_gid):
+        return True
+    full_a, full_b = chain(a), chain(b)
+    who = principals(st, full_a, full_b)
+    return reach(full_a, who, st.st_gid) == reach(full_b, who, st.st_gid)
 
 
 def _security(fd: int) -> dict[str, bytes]:

@@ -512,3 +512,22 @@ def test_resume_finishes_a_move_stopped_between_its_link_and_unlink(tmp_path: Pa
     settled = resume(journal.path).settled
     assert [s.settlement for s in settled] == [Settlement.COMPLETED]
     assert not os.path.lexists(victim) and Path(op.target).read_bytes() == DATA
+
+
+def test_directories_above_both_paths_decide_reach_for_both(public: Path) -> None:
+    """Only the directories below the first one two paths share can make their reach differ;
+    where they do, a shared directory above that already stops everyone makes it moot."""
+    tree = Tree(public / "t")
+    for rel, mode in (("open/a", 0o755), ("open/b", 0o755), ("shut/a", 0o755), ("shut/b", 0o700)):
+        tree.file(f"{rel}/f", DATA)
+        tree.p(rel).chmod(mode)
+    tree.p("shut").chmod(0o700)
+    for parent, expected in (("open", Outcome.DONE), ("shut", Outcome.DONE)):
+        plan = plan_of([tree.path(f"{parent}/a"), tree.path(f"{parent}/b")], Action.HARDLINK)
+        assert [r.outcome for r in apply_plan(plan).results] == [expected], parent
+    tree.file("mixed/a/f", DATA)
+    tree.file("mixed/b/f", DATA)
+    tree.p("mixed/b").chmod(0o700)
+    plan = plan_of([tree.path("mixed/a"), tree.path("mixed/b")], Action.HARDLINK)
+    result = apply_plan(plan).results[0]
+    assert result.outcome is Outcome.SKIPPED and "reachable by other users" in result.message

@@ -174,10 +174,7 @@ def apply(
         try:
             with reader_may_leave(), output_to(None, "the dry run") as out:
                 if output_format == "json":
-                    text = io.TextIOWrapper(out, encoding="ascii", newline="\n")
-                    write_json(plan, action, text)
-                    text.flush()
-                    text.detach()
+                    _as_text(out, lambda text: write_json(plan, action, text))
                 else:
                     write_text(plan, out)
         except OutputError as exc:
@@ -362,9 +359,7 @@ def _print_results(summary: ApplySummary, action: Action, form: str, quiet: bool
     try:
         with reader_may_leave(), output_to(None, "the results") as out:
             if form == "json":
-                text = io.TextIOWrapper(out, encoding="ascii", newline="\n")
-                _write_json_results(summary, action, text)
-                text.detach()
+                _as_text(out, lambda text: _write_json_results(summary, action, text))
             else:
                 out.write(f"{line}\n".encode())
     except OutputError as exc:
@@ -373,6 +368,14 @@ def _print_results(summary: ApplySummary, action: Action, form: str, quiet: bool
     if form == "json" and not quiet:
         typer.echo(line, err=True)
     return True
+
+
+def _as_text(out: IO[bytes], write: Callable[[IO[str]], None]) -> None:
+    """Write JSON text (pure ASCII: odd names travel as escapes) to a byte stream."""
+    text = io.TextIOWrapper(out, encoding="ascii", newline="\n")
+    write(text)
+    text.flush()
+    text.detach()
 
 
 def _print_problems(summary: ApplySummary, form: str, quiet: bool) -> None:

@@ -128,6 +128,19 @@ def wait_past(ctime_ns: int, probe: Path) -> None:
         time.sleep(0.001)
 
 
+def lease_breaking() -> bool:
+    """Whether a read lease this process holds is being broken by a writer's open (which
+    waits in open() until the lease is let go)."""
+    for fd in os.listdir("/proc/self/fdinfo"):
+        try:
+            text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        if "LEASE" in text and "BREAKING" in text:
+            return True
+    return False
+
+
 def snapshot(root: str) -> dict[str, bytes]:
     """Every regular file below `root` (not through symlinks), path -> bytes."""
     files: dict[str, bytes] = {}

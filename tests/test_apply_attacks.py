@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faultsys import Crash, Faulty, entry_of, leftovers
+from faultsys import Crash, Faulty, entry_of, lease_breaking, leftovers
 from treebuilder import Tree, content
 
 from dedup_engine import ScanOptions, find_duplicates
@@ -431,7 +431,7 @@ def test_a_writer_opening_the_copys_name_once_the_link_is_in_gets_what_it_opened
                 "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY); os.pwrite(fd, b'NEW', 0)"
             )
             writers.append(subprocess.Popen([sys.executable, "-c", code, victim]))
-            while not _lease_breaking():
+            while not lease_breaking():
                 assert writers[0].poll() is None, "the writer got in without breaking the lease"
 
     summary = apply_plan(plan_of([tree.root], Action.HARDLINK), sys=OpenAfterSwap())
@@ -440,17 +440,6 @@ def test_a_writer_opening_the_copys_name_once_the_link_is_in_gets_what_it_opened
     assert os.path.samefile(keep, victim)
     assert Path(victim).read_bytes() == b"NEW" + DATA[3:]  # where the writer will look for it
     assert leftovers(tree.root) == []
-
-
-def _lease_breaking() -> bool:
-    for fd in os.listdir("/proc/self/fdinfo"):
-        try:
-            text = Path(f"/proc/self/fdinfo/{fd}").read_text()
-        except OSError:
-            continue
-        if "LEASE" in text and "BREAKING" in text:
-            return True
-    return False
 
 
 def test_a_link_made_to_whatever_replaced_the_kept_file_is_removed(tmp_path: Path) -> None:

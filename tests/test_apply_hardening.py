@@ -23,7 +23,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faultsys import Faulty, assert_nothing_lost, entry_of, leftovers, snapshot, wait_past
+from faultsys import (
+    Faulty,
+    assert_nothing_lost,
+    entry_of,
+    lease_breaking,
+    leftovers,
+    snapshot,
+    wait_past,
+)
 from treebuilder import Tree, content
 
 from dedup_engine import ScanOptions, __version__, find_duplicates
@@ -58,16 +66,14 @@ def pair(tmp_path: Path, data: bytes = DATA) -> tuple[Tree, Plan, Plan]:
     return tree, plans[0], plans[1]
 
 
-def lease_breaking() -> bool:
-    """Whether a read lease this process holds is being broken by a writer's open."""
-    for fd in os.listdir("/proc/self/fdinfo"):
-        try:
-            text = Path(f"/proc/self/fdinfo/{fd}").read_text()
-        except OSError:
-            continue
-        if "LEASE" in text and "BREAKING" in text:
-            return True
-    return False
+def compared(tree: Tree, written: str, action: Action) -> str:
+    """Where the file `written` is while it is compared: a delete compares the copy under its
+    temporary name, a hardlink at its own name (before the link is swapped in)."""
+    if written == "k":
+        return tree.path("k")
+    if action is Action.DELETE:
+        return os.fsdecode(leftovers(tree.root)[0])
+    return tree.path("sub/victim")
 
 
 WRITER = "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY); os.pwrite(fd, b'EDITED', 0)"
@@ -113,14 +119,7 @@ def test_a_writer_opening_a_file_during_the_comparison_breaks_the_lease_and_the_
     def pause_in_the_comparison(name: str, number: int) -> None:
         if name != "pread" or writers:
             return
-        # A delete compares the copy under its temporary name, a hardlink at its own name
-        # (before the link is swapped in).
-        if written == "k":
-            target = tree.path("k")
-        elif action is Action.DELETE:
-            target = os.fsdecode(leftovers(tree.root)[0])
-        else:
-            target = tree.path("sub/victim")
+        target = compared(tree, written, action)
         writers.append(subprocess.Popen([sys.executable, "-c", WRITER, target]))
         give_up = time.monotonic() + 30
         while not lease_breaking():  # the writer waits in open() for our lease to go
@@ -155,13 +154,7 @@ def test_without_leases_a_write_during_the_comparison_is_caught_and_kept(
 
     def write_in_the_comparison(name: str, number: int) -> None:
         if name == "pread" and spy.calls.count("pread") == 3:  # after the first chunk
-            if written == "k":
-                target = tree.path("k")
-            elif action is Action.DELETE:  # compared under its temporary name
-                target = os.fsdecode(leftovers(tree.root)[0])
-            else:  # compared at its own name, before the link is swapped in
-                target = tree.path("sub/victim")
-            with open(target, "r+b") as f:
+            with open(compared(tree, written, action), "r+b") as f:
                 f.write(EDIT)
 
     spy.hook = write_in_the_comparison

@@ -22,11 +22,10 @@ from typing import IO
 
 import pytest
 from blake3 import blake3
+from incli import invoke
 from treebuilder import Name, Tree, content
-from typer.testing import CliRunner
 
 from dedup_engine import fsops
-from dedup_engine.cli import app
 from dedup_engine.plan import Action, Policy, make_plan
 from dedup_engine.reportread import read_json
 
@@ -56,14 +55,6 @@ def run(*cmd: str | os.PathLike[str], stdin: IO[bytes] | None = None) -> Complet
 
 def dedup(*args: str | os.PathLike[str]) -> Completed:
     return run(*DEDUP, *args)
-
-
-def invoke(*args: str | os.PathLike[str]) -> tuple[int, bytes, bytes]:
-    """The command in process: (exit code, stdout bytes, stderr bytes)."""
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout_bytes, result.stderr_bytes
 
 
 def find_report(tmp_path: Path, *roots: str, name: str = "report.json") -> Path:

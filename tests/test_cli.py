@@ -16,13 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from incli import invoke
 from treebuilder import OsSpy, Tree, content, expect, groups_of, issues_of
-from typer.testing import CliRunner
 
 import dedup_engine.fullstage
 import dedup_engine.hashing
 from dedup_engine import ScanOptions, __version__, find_duplicates
-from dedup_engine.cli import app
 from dedup_engine.report import write_fdupes
 from dedup_engine.reportread import read_json
 
@@ -39,14 +38,6 @@ def dedup(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[byt
         timeout=60,
         check=False,
     )
-
-
-def invoke(*args: str) -> tuple[int, bytes, bytes]:
-    """The command in process: (exit code, stdout bytes, stderr bytes)."""
-    result = CliRunner().invoke(app, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout_bytes, result.stderr_bytes
 
 
 @pytest.fixture

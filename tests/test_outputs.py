@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from incli import invoke
 from treebuilder import Tree, content
-from typer.testing import CliRunner
 
 import dedup_engine.cli
 import dedup_engine.report
-from dedup_engine.cli import app
 from dedup_engine.cli_common import EXIT_OUTPUT
 from dedup_engine.report import printable
 
@@ -37,14 +36,6 @@ def dedup(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
         check=False,
         **kwargs,
     )
-
-
-def invoke(*args: str) -> tuple[int, bytes, bytes]:
-    """The command in process: (exit code, stdout bytes, stderr bytes)."""
-    result = CliRunner().invoke(app, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout_bytes, result.stderr_bytes
 
 
 @pytest.fixture

@@ -46,6 +46,8 @@ OWN_FILES = frozenset(
 _ACL = "system.posix_acl_access"
 _SECURITY = "security."
 
+#: Walking up by "../../..", a fresh descriptor is taken this far up, before PATH_MAX.
+_ANCHOR_AT = 3000
 #: (uid, gid, mode) of each directory from a file's own up to "/".
 Chain = list[tuple[int, int, int]]
 #: Who: ("owner", uid), ("group", gid) for its members, or ("other", 0).
@@ -56,14 +58,21 @@ def _up(directory: int) -> Iterator[tuple[tuple[int, int], tuple[int, int, int]]
     """(dev, ino) and (uid, gid, mode) of `directory` (an open descriptor) and of each directory
     above it, up to the root: "..", "../.." and so on, looked up from the descriptor, so they
     are the directories above it now, whatever names lead to it."""
-    st = os.fstat(directory)
-    up = ".."
-    while True:
-        yield (st.st_dev, st.st_ino), (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
-        above = os.stat(up, dir_fd=directory)
-        if (above.st_dev, above.st_ino) == (st.st_dev, st.st_ino):  # "/" is its own parent
-            return
-        st, up = above, up + "/.."
+    anchor = os.dup(directory)
+    try:
+        st, up = os.fstat(anchor), ".."
+        while True:
+            yield (st.st_dev, st.st_ino), (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+            if len(up) > _ANCHOR_AT:  # "../../.." would outgrow PATH_MAX: start again higher
+                higher = os.open(up[:-3], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=anchor)
+                os.close(anchor)
+                anchor, up = higher, ".."
+            above = os.stat(up, dir_fd=anchor)
+            if (above.st_dev, above.st_ino) == (st.st_dev, st.st_ino):  # "/" is its own parent
+                return
+            st, up = above, up + "/.."
+    finally:
+        os.close(anchor)
 
 
 def chain(directory: int) -> Chain:

@@ -278,13 +278,17 @@ class Actor:
         self, op: Operation, keep: _Place, victim: _Place, kept: _Opened, victim_file: _Opened
     ) -> None:
         """Refuse what would change who can read or write a path, or lose the only copy."""
-        if op.action in (Action.DELETE, Action.SYMLINK):
-            problem = self.access.one_file_possible(kept.fd, victim_file.fd)
-            if problem:
-                raise _Skip(f"{victim.path!r}: {problem}")
-        if self.across_owners:
-            return
-        problem = self.access.differs((keep.at, kept.fd), (victim.at, victim_file.fd))
+        try:
+            if op.action in (Action.DELETE, Action.SYMLINK):
+                problem = self.access.one_file_possible(kept.fd, victim_file.fd)
+                if problem:
+                    raise _Skip(f"{victim.path!r}: {problem}")
+            if self.across_owners:
+                return
+            problem = self.access.differs((keep.at, kept.fd), (victim.at, victim_file.fd))
+        except OSError as exc:
+            why = f"cannot tell who can reach it: {describe_error(exc)}"
+            raise _Skip(f"{victim.path!r}: {why}") from None
         if problem:
             raise _Skip(f"{victim.path!r} {problem}; --across-owners allows it")
 
@@ -367,11 +371,8 @@ class Actor:
         undo = _Undo(self, index, op, keep, victim, kept, victim_file, os.path.basename(aside))
         self._start(index, op)
         try:
-            swapped = op.action is not Action.DELETE and self._swap_in(undo)
-            if not swapped:
-                problem = self._set_aside(undo)
-                if problem:
-                    return undo.back(problem)
+            if op.action is Action.DELETE or not self._swap_in(undo):
+                self._set_aside(undo)
             self.touched.add(os.path.dirname(path))
             if op.action is not Action.DELETE and not self._holds_kept(
                 op, victim.at, victim.name, keep, kept
@@ -408,23 +409,23 @@ class Actor:
         seen = self._remember(kept.fd, victim_file.fd)
         return self._end(index, op, Outcome.DONE, "", reclaimed, seen)
 
-    def _set_aside(self, undo: _Undo) -> str | None:
+    def _set_aside(self, undo: _Undo) -> None:
         """Rename the copy to the temporary name, compare it there, and (hardlink, symlink)
-        make the link at its name: why not to go on, or None."""
+        make the link at its name; `_Changed` if it must not go on."""
         victim, op = undo.victim, undo.op
         undo.step = "set the copy aside"
         self.sys.rename_noreplace(victim.at, victim.name, victim.at, undo.temp)
         undo.aside = True
         if not same_file(lstat_at(victim.at, undo.temp), undo.victim_file.st):
-            return "the set-aside name is not the victim"
+            raise _Changed("the set-aside name is not the victim")
         undo.step = "compare the bytes"
         problem = self._compare(undo.kept, undo.victim_file, op.victim.size)
-        if problem or op.action is Action.DELETE:
-            return problem
-        undo.step = "link" if op.action is Action.HARDLINK else "symlink"
-        self._make(op, undo.keep, victim.at, victim.name)
-        undo.created = True
-        return None
+        if problem:
+            raise _Changed(problem)
+        if op.action is not Action.DELETE:
+            undo.step = "link" if op.action is Action.HARDLINK else "symlink"
+            self._make(op, undo.keep, victim.at, victim.name)
+            undo.created = True
 
     def _swap_in(self, undo: _Undo) -> bool:
         """Compare, then put the link in the copy's place in one step: made under the temporary
@@ -442,16 +443,16 @@ class Actor:
         # Nothing of ours has touched either file yet, so any change of ctime since they were
         # opened is someone else's: a write whose mtime was put back shows there.
         for role, opened in (("kept file", undo.kept), ("victim", undo.victim_file)):
-            if os.fstat(opened.fd).st_ctime_ns != opened.st.st_ctime_ns:
-                raise _Changed(f"the {role} changed while it was compared (ctime)")
+            _unchanged(role, opened)
         undo.step = "link" if op.action is Action.HARDLINK else "symlink"
         self._make(op, undo.keep, victim.at, undo.temp)
         undo.made = True
         if not self._holds_kept(op, victim.at, undo.temp, undo.keep, undo.kept):
             raise _Changed(f"kept file {undo.keep.path!r} is not the kept file when linked")
         problem = self._written(("kept file", undo.kept), ("victim", undo.victim_file))
-        if problem or os.fstat(undo.victim_file.fd).st_ctime_ns != undo.victim_file.st.st_ctime_ns:
-            raise _Changed(problem or "the victim changed while it was compared (ctime)")
+        if problem:
+            raise _Changed(problem)
+        _unchanged("victim", undo.victim_file)  # our link changed only the kept file's ctime
         undo.step = "swap the link in"
         try:
             self.sys.exchange(victim.at, victim.name, victim.at, undo.temp)
@@ -512,7 +513,10 @@ class Actor:
         directory = self._target_dir(os.path.dirname(target), victim_file.st.st_dev)
         try:
             if not self.across_owners:
-                problem = self.access.exposes(directory, victim.at, victim_file.fd)
+                try:
+                    problem = self.access.exposes(directory, victim.at, victim_file.fd)
+                except OSError as exc:
+                    problem = f"cannot tell who can reach the destination: {describe_error(exc)}"
                 if problem:
                     raise _Skip(f"{path!r}: {problem}; --across-owners allows it")
             name = os.path.basename(target)
@@ -684,13 +688,19 @@ class _Undo:
                 self.swapped, self.made = False, True
             if self.made:
                 # Our own random name: whatever our link made there goes (a link to what the
-                # kept path held then, even a symlink), unless it is the copy itself.
-                if not same_file(lstat_at(victim.at, self.temp), self.victim_file.st):
+                # kept path held then, even a symlink), unless it is the copy itself, or the
+                # kept file's only name left (its other name removed meanwhile).
+                st = lstat_at(victim.at, self.temp)
+                if st is not None and not same_file(st, self.victim_file.st):
+                    if stat.S_ISREG(st.st_mode) and st.st_nlink < 2:
+                        message = (f"ROLLBACK FAILED: {why}; {victim.path!r} is in place, and "
+                                   f"{temp_path!r} is the kept file's only name now")  # fmt: skip
+                        return actor._end(self.index, self.op, Outcome.ROLLBACK_FAILED, message)
                     with contextlib.suppress(FileNotFoundError):
                         sys.unlink(victim.at, self.temp)
                 self.made = False
             if self.aside:
-                if self.created or lstat_at(victim.at, victim.name) is not None:
+                if lstat_at(victim.at, victim.name) is not None:
                     if not self._ours(victim.name):
                         why += f"; {victim.path!r} now holds a file we did not create"
                         return actor._loud(self.index, self.op, victim.path, temp_path, why)
@@ -727,6 +737,12 @@ class _Undo:
         if self.op.action is Action.SYMLINK:
             return stat.S_ISLNK(st.st_mode) and readlink_at(victim.at, name) == self.keep.path
         return False
+
+
+def _unchanged(role: str, opened: _Opened) -> None:
+    """`_Changed` if the file's ctime moved since it was opened."""
+    if os.fstat(opened.fd).st_ctime_ns != opened.st.st_ctime_ns:
+        raise _Changed(f"the {role} changed while it was compared (ctime)")
 
 
 ASIDE_PREFIX = ".dedup-"

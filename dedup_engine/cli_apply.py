@@ -33,7 +33,7 @@ from dedup_engine.cli_common import (
     reader_may_leave,
     stdout_usable,
 )
-from dedup_engine.journal import JournalError, default_path
+from dedup_engine.journal import JournalError, JournalWriteError, default_path
 from dedup_engine.plan import (
     Action,
     Keep,
@@ -46,7 +46,7 @@ from dedup_engine.plan import (
 )
 from dedup_engine.planfmt import write_json, write_script, write_text
 from dedup_engine.report import human_size, printable
-from dedup_engine.reportread import Report, ReportError, read_json
+from dedup_engine.reportread import Report, ReportError, absolute, read_json
 from dedup_engine.resume import Resumed, Settlement, open_journal, resume
 
 EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
@@ -223,6 +223,10 @@ def _finish(
 ) -> int:
     """Print the run's results; its exit code."""
     written = _print_results(summary, action, form, quiet)
+    if summary.count(Outcome.ROLLBACK_FAILED):
+        # Before an interruption: a file waits under a temporary name.
+        typer.echo(f"dedup: once the cause is fixed: dedup apply --resume {journal}", err=True)
+        return EXIT_FAILED
     if summary.interrupted:
         left = total - len(summary.results)
         typer.echo(
@@ -231,9 +235,6 @@ def _finish(
             err=True,
         )
         return EXIT_INTERRUPTED
-    if summary.count(Outcome.ROLLBACK_FAILED):
-        typer.echo(f"dedup: once the cause is fixed: dedup apply --resume {journal}", err=True)
-        return EXIT_FAILED
     if not written:
         typer.echo(f"dedup: the journal holds every outcome: {journal}", err=True)
         return EXIT_OUTPUT
@@ -287,7 +288,7 @@ def _move_target(to: str) -> str:
     by another user in a shared directory) is refused here and again when acting."""
     if not to:
         fail_usage("--to is empty (an unset variable?): give the directory")
-    path = os.path.abspath(to)
+    path = absolute(to)
     probe = path
     while True:
         if os.path.islink(probe):
@@ -457,6 +458,9 @@ def _resume(path: str, form: str, quiet: bool) -> int:
     try:
         with _deferred() as stop:
             done = resume(path, should_stop=stop)
+    except JournalWriteError as exc:
+        typer.echo(f"dedup: error: {exc}; stopped. Finish the run with --resume {path}", err=True)
+        return EXIT_FAILED
     except JournalError as exc:
         fail_usage(str(exc))
     broken = _print_settled(done, quiet)
@@ -473,7 +477,7 @@ def _resume(path: str, form: str, quiet: bool) -> int:
     if done.summary is None or done.plan is None:
         typer.echo(f"dedup: the rest of the run cannot be carried out: {done.why_not}", err=True)
         return EXIT_FAILED if broken else EXIT_ISSUES
-    action = done.plan.operations[0].action if done.plan.operations else Action.DELETE
+    action = done.action or Action.DELETE
     return _finish(done.summary, len(done.plan.operations), action, form, quiet, path)
 
 

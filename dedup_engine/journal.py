@@ -45,10 +45,13 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | o
 
 
 class JournalError(Exception):
-    """A journal that cannot be created, read, trusted, locked or written.
+    """A journal that cannot be created, read, trusted or locked: raised before anything is
+    touched."""
 
-    Raised before the first operation (nothing changed), or when a record cannot be written,
-    which stops the run: an operation whose `begin` is not on disk is never started."""
+
+class JournalWriteError(JournalError):
+    """A record that cannot be written (a full disk): the run stops before its next operation,
+    and `--resume` finishes it once there is room."""
 
 
 def default_path() -> str:
@@ -76,7 +79,9 @@ def open_private(path: str, flags: int, what: str) -> int:
     """An existing file of the caller's that no one else can write; anything else is refused
     (a journal tells `--resume` what to rename and delete)."""
     try:
-        # O_NONBLOCK: a FIFO given as a journal must be refused, not waited on.
+        if not stat.S_ISREG(os.lstat(path).st_mode):  # checked again on the descriptor below
+            raise JournalError(f"{what} {path!r} is not a regular file; refused")
+        # O_NONBLOCK: a FIFO put there meanwhile must be refused, not waited on.
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
@@ -102,9 +107,14 @@ class FileJournal:
     def __init__(self, path: str, header: dict[str, Any]) -> None:
         self.path = path
         self._fd = create_private(path, "journal")
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        self._write({"journal": JOURNAL_VERSION, "boot": boot_id(), **header})
-        self.commit()
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._write({"journal": JOURNAL_VERSION, "boot": boot_id(), **header})
+            self.commit()
+        except JournalError as exc:  # no half journal left to be mistaken for a run's
+            os.close(self._fd)
+            os.unlink(path)
+            raise JournalError(str(exc)) from None
         sync_dir(os.path.dirname(os.path.abspath(path)))
 
     @classmethod
@@ -181,15 +191,17 @@ class FileJournal:
             }
         )
 
-    def unstarted(self, index: int, why: str) -> None:
-        self._write({"op": index, "state": "unstarted", "message": why})
+    def unstarted(self, index: int, why: str, seen: tuple[Stamp, ...] = ()) -> None:
+        self._write(
+            {"op": index, "state": "unstarted", "message": why, "seen": [list(s) for s in seen]}
+        )
 
     def commit(self) -> None:
         """Make every record written so far durable."""
         try:
             os.fsync(self._fd)
         except OSError as exc:
-            raise JournalError(f"cannot write journal {self.path!r}: {exc.strerror}") from None
+            raise JournalWriteError(f"cannot write journal {self.path!r}: {exc.strerror}") from None
 
     def close(self) -> None:
         """Sync what is left, best effort: a record that does not reach the disk is one resume
@@ -207,7 +219,7 @@ class FileJournal:
                 raise OSError(errno.ENOSPC, "short write")
         except OSError as exc:
             # Without a record on disk no further operation may start: the run stops here.
-            raise JournalError(f"cannot write journal {self.path!r}: {exc.strerror}") from None
+            raise JournalWriteError(f"cannot write journal {self.path!r}: {exc.strerror}") from None
 
 
 def boot_id() -> str | None:
@@ -257,14 +269,15 @@ class Ended:
 
 @dataclass(frozen=True, slots=True)
 class State:
-    """What a journal says: its header, the operations begun (path and action by index), those
-    to settle, those ended, and those closed without starting (to be carried out)."""
+    """What a journal says: its header, the operations begun (action, path, kept path and
+    target by index), those to settle, those ended, and the files as the run's own operations
+    left them, in order (so their new ctimes are not taken for another's change)."""
 
     header: dict[str, Any]
-    begun: dict[int, tuple[Action, str]]
+    begun: dict[int, tuple[Action, str, str, str | None]]
     pending: list[Pending]
     ended: dict[int, Ended]
-    unstarted: set[int]
+    seen: list[Stamp]
 
 
 def read(path: str) -> State:
@@ -282,11 +295,13 @@ def read(path: str) -> State:
     starts: dict[int, dict[str, Any]] = {}
     ended: dict[int, Ended] = {}
     unstarted: set[int] = set()
+    seen: list[Stamp] = []
     for number, record in records[1:]:
         index, state = _op_and_state(record, limit, path, number)
         if state == "begin":
             _check_begin(record, path, number)
             begins[index] = record
+            starts.pop(index, None)
             ended.pop(index, None)
             unstarted.discard(index)
         elif index not in begins:
@@ -297,9 +312,11 @@ def read(path: str) -> State:
         elif state == "unstarted":
             unstarted.add(index)
             ended.pop(index, None)
+            seen.extend(_stamps(record, path, number))
         else:
             ended[index] = _end(record, state, path, number)
             unstarted.discard(index)
+            seen.extend(ended[index].seen)
     same_boot = header.get("boot") is not None and header.get("boot") == boot_id()
     pending = [
         _pending(index, record, starts.get(index), same_boot)
@@ -307,10 +324,10 @@ def read(path: str) -> State:
         if (index not in ended or ended[index].outcome is Outcome.ROLLBACK_FAILED)
         and index not in unstarted
     ]
-    begun = {i: (Action(r["action"]), str(r["path"])) for i, r in begins.items()}
+    begun = {i: (Action(r["action"]), r["path"], r["keep"], r["target"]) for i, r in begins.items()}
     # A failed rollback stays open: its file is still under the temporary name.
     settled_ends = {i: e for i, e in ended.items() if e.outcome is not Outcome.ROLLBACK_FAILED}
-    return State(header, begun, pending, settled_ends, unstarted)
+    return State(header, begun, pending, settled_ends, seen)
 
 
 def _read_all(path: str) -> bytes:
@@ -395,14 +412,19 @@ def _check_start(record: dict[str, Any], path: str, number: int) -> None:
 def _end(record: dict[str, Any], state: str, path: str, number: int) -> Ended:
     message = record.get("message", "")
     reclaimed = record.get("reclaimed", 0)
-    seen = record.get("seen", [])
-    if not isinstance(message, str) or not _is_int(reclaimed) or not isinstance(seen, list):
+    if not isinstance(message, str) or not _is_int(reclaimed):
         _fail(path, number, "bad end record")
-    for stamp in seen:
-        if not (isinstance(stamp, list) and len(stamp) == 5 and all(map(_is_int, stamp))):
-            _fail(path, number, "bad file stamp")
-    stamps = tuple((s[0], s[1], s[2], s[3], s[4]) for s in seen)
+    stamps = _stamps(record, path, number)
     return Ended(Outcome(state), message, reclaimed, stamps, record.get("general") is True)
+
+
+def _stamps(record: dict[str, Any], path: str, number: int) -> tuple[Stamp, ...]:
+    seen = record.get("seen", [])
+    if not isinstance(seen, list) or not all(
+        isinstance(s, list) and len(s) == 5 and all(map(_is_int, s)) for s in seen
+    ):
+        _fail(path, number, "bad file stamps")
+    return tuple((s[0], s[1], s[2], s[3], s[4]) for s in seen)
 
 
 def _pending(

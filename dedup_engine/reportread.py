@@ -220,6 +220,12 @@ def path_problem(value: object) -> str | None:
     return None
 
 
+def absolute(path: str) -> str:
+    """`path` made absolute and normalised as the journal's reader wants it, its symlinks not
+    resolved (a leading "//" included, which POSIX leaves alone)."""
+    return "/" + os.path.abspath(path).lstrip("/")
+
+
 def _object(value: object, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         _fail(where, "missing, or not an object")

@@ -6,8 +6,7 @@ plan again and checks it against the journal's begin records.  It then looks at 
 for each operation that was begun and never ended (killed, power lost, or a rollback that
 failed): completed, put back, untouched, changed by someone else, or needs a person.  Last, it
 carries out every operation not yet done (never started, put back, skipped or failed: the cause
-may be gone), with all the usual checks, and its summary covers the whole run.  Operations that
-never started are carried out, never called rolled back.  A journal
+may be gone), with all the usual checks, and its summary covers the whole run.  A journal
 without a usable report (another version's, one the library wrote without a header, a report
 changed since) is settled only, and the reason is given.
 """
@@ -18,7 +17,7 @@ import enum
 import errno
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,14 +39,15 @@ from dedup_engine.fsquery import (
 from dedup_engine.journal import (
     FileJournal,
     JournalError,
+    JournalWriteError,
     Pending,
     State,
     create_private,
     open_private,
     read,
 )
-from dedup_engine.plan import Action, Plan, Policy, make_plan
-from dedup_engine.reportread import ReportError, path_problem, read_json
+from dedup_engine.plan import Action, Operation, Plan, Policy, make_plan
+from dedup_engine.reportread import ReportError, absolute, path_problem, read_json
 
 
 def open_journal(
@@ -62,14 +62,10 @@ def open_journal(
 ) -> FileJournal:
     """A new journal holding what `--resume` needs to finish the run: the report's path and
     digest (a report from stdin is saved beside the journal), the policy, `verify`."""
-    source = os.path.abspath(report_name) if report_name != "-" else path + ".report.json"
+    path = absolute(path)
+    source = absolute(report_name) if report_name != "-" else path + ".report.json"
     if report_name == "-":
-        fd = create_private(source, "report copy")
-        try:
-            os.write(fd, report)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _save(source, report)
     header = {
         **(extra or {}),
         "report": source,
@@ -85,6 +81,23 @@ def open_journal(
         if report_name == "-":
             os.unlink(source)
         raise
+
+
+def _save(copy: str, data: bytes) -> None:
+    """The report read from stdin, kept beside the journal: all of it, or nothing."""
+    fd = create_private(copy, "report copy")
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        os.unlink(copy)
+        raise JournalWriteError(
+            f"cannot save the report beside the journal: {exc.strerror}"
+        ) from None
+    os.close(fd)
 
 
 class Settlement(str, enum.Enum):
@@ -113,6 +126,7 @@ class Resumed:
     plan: Plan | None
     summary: ApplySummary | None
     why_not: str | None
+    action: Action | None  # the run's, from its journal
 
 
 def resume(
@@ -122,24 +136,29 @@ def resume(
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Resumed:
-    """Settle every interrupted operation of the journal at `path`, then finish the run."""
-    state = read(path)
-    plan, verify, why_not = _plan_again(state)
-    policy = state.header.get("policy")
-    across_owners = isinstance(policy, dict) and policy.get("across_owners") is True
-    journal = FileJournal.reopen(path)
+    """Settle every interrupted operation of the journal at `path`, then finish the run.
+
+    `JournalError` before anything is touched (the journal not trusted, in use, unreadable);
+    `JournalWriteError` when a record cannot be written later, which stops the run."""
+    journal = FileJournal.reopen(path)  # locked first: no live run ends between here and read
     try:
+        state = read(path)
+        plan, verify, why_not = _plan_again(state)
+        policy = state.header.get("policy")
+        across_owners = isinstance(policy, dict) and policy.get("across_owners") is True
+        seen: Seen = {}
+        _see(seen, state.seen)
         settled = []
         for item in state.pending:
             if item.started is False:
                 continue  # surely never started: carried out below, as any other not done
             done = _settle(item, sys, across_owners)
+            stamps = _stamps_now(plan.operations[item.index], seen) if plan else ()
+            _record(journal, done, stamps)
             settled.append(done)
-            _record(journal, item.index, done)
         journal.commit()
         if plan is None:
-            return Resumed(tuple(settled), None, None, why_not)
-        prior = _prior(state, plan, settled)
+            return Resumed(tuple(settled), None, None, why_not, _action(policy))
         summary = apply_plan(
             plan,
             verify=verify,
@@ -147,11 +166,18 @@ def resume(
             sys=sys,
             progress=progress,
             should_stop=should_stop,
-            prior=prior,
+            prior=Prior(_prior_results(state, plan, settled), seen),
         )
-        return Resumed(tuple(settled), plan, summary, None)
+        return Resumed(tuple(settled), plan, summary, None, _action(policy))
     finally:
         journal.close()
+
+
+def _action(policy: object) -> Action | None:
+    try:
+        return Policy.from_dict(policy).action
+    except ValueError:
+        return None
 
 
 def _plan_again(state: State) -> tuple[Plan | None, bool, str | None]:
@@ -160,8 +186,9 @@ def _plan_again(state: State) -> tuple[Plan | None, bool, str | None]:
     source, digest = header.get("report"), header.get("report_blake3")
     if not isinstance(source, str) or not isinstance(digest, str):
         return None, True, "the journal names no report to finish the run from"
-    if path_problem(source):
-        return None, True, f"the journal's report path: {path_problem(source)}"
+    problem = path_problem(source)
+    if problem:
+        return None, True, f"the journal's report path: {problem}"
     try:
         policy = Policy.from_dict(header.get("policy"))
     except ValueError as exc:
@@ -190,9 +217,14 @@ def _plan_again(state: State) -> tuple[Plan | None, bool, str | None]:
     except ReportError as exc:
         return None, True, f"the report {source!r}: {exc}"
     plan = make_plan(report.groups, report.roots, policy)
-    for index, (action, victim) in state.begun.items():
-        ops = plan.operations
-        if index >= len(ops) or (ops[index].action, ops[index].victim.path) != (action, victim):
+    ops = plan.operations
+    for index, begun in state.begun.items():
+        if index >= len(ops) or begun != (
+            ops[index].action,
+            ops[index].victim.path,
+            ops[index].keep.path,
+            ops[index].target,
+        ):
             return None, True, f"the plan made again differs from the journal at operation {index}"
     return plan, header.get("verify") is not False, None
 
@@ -204,66 +236,69 @@ def _read_fd(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _record(journal: FileJournal, index: int, settled: Settled) -> None:
-    message = f"resumed: {settled.message}"
+def _record(journal: FileJournal, settled: Settled, seen: tuple[Stamp, ...]) -> None:
+    """The settlement, in the journal, with the files as it left them: a later resume expects
+    them so, as it does what the run's own operations left."""
+    index, message = settled.pending.index, f"resumed: {settled.message}"
     if settled.settlement in (Settlement.PUT_BACK, Settlement.UNTOUCHED):
-        journal.unstarted(index, message)
+        journal.unstarted(index, message, seen)
         return
     outcome = {
         Settlement.COMPLETED: Outcome.DONE,
         Settlement.LEFT: Outcome.SKIPPED,
         Settlement.NEEDS_YOU: Outcome.ROLLBACK_FAILED,
     }[settled.settlement]
-    journal.end_as(index, outcome, message)
+    journal.end_as(index, outcome, message, seen=seen)
 
 
-def _prior(state: State, plan: Plan, settled: list[Settled]) -> Prior:
-    """The results the run already has, and the files as its own operations left them."""
+def _prior_results(state: State, plan: Plan, settled: list[Settled]) -> dict[int, OpResult]:
+    """What the run already did: done, kept instead, or settled for good (left alone, or
+    waiting for a person).  Anything else is tried again, with every check."""
     results: dict[int, OpResult] = {}
-    seen: dict[tuple[int, int], tuple[int, int, int]] = {}
     for index in sorted(state.ended):
         end = state.ended[index]
-        _see(seen, end.seen)  # a rolled-back operation changed ctimes too
-        if end.outcome not in (Outcome.DONE, Outcome.KEPT):
-            continue  # not done: tried again, with every check, as if never started
-        results[index] = OpResult(
-            plan.operations[index], end.outcome, end.message, end.reclaimed, end.seen, end.general
-        )
-    for item in settled:
-        op = plan.operations[item.pending.index]
-        if item.settlement is Settlement.COMPLETED:
-            results[item.pending.index] = OpResult(op, Outcome.DONE, f"resumed: {item.message}")
-        elif item.settlement in (Settlement.LEFT, Settlement.NEEDS_YOU):
-            outcome = (
-                Outcome.SKIPPED if item.settlement is Settlement.LEFT else Outcome.ROLLBACK_FAILED
+        if end.outcome in (Outcome.DONE, Outcome.KEPT):
+            op = plan.operations[index]
+            results[index] = OpResult(
+                op, end.outcome, end.message, end.reclaimed, end.seen, end.general
             )
-            results[item.pending.index] = OpResult(op, outcome, f"resumed: {item.message}")
-        # Our renames and links changed these files' ctime: taken as ours only where size and
-        # mtime are still what the run expects, so a change by someone else still shows.
-        for entry in (op.keep, op.victim, *op.also_kept):
-            _see_now(seen, entry.path, (entry.dev, entry.ino), entry.size, entry.mtime_ns)
-    return Prior(results, seen)
+    final = {
+        Settlement.COMPLETED: Outcome.DONE,
+        Settlement.LEFT: Outcome.SKIPPED,
+        Settlement.NEEDS_YOU: Outcome.ROLLBACK_FAILED,
+    }
+    for item in settled:
+        if item.settlement in final:
+            op = plan.operations[item.pending.index]
+            results[item.pending.index] = OpResult(
+                op, final[item.settlement], f"resumed: {item.message}"
+            )
+    return results
 
 
-def _see(seen: dict[tuple[int, int], tuple[int, int, int]], stamps: tuple[Stamp, ...]) -> None:
+Seen = dict[tuple[int, int], tuple[int, int, int]]
+
+
+def _see(seen: Seen, stamps: Iterable[Stamp]) -> None:
     for dev, ino, size, mtime, ctime in stamps:
         seen[(dev, ino)] = (size, mtime, ctime)
 
 
-def _see_now(
-    seen: dict[tuple[int, int], tuple[int, int, int]],
-    path: str,
-    identity: tuple[int, int],
-    size: int,
-    mtime: int,
-) -> None:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return
-    expected = seen.get(identity, (size, mtime, 0))
-    if same_file(st, identity) and (st.st_size, st.st_mtime_ns) == expected[:2]:
-        seen[identity] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+def _stamps_now(op: Operation, seen: Seen) -> tuple[Stamp, ...]:
+    """The operation's files as settling left them, where their size and mtime are still what
+    the run expects: our renames and links changed their ctime, not a write of someone else's,
+    which still shows."""
+    stamps = []
+    for entry in (op.keep, op.victim, *op.also_kept):
+        try:
+            st = os.lstat(entry.path)
+        except OSError:
+            continue
+        expected = seen.get((entry.dev, entry.ino), (entry.size, entry.mtime_ns, 0))
+        if same_file(st, (entry.dev, entry.ino)) and (st.st_size, st.st_mtime_ns) == expected[:2]:
+            stamps.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    _see(seen, stamps)
+    return tuple(stamps)
 
 
 # -- settling one operation from what is on disk ----------------------------------------------
@@ -272,8 +307,8 @@ def _see_now(
 def _settle(item: Pending, sys: Syscalls, across_owners: bool) -> Settled:
     try:
         if item.action is Action.REFLINK:
-            why = "a reflink is atomic: the file is whole either way"
-            return _done(item, Settlement.COMPLETED, why)
+            why = "a reflink is atomic: it is done, or tried again with its checks"
+            return Settled(item, Settlement.UNTOUCHED, why)
         if item.action is Action.MOVE:
             return _settle_move(item, sys)
         directory = sys.open_dir(None, os.path.dirname(item.path))
@@ -283,19 +318,16 @@ def _settle(item: Pending, sys: Syscalls, across_owners: bool) -> Settled:
             os.close(directory)
     except OSError as exc:
         where = f"{item.path!r}" + (f" and {item.aside!r}" if item.aside else "")
-        return _done(item, Settlement.NEEDS_YOU, f"{describe_error(exc)}; look at {where}")
-
-
-def _done(item: Pending, settlement: Settlement, message: str) -> Settled:
-    return Settled(item, settlement, message)
+        return Settled(item, Settlement.NEEDS_YOU, f"{describe_error(exc)}; look at {where}")
 
 
 def _settle_move(item: Pending, sys: Syscalls) -> Settled:
     assert item.target is not None
     at_path, at_target = _lstat_path(item.path, sys), _lstat_path(item.target, sys)
-    if _is(at_target, item.victim) and at_path is None:
-        return _done(item, Settlement.COMPLETED, f"{item.path!r} had been moved to {item.target!r}")
-    if _is(at_target, item.victim) and _is(at_path, item.victim):
+    if _is(at_target, item.victim):
+        if not _is(at_path, item.victim):
+            why = f"{item.path!r} had been moved to {item.target!r}"
+            return Settled(item, Settlement.COMPLETED, why)
         # Where a filesystem has no RENAME_NOREPLACE a move is a link, then an unlink: stopped
         # between the two, the file has both names, and the old one goes.
         directory = sys.open_dir(None, os.path.dirname(item.path))
@@ -304,13 +336,13 @@ def _settle_move(item: Pending, sys: Syscalls) -> Settled:
         finally:
             os.close(directory)
         why = f"{item.path!r} had been linked to {item.target!r}; its old name removed"
-        return _done(item, Settlement.COMPLETED, why)
+        return Settled(item, Settlement.COMPLETED, why)
     if _is(at_path, item.victim):
-        return _done(item, Settlement.UNTOUCHED, f"{item.path!r} had not been moved")
+        return Settled(item, Settlement.UNTOUCHED, f"{item.path!r} had not been moved")
     # A move leaves no temporary name: with the file at neither place, someone moved or
     # removed it, and nothing of ours is stranded.
     why = f"neither {item.path!r} nor {item.target!r} holds the file now"
-    return _done(item, Settlement.LEFT, why)
+    return Settled(item, Settlement.LEFT, why)
 
 
 def _settle_replace(item: Pending, directory: int, sys: Syscalls, across_owners: bool) -> Settled:
@@ -321,61 +353,87 @@ def _settle_replace(item: Pending, directory: int, sys: Syscalls, across_owners:
     name, temp = os.path.basename(item.path), os.path.basename(item.aside)
     path, aside = item.path, item.aside
     at_path, at_aside = lstat_at(directory, name), lstat_at(directory, temp)
-    ours = at_path is not None and _is_new(item, directory, name, at_path)
     if at_aside is None:
-        return _nothing_aside(item, directory, at_path, ours, sys)
+        return _nothing_aside(item, directory, at_path, sys)
     if _is_new(item, directory, temp, at_aside):
         # Our link, made under the temporary name and not yet swapped in: the copy is in place.
         sys.unlink(directory, temp)
         if _is(at_path, item.victim):
-            return _done(item, Settlement.UNTOUCHED, f"{path!r} had not been replaced")
+            return Settled(item, Settlement.UNTOUCHED, f"{path!r} had not been replaced")
         why = f"{path!r} was changed by someone else; our link {aside!r} removed"
-        return _done(item, Settlement.LEFT, why)
+        return Settled(item, Settlement.LEFT, why)
     if not _is(at_aside, item.victim):
-        return _done(item, Settlement.NEEDS_YOU, f"{aside!r} is not the victim; left alone")
+        return Settled(item, Settlement.NEEDS_YOU, f"{aside!r} is not the victim; left alone")
     if _is(at_path, item.victim):
         # A rename without RENAME_NOREPLACE is a link then an unlink: stopped between the two.
         sys.unlink(directory, temp)
         why = f"{path!r} had not been replaced; {aside!r} removed"
-        return _done(item, Settlement.UNTOUCHED, why)
+        return Settled(item, Settlement.UNTOUCHED, why)
     if at_path is None:
         sys.rename_noreplace(directory, temp, directory, name)
-        return _done(item, Settlement.PUT_BACK, f"{path!r} put back from {aside!r}")
-    if not ours:
+        return Settled(item, Settlement.PUT_BACK, f"{path!r} put back from {aside!r}")
+    if not _is_new(item, directory, name, at_path):
         why = f"the original is at {aside!r}; {path!r} now holds a file we did not create"
-        return _done(item, Settlement.NEEDS_YOU, why)
+        return Settled(item, Settlement.NEEDS_YOU, why)
     problem = _still_duplicate(item, directory, temp, sys, across_owners)
     if problem is None:
         sys.unlink(directory, temp)
-        return _done(item, Settlement.COMPLETED, f"{path!r} completed; {aside!r} removed")
-    sys.unlink(directory, name)
-    sys.rename_noreplace(directory, temp, directory, name)
-    return _done(item, Settlement.PUT_BACK, f"{path!r} put back: {problem}")
+        return Settled(item, Settlement.COMPLETED, f"{path!r} completed; {aside!r} removed")
+    return _put_back(item, directory, sys, problem)
+
+
+def _put_back(item: Pending, directory: int, sys: Syscalls, why: str) -> Settled:
+    """The copy back at its name from the temporary one, where our link stands: swapped, so the
+    link (the kept file, perhaps written to through this name since) is never the one removed
+    while it is the kept file's last name."""
+    assert item.aside is not None
+    name, temp = os.path.basename(item.path), os.path.basename(item.aside)
+    try:
+        sys.exchange(directory, name, directory, temp)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        if _last_name(lstat_at(directory, name), item):
+            return Settled(item, Settlement.NEEDS_YOU, f"{why}; {item.path!r} is the kept file's "
+                           f"only name now, and the original is at {item.aside!r}")  # fmt: skip
+        sys.unlink(directory, name)
+        sys.rename_noreplace(directory, temp, directory, name)
+        return Settled(item, Settlement.PUT_BACK, f"{item.path!r} put back: {why}")
+    if _last_name(lstat_at(directory, temp), item):
+        why += f"; the kept file's only name is now {item.aside!r}: look at it"
+        return Settled(item, Settlement.NEEDS_YOU, f"{item.path!r} put back: {why}")
+    sys.unlink(directory, temp)
+    return Settled(item, Settlement.PUT_BACK, f"{item.path!r} put back: {why}")
+
+
+def _last_name(st: os.stat_result | None, item: Pending) -> bool:
+    """Whether `st` is our hard link and the kept file's only name left."""
+    return item.action is Action.HARDLINK and st is not None and st.st_nlink < 2
 
 
 def _nothing_aside(
-    item: Pending, directory: int, at_path: os.stat_result | None, ours: bool, sys: Syscalls
+    item: Pending, directory: int, at_path: os.stat_result | None, sys: Syscalls
 ) -> Settled:
     """No temporary name: the operation did not start, was completed, or the name changed."""
     path = item.path
     if _is(at_path, item.victim):
-        return _done(item, Settlement.UNTOUCHED, f"{path!r} had not been touched")
-    if ours:
-        return _done(item, Settlement.COMPLETED, f"{path!r} had been completed")
+        return Settled(item, Settlement.UNTOUCHED, f"{path!r} had not been touched")
     if not _same_directory(item, directory):
         # An unmounted volume or a renamed directory hides both names: nothing can be told
         # from here, and a temporary name may be waiting there.
         why = f"the directory of {path!r} is not the one we worked in"
-        return _done(item, Settlement.NEEDS_YOU, why)
+        return Settled(item, Settlement.NEEDS_YOU, why)
+    if at_path is not None and _is_new(item, directory, os.path.basename(path), at_path):
+        return Settled(item, Settlement.COMPLETED, f"{path!r} had been completed")
     if at_path is None and item.action is Action.DELETE:
         if _is(_lstat_path(item.keep, sys), item.kept):
-            return _done(item, Settlement.COMPLETED, f"{path!r} had been deleted")
+            return Settled(item, Settlement.COMPLETED, f"{path!r} had been deleted")
         why = f"{path!r} and its kept copy {item.keep!r} are gone"
-        return _done(item, Settlement.NEEDS_YOU, why)
+        return Settled(item, Settlement.NEEDS_YOU, why)
     # No temporary name and nothing of ours at the path: never started (a file changed after
     # the report is skipped before it is set aside), or changed by someone since.
     why = f"{path!r} was changed by someone else; nothing of ours is there"
-    return _done(item, Settlement.LEFT, why)
+    return Settled(item, Settlement.LEFT, why)
 
 
 def _same_directory(item: Pending, directory: int) -> bool:

@@ -11,6 +11,8 @@ waited forever on a FIFO; `--to ""` meant the current directory.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import re
 import shutil
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from faultsys import Crash, Faulty, entry_of, lease_breaking, leftovers
+from incli import invoke
 from treebuilder import Tree, content
 
 from dedup_engine import ScanOptions, find_duplicates
@@ -31,7 +34,8 @@ from dedup_engine.act import Outcome
 from dedup_engine.apply import apply_plan
 from dedup_engine.journal import FileJournal
 from dedup_engine.plan import Action, Plan, Policy, make_plan
-from dedup_engine.resume import Settlement, resume
+from dedup_engine.report import to_json_dict
+from dedup_engine.resume import Settlement, open_journal, resume
 
 pytestmark = pytest.mark.usefixtures("deadline")
 
@@ -520,3 +524,185 @@ def test_directories_above_both_paths_decide_reach_for_both(public: Path) -> Non
     plan = plan_of([tree.path("mixed/a"), tree.path("mixed/b")], Action.HARDLINK)
     result = apply_plan(plan).results[0]
     assert result.outcome is Outcome.SKIPPED and "reachable by other users" in result.message
+
+
+# -- from a review -------------------------------------------------------------------------------
+
+
+def _killed_after_the_swap(tmp_path: Path, copies: int = 1) -> tuple[Tree, Plan, str]:
+    """A hardlink run killed once its first link is swapped in, before the commit."""
+    tree = Tree(tmp_path / "t")
+    tree.file("a/k", DATA)
+    for number in range(copies):
+        tree.file(f"b/v{number}", DATA)
+    found = find_duplicates([tree.path("a"), tree.path("b")], ScanOptions(workers=0))
+    plan = make_plan(found.groups, found.roots, Policy(Action.HARDLINK))
+    data = json.dumps(to_json_dict(found, ScanOptions(workers=0), "test")).encode()
+    (tmp_path / "report.json").write_bytes(data)
+    journal = open_journal(
+        str(tmp_path / "j.jsonl"), data, str(tmp_path / "report.json"), Policy(Action.HARDLINK),
+        verify=True, operations=len(plan.operations),
+    )  # fmt: skip
+    probe = Faulty()
+    apply_plan(plan_of([_probe_tree(tmp_path).root], Action.HARDLINK), sys=probe)
+    with pytest.raises(Crash):
+        apply_plan(
+            plan, sys=Faulty(probe.calls.index("exchange") + 1, crash="after"), journal=journal
+        )
+    journal.close()
+    return tree, plan, journal.path
+
+
+def _probe_tree(tmp_path: Path) -> Tree:
+    probe = Tree(tmp_path / "probe")
+    probe.file("a/k", DATA)
+    probe.file("b/v0", DATA)
+    return probe
+
+
+def test_resume_never_removes_the_kept_files_last_name(tmp_path: Path) -> None:
+    """Regression: killed with our link swapped in, then the copy's name (now the kept file)
+    appended to and the kept path removed; resume could not compare, put the copy back, and
+    with it unlinked the only name of the appended bytes."""
+    tree, _, journal = _killed_after_the_swap(tmp_path)
+    with open(tree.path("b/v0"), "ab") as f:
+        f.write(b"APPENDED")
+    os.unlink(tree.path("a/k"))
+    settled = resume(journal).settled
+    assert [s.settlement for s in settled] == [Settlement.NEEDS_YOU], settled
+    assert "the kept file's only name" in settled[0].message
+    survivors = [Path(os.fsdecode(p)).read_bytes() for p in leftovers(tree.root)]
+    assert survivors == [DATA + b"APPENDED"]
+    assert tree.read("b/v0") == DATA  # the copy is back at its name
+
+
+def test_a_second_resume_expects_what_the_first_one_left(tmp_path: Path) -> None:
+    """Regression: the ctimes a resume's settling changed were not journaled, so a second
+    resume took them for someone else's change and skipped the rest of the group."""
+    tree, plan, journal = _killed_after_the_swap(tmp_path, copies=2)
+    first = resume(journal, should_stop=lambda: True)  # settles, then is interrupted
+    assert [s.settlement for s in first.settled] == [Settlement.COMPLETED]
+    assert first.summary is not None and first.summary.interrupted
+    second = resume(journal)
+    assert second.summary is not None
+    assert [r.outcome for r in second.summary.results] == [Outcome.DONE, Outcome.DONE]
+    assert all(os.path.samefile(tree.path("a/k"), op.victim.path) for op in plan.operations)
+
+
+def test_relative_and_double_slash_paths_still_resume(tmp_path: Path) -> None:
+    """Regression: a relative --journal with a report from stdin, or --to //x, put paths in the
+    journal that its own reader refused, so the run could never be finished."""
+    tree = Tree(tmp_path / "t")
+    tree.file("k", DATA)
+    tree.file("sub/v", DATA)
+    report = dedup("find", tree.root, "-f", "json", "-q").stdout
+    proc = subprocess.run(
+        [*DEDUP, "apply", "-", "--action", "move", "--to", "/" + str(tmp_path / "dest"),
+         "--journal", "rel.jsonl"],
+        input=report, cwd=tmp_path, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    again = subprocess.run(
+        [*DEDUP, "apply", "--resume", "rel.jsonl"], cwd=tmp_path, capture_output=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert b"move: 1 done" in again.stdout
+    assert (tmp_path / "dest" / "sub" / "v").read_bytes() == DATA
+
+
+def test_a_report_copy_that_cannot_be_written_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dedup_engine import resume as resume_module
+    from dedup_engine.journal import JournalWriteError
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)  # the report copy is the first write
+    with pytest.raises(JournalWriteError, match="No space left"):
+        resume_module.open_journal(
+            str(tmp_path / "j.jsonl"), b"{}", "-", Policy(Action.DELETE), verify=True,
+            operations=0,
+        )  # fmt: skip
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_journal_that_cannot_be_written_during_resume_is_exit_4(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dedup_engine import cli_apply
+    from dedup_engine.journal import JournalWriteError
+
+    def full(path: str, **kwargs: object) -> None:
+        raise JournalWriteError(f"cannot write journal {path!r}: No space left on device")
+
+    monkeypatch.setattr(cli_apply, "resume", full)
+    code, _, err = invoke("apply", "--resume", str(tmp_path / "j.jsonl"))
+    assert code == 4 and f"Finish the run with --resume {tmp_path / 'j.jsonl'}".encode() in err
+
+
+def test_a_path_1400_directories_deep_is_acted_on(tmp_path: Path) -> None:
+    """Regression: walking up by "../../.." outgrew PATH_MAX 1366 levels up: a traceback."""
+    tree = Tree(tmp_path / "t")
+    deep = tree.root
+    for _ in range(1400):  # one level at a time: os.makedirs recurses
+        deep = os.path.join(deep, "d")
+        os.mkdir(deep)
+    Path(deep, "v").write_bytes(DATA)
+    tree.file("k", DATA)
+    try:
+        summary = apply_plan(plan_of([tree.root], Action.HARDLINK))
+        assert [r.outcome for r in summary.results] == [Outcome.DONE], summary.results
+        assert os.path.samefile(os.path.join(deep, "v"), tree.path("k"))
+    finally:  # so deep that shutil.rmtree would recurse past Python's limit
+        os.unlink(os.path.join(deep, "v"))
+        while deep != tree.root:
+            os.rmdir(deep)
+            deep = os.path.dirname(deep)
+
+
+def test_resume_calls_a_move_done_when_someone_reused_the_old_name(tmp_path: Path) -> None:
+    tree = Tree(tmp_path / "t")
+    tree.file("k", DATA)
+    victim = tree.file("sub/v", DATA)
+    (op,) = plan_of([tree.root], Action.MOVE, move_to=str(tmp_path / "dest")).operations
+    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
+    journal.begin(0, op, None)
+    journal.start(0, op.keep)
+    journal.close()
+    assert op.target is not None
+    os.makedirs(os.path.dirname(op.target))
+    os.rename(victim, op.target)
+    Path(victim).write_bytes(b"a new file someone made")
+    assert [s.settlement for s in resume(journal.path).settled] == [Settlement.COMPLETED]
+    assert Path(victim).read_bytes() == b"a new file someone made"
+
+
+def test_a_rollback_finishes_when_our_link_is_already_gone(tmp_path: Path) -> None:
+    """Regression: setting aside (no swap on this filesystem), the link made, then removed by
+    someone before the commit failed: unlinking it again failed, and the rollback was called
+    failed although the name was free to put the copy back."""
+    tree = Tree(tmp_path / "t")
+    tree.file("k", DATA)
+    victim = tree.file("v", DATA)
+
+    class NoSwap(Faulty):
+        def exchange(self, a_at: int, a: str, b_at: int, b: str) -> None:
+            self.calls.append("exchange")
+            raise OSError(errno.EINVAL, "cannot swap here")
+
+    spy = NoSwap()
+
+    def gone(name: str, number: int) -> None:
+        # The first unlink removes our link that could not be swapped in; the second is the
+        # commit: our link at the copy's name is removed by someone, and the commit fails.
+        if name == "unlink" and spy.calls.count("unlink") == 2:
+            os.unlink(victim)
+            raise OSError(errno.EIO, "injected")
+
+    spy.hook = gone
+    result = apply_plan(plan_of([tree.root], Action.HARDLINK), sys=spy).results[0]
+    assert result.outcome is Outcome.FAILED, result.message
+    assert Path(victim).read_bytes() == DATA and leftovers(tree.root) == []

@@ -1,4 +1,4 @@
-"""Carrying out one planned operation safely: check, lease, set aside, act, verify, commit.
+"""Carrying out one planned operation safely: check, lease, compare, swap the link in, commit.
 
 The operation has already been journaled as begun (by `apply.apply_plan`, with its temporary
 name) when it gets here.  Every file is reached through its directory, opened one component at
@@ -9,24 +9,27 @@ steps, and any failure before the commit puts everything back:
    mode) against what the report (or our own earlier operation) left; any difference skips the
    group;
 2. open both without following links and check the descriptors are those files, and (unless
-   told otherwise) that they share owner, group and mode;
+   told otherwise) that they are equally accessible (`access.py`);
 3. take a read lease on both: the kernel refuses it while any process holds the file open for
    writing (the group is skipped), and breaks it, visibly, when one opens it for writing later;
-4. rename the victim aside to a short temporary name in its directory (delete, hardlink,
-   symlink), or to its destination (move);
-5. compare the bytes of the kept file and the set-aside victim (unless `verify` is off);
-6. create the hard link or symlink at the victim's name and lstat it: it must be the kept inode,
-   or a symlink to the kept path;
-7. check that both leases are intact, that neither file's size or mtime moved from what they were
-   when it was opened, and that the kept path is still the kept file; then remove the temporary
-   name and journal the outcome.
+4. hardlink, symlink: compare the bytes (unless `verify` is off) and check neither ctime moved,
+   make the link under a short temporary name in the victim's directory, and swap it with the
+   victim in one step (RENAME_EXCHANGE), so the victim's name is never absent; the temporary
+   name must then hold the victim.  Delete (and hardlink, symlink where a filesystem cannot
+   swap): rename the victim aside to the temporary name, compare it there, and make the link at
+   its name.  Move: compare, then rename it to its destination;
+5. check the victim's name holds the kept inode (or a symlink to the kept path), the kept path
+   still the kept file, both leases intact and neither file's size or mtime moved since it was
+   opened; then remove the temporary name and journal the outcome.  Once the victim's name holds
+   the kept file, a broken lease on the kept file (someone opening that name for writing, who
+   waits on the lease having written nothing) lets the operation finish rather than undo it.
 
-Where leases are unavailable (another owner's file without CAP_LEASE, NFS), step 7's size and
-mtime check is what catches a write, and the run says so once.  A reflink instead asks the
-kernel to share the blocks (FIDEDUPERANGE), which compares the bytes itself and changes nothing
-if they differ.  Rolling back removes only what we created (checked by identity) and puts the
-victim back without overwriting anything (RENAME_NOREPLACE); when that is impossible the outcome
-is ROLLBACK_FAILED, naming both paths, and the original stays under the temporary name, where
+Where leases are unavailable (another owner's file without CAP_LEASE, NFS), the size and mtime
+check is what catches a write, and the run says so once.  A reflink instead asks the kernel to
+share the blocks (FIDEDUPERANGE), which compares the bytes itself and changes nothing if they
+differ.  Rolling back swaps back or renames back, removes only what we created (checked by
+identity) and overwrites nothing (RENAME_NOREPLACE); when that is impossible the outcome is
+ROLLBACK_FAILED, naming both paths, and the original stays under the temporary name, where
 `dedup apply --resume` finds it.
 """
 

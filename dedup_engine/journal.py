@@ -6,7 +6,8 @@ victim's path and identity, its temporary name, the kept file), a `start` record
 first change, and an end record with the outcome and the files as it left them.  `apply` writes
 the `begin` records of a batch of operations and fsyncs them together before any of the batch
 starts; end records are fsync'd with the batch, after the directories the batch changed are
-synced (so "done" never runs ahead of the disk).  An operation closed without starting (Ctrl-C)
+synced (writeback may carry one to the disk sooner: what a crash leaves then is a temporary
+name or a copy not yet linked, never a lost file).  An operation closed without starting (Ctrl-C)
 gets an `unstarted` record.  A running `apply` holds an exclusive lock on its journal, so
 `--resume` (`resume.py`) cannot race a live run.
 

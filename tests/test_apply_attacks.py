@@ -33,7 +33,7 @@ from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.act import Outcome
 from dedup_engine.apply import apply_plan
 from dedup_engine.journal import FileJournal
-from dedup_engine.plan import Action, Plan, Policy, make_plan
+from dedup_engine.plan import Action, Operation, Plan, Policy, make_plan
 from dedup_engine.report import to_json_dict
 from dedup_engine.resume import Settlement, open_journal, resume
 
@@ -363,6 +363,15 @@ def test_resume_of_a_move_whose_directory_is_gone_needs_you_without_a_traceback(
     assert b"NEEDS YOU" in proc.stderr and b"is a symlink" in proc.stderr
 
 
+def _started(tmp_path: Path, op: Operation) -> FileJournal:
+    """The journal of a run killed just after `op` (a move: no temporary name) started."""
+    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
+    journal.begin(0, op, None)
+    journal.start(0, op.keep)
+    journal.close()
+    return journal
+
+
 def test_resume_of_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
     """Regression: the journal was opened without O_NONBLOCK: a FIFO hung the command, with
     Ctrl-C deferred."""
@@ -495,10 +504,7 @@ def test_resume_finishes_a_move_stopped_between_its_link_and_unlink(tmp_path: Pa
     dest = tmp_path / "dest"
     plan = plan_of([tree.root], Action.MOVE, move_to=str(dest))
     (op,) = plan.operations
-    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
-    journal.begin(0, op, None)
-    journal.start(0, op.keep)
-    journal.close()
+    journal = _started(tmp_path, op)
     assert op.target is not None
     os.makedirs(os.path.dirname(op.target))
     os.link(victim, op.target)  # the link made, the unlink not
@@ -668,10 +674,7 @@ def test_resume_calls_a_move_done_when_someone_reused_the_old_name(tmp_path: Pat
     tree.file("k", DATA)
     victim = tree.file("sub/v", DATA)
     (op,) = plan_of([tree.root], Action.MOVE, move_to=str(tmp_path / "dest")).operations
-    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
-    journal.begin(0, op, None)
-    journal.start(0, op.keep)
-    journal.close()
+    journal = _started(tmp_path, op)
     assert op.target is not None
     os.makedirs(os.path.dirname(op.target))
     os.rename(victim, op.target)

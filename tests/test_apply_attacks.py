@@ -349,11 +349,7 @@ def test_resume_of_a_move_whose_directory_is_gone_needs_you_without_a_traceback(
     tree.file("sub/v", DATA)
     dest = tmp_path / "dest"
     plan = plan_of([tree.root], Action.MOVE, move_to=str(dest))
-    journal = FileJournal(str(tmp_path / "j.jsonl"), {})
-    op = plan.operations[0]
-    journal.begin(0, op, None)
-    journal.start(0, op.keep)
-    journal.close()
+    journal = _started(tmp_path, plan.operations[0])
     shutil.rmtree(tree.path("sub"))
     dest.mkdir()
     (tmp_path / "elsewhere").mkdir()

@@ -53,17 +53,14 @@ def dedup(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(command, capture_output=True, timeout=120, check=False)
 
 
-def pair(tmp_path: Path, data: bytes = DATA) -> tuple[Tree, Plan, Plan]:
-    """k (kept) and sub/victim, equal; the hardlink and delete plans for them."""
+def pair(tmp_path: Path, action: Action = Action.HARDLINK, data: bytes = DATA) -> tuple[Tree, Plan]:
+    """k (kept) and sub/victim, equal; the plan of `action` for them."""
     tree = Tree(tmp_path / "t")
     tree.file("k", data)
     tree.file("sub/victim", data)
     wait_past(os.lstat(tree.path("sub/victim")).st_mtime_ns, tmp_path / "probe")
     found = find_duplicates([tree.root], ScanOptions(workers=0))
-    plans = [
-        make_plan(found.groups, found.roots, Policy(a)) for a in (Action.HARDLINK, Action.DELETE)
-    ]
-    return tree, plans[0], plans[1]
+    return tree, make_plan(found.groups, found.roots, Policy(action))
 
 
 def compared(tree: Tree, written: str, action: Action) -> str:
@@ -87,8 +84,7 @@ WRITER = "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY); os.pwrite(fd, 
 def test_a_file_held_open_for_writing_is_not_replaced(
     tmp_path: Path, action: Action, written: str
 ) -> None:
-    tree, hardlink, delete = pair(tmp_path)
-    plan = hardlink if action is Action.HARDLINK else delete
+    tree, plan = pair(tmp_path, action)
     fd = os.open(tree.path(written), os.O_WRONLY)  # a log writer, an editor, a download
     try:
         result = apply_plan(plan).results[0]
@@ -111,8 +107,7 @@ def test_a_file_held_open_for_writing_is_not_replaced(
 def test_a_writer_opening_a_file_during_the_comparison_breaks_the_lease_and_the_run_rolls_back(
     tmp_path: Path, action: Action, written: str
 ) -> None:
-    tree, hardlink, delete = pair(tmp_path)
-    plan = hardlink if action is Action.HARDLINK else delete
+    tree, plan = pair(tmp_path, action)
     spy = Faulty()
     writers: list[subprocess.Popen[bytes]] = []
 
@@ -148,8 +143,7 @@ def test_without_leases_a_write_during_the_comparison_is_caught_and_kept(
 ) -> None:
     """Regression: the "written since" stamp was taken after the comparison, so a write during
     it went unseen: the run said done and the new bytes had no name left."""
-    tree, hardlink, delete = pair(tmp_path)
-    plan = hardlink if action is Action.HARDLINK else delete
+    tree, plan = pair(tmp_path, action)
     spy = Faulty(no_lease=True)  # as on NFS, or another owner's file without CAP_LEASE
 
     def write_in_the_comparison(name: str, number: int) -> None:
@@ -428,7 +422,7 @@ def test_a_malformed_journal_is_one_line_and_exit_2(tmp_path: Path, line: bytes)
 
 def test_a_signal_during_the_last_operation_is_still_an_interruption(tmp_path: Path) -> None:
     """Regression: Ctrl-C during the last operation was seen by no one, and the run said 0."""
-    _, hardlink, _ = pair(tmp_path, content(5000, "c"))
+    _, hardlink = pair(tmp_path, data=content(5000, "c"))
     caught: list[int] = []
     spy = Faulty()
     spy.hook = lambda name, number: caught.append(1) if name == "link" else None
@@ -451,7 +445,7 @@ main()
 
 
 def test_ctrl_c_during_the_last_operation_exits_130(tmp_path: Path) -> None:
-    tree, _, _ = pair(tmp_path, content(5000, "c"))
+    tree, _ = pair(tmp_path, data=content(5000, "c"))
     report = tmp_path / "report.json"
     assert dedup("find", tree.root, "-f", "json", "-o", report, "-q").returncode == 0
     proc = subprocess.run(
@@ -629,7 +623,7 @@ def _to_full(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[bytes
 
 
 def test_a_dry_run_that_cannot_be_written_is_exit_5(tmp_path: Path) -> None:
-    tree, _, _ = pair(tmp_path, content(5000, "o"))
+    tree, _ = pair(tmp_path, data=content(5000, "o"))
     report = tmp_path / "report.json"
     assert dedup("find", tree.root, "-f", "json", "-o", report, "-q").returncode == 0
     for form in ("text", "json"):
@@ -641,7 +635,7 @@ def test_a_dry_run_that_cannot_be_written_is_exit_5(tmp_path: Path) -> None:
 def test_results_that_cannot_be_written_are_exit_5_and_the_journal_has_them(
     tmp_path: Path,
 ) -> None:
-    tree, _, _ = pair(tmp_path, content(5000, "o"))
+    tree, _ = pair(tmp_path, data=content(5000, "o"))
     report, journal = tmp_path / "report.json", tmp_path / "j.jsonl"
     assert dedup("find", tree.root, "-f", "json", "-o", report, "-q").returncode == 0
     proc = _to_full("apply", report, "--action", "hardlink", "--journal", journal)
@@ -655,7 +649,7 @@ def test_results_that_cannot_be_written_are_exit_5_and_the_journal_has_them(
 
 
 def test_a_closed_stdout_is_refused_before_anything_is_touched(tmp_path: Path) -> None:
-    tree, _, _ = pair(tmp_path, content(5000, "o"))
+    tree, _ = pair(tmp_path, data=content(5000, "o"))
     report = tmp_path / "report.json"
     assert dedup("find", tree.root, "-f", "json", "-o", report, "-q").returncode == 0
     proc = subprocess.run(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dedup_engine import workgate
+from dedup_engine.bench import workgate
 
 FULL = os.environ.get("DEDUP_BENCH_FULL") == "1"
 

@@ -18,9 +18,9 @@ from typing import Any
 
 from benchmarks.conftest import FULL
 from dedup_engine import ScanOptions, find_duplicates
-from dedup_engine.apply import apply_plan
-from dedup_engine.journal import FileJournal
-from dedup_engine.plan import Action, Plan, Policy, make_plan
+from dedup_engine.apply.journal import FileJournal
+from dedup_engine.apply.plan import Action, Plan, Policy, make_plan
+from dedup_engine.apply.runner import apply_plan
 
 Bench = Any  # pytest-benchmark's fixture has no public type
 GROUPS = 5_000 if FULL else 400

@@ -18,14 +18,15 @@ from typing import Any
 
 import pytest
 
-from dedup_engine import ScanOptions, find_duplicates, workgate
-from dedup_engine.fullstage import compare_groups
-from dedup_engine.grouping import Group, GroupBuilder
-from dedup_engine.hashing import HashResult, HashTask, Window, hash_batch
-from dedup_engine.pipeline import _Run, canonical_roots
-from dedup_engine.pool import InlinePool
-from dedup_engine.records import RunStats, Stage
-from dedup_engine.scanner import DirJob, Filter, ScanTask, scan_dirs
+from dedup_engine import ScanOptions, find_duplicates
+from dedup_engine.bench import workgate
+from dedup_engine.find.fullcompare import compare_groups
+from dedup_engine.find.groups import Group, GroupBuilder
+from dedup_engine.find.hashtasks import HashResult, HashTask, Window, hash_batch
+from dedup_engine.find.pipeline import _Run, canonical_roots
+from dedup_engine.find.pool import InlinePool
+from dedup_engine.find.walk import DirJob, Filter, ScanTask, scan_dirs
+from dedup_engine.model import RunStats, Stage
 
 Bench = Any  # pytest-benchmark's fixture has no public type
 
@@ -105,7 +106,7 @@ def test_stage_scan(benchmark: Bench, tree: tuple[str, Path], captured: Captured
 
 
 def test_stage_size_grouping(benchmark: Bench, captured: Captured) -> None:
-    from dedup_engine.grouping import SizeGroups
+    from dedup_engine.find.groups import SizeGroups
 
     table = captured.run.table
 

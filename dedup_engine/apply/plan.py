@@ -1,0 +1,280 @@
+"""Planning what `apply` will do: groups and a policy in, a list of operations out.
+
+Pure: it reads no file and changes none, so a plan can be printed (`--dry-run`), reviewed,
+tested exactly, and made again from the same report by `--resume`.  The acting step re-checks
+every file against the report before each operation.
+Rules: a group is first split into sets of files that share owner, group and mode (a hard link
+or symlink would otherwise hand a path to another owner, and a delete or move would leave a user
+only a copy they may not read), unless `across_owners`; reflinks keep each file's own metadata
+and are not split.  In each set, which copy is kept follows `--keep-path`, then the `--keep`
+order; at least `min_copies` distinct files (inodes) survive, and further names of a kept file
+do not count as copies; a protected path is never touched (its file is kept, and counts as a
+copy); a set whose names are all one file is left alone; a move never sends two files to one
+target (the same path below two roots): that set is left alone, with the reason.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from dedup_engine.model import DuplicateGroup, FileEntry, Owner
+from dedup_engine.report.read import path_problem
+
+
+class Action(str, enum.Enum):
+    DELETE = "delete"
+    HARDLINK = "hardlink"
+    SYMLINK = "symlink"
+    REFLINK = "reflink"
+    MOVE = "move"
+
+
+class Keep(str, enum.Enum):
+    """Which file of a group is kept (after `--keep-path`)."""
+
+    FIRST_ROOT = "first-root"  # under the earliest root given to find, then the shortest path
+    OLDEST = "oldest"  # earliest mtime
+    NEWEST = "newest"  # latest mtime
+    SHORTEST_PATH = "shortest-path"
+    LONGEST_PATH = "longest-path"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    action: Action
+    keep: Keep = Keep.FIRST_ROOT
+    keep_paths: tuple[str, ...] = ()
+    protect: tuple[str, ...] = ()
+    min_copies: int = 1
+    move_to: str | None = None
+    #: Act among files of different owner, group or mode (see the module docstring).
+    across_owners: bool = False
+
+    def __post_init__(self) -> None:
+        if self.min_copies < 1:
+            raise ValueError("--min-copies must be at least 1: one copy always survives")
+        if (self.action is Action.MOVE) != (self.move_to is not None):
+            raise ValueError("--to DIR goes with --action move, and only with it")
+        if self.move_to is not None and not os.path.isabs(self.move_to):
+            raise ValueError(f"--to {self.move_to!r} must be an absolute path")
+
+    @property
+    def splits_by_owner(self) -> bool:
+        return not self.across_owners and self.action is not Action.REFLINK
+
+    def as_dict(self) -> dict[str, object]:
+        """For the journal, which `--resume` makes the same plan again from."""
+        return {
+            "action": self.action.value,
+            "keep": self.keep.value,
+            "keep_paths": list(self.keep_paths),
+            "protect": list(self.protect),
+            "min_copies": self.min_copies,
+            "move_to": self.move_to,
+            "across_owners": self.across_owners,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> Policy:
+        """The inverse of `as_dict`; `ValueError` for anything it would not have written."""
+        if not isinstance(data, dict) or set(data) != set(_POLICY_FIELDS):
+            raise ValueError("not a policy")
+        for key, kind in _POLICY_FIELDS.items():
+            value = data[key]
+            if key == "move_to" and value is None:
+                continue
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"policy {key}: {value!r}")
+        lists = [data["keep_paths"], data["protect"]]
+        if not all(isinstance(p, str) for patterns in lists for p in patterns):
+            raise ValueError("policy patterns must be strings")
+        if data["move_to"] is not None and path_problem(data["move_to"]):
+            raise ValueError(f"policy move_to: {path_problem(data['move_to'])}")
+        return cls(
+            Action(data["action"]),
+            Keep(data["keep"]),
+            tuple(data["keep_paths"]),
+            tuple(data["protect"]),
+            data["min_copies"],
+            data["move_to"],
+            data["across_owners"],
+        )
+
+
+_POLICY_FIELDS: dict[str, type] = {
+    "action": str,
+    "keep": str,
+    "keep_paths": list,
+    "protect": list,
+    "min_copies": int,
+    "move_to": str,
+    "across_owners": bool,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """Act on `victim` (one name of a file to be replaced or removed), keeping `keep`."""
+
+    group: int  # index of the group in the report
+    action: Action
+    victim: FileEntry
+    keep: FileEntry
+    target: str | None = None  # for move: where the victim goes
+    also_kept: tuple[FileEntry, ...] = ()  # the group's other kept files: re-checked, never touched
+
+
+class LeftAlone(str, enum.Enum):
+    """Why the plan does nothing to (part of) a group."""
+
+    ONE_FILE = "one file"  # all its names are one file (hard links)
+    ALL_KEPT = "all kept"  # --min-copies and --protect keep every file
+    OWNER = "owner"  # no other file with the same owner, group and mode
+    MOVE_CLASH = "move clash"  # two files would move to one target
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    group: int
+    reason: str
+    kind: LeftAlone
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    operations: tuple[Operation, ...]
+    skipped: tuple[Skipped, ...]
+    #: The policy said so: `apply` then does not refuse a kept file of another owner or mode.
+    across_owners: bool = False
+
+
+def make_plan(groups: Sequence[DuplicateGroup], roots: Sequence[str], policy: Policy) -> Plan:
+    """The operations for every group, in report order; groups with nothing to do are skipped."""
+    operations: list[Operation] = []
+    skipped: list[Skipped] = []
+    targets: set[str] = set()  # move targets planned so far: each receives one file
+    order = _order(policy, roots)
+    for index, group in enumerate(groups):
+        sets = _owner_sets(group.files, order) if policy.splits_by_owner else [list(group.files)]
+        for files in sets:
+            planned, left = _plan_set(index, files, policy, order, roots, split=len(sets) > 1)
+            clash = _clash(planned, targets)
+            if clash:
+                why = f"two files would move to {clash!r} (same path below two roots); "
+                left = Skipped(index, why + "move them in separate runs", LeftAlone.MOVE_CLASH)
+            if left is not None:
+                skipped.append(left)
+                continue
+            targets.update(op.target for op in planned if op.target)
+            operations.extend(planned)
+    return Plan(tuple(operations), tuple(skipped), policy.across_owners)
+
+
+def _owner_sets(
+    files: Sequence[FileEntry], order: Callable[[FileEntry], tuple[object, ...]]
+) -> list[list[FileEntry]]:
+    """The group's files by owner, group and mode; sets in the order of their best file."""
+    sets: dict[Owner, list[FileEntry]] = {}
+    for entry in files:
+        sets.setdefault(entry.owner, []).append(entry)
+    return sorted(sets.values(), key=lambda members: min(map(order, members)))
+
+
+def _plan_set(
+    index: int,
+    files: Sequence[FileEntry],
+    policy: Policy,
+    order: Callable[[FileEntry], tuple[object, ...]],
+    roots: Sequence[str],
+    *,
+    split: bool,
+) -> tuple[list[Operation], Skipped | None]:
+    """The operations for one set of files that may be acted on together."""
+    inodes: dict[tuple[int, int], list[FileEntry]] = {}
+    for entry in files:
+        inodes.setdefault((entry.dev, entry.ino), []).append(entry)
+    if len(inodes) < 2:
+        if split:
+            reason = (f"{files[0].path!r} ({files[0].owner}) has no copy of the same owner, "
+                      "group and mode (--across-owners acts across them)")  # fmt: skip
+            return [], Skipped(index, reason, LeftAlone.OWNER)
+        return [], Skipped(index, "all its names are one file (hard links)", LeftAlone.ONE_FILE)
+    # A file is represented by its best name; files are ranked by their best names.
+    names = {key: sorted(entries, key=order) for key, entries in inodes.items()}
+    ranked = sorted(names, key=lambda key: order(names[key][0]))
+    protected = [key for key in ranked if any(matches(e.path, policy.protect) for e in inodes[key])]
+    kept = ranked[: policy.min_copies]
+    kept += [key for key in protected if key not in kept]
+    victims = [key for key in ranked if key not in kept]
+    if not victims:
+        reason = f"no file beyond the {len(kept)} kept (--min-copies, --protect)"
+        return [], Skipped(index, reason, LeftAlone.ALL_KEPT)
+    keep = names[kept[0]][0]
+    also_kept = tuple(names[key][0] for key in kept[1:])
+    planned = []
+    for key in victims:
+        entries = names[key]
+        if policy.action is Action.REFLINK:
+            entries = entries[:1]  # one name shares the file's blocks for all its names
+        for victim in entries:
+            target = _moved(victim.path, roots, policy.move_to) if policy.move_to else None
+            planned.append(Operation(index, policy.action, victim, keep, target, also_kept))
+    return planned, None
+
+
+def _clash(planned: Sequence[Operation], targets: set[str]) -> str | None:
+    """A move target already taken by an earlier operation, or by two of these."""
+    seen = set(targets)
+    for op in planned:
+        if op.target is not None:
+            if op.target in seen:
+                return op.target
+            seen.add(op.target)
+    return None
+
+
+def _order(policy: Policy, roots: Sequence[str]) -> Callable[[FileEntry], tuple[object, ...]]:
+    def root_index(path: str) -> int:
+        for number, root in enumerate(roots):
+            if path == root or path.startswith(root.rstrip("/") + "/"):
+                return number
+        return len(roots)
+
+    def key(entry: FileEntry) -> tuple[object, ...]:
+        wanted = 0 if matches(entry.path, policy.keep_paths) else 1
+        path = entry.path
+        rank: tuple[object, ...]
+        if policy.keep is Keep.FIRST_ROOT:
+            rank = (root_index(path), len(path))
+        elif policy.keep is Keep.OLDEST:
+            rank = (entry.mtime_ns, root_index(path), len(path))
+        elif policy.keep is Keep.NEWEST:
+            rank = (-entry.mtime_ns, root_index(path), len(path))
+        elif policy.keep is Keep.SHORTEST_PATH:
+            rank = (len(path),)
+        else:
+            rank = (-len(path),)
+        return (wanted, *rank, path)  # the path last: equal ranks still order the same way
+
+    return key
+
+
+def matches(path: str, patterns: Sequence[str]) -> bool:
+    # A pattern with a "/" matches the whole path; one without, the file's name.
+    name = os.path.basename(path)
+    return any(
+        fnmatch.fnmatchcase(path if "/" in pattern else name, pattern) for pattern in patterns
+    )
+
+
+def _moved(path: str, roots: Sequence[str], destination: str) -> str:
+    """The path under `destination` that keeps `path`'s place below its root."""
+    for root in roots:
+        base = root.rstrip("/") + "/"
+        if path.startswith(base):
+            return os.path.join(destination, path[len(base) :])
+    return os.path.join(destination, path.lstrip("/"))

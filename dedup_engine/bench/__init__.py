@@ -1,0 +1,1 @@
+"""Benchmarks and gates: synthetic trees, the work and time gates, peer comparisons."""

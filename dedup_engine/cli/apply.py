@@ -1,0 +1,492 @@
+"""The `dedup apply` command: read a report, plan, then print, script or act; and `--resume`.
+
+A thin layer over `plan`, `planfmt`, `apply` and `journal`, like `cli` over the engine.  Every
+option is checked and the report read before the first file is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Annotated
+
+import typer
+
+from dedup_engine import __version__
+from dedup_engine.apply.journal import JournalError, JournalWriteError, default_path
+from dedup_engine.apply.operation import OpResult, Outcome
+from dedup_engine.apply.plan import (
+    Action,
+    Keep,
+    LeftAlone,
+    Plan,
+    Policy,
+    Skipped,
+    make_plan,
+    matches,
+)
+from dedup_engine.apply.preview import write_json, write_script, write_text
+from dedup_engine.apply.resume import Resumed, Settlement, open_journal, resume
+from dedup_engine.apply.runner import ApplySummary, ProgressCallback, apply_plan
+from dedup_engine.cli.common import (
+    EXIT_FAILED,
+    EXIT_ISSUES,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    OutputError,
+    fail_output,
+    fail_usage,
+    output_to,
+    reader_may_leave,
+    stdout_usable,
+)
+from dedup_engine.report.read import Report, ReportError, absolute, read_json
+from dedup_engine.report.writers import human_size, printable
+
+EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
+
+APPLY_EXIT_HELP = (
+    "Exit codes: 0 every planned operation done (or printed); 1 some were skipped or failed, "
+    "and were rolled back; 2 usage error or an invalid report or journal (nothing was "
+    "touched); 4 a rollback failed: a file is under a temporary name, named on stderr; 5 the "
+    "dry run, script or results could not be written (the journal has the outcomes); 130 "
+    "interrupted (Ctrl-C, SIGTERM) between operations, nothing half done: --resume finishes."
+)
+
+
+def apply(
+    report: Annotated[
+        str | None,
+        typer.Argument(help="A JSON report of `dedup find --format json`; '-' reads stdin."),
+    ] = None,
+    action: Annotated[
+        Action | None,
+        typer.Option(help="delete, hardlink, symlink, reflink or move (with --to)."),
+    ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            help="For move: the directory (no symlink on its way); paths below their root are "
+            "kept.",
+        ),
+    ] = None,
+    keep: Annotated[Keep, typer.Option(help="Which copy is kept.")] = Keep.FIRST_ROOT,
+    keep_path: Annotated[
+        list[str] | None,
+        typer.Option(help="Keep the copy matching GLOB first (path if it has a '/', else name)."),
+    ] = None,
+    protect: Annotated[
+        list[str] | None,
+        typer.Option(help="Never touch files matching GLOB (they may be the kept copy)."),
+    ] = None,
+    min_copies: Annotated[int, typer.Option(help="Copies (distinct files) to keep.")] = 1,
+    across_owners: Annotated[
+        bool,
+        typer.Option(
+            "--across-owners",
+            help="RISKY: also act among copies of different owner, group or mode. A hard link "
+            "or symlink then gives a path the kept file's owner and mode (another user may "
+            "then write what was yours), and a delete or move may leave a user only a copy "
+            "they cannot read. Default: only among files that share all three.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", "-n", help="Print the operations; change nothing.")
+    ] = False,
+    output_format: Annotated[
+        str, typer.Option("--format", "-f", help="text or json (dry run and results).")
+    ] = "text",
+    script: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a reviewable sh script of the operations instead of acting (a new file, "
+            "mode 700)."
+        ),
+    ] = None,
+    no_verify: Annotated[
+        bool,
+        typer.Option(
+            "--no-verify",
+            help="RISKY: do not compare the bytes before each operation (identity and "
+            "timestamps are still checked; a change that keeps them is not seen).",
+        ),
+    ] = False,
+    journal_path: Annotated[
+        Path | None,
+        typer.Option("--journal", help="Journal file (default: in the user's state directory)."),
+    ] = None,
+    resume_journal: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Finish the interrupted run of JOURNAL: settle what was under way, then carry "
+            "out the rest of its plan, with every check.",
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only problems on stderr.")] = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress", help="Progress on stderr (default: when it is a terminal)."
+        ),
+    ] = None,
+) -> None:
+    """Act on the duplicates of a report: delete, link or move all but the kept copies."""
+    if output_format not in ("text", "json"):
+        fail_usage(f"--format {output_format!r}: text or json")
+    if resume_journal is not None:
+        if report is not None or action is not None:
+            fail_usage("--resume takes only the journal")
+        if dry_run or script is not None:
+            fail_usage("--resume acts on the disk; it takes no --dry-run or --script")
+        raise typer.Exit(_resume(str(resume_journal), output_format, quiet))
+    if report is None:
+        fail_usage("missing REPORT (a JSON report, or '-' for stdin)")
+    if action is None:
+        fail_usage("missing --action (delete, hardlink, symlink, reflink, move)")
+    if dry_run and script is not None:
+        fail_usage("--dry-run and --script both change nothing: give one")
+    move_to = _move_target(to) if to is not None else None
+    try:
+        policy = Policy(
+            action,
+            keep,
+            tuple(keep_path or ()),
+            tuple(protect or ()),
+            min_copies,
+            move_to,
+            across_owners,
+        )
+    except ValueError as exc:
+        fail_usage(str(exc))
+    data, source = _read_report(report)
+    _warn_unmatched(source, policy)
+    plan = make_plan(source.groups, source.roots, policy)
+
+    if dry_run:
+        try:
+            with reader_may_leave(), output_to(None, "the dry run") as out:
+                if output_format == "json":
+                    _as_text(out, lambda text: write_json(plan, action, text))
+                else:
+                    write_text(plan, out)
+        except OutputError as exc:
+            fail_output(str(exc))
+        raise typer.Exit(EXIT_OK)
+    if script is not None:
+        _write_script(str(script), plan, action, report)
+        if not quiet:
+            typer.echo(f"{len(plan.operations)} operations written to {script}", err=True)
+        raise typer.Exit(EXIT_OK)
+
+    if not stdout_usable():
+        fail_output("cannot write the results: stdout is closed; nothing was touched")
+    path = str(journal_path) if journal_path is not None else default_path()
+    header = {"tool": "dedup-engine", "version": __version__, "pid": os.getpid()}
+    try:
+        journal = open_journal(
+            path,
+            data,
+            report,
+            policy,
+            verify=not no_verify,
+            operations=len(plan.operations),
+            extra=header,
+        )
+    except JournalError as exc:
+        fail_usage(str(exc))
+    if not quiet:
+        typer.echo(f"journal: {path}", err=True)
+    show_progress = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
+    try:
+        with _progress(show_progress, len(plan.operations)) as callback, _deferred() as stop:
+            summary = apply_plan(
+                plan, verify=not no_verify, journal=journal, progress=callback, should_stop=stop
+            )
+    except JournalError as exc:
+        typer.echo(f"dedup: error: {exc}; stopped. Finish the run with --resume {path}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    finally:
+        journal.close()
+    raise typer.Exit(_finish(summary, len(plan.operations), action, output_format, quiet, path))
+
+
+def _finish(
+    summary: ApplySummary, total: int, action: Action, form: str, quiet: bool, journal: str
+) -> int:
+    """Print the run's results; its exit code."""
+    written = _print_results(summary, action, form, quiet)
+    if summary.count(Outcome.ROLLBACK_FAILED):
+        # Before an interruption: a file waits under a temporary name.
+        typer.echo(f"dedup: once the cause is fixed: dedup apply --resume {journal}", err=True)
+        return EXIT_FAILED
+    if summary.interrupted:
+        left = total - len(summary.results)
+        typer.echo(
+            f"dedup: interrupted: stopped between operations, {left} not started; nothing is "
+            f"half done. Finish with: dedup apply --resume {journal}",
+            err=True,
+        )
+        return EXIT_INTERRUPTED
+    if not written:
+        typer.echo(f"dedup: the journal holds every outcome: {journal}", err=True)
+        return EXIT_OUTPUT
+    return EXIT_OK if summary.clean else EXIT_ISSUES
+
+
+@contextlib.contextmanager
+def _deferred() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C, SIGTERM and SIGHUP stop the run between operations, never in the middle of one
+    (which would leave a file under its temporary name until --resume)."""
+    caught: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = {number: signal.getsignal(number) for number in signals}
+    for number in signals:
+        signal.signal(number, lambda received, frame: caught.append(received))
+    try:
+        yield lambda: bool(caught)
+    finally:
+        for number, handler in old.items():
+            signal.signal(number, handler)
+
+
+def _warn_unmatched(source: Report, policy: Policy) -> None:
+    # A --protect that matches nothing is most likely a typo, and then protects nothing.
+    paths = [f.path for g in source.groups for f in g.files]
+    for option, patterns in (("--protect", policy.protect), ("--keep-path", policy.keep_paths)):
+        for pattern in patterns:
+            if not any(matches(path, (pattern,)) for path in paths):
+                typer.echo(
+                    f"dedup: warning: {option} {pattern!r} matches no file of the report "
+                    "(a pattern with '/' matches whole absolute paths: a directory needs 'DIR/*')",
+                    err=True,
+                )
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int) -> Iterator[ProgressCallback | None]:
+    if not enabled or total == 0:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    bar = Progress("apply", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
+    task = bar.add_task("apply", total=total)
+    with bar:
+        yield lambda done, _: bar.update(task, completed=done)
+
+
+def _move_target(to: str) -> str:
+    """--to as an absolute path, its symlinks not resolved: a symlink on the way (one planted
+    by another user in a shared directory) is refused here and again when acting."""
+    if not to:
+        fail_usage("--to is empty (an unset variable?): give the directory")
+    path = absolute(to)
+    probe = path
+    while True:
+        if os.path.islink(probe):
+            fail_usage(f"--to {to!r}: {probe!r} is a symlink; give a path without symlinks")
+        if probe == os.path.dirname(probe):
+            break
+        probe = os.path.dirname(probe)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        fail_usage(f"--to {to!r} is not a directory")
+    return path
+
+
+def _write_script(path: str, plan: Plan, action: Action, report: str) -> None:
+    """A new file, never through a symlink nor over an existing file (someone else's could
+    be changed between the review and `sh FILE`), readable by its owner only (it lists every
+    path of the plan)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o700)
+    except FileExistsError:
+        fail_usage(f"--script {path!r} exists: give a new file name")
+    except OSError as exc:
+        fail_usage(f"--script {path!r}: {exc.strerror}")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write_script(plan, action, report, out)
+            os.fchmod(out.fileno(), 0o700)  # the umask may have taken the owner's x bit
+    except OSError as exc:
+        os.unlink(path)
+        fail_output(f"cannot write the script {path!r}: {exc.strerror}")
+
+
+def _read_report(name: str) -> tuple[bytes, Report]:
+    """The report's bytes (the journal keeps their digest) and the report they hold, checked;
+    read the same way from a file as from stdin."""
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(name, "rb") as source:
+                data = source.read()
+    except OSError as exc:
+        fail_usage(f"cannot read report {name!r}: {exc.strerror}")
+    try:
+        return data, read_json(data)
+    except ReportError as exc:
+        fail_usage(f"report {name!r}: {exc}")
+
+
+def _print_results(summary: ApplySummary, action: Action, form: str, quiet: bool) -> bool:
+    """Problems on stderr, the results on stdout; False if stdout could not be written."""
+    _print_problems(summary, form, quiet)
+    counts = ", ".join(
+        f"{summary.count(o)} {word}"
+        for o, word in (
+            (Outcome.DONE, "done"),
+            (Outcome.KEPT, "kept instead (EMLINK)"),
+            (Outcome.SKIPPED, "skipped"),
+            (Outcome.FAILED, "failed"),
+            (Outcome.ROLLBACK_FAILED, "ROLLBACK FAILED"),
+        )
+        if summary.count(o) or o in (Outcome.DONE, Outcome.SKIPPED, Outcome.FAILED)
+    )
+    line = (
+        f"{action.value}: {counts}"
+        + f"; {human_size(summary.reclaimed)} reclaimed (measured by {summary.measured_by})"
+        + (f"; {_groups(summary.left_alone)} groups left alone" if summary.left_alone else "")
+    )
+    try:
+        with reader_may_leave(), output_to(None, "the results") as out:
+            if form == "json":
+                _as_text(out, lambda text: _write_json_results(summary, action, text))
+            else:
+                out.write(f"{line}\n".encode())
+    except OutputError as exc:
+        typer.echo(f"dedup: error: {exc}", err=True)
+        return False
+    if form == "json" and not quiet:
+        typer.echo(line, err=True)
+    return True
+
+
+def _as_text(out: IO[bytes], write: Callable[[IO[str]], None]) -> None:
+    """Write JSON text (pure ASCII: odd names travel as escapes) to a byte stream."""
+    text = io.TextIOWrapper(out, encoding="ascii", newline="\n")
+    write(text)
+    text.flush()
+    text.detach()
+
+
+def _print_problems(summary: ApplySummary, form: str, quiet: bool) -> None:
+    for notice in summary.notices:
+        if not quiet:
+            typer.echo(f"dedup: note: {notice}", err=True)
+    general: dict[tuple[Outcome, str], int] = {}
+    for result in summary.results:
+        if result.outcome is Outcome.ROLLBACK_FAILED:
+            typer.echo(f"dedup: {result.message}", err=True)
+        elif result.general:
+            key = (result.outcome, result.message)
+            general[key] = general.get(key, 0) + 1
+        elif result.outcome is not Outcome.DONE and not (quiet and form == "json"):
+            typer.echo(f"{result.outcome.value}: {_describe(result)}", err=True)
+    for (outcome, message), count in general.items():
+        typer.echo(f"{outcome.value}: {message} ({count} files)", err=True)
+    if not quiet:
+        for line in _left_alone(summary.left_alone):
+            typer.echo(line, err=True)
+
+
+_LEFT_ALONE = {
+    LeftAlone.ONE_FILE: "all the names are one file",
+    LeftAlone.ALL_KEPT: "every file kept by --min-copies or --protect",
+    LeftAlone.OWNER: "no copy of the same owner, group and mode (--across-owners acts across)",
+    LeftAlone.MOVE_CLASH: "two files would move to one target",
+}
+
+
+def _groups(skipped: tuple[Skipped, ...]) -> int:
+    """Groups with something left alone (a group split by owner may count twice otherwise)."""
+    return len({item.group for item in skipped})
+
+
+def _left_alone(skipped: tuple[Skipped, ...]) -> list[str]:
+    """One line per reason, with a count: the dry run lists each one."""
+    counts: dict[LeftAlone, int] = {}
+    for item in skipped:
+        counts[item.kind] = counts.get(item.kind, 0) + 1
+    return [f"left alone ({n}): {_LEFT_ALONE[kind]}" for kind, n in counts.items()]
+
+
+def _describe(result: OpResult) -> str:
+    # Messages name paths with repr(), escaped already: printable() would escape them twice.
+    return f"{printable(result.op.victim.path)}: {result.message}"
+
+
+def _write_json_results(summary: ApplySummary, action: Action, out: IO[str]) -> None:
+    data = {
+        "schema": 1,
+        "tool": "dedup-engine",
+        "action": action.value,
+        "reclaimed": summary.reclaimed,
+        "measured_by": summary.measured_by,
+        "counts": {o.value: summary.count(o) for o in Outcome},
+        "operations": [
+            {
+                "group": r.op.group + 1,
+                "path": r.op.victim.path,
+                "keep": r.op.keep.path,
+                "target": r.op.target,
+                "outcome": r.outcome.value,
+                "message": r.message,
+                "reclaimed": r.reclaimed,
+            }
+            for r in summary.results
+        ],
+        "left_alone": [{"group": s.group + 1, "reason": s.reason} for s in summary.left_alone],
+    }
+    json.dump(data, out, indent=1, ensure_ascii=True)
+    out.write("\n")
+    out.flush()
+
+
+def _resume(path: str, form: str, quiet: bool) -> int:
+    if not stdout_usable():
+        fail_output("cannot write the results: stdout is closed; nothing was touched")
+    try:
+        with _deferred() as stop:
+            done = resume(path, should_stop=stop)
+    except JournalWriteError as exc:
+        typer.echo(f"dedup: error: {exc}; stopped. Finish the run with --resume {path}", err=True)
+        return EXIT_FAILED
+    except JournalError as exc:
+        fail_usage(str(exc))
+    broken = _print_settled(done, quiet)
+    line = f"resume: {len(done.settled)} interrupted operations settled, {broken} need you"
+    if form == "text":
+        try:
+            with reader_may_leave(), output_to(None, "the results") as out:
+                out.write(f"{line}\n".encode())
+        except OutputError as exc:
+            typer.echo(f"dedup: error: {exc}; the journal holds every outcome: {path}", err=True)
+            return EXIT_OUTPUT
+    elif not quiet:
+        typer.echo(line, err=True)
+    if done.summary is None or done.plan is None:
+        typer.echo(f"dedup: the rest of the run cannot be carried out: {done.why_not}", err=True)
+        return EXIT_FAILED if broken else EXIT_ISSUES
+    action = done.action or Action.DELETE
+    return _finish(done.summary, len(done.plan.operations), action, form, quiet, path)
+
+
+def _print_settled(done: Resumed, quiet: bool) -> int:
+    broken = 0
+    for item in done.settled:
+        if item.settlement is Settlement.NEEDS_YOU:
+            broken += 1
+            typer.echo(f"dedup: NEEDS YOU: {item.message}", err=True)
+        elif not quiet:
+            typer.echo(f"{item.settlement.value}: {item.message}", err=True)
+    return broken

@@ -1,0 +1,1 @@
+"""The read-only duplicate search: walk, group by size, hash in stages, compare, group."""

@@ -1,0 +1,379 @@
+"""The whole duplicate search, start to end: `find_duplicates`.
+
+scan → size → hard-link collapse → head → tail → full → groups.  The walk and the head stage
+overlap: a file is sent for its head hash as soon as a second inode of its size turns up.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from dedup_engine.find.groups import Group, GroupBuilder, SizeGroups
+from dedup_engine.find.hashstep import HashStep
+from dedup_engine.find.hashtasks import Window, describe, what_changed
+from dedup_engine.find.pool import Pool, open_pool
+from dedup_engine.find.walk import DirJob, FileColumns, ScanResult, ScanTask
+from dedup_engine.model import DuplicateGroup, FindResult, Issue, RunStats, Stage
+from dedup_engine.options import OptionsError, ScanOptions
+
+#: Tasks in flight per worker: enough to hide the queue round trip, few enough to keep memory flat.
+IN_FLIGHT_PER_WORKER = 3
+#: Directories per scan task, at most; fewer while there are few to share out.
+SCAN_BATCH_DIRS = 16
+#: Groups refined between two feeds of the next stage.
+REFINE_SLICE = 2048
+#: Groups re-checked at a time while the workers hash (an lstat, some 3 us, per file).
+RECHECK_SLICE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot for progress displays: the stage running and what it has done so far."""
+
+    stage: Stage
+    files: int
+    bytes: int
+    total: int | None
+    finished: bool = False
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def canonical_roots(roots: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
+    """Absolute, symlink-free roots, each once, in the order given; missing roots are fatal.
+
+    Nested directory roots are kept (a file under both is attributed to the innermost): the walk
+    visits each directory once by (st_dev, st_ino).  A file root inside a directory root is kept
+    too, and listed once: the size grouping drops a path it has already seen.
+    """
+    out: list[str] = []
+    for root in roots:
+        text = os.fspath(root)
+        if not text:
+            raise OptionsError("an empty root was given")
+        real = os.path.realpath(text)
+        try:
+            st = os.stat(real)
+        except OSError as exc:
+            raise OptionsError(f"root {text!r}: {exc.strerror}") from None
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            raise OptionsError(f"root {text!r} is neither a directory nor a regular file")
+        if real not in out:
+            out.append(real)
+    if not out:
+        raise OptionsError("no root given")
+    return tuple(out)
+
+
+def find_duplicates(
+    roots: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+    options: ScanOptions | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+) -> FindResult:
+    """Find every group of files with identical content under the roots.
+
+    Reads files but never changes them.  Per-file failures are returned as issues; bad options and
+    missing roots raise `OptionsError` before any work starts.
+    """
+    opts = options or ScanOptions()
+    if isinstance(roots, str | Path) or not isinstance(roots, Sequence):
+        roots = [roots]
+    canon = canonical_roots(roots)
+    started = time.perf_counter()
+    stats = RunStats()
+    issues: list[Issue] = []
+    pool = open_pool(opts, canon)
+    run = None
+    try:
+        run = _Run(pool, canon, opts, stats, issues, progress)
+        groups = run.search()
+    except BaseException:  # KeyboardInterrupt, a dead worker: stop the workers at once
+        pool.abort()
+        raise
+    else:
+        pool.close()
+    finally:
+        if run is not None:
+            run.release()
+    stats.workers = pool.workers
+    stats.groups = len(groups)
+    stats.files_in_groups = sum(len(g.files) for g in groups)
+    stats.bytes_reclaimable = sum(g.reclaimable for g in groups)
+    stats.seconds = time.perf_counter() - started
+    issues.sort(key=lambda i: (i.path, i.stage.value))
+    return FindResult(canon, tuple(groups), tuple(issues), stats)
+
+
+class _Run:
+    """The state of one search; `search` is the pipeline."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        roots: tuple[str, ...],
+        opts: ScanOptions,
+        stats: RunStats,
+        issues: list[Issue],
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.pool = pool
+        self.roots = roots
+        self.opts = opts
+        self.stats = stats
+        self.issues = issues
+        self.progress = progress
+        self.limit = max(1, pool.workers) * IN_FLIGHT_PER_WORKER
+        for stage in (Stage.SCAN, Stage.SIZE, Stage.HARDLINK, Stage.HEAD, Stage.TAIL, Stage.FULL):
+            stats.stage(stage)  # rows in pipeline order
+        self.current = Stage.SCAN
+        self.table = FileColumns()
+        # The head stage exists before the size groups it is fed by; it learns the weight rule
+        # once they do.
+        self.head = self._step(Window(Stage.HEAD, opts.head_window, opts.whole_threshold), len)
+        feed = self.head.feed if "head" in opts.stages else _ignore
+        # With links followed, one inode can be reached by two paths even with a link count of 1.
+        self.sizes = SizeGroups(self.table, opts.hard_links, feed, every_inode=opts.follow_links)
+        # Which groups still count: two inodes, or with hard_links two names.
+        self.weight = self.sizes.copies if opts.hard_links else len
+        self.head.weight = self.weight
+        self._last_tick = 0.0
+        self._dirs: deque[DirJob] = deque()  # directories still to list
+        self._seen: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every directory queued
+        self._scans = 0  # scan tasks out
+        # Groups finished by a window (files read whole), to be re-checked by path.
+        self._unchecked: deque[tuple[Stage, bytes, Group]] = deque()
+
+    def release(self) -> None:
+        """Drop the run's big structures now: the stages and the size index refer back to the
+        run (progress ticks, candidate feeds), and a caller running without the cyclic garbage
+        collector would otherwise keep them, and the table, alive."""
+        del self.head, self.sizes, self.table, self.pool
+
+    def search(self) -> list[DuplicateGroup]:
+        opts = self.opts
+        self._scan()
+        groups = self.sizes.groups()
+        self._count_size_stages(groups)
+        tail = self._step(
+            Window(Stage.TAIL, opts.tail_window, min_size=opts.tail_min_size), self.weight
+        )
+        full = self._step(Window(Stage.FULL), self.weight, not opts.hard_links)
+        steps = [
+            step
+            for step, enabled in ((self.head, "head" in opts.stages), (tail, "tail" in opts.stages))
+            if enabled
+        ] + [full]
+        # Finished groups are built into records while the workers hash the next stage.
+        finals = GroupBuilder(self.table, self.sizes.links)
+        fed: dict[HashStep, list[Group]] = {step: [] for step in steps}
+        if steps[0] is self.head:
+            fed[self.head] = groups  # fed during the walk
+        else:
+            self._route(groups, steps, fed)
+        for index, step in enumerate(steps):
+            self.current = step.window.stage
+            step.drain(idle=partial(self._build_some, step, finals))
+            self._tick(finished=True)
+            # Refined a slice at a time, so the workers start on the survivors while the parent
+            # refines the rest.
+            todo = fed[step]
+            stage = step.window.stage
+            for start in range(0, len(todo), REFINE_SLICE):
+                done, rest = step.refine(todo[start : start + REFINE_SLICE])
+                if stage is Stage.FULL:
+                    finals.add(self.sizes.settle(done))
+                else:  # read whole by a window: re-checked by path first
+                    self._unchecked.extend((stage, d, g) for d, g in self.sizes.settle(done))
+                self._route(rest, steps[index + 1 :], fed)
+            step.release()
+        while self._unchecked:
+            finals.add(self._recheck(RECHECK_SLICE))
+        return finals.groups()
+
+    def _route(
+        self, groups: list[Group], later: list[HashStep], fed: dict[HashStep, list[Group]]
+    ) -> None:
+        """Feed each group to the first later stage whose window applies to its size."""
+        sizes = self.table.size
+        batches: dict[HashStep, list[Group]] = {}
+        for group in groups:
+            size = sizes[group[0]]
+            for step in later:
+                if step.window.applies(size):
+                    batches.setdefault(step, []).append(group)
+                    break
+        for step, batch in batches.items():
+            fed[step].extend(batch)
+            if step.window.stage is not Stage.FULL:
+                step.feed([row for group in batch for row in group])
+            elif self.opts.hard_links:
+                # A lone inode can be a group by its names alone: members are hashed one by one
+                # (comparing drops a member left alone) and split together at the end.
+                step.feed_groups([[row] for group in batch for row in group])
+            else:
+                step.feed_groups(batch)
+            step.flush()
+
+    def _build_some(self, step: HashStep, finals: GroupBuilder) -> None:
+        """The parent's work while a stage's tasks are out: settle, re-check and build finished
+        groups."""
+        finals.add(self.sizes.settle(step.take_finished()))
+        if self._unchecked:
+            finals.add(self._recheck(RECHECK_SLICE))
+        finals.build_some()
+
+    def _recheck(self, count: int) -> list[tuple[bytes, Group]]:
+        """Up to `count` groups of files read whole by a window, each file stat'ed again by path.
+
+        The worker that read such a file checked only its size.  A file still as the scan saw it
+        (same inode, size, mtime and ctime) now, after every read of its group, held the bytes
+        read from its scan to now; so all the files of a group kept do, at once, even when one
+        was read early in the walk and another scanned later.  A changed file drops out with an
+        issue.  Files whose last read is the full stage's are checked on the open file instead.
+        """
+        table = self.table
+        paths, devs, inos, sizes = table.paths, table.dev, table.ino, table.size
+        mtimes, ctimes = table.mtime, table.ctime
+        stat_path = os.stat if self.opts.follow_links else os.lstat
+        out: list[tuple[bytes, Group]] = []
+        unchecked = self._unchecked
+        for _ in range(min(count, len(unchecked))):
+            stage, digest, group = unchecked.popleft()
+            kept: Group = []
+            for row in group:
+                try:
+                    st = stat_path(paths[row])
+                except OSError as exc:
+                    self.issues.append(
+                        Issue(paths[row], stage, f"changed since the scan: {describe(exc)}")
+                    )
+                    continue
+                if (
+                    st.st_ctime_ns != ctimes[row]
+                    or st.st_mtime_ns != mtimes[row]
+                    or st.st_ino != inos[row]
+                    or st.st_dev != devs[row]
+                    or st.st_size != sizes[row]
+                ):
+                    message = what_changed(st, sizes[row], inos[row], devs[row])
+                    self.issues.append(Issue(paths[row], stage, message))
+                    continue
+                kept.append(row)
+            if len(kept) == len(group) or self.weight(kept) >= 2:
+                out.append((digest, kept))
+        return out
+
+    def _step(
+        self, window: Window, weight: Callable[[Group], int], split_on_arrival: bool = False
+    ) -> HashStep:
+        return HashStep(
+            self.pool,
+            self.table,
+            window,
+            self.stats.stage(window.stage),
+            self.issues,
+            follow_links=self.opts.follow_links,
+            chunk_size=self.opts.chunk_size,
+            in_flight=self.limit,
+            weight=weight,
+            split_on_arrival=split_on_arrival,
+            tick=self._tick if self.progress else None,
+        )
+
+    def _scan(self) -> None:
+        """Walk every root; rows stream into the size groups, which feed the head stage."""
+        started = time.perf_counter()
+        pending = self._dirs
+        for index, root in enumerate(self.roots):
+            try:
+                st = os.stat(root)
+            except OSError as exc:  # vanished since canonical_roots looked
+                self.issues.append(Issue(root, Stage.SCAN, f"cannot stat root: {exc.strerror}"))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                self._seen.add((st.st_dev, st.st_ino))
+                pending.append(DirJob(root, index, 0, st.st_dev))
+            elif self.opts.accepts_size(st.st_size):
+                start = len(self.table)
+                self.table.add(root, index, st)
+                self.stats.files_scanned += 1
+                self.stats.bytes_scanned += st.st_size
+                self.sizes.watch(st.st_dev, st.st_ino, root)
+                self.sizes.add(start, start + 1)
+        pool = self.pool
+        workers = max(1, pool.workers)
+        while pending or self._scans:
+            while pending and pool.in_flight < self.limit:
+                count = max(1, min(SCAN_BATCH_DIRS, len(pending) // (2 * workers)))
+                jobs = tuple(pending.popleft() for _ in range(min(count, len(pending))))
+                self._scans += 1
+                pool.submit(ScanTask(jobs), self._scanned)
+            self.head.flush()
+            pool.wait_one()
+        self.stats.stage(Stage.SCAN).seconds = time.perf_counter() - started
+        self._tick(finished=True)
+
+    def _scanned(self, result: ScanResult) -> None:
+        self._scans -= 1
+        stats = self.stats
+        start = len(self.table)
+        self.table.extend(result.files)
+        stats.dirs_scanned += result.dirs_scanned
+        stats.skipped_special += result.skipped_special
+        stats.skipped_symlinks += result.skipped_symlinks
+        stats.files_scanned += len(result.files)
+        stats.bytes_scanned += sum(result.files.size)
+        for path, message in result.issues:
+            self.issues.append(Issue(path, Stage.SCAN, message))
+        seen = self._seen
+        subdirs = zip(result.subdirs, result.subdir_devs, result.subdir_inos, strict=True)
+        for job, dev, ino in subdirs:
+            key = (dev, ino)
+            if key in seen:  # a loop through a followed link or a bind mount, or a nested root
+                stats.dirs_revisited += 1
+                continue
+            seen.add(key)
+            self._dirs.append(job)
+        self.sizes.add(start, len(self.table))
+        if self.progress is not None:
+            self._tick()
+
+    def _count_size_stages(self, groups: list[Group]) -> None:
+        scan = self.stats.stage(Stage.SCAN)
+        scan.files_out = self.stats.files_scanned
+        size = self.stats.stage(Stage.SIZE)
+        size.files_in = self.sizes.rows_in
+        size.files_out = self.sizes.paths_in_candidates
+        hardlink = self.stats.stage(Stage.HARDLINK)
+        hardlink.files_in = size.files_out
+        hardlink.files_out = sum(len(g) for g in groups)
+
+    def _tick(self, finished: bool = False) -> None:
+        """Report progress, at most ten times a second, and always when a stage ends."""
+        now = time.perf_counter()
+        if self.progress is None or (now - self._last_tick < 0.1 and not finished):
+            return
+        self._last_tick = now
+        row = self.stats.stage(self.current)
+        if self.current is Stage.SCAN:
+            files = self.stats.files_scanned
+            event = Progress(
+                Stage.SCAN, files, self.stats.bytes_scanned, files if finished else None, finished
+            )
+        else:
+            done = row.files_in if finished else row.files_opened
+            event = Progress(self.current, done, row.bytes_read, row.files_in, finished)
+        self.progress(event)
+
+
+def _ignore(rows: list[int]) -> None:
+    del rows

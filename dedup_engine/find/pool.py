@@ -1,0 +1,335 @@
+"""Running scan and hash tasks on worker processes, or in process, behind one small interface.
+
+The pipeline submits tasks with a callback and calls `wait_one` to let one result come back; the
+pipeline, not the pool, decides how many tasks are in flight, so memory stays bounded.  Worker
+processes are forked once, before the run has built any large structure, and serve every stage.
+They live no longer than the process that started them, hold none of its descriptors but their
+own two pipes and stderr, and leave interrupts to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import queue
+import selectors
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+from dedup_engine.find.fullcompare import compare_groups
+from dedup_engine.find.hashtasks import HashResult, HashTask, hash_batch
+from dedup_engine.find.walk import Filter, ScanResult, ScanTask, scan_dirs
+from dedup_engine.options import ScanOptions
+
+Task = ScanTask | HashTask
+PIPE_BYTES = 1 << 20
+#: Signals the `dedup` command turns into a clean stop; a worker leaves them to its parent.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Seconds `abort` waits for killed workers to be reaped before leaving them to the system.
+REAP_S = 1.0
+_PR_SET_PDEATHSIG = 1
+Result = ScanResult | HashResult
+Callback = Callable[[Any], None]
+
+
+class WorkerError(RuntimeError):
+    """A worker process died or raised: a bug or a kill, never a per-file problem."""
+
+
+class Pool(Protocol):
+    workers: int
+
+    @property
+    def in_flight(self) -> int: ...
+
+    def submit(self, task: Task, on_done: Callback) -> None: ...
+
+    def wait_one(self) -> None: ...
+
+    def close(self) -> None:
+        """Stop the workers once they are done: the end of a run."""
+
+    def abort(self) -> None:
+        """Stop the workers now, whatever they are doing: an interrupt or a failure."""
+
+
+def run_task(task: Task, flt: Filter) -> Result:
+    if isinstance(task, ScanTask):
+        return scan_dirs(task, flt)
+    if task.groups:
+        return compare_groups(task)
+    return hash_batch(task)
+
+
+class InlinePool:
+    """`--workers 0`: every task runs in this process when its result is waited for."""
+
+    def __init__(self, options: ScanOptions, roots: Sequence[str]) -> None:
+        self.workers = 0
+        self._filter = Filter(options, roots)
+        self._queue: deque[tuple[Task, Callback]] = deque()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._queue)
+
+    def submit(self, task: Task, on_done: Callback) -> None:
+        self._queue.append((task, on_done))
+
+    def wait_one(self) -> None:
+        task, on_done = self._queue.popleft()
+        on_done(run_task(task, self._filter))
+
+    def close(self) -> None:
+        self._queue.clear()
+
+    def abort(self) -> None:
+        self._queue.clear()
+
+
+def _worker_main(
+    tasks: Connection,
+    results: Connection,
+    options: ScanOptions,
+    roots: Sequence[str],
+    parent: int,
+    inherited: frozenset[int],
+) -> None:
+    _detach(parent, inherited, keep={tasks.fileno(), results.fileno()})
+    flt = Filter(options, roots)
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def receive() -> None:
+        # Tasks are drained as they come, so the parent's send never waits on this worker while
+        # this worker waits for the parent to read a result.
+        while True:
+            try:
+                item = tasks.recv()
+            except (EOFError, OSError):
+                item = None
+            inbox.put(item)
+            if item is None:
+                return
+
+    threading.Thread(target=receive, daemon=True).start()
+    while True:
+        item = inbox.get()
+        if item is None:
+            return
+        key, task = item
+        reply: tuple[int, Result | None, str | None]
+        try:
+            reply = (key, run_task(task, flt), None)
+        except BaseException:  # report, then keep serving: the parent decides to stop
+            reply = (key, None, traceback.format_exc())
+        try:
+            results.send(reply)
+        except OSError:  # the parent is gone: nobody to tell
+            return
+
+
+def _detach(parent: int, inherited: frozenset[int], keep: set[int]) -> None:
+    """Make a new worker depend on its parent and on nothing else of it.
+
+    Runs with the stop signals blocked (see `ProcessPool._start`), so that none arrives before
+    the worker has chosen what to do with it: an interrupt is the parent's to handle (a terminal
+    sends Ctrl-C to the whole process group), so SIGINT is ignored here, and SIGTERM and SIGHUP
+    end the worker at once (unless the parent ignores them too).  Linux kills the worker when
+    its parent dies, however it dies (`PR_SET_PDEATHSIG`); a parent dead before that was asked
+    is seen by the parent pid that changed.  The descriptors inherited by fork are closed: a
+    copy of a task pipe's write end would keep its reader waiting for ever, and another worker's
+    pipes are none of its business.  stdin and stdout point to /dev/null, so a pipeline reading
+    the parent's output ends with the parent; stderr stays, for a fatal message.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for number in STOP_SIGNALS[1:]:
+        if signal.getsignal(number) != signal.SIG_IGN:  # ignored by all, as under `nohup`
+            signal.signal(number, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        import ctypes  # here, not in every run of the command: ~2 ms
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(0)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    for fd in inherited - keep:
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):
+        if fd != null and fd not in keep:  # a parent without stdio may have put a pipe there
+            os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+
+
+class ProcessPool:
+    """Worker processes, each fed through its own pipe; a task goes to the least busy worker.
+
+    Pipes and no queue threads in the parent: the parent's CPU is part of the run's budget.
+    """
+
+    def __init__(self, workers: int, options: ScanOptions, roots: Sequence[str]) -> None:
+        method = "fork" if sys.platform.startswith("linux") else "spawn"
+        ctx = multiprocessing.get_context(method)
+        self.workers = workers
+        self._callbacks: dict[int, tuple[Callback, int]] = {}
+        self._busy = [0] * workers
+        self._next = 0
+        self._procs: list[Any] = []
+        self._send: list[Connection] = []
+        self._recv: list[Connection] = []
+        self._selector = selectors.DefaultSelector()
+        try:
+            self._start(ctx, workers, options, roots)
+        except BaseException:
+            self.abort()  # the workers already started
+            raise
+        self._owner = {conn: index for index, conn in enumerate(self._recv)}
+        for conn in self._recv:
+            self._selector.register(conn, selectors.EVENT_READ)
+
+    def _start(self, ctx: Any, workers: int, options: ScanOptions, roots: Sequence[str]) -> None:
+        parent = os.getpid()
+        # Blocked across each fork, so that a new worker meets no stop signal before it has
+        # chosen to ignore it (the parent's handler would run in the worker and print a
+        # traceback there); the parent gets any that arrived once the worker is started.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            for _ in range(workers):
+                task_r, task_w = ctx.Pipe(duplex=False)
+                result_r, result_w = ctx.Pipe(duplex=False)
+                _widen(task_w)
+                _widen(result_r)
+                # Everything open now is the parent's, for a forked worker to close; the pipes
+                # multiprocessing makes while starting it are opened after.  A spawned worker
+                # inherits nothing: these numbers would name descriptors of its own.
+                inherited: frozenset[int] = frozenset()
+                if ctx.get_start_method() == "fork":
+                    own = [c.fileno() for c in (*self._send, *self._recv, task_w, result_r)]
+                    inherited = frozenset([*_open_fds(), *own])
+                proc = ctx.Process(
+                    target=_worker_main,
+                    args=(task_r, result_w, options, tuple(roots), parent, inherited),
+                    daemon=True,
+                )
+                proc.start()
+                task_r.close()
+                result_w.close()
+                self._procs.append(proc)
+                self._send.append(task_w)
+                self._recv.append(result_r)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._callbacks)
+
+    def submit(self, task: Task, on_done: Callback) -> None:
+        key = self._next
+        self._next += 1
+        busy = self._busy
+        worker = busy.index(min(busy))
+        busy[worker] += 1
+        self._callbacks[key] = (on_done, worker)
+        try:
+            self._send[worker].send((key, task))
+        except OSError as exc:  # EPIPE: the worker is gone
+            code = self._procs[worker].exitcode
+            raise WorkerError(f"a worker process died (exit code {code})") from exc
+
+    def wait_one(self) -> None:
+        # One selector for the whole run: multiprocessing.connection.wait builds a new one per
+        # call, a cost paid for every result.
+        while True:
+            ready = [key.fileobj for key, _ in self._selector.select(timeout=0.5)]
+            if ready:
+                break
+            dead = [p for p in self._procs if not p.is_alive()]
+            if dead:
+                codes = ", ".join(str(p.exitcode) for p in dead)
+                raise WorkerError(f"a worker process died (exit code {codes})")
+        for conn in ready:
+            assert isinstance(conn, Connection)
+            try:
+                key, result, error = conn.recv()
+            except (EOFError, OSError):
+                code = self._procs[self._owner[conn]].exitcode
+                raise WorkerError(f"a worker process died (exit code {code})") from None
+            on_done, worker = self._callbacks.pop(key)
+            self._busy[worker] -= 1
+            if error is not None:
+                raise WorkerError(f"a worker failed:\n{error}")
+            on_done(result)
+
+    def close(self) -> None:
+        for conn in self._send:
+            with contextlib.suppress(OSError):  # that worker is gone already
+                conn.send(None)
+        for proc in self._procs:
+            proc.join(timeout=2)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=2)
+        self._release()
+
+    def abort(self) -> None:
+        # No goodbyes: the workers' results are not wanted, and a worker reading a large file
+        # would finish its task first.
+        for proc in self._procs:
+            with contextlib.suppress(OSError, ValueError):
+                proc.kill()
+        deadline = time.monotonic() + REAP_S
+        for proc in self._procs:
+            # Reaped, unless stuck in the kernel (a hung network mount); the system reaps it
+            # when this process exits.
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._release()
+
+    def _release(self) -> None:
+        for proc in self._procs:
+            if proc.exitcode is not None:
+                proc.close()  # its sentinel pipe, now rather than at garbage collection
+        self._procs = []
+        self._selector.close()
+        for conn in (*self._send, *self._recv):
+            conn.close()
+        self._send, self._recv = [], []
+
+
+def _widen(conn: Connection) -> None:
+    # A pipe holds 64 KiB by default: a few batches of paths.  With room for all the tasks in
+    # flight, a send returns at once instead of waiting for the worker's reader thread to get
+    # the GIL.  Linux only, and best effort: the pool is correct without it.
+    try:
+        import fcntl
+
+        fcntl.fcntl(conn.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    except (ImportError, OSError):
+        pass
+
+
+def _open_fds() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: the pool's own pipes are named by the caller anyway
+        return []
+
+
+def open_pool(options: ScanOptions, roots: Sequence[str]) -> Pool:
+    workers = options.worker_count()
+    if workers == 0:
+        return InlinePool(options, roots)
+    return ProcessPool(workers, options, roots)

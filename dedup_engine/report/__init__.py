@@ -1,0 +1,1 @@
+"""Reports: the JSON contract, the output formats, and reading a report back."""

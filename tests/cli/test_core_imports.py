@@ -1,0 +1,48 @@
+"""The library never imports the CLI's libraries.
+
+`import dedup_engine` and a whole search (in process and with workers, report writing included)
+leave rich, typer and click out of sys.modules.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from treebuilder import Tree, content
+
+pytestmark = pytest.mark.usefixtures("deadline")
+
+SCRIPT = """
+import io, sys
+import dedup_engine
+from dedup_engine import ScanOptions, find_duplicates
+from dedup_engine.report.writers import write_csv, write_fdupes, write_json, write_text
+
+root = sys.argv[1]
+for workers in (0, 2):
+    result = find_duplicates(root, ScanOptions(workers=workers))
+    assert len(result.groups) == 1, result
+    write_json(result, ScanOptions(), dedup_engine.__version__, io.StringIO())
+    for writer in (write_csv, write_fdupes):
+        writer(result.groups, io.BytesIO())
+    write_text(result, io.BytesIO())
+loaded = sorted(m for m in ("rich", "typer", "click") if m in sys.modules)
+print(",".join(loaded) or "none")
+"""
+
+
+def test_library_does_not_import_the_cli_libraries(tmp_path: Path) -> None:
+    tree = Tree(tmp_path / "tree")
+    tree.file("a", content(100))
+    tree.file("sub/b", content(100))
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, tree.root],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert proc.stdout.decode().strip() == "none"

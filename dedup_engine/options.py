@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 
+from dedup_engine.globs import pattern_problem
+
 #: Head window.  4 KiB is one page: the cheapest read the kernel serves, and it separates the
 #: unrelated same-size files of typical trees as well as larger windows do (docs/architecture.md).
 DEFAULT_HEAD = 4096
@@ -50,6 +52,7 @@ class ScanOptions:
     follow_links: bool = False
     one_file_system: bool = False
     max_depth: int | None = None
+    #: Globs in the one dialect of `dedup_engine.globs`.
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     hidden: bool = True
@@ -86,9 +89,14 @@ class ScanOptions:
         unknown = set(self.stages) - {"head", "tail"}
         if unknown:
             raise OptionsError(f"unknown partial stage(s): {', '.join(sorted(unknown))}")
-        for pattern in (*self.include, *self.exclude):
-            if not pattern:
-                raise OptionsError("an empty --include/--exclude pattern matches nothing; drop it")
+        for option, patterns, files_only in (
+            ("--include", self.include, True),
+            ("--exclude", self.exclude, False),
+        ):
+            for pattern in patterns:
+                problem = pattern_problem(pattern, files_only)
+                if problem:
+                    raise OptionsError(f"{option}: {problem}")
 
     def accepts_size(self, size: int) -> bool:
         """Empty files only with `empty`; others within `min_size`..`max_size`."""

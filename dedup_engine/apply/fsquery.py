@@ -6,7 +6,6 @@ changes anything on disk except `sync_dir`, which only makes a directory's entri
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import stat
@@ -122,12 +121,3 @@ def kind(mode: int) -> str:
         (stat.S_ISBLK, "block device"),
     ]
     return next((name for test, name in kinds if test(mode)), "special file")
-
-
-def describe_error(exc: OSError) -> str:
-    """ "Permission denied (EACCES)": what happened, and the name to search for."""
-    if not exc.errno:
-        return str(exc)
-    if exc.errno == errno.ELOOP and exc.strerror and "symlink" in exc.strerror:
-        return f"{exc.strerror} (ELOOP)"  # SymlinkInPath: which component, not "too many links"
-    return f"{os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})"

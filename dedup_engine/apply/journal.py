@@ -34,6 +34,8 @@ from dedup_engine.apply.fsquery import sync_dir
 from dedup_engine.apply.operation import ASIDE_PATTERN, OpResult, Outcome, Stamp
 from dedup_engine.apply.plan import Action, Operation
 from dedup_engine.model import FileEntry
+from dedup_engine.openflags import GUARDS
+from dedup_engine.oserror import describe_error
 from dedup_engine.report.read import path_problem
 
 JOURNAL_VERSION = 2
@@ -73,7 +75,7 @@ def create_private(path: str, what: str) -> int:
     except FileExistsError:
         raise JournalError(f"{what} {path!r} exists: use --resume, or another --journal") from None
     except OSError as exc:
-        raise JournalError(f"cannot create {what} {path!r}: {exc.strerror}") from None
+        raise JournalError(f"cannot create {what} {path!r}: {describe_error(exc)}") from None
 
 
 def open_private(path: str, flags: int, what: str) -> int:
@@ -83,9 +85,9 @@ def open_private(path: str, flags: int, what: str) -> int:
         if not stat.S_ISREG(os.lstat(path).st_mode):  # checked again on the descriptor below
             raise JournalError(f"{what} {path!r} is not a regular file; refused")
         # O_NONBLOCK: a FIFO put there meanwhile must be refused, not waited on.
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = os.open(path, flags | GUARDS)
     except OSError as exc:
-        reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+        reason = "it is a symlink" if exc.errno == errno.ELOOP else describe_error(exc)
         raise JournalError(f"cannot open {what} {path!r}: {reason}") from None
     st = os.fstat(fd)
     problem = None
@@ -130,7 +132,7 @@ class FileJournal:
             os.close(journal._fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise JournalError(f"journal {path!r} is in use: its run is still going") from None
-            raise JournalError(f"cannot lock journal {path!r}: {exc.strerror}") from None
+            raise JournalError(f"cannot lock journal {path!r}: {describe_error(exc)}") from None
         journal._drop_torn_tail()
         return journal
 
@@ -202,7 +204,9 @@ class FileJournal:
         try:
             os.fsync(self._fd)
         except OSError as exc:
-            raise JournalWriteError(f"cannot write journal {self.path!r}: {exc.strerror}") from None
+            raise JournalWriteError(
+                f"cannot write journal {self.path!r}: {describe_error(exc)}"
+            ) from None
 
     def close(self) -> None:
         """Sync what is left, best effort: a record that does not reach the disk is one resume
@@ -220,7 +224,9 @@ class FileJournal:
                 raise OSError(errno.ENOSPC, "short write")
         except OSError as exc:
             # Without a record on disk no further operation may start: the run stops here.
-            raise JournalWriteError(f"cannot write journal {self.path!r}: {exc.strerror}") from None
+            raise JournalWriteError(
+                f"cannot write journal {self.path!r}: {describe_error(exc)}"
+            ) from None
 
 
 def boot_id() -> str | None:
@@ -337,7 +343,7 @@ def _read_all(path: str) -> bytes:
         with os.fdopen(fd, "rb", closefd=False) as source:
             return source.read()
     except OSError as exc:
-        raise JournalError(f"cannot read journal {path!r}: {exc.strerror}") from None
+        raise JournalError(f"cannot read journal {path!r}: {describe_error(exc)}") from None
     finally:
         os.close(fd)
 

@@ -47,7 +47,6 @@ from typing import NamedTuple, Protocol
 from dedup_engine.apply.access import Access
 from dedup_engine.apply.fsquery import (
     content_stamp,
-    describe_error,
     free_bytes,
     kind,
     lease_intact,
@@ -59,7 +58,6 @@ from dedup_engine.apply.fsquery import (
 )
 from dedup_engine.apply.plan import Action, Operation
 from dedup_engine.apply.syscalls import (
-    OPEN_READ,
     REAL,
     ContentDiffers,
     SymlinkInPath,
@@ -67,6 +65,8 @@ from dedup_engine.apply.syscalls import (
     fs_type,
 )
 from dedup_engine.model import FileEntry
+from dedup_engine.openflags import OPEN_READ
+from dedup_engine.oserror import describe_error
 
 #: Errors that mean "this filesystem cannot dedupe", as opposed to a failure of this file.
 _NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS}

@@ -16,12 +16,13 @@ target (the same path below two roots): that set is left alone, with the reason.
 from __future__ import annotations
 
 import enum
-import fnmatch
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from dedup_engine.globs import Globs, pattern_problem
 from dedup_engine.model import DuplicateGroup, FileEntry, Owner
+from dedup_engine.paths import below, root_of
 from dedup_engine.report.read import path_problem
 
 
@@ -61,6 +62,11 @@ class Policy:
             raise ValueError("--to DIR goes with --action move, and only with it")
         if self.move_to is not None and not os.path.isabs(self.move_to):
             raise ValueError(f"--to {self.move_to!r} must be an absolute path")
+        for option, patterns in (("--keep-path", self.keep_paths), ("--protect", self.protect)):
+            for pattern in patterns:
+                problem = pattern_problem(pattern, files_only=True)
+                if problem:
+                    raise ValueError(f"{option}: {problem}")
 
     @property
     def splits_by_owner(self) -> bool:
@@ -158,10 +164,13 @@ def make_plan(groups: Sequence[DuplicateGroup], roots: Sequence[str], policy: Po
     skipped: list[Skipped] = []
     targets: set[str] = set()  # move targets planned so far: each receives one file
     order = _order(policy, roots)
+    protect = Globs(policy.protect)
     for index, group in enumerate(groups):
         sets = _owner_sets(group.files, order) if policy.splits_by_owner else [list(group.files)]
         for files in sets:
-            planned, left = _plan_set(index, files, policy, order, roots, split=len(sets) > 1)
+            planned, left = _plan_set(
+                index, files, policy, order, roots, protect, split=len(sets) > 1
+            )
             clash = _clash(planned, targets)
             if clash:
                 why = f"two files would move to {clash!r} (same path below two roots); "
@@ -190,6 +199,7 @@ def _plan_set(
     policy: Policy,
     order: Callable[[FileEntry], tuple[object, ...]],
     roots: Sequence[str],
+    protect: Globs,
     *,
     split: bool,
 ) -> tuple[list[Operation], Skipped | None]:
@@ -206,7 +216,9 @@ def _plan_set(
     # A file is represented by its best name; files are ranked by their best names.
     names = {key: sorted(entries, key=order) for key, entries in inodes.items()}
     ranked = sorted(names, key=lambda key: order(names[key][0]))
-    protected = [key for key in ranked if any(matches(e.path, policy.protect) for e in inodes[key])]
+    protected = [
+        key for key in ranked if any(protect.match_file(e.path, roots) for e in inodes[key])
+    ]
     kept = ranked[: policy.min_copies]
     kept += [key for key in protected if key not in kept]
     victims = [key for key in ranked if key not in kept]
@@ -238,14 +250,14 @@ def _clash(planned: Sequence[Operation], targets: set[str]) -> str | None:
 
 
 def _order(policy: Policy, roots: Sequence[str]) -> Callable[[FileEntry], tuple[object, ...]]:
+    keep_paths = Globs(policy.keep_paths)
+
     def root_index(path: str) -> int:
-        for number, root in enumerate(roots):
-            if path == root or path.startswith(root.rstrip("/") + "/"):
-                return number
-        return len(roots)
+        number = root_of(path, roots)
+        return len(roots) if number is None else number
 
     def key(entry: FileEntry) -> tuple[object, ...]:
-        wanted = 0 if matches(entry.path, policy.keep_paths) else 1
+        wanted = 0 if keep_paths.match_file(entry.path, roots) else 1
         path = entry.path
         rank: tuple[object, ...]
         if policy.keep is Keep.FIRST_ROOT:
@@ -263,18 +275,10 @@ def _order(policy: Policy, roots: Sequence[str]) -> Callable[[FileEntry], tuple[
     return key
 
 
-def matches(path: str, patterns: Sequence[str]) -> bool:
-    # A pattern with a "/" matches the whole path; one without, the file's name.
-    name = os.path.basename(path)
-    return any(
-        fnmatch.fnmatchcase(path if "/" in pattern else name, pattern) for pattern in patterns
-    )
-
-
 def _moved(path: str, roots: Sequence[str], destination: str) -> str:
     """The path under `destination` that keeps `path`'s place below its root."""
     for root in roots:
-        base = root.rstrip("/") + "/"
-        if path.startswith(base):
-            return os.path.join(destination, path[len(base) :])
+        part = below(path, root)
+        if part:
+            return os.path.join(destination, part)
     return os.path.join(destination, path.lstrip("/"))

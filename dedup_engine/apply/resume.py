@@ -26,7 +26,6 @@ from blake3 import blake3
 from dedup_engine.apply.access import Access
 from dedup_engine.apply.fsquery import (
     content_stamp,
-    describe_error,
     lease_intact,
     lstat_at,
     readlink_at,
@@ -46,7 +45,9 @@ from dedup_engine.apply.journal import (
 from dedup_engine.apply.operation import OpResult, Outcome, Stamp
 from dedup_engine.apply.plan import Action, Operation, Plan, Policy, make_plan
 from dedup_engine.apply.runner import ApplySummary, Prior, ProgressCallback, apply_plan
-from dedup_engine.apply.syscalls import OPEN_READ, REAL, Syscalls
+from dedup_engine.apply.syscalls import REAL, Syscalls
+from dedup_engine.openflags import OPEN_READ
+from dedup_engine.oserror import describe_error
 from dedup_engine.report.read import ReportError, absolute, path_problem, read_json
 
 
@@ -95,7 +96,7 @@ def _save(copy: str, data: bytes) -> None:
         os.close(fd)
         os.unlink(copy)
         raise JournalWriteError(
-            f"cannot save the report beside the journal: {exc.strerror}"
+            f"cannot save the report beside the journal: {describe_error(exc)}"
         ) from None
     os.close(fd)
 
@@ -207,7 +208,7 @@ def _plan_again(state: State) -> tuple[Plan | None, bool, str | None]:
             return None, True, f"the report {source!r} is not a regular file"
         data = _read_fd(fd)
     except OSError as exc:
-        return None, True, f"cannot read the report {source!r}: {exc.strerror}"
+        return None, True, f"cannot read the report {source!r}: {describe_error(exc)}"
     finally:
         os.close(fd)
     if blake3(data).hexdigest() != digest:

@@ -32,7 +32,6 @@ from typing import Protocol
 
 #: How `apply` opens a file it reads: never through a symlink, never as a controlling terminal,
 #: never blocking on a FIFO swapped in since the report.
-OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
 #: A directory on the way to a file: a handle for the *at calls only (O_PATH needs no read
 #: permission, as path lookup needs none), and never a symlink.
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -29,7 +29,6 @@ from dedup_engine.apply.plan import (
     Policy,
     Skipped,
     make_plan,
-    matches,
 )
 from dedup_engine.apply.preview import write_json, write_script, write_text
 from dedup_engine.apply.resume import Resumed, Settlement, open_journal, resume
@@ -46,6 +45,7 @@ from dedup_engine.cli.common import (
     reader_may_leave,
     stdout_usable,
 )
+from dedup_engine.globs import Globs
 from dedup_engine.report.read import Report, ReportError, absolute, read_json
 from dedup_engine.report.writers import human_size, printable
 
@@ -262,10 +262,11 @@ def _warn_unmatched(source: Report, policy: Policy) -> None:
     paths = [f.path for g in source.groups for f in g.files]
     for option, patterns in (("--protect", policy.protect), ("--keep-path", policy.keep_paths)):
         for pattern in patterns:
-            if not any(matches(path, (pattern,)) for path in paths):
+            if not any(Globs((pattern,)).match_file(path, source.roots) for path in paths):
                 typer.echo(
                     f"dedup: warning: {option} {pattern!r} matches no file of the report "
-                    "(a pattern with '/' matches whole absolute paths: a directory needs 'DIR/*')",
+                    "(a pattern with '/' matches a whole path: "
+                    "the files below a directory need 'DIR/*')",
                     err=True,
                 )
 

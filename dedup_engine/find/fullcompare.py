@@ -20,8 +20,8 @@ from dedup_engine.find.hashtasks import (
     HashTask,
     check_unchanged,
     describe,
-    open_flags,
 )
+from dedup_engine.openflags import read_flags
 
 #: Larger groups are hashed file by file, so a group never holds more than this many files open;
 #: so are groups of one (with --hard-links, where one inode's paths count as copies).
@@ -45,7 +45,7 @@ class _Open:
 
 def compare_groups(task: HashTask) -> HashResult:
     """Digests for the task's groups (laid end to end, sizes in `task.groups`), chunk by chunk."""
-    flags = open_flags(task.follow_links)
+    flags = read_flags(task.follow_links)
     digests = [NO_DIGEST] * len(task.paths)
     failed: list[tuple[int, str]] = []
     opened = 0

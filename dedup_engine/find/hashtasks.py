@@ -17,15 +17,11 @@ from dataclasses import dataclass, field
 from blake3 import blake3
 
 from dedup_engine.model import Stage
+from dedup_engine.openflags import read_flags
+from dedup_engine.oserror import describe_error
 
 DIGEST_SIZE = 32
 NO_DIGEST = bytes(DIGEST_SIZE)
-
-# O_NONBLOCK: a path swapped for a FIFO after the scan must not hang the open; it has no effect on
-# regular files.  O_NOFOLLOW (unless links are followed): a path swapped for a symlink is refused.
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0)
-_OPEN_FLAGS |= getattr(os, "O_CLOEXEC", 0)
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +97,7 @@ def hash_batch(task: HashTask) -> HashResult:
     function call per file costs a measurable share of the run.
     """
     window = task.window
-    flags = open_flags(task.follow_links)
+    flags = read_flags(task.follow_links)
     head = window.stage is Stage.HEAD
     length = window.length
     limit = window.whole_limit
@@ -148,10 +144,6 @@ def hash_batch(task: HashTask) -> HashResult:
     return HashResult(window, task.ids, bytes(digests), tuple(failed), opened, total)
 
 
-def open_flags(follow_links: bool) -> int:
-    return _OPEN_FLAGS if follow_links else _OPEN_FLAGS | _NOFOLLOW
-
-
 def _finish_whole(fd: int, data: bytes, size: int) -> bytes:
     if len(data) < size:
         data = _read_rest(fd, data, size, 0)
@@ -193,12 +185,12 @@ def _read_rest(fd: int, data: bytes, want: int, offset: int) -> bytes:
 
 
 def describe(exc: OSError) -> str:
+    """An issue's text for a failed read: what the find stages make of the errors they expect
+    (a file that changed, or was swapped for a symlink or a FIFO), else the plain error."""
     if isinstance(exc, ChangedError):
         return str(exc.strerror)
     if exc.errno == errno.ELOOP:
         return "is now a symbolic link (not followed)"
     if exc.errno == errno.ESPIPE:
         return "no longer a regular file (a FIFO or socket now)"
-    name = errno.errorcode.get(exc.errno or 0, "")
-    text = exc.strerror or str(exc)
-    return f"{name}: {text}" if name else text
+    return describe_error(exc)

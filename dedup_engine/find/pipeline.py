@@ -22,6 +22,7 @@ from dedup_engine.find.pool import Pool, open_pool
 from dedup_engine.find.walk import DirJob, FileColumns, ScanResult, ScanTask
 from dedup_engine.model import DuplicateGroup, FindResult, Issue, RunStats, Stage
 from dedup_engine.options import OptionsError, ScanOptions
+from dedup_engine.oserror import describe_error
 
 #: Tasks in flight per worker: enough to hide the queue round trip, few enough to keep memory flat.
 IN_FLIGHT_PER_WORKER = 3
@@ -63,7 +64,7 @@ def canonical_roots(roots: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
         try:
             st = os.stat(real)
         except OSError as exc:
-            raise OptionsError(f"root {text!r}: {exc.strerror}") from None
+            raise OptionsError(f"root {text!r}: {describe_error(exc)}") from None
         if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             raise OptionsError(f"root {text!r} is neither a directory nor a regular file")
         if real not in out:
@@ -297,7 +298,9 @@ class _Run:
             try:
                 st = os.stat(root)
             except OSError as exc:  # vanished since canonical_roots looked
-                self.issues.append(Issue(root, Stage.SCAN, f"cannot stat root: {exc.strerror}"))
+                self.issues.append(
+                    Issue(root, Stage.SCAN, f"cannot stat root: {describe_error(exc)}")
+                )
                 continue
             if stat.S_ISDIR(st.st_mode):
                 self._seen.add((st.st_dev, st.st_ino))

@@ -8,15 +8,16 @@ tuple per file costs more than the listing itself.
 
 from __future__ import annotations
 
-import fnmatch
 import os
-import re
 import stat
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from dedup_engine.globs import Globs
+from dedup_engine.openflags import dir_flags
 from dedup_engine.options import ScanOptions
+from dedup_engine.oserror import describe_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,56 +124,18 @@ class Filter:
     def __init__(self, options: ScanOptions, roots: Sequence[str]) -> None:
         self.options = options
         self.roots = tuple(roots)
-        self._include_name, self._include_path, _ = _compile(options.include)
-        self._exclude_name, self._exclude_path, self._exclude_dir = _compile(options.exclude)
+        self._include = Globs(options.include)
+        self._exclude = Globs(options.exclude)
         self.has_include = bool(options.include)
         self.has_exclude = bool(options.exclude)
-
-    def _relative(self, path: str, root: int) -> str:
-        base = self.roots[root]
-        return path[len(base) :].lstrip("/") if path.startswith(base) else path
 
     def excluded(self, name: str, path: str, root: int, is_dir: bool = False) -> bool:
         if not self.options.hidden and name.startswith("."):
             return True
-        if not self.has_exclude:
-            return False
-        if self._exclude_name is not None and self._exclude_name.match(name):
-            return True
-        if is_dir and self._exclude_dir is not None and self._exclude_dir.match(name):
-            return True
-        return self._exclude_path is not None and bool(
-            self._exclude_path.match(self._relative(path, root))
-        )
+        return self.has_exclude and self._exclude.match(name, path, self.roots[root], is_dir)
 
     def included(self, name: str, path: str, root: int) -> bool:
-        if not self.has_include:
-            return True
-        if self._include_name is not None and self._include_name.match(name):
-            return True
-        return self._include_path is not None and bool(
-            self._include_path.match(self._relative(path, root))
-        )
-
-
-def _compile(
-    patterns: Sequence[str],
-) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None, re.Pattern[str] | None]:
-    # As in a .gitignore: a pattern with a "/" at its start or in its middle matches the path
-    # below the root; one without matches the name at any depth; a trailing "/" limits it to
-    # directories.  Each kind is folded into a single regular expression.
-    names, paths, dir_names = [], [], []
-    for pattern in patterns:
-        bare = pattern.rstrip("/")
-        if "/" in bare:
-            paths.append(fnmatch.translate(bare.lstrip("/")))
-        elif bare != pattern:
-            dir_names.append(fnmatch.translate(bare))
-        else:
-            names.append(fnmatch.translate(bare))
-    return tuple(  # type: ignore[return-value]
-        re.compile("|".join(kind)) if kind else None for kind in (names, paths, dir_names)
-    )
+        return not self.has_include or self._include.match(name, path, self.roots[root])
 
 
 def scan_dirs(task: ScanTask, flt: Filter) -> ScanResult:
@@ -183,9 +146,7 @@ def scan_dirs(task: ScanTask, flt: Filter) -> ScanResult:
     """
     opts = flt.options
     follow = opts.follow_links
-    dir_flags = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
-    if not follow:
-        dir_flags |= getattr(os, "O_NOFOLLOW", 0)
+    open_flags = dir_flags(follow)
     max_depth = opts.max_depth
     filtering = flt.has_include or flt.has_exclude or not opts.hidden
     min_size = max(opts.min_size, 1)
@@ -215,7 +176,7 @@ def scan_dirs(task: ScanTask, flt: Filter) -> ScanResult:
         # one swapped for a link after its parent was listed is refused, and each entry is then
         # stat'ed relative to it, which is also a shorter lookup than the full path.
         try:
-            dir_fd = os.open(job.path, dir_flags)
+            dir_fd = os.open(job.path, open_flags)
         except OSError as exc:
             issues.append((job.path, _describe(exc)))
             continue
@@ -302,5 +263,4 @@ def scan_dirs(task: ScanTask, flt: Filter) -> ScanResult:
 
 
 def _describe(exc: OSError) -> str:
-    name = os.strerror(exc.errno) if exc.errno else str(exc)
-    return f"cannot list or stat: {name}"
+    return f"cannot list or stat: {describe_error(exc)}"

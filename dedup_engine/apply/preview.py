@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from dedup_engine.apply.operation import aside_name
 from dedup_engine.apply.plan import Action, Operation, Plan
-from dedup_engine.report.writers import human_size, printable
+from dedup_engine.report.display import human_size, printable
 
 SCHEMA = 1
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import io
 import os
 import signal
 import sys
@@ -40,14 +39,8 @@ from dedup_engine.find.pipeline import Progress, ProgressCallback, find_duplicat
 from dedup_engine.find.pool import STOP_SIGNALS, WorkerError
 from dedup_engine.model import FindResult
 from dedup_engine.options import OptionsError, ScanOptions
-from dedup_engine.report.writers import (
-    Format,
-    human_size,
-    write_csv,
-    write_fdupes,
-    write_json,
-    write_text,
-)
+from dedup_engine.report.display import human_size
+from dedup_engine.report.formats import WRITERS, Format
 
 #: Interrupted (Ctrl-C, SIGTERM, SIGHUP), as a shell reports a command stopped by Ctrl-C.
 EXIT_INTERRUPTED = 130
@@ -298,18 +291,7 @@ def _write(
     result: FindResult, options: ScanOptions, form: Format, out: IO[bytes], null: bool
 ) -> int:
     """Write the report; the number of paths left out of it (fdupes without -0)."""
-    if form is Format.JSON:
-        text = io.TextIOWrapper(out, encoding="ascii", newline="\n")
-        write_json(result, options, __version__, text)
-        text.flush()
-        text.detach()
-    elif form is Format.CSV:
-        write_csv(result.groups, out)
-    elif form is Format.FDUPES:
-        return write_fdupes(result.groups, out, null=null)
-    else:
-        write_text(result, out)
-    return 0
+    return WRITERS[form](result, options, out, null=null)
 
 
 @contextlib.contextmanager

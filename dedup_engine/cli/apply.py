@@ -46,8 +46,8 @@ from dedup_engine.cli.common import (
     stdout_usable,
 )
 from dedup_engine.globs import Globs
+from dedup_engine.report.display import human_size, printable
 from dedup_engine.report.read import Report, ReportError, absolute, read_json
-from dedup_engine.report.writers import human_size, printable
 
 EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
 

@@ -14,7 +14,7 @@ import typer
 from dedup_engine.cli.common import EXIT_ISSUES, fail_usage, parse_size
 from dedup_engine.find.pipeline import canonical_roots
 from dedup_engine.options import OptionsError, ScanOptions
-from dedup_engine.report.writers import human_size
+from dedup_engine.report.display import human_size
 
 bench = typer.Typer(
     help="Benchmarks and gates on the engine's work.", no_args_is_help=True, add_completion=False

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
 from dedup_engine.model import DuplicateGroup, FileEntry, Issue, Stage
+from dedup_engine.report.schema import SCHEMA, TOOL
 
-SCHEMA = 2
-TOOL = "dedup-engine"
 #: The report's own nesting is 5 deep (the lists in "options"); anything far deeper is not ours.
 MAX_DEPTH = 32
 

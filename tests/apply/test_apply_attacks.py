@@ -35,7 +35,7 @@ from dedup_engine.apply.operation import Outcome
 from dedup_engine.apply.plan import Action, Operation, Plan, Policy, make_plan
 from dedup_engine.apply.resume import Settlement, open_journal, resume
 from dedup_engine.apply.runner import apply_plan
-from dedup_engine.report.writers import to_json_dict
+from dedup_engine.report.formats.json import to_json_dict
 
 pytestmark = pytest.mark.usefixtures("deadline")
 

@@ -29,7 +29,7 @@ from dedup_engine import ScanOptions, __version__, find_duplicates
 from dedup_engine.apply.operation import OpResult, Outcome
 from dedup_engine.apply.plan import Action, Operation, Plan, Policy, make_plan
 from dedup_engine.apply.runner import apply_plan
-from dedup_engine.report.writers import write_json
+from dedup_engine.report.formats.json import write_json
 
 pytestmark = pytest.mark.usefixtures("deadline")
 

@@ -39,7 +39,7 @@ from dedup_engine.apply.journal import FileJournal
 from dedup_engine.apply.operation import Outcome
 from dedup_engine.apply.plan import Action, Keep, LeftAlone, Operation, Plan, Policy, make_plan
 from dedup_engine.apply.runner import ApplySummary, apply_plan
-from dedup_engine.report.writers import to_json_dict
+from dedup_engine.report.formats.json import to_json_dict
 
 pytestmark = pytest.mark.usefixtures("deadline")
 

@@ -22,8 +22,8 @@ from treebuilder import OsSpy, Tree, content, expect, groups_of, issues_of
 import dedup_engine.find.fullcompare
 import dedup_engine.find.hashtasks
 from dedup_engine import ScanOptions, __version__, find_duplicates
+from dedup_engine.report.formats.fdupes import write_fdupes
 from dedup_engine.report.read import read_json
-from dedup_engine.report.writers import write_fdupes
 
 pytestmark = pytest.mark.usefixtures("deadline")
 

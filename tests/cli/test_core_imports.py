@@ -19,16 +19,14 @@ SCRIPT = """
 import io, sys
 import dedup_engine
 from dedup_engine import ScanOptions, find_duplicates
-from dedup_engine.report.writers import write_csv, write_fdupes, write_json, write_text
+from dedup_engine.report.formats import WRITERS
 
 root = sys.argv[1]
 for workers in (0, 2):
     result = find_duplicates(root, ScanOptions(workers=workers))
     assert len(result.groups) == 1, result
-    write_json(result, ScanOptions(), dedup_engine.__version__, io.StringIO())
-    for writer in (write_csv, write_fdupes):
-        writer(result.groups, io.BytesIO())
-    write_text(result, io.BytesIO())
+    for write in WRITERS.values():
+        write(result, ScanOptions(), io.BytesIO(), null=False)
 loaded = sorted(m for m in ("rich", "typer", "click") if m in sys.modules)
 print(",".join(loaded) or "none")
 """

@@ -19,10 +19,9 @@ import pytest
 from incli import invoke
 from treebuilder import Tree, content
 
-import dedup_engine.cli.app
-import dedup_engine.report.writers
+import dedup_engine.report.formats.json
 from dedup_engine.cli.common import EXIT_OUTPUT
-from dedup_engine.report.writers import printable
+from dedup_engine.report.display import printable
 
 pytestmark = pytest.mark.usefixtures("deadline")
 
@@ -201,7 +200,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(
     target = tmp_path / "out" / "report.json"
     target.parent.mkdir()
     target.write_bytes(b"old report\n")
-    real = dedup_engine.report.writers.write_json
+    real = dedup_engine.report.formats.json.write_json
 
     def fail_half_way(*args: Any) -> None:
         out: IO[str] = args[-1]
@@ -210,7 +209,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(
         assert target.read_bytes() == b"old report\n"  # written elsewhere until complete
         raise failure if failure is not None else KeyboardInterrupt
 
-    monkeypatch.setattr(dedup_engine.cli.app, "write_json", fail_half_way)
+    monkeypatch.setattr(dedup_engine.report.formats.json, "write_json", fail_half_way)
     exit_code, _out, err = invoke("find", dups.root, "-f", "json", "-o", str(target), "-j", "0")
     assert exit_code == code
     assert target.read_bytes() == b"old report\n"

@@ -15,16 +15,12 @@ from treebuilder import OsSpy, Tree, check_invariants, content, groups_of
 import dedup_engine.find.fullcompare
 import dedup_engine.find.hashtasks
 from dedup_engine import FindResult, ScanOptions, __version__, find_duplicates
+from dedup_engine.report.display import human_size, printable
+from dedup_engine.report.formats.csv import write_csv
+from dedup_engine.report.formats.fdupes import write_fdupes
+from dedup_engine.report.formats.json import to_json_dict, write_json
+from dedup_engine.report.formats.text import write_text
 from dedup_engine.report.read import Report, read_json
-from dedup_engine.report.writers import (
-    human_size,
-    printable,
-    to_json_dict,
-    write_csv,
-    write_fdupes,
-    write_json,
-    write_text,
-)
 
 pytestmark = pytest.mark.usefixtures("deadline")
 

@@ -20,8 +20,8 @@ import pytest
 from treebuilder import Tree, content
 
 from dedup_engine import FindResult, RunStats, ScanOptions, __version__, find_duplicates
+from dedup_engine.report.formats.json import to_json_dict
 from dedup_engine.report.read import MAX_DEPTH, ReportError, read_json
-from dedup_engine.report.writers import to_json_dict
 
 pytestmark = pytest.mark.usefixtures("deadline")
 

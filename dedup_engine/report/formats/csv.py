@@ -1,0 +1,35 @@
+"""The CSV format: one row per path with its group's number, size and digest, in the names' bytes.
+
+Names that are not valid UTF-8 are Python's surrogateescape strings, written back as their exact
+bytes; a name holding a comma, a quote or a newline is quoted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from typing import IO
+
+from dedup_engine.model import DuplicateGroup, FindResult
+from dedup_engine.options import ScanOptions
+
+
+def write_csv(groups: Iterable[DuplicateGroup], out: IO[bytes]) -> None:
+    """One row per path with a group id; names keep their bytes (quoted where needed)."""
+    text = io.TextIOWrapper(out, encoding="utf-8", errors="surrogateescape", newline="")
+    writer = csv.writer(text)
+    writer.writerow(["group", "size", "digest", "path", "dev", "ino", "mtime_ns", "ctime_ns"])
+    for number, group in enumerate(groups, 1):
+        for f in group.files:
+            writer.writerow(
+                [number, group.size, group.digest, f.path, f.dev, f.ino, f.mtime_ns, f.ctime_ns]
+            )
+    text.flush()
+    text.detach()
+
+
+def write(result: FindResult, options: ScanOptions, out: IO[bytes], *, null: bool) -> int:
+    """The format's `Writer`: the result's groups; `null` has no use here."""
+    write_csv(result.groups, out)
+    return 0

@@ -1,0 +1,42 @@
+"""The fdupes format: one path per line and a blank line after each group, in the names' own bytes.
+
+Names that are not valid UTF-8 are Python's surrogateescape strings; `os.fsencode` writes back
+their exact bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import IO
+
+from dedup_engine.model import DuplicateGroup, FindResult
+from dedup_engine.options import ScanOptions
+
+
+def write_fdupes(groups: Iterable[DuplicateGroup], out: IO[bytes], *, null: bool = False) -> int:
+    """fdupes' own format: one path per line, a blank line after each group, raw name bytes.
+
+    With `null` (`-0`, as `jdupes -0` and `rmlint -0`), a NUL ends each path and one more each
+    group: exact for any name.  Without it, a name holding a newline would read as two paths (a
+    directory `x\\n` holding `etc/passwd` would give a line `/etc/passwd`), so such paths are left
+    out, with a group left with no copy.  Returns the number of paths left out so.
+    """
+    end = b"\0" if null else b"\n"
+    left_out = 0
+    for group in groups:
+        files = group.files
+        if not null and any("\n" in f.path for f in files):
+            files = tuple(f for f in files if "\n" not in f.path)
+            left_out += len(group.files) - len(files)
+            # What is left must still be a group: two paths, and two files if it had two.
+            if len(files) < 2 or len({(f.dev, f.ino) for f in files}) < min(2, group.inodes):
+                continue
+        out.write(b"".join(os.fsencode(f.path) + end for f in files))
+        out.write(end)
+    return left_out
+
+
+def write(result: FindResult, options: ScanOptions, out: IO[bytes], *, null: bool) -> int:
+    """The format's `Writer`: the result's groups; the number of paths left out."""
+    return write_fdupes(result.groups, out, null=null)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
 from dedup_engine.model import DuplicateGroup, FileEntry, Issue, Stage
+from dedup_engine.paths import is_under
 from dedup_engine.report.schema import SCHEMA, TOOL
 
 #: The report's own nesting is 5 deep (the lists in "options"); anything far deeper is not ours.
@@ -124,7 +125,7 @@ class _Reader:
     ) -> FileEntry:
         entry = _object(data, where)
         path = self.path(entry.get("path"), f"{where}.path")
-        if not any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots):
+        if not any(is_under(path, root) for root in roots):
             _fail(f"{where}.path", f"{_show(path)} is under none of the report's roots")
         if path in self.paths:
             _fail(f"{where}.path", f"{_show(path)} is listed twice")

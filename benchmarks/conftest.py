@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from dedup_engine.bench import workgate
+from dedup_engine.bench.treecache import SynthTree, default_cache, ensure_tree
 
 FULL = os.environ.get("DEDUP_BENCH_FULL") == "1"
 
 FULL_TREES = (
-    workgate.GateTree("small-full", "small", 1, 200_000),
-    workgate.GateTree("large-full", "large", 1, 200),
-    workgate.GateTree("mixed-full", "mixed", 1, 20_000),
+    SynthTree("small-full", "small", 1, 200_000),
+    SynthTree("large-full", "large", 1, 200),
+    SynthTree("mixed-full", "mixed", 1, 20_000),
 )
 TREES = {t.profile: t for t in (FULL_TREES if FULL else workgate.QUICK_TREES)}
 
@@ -28,4 +29,4 @@ TREES = {t.profile: t for t in (FULL_TREES if FULL else workgate.QUICK_TREES)}
 def tree(request: pytest.FixtureRequest) -> tuple[str, Path]:
     """(name, data directory) of each profile's tree."""
     spec = TREES[request.param]
-    return spec.name, workgate.ensure_tree(spec, workgate.default_cache())
+    return spec.name, ensure_tree(spec, default_cache())

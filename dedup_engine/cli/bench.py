@@ -45,14 +45,14 @@ def work_gate(
     ] = "head,tail",
 ) -> None:
     """Count the engine's work on fixed synthetic trees; fail if any stage does more."""
-    from dedup_engine.bench import workgate
+    from dedup_engine.bench import treecache, workgate
 
     stages = tuple(s.strip() for s in partial_stages.split(",") if s.strip())
     try:
         options = ScanOptions(stages=stages)
     except OptionsError as exc:
         fail_usage(str(exc))
-    current = workgate.measure(cache or workgate.default_cache(), options)
+    current = workgate.measure(cache or treecache.default_cache(), options)
     reference = _baseline_or_update(current, baseline, update)
     if reference is None:
         return
@@ -234,13 +234,13 @@ def time_gate(
 
 def _baseline_or_update(current: Any, baseline: Path, update: bool) -> Any:
     """With --update, write today's figures and return None; else the saved ones to compare."""
-    from dedup_engine.bench import workgate
+    from dedup_engine.bench.baseline import load_baseline, save_baseline
 
     if update:
-        workgate.save_baseline(current, baseline)
+        save_baseline(current, baseline)
         typer.echo(f"baseline written: {baseline}", err=True)
         return None
     try:
-        return workgate.load_baseline(baseline)
+        return load_baseline(baseline)
     except (OSError, ValueError) as exc:
         fail_usage(f"cannot read the baseline {str(baseline)!r}: {exc}")

@@ -13,7 +13,8 @@ import pytest
 from treebuilder import Tree, content
 
 from dedup_engine import ScanOptions
-from dedup_engine.bench import timegate, workgate
+from dedup_engine.bench import timegate
+from dedup_engine.bench.baseline import load_baseline
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def test_the_command_writes_a_baseline_then_fails_a_degraded_run(
         )
 
     assert gate("--update").returncode == 0
-    assert workgate.load_baseline(saved)["stages"]["full"]["seconds"] > 0
+    assert load_baseline(saved)["stages"]["full"]["seconds"] > 0
     failed = gate("--chunk-size", "64", "--tolerance", "1.0")
     assert failed.returncode == 1, failed.stderr
     assert "FAIL: stage full: time ratio" in failed.stderr

@@ -13,6 +13,7 @@ import pytest
 
 from dedup_engine import ScanOptions
 from dedup_engine.bench import workgate
+from dedup_engine.bench.baseline import load_baseline
 
 REPO = Path(__file__).resolve().parents[2]
 BASELINE = REPO / "benchmarks" / "work_baseline.json"
@@ -29,7 +30,7 @@ def current(cache: Path) -> dict[str, Any]:
 
 
 def test_the_engine_passes_the_committed_baseline(current: dict[str, Any]) -> None:
-    failures, _notes = workgate.compare(workgate.load_baseline(BASELINE), current)
+    failures, _notes = workgate.compare(load_baseline(BASELINE), current)
     assert failures == []
 
 

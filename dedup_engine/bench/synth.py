@@ -328,6 +328,23 @@ def generate(
     """
     dest, prof = Path(dest), Profile(profile)
     n = DEFAULT_FILES[prof] if files is None else files
+    _check(dest, prof, n, size_scale)
+    # Every choice below comes from this one Random, in this order: the plan, the layout, the
+    # symlinks.  Reordering them would change every tree of every seed.
+    rng = random.Random(seed)
+    inodes = _plan(prof, _Planner(rng, size_scale), n)
+    leaves, names = _layout(rng, prof, n, inodes)
+    symlinks = _plan_symlinks(rng, leaves, inodes, names) if prof is Profile.MIXED else []
+    _write_tree(dest, seed, leaves, inodes, names, symlinks, workers)
+    manifest = _manifest(prof, seed, inodes, names, [link for link, _ in symlinks])
+    text = json.dumps(manifest.to_json(), sort_keys=True, indent=1) + "\n"
+    # Written last, so a manifest on disk means the tree under it is complete.
+    (dest / MANIFEST_NAME).write_text(text, encoding="utf-8")
+    return manifest
+
+
+def _check(dest: Path, prof: Profile, n: int, size_scale: float) -> None:
+    """ValueError for arguments no tree can be made from, before anything is written."""
     if n < (_MIXED_MIN_FILES if prof is Profile.MIXED else 1):
         raise ValueError(f"files={n} is too few for the {prof.value} profile")
     if size_scale <= 0:
@@ -336,14 +353,22 @@ def generate(
     if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
         raise ValueError(f"{data_dir} exists and is not an empty directory")
 
-    rng = random.Random(seed)
-    planner = _Planner(rng, size_scale)
+
+def _plan(prof: Profile, planner: _Planner, n: int) -> list[tuple[_Content, int]]:
+    """The inodes of the profile's shape: (content, number of paths) each."""
     if prof is Profile.SMALL:
         _plan_small(planner, n)
     elif prof is Profile.LARGE:
         _plan_large(planner, n, 1, 64)
     else:
         _plan_mixed(planner, n)
+    return planner.inodes
+
+
+def _layout(
+    rng: random.Random, prof: Profile, n: int, inodes: list[tuple[_Content, int]]
+) -> tuple[list[str], list[list[str]]]:
+    """(leaf directories, the paths of each inode): directories of the profile's width and depth."""
     per_dir, depth = ((4, 16), (1, 3)) if prof is Profile.LARGE else ((20, 200), (4, 6))
     counts: list[int] = []
     left = n
@@ -355,29 +380,34 @@ def generate(
     dirs = [leaf for leaf, c in zip(leaves, counts, strict=True) for _ in range(c)]
     paths = [f"{DATA_DIR}/{leaf}/f{i:0{width}d}.bin" for i, leaf in enumerate(dirs)]
     # Shuffling paths, not inodes, spreads duplicates and hard links across directories.
-    slots = [i for i, (_, links) in enumerate(planner.inodes) for _ in range(links)]
+    slots = [i for i, (_, links) in enumerate(inodes) for _ in range(links)]
     rng.shuffle(slots)
-    names: list[list[str]] = [[] for _ in planner.inodes]
+    names: list[list[str]] = [[] for _ in inodes]
     for path, inode in zip(paths, slots, strict=True):
         names[inode].append(path)
-    symlinks = _plan_symlinks(rng, leaves, planner.inodes, names) if prof is Profile.MIXED else []
+    return leaves, names
 
+
+def _write_tree(
+    dest: Path,
+    seed: int,
+    leaves: list[str],
+    inodes: list[tuple[_Content, int]],
+    names: list[list[str]],
+    symlinks: list[tuple[str, str]],
+    workers: int | None,
+) -> None:
+    """Directories, then each inode's first path, then its other names, then the symlinks."""
     for leaf in leaves:
-        (data_dir / leaf).mkdir(parents=True, exist_ok=True)
+        (dest / DATA_DIR / leaf).mkdir(parents=True, exist_ok=True)
     # In path order, so each worker fills a few directories at a time instead of contending for all.
-    firsts = sorted((ps[0], c) for ps, (c, _) in zip(names, planner.inodes, strict=True))
+    firsts = sorted((ps[0], c) for ps, (c, _) in zip(names, inodes, strict=True))
     _write_all(dest, seed, firsts, workers)
     for ps in names:
         for extra in ps[1:]:
             os.link(dest / ps[0], dest / extra)
     for link, target in symlinks:
         (dest / link).symlink_to(target)
-
-    manifest = _manifest(prof, seed, planner.inodes, names, [link for link, _ in symlinks])
-    text = json.dumps(manifest.to_json(), sort_keys=True, indent=1) + "\n"
-    # Written last, so a manifest on disk means the tree under it is complete.
-    (dest / MANIFEST_NAME).write_text(text, encoding="utf-8")
-    return manifest
 
 
 def _plan_symlinks(

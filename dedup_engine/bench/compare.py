@@ -12,15 +12,15 @@ and groups of a single inode are dropped from its answer (`Tool.hard_link_groups
 Runs are interleaved (warm-up runs of each tool, then run i of every tool, ...); each timed run
 records wall time, CPU time of the child and its reaped children (wait4), and the peak of the summed
 RSS of its process tree, sampled every 5 ms.  The groups come from one extra untimed run per tool.
-This module imports neither typer nor rich: the CLI renders the `Comparison`.
+`jdupes-Q` is jdupes trusting its hashes (`-Q`: no byte-by-byte check before it reports a
+group), the mode the README's speed figures are measured against.  This module imports neither
+typer nor rich: `compare_report` writes the `Comparison` to files and the CLI prints it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as dt
-import json
 import os
 import re
 import shutil
@@ -32,15 +32,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from xml.sax.saxutils import escape
+from types import TracebackType
 
 import psutil
 
 ROOT = "{root}"  #: in `Tool.command`: replaced by the tree's canonical path
 OUT = "{out}"  #: in `Tool.command`: replaced by the results file of tools that write one
-SCHEMA = 1
 SAMPLE_S = 0.005
 PAGE = os.sysconf("SC_PAGE_SIZE")
 REFERENCE = "dedup"
@@ -96,22 +95,39 @@ class Comparison:
     tools: tuple[ToolSummary, ...]
     skipped: tuple[tuple[str, str], ...]
     created: str
+    cpus: int | None = None  #: os.cpu_count() of the machine that ran it
 
 
-# Per peer: flags (ROOT goes last unless they hold it), output format, single-inode groups, why.
-_PEERS: dict[str, tuple[tuple[str, ...], str, str]] = {
-    "jdupes": (("-r", "-q", "-H"), "fdupes", "-H: without it hard-linked paths are dropped "
-        "pairwise, some at random; -z (empties), -A (no hidden), -s (follow) are off as ours"),
-    "fdupes": (("-r", "-q", "-n", "-H"), "fdupes", "-n: empty files are duplicates by default; "
-        "-H: by default it keeps one path per inode"),
-    "rmlint": (("-T", "df", "--hidden", "-F", "-o", "fdupes"), "fdupes", "-T df: duplicate "
-        "files only (no empties); --hidden: off by default; -F: ignore symlinks (the default -@ "
-        "reads them as files); -o fdupes: groups on stdout, no rmlint.sh/.json written"),
-    "rdfind": (("-dryrun", "true", "-removeidentinode", "false", "-outputname", OUT, ROOT),
-        "rdfind", "-removeidentinode false: by default all but one path per inode go; empty "
-        "files and symlinks are ignored by default; groups read from the results file"),
+@dataclass(frozen=True, slots=True)
+class _Peer:
+    """How to run one peer with our semantics: its executable, flags and output, and why."""
+
+    executable: str
+    flags: tuple[str, ...]  #: ROOT goes last unless they hold it
+    version_flag: str
+    output: str
+    note: str
+
+
+_JDUPES_NOTE = (
+    "-H: without it hard-linked paths are dropped pairwise, some at random; -z (empties), "
+    "-A (no hidden), -s (follow) are off as ours"
+)
+_PEERS = {
+    "jdupes": _Peer("jdupes", ("-r", "-q", "-H"), "-v", "fdupes", _JDUPES_NOTE),
+    "jdupes-Q": _Peer("jdupes", ("-r", "-q", "-H", "-Q"), "-v", "fdupes",
+        "-Q: trusts its hashes, no byte-by-byte check before reporting a group; " + _JDUPES_NOTE),
+    "fdupes": _Peer("fdupes", ("-r", "-q", "-n", "-H"), "--version", "fdupes", "-n: empty files "
+        "are duplicates by default; -H: by default it keeps one path per inode"),
+    "rmlint": _Peer("rmlint", ("-T", "df", "--hidden", "-F", "-o", "fdupes"), "--version",
+        "fdupes", "-T df: duplicate files only (no empties); --hidden: off by default; -F: "
+        "ignore symlinks (the default -@ reads them as files); -o fdupes: groups on stdout, no "
+        "rmlint.sh/.json written"),
+    "rdfind": _Peer("rdfind", ("-dryrun", "true", "-removeidentinode", "false", "-outputname",
+        OUT, ROOT), "-v", "rdfind", "-removeidentinode false: by default all but one path per "
+        "inode go; empty files and symlinks are ignored by default; groups read from the "
+        "results file"),
 }  # fmt: skip
-_VERSION_FLAG = {"jdupes": "-v", "fdupes": "--version", "rmlint": "--version", "rdfind": "-v"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _NUMBER = re.compile(r"\d+(?:\.\d+)+")
 
@@ -149,19 +165,21 @@ def available_tools(
     for name in dict.fromkeys(n.strip() for n in names if n.strip()):
         if name == REFERENCE:
             continue
-        if name not in _PEERS:
+        peer = _PEERS.get(name)
+        exe = shutil.which(peer.executable) if peer is not None else None
+        if peer is None:
             skipped.append((name, f"unknown tool (known: {', '.join([REFERENCE, *_PEERS])})"))
-            continue
-        exe = shutil.which(name)
-        if exe is None:
-            skipped.append((name, f"not installed: apt-get install {name}"))
-            continue
-        flags, output, note = _PEERS[name]
-        command = (exe, *flags) if ROOT in flags else (exe, *flags, ROOT)
-        found.append(
-            Tool(name, command, _version(name, [exe, _VERSION_FLAG[name]]), output, True, note)
-        )
+        elif exe is None:
+            skipped.append((name, f"not installed: apt-get install {peer.executable}"))
+        else:
+            found.append(_peer_tool(name, peer, exe))
     return found, skipped
+
+
+def _peer_tool(name: str, peer: _Peer, exe: str) -> Tool:
+    command = (exe, *peer.flags) if ROOT in peer.flags else (exe, *peer.flags, ROOT)
+    version = _version(peer.executable, [exe, peer.version_flag])
+    return Tool(name, command, version, peer.output, hard_link_groups=True, note=peer.note)
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -202,6 +220,44 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
+class _PeakSampler:
+    """Samples the summed RSS of a process tree every SAMPLE_S, in a thread, until it is left."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _tree_rss(self.pid))
+            self._stop.wait(SAMPLE_S)
+
+    def __enter__(self) -> _PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _wait_unreaped(child: subprocess.Popen[bytes]) -> None:
+    """Wait for the exit without reaping, so the sampler never reads a reused pid."""
+    try:
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+    except BaseException:  # Ctrl-C: no tool left running behind us
+        child.kill()
+        child.wait()
+        raise
+
+
 def _timed(tool: Tool, root: str, workdir: str) -> RunSample:
     """One run, output discarded: wall, CPU (wait4 rusage) and sampled peak RSS of the tree."""
     out = os.path.join(workdir, "results.txt")
@@ -210,33 +266,18 @@ def _timed(tool: Tool, root: str, workdir: str) -> RunSample:
     child = subprocess.Popen(
         argv, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    stop = threading.Event()
-    peak = [0]
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], _tree_rss(child.pid))
-            stop.wait(SAMPLE_S)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:  # wait for the exit without reaping, so the sampler never reads a reused pid; then reap
-        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
-    except BaseException:  # Ctrl-C: no tool left running behind us
-        child.kill()
-        child.wait()
-        raise
-    finally:
-        wall = time.perf_counter() - start
-        stop.set()
-        sampler.join()
+    with _PeakSampler(child.pid) as sampler:
+        try:
+            _wait_unreaped(child)
+        finally:
+            wall = time.perf_counter() - start
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(out)
     if child.returncode not in (0, 1):
         raise RuntimeError(f"{tool.name} exited {child.returncode}: {' '.join(argv)}")
-    return RunSample(tool.name, wall, usage.ru_utime + usage.ru_stime, peak[0])
+    return RunSample(tool.name, wall, usage.ru_utime + usage.ru_stime, sampler.peak)
 
 
 def parse_fdupes(data: bytes) -> list[list[str]]:
@@ -367,114 +408,51 @@ def compare(
 
     `skipped` (from `available_tools`) is carried into the result for the report.
     """
-    if runs < 1 or warmup < 0:
-        raise ValueError("runs must be at least 1 and warmup at least 0")
-    if not any(t.name == REFERENCE for t in tools):
-        raise ValueError(f"the tools must include {REFERENCE!r}, the reference")
-    real = os.path.realpath(root)  # canonical, so every tool prints the same paths
-    if not os.path.isdir(real):
-        raise ValueError(f"{root} is not a directory")
-    samples: dict[str, list[RunSample]] = {t.name: [] for t in tools}
-    method: str | None = None
+    real = _checked(root, tools, runs, warmup)
     with tempfile.TemporaryDirectory(prefix="dedup-bench-") as workdir:
         found = {t.name: groups_of(t, real, workdir) for t in tools}
-        for i in range(-warmup, runs):
-            for tool in tools:
-                if cold:
-                    method = evict(Path(real))
-                sample = _timed(tool, real, workdir)
-                if i >= 0:
-                    samples[tool.name].append(sample)
-                    if progress is not None:
-                        progress(tool.name, i + 1, runs, sample.wall)
+        samples, method = _interleaved(tools, real, workdir, runs, warmup, cold, progress)
     base = statistics.median(s.wall for s in samples[REFERENCE])
     summaries = tuple(
         _summarise(t, samples[t.name], found[t.name], found[REFERENCE], base, real) for t in tools
     )
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    return Comparison(real, runs, warmup, method, summaries, tuple(skipped), created)
+    return Comparison(
+        real, runs, warmup, method, summaries, tuple(skipped), created, os.cpu_count()
+    )
 
 
-# --- writing ------------------------------------------------------------------------------------
+def _checked(root: Path, tools: Sequence[Tool], runs: int, warmup: int) -> str:
+    """The canonical root, so every tool prints the same paths; ValueError on bad arguments."""
+    if runs < 1 or warmup < 0:
+        raise ValueError("runs must be at least 1 and warmup at least 0")
+    if not any(t.name == REFERENCE for t in tools):
+        raise ValueError(f"the tools must include {REFERENCE!r}, the reference")
+    real = os.path.realpath(root)
+    if not os.path.isdir(real):
+        raise ValueError(f"{root} is not a directory")
+    return real
 
 
-def to_dict(c: Comparison) -> dict[str, object]:
-    data = asdict(c)
-    data["skipped"] = [{"name": n, "reason": r} for n, r in c.skipped]
-    return {"schema": SCHEMA, **data}
-
-
-def write_json(c: Comparison, path: Path) -> None:
-    path.write_text(json.dumps(to_dict(c), indent=2) + "\n", encoding="ascii")
-
-
-CSV_COLUMNS = (
-    "name", "version", "runs", "median_wall", "min_wall", "max_wall", "median_cpu", "peak_rss",
-    "groups", "files_in_groups", "agrees", "relative",
-)  # fmt: skip
-
-
-def write_csv(c: Comparison, path: Path) -> None:
-    with path.open("w", encoding="utf-8", errors="surrogateescape", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for t in c.tools:
-            row = {**asdict(t), "runs": len(t.runs)}
-            writer.writerow([row[k] for k in CSV_COLUMNS])
-
-
-def _text(value: str) -> str:
-    """XML-safe text: no lone surrogates, no control characters."""
-    clean = value.encode("utf-8", "replace").decode("utf-8")
-    return escape("".join(ch if ch >= " " else "?" for ch in clean))
-
-
-def _line(x1: float, x2: float, y1: float, y2: float) -> str:
-    return f'<line x1="{x1:.1f}" x2="{x2:.1f}" y1="{y1:.1f}" y2="{y2:.1f}" stroke="#222"/>'
-
-
-def write_svg(c: Comparison, path: Path) -> None:
-    """One bar per tool (median wall, fastest first) with a min-max whisker and labels.
-
-    The axis ends at 1.3 times the largest median, so one slow outlier run cannot squash every
-    bar; a whisker cut there ends in an arrow head and its maximum is printed.
-    """
-    rows = sorted(c.tools, key=lambda t: t.median_wall)
-    left, bar_w, row_h, top = 170, 460, 36, 64
-    width, height = left + bar_w + 280, top + row_h * len(rows) + 24
-    limit = max([t.median_wall for t in rows] + [1e-9]) * 1.3
-    scale = bar_w / limit
-    how = f"cold cache ({c.cold})" if c.cold else "warm cache"
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'font-family="sans-serif" font-size="13">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="12" y="24" font-size="16" font-weight="bold">{_text(c.root)}</text>',
-        f'<text x="12" y="44" fill="#555">median wall time of {c.runs} runs after {c.warmup} '
-        f"warm-up, {how}; whisker: min-max; {_text(c.created)}</text>",
-    ]
-    for n, t in enumerate(rows):
-        y = top + n * row_h
-        mid = y + (row_h - 8) / 2
-        colour = "#e8590c" if t.name == REFERENCE else "#4c6ef5"
-        bar = max(min(t.median_wall, limit) * scale, 1.0)
-        lo, hi = left + min(t.min_wall, limit) * scale, left + min(t.max_wall, limit) * scale
-        note = "" if t.max_wall <= limit else f" (max {t.max_wall:.3f} s)"
-        note += "" if t.agrees else "  DIFFERENT GROUPS"
-        parts += [
-            f'<text x="{left - 8}" y="{mid:.1f}" text-anchor="end" font-weight="bold">'
-            f"{_text(t.name)}</text>",
-            f'<text x="{left - 8}" y="{mid + 13:.1f}" text-anchor="end" font-size="10" '
-            f'fill="#777">{_text(t.version)}</text>',
-            f'<rect x="{left}" y="{y:.1f}" width="{bar:.1f}" height="{row_h - 8}" '
-            f'fill="{colour}"><title>{_text(" ".join(t.command))}</title></rect>',
-            _line(lo, hi, mid, mid),
-            _line(lo, lo, mid - 5, mid + 5),
-            _line(hi - 6, hi, mid - 5, mid) + _line(hi - 6, hi, mid + 5, mid)
-            if note.startswith(" (max")
-            else _line(hi, hi, mid - 5, mid + 5),
-            f'<text x="{max(hi, left + bar) + 8:.1f}" y="{mid + 4:.1f}">'
-            f"{t.median_wall:.3f} s  {t.relative:.2f}\u00d7 {REFERENCE}{_text(note)}</text>",
-        ]
-    parts.append("</svg>")
-    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+def _interleaved(
+    tools: Sequence[Tool],
+    root: str,
+    workdir: str,
+    runs: int,
+    warmup: int,
+    cold: bool,
+    progress: ProgressFn | None,
+) -> tuple[dict[str, list[RunSample]], str | None]:
+    """Warm-up runs of every tool, then run 1 of every tool, run 2, ...; and the eviction used."""
+    samples: dict[str, list[RunSample]] = {t.name: [] for t in tools}
+    method: str | None = None
+    for i in range(-warmup, runs):
+        for tool in tools:
+            if cold:
+                method = evict(Path(root))
+            sample = _timed(tool, root, workdir)
+            if i >= 0:
+                samples[tool.name].append(sample)
+                if progress is not None:
+                    progress(tool.name, i + 1, runs, sample.wall)
+    return samples, method

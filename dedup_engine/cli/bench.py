@@ -1,10 +1,13 @@
 """The `dedup bench` commands: the work gate, the time gate, and side-by-side comparisons.
 
-A thin layer over `workgate`, `timegate` and `benchcompare`, like `cli` over the engine.
+A thin typer layer over `bench.workgate`, `bench.timegate`, `bench.compare` and their baselines,
+reports and cached trees: options in, figures out, exit code from the result.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,7 +17,6 @@ import typer
 from dedup_engine.cli.common import EXIT_ISSUES, fail_usage, parse_size
 from dedup_engine.find.pipeline import canonical_roots
 from dedup_engine.options import OptionsError, ScanOptions
-from dedup_engine.report.display import human_size
 
 bench = typer.Typer(
     help="Benchmarks and gates on the engine's work.", no_args_is_help=True, add_completion=False
@@ -73,9 +75,30 @@ def work_gate(
     epilog="Exit codes: 0 every tool found the same groups; 1 some tool disagreed; 2 usage error.",
 )
 def bench_compare(
-    root: Annotated[Path, typer.Argument(help="The tree every tool searches.")],
+    root: Annotated[
+        Path | None, typer.Argument(help="The tree every tool searches (or --profile).")
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of root: the `dedup synth` tree of this profile (small, large or "
+            "mixed), made once into --cache and reused."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="The --profile tree's seed.")] = 1,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where --profile trees are kept (default: $DEDUP_BENCH_CACHE or "
+            "~/.cache/dedup-engine/bench)."
+        ),
+    ] = None,
     tools: Annotated[
-        str, typer.Option(help="Comma-separated: dedup,jdupes,rmlint,fdupes,rdfind.")
+        str,
+        typer.Option(
+            help="Comma-separated: dedup,jdupes,rmlint,fdupes,rdfind; also jdupes-Q, jdupes "
+            "trusting its hashes (-Q)."
+        ),
     ] = "dedup,jdupes,rmlint,fdupes,rdfind",
     runs: Annotated[int, typer.Option(help="Timed runs of each tool, interleaved.")] = 5,
     warmup: Annotated[int, typer.Option(help="Untimed runs of each tool first.")] = 1,
@@ -87,31 +110,67 @@ def bench_compare(
             "else posix_fadvise on every file).",
         ),
     ] = False,
+    dedup: Annotated[
+        str | None,
+        typer.Option(
+            help="The dedup executable to time, a path or a name on PATH (default: this "
+            "Python's -m dedup_engine)."
+        ),
+    ] = None,
     out: Annotated[
-        Path, typer.Option(help="Where comparison.json, comparison.csv and comparison.svg go.")
+        Path,
+        typer.Option(
+            help="Where comparison.json, comparison.csv, comparison.svg and comparison.md go."
+        ),
     ] = Path("."),
 ) -> None:
     """Time the duplicate finders side by side on one tree and check they agree."""
     from dedup_engine.bench import compare as benchcompare
+    from dedup_engine.bench import compare_report
 
     names = [n.strip() for n in tools.split(",") if n.strip()]
     if runs < 1 or warmup < 0:
         fail_usage("--runs must be at least 1 and --warmup at least 0")
-    if not root.is_dir():
-        fail_usage(f"{str(root)!r} is not a directory")
+    tree = _compare_tree(root, profile, seed, cache)
+    dedup_command = None if dedup is None else [_executable(dedup)]
     out.mkdir(parents=True, exist_ok=True)
-    found, skipped = benchcompare.available_tools(names)
+    found, skipped = benchcompare.available_tools(names, dedup_command)
     for name, reason in skipped:
         typer.echo(f"skipped {name}: {reason}", err=True)
-    result = _compare_with_progress(benchcompare, root, found, runs, warmup, cold, skipped)
-    paths = {kind: out / f"comparison.{kind}" for kind in ("json", "csv", "svg")}
-    benchcompare.write_json(result, paths["json"])
-    benchcompare.write_csv(result, paths["csv"])
-    benchcompare.write_svg(result, paths["svg"])
+    result = _compare_with_progress(benchcompare, tree, found, runs, warmup, cold, skipped)
+    paths = compare_report.write_all(result, out)
     _print_comparison(result)
-    typer.echo("written: " + ", ".join(str(p) for p in paths.values()), err=True)
+    typer.echo("written: " + ", ".join(str(p) for p in paths), err=True)
     if not all(tool.agrees for tool in result.tools):
         raise typer.Exit(EXIT_ISSUES)
+
+
+def _compare_tree(root: Path | None, profile: str | None, seed: int, cache: Path | None) -> Path:
+    """ROOT as given, or the --profile tree from the cache (made there on first use)."""
+    from dedup_engine.bench import treecache
+    from dedup_engine.bench.synth import Profile
+
+    if (root is None) == (profile is None):
+        fail_usage("give either a root or --profile")
+    if root is not None:
+        if not root.is_dir():
+            fail_usage(f"{str(root)!r} is not a directory")
+        return root
+    try:
+        spec = treecache.SynthTree.full_size(Profile(profile), seed)
+    except ValueError:
+        fail_usage(f"unknown profile {profile!r} (small, large, mixed)")
+    tree = treecache.ensure_tree(spec, cache or treecache.default_cache())
+    typer.echo(f"tree: {tree}", err=True)
+    return tree
+
+
+def _executable(command: str) -> str:
+    """Its absolute path: the tools run in a directory of their own."""
+    found = shutil.which(command)
+    if found is None:
+        fail_usage(f"--dedup: {command!r} is not an executable")
+    return os.path.abspath(found)
 
 
 def _compare_with_progress(
@@ -151,28 +210,14 @@ def _print_comparison(result: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    title = f"{result.root}: {result.runs} interleaved runs, " + (
-        f"cold ({result.cold})" if result.cold else "warm page cache"
-    )
-    table = Table(title=title)
-    columns = ("tool", "version", "median", "min", "max", "CPU", "peak RSS", "groups", "files",
-               "agrees", "vs dedup")  # fmt: skip
-    for column in columns:
+    from dedup_engine.bench import compare_report
+
+    table = Table(title=compare_report.title(result))
+    for column in compare_report.TABLE_COLUMNS:
         table.add_column(column, justify="left" if column in ("tool", "version") else "right")
     for tool in result.tools:
-        table.add_row(
-            tool.name,
-            tool.version,
-            f"{tool.median_wall:.3f} s",
-            f"{tool.min_wall:.3f} s",
-            f"{tool.max_wall:.3f} s",
-            f"{tool.median_cpu:.3f} s",
-            human_size(tool.peak_rss),
-            f"{tool.groups:,}",
-            f"{tool.files_in_groups:,}",
-            "yes" if tool.agrees else "[bold red]NO[/]",
-            f"{tool.relative:.2f}x",
-        )
+        cells = compare_report.table_row(tool)
+        table.add_row(*cells[:-2], "yes" if tool.agrees else "[bold red]NO[/]", cells[-1])
     # Piped or redirected, a table of 11 columns needs more than the 80 columns rich assumes.
     console = Console(width=None if sys.stdout.isatty() else 150)
     console.print(table)

@@ -1,5 +1,5 @@
 """`dedup_engine.bench.compare`: the peers agree with dedup on a tricky tree, runs are interleaved
-and counted, a disagreeing tool is caught, and the JSON, CSV and SVG reports read back.
+and counted, a disagreeing tool is caught, and the JSON, CSV, SVG and Markdown reports read back.
 
 A peer that is not installed is skipped with the reason `available_tools` gives.
 """
@@ -20,10 +20,11 @@ import pytest
 from treebuilder import Tree, content
 
 from dedup_engine.bench import compare as bc
+from dedup_engine.bench import compare_report as cr
 
 pytestmark = pytest.mark.usefixtures("deadline")
 
-PEERS = ("jdupes", "fdupes", "rmlint", "rdfind")
+PEERS = ("jdupes", "jdupes-Q", "fdupes", "rmlint", "rdfind")
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +121,21 @@ def test_available_tools_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     assert skipped[1][0] == "nosuch" and skipped[1][1].startswith("unknown tool")
 
 
+def test_jdupes_trusting_its_hashes_is_jdupes_with_Q(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`jdupes-Q` runs the jdupes executable, adds -Q, and is installed as jdupes is."""
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(bc, "_version", lambda label, argv: f"{label} 9.9 via {argv[0]}")
+    tools, skipped = bc.available_tools(["jdupes", "jdupes-Q"], ["/bin/true"])
+    plain, trusting = tools[1:]
+    assert skipped == []
+    assert trusting.name == "jdupes-Q" and trusting.command[0] == "/usr/bin/jdupes"
+    assert trusting.command == (*plain.command[:-1], "-Q", bc.ROOT)
+    assert trusting.version == "jdupes 9.9 via /usr/bin/jdupes"
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    _, skipped = bc.available_tools(["jdupes-Q"], ["/bin/true"])
+    assert skipped == [("jdupes-Q", "not installed: apt-get install jdupes")]
+
+
 def test_compare_installed_tools(tree: Tree) -> None:
     tools, skipped = bc.available_tools(["dedup", *PEERS])
     calls: list[tuple[str, int, int, float]] = []
@@ -134,6 +150,7 @@ def test_compare_installed_tools(tree: Tree) -> None:
     )
     assert snapshot(tree.root) == before
     assert c.root == tree.root and (c.runs, c.warmup, c.cold) == (2, 0, None)
+    assert c.cpus == os.cpu_count()
     assert c.skipped == tuple(skipped)
     assert [(name, i, n) for name, i, n, _ in calls] == [
         (t.name, i, 2) for i in (1, 2) for t in tools
@@ -220,7 +237,7 @@ def comparison(tree: Tree, tmp_path: Path) -> bc.Comparison:
 
 
 def test_json_round_trip(comparison: bc.Comparison, tmp_path: Path) -> None:
-    bc.write_json(comparison, tmp_path / "c.json")
+    cr.write_json(comparison, tmp_path / "c.json")
     data: dict[str, Any] = json.loads((tmp_path / "c.json").read_text())
     assert data["schema"] == 1
     assert data["root"] == comparison.root and data["runs"] == 2 and data["cold"] is None
@@ -231,18 +248,18 @@ def test_json_round_trip(comparison: bc.Comparison, tmp_path: Path) -> None:
 
 
 def test_csv_round_trip(comparison: bc.Comparison, tmp_path: Path) -> None:
-    bc.write_csv(comparison, tmp_path / "c.csv")
+    cr.write_csv(comparison, tmp_path / "c.csv")
     with (tmp_path / "c.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == ["dedup", "fake"]
-    assert list(rows[0]) == list(bc.CSV_COLUMNS)
+    assert list(rows[0]) == list(cr.CSV_COLUMNS)
     assert [r["agrees"] for r in rows] == ["True", "False"]
     assert float(rows[0]["relative"]) == 1.0 and rows[1]["runs"] == "2"
     assert float(rows[1]["median_wall"]) == comparison.tools[1].median_wall
 
 
 def test_svg_parses(comparison: bc.Comparison, tmp_path: Path) -> None:
-    bc.write_svg(comparison, tmp_path / "c.svg")
+    cr.write_svg(comparison, tmp_path / "c.svg")
     svg = ET.parse(tmp_path / "c.svg").getroot()
     ns = "{http://www.w3.org/2000/svg}"
     texts = ["".join(e.itertext()) for e in svg.iter(f"{ns}text")]
@@ -291,3 +308,60 @@ def test_module_imports_neither_typer_nor_rich() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
     assert proc.stdout.decode().strip() == "none"
+
+
+def summary(name: str, median: float, agrees: bool = True, *differences: str) -> bc.ToolSummary:
+    return bc.ToolSummary(
+        name=name,
+        version=f"{name} 1.2 | beta",
+        runs=(),
+        median_wall=median,
+        min_wall=median / 2,
+        max_wall=median * 2,
+        median_cpu=median,
+        peak_rss=3 * 2**20 // 2,
+        groups=17130,
+        files_in_groups=60000,
+        agrees=agrees,
+        relative=median / 2.0,
+        differences=differences,
+    )
+
+
+def made_up_comparison(cold: str | None = None) -> bc.Comparison:
+    tools = (summary("dedup", 2.0), summary("slow", 5.0, False, "only slow: a, b\nc"))
+    skipped = (("rdfind", "not installed: apt-get install rdfind"),)
+    return bc.Comparison("/t", 3, 1, cold, tools, skipped, "2026-01-02T03:04:05+00:00", 2)
+
+
+def test_markdown_is_the_printed_table_under_how_it_was_measured() -> None:
+    lines = cr.markdown(made_up_comparison()).splitlines()
+    assert lines[0] == (
+        "/t: 3 interleaved runs, warm page cache, after 1 warm-up; 2 CPUs; "
+        "2026-01-02T03:04:05+00:00"
+    )
+    assert lines[2] == "| " + " | ".join(cr.TABLE_COLUMNS) + " |"
+    assert lines[3] == "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+    assert lines[4] == (
+        "| dedup | dedup 1.2 \\| beta | 2.000 s | 1.000 s | 4.000 s | 2.000 s | 1.5 MiB "
+        "| 17,130 | 60,000 | yes | 1.00x |"
+    )
+    assert lines[5].endswith("| 60,000 | NO | 2.50x |")
+
+
+def test_markdown_lists_differences_and_skipped_tools_on_one_line_each() -> None:
+    text = cr.markdown(made_up_comparison(cold="fadvise"))
+    assert "cold (fadvise)" in text.splitlines()[0]
+    assert text.splitlines()[-3:] == [
+        "",
+        "- slow differs: only slow: a, b?c",
+        "- skipped rdfind: not installed: apt-get install rdfind",
+    ]
+
+
+def test_write_all_writes_every_kind_into_the_directory(tmp_path: Path) -> None:
+    paths = cr.write_all(made_up_comparison(), tmp_path)
+    assert [p.name for p in paths] == [f"comparison.{kind}" for kind in cr.KINDS]
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in paths)
+    assert (tmp_path / "comparison.md").read_text() == cr.markdown(made_up_comparison())
+    assert json.loads((tmp_path / "comparison.json").read_text())["cpus"] == 2

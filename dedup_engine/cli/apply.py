@@ -1,7 +1,8 @@
 """The `dedup apply` command: read a report, plan, then print, script or act; and `--resume`.
 
-A thin layer over `plan`, `planfmt`, `apply` and `journal`, like `cli` over the engine.  Every
-option is checked and the report read before the first file is touched.
+A thin layer over `apply.plan`, `apply.preview`, `apply.runner` and `apply.resume`.  Every
+option is checked and the report read before the first file is touched; each way of running
+ends in an `ApplyStatus`, which the command exits with.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated
 
@@ -34,30 +36,19 @@ from dedup_engine.apply.preview import write_json, write_script, write_text
 from dedup_engine.apply.resume import Resumed, Settlement, open_journal, resume
 from dedup_engine.apply.runner import ApplySummary, ProgressCallback, apply_plan
 from dedup_engine.cli.common import (
-    EXIT_FAILED,
-    EXIT_ISSUES,
-    EXIT_OK,
-    EXIT_OUTPUT,
     OutputError,
-    fail_output,
+    ProgressOption,
     fail_usage,
     output_to,
+    print_error,
+    progress_shown,
     reader_may_leave,
     stdout_usable,
 )
+from dedup_engine.cli.exitcode import ApplyStatus, ExitCode
 from dedup_engine.globs import Globs
 from dedup_engine.report.display import human_size, printable
 from dedup_engine.report.read import Report, ReportError, absolute, read_json
-
-EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
-
-APPLY_EXIT_HELP = (
-    "Exit codes: 0 every planned operation done (or printed); 1 some were skipped or failed, "
-    "and were rolled back; 2 usage error or an invalid report or journal (nothing was "
-    "touched); 4 a rollback failed: a file is under a temporary name, named on stderr; 5 the "
-    "dry run, script or results could not be written (the journal has the outcomes); 130 "
-    "interrupted (Ctrl-C, SIGTERM) between operations, nothing half done: --resume finishes."
-)
 
 
 def apply(
@@ -131,31 +122,75 @@ def apply(
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only problems on stderr.")] = False,
-    progress: Annotated[
-        bool | None,
-        typer.Option(
-            "--progress/--no-progress", help="Progress on stderr (default: when it is a terminal)."
-        ),
-    ] = None,
+    progress: ProgressOption = None,
 ) -> None:
     """Act on the duplicates of a report: delete, link or move all but the kept copies."""
     if output_format not in ("text", "json"):
         fail_usage(f"--format {output_format!r}: text or json")
     if resume_journal is not None:
-        if report is not None or action is not None:
-            fail_usage("--resume takes only the journal")
-        if dry_run or script is not None:
-            fail_usage("--resume acts on the disk; it takes no --dry-run or --script")
-        raise typer.Exit(_resume(str(resume_journal), output_format, quiet))
+        _check_resume_alone(report, action, dry_run, script)
+        status = _resume(str(resume_journal), output_format, quiet)
+    else:
+        report, action = _check_request(report, action, dry_run, script)
+        policy = _policy(action, keep, keep_path, protect, min_copies, to, across_owners)
+        data, plan = _read_and_plan(report, policy)
+        if dry_run:
+            status = _dry_run(plan, action, output_format)
+        elif script is not None:
+            status = _script(script, plan, action, report, quiet)
+        else:
+            run = _Run(report, data, policy, not no_verify, output_format, quiet, progress)
+            status = _act(plan, run, journal_path)
+    raise typer.Exit(status.exit_code)
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """A run that acts on the disk: what it acts for, and what it says on the way."""
+
+    report: str  # as given: the journal names it
+    data: bytes  # the report's bytes: the journal keeps their digest
+    policy: Policy
+    verify: bool
+    form: str
+    quiet: bool
+    progress: bool | None  # None: when stderr is a terminal
+
+
+def _check_resume_alone(
+    report: str | None, action: Action | None, dry_run: bool, script: Path | None
+) -> None:
+    if report is not None or action is not None:
+        fail_usage("--resume takes only the journal")
+    if dry_run or script is not None:
+        fail_usage("--resume acts on the disk; it takes no --dry-run or --script")
+
+
+def _check_request(
+    report: str | None, action: Action | None, dry_run: bool, script: Path | None
+) -> tuple[str, Action]:
+    """The report and the action, both required; at most one way of changing nothing."""
     if report is None:
         fail_usage("missing REPORT (a JSON report, or '-' for stdin)")
     if action is None:
         fail_usage("missing --action (delete, hardlink, symlink, reflink, move)")
     if dry_run and script is not None:
         fail_usage("--dry-run and --script both change nothing: give one")
+    return report, action
+
+
+def _policy(
+    action: Action,
+    keep: Keep,
+    keep_path: list[str] | None,
+    protect: list[str] | None,
+    min_copies: int,
+    to: str | None,
+    across_owners: bool,
+) -> Policy:
     move_to = _move_target(to) if to is not None else None
     try:
-        policy = Policy(
+        return Policy(
             action,
             keep,
             tuple(keep_path or ()),
@@ -166,79 +201,100 @@ def apply(
         )
     except ValueError as exc:
         fail_usage(str(exc))
+
+
+def _read_and_plan(report: str, policy: Policy) -> tuple[bytes, Plan]:
+    """The report's bytes, and the plan for its groups."""
     data, source = _read_report(report)
     _warn_unmatched(source, policy)
-    plan = make_plan(source.groups, source.roots, policy)
+    return data, make_plan(source.groups, source.roots, policy)
 
-    if dry_run:
-        try:
-            with reader_may_leave(), output_to(None, "the dry run") as out:
-                if output_format == "json":
-                    _as_text(out, lambda text: write_json(plan, action, text))
-                else:
-                    write_text(plan, out)
-        except OutputError as exc:
-            fail_output(str(exc))
-        raise typer.Exit(EXIT_OK)
-    if script is not None:
-        _write_script(str(script), plan, action, report)
-        if not quiet:
-            typer.echo(f"{len(plan.operations)} operations written to {script}", err=True)
-        raise typer.Exit(EXIT_OK)
 
+def _dry_run(plan: Plan, action: Action, form: str) -> ApplyStatus:
+    try:
+        with reader_may_leave(), output_to(None, "the dry run") as out:
+            if form == "json":
+                _as_text(out, lambda text: write_json(plan, action, text))
+            else:
+                write_text(plan, out)
+    except OutputError as exc:
+        print_error(str(exc))
+        return ApplyStatus(unwritten=True)
+    return ApplyStatus()
+
+
+def _script(script: Path, plan: Plan, action: Action, report: str, quiet: bool) -> ApplyStatus:
+    if not _write_script(str(script), plan, action, report):
+        return ApplyStatus(unwritten=True)
+    if not quiet:
+        typer.echo(f"{len(plan.operations)} operations written to {script}", err=True)
+    return ApplyStatus()
+
+
+def _act(plan: Plan, run: _Run, journal_path: Path | None) -> ApplyStatus:
+    """Carry out the plan, journaled, then print the results."""
     if not stdout_usable():
-        fail_output("cannot write the results: stdout is closed; nothing was touched")
+        print_error("cannot write the results: stdout is closed; nothing was touched")
+        return ApplyStatus(unwritten=True)
     path = str(journal_path) if journal_path is not None else default_path()
     header = {"tool": "dedup-engine", "version": __version__, "pid": os.getpid()}
     try:
         journal = open_journal(
             path,
-            data,
-            report,
-            policy,
-            verify=not no_verify,
+            run.data,
+            run.report,
+            run.policy,
+            verify=run.verify,
             operations=len(plan.operations),
             extra=header,
         )
     except JournalError as exc:
         fail_usage(str(exc))
-    if not quiet:
+    if not run.quiet:
         typer.echo(f"journal: {path}", err=True)
-    show_progress = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
+    show_progress = progress_shown(run.progress, run.quiet)
     try:
         with _progress(show_progress, len(plan.operations)) as callback, _deferred() as stop:
             summary = apply_plan(
-                plan, verify=not no_verify, journal=journal, progress=callback, should_stop=stop
+                plan, verify=run.verify, journal=journal, progress=callback, should_stop=stop
             )
     except JournalError as exc:
-        typer.echo(f"dedup: error: {exc}; stopped. Finish the run with --resume {path}", err=True)
-        raise typer.Exit(EXIT_FAILED) from None
+        _print_stopped(exc, path)
+        return ApplyStatus(needs_you=True)
     finally:
         journal.close()
-    raise typer.Exit(_finish(summary, len(plan.operations), action, output_format, quiet, path))
+    return _finish(summary, len(plan.operations), run.policy.action, run.form, run.quiet, path)
+
+
+def _print_stopped(exc: JournalError, journal: str) -> None:
+    print_error(f"{exc}; stopped. Finish the run with --resume {journal}")
 
 
 def _finish(
     summary: ApplySummary, total: int, action: Action, form: str, quiet: bool, journal: str
-) -> int:
-    """Print the run's results; its exit code."""
+) -> ApplyStatus:
+    """Print the run's results and what to do next; what the run came to."""
     written = _print_results(summary, action, form, quiet)
-    if summary.count(Outcome.ROLLBACK_FAILED):
-        # Before an interruption: a file waits under a temporary name.
+    status = ApplyStatus(
+        needs_you=summary.count(Outcome.ROLLBACK_FAILED) > 0,
+        interrupted=summary.interrupted,
+        unwritten=not written,
+        incomplete=not summary.clean,
+    )
+    code = status.exit_code
+    if code is ExitCode.FAILED:
+        # A rollback failed: a file waits under a temporary name.
         typer.echo(f"dedup: once the cause is fixed: dedup apply --resume {journal}", err=True)
-        return EXIT_FAILED
-    if summary.interrupted:
+    elif code is ExitCode.INTERRUPTED:
         left = total - len(summary.results)
         typer.echo(
             f"dedup: interrupted: stopped between operations, {left} not started; nothing is "
             f"half done. Finish with: dedup apply --resume {journal}",
             err=True,
         )
-        return EXIT_INTERRUPTED
-    if not written:
+    elif code is ExitCode.OUTPUT:
         typer.echo(f"dedup: the journal holds every outcome: {journal}", err=True)
-        return EXIT_OUTPUT
-    return EXIT_OK if summary.clean else EXIT_ISSUES
+    return status
 
 
 @contextlib.contextmanager
@@ -302,10 +358,10 @@ def _move_target(to: str) -> str:
     return path
 
 
-def _write_script(path: str, plan: Plan, action: Action, report: str) -> None:
+def _write_script(path: str, plan: Plan, action: Action, report: str) -> bool:
     """A new file, never through a symlink nor over an existing file (someone else's could
     be changed between the review and `sh FILE`), readable by its owner only (it lists every
-    path of the plan)."""
+    path of the plan).  False if it could not be written (said on stderr; no file is left)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(path, flags, 0o700)
@@ -319,7 +375,9 @@ def _write_script(path: str, plan: Plan, action: Action, report: str) -> None:
             os.fchmod(out.fileno(), 0o700)  # the umask may have taken the owner's x bit
     except OSError as exc:
         os.unlink(path)
-        fail_output(f"cannot write the script {path!r}: {exc.strerror}")
+        print_error(f"cannot write the script {path!r}: {exc.strerror}")
+        return False
+    return True
 
 
 def _read_report(name: str) -> tuple[bytes, Report]:
@@ -365,7 +423,7 @@ def _print_results(summary: ApplySummary, action: Action, form: str, quiet: bool
             else:
                 out.write(f"{line}\n".encode())
     except OutputError as exc:
-        typer.echo(f"dedup: error: {exc}", err=True)
+        print_error(str(exc))
         return False
     if form == "json" and not quiet:
         typer.echo(line, err=True)
@@ -453,15 +511,17 @@ def _write_json_results(summary: ApplySummary, action: Action, out: IO[str]) -> 
     out.flush()
 
 
-def _resume(path: str, form: str, quiet: bool) -> int:
+def _resume(path: str, form: str, quiet: bool) -> ApplyStatus:
+    """Settle what the interrupted run left under way, then the rest of its plan."""
     if not stdout_usable():
-        fail_output("cannot write the results: stdout is closed; nothing was touched")
+        print_error("cannot write the results: stdout is closed; nothing was touched")
+        return ApplyStatus(unwritten=True)
     try:
         with _deferred() as stop:
             done = resume(path, should_stop=stop)
     except JournalWriteError as exc:
-        typer.echo(f"dedup: error: {exc}; stopped. Finish the run with --resume {path}", err=True)
-        return EXIT_FAILED
+        _print_stopped(exc, path)
+        return ApplyStatus(needs_you=True)
     except JournalError as exc:
         fail_usage(str(exc))
     broken = _print_settled(done, quiet)
@@ -471,13 +531,13 @@ def _resume(path: str, form: str, quiet: bool) -> int:
             with reader_may_leave(), output_to(None, "the results") as out:
                 out.write(f"{line}\n".encode())
         except OutputError as exc:
-            typer.echo(f"dedup: error: {exc}; the journal holds every outcome: {path}", err=True)
-            return EXIT_OUTPUT
+            print_error(f"{exc}; the journal holds every outcome: {path}")
+            return ApplyStatus(unwritten=True)
     elif not quiet:
         typer.echo(line, err=True)
     if done.summary is None or done.plan is None:
         typer.echo(f"dedup: the rest of the run cannot be carried out: {done.why_not}", err=True)
-        return EXIT_FAILED if broken else EXIT_ISSUES
+        return ApplyStatus(needs_you=broken > 0, incomplete=True)
     action = done.action or Action.DELETE
     return _finish(done.summary, len(done.plan.operations), action, form, quiet, path)
 

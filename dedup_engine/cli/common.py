@@ -1,7 +1,8 @@
-"""What every `dedup` command shares: exit codes, usage errors, size parsing and output files.
+"""What every `dedup` command shares: error lines, usage errors, the progress option, size
+parsing and output files.
 
-Its own module so that `cli` (which attaches the other commands) and the command modules
-(`cli_apply`, `cli_bench`) import it, never each other: any of them can be imported first.
+The command modules (`find`, `apply`, `synth`, `bench`) import it, never each other, and `app`
+attaches them: any of them can be imported first.
 """
 
 from __future__ import annotations
@@ -12,17 +13,22 @@ import re
 import stat
 import sys
 from collections.abc import Iterator
-from typing import IO, NoReturn
+from typing import IO, Annotated, NoReturn
 
 import typer
 
-EXIT_OK = 0
-EXIT_ISSUES = 1
-EXIT_USAGE = 2
-EXIT_DUPLICATES = 3
-EXIT_FAILED = 4
-#: The report could not be written (a full disk, a closed stdout): never 0, whatever was found.
-EXIT_OUTPUT = 5
+from dedup_engine.cli.exitcode import ExitCode
+
+#: `dedup bench`'s name for ExitCode.ISSUES (it exits through its own lines, not a status).
+EXIT_ISSUES = ExitCode.ISSUES
+
+#: `--progress/--no-progress`, for the commands that show a progress bar.
+ProgressOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress", help="Progress on stderr (default: when it is a terminal)."
+    ),
+]
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -36,9 +42,22 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
-def fail_usage(message: str) -> NoReturn:
+def progress_shown(progress: bool | None, quiet: bool) -> bool:
+    """Whether to show progress: as `--progress/--no-progress` say, by default when stderr is a
+    terminal; never with `--quiet`."""
+    return (not quiet) and (sys.stderr.isatty() if progress is None else progress)
+
+
+def print_error(message: str) -> None:
+    """One line on stderr, as every error of `dedup` is said."""
     typer.echo(f"dedup: error: {message}", err=True)
-    raise typer.Exit(EXIT_USAGE)
+
+
+def fail_usage(message: str) -> NoReturn:
+    """A usage error (bad option, missing root, invalid report or journal): found before the
+    command has done anything, so it ends the command there, with its own code."""
+    print_error(message)
+    raise typer.Exit(ExitCode.USAGE)
 
 
 @contextlib.contextmanager
@@ -56,12 +75,6 @@ def reader_may_leave() -> Iterator[None]:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-
-
-def fail_output(message: str) -> NoReturn:
-    """An output that could not be written: one line, and its own exit code."""
-    typer.echo(f"dedup: error: {message}", err=True)
-    raise typer.Exit(EXIT_OUTPUT)
 
 
 class OutputError(Exception):

@@ -362,13 +362,13 @@ def test_version() -> None:
 
 def test_exit_4_when_a_worker_dies(dups: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crashed run is not 'done, but some files could not be read' (regression: it exited 1)."""
-    import dedup_engine.cli.app
+    import dedup_engine.cli.find
     from dedup_engine.find.pool import WorkerError
 
     def crash(*args: object, **kwargs: object) -> None:
         raise WorkerError("a worker process died (exit code -9)")
 
-    monkeypatch.setattr(dedup_engine.cli.app, "find_duplicates", crash)
+    monkeypatch.setattr(dedup_engine.cli.find, "find_duplicates", crash)
     code, out, err = invoke("find", dups.root)
     assert code == 4
     assert out == b""

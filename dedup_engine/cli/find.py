@@ -1,0 +1,330 @@
+"""The `dedup find` command: read the options, search, write the report, say how it went.
+
+Its steps: the options checked (a usage error before anything is read), the search with its
+progress display, the report written where asked, the notes on stderr, and the `FindStatus`
+the command exits with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+import typer
+
+from dedup_engine.cli.common import (
+    OutputError,
+    ProgressOption,
+    fail_usage,
+    output_to,
+    parse_size,
+    print_error,
+    progress_shown,
+    reader_may_leave,
+    stdout_usable,
+)
+from dedup_engine.cli.exitcode import FindStatus
+from dedup_engine.find.pipeline import Progress, ProgressCallback, find_duplicates
+from dedup_engine.find.pool import WorkerError
+from dedup_engine.model import FindResult
+from dedup_engine.options import OptionsError, ScanOptions
+from dedup_engine.report.display import human_size
+from dedup_engine.report.formats import WRITERS, Format
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """What the command line asks of the report and of stderr, beside the search itself."""
+
+    form: Format
+    output: Path | None  # None or "-": stdout
+    null: bool
+    quiet: bool
+    progress: bool | None  # None: when stderr is a terminal
+    stats: bool
+    fail_on_duplicates: bool
+
+    @property
+    def to_stdout(self) -> bool:
+        return self.output is None or str(self.output) == "-"
+
+
+def find(
+    roots: Annotated[list[str], typer.Argument(help="Directories or files to search.")],
+    output_format: Annotated[
+        Format, typer.Option("--format", "-f", help="text (for people), fdupes, json or csv.")
+    ] = Format.TEXT,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the report here, not stdout.")
+    ] = None,
+    null: Annotated[
+        bool,
+        typer.Option(
+            "--null", "-0", help="fdupes format: a NUL after each path and after each group."
+        ),
+    ] = False,
+    follow_links: Annotated[
+        bool, typer.Option("--follow-links", "-L", help="Follow symlinks (loops are detected).")
+    ] = False,
+    one_file_system: Annotated[
+        bool, typer.Option("--one-file-system", "-x", help="Stay on each root's filesystem.")
+    ] = False,
+    max_depth: Annotated[
+        int | None,
+        typer.Option(help="Descend at most this many directories below a root (0: root only)."),
+    ] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only files matching GLOB (name; or path below the root if it has a '/'). "
+            "Repeatable."
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(help="Skip files and directories matching GLOB. Repeatable."),
+    ] = None,
+    hidden: Annotated[
+        bool,
+        typer.Option(
+            "--hidden/--no-hidden",
+            help="Include names starting with '.' (default, as jdupes/fdupes/rdfind do).",
+        ),
+    ] = True,
+    min_size: Annotated[
+        str, typer.Option(help="Ignore files smaller than this (4096, 64K, 1M...).")
+    ] = "1",
+    max_size: Annotated[str | None, typer.Option(help="Ignore files larger than this.")] = None,
+    empty: Annotated[bool, typer.Option("--empty", help="Report empty files as duplicates.")] = (
+        False
+    ),
+    hard_links: Annotated[
+        bool,
+        typer.Option("--hard-links", help="Report hard links of one file as duplicates too."),
+    ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", "-j", help="Worker processes (default: usable CPUs; 0: in process)."
+        ),
+    ] = None,
+    progress: ProgressOption = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
+    ] = False,
+    show_stats: Annotated[
+        bool, typer.Option("--stats", help="A per-stage table of the work done, on stderr.")
+    ] = False,
+    fail_on_duplicates: Annotated[
+        bool, typer.Option("--fail-on-duplicates", help="Exit 3 if any group is found.")
+    ] = False,
+    partial_stages: Annotated[
+        str,
+        typer.Option(
+            help="Partial-hash stages to run, comma-separated (head,tail); for benchmarking.",
+            hidden=True,
+        ),
+    ] = "head,tail",
+    chunk_size: Annotated[
+        str, typer.Option(help="Read chunk of the full hash.", hidden=True)
+    ] = "128K",
+    head_window: Annotated[str, typer.Option(hidden=True)] = "4K",
+    tail_window: Annotated[str, typer.Option(hidden=True)] = "4K",
+    whole_threshold: Annotated[str, typer.Option(hidden=True)] = "16K",
+    tail_min_size: Annotated[str, typer.Option(hidden=True)] = "64K",
+) -> None:
+    """Find groups of files with identical content (read-only)."""
+    try:
+        options = ScanOptions(
+            follow_links=follow_links,
+            one_file_system=one_file_system,
+            max_depth=max_depth,
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
+            hidden=hidden,
+            min_size=parse_size(min_size),
+            max_size=parse_size(max_size) if max_size is not None else None,
+            empty=empty,
+            hard_links=hard_links,
+            workers=workers,
+            head_window=parse_size(head_window),
+            tail_window=parse_size(tail_window),
+            whole_threshold=parse_size(whole_threshold),
+            tail_min_size=parse_size(tail_min_size),
+            chunk_size=parse_size(chunk_size),
+            stages=tuple(s.strip() for s in partial_stages.split(",") if s.strip()),
+        )
+        if null and output_format is not Format.FDUPES:
+            raise OptionsError("-0/--null is for --format fdupes only")
+        _check_output(output)
+    except OptionsError as exc:
+        fail_usage(str(exc))
+    request = _Request(output_format, output, null, quiet, progress, show_stats, fail_on_duplicates)
+    raise typer.Exit(_run(roots, options, request).exit_code)
+
+
+def _run(roots: list[str], options: ScanOptions, request: _Request) -> FindStatus:
+    """Search, write the report and say how it went; what the run came to."""
+    if request.to_stdout and not stdout_usable():
+        print_error("cannot write the report: stdout is closed")
+        return FindStatus(report_unwritten=True)
+    show_progress = progress_shown(request.progress, request.quiet)
+    try:
+        with _progress(show_progress) as callback, _no_gc():
+            result = find_duplicates(roots, options, progress=callback)
+    except OptionsError as exc:  # a root that cannot be searched, before any work
+        fail_usage(str(exc))
+    except WorkerError as exc:
+        print_error(str(exc))
+        return FindStatus(worker_died=True)
+    left_out = _write_report(result, options, request)
+    if left_out is not None:
+        _print_notes(result, request, left_out)
+    return FindStatus(
+        report_unwritten=left_out is None,
+        duplicates_found=bool(result.groups),
+        fail_on_duplicates=request.fail_on_duplicates,
+        unreadable=bool(result.issues),
+    )
+
+
+def _write_report(result: FindResult, options: ScanOptions, request: _Request) -> int | None:
+    """Write the report where asked: the number of paths left out of it, None if it could not
+    be written (said on stderr)."""
+    left_out = 0  # stays 0 if the reader leaves early
+    output = None if request.output is None else str(request.output)
+    try:
+        with reader_may_leave(), output_to(output) as out:
+            left_out = _write(result, options, request.form, out, request.null)
+    except OutputError as exc:
+        print_error(str(exc))
+        return None
+    return left_out
+
+
+def _print_notes(result: FindResult, request: _Request, left_out: int) -> None:
+    """What stderr says after the report: paths left out of it, the stages' work, a summary."""
+    if left_out:
+        typer.echo(
+            f"dedup: warning: {left_out} paths holding a newline are left out of the fdupes "
+            "output, where they would read as other paths; -0 or -f json lists them",
+            err=True,
+        )
+    if request.stats:
+        _print_stats(result)
+    if not request.quiet and (request.form is not Format.TEXT or request.output is not None):
+        _print_summary(result)
+
+
+def _write(
+    result: FindResult, options: ScanOptions, form: Format, out: IO[bytes], null: bool
+) -> int:
+    """Write the report; the number of paths left out of it (fdupes without -0)."""
+    return WRITERS[form](result, options, out, null=null)
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    # The search allocates hundreds of thousands of objects and no reference cycles; the cyclic
+    # collector's passes over them cost ~15% of the main process's CPU.  The library leaves the
+    # collector alone (it is the caller's to set); the command is its own caller.
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _check_output(path: Path | None) -> None:
+    """Refuse an output we could not write before the search, not after it."""
+    if path is None or str(path) == "-":
+        return
+    target = Path(os.path.realpath(path))  # what `output_to` writes: a symlink's target
+    if target.is_dir():
+        raise OptionsError(f"--output {str(path)!r} is a directory")
+    parent = target.parent
+    if not parent.is_dir():
+        raise OptionsError(f"--output {str(path)!r}: no such directory {str(parent)!r}")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise OptionsError(f"--output {str(path)!r} is not writable")
+    if (not target.exists() or target.is_file()) and not os.access(parent, os.W_OK):
+        # A regular file is replaced by a new one written beside it.
+        raise OptionsError(f"--output {str(path)!r} is not writable (its directory is not)")
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[ProgressCallback | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as RichProgress
+
+    console = Console(stderr=True)
+    bar = RichProgress(
+        TextColumn("{task.description:>6}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[size]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(event: Progress) -> None:
+        # Started on the first event, which comes after the workers are forked: the display's
+        # refresh thread must not exist at fork time.
+        if not bar.live.is_started:
+            bar.start()
+        name = event.stage.value
+        if name not in tasks:
+            tasks[name] = bar.add_task(name, total=event.total, size="")
+        bar.update(
+            tasks[name], completed=event.files, total=event.total, size=human_size(event.bytes)
+        )
+        if event.finished:
+            bar.stop_task(tasks[name])  # its clock stops at the stage's own duration
+
+    try:
+        yield update
+    finally:
+        if bar.live.is_started:
+            bar.stop()
+
+
+def _print_summary(result: FindResult) -> None:
+    stats = result.stats
+    line = (
+        f"{stats.groups} groups, {stats.files_in_groups} files in groups, "
+        f"{human_size(stats.bytes_reclaimable)} reclaimable; {stats.files_scanned} files scanned "
+        f"in {stats.seconds:.2f} s"
+    )
+    if result.issues:
+        line += f"; {len(result.issues)} files could not be read"
+    typer.echo(line, err=True)
+
+
+def _print_stats(result: FindResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="dedup find: work per stage")
+    for column in ("stage", "files in", "files out", "opened", "bytes read", "seconds"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for row in result.stats.stages:
+        table.add_row(
+            row.stage.value,
+            f"{row.files_in:,}",
+            f"{row.files_out:,}",
+            f"{row.files_opened:,}",
+            human_size(row.bytes_read),
+            f"{row.seconds:.3f}",
+        )
+    Console(stderr=True).print(table)

@@ -69,6 +69,11 @@ class ScanOptions:
     stages: tuple[str, ...] = ("head", "tail")
 
     def __post_init__(self) -> None:
+        self._check_limits()
+        self._check_windows()
+        self._check_patterns()
+
+    def _check_limits(self) -> None:
         if self.max_depth is not None and self.max_depth < 0:
             raise OptionsError(f"--max-depth must be 0 or more, not {self.max_depth}")
         if self.min_size < 0:
@@ -81,6 +86,8 @@ class ScanOptions:
             limit, why = worker_limit(cpu_count(), open_file_limit())
             if self.workers > limit:
                 raise OptionsError(f"--workers {self.workers} is above the limit of {limit}: {why}")
+
+    def _check_windows(self) -> None:
         for name in ("head_window", "tail_window", "chunk_size"):
             if getattr(self, name) < 1:
                 raise OptionsError(f"{name} must be at least 1 byte")
@@ -89,6 +96,8 @@ class ScanOptions:
         unknown = set(self.stages) - {"head", "tail"}
         if unknown:
             raise OptionsError(f"unknown partial stage(s): {', '.join(sorted(unknown))}")
+
+    def _check_patterns(self) -> None:
         for option, patterns, files_only in (
             ("--include", self.include, True),
             ("--exclude", self.exclude, False),

@@ -14,7 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from dedup_engine.cli.common import EXIT_ISSUES, fail_usage, parse_size
+from dedup_engine.cli.common import fail_usage, parse_size
+from dedup_engine.cli.exitcode import ExitCode
 from dedup_engine.find.pipeline import canonical_roots
 from dedup_engine.options import OptionsError, ScanOptions
 
@@ -64,7 +65,7 @@ def work_gate(
     for failure in failures:
         typer.echo(f"FAIL: {failure}", err=True)
     if failures:
-        raise typer.Exit(EXIT_ISSUES)
+        raise typer.Exit(ExitCode.ISSUES)
     typer.echo(
         f"work gate passed: {len(current['trees'])} trees, no stage does more work", err=True
     )
@@ -142,7 +143,7 @@ def bench_compare(
     _print_comparison(result)
     typer.echo("written: " + ", ".join(str(p) for p in paths), err=True)
     if not all(tool.agrees for tool in result.tools):
-        raise typer.Exit(EXIT_ISSUES)
+        raise typer.Exit(ExitCode.ISSUES)
 
 
 def _compare_tree(root: Path | None, profile: str | None, seed: int, cache: Path | None) -> Path:
@@ -273,7 +274,7 @@ def time_gate(
     for failure in failures:
         typer.echo(f"FAIL: {failure}", err=True)
     if failures:
-        raise typer.Exit(EXIT_ISSUES)
+        raise typer.Exit(ExitCode.ISSUES)
     typer.echo("time gate passed", err=True)
 
 

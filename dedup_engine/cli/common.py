@@ -19,9 +19,6 @@ import typer
 
 from dedup_engine.cli.exitcode import ExitCode
 
-#: `dedup bench`'s name for ExitCode.ISSUES (it exits through its own lines, not a status).
-EXIT_ISSUES = ExitCode.ISSUES
-
 #: `--progress/--no-progress`, for the commands that show a progress bar.
 ProgressOption = Annotated[
     bool | None,

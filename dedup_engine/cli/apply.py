@@ -71,11 +71,16 @@ def apply(
     keep: Annotated[Keep, typer.Option(help="Which copy is kept.")] = Keep.FIRST_ROOT,
     keep_path: Annotated[
         list[str] | None,
-        typer.Option(help="Keep the copy matching GLOB first (path if it has a '/', else name)."),
+        typer.Option(
+            help="Keep the copy matching GLOB first: a name, or with a '/' a path (below its "
+            "root, or absolute)."
+        ),
     ] = None,
     protect: Annotated[
         list[str] | None,
-        typer.Option(help="Never touch files matching GLOB (they may be the kept copy)."),
+        typer.Option(
+            help="Never touch files matching GLOB, as --keep-path (they may be the kept copy)."
+        ),
     ] = None,
     min_copies: Annotated[int, typer.Option(help="Copies (distinct files) to keep.")] = 1,
     across_owners: Annotated[

@@ -81,13 +81,15 @@ def find(
     include: Annotated[
         list[str] | None,
         typer.Option(
-            help="Only files matching GLOB (name; or path below the root if it has a '/'). "
-            "Repeatable."
+            help="Only files matching GLOB: a name, or with a '/' a path (below the root, or "
+            "absolute). Repeatable."
         ),
     ] = None,
     exclude: Annotated[
         list[str] | None,
-        typer.Option(help="Skip files and directories matching GLOB. Repeatable."),
+        typer.Option(
+            help="Skip files and directories matching GLOB ('DIR/': directories only). Repeatable."
+        ),
     ] = None,
     hidden: Annotated[
         bool,

@@ -22,10 +22,11 @@ from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.bench import workgate
 from dedup_engine.find.fullcompare import compare_groups
 from dedup_engine.find.groups import Group, GroupBuilder
-from dedup_engine.find.hashtasks import HashResult, HashTask, Window, hash_batch
+from dedup_engine.find.hashtasks import hash_batch
 from dedup_engine.find.pipeline import _Run, canonical_roots
 from dedup_engine.find.pool import InlinePool
-from dedup_engine.find.walk import DirJob, Filter, ScanTask, scan_dirs
+from dedup_engine.find.tasks import DirJob, HashResult, HashTask, ScanTask, Window
+from dedup_engine.find.walk import Filter, scan_dirs
 from dedup_engine.model import RunStats, Stage
 
 Bench = Any  # pytest-benchmark's fixture has no public type

@@ -1,9 +1,11 @@
-"""The full stage: the members of each group read side by side, compared and hashed once.
+"""Worker side of the full stage: the members of each group read side by side, compared and
+hashed once.
 
 Members are split as soon as their bytes differ, and a member left alone stops being read, so
 files that differ only deep inside cost only what precedes the difference.  Each set of identical
 members feeds one BLAKE3 hasher (copied when a set splits): a digest is the BLAKE3 of the whole
-file, yet identical copies are hashed once and compared byte for byte.
+file, yet identical copies are hashed once and compared byte for byte.  The parent side is
+`hashstep.FullStep`.
 """
 
 from __future__ import annotations
@@ -13,19 +15,27 @@ import os
 
 from blake3 import blake3
 
-from dedup_engine.find.hashtasks import (
-    NO_DIGEST,
-    ChangedError,
-    HashResult,
-    HashTask,
-    check_unchanged,
-    describe,
-)
+from dedup_engine.find.changes import ChangedError, check_unchanged, describe
+from dedup_engine.find.tasks import NO_DIGEST, HashResult, HashTask
 from dedup_engine.openflags import read_flags
 
 #: Larger groups are hashed file by file, so a group never holds more than this many files open;
 #: so are groups of one (with --hard-links, where one inode's paths count as copies).
 MAX_COMPARED = 64
+
+
+def compare_groups(task: HashTask) -> HashResult:
+    """Digests for the task's groups (laid end to end, sizes in `task.groups`), chunk by chunk."""
+    comparison = _Comparison(task)
+    start = 0
+    for members in task.groups:
+        end = start + members
+        if members > MAX_COMPARED or members == 1:
+            comparison.hash_each(start, end)
+        else:
+            comparison.compare(start, end)
+        start = end
+    return comparison.result()
 
 
 class _Open:
@@ -43,126 +53,150 @@ class _Open:
         self.eof = False
 
 
-def compare_groups(task: HashTask) -> HashResult:
-    """Digests for the task's groups (laid end to end, sizes in `task.groups`), chunk by chunk."""
-    flags = read_flags(task.follow_links)
-    digests = [NO_DIGEST] * len(task.paths)
-    failed: list[tuple[int, str]] = []
-    opened = 0
-    total = 0
-    start = 0
-    # Buffers are reused across the task's groups: a fresh zeroed buffer per file costs page
-    # faults that outweigh the reading itself for files of a few dozen KiB.
-    chunk = min(task.chunk_size, max(task.sizes, default=1) + 1)
-    buffers = [bytearray(chunk) for _ in range(min(max(task.groups), MAX_COMPARED))]
-    for members in task.groups:
-        end = start + members
-        size = task.sizes[start]
-        if members > MAX_COMPARED or members == 1:
-            for position in range(start, end):
-                fd = _open(task.paths[position], flags, position, failed)
-                if fd is None:
-                    continue
-                opened += 1
-                try:
-                    digests[position] = _hash_chunked(task, position, fd, buffers[0])
-                    total += size
-                except OSError as exc:
-                    failed.append((position, describe(exc)))
-                finally:
-                    os.close(fd)
-        else:
-            n_opened, n_read = _compare_group(
-                task, start, end, size, flags, buffers, digests, failed
-            )
-            opened += n_opened
-            total += n_read
-        start = end
-    return HashResult(
-        task.window, task.ids, b"".join(digests), tuple(failed), opened, total, task.groups
-    )
+#: Members whose bytes so far are identical, and the hasher that has taken those bytes.
+_Set = tuple[list[_Open], blake3]
 
 
-def _compare_group(
-    task: HashTask,
-    start: int,
-    end: int,
-    size: int,
-    flags: int,
-    buffers: list[bytearray],
-    digests: list[bytes],
-    failed: list[tuple[int, str]],
-) -> tuple[int, int]:
-    chunk = len(buffers[0])
-    live: list[_Open] = []
-    total = 0
-    opened = 0
-    try:
+class _Comparison:
+    """One compare task in a worker: its buffers, and the digests, failures and counts so far."""
+
+    def __init__(self, task: HashTask) -> None:
+        self.task = task
+        self.flags = read_flags(task.follow_links)
+        self.digests = [NO_DIGEST] * len(task.paths)
+        self.failed: list[tuple[int, str]] = []
+        self.opened = 0
+        self.total = 0
+        # Buffers are reused across the task's groups: a fresh zeroed buffer per file costs page
+        # faults that outweigh the reading itself for files of a few dozen KiB.
+        self.chunk = min(task.chunk_size, max(task.sizes, default=1) + 1)
+        count = min(max(task.groups), MAX_COMPARED)
+        self.buffers = [bytearray(self.chunk) for _ in range(count)]
+
+    def result(self) -> HashResult:
+        task, digests, failed = self.task, b"".join(self.digests), tuple(self.failed)
+        return HashResult(
+            task.window, task.ids, digests, failed, self.opened, self.total, task.groups
+        )
+
+    def hash_each(self, start: int, end: int) -> None:
+        """Hash the members of a group one by one, each file on its own."""
         for position in range(start, end):
-            fd = _open(task.paths[position], flags, position, failed)
+            fd = self._open(position)
             if fd is None:
                 continue
-            opened += 1
-            live.append(_Open(position, fd, buffers[len(live)]))
-        sets: list[tuple[list[_Open], blake3]] = [(live, blake3())] if len(live) > 1 else []
-        offset = 0
-        while offset < size and sets:
-            want = min(chunk, size - offset)
-            following: list[tuple[list[_Open], blake3]] = []
+            try:
+                self.digests[position] = self._hash_chunked(position, fd)
+                self.total += self.task.sizes[position]
+            except OSError as exc:
+                self.failed.append((position, describe(exc)))
+            finally:
+                os.close(fd)
+
+    def compare(self, start: int, end: int) -> None:
+        """Read the members of a group side by side, a chunk at a time, splitting them as their
+        bytes differ; every set of two or more that reaches the end shares one digest."""
+        size = self.task.sizes[start]
+        live: list[_Open] = []
+        try:
+            for position in range(start, end):
+                fd = self._open(position)
+                if fd is not None:
+                    live.append(_Open(position, fd, self.buffers[len(live)]))
+            sets: list[_Set] = [(live, blake3())] if len(live) > 1 else []
+            offset = 0
+            while offset < size and sets:
+                want = min(self.chunk, size - offset)
+                sets = [split for alike in sets for split in self._next_chunk(alike, want)]
+                offset += want
             for members, hasher in sets:
-                read_ok = []
-                for member in members:
-                    try:
-                        got, member.eof = _read_exact(member.fd, member.buf, want)
-                    except OSError as exc:
-                        failed.append((member.position, describe(exc)))
-                        continue
-                    total += got
-                    read_ok.append(member)
-                parts: list[list[_Open]] = []
-                for member in read_ok:
-                    for part in parts:
-                        if _same(part[0].buf, member.buf, want, chunk):
-                            part.append(member)
-                            break
-                    else:
-                        parts.append([member])
-                keep = [part for part in parts if len(part) > 1]
-                for index, part in enumerate(keep):
-                    # The last set takes the hasher itself; the others need their own copy of the
-                    # state the chunks so far have left in it.
-                    own = hasher if index == len(keep) - 1 else hasher.copy()
-                    own.update(memoryview(part[0].buf)[:want])
-                    following.append((part, own))
-            sets = following
-            offset += want
-        for members, hasher in sets:
-            intact = []
-            for member in members:
-                try:
-                    if not member.eof and os.read(member.fd, 1):
-                        raise ChangedError(errno.EIO, f"grew while reading: expected {size} bytes")
-                    # Once every member is read: unchanged since the scan, each held the bytes
-                    # compared from its scan to now, so they were all equal at once.
-                    _check(task, member.position, member.fd)
-                    intact.append(member)
-                except OSError as exc:
-                    failed.append((member.position, describe(exc)))
-            digest = bytes(hasher.digest())
-            for member in intact:
-                digests[member.position] = digest
-    finally:
-        for member in live:
-            os.close(member.fd)
-    return opened, total
+                self._finish(members, hasher, size)
+        finally:
+            for member in live:
+                os.close(member.fd)
 
+    def _next_chunk(self, alike: _Set, want: int) -> list[_Set]:
+        """Read the next `want` bytes of each member, and split the set by them: the sets of two
+        or more, each with its hasher updated."""
+        members, hasher = alike
+        parts: list[list[_Open]] = []
+        for member in self._read_chunk(members, want):
+            for part in parts:
+                if _same(part[0].buf, member.buf, want, self.chunk):
+                    part.append(member)
+                    break
+            else:
+                parts.append([member])
+        keep = [part for part in parts if len(part) > 1]
+        out: list[_Set] = []
+        for index, part in enumerate(keep):
+            # The last set takes the hasher itself; the others need their own copy of the state
+            # the chunks so far have left in it.
+            own = hasher if index == len(keep) - 1 else hasher.copy()
+            own.update(memoryview(part[0].buf)[:want])
+            out.append((part, own))
+        return out
 
-def _open(path: str, flags: int, position: int, failed: list[tuple[int, str]]) -> int | None:
-    try:
-        return os.open(path, flags)
-    except OSError as exc:
-        failed.append((position, describe(exc)))
-        return None
+    def _read_chunk(self, members: list[_Open], want: int) -> list[_Open]:
+        """The members whose next `want` bytes are now in their buffers; the others failed."""
+        read: list[_Open] = []
+        for member in members:
+            try:
+                got, member.eof = _read_exact(member.fd, member.buf, want)
+            except OSError as exc:
+                self.failed.append((member.position, describe(exc)))
+                continue
+            self.total += got
+            read.append(member)
+        return read
+
+    def _finish(self, members: list[_Open], hasher: blake3, size: int) -> None:
+        """Give the set's digest to each member still as the scan saw it, once all are read."""
+        intact = []
+        for member in members:
+            try:
+                if not member.eof and os.read(member.fd, 1):
+                    raise ChangedError(errno.EIO, f"grew while reading: expected {size} bytes")
+                # Once every member is read: unchanged since the scan, each held the bytes
+                # compared from its scan to now, so they were all equal at once.
+                self._check(member.position, member.fd)
+                intact.append(member)
+            except OSError as exc:
+                self.failed.append((member.position, describe(exc)))
+        digest = bytes(hasher.digest())
+        for member in intact:
+            self.digests[member.position] = digest
+
+    def _open(self, position: int) -> int | None:
+        try:
+            fd = os.open(self.task.paths[position], self.flags)
+        except OSError as exc:
+            self.failed.append((position, describe(exc)))
+            return None
+        self.opened += 1
+        return fd
+
+    def _hash_chunked(self, position: int, fd: int) -> bytes:
+        size = self.task.sizes[position]
+        buf = self.buffers[0]
+        hasher = blake3()
+        view = memoryview(buf)
+        total = 0
+        while total <= size:
+            n = os.readv(fd, [buf])
+            if n == 0:
+                break
+            hasher.update(view[:n])
+            total += n
+        if total != size:
+            raise ChangedError(errno.EIO, f"size changed while reading: expected {size} bytes")
+        self._check(position, fd)
+        return bytes(hasher.digest())
+
+    def _check(self, position: int, fd: int) -> None:
+        task = self.task
+        sizes, inos, mtimes, ctimes = task.sizes, task.inos, task.mtimes, task.ctimes
+        check_unchanged(fd, sizes[position], inos[position], mtimes[position], ctimes[position])
 
 
 def _read_exact(fd: int, buf: bytearray, want: int) -> tuple[int, bool]:
@@ -190,27 +224,3 @@ def _same(a: bytearray, b: bytearray, want: int, chunk: int) -> bool:
     if want == chunk:
         return a == b
     return a[:want] == b[:want]
-
-
-def _check(task: HashTask, position: int, fd: int) -> None:
-    check_unchanged(
-        fd, task.sizes[position], task.inos[position], task.mtimes[position], task.ctimes[position]
-    )
-
-
-def _hash_chunked(task: HashTask, position: int, fd: int, buf: bytearray) -> bytes:
-    size = task.sizes[position]
-    hasher = blake3()
-    view = memoryview(buf)
-    total = 0
-    readinto = os.readv
-    while total <= size:
-        n = readinto(fd, [buf])
-        if n == 0:
-            break
-        hasher.update(view[:n])
-        total += n
-    if total != size:
-        raise ChangedError(errno.EIO, f"size changed while reading: expected {size} bytes")
-    _check(task, position, fd)
-    return bytes(hasher.digest())

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from dedup_engine.find.walk import FileColumns
+from dedup_engine.find.table import FileColumns
 from dedup_engine.model import DuplicateGroup, FileEntry
 
 Group = list[int]

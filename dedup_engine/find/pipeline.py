@@ -1,7 +1,10 @@
-"""The whole duplicate search, start to end: `find_duplicates`.
+"""Parent side of the whole duplicate search, start to end: `find_duplicates`.
 
-scan → size → hard-link collapse → head → tail → full → groups.  The walk and the head stage
-overlap: a file is sent for its head hash as soon as a second inode of its size turns up.
+scan → by size → hard links → head → tail → full → groups (`_Run.search`).  The stages overlap:
+a file is sent for its head hash as soon as a second inode of its size turns up during the walk,
+each later stage starts on the groups the one before has refined so far, and finished groups are
+built while the workers hash.  The workers' side of each stage is `walk`, `hashtasks` and
+`fullcompare`, reached through `pool`.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from dedup_engine.find.changes import describe, what_changed
 from dedup_engine.find.groups import Group, GroupBuilder, SizeGroups
-from dedup_engine.find.hashstep import HashStep
-from dedup_engine.find.hashtasks import Window, describe, what_changed
+from dedup_engine.find.hashstep import FullStep, HashStep, Split, StepContext, WindowStep
 from dedup_engine.find.pool import Pool, open_pool
-from dedup_engine.find.walk import DirJob, FileColumns, ScanResult, ScanTask
+from dedup_engine.find.table import FileColumns
+from dedup_engine.find.tasks import DirJob, ScanResult, ScanTask, Window
 from dedup_engine.model import DuplicateGroup, FindResult, Issue, RunStats, Stage
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.oserror import describe_error
@@ -137,6 +141,16 @@ class _Run:
             stats.stage(stage)  # rows in pipeline order
         self.current = Stage.SCAN
         self.table = FileColumns()
+        self.steps = StepContext(
+            pool,
+            self.table,
+            stats,
+            issues,
+            opts.follow_links,
+            opts.chunk_size,
+            self.limit,
+            self._tick if progress else None,
+        )
         # The head stage exists before the size groups it is fed by; it learns the weight rule
         # once they do.
         self.head = self._step(Window(Stage.HEAD, opts.head_window, opts.whole_threshold), len)
@@ -150,6 +164,8 @@ class _Run:
         self._dirs: deque[DirJob] = deque()  # directories still to list
         self._seen: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every directory queued
         self._scans = 0  # scan tasks out
+        # The groups fed to each window stage, for it to refine once its digests are in.
+        self._fed: dict[WindowStep, list[Group]] = {}
         # Groups finished by a window (files read whole), to be re-checked by path.
         self._unchecked: deque[tuple[Stage, bytes, Group]] = deque()
 
@@ -157,82 +173,106 @@ class _Run:
         """Drop the run's big structures now: the stages and the size index refer back to the
         run (progress ticks, candidate feeds), and a caller running without the cyclic garbage
         collector would otherwise keep them, and the table, alive."""
-        del self.head, self.sizes, self.table, self.pool
+        del self.head, self.sizes, self.table, self.pool, self.steps
 
     def search(self) -> list[DuplicateGroup]:
+        """scan → by size → hard links → head → tail → full → groups."""
+        self._scan()  # files stream into the size groups, which collapse hard links and feed head
+        candidates = self._size_groups()
+        windows = self._windows()  # head and tail, where they are on
+        full = FullStep(self.steps, self.weight, alone=self.opts.hard_links)
+        finals = GroupBuilder(self.table, self.sizes.links)
+        self._fed = {step: [] for step in windows}
+        if self.head in self._fed:
+            self._fed[self.head] = candidates  # their files were fed during the walk
+        else:
+            self._route(candidates, windows, full)
+        for index, step in enumerate(windows):
+            self._refine(step, windows[index + 1 :], full, finals)
+        self._finish(full, finals)
+        return finals.groups()
+
+    def _step(self, window: Window, weight: Callable[[Group], int]) -> WindowStep:
+        return WindowStep(self.steps, window, weight)
+
+    def _windows(self) -> list[WindowStep]:
+        """The partial-window stages that are on, in order."""
         opts = self.opts
-        self._scan()
-        groups = self.sizes.groups()
-        self._count_size_stages(groups)
         tail = self._step(
             Window(Stage.TAIL, opts.tail_window, min_size=opts.tail_min_size), self.weight
         )
-        full = self._step(Window(Stage.FULL), self.weight, not opts.hard_links)
-        steps = [
-            step
-            for step, enabled in ((self.head, "head" in opts.stages), (tail, "tail" in opts.stages))
-            if enabled
-        ] + [full]
-        # Finished groups are built into records while the workers hash the next stage.
-        finals = GroupBuilder(self.table, self.sizes.links)
-        fed: dict[HashStep, list[Group]] = {step: [] for step in steps}
-        if steps[0] is self.head:
-            fed[self.head] = groups  # fed during the walk
-        else:
-            self._route(groups, steps, fed)
-        for index, step in enumerate(steps):
-            self.current = step.window.stage
-            step.drain(idle=partial(self._build_some, step, finals))
-            self._tick(finished=True)
-            # Refined a slice at a time, so the workers start on the survivors while the parent
-            # refines the rest.
-            todo = fed[step]
-            stage = step.window.stage
-            for start in range(0, len(todo), REFINE_SLICE):
-                done, rest = step.refine(todo[start : start + REFINE_SLICE])
-                if stage is Stage.FULL:
-                    finals.add(self.sizes.settle(done))
-                else:  # read whole by a window: re-checked by path first
-                    self._unchecked.extend((stage, d, g) for d, g in self.sizes.settle(done))
-                self._route(rest, steps[index + 1 :], fed)
-            step.release()
+        on = opts.stages
+        return [step for step, name in ((self.head, "head"), (tail, "tail")) if name in on]
+
+    def _size_groups(self) -> list[Group]:
+        """The size groups that count, hard links collapsed: the candidates for hashing."""
+        groups = self.sizes.groups()
+        scan = self.stats.stage(Stage.SCAN)
+        scan.files_out = self.stats.files_scanned
+        size = self.stats.stage(Stage.SIZE)
+        size.files_in = self.sizes.rows_in
+        size.files_out = self.sizes.paths_in_candidates
+        hardlink = self.stats.stage(Stage.HARDLINK)
+        hardlink.files_in = size.files_out
+        hardlink.files_out = sum(len(g) for g in groups)
+        return groups
+
+    def _refine(
+        self, step: WindowStep, later: list[WindowStep], full: FullStep, finals: GroupBuilder
+    ) -> None:
+        """Wait for a window stage's digests, then split its groups a slice at a time: a group
+        the window read whole is finished (once re-checked by path), the others go on to the
+        next stage, whose workers start on them while the parent refines the rest."""
+        self._drain(step, full, finals)
+        todo = self._fed.pop(step)
+        stage = step.window.stage
+        for start in range(0, len(todo), REFINE_SLICE):
+            done, rest = step.refine(todo[start : start + REFINE_SLICE])
+            self._unchecked.extend((stage, d, g) for d, g in self.sizes.settle(done))
+            self._route(rest, later, full)
+        step.release()
+
+    def _finish(self, full: FullStep, finals: GroupBuilder) -> None:
+        """Wait for the full stage's groups, and re-check the rest of those read whole."""
+        self._drain(full, full, finals)
+        finals.add(self.sizes.settle(full.take_finished()))
         while self._unchecked:
             finals.add(self._recheck(RECHECK_SLICE))
-        return finals.groups()
 
-    def _route(
-        self, groups: list[Group], later: list[HashStep], fed: dict[HashStep, list[Group]]
-    ) -> None:
-        """Feed each group to the first later stage whose window applies to its size."""
+    def _drain(self, step: HashStep, full: FullStep, finals: GroupBuilder) -> None:
+        self.current = step.window.stage
+        step.drain(idle=partial(self._build_some, full, finals))
+        self._tick(finished=True)
+
+    def _route(self, groups: list[Group], later: list[WindowStep], full: FullStep) -> None:
+        """Feed each group to the first later window stage that applies to its size, or else to
+        the full stage."""
         sizes = self.table.size
         batches: dict[HashStep, list[Group]] = {}
         for group in groups:
             size = sizes[group[0]]
+            target: HashStep = full
             for step in later:
                 if step.window.applies(size):
-                    batches.setdefault(step, []).append(group)
+                    target = step
                     break
-        for step, batch in batches.items():
-            fed[step].extend(batch)
-            if step.window.stage is not Stage.FULL:
-                step.feed([row for group in batch for row in group])
-            elif self.opts.hard_links:
-                # A lone inode can be a group by its names alone: members are hashed one by one
-                # (comparing drops a member left alone) and split together at the end.
-                step.feed_groups([[row] for group in batch for row in group])
+            batches.setdefault(target, []).append(group)
+        for fed, batch in batches.items():
+            if isinstance(fed, WindowStep):
+                self._fed[fed].extend(batch)
+                fed.feed([row for group in batch for row in group])
             else:
-                step.feed_groups(batch)
-            step.flush()
+                full.feed(batch)
+            fed.flush()
 
-    def _build_some(self, step: HashStep, finals: GroupBuilder) -> None:
-        """The parent's work while a stage's tasks are out: settle, re-check and build finished
-        groups."""
-        finals.add(self.sizes.settle(step.take_finished()))
+    def _build_some(self, full: FullStep, finals: GroupBuilder) -> None:
+        """The parent's work while tasks are out: settle, re-check and build finished groups."""
+        finals.add(self.sizes.settle(full.take_finished()))
         if self._unchecked:
             finals.add(self._recheck(RECHECK_SLICE))
         finals.build_some()
 
-    def _recheck(self, count: int) -> list[tuple[bytes, Group]]:
+    def _recheck(self, count: int) -> Split:
         """Up to `count` groups of files read whole by a window, each file stat'ed again by path.
 
         The worker that read such a file checked only its size.  A file still as the scan saw it
@@ -241,89 +281,75 @@ class _Run:
         was read early in the walk and another scanned later.  A changed file drops out with an
         issue.  Files whose last read is the full stage's are checked on the open file instead.
         """
-        table = self.table
-        paths, devs, inos, sizes = table.paths, table.dev, table.ino, table.size
-        mtimes, ctimes = table.mtime, table.ctime
-        stat_path = os.stat if self.opts.follow_links else os.lstat
-        out: list[tuple[bytes, Group]] = []
+        out: Split = []
         unchecked = self._unchecked
         for _ in range(min(count, len(unchecked))):
             stage, digest, group = unchecked.popleft()
-            kept: Group = []
-            for row in group:
-                try:
-                    st = stat_path(paths[row])
-                except OSError as exc:
-                    self.issues.append(
-                        Issue(paths[row], stage, f"changed since the scan: {describe(exc)}")
-                    )
-                    continue
-                if (
-                    st.st_ctime_ns != ctimes[row]
-                    or st.st_mtime_ns != mtimes[row]
-                    or st.st_ino != inos[row]
-                    or st.st_dev != devs[row]
-                    or st.st_size != sizes[row]
-                ):
-                    message = what_changed(st, sizes[row], inos[row], devs[row])
-                    self.issues.append(Issue(paths[row], stage, message))
-                    continue
-                kept.append(row)
+            kept = self._unchanged(stage, group)
             if len(kept) == len(group) or self.weight(kept) >= 2:
                 out.append((digest, kept))
         return out
 
-    def _step(
-        self, window: Window, weight: Callable[[Group], int], split_on_arrival: bool = False
-    ) -> HashStep:
-        return HashStep(
-            self.pool,
-            self.table,
-            window,
-            self.stats.stage(window.stage),
-            self.issues,
-            follow_links=self.opts.follow_links,
-            chunk_size=self.opts.chunk_size,
-            in_flight=self.limit,
-            weight=weight,
-            split_on_arrival=split_on_arrival,
-            tick=self._tick if self.progress else None,
-        )
+    def _unchanged(self, stage: Stage, group: Group) -> Group:
+        """The rows of a group still as the scan saw them; each other one is an issue."""
+        table = self.table
+        stat_path = os.stat if self.opts.follow_links else os.lstat
+        kept: Group = []
+        for row in group:
+            path = table.paths[row]
+            try:
+                st = stat_path(path)
+            except OSError as exc:
+                self.issues.append(Issue(path, stage, f"changed since the scan: {describe(exc)}"))
+                continue
+            if table.as_scanned(row, st):
+                kept.append(row)
+            else:
+                message = what_changed(st, table.size[row], table.ino[row], table.dev[row])
+                self.issues.append(Issue(path, stage, message))
+        return kept
 
     def _scan(self) -> None:
         """Walk every root; rows stream into the size groups, which feed the head stage."""
         started = time.perf_counter()
-        pending = self._dirs
         for index, root in enumerate(self.roots):
-            try:
-                st = os.stat(root)
-            except OSError as exc:  # vanished since canonical_roots looked
-                self.issues.append(
-                    Issue(root, Stage.SCAN, f"cannot stat root: {describe_error(exc)}")
-                )
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                self._seen.add((st.st_dev, st.st_ino))
-                pending.append(DirJob(root, index, 0, st.st_dev))
-            elif self.opts.accepts_size(st.st_size):
-                start = len(self.table)
-                self.table.add(root, index, st)
-                self.stats.files_scanned += 1
-                self.stats.bytes_scanned += st.st_size
-                self.sizes.watch(st.st_dev, st.st_ino, root)
-                self.sizes.add(start, start + 1)
+            self._add_root(index, root)
         pool = self.pool
-        workers = max(1, pool.workers)
+        pending = self._dirs
         while pending or self._scans:
             while pending and pool.in_flight < self.limit:
-                count = max(1, min(SCAN_BATCH_DIRS, len(pending) // (2 * workers)))
-                jobs = tuple(pending.popleft() for _ in range(min(count, len(pending))))
-                self._scans += 1
-                pool.submit(ScanTask(jobs), self._scanned)
+                self._send_dirs()
             self.head.flush()
             pool.wait_one()
         self.stats.stage(Stage.SCAN).seconds = time.perf_counter() - started
         self._tick(finished=True)
+
+    def _add_root(self, index: int, root: str) -> None:
+        """Queue a directory root for listing, or take a file root as the walk would."""
+        try:
+            st = os.stat(root)
+        except OSError as exc:  # vanished since canonical_roots looked
+            self.issues.append(Issue(root, Stage.SCAN, f"cannot stat root: {describe_error(exc)}"))
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self._seen.add((st.st_dev, st.st_ino))
+            self._dirs.append(DirJob(root, index, 0, st.st_dev))
+        elif self.opts.accepts_size(st.st_size):
+            start = len(self.table)
+            self.table.add(root, index, st)
+            self.stats.files_scanned += 1
+            self.stats.bytes_scanned += st.st_size
+            self.sizes.watch(st.st_dev, st.st_ino, root)
+            self.sizes.add(start, start + 1)
+
+    def _send_dirs(self) -> None:
+        """One scan task: a few directories, fewer while there are few to share out."""
+        pending = self._dirs
+        workers = max(1, self.pool.workers)
+        count = max(1, min(SCAN_BATCH_DIRS, len(pending) // (2 * workers)))
+        jobs = tuple(pending.popleft() for _ in range(min(count, len(pending))))
+        self._scans += 1
+        self.pool.submit(ScanTask(jobs), self._scanned)
 
     def _scanned(self, result: ScanResult) -> None:
         self._scans -= 1
@@ -349,16 +375,6 @@ class _Run:
         self.sizes.add(start, len(self.table))
         if self.progress is not None:
             self._tick()
-
-    def _count_size_stages(self, groups: list[Group]) -> None:
-        scan = self.stats.stage(Stage.SCAN)
-        scan.files_out = self.stats.files_scanned
-        size = self.stats.stage(Stage.SIZE)
-        size.files_in = self.sizes.rows_in
-        size.files_out = self.sizes.paths_in_candidates
-        hardlink = self.stats.stage(Stage.HARDLINK)
-        hardlink.files_in = size.files_out
-        hardlink.files_out = sum(len(g) for g in groups)
 
     def _tick(self, finished: bool = False) -> None:
         """Report progress, at most ten times a second, and always when a stage ends."""

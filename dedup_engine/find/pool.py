@@ -1,11 +1,12 @@
-"""Running scan and hash tasks on worker processes, or in process, behind one small interface.
+"""Carrying tasks from the parent to the worker processes and their results back.
 
-The pipeline submits tasks with a callback and calls `wait_one` to let one result come back; the
-pipeline, not the pool, decides how many tasks are in flight, so memory stays bounded.  Worker
-processes are forked once, before the run has built any large structure, and serve every stage.
-They live no longer than the process that started them, hold none of its descriptors but their
-own two pipes and stderr, and leave interrupts to it.
-"""
+The parent side is a `Pool` (`ProcessPool`, or `InlinePool` running every task in process for
+`--workers 0`): the pipeline submits tasks with a callback and calls `wait_one` to let one result
+come back; the pipeline, not the pool, decides how many tasks are in flight, so memory stays
+bounded.  The worker side is `_worker_main`, which hands each task to the worker-side module for
+its kind (`run_task`).  Worker processes are forked once, before the run has built any large
+structure, and serve every stage.  They live no longer than the process that started them, hold
+none of its descriptors but their own two pipes and stderr, and leave interrupts to it."""
 
 from __future__ import annotations
 
@@ -25,18 +26,17 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from dedup_engine.find.fullcompare import compare_groups
-from dedup_engine.find.hashtasks import HashResult, HashTask, hash_batch
-from dedup_engine.find.walk import Filter, ScanResult, ScanTask, scan_dirs
+from dedup_engine.find.hashtasks import hash_batch
+from dedup_engine.find.tasks import Result, ScanTask, Task
+from dedup_engine.find.walk import Filter, scan_dirs
 from dedup_engine.options import ScanOptions
 
-Task = ScanTask | HashTask
 PIPE_BYTES = 1 << 20
 #: Signals the `dedup` command turns into a clean stop; a worker leaves them to its parent.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: Seconds `abort` waits for killed workers to be reaped before leaving them to the system.
 REAP_S = 1.0
 _PR_SET_PDEATHSIG = 1
-Result = ScanResult | HashResult
 Callback = Callable[[Any], None]
 
 
@@ -62,6 +62,7 @@ class Pool(Protocol):
 
 
 def run_task(task: Task, flt: Filter) -> Result:
+    """Worker side: run one task in this process with the worker-side module for its kind."""
     if isinstance(task, ScanTask):
         return scan_dirs(task, flt)
     if task.groups:

@@ -15,9 +15,10 @@ from treebuilder import Tree, content, groups_of
 
 from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.find.groups import SizeGroups
-from dedup_engine.find.hashtasks import HashTask, Window, hash_batch
+from dedup_engine.find.hashtasks import hash_batch
 from dedup_engine.find.pool import ProcessPool, WorkerError
-from dedup_engine.find.walk import DirJob, FileColumns, ScanTask
+from dedup_engine.find.table import FileColumns
+from dedup_engine.find.tasks import DirJob, HashTask, ScanTask, Window
 from dedup_engine.model import Stage
 
 pytestmark = pytest.mark.usefixtures("deadline")

@@ -1,0 +1,50 @@
+"""Whether a file read is still the one the scan saw, and a failed read's issue text.
+
+Shared by both sides: the workers' readers (`hashtasks`, `fullcompare`) refuse a file that
+changed under them, and the parent (`pipeline`) re-checks by path the files a window read whole.
+A changed file gets no digest and an issue, so it never matches.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from dedup_engine.oserror import describe_error
+
+
+class ChangedError(OSError):
+    """The file is not as the scan saw it: another inode, size, mtime or ctime, or not a regular
+    file."""
+
+
+def check_unchanged(fd: int, size: int, ino: int, mtime: int, ctime: int) -> None:
+    """Refuse a file just read that is not the one the scan saw: another inode, size, mtime or
+    ctime (a write since the scan changes both times), or not a regular file."""
+    st = os.fstat(fd)
+    if st.st_mtime_ns != mtime or st.st_ctime_ns != ctime or st.st_ino != ino or st.st_size != size:
+        raise ChangedError(errno.EIO, what_changed(st, size, ino))
+
+
+def what_changed(st: os.stat_result, size: int, ino: int, dev: int | None = None) -> str:
+    """Why a file is not as the scan saw it, in words (something differs by assumption)."""
+    if not stat.S_ISREG(st.st_mode):
+        return "no longer a regular file"
+    if st.st_ino != ino or (dev is not None and st.st_dev != dev):
+        return "replaced since the scan (another file at this path)"
+    if st.st_size != size:
+        return f"changed since the scan: size {size} -> {st.st_size} bytes"
+    return "changed since the scan (mtime or ctime differs)"
+
+
+def describe(exc: OSError) -> str:
+    """An issue's text for a failed read: what the find stages make of the errors they expect
+    (a file that changed, or was swapped for a symlink or a FIFO), else the plain error."""
+    if isinstance(exc, ChangedError):
+        return str(exc.strerror)
+    if exc.errno == errno.ELOOP:
+        return "is now a symbolic link (not followed)"
+    if exc.errno == errno.ESPIPE:
+        return "no longer a regular file (a FIFO or socket now)"
+    return describe_error(exc)

@@ -202,6 +202,23 @@ def test_hard_link_plus_a_real_copy(tree: Tree, run: Runner, size: int, hard_lin
     assert group.reclaimable == size
 
 
+def test_hard_links_split_a_group_larger_than_a_task(tree: Tree, run: Runner) -> None:
+    # With hard_links each file of the full stage is hashed on its own, yet its group is split
+    # as a whole: 600 files (more than one task holds) that differ only in the middle.
+    size = WHOLE + TAIL + 1
+    data = content(size)
+    other = flip(data, size // 2)
+    for index in range(600):
+        tree.file(f"d{index % 3}/f{index}", other if index % 2 else data)
+    tree.hardlink("d0/link", "d0/f0")
+    result = run(tree.root, hard_links=True)
+    assert sorted(len(group.files) for group in result.groups) == [300, 301]
+    assert sorted(group.inodes for group in result.groups) == [300, 300]
+    full = result.stats.stage(Stage.FULL)
+    assert (full.files_in, full.files_opened, full.files_out) == (600, 600, 600)
+    assert full.bytes_read == 600 * size
+
+
 # --- symbolic links -------------------------------------------------------------------------------
 
 
@@ -770,7 +787,7 @@ def test_directory_swapped_for_a_symlink_is_not_followed(
     real = os.open
 
     def swap_then_list(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        # The scanner opens each directory before listing it: swap this one just before.
+        # The walk opens each directory before listing it: swap this one just before.
         if (
             flags & os.O_DIRECTORY
             and os.fspath(path) == tree.path("sub")

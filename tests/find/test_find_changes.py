@@ -30,7 +30,7 @@ BIG = 300_000  # head, tail, then the full stage (several chunks)
 
 
 class ReadHook:
-    """Stands in for `os` in `dedup_engine.find.hashtasks` and `.fullstage`.
+    """Stands in for `os` in `dedup_engine.find.hashtasks` and `.fullcompare`.
 
     Just before the first read of the kind `kind` of each watched file, calls `act(order, path)`,
     `order` counting the watched files so met before (0 for the first).  "pread" is how the head

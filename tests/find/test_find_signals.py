@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("deadline")
 PATIENCE_S = 30
 
 HOLD = '''
-"""Loaded before `dedup` (tests/test_find_signals.py): the read of one file waits until a file
+"""Loaded before `dedup` (tests/find/test_find_signals.py): the read of one file waits until a file
 named by DEDUP_TEST_RELEASE exists (for ever, without it)."""
 import os
 import time

@@ -66,8 +66,8 @@ def test_null_separated_fdupes_output_is_exact(trap: Tree) -> None:
 
 
 def test_fdupes_lines_never_read_as_a_path_outside_the_groups(trap: Tree) -> None:
-    """Regression: the default fdupes output printed the name with its newline, so a line read
-    `/etc/passwd`: a script deleting the listed copies would have deleted that."""
+    """A name holding a newline never prints as two lines: one of them could read `/etc/passwd`,
+    and a script deleting the listed copies would delete that."""
     proc = dedup("find", trap.root, "-f", "fdupes", "-q")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.split(b"\n")
@@ -86,7 +86,7 @@ def test_null_is_for_the_fdupes_format_only(trap: Tree, fmt: str) -> None:
 
 
 def test_text_report_escapes_names_unambiguously(tree: Tree) -> None:
-    """Regression: a newline in a name and a backslash followed by `n` printed alike."""
+    """A newline in a name and a backslash followed by `n` print differently."""
     data = content(400)
     tree.file("x\n/y", data)
     tree.file("x\\n/y", data)
@@ -127,7 +127,7 @@ def dups(tree: Tree) -> Tree:
 
 @pytest.mark.parametrize("fmt", ["text", "fdupes", "json", "csv"])
 def test_output_to_a_full_device_is_exit_5(dups: Tree, fmt: str) -> None:
-    """Regression: `-o /dev/full` was a traceback (exit 1)."""
+    """`-o /dev/full`: one line and exit 5, never a traceback."""
     proc = dedup("find", dups.root, "-f", fmt, "-o", "/dev/full", "--fail-on-duplicates")
     assert proc.returncode == 5
     assert proc.stderr.decode().splitlines() == [
@@ -137,7 +137,7 @@ def test_output_to_a_full_device_is_exit_5(dups: Tree, fmt: str) -> None:
 
 
 def test_stdout_on_a_full_device_is_exit_5(dups: Tree) -> None:
-    """Regression: a report lost to a full stdout was a traceback, or exit 0 when small."""
+    """A report lost to a full stdout is exit 5, however small the report."""
     with open("/dev/full", "wb") as full:
         proc = dedup("find", dups.root, "-f", "fdupes", stdout=full)
     assert proc.returncode == 5
@@ -147,7 +147,7 @@ def test_stdout_on_a_full_device_is_exit_5(dups: Tree) -> None:
 
 
 def test_a_closed_stdout_is_exit_5_before_the_search(dups: Tree) -> None:
-    """Regression: a closed stdout was a traceback after the whole search."""
+    """A closed stdout is refused before the search starts."""
     proc = dedup("find", dups.root, stdout=None, preexec_fn=lambda: os.close(1))
     assert proc.returncode == 5
     assert proc.stderr == b"dedup: error: cannot write the report: stdout is closed\n"
@@ -195,7 +195,7 @@ def test_output_through_a_symlink_replaces_its_target(dups: Tree, tmp_path: Path
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(
     dups: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: OSError | None, code: int
 ) -> None:
-    """Regression: a failed write left a half report at the path (it was written in place)."""
+    """A failed write leaves no half report at the path: it is written under another name."""
     target = tmp_path / "out" / "report.json"
     target.parent.mkdir()
     target.write_bytes(b"old report\n")

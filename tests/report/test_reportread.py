@@ -1,8 +1,7 @@
 """Reading a report back as untrusted input: what is refused (one line naming the field), what
 is accepted (a report passed through `jq .`), and that `apply` touches nothing on a bad one.
-
-The crafted report of the hardening issue names a file outside the report's roots with an
-identity that matches the disk; today's reader let `apply` delete it.
+A crafted report may name a file outside its roots with an identity that matches the disk: it is
+refused before `apply` touches anything.
 """
 
 from __future__ import annotations
@@ -228,8 +227,8 @@ def _report(tmp_path: Path) -> tuple[Tree, Path, dict[str, Any]]:
 
 
 def test_a_report_naming_a_file_outside_its_roots_deletes_nothing(tmp_path: Path) -> None:
-    """Regression: an entry outside the roots, with an identity that matches the disk, was
-    deleted.  Now the report is refused before anything is touched: one line, exit 2."""
+    """An entry outside the roots, with an identity that matches the disk, is not deleted: the
+    report is refused before anything is touched, with one line and exit 2."""
     tree, report, data = _report(tmp_path)
     outside = Tree(tmp_path / "precious")
     victim = outside.file("only-copy", content(4000, 1))

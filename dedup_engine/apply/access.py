@@ -30,9 +30,11 @@ import contextlib
 import os
 import stat
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from dedup_engine.apply.fsquery import owner
-from dedup_engine.apply.syscalls import fs_type
+from dedup_engine.apply.plan import Action
+from dedup_engine.apply.syscalls import DIR_HANDLE, fs_type
 
 #: Filesystems that hold their own files: a file seen on two of them is two files.
 OWN_FILES = frozenset(
@@ -64,7 +66,7 @@ def _up(directory: int) -> Iterator[tuple[tuple[int, int], tuple[int, int, int]]
         while True:
             yield (st.st_dev, st.st_ino), (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
             if len(up) > _ANCHOR_AT:  # "../../.." would outgrow PATH_MAX: start again higher
-                higher = os.open(up[:-3], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=anchor)
+                higher = os.open(up[:-3], DIR_HANDLE, dir_fd=anchor)
                 os.close(anchor)
                 anchor, up = higher, ".."
             above = os.stat(up, dir_fd=anchor)
@@ -131,11 +133,38 @@ def principals(st: os.stat_result, *chains: Chain) -> set[Principal]:
     return found
 
 
+class Refusal(NamedTuple):
+    """Why a copy may not give way to the kept file, and whether `--across-owners` waives it."""
+
+    why: str
+    waivable: bool
+
+
 class Access:
     """The checks, with the filesystem types they learn kept for the run."""
 
     def __init__(self) -> None:
         self._fs: dict[int, str] = {}
+
+    def refusal(
+        self,
+        action: Action,
+        kept: tuple[int, int],
+        victim: tuple[int, int],
+        *,
+        across_owners: bool,
+    ) -> Refusal | None:
+        """Why the copy ((directory, file) descriptors) may not give way to the kept file for
+        `action`, or None: a delete or symlink only where the two cannot be one file, and,
+        unless `across_owners`, only where that changes no one's access."""
+        if action in (Action.DELETE, Action.SYMLINK):
+            problem = self.one_file_possible(kept[1], victim[1])
+            if problem:
+                return Refusal(problem, waivable=False)
+        if across_owners:
+            return None
+        problem = self.differs(kept, victim)
+        return Refusal(problem, waivable=True) if problem else None
 
     def differs(self, kept: tuple[int, int], victim: tuple[int, int]) -> str | None:
         """Why the copy ((directory, file) descriptors) may not give way to the kept file."""

@@ -1,7 +1,7 @@
-"""What `apply` asks the filesystem: is it the same file, the same bytes, still unwritten, whose.
+"""What `apply` asks the filesystem: the same bytes? still unwritten? whose? what kind?
 
-Small queries over `os`, shared by the acting step (`act`) and `--resume` (`resume`); none
-changes anything on disk except `sync_dir`, which only makes a directory's entries durable.
+Small queries over `os`, shared by an operation and `--resume`; none changes anything on disk
+except `sync_dir`, which only makes a directory's entries durable.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from dedup_engine.apply.syscalls import REAL, Syscalls
 from dedup_engine.model import Owner
+from dedup_engine.openflags import OPEN_DIR
 
 _COMPARE_CHUNK = 1 << 20
 
@@ -25,7 +26,7 @@ def same_bytes(
     a: int,
     b: int,
     size: int,
-    sys: Syscalls = REAL,
+    syscalls: Syscalls = REAL,
     still: Callable[[], bool] | None = None,
 ) -> bool:
     """Whether two descriptors hold the same `size` bytes (and no more) from offset 0.
@@ -37,11 +38,11 @@ def same_bytes(
         if still is not None and not still():
             return False
         n = min(_COMPARE_CHUNK, size - offset)
-        x, y = sys.pread(a, n, offset), sys.pread(b, n, offset)
+        x, y = syscalls.pread(a, n, offset), syscalls.pread(b, n, offset)
         if len(x) != n or x != y:
             return False
         offset += n
-    return sys.pread(a, 1, size) == b"" and sys.pread(b, 1, size) == b""
+    return syscalls.pread(a, 1, size) == b"" and syscalls.pread(b, 1, size) == b""
 
 
 def lease_intact(fd: int) -> bool:
@@ -62,7 +63,7 @@ def sync_dir(directory: str) -> None:
     except OSError:
         return
     try:
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=handle)
+        fd = os.open(".", OPEN_DIR, dir_fd=handle)
     except OSError:
         return
     finally:
@@ -100,15 +101,6 @@ def readlink_at(at: int, name: str) -> str | None:
         return os.readlink(name, dir_fd=at)
     except OSError:
         return None
-
-
-def same_file(st: os.stat_result | None, other: os.stat_result | tuple[int, int]) -> bool:
-    """Whether `st` is the file `other` (a stat, or a (dev, ino) identity)."""
-    if st is None:
-        return False
-    # A stat_result is a tuple too: tell them apart by what they are, not by tuple-ness.
-    key = (other.st_dev, other.st_ino) if isinstance(other, os.stat_result) else other
-    return (st.st_dev, st.st_ino) == key
 
 
 def kind(mode: int) -> str:

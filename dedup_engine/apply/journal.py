@@ -9,7 +9,7 @@ starts; end records are fsync'd with the batch, after the directories the batch 
 synced (writeback may carry one to the disk sooner: what a crash leaves then is a temporary
 name or a copy not yet linked, never a lost file).  An operation closed without starting (Ctrl-C)
 gets an `unstarted` record.  A running `apply` holds an exclusive lock on its journal, so
-`--resume` (`resume.py`) cannot race a live run.
+`--resume` (`resume.py`, `settle.py`) cannot race a live run.
 
 `read` trusts nothing in the file: it must belong to the caller and be writable by no one else,
 and every record is checked (paths absolute and normalised, temporary names of the shape `apply`
@@ -27,11 +27,12 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from dedup_engine.apply.aside import ASIDE_PATTERN
 from dedup_engine.apply.fsquery import sync_dir
-from dedup_engine.apply.operation import ASIDE_PATTERN, OpResult, Outcome, Stamp
+from dedup_engine.apply.outcome import OpResult, Outcome, Stamp
 from dedup_engine.apply.plan import Action, Operation
 from dedup_engine.model import FileEntry
 from dedup_engine.openflags import GUARDS
@@ -297,44 +298,62 @@ def read(path: str) -> State:
     header = records[0][1]
     if header.get("journal") not in READABLE_VERSIONS:
         _fail(path, 1, f"not a dedup-engine journal (version {JOURNAL_VERSION})")
-    limit = header.get("operations")
-    begins: dict[int, dict[str, Any]] = {}
-    starts: dict[int, dict[str, Any]] = {}
-    ended: dict[int, Ended] = {}
-    unstarted: set[int] = set()
-    seen: list[Stamp] = []
+    replay = _Replay()
     for number, record in records[1:]:
-        index, state = _op_and_state(record, limit, path, number)
+        index, state = _op_and_state(record, header.get("operations"), path, number)
+        replay.apply(index, state, record, path, number)
+    same_boot = header.get("boot") is not None and header.get("boot") == boot_id()
+    begun = {
+        i: (Action(r["action"]), r["path"], r["keep"], r["target"])
+        for i, r in replay.begins.items()
+    }
+    # A failed rollback stays open: its file is still under the temporary name.
+    settled_ends = {
+        i: e for i, e in replay.ended.items() if e.outcome is not Outcome.ROLLBACK_FAILED
+    }
+    return State(header, begun, replay.pending(same_boot), settled_ends, replay.seen)
+
+
+@dataclass(slots=True)
+class _Replay:
+    """The records after the header, in order: the last word on each operation."""
+
+    begins: dict[int, dict[str, Any]] = field(default_factory=dict)
+    starts: dict[int, dict[str, Any]] = field(default_factory=dict)
+    ended: dict[int, Ended] = field(default_factory=dict)
+    unstarted: set[int] = field(default_factory=set)
+    seen: list[Stamp] = field(default_factory=list)
+
+    def apply(self, index: int, state: str, record: dict[str, Any], path: str, number: int) -> None:
         if state == "begin":
             _check_begin(record, path, number)
-            begins[index] = record
-            starts.pop(index, None)
-            ended.pop(index, None)
-            unstarted.discard(index)
-        elif index not in begins:
+            self.begins[index] = record
+            self.starts.pop(index, None)
+            self.ended.pop(index, None)
+            self.unstarted.discard(index)
+        elif index not in self.begins:
             _fail(path, number, f"operation {index} has no begin record")
         elif state == "start":
             _check_start(record, path, number)
-            starts[index] = record
+            self.starts[index] = record
         elif state == "unstarted":
-            unstarted.add(index)
-            ended.pop(index, None)
-            seen.extend(_stamps(record, path, number))
+            self.unstarted.add(index)
+            self.ended.pop(index, None)
+            self.seen.extend(_stamps(record, path, number))
         else:
-            ended[index] = _end(record, state, path, number)
-            unstarted.discard(index)
-            seen.extend(ended[index].seen)
-    same_boot = header.get("boot") is not None and header.get("boot") == boot_id()
-    pending = [
-        _pending(index, record, starts.get(index), same_boot)
-        for index, record in sorted(begins.items())
-        if (index not in ended or ended[index].outcome is Outcome.ROLLBACK_FAILED)
-        and index not in unstarted
-    ]
-    begun = {i: (Action(r["action"]), r["path"], r["keep"], r["target"]) for i, r in begins.items()}
-    # A failed rollback stays open: its file is still under the temporary name.
-    settled_ends = {i: e for i, e in ended.items() if e.outcome is not Outcome.ROLLBACK_FAILED}
-    return State(header, begun, pending, settled_ends, seen)
+            self.ended[index] = _end(record, state, path, number)
+            self.unstarted.discard(index)
+            self.seen.extend(self.ended[index].seen)
+
+    def pending(self, same_boot: bool) -> list[Pending]:
+        """The operations begun and neither ended (but in a failed rollback) nor closed
+        unstarted."""
+        return [
+            _pending(index, record, self.starts.get(index), same_boot)
+            for index, record in sorted(self.begins.items())
+            if (index not in self.ended or self.ended[index].outcome is Outcome.ROLLBACK_FAILED)
+            and index not in self.unstarted
+        ]
 
 
 def _read_all(path: str) -> bytes:

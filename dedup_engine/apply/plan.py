@@ -134,7 +134,7 @@ class Operation:
     also_kept: tuple[FileEntry, ...] = ()  # the group's other kept files: re-checked, never touched
 
 
-class LeftAlone(str, enum.Enum):
+class LeftAloneKind(str, enum.Enum):
     """Why the plan does nothing to (part of) a group."""
 
     ONE_FILE = "one file"  # all its names are one file (hard links)
@@ -144,24 +144,29 @@ class LeftAlone(str, enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Skipped:
+class LeftAlone:
+    """(Part of) a group the plan does nothing to, and why."""
+
     group: int
     reason: str
-    kind: LeftAlone
+    kind: LeftAloneKind
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
+    """What `apply` will do: the operations in order, and what it leaves alone."""
+
     operations: tuple[Operation, ...]
-    skipped: tuple[Skipped, ...]
+    left_alone: tuple[LeftAlone, ...]
     #: The policy said so: `apply` then does not refuse a kept file of another owner or mode.
     across_owners: bool = False
 
 
 def make_plan(groups: Sequence[DuplicateGroup], roots: Sequence[str], policy: Policy) -> Plan:
-    """The operations for every group, in report order; groups with nothing to do are skipped."""
+    """The operations for every group, in report order; groups with nothing to do are left
+    alone."""
     operations: list[Operation] = []
-    skipped: list[Skipped] = []
+    left_alone: list[LeftAlone] = []
     targets: set[str] = set()  # move targets planned so far: each receives one file
     order = _order(policy, roots)
     protect = Globs(policy.protect)
@@ -174,13 +179,15 @@ def make_plan(groups: Sequence[DuplicateGroup], roots: Sequence[str], policy: Po
             clash = _clash(planned, targets)
             if clash:
                 why = f"two files would move to {clash!r} (same path below two roots); "
-                left = Skipped(index, why + "move them in separate runs", LeftAlone.MOVE_CLASH)
+                left = LeftAlone(
+                    index, why + "move them in separate runs", LeftAloneKind.MOVE_CLASH
+                )
             if left is not None:
-                skipped.append(left)
+                left_alone.append(left)
                 continue
             targets.update(op.target for op in planned if op.target)
             operations.extend(planned)
-    return Plan(tuple(operations), tuple(skipped), policy.across_owners)
+    return Plan(tuple(operations), tuple(left_alone), policy.across_owners)
 
 
 def _owner_sets(
@@ -202,7 +209,7 @@ def _plan_set(
     protect: Globs,
     *,
     split: bool,
-) -> tuple[list[Operation], Skipped | None]:
+) -> tuple[list[Operation], LeftAlone | None]:
     """The operations for one set of files that may be acted on together."""
     inodes: dict[tuple[int, int], list[FileEntry]] = {}
     for entry in files:
@@ -211,8 +218,10 @@ def _plan_set(
         if split:
             reason = (f"{files[0].path!r} ({files[0].owner}) has no copy of the same owner, "
                       "group and mode (--across-owners acts across them)")  # fmt: skip
-            return [], Skipped(index, reason, LeftAlone.OWNER)
-        return [], Skipped(index, "all its names are one file (hard links)", LeftAlone.ONE_FILE)
+            return [], LeftAlone(index, reason, LeftAloneKind.OWNER)
+        return [], LeftAlone(
+            index, "all its names are one file (hard links)", LeftAloneKind.ONE_FILE
+        )
     # A file is represented by its best name; files are ranked by their best names.
     names = {key: sorted(entries, key=order) for key, entries in inodes.items()}
     ranked = sorted(names, key=lambda key: order(names[key][0]))
@@ -224,7 +233,7 @@ def _plan_set(
     victims = [key for key in ranked if key not in kept]
     if not victims:
         reason = f"no file beyond the {len(kept)} kept (--min-copies, --protect)"
-        return [], Skipped(index, reason, LeftAlone.ALL_KEPT)
+        return [], LeftAlone(index, reason, LeftAloneKind.ALL_KEPT)
     keep = names[kept[0]][0]
     also_kept = tuple(names[key][0] for key in kept[1:])
     planned = []

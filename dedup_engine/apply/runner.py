@@ -19,9 +19,11 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from dedup_engine.apply.aside import aside_name
 from dedup_engine.apply.fsquery import sync_dir
-from dedup_engine.apply.operation import Actor, Journal, OpResult, Outcome, aside_name
-from dedup_engine.apply.plan import Action, Operation, Plan, Skipped
+from dedup_engine.apply.operation import Actor
+from dedup_engine.apply.outcome import Journal, Ledger, OpResult, Outcome, Seen
+from dedup_engine.apply.plan import Action, LeftAlone, Operation, Plan
 from dedup_engine.apply.syscalls import REAL, Syscalls
 from dedup_engine.model import FileEntry
 
@@ -31,7 +33,7 @@ ProgressCallback = Callable[[int, int], None]  # operations finished, operations
 @dataclass(frozen=True, slots=True)
 class ApplySummary:
     results: tuple[OpResult, ...]
-    left_alone: tuple[Skipped, ...]  # groups the plan had nothing to do for
+    left_alone: tuple[LeftAlone, ...]  # what the plan had nothing to do for
     reclaimed: int  # bytes
     measured_by: str  # "st_blocks" or "free space" (reflink)
     interrupted: bool = False  # stopped between operations; `results` holds those done so far
@@ -68,7 +70,7 @@ def apply_plan(
     *,
     verify: bool = True,
     journal: Journal | None = None,
-    sys: Syscalls = REAL,
+    syscalls: Syscalls = REAL,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     prior: Prior | None = None,
@@ -79,53 +81,28 @@ def apply_plan(
     Ctrl-C or SIGTERM, so an interrupted run leaves nothing half done.  With `prior`, the
     operations it holds are not done again, and the summary covers them too."""
     prior = prior or Prior()
-    actor = Actor(verify=verify, across_owners=plan.across_owners, sys=sys, journal=journal)
-    actor.seen.update(prior.seen)
-    groups = _Groups()
-    results: dict[int, OpResult] = {}
+    seen: Seen = dict(prior.seen)
+    actor = Actor(
+        verify=verify,
+        across_owners=plan.across_owners,
+        syscalls=syscalls,
+        ledger=Ledger(journal, seen),
+    )
+    run = _Run(actor, journal, len(plan.operations), progress, should_stop or (lambda: False))
     for index in sorted(prior.results):
-        results[index] = prior.results[index]
-        groups.record(prior.results[index])
+        run.take(index, prior.results[index])
     todo = [(i, op) for i, op in enumerate(plan.operations) if i not in prior.results]
-    total = len(plan.operations)
-    stop = should_stop or (lambda: False)
-    interrupted = False
     for start in range(0, len(todo), BATCH):
-        batch = todo[start : start + BATCH]
-        asides = _asides([op for _, op in batch])
-        if journal is not None:
-            # One fsync makes the whole batch's begin records durable before any of them
-            # starts: resume finds a begun operation that was never touched as it was.
-            for (index, op), aside in zip(batch, asides, strict=True):
-                journal.begin(index, op, aside)
-            journal.commit()
-        try:
-            for (index, op), aside in zip(batch, asides, strict=True):
-                if interrupted or stop():
-                    interrupted = True
-                    if journal is not None:
-                        journal.unstarted(index, "interrupted before it started")
-                    continue
-                results[index] = groups.run(actor, index, op, aside)
-                if progress is not None:
-                    progress(len(results), total)
-        finally:
-            # What the batch changed is on disk before the journal says so, even when an
-            # error stops the run here.
-            for directory in sorted(actor.touched):
-                sync_dir(directory)
-            actor.touched.clear()
-        if journal is not None:
-            journal.commit()
-        if interrupted:
+        run.batch(todo[start : start + BATCH])
+        if run.interrupted:
             break
     # A signal during the last operation is seen here: the run was still interrupted.
-    interrupted = interrupted or stop()
-    ordered = tuple(results[i] for i in sorted(results))
+    interrupted = run.interrupted or run.stop()
+    ordered = tuple(run.results[i] for i in sorted(run.results))
     reflink = any(op.action is Action.REFLINK for op in plan.operations)
     return ApplySummary(
         ordered,
-        plan.skipped,
+        plan.left_alone,
         sum(r.reclaimed for r in ordered),
         "free space" if reflink else "st_blocks",
         interrupted,
@@ -133,7 +110,7 @@ def apply_plan(
     )
 
 
-class _Groups:
+class _GroupRules:
     """The group rules across operations: a group stops at its first operation that does not
     complete, and a victim kept in place of a full kept file is the group's kept file after."""
 
@@ -144,17 +121,12 @@ class _Groups:
     def run(self, actor: Actor, index: int, op: Operation, aside: str | None) -> OpResult:
         if op.group in self.stopped:
             message = f"group stopped: {self.stopped[op.group]}"
-            result = OpResult(op, Outcome.SKIPPED, message)
-            if actor.journal is not None:
-                actor.journal.end(index, result)
-            return result
+            return actor.ledger.end(index, op, Outcome.SKIPPED, message)
         keep = self.keep.get(op.group)
         if keep is not None:
             if (keep.dev, keep.ino) == (op.victim.dev, op.victim.ino):
-                result = OpResult(op, Outcome.KEPT, f"another name of the kept file {keep.path!r}")
-                if actor.journal is not None:
-                    actor.journal.end(index, result)
-                return result
+                message = f"another name of the kept file {keep.path!r}"
+                return actor.ledger.end(index, op, Outcome.KEPT, message)
             op = dataclasses.replace(op, keep=keep)
         result = actor.run(index, op, aside)
         self.record(result)
@@ -166,6 +138,57 @@ class _Groups:
             self.keep.setdefault(group, result.op.victim)
         elif result.outcome is not Outcome.DONE:
             self.stopped.setdefault(group, result.message)
+
+
+@dataclass(slots=True)
+class _Run:
+    """The operations of one run, carried out a batch at a time, with their results so far."""
+
+    actor: Actor
+    journal: Journal | None
+    total: int
+    progress: ProgressCallback | None
+    stop: Callable[[], bool]
+    groups: _GroupRules = field(default_factory=_GroupRules)
+    results: dict[int, OpResult] = field(default_factory=dict)
+    interrupted: bool = False
+
+    def take(self, index: int, result: OpResult) -> None:
+        """An operation an earlier run settled: counted, and its group rules kept."""
+        self.results[index] = result
+        self.groups.record(result)
+
+    def batch(self, batch: list[tuple[int, Operation]]) -> None:
+        """Journal the batch as begun, carry it out, make what it changed durable, then
+        journal that too."""
+        asides = _asides([op for _, op in batch])
+        if self.journal is not None:
+            # One fsync makes the whole batch's begin records durable before any of them
+            # starts: resume finds a begun operation that was never touched as it was.
+            for (index, op), aside in zip(batch, asides, strict=True):
+                self.journal.begin(index, op, aside)
+            self.journal.commit()
+        try:
+            for (index, op), aside in zip(batch, asides, strict=True):
+                self._one(index, op, aside)
+        finally:
+            # What the batch changed is on disk before the journal says so, even when an
+            # error stops the run here.
+            for directory in sorted(self.actor.touched):
+                sync_dir(directory)
+            self.actor.touched.clear()
+        if self.journal is not None:
+            self.journal.commit()
+
+    def _one(self, index: int, op: Operation, aside: str | None) -> None:
+        if self.interrupted or self.stop():
+            self.interrupted = True
+            if self.journal is not None:
+                self.journal.unstarted(index, "interrupted before it started")
+            return
+        self.results[index] = self.groups.run(self.actor, index, op, aside)
+        if self.progress is not None:
+            self.progress(len(self.results), self.total)
 
 
 def _asides(ops: list[Operation]) -> list[str | None]:

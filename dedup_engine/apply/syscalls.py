@@ -30,11 +30,12 @@ import stat
 import struct
 from typing import Protocol
 
-#: How `apply` opens a file it reads: never through a symlink, never as a controlling terminal,
-#: never blocking on a FIFO swapped in since the report.
+from dedup_engine.openflags import OPEN_DIR
+
 #: A directory on the way to a file: a handle for the *at calls only (O_PATH needs no read
-#: permission, as path lookup needs none), and never a symlink.
-_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: permission, as path lookup needs none), and never a symlink.  With O_PATH the kernel keeps
+#: only O_DIRECTORY, O_NOFOLLOW and O_CLOEXEC of OPEN_DIR's flags.
+DIR_HANDLE = os.O_PATH | OPEN_DIR
 
 #: _IOWR(0x94, 54, struct file_dedupe_range), from linux/fs.h.
 FIDEDUPERANGE = 0xC0189436
@@ -94,7 +95,7 @@ class RealSyscalls:
     def open_dir(self, at: int | None, path: str) -> int:
         if at is None and not path.startswith("/"):
             raise OSError(errno.EINVAL, "not an absolute path", path)
-        fd = os.open("/", _DIR_FLAGS) if at is None else os.dup(at)
+        fd = os.open("/", DIR_HANDLE) if at is None else os.dup(at)
         try:
             for part in path.split("/"):
                 if part in ("", "."):
@@ -102,7 +103,7 @@ class RealSyscalls:
                 if part == "..":
                     raise OSError(errno.EINVAL, "'..' in a path", path)
                 try:
-                    below = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    below = os.open(part, DIR_HANDLE, dir_fd=fd)
                 except NotADirectoryError:
                     if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
                         raise SymlinkInPath(errno.ELOOP, f"{part!r} is a symlink", path) from None

@@ -22,19 +22,20 @@ import typer
 
 from dedup_engine import __version__
 from dedup_engine.apply.journal import JournalError, JournalWriteError, default_path
-from dedup_engine.apply.operation import OpResult, Outcome
+from dedup_engine.apply.outcome import OpResult, Outcome
 from dedup_engine.apply.plan import (
     Action,
     Keep,
     LeftAlone,
+    LeftAloneKind,
     Plan,
     Policy,
-    Skipped,
     make_plan,
 )
 from dedup_engine.apply.preview import write_json, write_script, write_text
-from dedup_engine.apply.resume import Resumed, Settlement, open_journal, resume
+from dedup_engine.apply.resume import Resumed, open_journal, resume
 from dedup_engine.apply.runner import ApplySummary, ProgressCallback, apply_plan
+from dedup_engine.apply.settle import Settlement
 from dedup_engine.cli.common import (
     OutputError,
     ProgressOption,
@@ -464,21 +465,21 @@ def _print_problems(summary: ApplySummary, form: str, quiet: bool) -> None:
 
 
 _LEFT_ALONE = {
-    LeftAlone.ONE_FILE: "all the names are one file",
-    LeftAlone.ALL_KEPT: "every file kept by --min-copies or --protect",
-    LeftAlone.OWNER: "no copy of the same owner, group and mode (--across-owners acts across)",
-    LeftAlone.MOVE_CLASH: "two files would move to one target",
+    LeftAloneKind.ONE_FILE: "all the names are one file",
+    LeftAloneKind.ALL_KEPT: "every file kept by --min-copies or --protect",
+    LeftAloneKind.OWNER: "no copy of the same owner, group and mode (--across-owners acts across)",
+    LeftAloneKind.MOVE_CLASH: "two files would move to one target",
 }
 
 
-def _groups(skipped: tuple[Skipped, ...]) -> int:
+def _groups(skipped: tuple[LeftAlone, ...]) -> int:
     """Groups with something left alone (a group split by owner may count twice otherwise)."""
     return len({item.group for item in skipped})
 
 
-def _left_alone(skipped: tuple[Skipped, ...]) -> list[str]:
+def _left_alone(skipped: tuple[LeftAlone, ...]) -> list[str]:
     """One line per reason, with a count: the dry run lists each one."""
-    counts: dict[LeftAlone, int] = {}
+    counts: dict[LeftAloneKind, int] = {}
     for item in skipped:
         counts[item.kind] = counts.get(item.kind, 0) + 1
     return [f"left alone ({n}): {_LEFT_ALONE[kind]}" for kind, n in counts.items()]

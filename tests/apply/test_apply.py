@@ -19,7 +19,7 @@ from treebuilder import Tree, content
 
 from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.apply.journal import FileJournal, JournalError, boot_id
-from dedup_engine.apply.operation import Outcome
+from dedup_engine.apply.outcome import Outcome
 from dedup_engine.apply.plan import Action, Keep, Plan, Policy, make_plan
 from dedup_engine.apply.runner import ApplySummary, apply_plan
 from dedup_engine.apply.syscalls import fs_type

@@ -31,10 +31,11 @@ from treebuilder import Tree, content
 
 from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.apply.journal import FileJournal
-from dedup_engine.apply.operation import Outcome
+from dedup_engine.apply.outcome import Outcome
 from dedup_engine.apply.plan import Action, Operation, Plan, Policy, make_plan
-from dedup_engine.apply.resume import Settlement, open_journal, resume
+from dedup_engine.apply.resume import open_journal, resume
 from dedup_engine.apply.runner import apply_plan
+from dedup_engine.apply.settle import Settlement
 from dedup_engine.report.formats.json import to_json_dict
 
 pytestmark = pytest.mark.usefixtures("deadline")
@@ -113,7 +114,7 @@ def test_the_copys_name_is_never_absent_while_it_is_replaced(
     spy = Faulty()
     absent: list[str] = []
     spy.hook = lambda name, number: None if os.path.lexists(victim) else absent.append(name)
-    summary = apply_plan(plan_of([tree.root], action), sys=spy)
+    summary = apply_plan(plan_of([tree.root], action), syscalls=spy)
     assert [r.outcome for r in summary.results] == [Outcome.DONE]
     assert "exchange" in spy.calls and absent == []
     assert Path(victim).read_bytes() == DATA and leftovers(tree.root) == []
@@ -317,7 +318,7 @@ def test_resume_does_not_complete_over_a_file_held_open_for_writing(tmp_path: Pa
     journal = FileJournal(str(tmp_path / "j.jsonl"), {})
     swapped = Faulty(_first_call(tmp_path, "exchange"), crash="after")  # not yet committed
     with pytest.raises(Crash):
-        apply_plan(plan, sys=swapped, journal=journal)
+        apply_plan(plan, syscalls=swapped, journal=journal)
     journal.close()
     (temp,) = leftovers(tree.root)
     writer = os.open(temp, os.O_WRONLY)  # holds the copy, under its temporary name
@@ -337,7 +338,7 @@ def _first_call(tmp_path: Path, name: str) -> int:
     probe.file("k", DATA)
     probe.file("sub/v", DATA)
     spy = Faulty()
-    apply_plan(plan_of([probe.root], Action.HARDLINK), sys=spy)
+    apply_plan(plan_of([probe.root], Action.HARDLINK), syscalls=spy)
     return spy.calls.index(name) + 1
 
 
@@ -396,7 +397,7 @@ def test_directory_permissions_are_read_from_the_directories_acted_in(public: Pa
             os.mkdir(tree.path("a-private"), 0o755)
 
     spy.hook = decoy
-    result = apply_plan(plan_of([tree.root], Action.HARDLINK), sys=spy).results[0]
+    result = apply_plan(plan_of([tree.root], Action.HARDLINK), syscalls=spy).results[0]
     assert result.outcome is Outcome.SKIPPED, result.message
     assert "reachable by other users than the kept file" in result.message
     assert not os.path.samefile(tree.path("a-private-real/f"), victim)
@@ -443,7 +444,7 @@ def test_a_writer_opening_the_copys_name_once_the_link_is_in_gets_what_it_opened
             while not lease_breaking():
                 assert writers[0].poll() is None, "the writer got in without breaking the lease"
 
-    summary = apply_plan(plan_of([tree.root], Action.HARDLINK), sys=OpenAfterSwap())
+    summary = apply_plan(plan_of([tree.root], Action.HARDLINK), syscalls=OpenAfterSwap())
     assert writers[0].wait(timeout=30) == 0
     assert [r.outcome for r in summary.results] == [Outcome.DONE], summary.results
     assert os.path.samefile(keep, victim)
@@ -465,7 +466,7 @@ def test_a_link_made_to_whatever_replaced_the_kept_file_is_removed(tmp_path: Pat
             os.symlink("/etc/hostname", keep)
 
     spy.hook = swap
-    result = apply_plan(plan_of([tree.root], Action.HARDLINK), sys=spy).results[0]
+    result = apply_plan(plan_of([tree.root], Action.HARDLINK), syscalls=spy).results[0]
     assert result.outcome is Outcome.SKIPPED, result.message
     assert leftovers(tree.root) == []
     assert Path(tree.path("v")).read_bytes() == DATA
@@ -546,10 +547,10 @@ def _killed_after_the_swap(tmp_path: Path, copies: int = 1) -> tuple[Tree, Plan,
         verify=True, operations=len(plan.operations),
     )  # fmt: skip
     probe = Faulty()
-    apply_plan(plan_of([_probe_tree(tmp_path).root], Action.HARDLINK), sys=probe)
+    apply_plan(plan_of([_probe_tree(tmp_path).root], Action.HARDLINK), syscalls=probe)
     with pytest.raises(Crash):
         apply_plan(
-            plan, sys=Faulty(probe.calls.index("exchange") + 1, crash="after"), journal=journal
+            plan, syscalls=Faulty(probe.calls.index("exchange") + 1, crash="after"), journal=journal
         )
     journal.close()
     return tree, plan, journal.path
@@ -702,6 +703,6 @@ def test_a_rollback_finishes_when_our_link_is_already_gone(tmp_path: Path) -> No
             raise OSError(errno.EIO, "injected")
 
     spy.hook = gone
-    result = apply_plan(plan_of([tree.root], Action.HARDLINK), sys=spy).results[0]
+    result = apply_plan(plan_of([tree.root], Action.HARDLINK), syscalls=spy).results[0]
     assert result.outcome is Outcome.FAILED, result.message
     assert Path(victim).read_bytes() == DATA and leftovers(tree.root) == []

@@ -26,7 +26,7 @@ from faultsys import entry_of, leftovers, wait_past
 from treebuilder import Tree, append, content, flip
 
 from dedup_engine import ScanOptions, __version__, find_duplicates
-from dedup_engine.apply.operation import OpResult, Outcome
+from dedup_engine.apply.outcome import OpResult, Outcome
 from dedup_engine.apply.plan import Action, Operation, Plan, Policy, make_plan
 from dedup_engine.apply.runner import apply_plan
 from dedup_engine.report.formats.json import write_json

@@ -23,10 +23,11 @@ from treebuilder import Tree, content
 
 from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.apply.journal import FileJournal
-from dedup_engine.apply.operation import Outcome
+from dedup_engine.apply.outcome import Outcome
 from dedup_engine.apply.plan import Action, Plan, Policy, make_plan
-from dedup_engine.apply.resume import Settlement, resume
+from dedup_engine.apply.resume import resume
 from dedup_engine.apply.runner import ApplySummary, apply_plan
+from dedup_engine.apply.settle import Settlement
 from dedup_engine.apply.syscalls import fs_type
 
 ERRNOS = [errno.EACCES, errno.EXDEV, errno.ENOSPC, errno.ENAMETOOLONG, errno.EIO]
@@ -50,7 +51,7 @@ def clean_calls(tmp_path: Path, action: Action) -> list[str]:
     """The calls one operation makes when nothing fails (a reflink on ext4 fails anyway)."""
     _, plan, _ = make(tmp_path, "probe", action)
     spy = Faulty()
-    summary = apply_plan(plan, sys=spy)
+    summary = apply_plan(plan, syscalls=spy)
     expected = Outcome.FAILED if action is Action.REFLINK else Outcome.DONE
     assert summary.results[0].outcome is expected, summary.results[0].message
     return spy.calls
@@ -74,7 +75,7 @@ def test_any_call_failing_leaves_the_tree_as_it_was(
     for nth, name in enumerate(calls, 1):
         tree, plan, move_to = make(tmp_path, f"{name}-{nth}", action)
         before = state(tree.root)
-        summary = apply_plan(plan, sys=Faulty(nth, err))
+        summary = apply_plan(plan, syscalls=Faulty(nth, err))
         result = summary.results[0]
         where = f"{action.value}: call {nth} ({name}) failing with {errno.errorcode[err]}"
         assert leftovers(tree.root) == [], where
@@ -115,7 +116,9 @@ def test_a_failed_rollback_is_loud_and_resume_puts_the_file_back(
         before = snapshot(tree.root)
         journal = _journal(tmp_path, f"{name}-{nth}")
         try:
-            summary = apply_plan(plan, sys=Faulty(nth, errno.EIO, persist=True), journal=journal)
+            summary = apply_plan(
+                plan, syscalls=Faulty(nth, errno.EIO, persist=True), journal=journal
+            )
         finally:
             journal.close()
         result = summary.results[0]
@@ -163,7 +166,7 @@ def test_bytes_changed_with_the_mtime_put_back_are_caught(
 
     spy.hook = change
     before = snapshot(tree.root)
-    result = apply_plan(plan, sys=spy).results[0]
+    result = apply_plan(plan, syscalls=spy).results[0]
     assert result.outcome is Outcome.SKIPPED
     expected = "the victim changed while it was compared (ctime)"
     assert (
@@ -188,7 +191,7 @@ def test_a_kept_file_swapped_before_the_link_is_caught(tmp_path: Path) -> None:
             Path(keep).write_bytes(b"an impostor")
 
     spy.hook = swap
-    result = apply_plan(plan, sys=spy).results[0]
+    result = apply_plan(plan, syscalls=spy).results[0]
     assert result.outcome is Outcome.SKIPPED
     assert "not the kept file" in result.message
     assert Path(victim).read_bytes() == DATA  # the victim is back, with its bytes
@@ -206,7 +209,7 @@ def test_the_kept_file_deleted_before_the_commit_is_caught(tmp_path: Path) -> No
             os.unlink(keep)
 
     spy.hook = remove_keep
-    result = apply_plan(plan, sys=spy).results[0]
+    result = apply_plan(plan, syscalls=spy).results[0]
     assert result.outcome is Outcome.SKIPPED
     assert "kept file" in result.message
     assert Path(victim).read_bytes() == DATA  # the last copy survives
@@ -216,7 +219,7 @@ def test_the_kept_file_deleted_before_the_commit_is_caught(tmp_path: Path) -> No
 def test_summary_counts(tmp_path: Path) -> None:
     _, plan, _ = make(tmp_path, "count", Action.HARDLINK)
     swap = clean_calls(tmp_path, Action.HARDLINK).index("exchange") + 1
-    summary: ApplySummary = apply_plan(plan, sys=Faulty(swap, errno.ENOSPC))
+    summary: ApplySummary = apply_plan(plan, syscalls=Faulty(swap, errno.ENOSPC))
     assert (summary.count(Outcome.DONE), summary.count(Outcome.FAILED)) == (0, 1)
     assert not summary.clean and summary.reclaimed == 0
 
@@ -243,7 +246,7 @@ def test_a_write_after_the_comparison_is_caught_before_the_commit(
                 f.write(b"EDITED")
 
     spy.hook = edit
-    result = apply_plan(plan, sys=spy).results[0]
+    result = apply_plan(plan, syscalls=spy).results[0]
     assert result.outcome is Outcome.SKIPPED
     assert "written to" in result.message
     assert leftovers(tree.root) == []

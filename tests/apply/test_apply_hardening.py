@@ -36,8 +36,8 @@ from treebuilder import Tree, content
 
 from dedup_engine import ScanOptions, __version__, find_duplicates
 from dedup_engine.apply.journal import FileJournal
-from dedup_engine.apply.operation import Outcome
-from dedup_engine.apply.plan import Action, Keep, LeftAlone, Operation, Plan, Policy, make_plan
+from dedup_engine.apply.outcome import Outcome
+from dedup_engine.apply.plan import Action, Keep, LeftAloneKind, Operation, Plan, Policy, make_plan
 from dedup_engine.apply.runner import ApplySummary, apply_plan
 from dedup_engine.report.formats.json import to_json_dict
 
@@ -123,7 +123,7 @@ def test_a_writer_opening_a_file_during_the_comparison_breaks_the_lease_and_the_
             time.sleep(0.005)
 
     spy.hook = pause_in_the_comparison
-    result = apply_plan(plan, sys=spy).results[0]
+    result = apply_plan(plan, syscalls=spy).results[0]
     assert writers[0].wait(timeout=30) == 0
     role = "kept file" if written == "k" else "victim"
     assert result.outcome is Outcome.SKIPPED, result.message
@@ -152,7 +152,7 @@ def test_without_leases_a_write_during_the_comparison_is_caught_and_kept(
                 f.write(EDIT)
 
     spy.hook = write_in_the_comparison
-    summary = apply_plan(plan, sys=spy)
+    summary = apply_plan(plan, syscalls=spy)
     result = summary.results[0]
     role = "kept file" if written == "k" else "victim"
     assert result.outcome is Outcome.SKIPPED, result.message
@@ -232,8 +232,8 @@ def test_files_of_different_owners_are_left_alone(
     move_to = str(tmp_path / "moved") if action is Action.MOVE else None
     plan = make_plan(found.groups, found.roots, Policy(action, keep=keep, move_to=move_to))
     assert plan.operations == ()
-    assert {s.kind for s in plan.skipped} == {LeftAlone.OWNER}
-    assert len(plan.skipped) == 2 and "--across-owners" in plan.skipped[0].reason
+    assert {s.kind for s in plan.left_alone} == {LeftAloneKind.OWNER}
+    assert len(plan.left_alone) == 2 and "--across-owners" in plan.left_alone[0].reason
     apply_plan(plan)
     assert {p: entry_of(p) for p in before} == before
 
@@ -258,7 +258,9 @@ def test_a_group_splits_into_sets_of_equal_owner_and_mode(tmp_path: Path) -> Non
         (os.path.basename(op.keep.path), os.path.basename(op.victim.path)) for op in plan.operations
     }
     assert pairs == {("a1", "a2"), ("b1", "b2")}
-    assert [(s.kind, tree.path("c") in s.reason) for s in plan.skipped] == [(LeftAlone.OWNER, True)]
+    assert [(s.kind, tree.path("c") in s.reason) for s in plan.left_alone] == [
+        (LeftAloneKind.OWNER, True)
+    ]
     summary = apply_plan(plan)
     assert summary.clean
     assert os.path.samefile(tree.path("a1"), tree.path("a2"))
@@ -426,7 +428,7 @@ def test_a_signal_during_the_last_operation_is_still_an_interruption(tmp_path: P
     caught: list[int] = []
     spy = Faulty()
     spy.hook = lambda name, number: caught.append(1) if name == "link" else None
-    summary = apply_plan(hardlink, sys=spy, should_stop=lambda: bool(caught))
+    summary = apply_plan(hardlink, syscalls=spy, should_stop=lambda: bool(caught))
     assert [r.outcome for r in summary.results] == [Outcome.DONE]  # never cut in the middle
     assert summary.interrupted and not summary.clean
 
@@ -566,7 +568,7 @@ def test_emlink_makes_the_victim_the_kept_copy_for_the_rest_of_the_group(tmp_pat
             raise OSError(errno.EMLINK, "Too many links", tree.path("b/v1"))
 
     spy.hook = full
-    summary: ApplySummary = apply_plan(plan, sys=spy)
+    summary: ApplySummary = apply_plan(plan, syscalls=spy)
     assert [r.outcome for r in summary.results] == [Outcome.KEPT, Outcome.DONE, Outcome.DONE]
     assert "can take no more links (EMLINK)" in summary.results[0].message
     assert summary.clean

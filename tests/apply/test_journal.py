@@ -24,8 +24,9 @@ from treebuilder import Tree, content
 from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.apply.journal import FileJournal, JournalError, read
 from dedup_engine.apply.plan import Action, Operation, Plan, Policy, make_plan
-from dedup_engine.apply.resume import Settlement, resume
+from dedup_engine.apply.resume import resume
 from dedup_engine.apply.runner import apply_plan
+from dedup_engine.apply.settle import Settlement
 from dedup_engine.model import FileEntry
 
 DATA = content(30_000, "journal")
@@ -43,11 +44,12 @@ def make(root: Path, action: Action) -> tuple[Tree, Plan, str]:
     return tree, make_plan(result.groups, result.roots, policy), move_to
 
 
-def crashed(plan: Plan, tmp_path: Path, sys: Faulty) -> FileJournal:
-    """Apply `plan` with a journal at tmp_path/j.jsonl until `sys` crashes it; the journal."""
+def crashed(plan: Plan, tmp_path: Path, syscalls: Faulty) -> FileJournal:
+    """Apply `plan` with a journal at tmp_path/j.jsonl until `syscalls` crashes it; the
+    journal."""
     journal = FileJournal(str(tmp_path / "j.jsonl"), {})
     with pytest.raises(Crash):
-        apply_plan(plan, sys=sys, journal=journal)
+        apply_plan(plan, syscalls=syscalls, journal=journal)
     journal.close()
     return journal
 
@@ -55,7 +57,7 @@ def crashed(plan: Plan, tmp_path: Path, sys: Faulty) -> FileJournal:
 def calls_of(root: Path, action: Action) -> list[str]:
     _, plan, _ = make(root, action)
     spy = Faulty()
-    apply_plan(plan, sys=spy)
+    apply_plan(plan, syscalls=spy)
     return spy.calls
 
 
@@ -80,7 +82,7 @@ def test_resume_after_a_crash_at_any_step(tmp_path: Path, action: Action, when: 
         before = snapshot(tree.root)
         journal = FileJournal(str(root / "journal.jsonl"), {"test": True})
         with pytest.raises(Crash):
-            apply_plan(plan, sys=Faulty(nth, crash=when), journal=journal)
+            apply_plan(plan, syscalls=Faulty(nth, crash=when), journal=journal)
         journal.close()
         settled = settlements(journal.path)
         where = f"{action.value}: crash {when} call {nth} ({name})"
@@ -310,7 +312,7 @@ def test_resume_leaves_a_begun_but_unstarted_operation_alone_when_its_file_chang
     if boot == "same":
         assert settled == ()  # the journal says neither started: nothing to look at
     else:
-        assert [s.settlement for s in settled] == [Settlement.UNTOUCHED, Settlement.LEFT]
+        assert [s.settlement for s in settled] == [Settlement.UNTOUCHED, Settlement.LEFT_ALONE]
         assert "changed by someone else" in settled[1].message
     assert Path(victim).read_bytes() == b"someone else's new file"
     assert leftovers(tree.root) == []

@@ -60,7 +60,7 @@ def test_keep_path_wins_first_and_protect_is_never_touched() -> None:
     # A protected file may be the one kept.
     assert kept(g, protect=("x",)) == set()  # every name protected: nothing to do
     plan = make_plan(g, ROOTS, Policy(Action.DELETE, protect=("x",)))
-    assert plan.operations == () and plan.skipped[0].group == 0
+    assert plan.operations == () and plan.left_alone[0].group == 0
 
 
 def test_min_copies_counts_files_not_names() -> None:
@@ -84,7 +84,7 @@ def test_a_group_of_one_file_is_left_alone() -> None:
         move_to = "/dest" if action is Action.MOVE else None
         plan = make_plan(g, ROOTS, Policy(action, move_to=move_to))
         assert plan.operations == ()
-        assert "one file" in plan.skipped[0].reason
+        assert "one file" in plan.left_alone[0].reason
 
 
 def test_the_same_inode_number_on_another_device_is_another_file() -> None:

@@ -27,7 +27,7 @@ from faultsys import Faulty, entry_of
 from treebuilder import Tree, content, flip
 
 from dedup_engine import ScanOptions, find_duplicates
-from dedup_engine.apply.operation import Outcome
+from dedup_engine.apply.outcome import Outcome
 from dedup_engine.apply.plan import Action, Operation, Plan, Policy, make_plan
 from dedup_engine.apply.runner import ApplySummary, apply_plan
 from dedup_engine.apply.syscalls import RealSyscalls, fs_type
@@ -328,7 +328,7 @@ def test_a_reflink_run_that_did_nothing_reclaimed_nothing(tmp_path: Path) -> Non
     found = find_duplicates([tree.path("a"), tree.path("b")], ScanOptions(workers=0))
     plan = make_plan(found.groups, found.roots, Policy(Action.REFLINK))
 
-    summary = apply_plan(plan, sys=WriterDuringDedupe(tmp_path / "other-program"))
+    summary = apply_plan(plan, syscalls=WriterDuringDedupe(tmp_path / "other-program"))
 
     assert [r.outcome for r in summary.results] == [Outcome.FAILED]
     assert summary.reclaimed == 0
@@ -378,7 +378,7 @@ def test_a_write_just_after_the_dedupe_keeps_its_mtime(xtree: Tree) -> None:
             os.pwrite(writer, b"written after the dedupe", 0)
 
     try:
-        summary = apply_plan(plan, sys=WriteAfterDedupe())
+        summary = apply_plan(plan, syscalls=WriteAfterDedupe())
     finally:
         os.close(writer)
     assert [r.outcome for r in summary.results] == [Outcome.DONE]

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dedup_engine.apply.operation import ASIDE_PREFIX
+from dedup_engine.apply.aside import ASIDE_PREFIX
 from dedup_engine.apply.syscalls import REAL, Syscalls
 from dedup_engine.model import FileEntry
 

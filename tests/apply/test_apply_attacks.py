@@ -472,6 +472,33 @@ def test_a_link_made_to_whatever_replaced_the_kept_file_is_removed(tmp_path: Pat
     assert Path(tree.path("v")).read_bytes() == DATA
 
 
+def test_where_names_cannot_be_swapped_a_link_to_what_replaced_the_kept_file_is_undone(
+    tmp_path: Path,
+) -> None:
+    """The copy is set aside and the link made at its name; the kept name swapped for another
+    file just before, the link names that file.  Putting the copy back removes that link: it is
+    ours, and the other file keeps the kept path's name."""
+    tree = Tree(tmp_path / "t")
+    keep = tree.file("k", DATA)
+    victim = tree.file("v", DATA)
+    spy = Faulty()
+
+    def no_exchange_then_swap(name: str, number: int) -> None:
+        if name == "exchange":
+            raise OSError(errno.EINVAL, "no RENAME_EXCHANGE here (a test's choice)")
+        if name == "link" and spy.calls.count("link") == 2:  # the link at the copy's name
+            os.rename(keep, keep + ".old")
+            Path(keep).write_bytes(b"an impostor")
+
+    spy.hook = no_exchange_then_swap
+    result = apply_plan(plan_of([tree.root], Action.HARDLINK), syscalls=spy).results[0]
+    assert result.outcome is Outcome.SKIPPED, result.message
+    assert result.message == f"{victim!r} is not the kept file after linking"
+    assert Path(victim).read_bytes() == DATA and os.lstat(victim).st_nlink == 1
+    assert Path(keep).read_bytes() == b"an impostor" and os.lstat(keep).st_nlink == 1
+    assert leftovers(tree.root) == []
+
+
 def test_resume_to_a_full_or_closed_stdout_is_exit_5(tmp_path: Path) -> None:
     tree = Tree(tmp_path / "t")
     tree.file("k", DATA)
@@ -577,6 +604,25 @@ def test_resume_never_removes_the_kept_files_last_name(tmp_path: Path) -> None:
     survivors = [Path(os.fsdecode(p)).read_bytes() for p in leftovers(tree.root)]
     assert survivors == [DATA + b"APPENDED"]
     assert tree.read("b/v0") == DATA  # the copy is back at its name
+
+
+def test_resume_puts_back_a_copy_whose_lease_fails_for_a_reason_it_does_not_know(
+    tmp_path: Path,
+) -> None:
+    """Only "no lease can be had here" lets the pair go on unleased, in `--resume` as in
+    `apply`: any other failure refuses, and the copy goes back to its name."""
+    tree, _, journal = _killed_after_the_swap(tmp_path)
+
+    class LeaseFails(Faulty):
+        def lease(self, fd: int) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    resumed = resume(journal, LeaseFails())
+    assert [s.settlement for s in resumed.settled] == [Settlement.PUT_BACK]
+    assert "cannot take a lease: Input/output error (EIO)" in resumed.settled[0].message
+    assert tree.read("b/v0") == DATA
+    assert not os.path.samefile(tree.path("a/k"), tree.path("b/v0"))
+    assert leftovers(tree.root) == []
 
 
 def test_a_second_resume_expects_what_the_first_one_left(tmp_path: Path) -> None:

@@ -274,7 +274,7 @@ def test_across_filesystems_is_refused_without_fallback(tmp_path: Path, action: 
 
 
 def test_a_path_through_a_symlinked_directory_is_not_acted_on(tmp_path: Path) -> None:
-    """Regression: a report made with -L named files outside the roots, and apply acted."""
+    """A report made with -L names files outside the roots: acting through the link is refused."""
     t = Tree(tmp_path)
     data = content(10_000, 9)
     t.file("outside/x", data)

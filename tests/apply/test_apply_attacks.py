@@ -1,12 +1,12 @@
-"""Regressions from a hostile review of `apply`: each attack that worked, now refused, with the
-state on disk after.
+"""Attacks on `apply` by another user or a changing system: each one refused, with the state on
+disk after.
 
-An overlay shows one file under two devices; a name left absent while its link was made could be
-taken; a symlink planted at `--to` itself was resolved; a script could be written through a
-symlink and its `mv` sent into a directory made at its temporary name; directory permissions and
-ACLs were not part of "who can read this path"; moved copies landed in world-readable
-directories; `--resume` completed an operation without apply's checks, gave tracebacks, and
-waited forever on a FIFO; `--to ""` meant the current directory.
+An overlay shows one file under two devices; a name left absent while its link is made could be
+taken; a symlink may be planted at `--to` itself; a script could be written through a symlink,
+and its `mv` sent into a directory made at its temporary name; directory permissions and ACLs are
+part of "who can read this path"; a moved copy must not land where more users reach it;
+`--resume` completes an operation only with apply's checks, without a traceback, and never waits
+on a FIFO; `--to ""` is no directory.
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ def overlay(tmp_path: Path) -> Iterator[Path]:
 def test_a_file_seen_through_an_overlay_is_not_deleted_as_its_own_copy(
     overlay: Path, action: Action
 ) -> None:
-    """Regression: the merged view shows the lower file under another st_dev; find groups it
-    with itself, and apply deleted "the copy", the only one."""
+    """The merged view shows the lower file under another st_dev: find groups it with itself,
+    and deleting "the copy" would delete the only one."""
     merged, lower = str(overlay / "merged"), str(overlay / "lower")
     plan = plan_of([merged, lower], action)
     assert [op.victim.path for op in plan.operations] == [os.path.join(lower, "x")]
@@ -106,8 +106,8 @@ def test_a_file_seen_through_an_overlay_is_not_deleted_as_its_own_copy(
 def test_the_copys_name_is_never_absent_while_it_is_replaced(
     tmp_path: Path, action: Action
 ) -> None:
-    """Regression: between setting the copy aside and linking, its name was free, and another
-    user could make a file there (in a sticky shared directory) or a reader saw ENOENT."""
+    """A name free between setting the copy aside and linking could be taken by another user
+    (in a sticky shared directory), and a reader would see ENOENT."""
     tree = Tree(tmp_path / "t")
     tree.file("k", DATA)
     victim = tree.file("v", DATA)
@@ -124,8 +124,8 @@ def test_the_copys_name_is_never_absent_while_it_is_replaced(
 
 
 def test_a_symlink_planted_at_to_itself_is_refused(tmp_path: Path) -> None:
-    """Regression: --to was resolved with realpath, so a symlink another user planted at that
-    name in a shared directory sent root's moves into a directory of the attacker's choice."""
+    """A symlink another user plants at --to in a shared directory would send root's moves into
+    a directory of the attacker's choice, if it were followed."""
     tree = Tree(tmp_path / "data")
     tree.file("k", DATA)
     tree.file("evil.sh", DATA)
@@ -156,9 +156,9 @@ def test_an_empty_to_is_refused(tmp_path: Path) -> None:
 
 
 def test_moved_copies_go_to_private_directories(tmp_path: Path) -> None:
-    """Regression: the directories made under --to were 0777 less the umask, so a copy moved
-    out of a 0700 directory became readable by everyone.  They are 700 now: the kept copy
-    stays where its users reach it."""
+    """Directories made under --to with 0777 less the umask would make a copy moved out of a
+    0700 directory readable by everyone.  They are 700: the kept copy stays where its users
+    reach it."""
     tree = Tree(tmp_path / "data")
     tree.file("keep/private/k", DATA)  # as private as the copy: only that lets it be moved
     tree.file("private/deeper/s", DATA)
@@ -174,8 +174,8 @@ def test_moved_copies_go_to_private_directories(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("case", ["public --to", "another user's --to"])
 def test_a_move_into_a_more_open_or_foreign_destination_is_refused(public: Path, case: str) -> None:
-    """Regression: a copy from a private directory moved into an existing public --to (or
-    one another user made in a shared directory) became readable, and theirs to take."""
+    """A copy from a private directory moved into an existing public --to (or one another
+    user made in a shared directory) would become readable, and theirs to take."""
     tree = Tree(public / "data")
     tree.file("keep/private/k", DATA)
     tree.file("private/s", DATA)
@@ -203,9 +203,9 @@ def test_a_move_into_a_more_open_or_foreign_destination_is_refused(public: Path,
 
 
 def test_a_script_is_never_written_through_a_symlink_nor_over_a_file(tmp_path: Path) -> None:
-    """Regression: the script was opened with open("wb") and chmod 755: a symlink planted at
-    its name overwrote (and made executable) a file of root's, and a file another user owned
-    stayed theirs to edit between the review and `sh FILE`."""
+    """Opened with open("wb") and chmod 755, a symlink planted at the script's name would
+    overwrite (and make executable) a file of root's, and a file another user owned would stay
+    theirs to edit between the review and `sh FILE`."""
     tree = Tree(tmp_path / "t")
     tree.file("k", DATA)
     tree.file("v", DATA)
@@ -226,8 +226,8 @@ def test_a_script_is_never_written_through_a_symlink_nor_over_a_file(tmp_path: P
 def test_a_script_does_not_move_a_copy_into_a_directory_made_at_its_temporary_name(
     tmp_path: Path,
 ) -> None:
-    """Regression: `mv -n V TMP` moved V into a directory another user made at TMP between
-    the review and the run, and the script still exited 0."""
+    """`mv -n V TMP` would move V into a directory another user made at TMP between the
+    review and the run, and the script would still exit 0."""
     tree = Tree(tmp_path / "t")
     tree.file("k", DATA)
     victim = tree.file("v", DATA)
@@ -251,9 +251,9 @@ def test_a_script_does_not_move_a_copy_into_a_directory_made_at_its_temporary_na
 def test_a_copy_others_can_reach_is_not_given_up_for_one_in_a_private_directory(
     public: Path, action: Action
 ) -> None:
-    """Regression: equal owner and mode, but the kept file in a 0700 directory: a symlink
-    to it, or a delete of the public copy, took the public path away from other users; a
-    hard link let them write (0666) into the private copy."""
+    """Equal owner and mode, but the kept file in a 0700 directory: a symlink to it, or a
+    delete of the public copy, would take the public path away from other users; a hard link
+    would let them write (0666) into the private copy."""
     tree = Tree(public / "t")
     keep = tree.file("a-private/f", DATA, mode=0o666)
     victim = tree.file("b-public/f", DATA, mode=0o666)
@@ -287,8 +287,7 @@ def _acl(path: str, uid: int, perm: int) -> None:
 
 
 def test_a_copy_with_an_acl_is_not_given_up_for_one_without(tmp_path: Path) -> None:
-    """Regression: b/f let the user nobody read it through an ACL; hard-linked to a/f, it no
-    longer did."""
+    """b/f lets the user nobody read it through an ACL; hard-linked to a/f, it would not."""
     tree = Tree(tmp_path / "t")
     keep = tree.file("a/f", DATA, mode=0o640)
     victim = tree.file("b/f", DATA, mode=0o640)
@@ -309,8 +308,8 @@ def test_a_copy_with_an_acl_is_not_given_up_for_one_without(tmp_path: Path) -> N
 
 
 def test_resume_does_not_complete_over_a_file_held_open_for_writing(tmp_path: Path) -> None:
-    """Regression: resume compared the bytes and deleted the set-aside copy, while a program
-    held it open for writing: that program's later writes went to a file with no name."""
+    """A program holds the set-aside copy open for writing: deleting the copy would send that
+    program's later writes to a file with no name."""
     tree = Tree(tmp_path / "t")
     tree.file("k", DATA)
     victim = tree.file("sub/v", DATA)
@@ -370,21 +369,20 @@ def _started(tmp_path: Path, op: Operation) -> FileJournal:
 
 
 def test_resume_of_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
-    """Regression: the journal was opened without O_NONBLOCK: a FIFO hung the command, with
-    Ctrl-C deferred."""
+    """Opened without O_NONBLOCK, a FIFO would hang the command, with Ctrl-C deferred."""
     fifo = tmp_path / "journal.jsonl"
     os.mkfifo(fifo, 0o600)
     proc = dedup("apply", "--resume", fifo)
     assert proc.returncode == 2 and one_line(proc) and b"not a regular file" in proc.stderr
 
 
-# -- second round ---------------------------------------------------------------------------------
+# -- who reaches a directory, a writer at the swap, what replaced the kept file --------------------
 
 
 def test_directory_permissions_are_read_from_the_directories_acted_in(public: Path) -> None:
-    """Regression: the directories on the way were looked up again by name, and cached: a user
-    who could swap a public decoy in under the private directory's name passed the check, and
-    then wrote into root's private file through the public copy's new hard link."""
+    """Directories looked up again by name (or cached) would let a user who can swap a public
+    decoy in under the private directory's name pass the check, and then write into root's
+    private file through the public copy's new hard link."""
     tree = Tree(public / "t")
     keep = tree.file("a-private/f", DATA, mode=0o666)
     victim = tree.file("b-public/f", DATA, mode=0o666)
@@ -405,9 +403,8 @@ def test_directory_permissions_are_read_from_the_directories_acted_in(public: Pa
 
 
 def test_a_directory_group_gets_the_group_bits_not_the_others(public: Path) -> None:
-    """Regression: a 0705 directory of group staff was taken as open to all, as Linux does not
-    take it: a member of staff gets the group bits (none).  A symlink into it took the public
-    copy away from them."""
+    """A 0705 directory of group staff is not open to all: Linux gives a member of staff the
+    group bits (none).  A symlink into it would take the public copy away from them."""
     tree = Tree(public / "t")
     tree.file("nostaff/r", DATA)
     victim = tree.file("pub/r", DATA)
@@ -424,9 +421,9 @@ def test_a_directory_group_gets_the_group_bits_not_the_others(public: Path) -> N
 def test_a_writer_opening_the_copys_name_once_the_link_is_in_gets_what_it_opened(
     tmp_path: Path,
 ) -> None:
-    """Regression: once the link was swapped in, a program opening the copy's name for writing
-    got the kept file, broke its lease, and the run undid itself: the write landed in the kept
-    file, and the copy came back under the name without it."""
+    """Once the link is swapped in, a program opening the copy's name for writing gets the kept
+    file and breaks its lease: undoing the run then would leave the write in the kept file, and
+    the copy back under the name without it."""
     tree = Tree(tmp_path / "t")
     keep = tree.file("k", DATA)
     victim = tree.file("v", DATA)
@@ -453,8 +450,8 @@ def test_a_writer_opening_the_copys_name_once_the_link_is_in_gets_what_it_opened
 
 
 def test_a_link_made_to_whatever_replaced_the_kept_file_is_removed(tmp_path: Path) -> None:
-    """Regression: the kept name swapped for a symlink just before the link was made left a
-    hard link to that symlink under the temporary name, unreported."""
+    """The kept name swapped for a symlink just before the link is made leaves a hard link to
+    that symlink under the temporary name: it must go, not stay unreported."""
     tree = Tree(tmp_path / "t")
     keep = tree.file("k", DATA)
     tree.file("v", DATA)
@@ -556,7 +553,7 @@ def test_directories_above_both_paths_decide_reach_for_both(public: Path) -> Non
     assert result.outcome is Outcome.SKIPPED and "reachable by other users" in result.message
 
 
-# -- from a review -------------------------------------------------------------------------------
+# -- resume and rollback at the edges --------------------------------------------------------------
 
 
 def _killed_after_the_swap(tmp_path: Path, copies: int = 1) -> tuple[Tree, Plan, str]:
@@ -591,9 +588,9 @@ def _probe_tree(tmp_path: Path) -> Tree:
 
 
 def test_resume_never_removes_the_kept_files_last_name(tmp_path: Path) -> None:
-    """Regression: killed with our link swapped in, then the copy's name (now the kept file)
-    appended to and the kept path removed; resume could not compare, put the copy back, and
-    with it unlinked the only name of the appended bytes."""
+    """Killed with our link swapped in, then the copy's name (now the kept file) appended to
+    and the kept path removed: resume cannot compare, and puts the copy back, but must not
+    unlink with it the only name of the appended bytes."""
     tree, _, journal = _killed_after_the_swap(tmp_path)
     with open(tree.path("b/v0"), "ab") as f:
         f.write(b"APPENDED")
@@ -626,8 +623,8 @@ def test_resume_puts_back_a_copy_whose_lease_fails_for_a_reason_it_does_not_know
 
 
 def test_a_second_resume_expects_what_the_first_one_left(tmp_path: Path) -> None:
-    """Regression: the ctimes a resume's settling changed were not journaled, so a second
-    resume took them for someone else's change and skipped the rest of the group."""
+    """The ctimes a resume's settling changes are journaled: a second resume would otherwise
+    take them for someone else's change and skip the rest of the group."""
     tree, plan, journal = _killed_after_the_swap(tmp_path, copies=2)
     first = resume(journal, should_stop=lambda: True)  # settles, then is interrupted
     assert [s.settlement for s in first.settled] == [Settlement.COMPLETED]
@@ -639,8 +636,8 @@ def test_a_second_resume_expects_what_the_first_one_left(tmp_path: Path) -> None
 
 
 def test_relative_and_double_slash_paths_still_resume(tmp_path: Path) -> None:
-    """Regression: a relative --journal with a report from stdin, or --to //x, put paths in the
-    journal that its own reader refused, so the run could never be finished."""
+    """A relative --journal with a report from stdin, or --to //x, must put paths in the
+    journal that its own reader accepts, or the run could never be finished."""
     tree = Tree(tmp_path / "t")
     tree.file("k", DATA)
     tree.file("sub/v", DATA)
@@ -693,7 +690,7 @@ def test_a_journal_that_cannot_be_written_during_resume_is_exit_4(
 
 
 def test_a_path_1400_directories_deep_is_acted_on(tmp_path: Path) -> None:
-    """Regression: walking up by "../../.." outgrew PATH_MAX 1366 levels up: a traceback."""
+    """Walking up by "../../.." would outgrow PATH_MAX 1366 levels up."""
     tree = Tree(tmp_path / "t")
     deep = tree.root
     for _ in range(1400):  # one level at a time: os.makedirs recurses
@@ -727,9 +724,9 @@ def test_resume_calls_a_move_done_when_someone_reused_the_old_name(tmp_path: Pat
 
 
 def test_a_rollback_finishes_when_our_link_is_already_gone(tmp_path: Path) -> None:
-    """Regression: setting aside (no swap on this filesystem), the link made, then removed by
-    someone before the commit failed: unlinking it again failed, and the rollback was called
-    failed although the name was free to put the copy back."""
+    """Setting aside (no swap on this filesystem), the link made, then removed by someone
+    before the commit fails: the name is free to put the copy back, and the rollback
+    succeeds."""
     tree = Tree(tmp_path / "t")
     tree.file("k", DATA)
     victim = tree.file("v", DATA)

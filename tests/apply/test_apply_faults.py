@@ -224,7 +224,7 @@ def test_summary_counts(tmp_path: Path) -> None:
     assert not summary.clean and summary.reclaimed == 0
 
 
-# -- regressions from the safety review --------------------------------------------------------
+# -- changes caught at the last moment ---------------------------------------------------------
 
 
 @pytest.mark.parametrize("action", [Action.HARDLINK, Action.SYMLINK])
@@ -232,8 +232,8 @@ def test_summary_counts(tmp_path: Path) -> None:
 def test_a_write_after_the_comparison_is_caught_before_the_commit(
     tmp_path: Path, action: Action, written: str
 ) -> None:
-    """Regression: a file edited in place between the byte comparison and the final unlink.
-    Without leases (as on NFS), so the size and mtime checks are what catch it."""
+    """A file edited in place between the byte comparison and the final unlink.  Without
+    leases (as on NFS), so the size and mtime checks are what catch it."""
     tree, plan, _ = make(tmp_path, f"{action.value}-{written.replace('/', '-')}", action)
     spy = Faulty(no_lease=True)
 
@@ -260,8 +260,8 @@ def test_a_write_after_the_comparison_is_caught_before_the_commit(
 
 
 def test_min_copies_are_rechecked_before_acting(tmp_path: Path) -> None:
-    """Regression: only the first kept file was re-checked, so a changed second copy went
-    unnoticed and fewer than --min-copies copies were left."""
+    """Every kept file is re-checked, not only the first: a changed second copy would leave
+    fewer than --min-copies copies."""
     tree = Tree(tmp_path / "t")
     for name in ("a", "bb", "ccc"):
         tree.file(name, DATA)

@@ -141,8 +141,8 @@ def test_a_writer_opening_a_file_during_the_comparison_breaks_the_lease_and_the_
 def test_without_leases_a_write_during_the_comparison_is_caught_and_kept(
     tmp_path: Path, action: Action, written: str
 ) -> None:
-    """Regression: the "written since" stamp was taken after the comparison, so a write during
-    it went unseen: the run said done and the new bytes had no name left."""
+    """The "written since" stamp is taken before the comparison: taken after, a write during it
+    would go unseen, the run say done, and the new bytes have no name left."""
     tree, plan = pair(tmp_path, action)
     spy = Faulty(no_lease=True)  # as on NFS, or another owner's file without CAP_LEASE
 
@@ -224,8 +224,8 @@ def owners_tree(tmp_path: Path) -> Tree:
 def test_files_of_different_owners_are_left_alone(
     tmp_path: Path, action: Action, keep: Keep
 ) -> None:
-    """Regression: root's 0600 file became a link to a world-writable file of nobody's (who
-    then rewrote root's "copy"), and --keep let that user choose which copy wins."""
+    """Root's 0600 file must not become a link to a world-writable file of nobody's (who could
+    then rewrite root's "copy"), nor --keep let that user choose which copy wins."""
     tree = owners_tree(tmp_path)
     before = {p: entry_of(p) for p in (tree.path("root/secret"), tree.path("nobody/copy"))}
     found = find_duplicates([tree.root], ScanOptions(workers=0))
@@ -311,7 +311,7 @@ def planted(tmp_path: Path) -> tuple[Tree, Path, Path]:
 
 
 def test_move_refuses_a_symlink_planted_inside_the_destination(tmp_path: Path) -> None:
-    """Regression: the move followed dest/sub -> root-only and put the file there."""
+    """Followed, dest/sub -> root-only would put the file there."""
     tree, dest, secret = planted(tmp_path)
     found = find_duplicates([tree.root], ScanOptions(workers=0))
     plan = make_plan(found.groups, found.roots, Policy(Action.MOVE, move_to=str(dest)))
@@ -358,8 +358,8 @@ def journal_with(tmp_path: Path, tree: Tree, **change: object) -> Path:
 
 
 def test_a_crafted_temporary_name_is_refused(tmp_path: Path) -> None:
-    """Regression: `--resume` renamed whatever the journal's "aside" named onto the victim's
-    path: any file anywhere."""
+    """`--resume` renames what the journal's "aside" names onto the victim's path: anything but
+    a name of apply's own shape, in the victim's directory, could be any file anywhere."""
     tree = Tree(tmp_path / "t")
     tree.file("k", content(4000, 1))
     tree.file("v", content(4000, 1))
@@ -423,7 +423,7 @@ def test_a_malformed_journal_is_one_line_and_exit_2(tmp_path: Path, line: bytes)
 
 
 def test_a_signal_during_the_last_operation_is_still_an_interruption(tmp_path: Path) -> None:
-    """Regression: Ctrl-C during the last operation was seen by no one, and the run said 0."""
+    """Ctrl-C during the last operation is seen after it: the run does not say 0."""
     _, hardlink = pair(tmp_path, data=content(5000, "c"))
     caught: list[int] = []
     spy = Faulty()

@@ -249,8 +249,8 @@ def test_a_journal_that_cannot_be_written_stops_the_run_before_the_next_operatio
 
 
 def test_resume_does_not_call_a_delete_done_when_its_directory_is_missing(tmp_path: Path) -> None:
-    """Regression: both names missing (an unmounted volume, a renamed directory) was taken
-    for a completed delete, and the file was left under its temporary name for good."""
+    """Both names missing (an unmounted volume, a renamed directory) is no completed delete:
+    the file may be waiting under its temporary name."""
     tree, plan, _ = make(tmp_path, Action.DELETE)
     aside = first("rename_noreplace", Action.DELETE, tmp_path)
     journal = crashed(plan, tmp_path, Faulty(aside, crash="after"))
@@ -265,7 +265,7 @@ def test_resume_does_not_call_a_delete_done_when_its_directory_is_missing(tmp_pa
 
 
 def test_resume_after_a_torn_record_leaves_a_readable_journal(tmp_path: Path) -> None:
-    """Regression: resume glued its record to the torn one, and the journal became unreadable."""
+    """Resume's record must not be glued to the torn one, or the journal becomes unreadable."""
     tree, plan, _ = make(tmp_path, Action.HARDLINK)
     aside = first("exchange", Action.HARDLINK, tmp_path)  # the copy under its temporary name
     journal = crashed(plan, tmp_path, Faulty(aside, crash="after"))
@@ -277,8 +277,8 @@ def test_resume_after_a_torn_record_leaves_a_readable_journal(tmp_path: Path) ->
 
 
 def test_resume_removes_a_second_name_left_by_a_link_and_unlink_rename(tmp_path: Path) -> None:
-    """Regression: where renameat2 is missing the set-aside is a link then an unlink; stopped
-    between the two, both names are the victim, and resume called that a foreign file."""
+    """Where renameat2 is missing the set-aside is a link then an unlink; stopped between the
+    two, both names are the victim, and that is ours, not a foreign file."""
     tree, plan, _ = make(tmp_path, Action.HARDLINK)
     op = plan.operations[0]
     aside = os.path.join(os.path.dirname(op.victim.path), ".dedup-00000000.tmp")
@@ -319,8 +319,8 @@ def test_resume_leaves_a_begun_but_unstarted_operation_alone_when_its_file_chang
 
 
 def test_a_directory_renamed_and_made_anew_keeps_the_operation_open(tmp_path: Path) -> None:
-    """Regression: a new directory under the old name passed the device check, resume called
-    the operation settled, and the file stayed under its temporary name in the renamed one."""
+    """A new directory under the old name passes a device check: the operation stays open,
+    since the file may wait under its temporary name in the renamed one."""
     tree, plan, _ = make(tmp_path, Action.HARDLINK)
     aside = first("exchange", Action.HARDLINK, tmp_path)  # the copy under its temporary name
     journal = crashed(plan, tmp_path, Faulty(aside, crash="after"))

@@ -318,7 +318,7 @@ class WriterDuringDedupe(RealSyscalls):
 
 
 def test_a_reflink_run_that_did_nothing_reclaimed_nothing(tmp_path: Path) -> None:
-    """Regression: the free space of the whole run was reported, whatever the outcome."""
+    """Free space is measured around each dedupe that worked, not over the whole run."""
     tree = Tree(tmp_path / "tree")
     if fs_type(tree.root) != "ext4":
         pytest.skip(f"the temporary directory is on {fs_type(tree.root)}, not ext4")
@@ -361,9 +361,9 @@ def test_a_file_larger_than_one_dedupe_call_is_shared_in_steps(
 
 
 def test_a_write_just_after_the_dedupe_keeps_its_mtime(xtree: Tree) -> None:
-    """Regression: a write that landed right after FIDEDUPERANGE had its mtime put back, so
-    the file held new bytes under its old size and mtime, and backups and the next find took
-    it for unchanged.  A writer holding the file open means no lease, so no restoring."""
+    """A write that lands right after FIDEDUPERANGE keeps its mtime: put back, the file would
+    hold new bytes under its old size and mtime, and backups and the next find would take it
+    for unchanged.  A writer holding the file open means no lease, so no restoring."""
     data = content(1 * MiB, "w")
     keep, victim = xtree.file("a/x", data), xtree.file("b/x", data)
     found = find_duplicates([xtree.root], ScanOptions(workers=0))

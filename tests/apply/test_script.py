@@ -1,8 +1,8 @@
 """The `--script` shell script under a changing tree: it never removes a file it did not make.
 
-Regressions from a safety review: the script's rollback removed whatever stood at the victim's
-name (a file another program had just written there), and a victim that had become the same
-file as the kept copy (a hard link) passed the byte comparison and was removed.
+The script's rollback removes nothing that stands at the victim's name (a file another program
+has just written there), and a victim that has become the same file as the kept copy (a hard
+link) is not taken for its copy, though the bytes compare equal.
 """
 
 from __future__ import annotations

@@ -19,8 +19,10 @@ from typing import IO, Any
 from dedup_engine.apply.aside import aside_name
 from dedup_engine.apply.plan import Action, Operation, Plan
 from dedup_engine.report.display import human_size, printable
+from dedup_engine.report.schema import TOOL
 
-SCHEMA = 1
+#: The version of the dry run's JSON document (a plan, not a report: `report.schema` is that).
+PLAN_SCHEMA = 1
 
 
 def write_text(plan: Plan, out: IO[bytes]) -> None:
@@ -51,8 +53,8 @@ def planned_bytes(plan: Plan) -> int:
 
 def to_json_dict(plan: Plan, action: Action) -> dict[str, Any]:
     return {
-        "schema": SCHEMA,
-        "tool": "dedup-engine",
+        "schema": PLAN_SCHEMA,
+        "tool": TOOL,
         "dry_run": True,
         "action": action.value,
         "operations": [

@@ -18,13 +18,13 @@ from typing import Annotated, ParamSpec
 
 import typer
 
-from dedup_engine import __version__
 from dedup_engine.cli.apply import apply
 from dedup_engine.cli.bench import bench
 from dedup_engine.cli.exitcode import APPLY_EXIT_HELP, EXIT_CODES_HELP, ExitCode
 from dedup_engine.cli.find import find
 from dedup_engine.cli.synth import synth
 from dedup_engine.find.pool import STOP_SIGNALS
+from dedup_engine.version import __version__
 
 P = ParamSpec("P")
 

@@ -20,7 +20,6 @@ from typing import IO, Annotated
 
 import typer
 
-from dedup_engine import __version__
 from dedup_engine.apply.journal import JournalError, JournalWriteError, default_path
 from dedup_engine.apply.outcome import OpResult, Outcome
 from dedup_engine.apply.plan import (
@@ -50,6 +49,7 @@ from dedup_engine.cli.exitcode import ApplyStatus, ExitCode
 from dedup_engine.globs import Globs
 from dedup_engine.report.display import human_size, printable
 from dedup_engine.report.read import Report, ReportError, absolute, read_json
+from dedup_engine.version import __version__
 
 
 def apply(

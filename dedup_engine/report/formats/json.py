@@ -12,10 +12,10 @@ import io
 import json
 from typing import IO, Any
 
-from dedup_engine import __version__
 from dedup_engine.model import FindResult
 from dedup_engine.options import ScanOptions
 from dedup_engine.report.schema import SCHEMA, TOOL
+from dedup_engine.version import __version__
 
 
 def to_json_dict(result: FindResult, options: ScanOptions, version: str) -> dict[str, Any]:

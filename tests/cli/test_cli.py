@@ -332,7 +332,8 @@ def test_top_level_help() -> None:
 
 
 def test_reader_closing_the_pipe_early_is_not_an_error(tree: Tree) -> None:
-    """`dedup find ... | head`: regression test, it used to exit 1 (the unreadable-files code)."""
+    """`dedup find ... | head`: a reader that leaves early is not an error (not exit 1, the
+    unreadable-files code)."""
     for number in range(150):  # long names, so the report is bigger than a pipe's buffer
         name = f"{number:03d}-" + "n" * 240
         tree.file(f"a/{name}", content(50, seed=str(number)))
@@ -361,7 +362,7 @@ def test_version() -> None:
 
 
 def test_exit_4_when_a_worker_dies(dups: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A crashed run is not 'done, but some files could not be read' (regression: it exited 1)."""
+    """A crashed run is not 'done, but some files could not be read': exit 4, not 1."""
     import dedup_engine.cli.find
     from dedup_engine.find.pool import WorkerError
 

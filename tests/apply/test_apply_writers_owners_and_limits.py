@@ -1,5 +1,5 @@
 """`apply` against writers, other owners, planted symlinks, crafted journals, long paths, full
-link counts and interruptions: each case of the hardening issue, with the state on disk after.
+link counts and interruptions, with the state on disk after each.
 
 Writers: a program that holds a file open for writing is not replaced (a read lease cannot be
 taken); one that opens it during the byte comparison breaks the lease and the operation is

@@ -1,5 +1,5 @@
-"""Attacks on `apply` by another user or a changing system: each one refused, with the state on
-disk after.
+"""`apply` against another user or a changing system: each hostile change refused, with the
+state on disk after.
 
 An overlay shows one file under two devices; a name left absent while its link is made could be
 taken; a symlink may be planted at `--to` itself; a script could be written through a symlink,

@@ -24,8 +24,10 @@ from dedup_engine.paths import below, root_of
 def pattern_problem(pattern: str, files_only: bool) -> str | None:
     """Why `pattern` cannot be used (None when it can); `files_only` for options that choose
     files, where a directory pattern would silently match nothing."""
-    if not pattern.strip("/"):
+    if not pattern:
         return "an empty pattern matches nothing; drop it"
+    if not pattern.strip("/"):
+        return f"{pattern!r} names no file or directory (a root is searched whole; drop it)"
     if files_only and pattern.endswith("/"):
         bare = pattern.rstrip("/")
         return (

@@ -398,7 +398,16 @@ def _op_and_state(record: object, limit: object, path: str, number: int) -> tupl
     return index, state
 
 
+#: Every field of a begin record (`FileJournal.begin`); "aside", "target" and "dir" may be null.
+_BEGIN_FIELDS = frozenset(
+    {"op", "state", "group", "action", "path", "victim", "aside", "keep", "kept", "target", "dir"}
+)
+
+
 def _check_begin(record: dict[str, Any], path: str, number: int) -> None:
+    missing = sorted(_BEGIN_FIELDS - record.keys())
+    if missing:
+        _fail(path, number, f"a begin record without {', '.join(missing)}")
     try:
         action = Action(record.get("action"))
     except ValueError:

@@ -325,10 +325,14 @@ def _warn_unmatched(source: Report, policy: Policy) -> None:
     for option, patterns in (("--protect", policy.protect), ("--keep-path", policy.keep_paths)):
         for pattern in patterns:
             if not any(Globs((pattern,)).match_file(path, source.roots) for path in paths):
+                hint = (
+                    "a pattern with '/' matches a whole path: the files below a directory "
+                    "need 'DIR/*'"
+                    if "/" in pattern
+                    else "a pattern without '/' matches a file's name"
+                )
                 typer.echo(
-                    f"dedup: warning: {option} {pattern!r} matches no file of the report "
-                    "(a pattern with '/' matches a whole path: "
-                    "the files below a directory need 'DIR/*')",
+                    f"dedup: warning: {option} {pattern!r} matches no file of the report ({hint})",
                     err=True,
                 )
 

@@ -356,3 +356,24 @@ def test_temporary_names_in_a_batch_are_distinct(monkeypatch: pytest.MonkeyPatch
         for n in (1, 2)
     ]
     assert apply_module._asides(ops) == ["/d/.dedup-same.tmp", "/d/.dedup-other.tmp"]
+
+
+@pytest.mark.parametrize("field", ["target", "aside", "dir", "kept"])
+@pytest.mark.parametrize("action", [Action.HARDLINK, Action.MOVE], ids=["hardlink", "move"])
+def test_a_begin_record_missing_a_field_is_refused_in_one_line(
+    tmp_path: Path, action: Action, field: str
+) -> None:
+    _, plan, _ = make(tmp_path, action)
+    step = first("rename_noreplace" if action is Action.MOVE else "exchange", action, tmp_path)
+    journal = crashed(plan, tmp_path, Faulty(step, crash="after"))
+    lines = Path(journal.path).read_bytes().split(b"\n")
+    begin = next(i for i, line in enumerate(lines) if b'"state": "begin"' in line)
+    record = json.loads(lines[begin])
+    del record[field]
+    lines[begin] = json.dumps(record).encode()
+    Path(journal.path).write_bytes(b"\n".join(lines))
+    with pytest.raises(JournalError, match=f"line {begin + 1}: a begin record without {field}"):
+        read(journal.path)
+    proc = _dedup("apply", "--resume", journal.path)
+    assert proc.returncode == 2
+    assert proc.stderr.count(b"\n") == 1 and b"Traceback" not in proc.stderr

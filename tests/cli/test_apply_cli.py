@@ -607,3 +607,14 @@ def test_a_protect_pattern_that_matches_nothing_is_warned_about(tmp_path: Path) 
     proc = dedup("apply", report, "--action", "delete", "-n", "--protect", tree.path("b"))
     assert proc.returncode == 0
     assert b"warning: --protect" in proc.stderr and b"DIR/*" in proc.stderr
+
+
+def test_a_name_pattern_that_matches_nothing_is_warned_about_as_a_name(tmp_path: Path) -> None:
+    tree = Tree(tmp_path / "tree")
+    tree.file("a/x", content(500))
+    tree.file("b/x", content(500))
+    report = find_report(tmp_path, tree.root)
+    proc = dedup("apply", report, "--action", "delete", "-n", "--protect", "b")
+    assert proc.returncode == 0
+    assert b"--protect 'b' matches no file" in proc.stderr
+    assert b"matches a file's name" in proc.stderr and b"DIR/*" not in proc.stderr

@@ -2,7 +2,7 @@
 
 These are the public result types of `find_duplicates`, frozen and slotted: cheap, hashable and safe
 to pass between processes.  The hot paths inside the pipeline use columnar arrays instead
-(`scanner.FileColumns`) and only build these records for files that end up in a group.
+(`find.table.FileColumns`) and only build these records for files that end up in a group.
 """
 
 from __future__ import annotations

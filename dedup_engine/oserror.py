@@ -19,5 +19,9 @@ def describe_error(exc: OSError) -> str:
     """
     if not exc.errno:
         return str(exc.strerror or exc)
-    name = errno.errorcode.get(exc.errno, str(exc.errno))
-    return f"{exc.strerror or os.strerror(exc.errno)} ({name})"
+    return f"{exc.strerror or os.strerror(exc.errno)} ({errno_name(exc)})"
+
+
+def errno_name(exc: OSError) -> str:
+    """The errno's symbolic name ("EACCES"), or its number where it has none."""
+    return errno.errorcode.get(exc.errno or 0, str(exc.errno))

@@ -398,9 +398,10 @@ def _op_and_state(record: object, limit: object, path: str, number: int) -> tupl
     return index, state
 
 
-#: Every field of a begin record (`FileJournal.begin`); "aside", "target" and "dir" may be null.
+#: The fields a begin record must hold (`FileJournal.begin`); "aside" and "target" may be null,
+#: and "dir" may be absent, as in the journals of the first version 1 runs.
 _BEGIN_FIELDS = frozenset(
-    {"op", "state", "group", "action", "path", "victim", "aside", "keep", "kept", "target", "dir"}
+    {"op", "state", "group", "action", "path", "victim", "aside", "keep", "kept", "target"}
 )
 
 

@@ -56,7 +56,7 @@ from dedup_engine.apply.plan import Action, Operation
 from dedup_engine.apply.rollback import Rollback
 from dedup_engine.apply.syscalls import REAL, ContentDiffers, Syscalls, fs_type
 from dedup_engine.model import FileEntry
-from dedup_engine.oserror import describe_error
+from dedup_engine.oserror import describe_error, errno_name
 
 #: Errors that mean "this filesystem cannot dedupe", as opposed to a failure of this file.
 _NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS}
@@ -185,7 +185,7 @@ class Actor:
         return opened
 
     def _no_lease(self, fd: int, exc: OSError) -> None:
-        code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        code = errno_name(exc)
         other_owner = exc.errno in (errno.EACCES, errno.EPERM)
         key = (0 if other_owner else os.fstat(fd).st_dev, code)
         if key in self.notices:

@@ -43,7 +43,7 @@ class Dirs:
                 # Only a report made with -L names such paths: acting through the link would
                 # change a file outside the roots that were searched.
                 raise Refused(
-                    f"{role} {path!r} is reached through a symlink ({exc.strerror})"
+                    f"{role} {path!r} is reached through a symlink: {describe_error(exc)}"
                 ) from None
             except OSError as exc:
                 raise Refused(

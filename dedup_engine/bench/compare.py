@@ -38,6 +38,8 @@ from types import TracebackType
 
 import psutil
 
+from dedup_engine.openflags import OPEN_READ
+
 ROOT = "{root}"  #: in `Tool.command`: replaced by the tree's canonical path
 OUT = "{out}"  #: in `Tool.command`: replaced by the results file of tools that write one
 SAMPLE_S = 0.005
@@ -361,9 +363,7 @@ def evict(root: Path) -> str:
     for dirpath, _dirs, names in os.walk(root):  # symlinked dirs are listed, not entered
         for name in names:
             with contextlib.suppress(OSError):
-                fd = os.open(
-                    os.path.join(dirpath, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-                )
+                fd = os.open(os.path.join(dirpath, name), OPEN_READ)
                 try:
                     if stat.S_ISREG(os.fstat(fd).st_mode):
                         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

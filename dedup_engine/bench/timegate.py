@@ -19,6 +19,7 @@ from typing import Any
 from blake3 import blake3
 
 from dedup_engine.find.pipeline import find_duplicates
+from dedup_engine.openflags import OPEN_READ
 from dedup_engine.options import ScanOptions
 
 SCHEMA = 1
@@ -36,7 +37,7 @@ def reference_seconds(root: Path, chunk: int = 128 * 1024) -> tuple[float, int]:
         for name in names:
             path = os.path.join(dirpath, name)
             try:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                fd = os.open(path, OPEN_READ)
             except OSError:
                 continue  # symlinks and unreadable files: the engine skips them too
             try:

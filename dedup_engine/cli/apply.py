@@ -47,8 +47,10 @@ from dedup_engine.cli.common import (
 )
 from dedup_engine.cli.exitcode import ApplyStatus, ExitCode
 from dedup_engine.globs import Globs
+from dedup_engine.oserror import describe_error
 from dedup_engine.report.display import human_size, printable
 from dedup_engine.report.read import Report, ReportError, absolute, read_json
+from dedup_engine.report.schema import TOOL
 from dedup_engine.version import __version__
 
 
@@ -243,7 +245,7 @@ def _act(plan: Plan, run: _Run, journal_path: Path | None) -> ApplyStatus:
         print_error("cannot write the results: stdout is closed; nothing was touched")
         return ApplyStatus(unwritten=True)
     path = str(journal_path) if journal_path is not None else default_path()
-    header = {"tool": "dedup-engine", "version": __version__, "pid": os.getpid()}
+    header = {"tool": TOOL, "version": __version__, "pid": os.getpid()}
     try:
         journal = open_journal(
             path,
@@ -326,8 +328,8 @@ def _warn_unmatched(source: Report, policy: Policy) -> None:
         for pattern in patterns:
             if not any(Globs((pattern,)).match_file(path, source.roots) for path in paths):
                 hint = (
-                    "a pattern with '/' matches a whole path: the files below a directory "
-                    "need 'DIR/*'"
+                    "a pattern with '/' matches the path below its root, or the absolute "
+                    "path: the files below a directory need 'DIR/*'"
                     if "/" in pattern
                     else "a pattern without '/' matches a file's name"
                 )
@@ -378,14 +380,14 @@ def _write_script(path: str, plan: Plan, action: Action, report: str) -> bool:
     except FileExistsError:
         fail_usage(f"--script {path!r} exists: give a new file name")
     except OSError as exc:
-        fail_usage(f"--script {path!r}: {exc.strerror}")
+        fail_usage(f"--script {path!r}: {describe_error(exc)}")
     try:
         with os.fdopen(fd, "wb") as out:
             write_script(plan, action, report, out)
             os.fchmod(out.fileno(), 0o700)  # the umask may have taken the owner's x bit
     except OSError as exc:
         os.unlink(path)
-        print_error(f"cannot write the script {path!r}: {exc.strerror}")
+        print_error(f"cannot write the script {path!r}: {describe_error(exc)}")
         return False
     return True
 
@@ -400,7 +402,7 @@ def _read_report(name: str) -> tuple[bytes, Report]:
             with open(name, "rb") as source:
                 data = source.read()
     except OSError as exc:
-        fail_usage(f"cannot read report {name!r}: {exc.strerror}")
+        fail_usage(f"cannot read report {name!r}: {describe_error(exc)}")
     try:
         return data, read_json(data)
     except ReportError as exc:
@@ -494,10 +496,14 @@ def _describe(result: OpResult) -> str:
     return f"{printable(result.op.victim.path)}: {result.message}"
 
 
+#: The version of the results document of `dedup apply -f json` (not a report: `report.schema`).
+RESULTS_SCHEMA = 1
+
+
 def _write_json_results(summary: ApplySummary, action: Action, out: IO[str]) -> None:
     data = {
-        "schema": 1,
-        "tool": "dedup-engine",
+        "schema": RESULTS_SCHEMA,
+        "tool": TOOL,
         "action": action.value,
         "reclaimed": summary.reclaimed,
         "measured_by": summary.measured_by,

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from dedup_engine.cli.common import fail_usage, parse_size
-from dedup_engine.cli.exitcode import ExitCode
+from dedup_engine.cli.exitcode import check_exit_code
 from dedup_engine.find.pipeline import canonical_roots
 from dedup_engine.options import OptionsError, ScanOptions
 
@@ -64,11 +64,11 @@ def work_gate(
         typer.echo(f"less work: {note} (tighten with --update)", err=True)
     for failure in failures:
         typer.echo(f"FAIL: {failure}", err=True)
-    if failures:
-        raise typer.Exit(ExitCode.ISSUES)
-    typer.echo(
-        f"work gate passed: {len(current['trees'])} trees, no stage does more work", err=True
-    )
+    if not failures:
+        typer.echo(
+            f"work gate passed: {len(current['trees'])} trees, no stage does more work", err=True
+        )
+    raise typer.Exit(check_exit_code(held=not failures))
 
 
 @bench.command(
@@ -142,8 +142,7 @@ def bench_compare(
     paths = compare_report.write_all(result, out)
     _print_comparison(result)
     typer.echo("written: " + ", ".join(str(p) for p in paths), err=True)
-    if not all(tool.agrees for tool in result.tools):
-        raise typer.Exit(ExitCode.ISSUES)
+    raise typer.Exit(check_exit_code(held=all(tool.agrees for tool in result.tools)))
 
 
 def _compare_tree(root: Path | None, profile: str | None, seed: int, cache: Path | None) -> Path:
@@ -273,9 +272,9 @@ def time_gate(
     failures = timegate.compare(reference, current, tolerance)
     for failure in failures:
         typer.echo(f"FAIL: {failure}", err=True)
-    if failures:
-        raise typer.Exit(ExitCode.ISSUES)
-    typer.echo("time gate passed", err=True)
+    if not failures:
+        typer.echo("time gate passed", err=True)
+    raise typer.Exit(check_exit_code(held=not failures))
 
 
 def _baseline_or_update(current: Any, baseline: Path, update: bool) -> Any:

@@ -18,6 +18,7 @@ from typing import IO, Annotated, NoReturn
 import typer
 
 from dedup_engine.cli.exitcode import ExitCode
+from dedup_engine.oserror import describe_error
 
 #: `--progress/--no-progress`, for the commands that show a progress bar.
 ProgressOption = Annotated[
@@ -114,7 +115,7 @@ def output_to(path: str | None, what: str = "the report") -> Iterator[IO[bytes]]
         except BrokenPipeError:
             raise
         except OSError as exc:
-            raise OutputError(f"cannot write {what} to stdout: {exc.strerror}") from None
+            raise OutputError(f"cannot write {what} to stdout: {describe_error(exc)}") from None
         return
     target = os.path.realpath(path)
     try:
@@ -122,7 +123,7 @@ def output_to(path: str | None, what: str = "the report") -> Iterator[IO[bytes]]
     except FileNotFoundError:
         st = None
     except OSError as exc:
-        raise OutputError(f"cannot write {what} to {path!r}: {exc.strerror}") from None
+        raise OutputError(f"cannot write {what} to {path!r}: {describe_error(exc)}") from None
     try:
         if st is not None and not stat.S_ISREG(st.st_mode):
             with open(target, "wb") as out:
@@ -133,7 +134,7 @@ def output_to(path: str | None, what: str = "the report") -> Iterator[IO[bytes]]
     except BrokenPipeError:
         raise
     except OSError as exc:
-        raise OutputError(f"cannot write {what} to {path!r}: {exc.strerror}") from None
+        raise OutputError(f"cannot write {what} to {path!r}: {describe_error(exc)}") from None
 
 
 @contextlib.contextmanager

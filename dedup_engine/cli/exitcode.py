@@ -2,7 +2,8 @@
 
 `dedup find` and `dedup apply` gather what their run came to in a status (`FindStatus`,
 `ApplyStatus`) and exit once, with its `exit_code`, where the precedence is written (as black's
-`Report.return_code`).  Three ends need no precedence, as nothing else is known by then: a usage
+`Report.return_code`); a `dedup bench` command has one fact, whether its check held
+(`check_exit_code`).  Three ends need no precedence, as nothing else is known by then: a usage
 error, found before a command has done anything (`common.fail_usage`); an interrupt of `dedup
 find`, which stops it wherever it is (`app._interruptible`); and `--version`.  The help texts
 that list the codes are here too, beside the rules they describe.
@@ -43,8 +44,15 @@ APPLY_EXIT_HELP = (
     "and were rolled back; 2 usage error or an invalid report or journal (nothing was "
     "touched); 4 a rollback failed: a file is under a temporary name, named on stderr; 5 the "
     "dry run, script or results could not be written (the journal has the outcomes); 130 "
-    "interrupted (Ctrl-C, SIGTERM) between operations, nothing half done: --resume finishes."
+    "interrupted (Ctrl-C, SIGTERM, SIGHUP) between operations, nothing half done: --resume "
+    "finishes."
 )
+
+
+def check_exit_code(held: bool) -> ExitCode:
+    """A `dedup bench` gate or comparison: 0 when its check held (no more work, no slower
+    stage, every tool agreeing), else 1."""
+    return ExitCode.OK if held else ExitCode.ISSUES
 
 
 @dataclass(frozen=True, slots=True)

@@ -358,7 +358,7 @@ def test_temporary_names_in_a_batch_are_distinct(monkeypatch: pytest.MonkeyPatch
     assert apply_module._asides(ops) == ["/d/.dedup-same.tmp", "/d/.dedup-other.tmp"]
 
 
-@pytest.mark.parametrize("field", ["target", "aside", "dir", "kept"])
+@pytest.mark.parametrize("field", ["target", "aside", "kept"])
 @pytest.mark.parametrize("action", [Action.HARDLINK, Action.MOVE], ids=["hardlink", "move"])
 def test_a_begin_record_missing_a_field_is_refused_in_one_line(
     tmp_path: Path, action: Action, field: str

@@ -80,3 +80,24 @@ def test_the_command_writes_a_baseline_then_fails_a_degraded_run(
     failed = gate("--chunk-size", "64", "--tolerance", "1.0")
     assert failed.returncode == 1, failed.stderr
     assert "FAIL: stage full: time ratio" in failed.stderr
+
+
+def test_the_reference_read_skips_a_fifo_without_waiting_on_it(tmp_path: Path) -> None:
+    import os
+
+    (tmp_path / "a").write_bytes(b"x" * 1000)
+    os.mkfifo(tmp_path / "fifo")  # no writer: a blocking open would wait for ever
+    code = (
+        "import sys; from pathlib import Path; "
+        "from dedup_engine.bench.timegate import reference_seconds; "
+        "print(reference_seconds(Path(sys.argv[1]))[1])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1000"

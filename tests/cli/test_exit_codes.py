@@ -79,3 +79,10 @@ def test_the_help_texts_list_each_code_a_command_ends_with() -> None:
     for text, codes in ((EXIT_CODES_HELP, find_codes), (APPLY_EXIT_HELP, apply_codes)):
         listed = {code for code in ExitCode if f" {code.value} " in text}
         assert listed == codes
+
+
+def test_a_bench_check_exits_0_when_it_held_and_1_when_not() -> None:
+    from dedup_engine.cli.exitcode import check_exit_code
+
+    assert check_exit_code(held=True) == 0
+    assert check_exit_code(held=False) == 1

@@ -131,7 +131,7 @@ def test_output_to_a_full_device_is_exit_5(dups: Tree, fmt: str) -> None:
     proc = dedup("find", dups.root, "-f", fmt, "-o", "/dev/full", "--fail-on-duplicates")
     assert proc.returncode == 5
     assert proc.stderr.decode().splitlines() == [
-        "dedup: error: cannot write the report to '/dev/full': No space left on device"
+        "dedup: error: cannot write the report to '/dev/full': No space left on device (ENOSPC)"
     ]
     assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
 
@@ -142,7 +142,7 @@ def test_stdout_on_a_full_device_is_exit_5(dups: Tree) -> None:
         proc = dedup("find", dups.root, "-f", "fdupes", stdout=full)
     assert proc.returncode == 5
     assert proc.stderr.decode().splitlines() == [
-        "dedup: error: cannot write the report to stdout: No space left on device"
+        "dedup: error: cannot write the report to stdout: No space left on device (ENOSPC)"
     ]
 
 
@@ -215,7 +215,8 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(
     assert _leftovers(target.parent) == []
     if code == 5:
         assert err.decode().splitlines() == [
-            f"dedup: error: cannot write the report to {str(target)!r}: No space left on device"
+            f"dedup: error: cannot write the report to {str(target)!r}: "
+            "No space left on device (ENOSPC)"
         ]
     else:
         assert err == b"dedup: interrupted\n"

@@ -4,8 +4,7 @@ against the files on disk.
 
 Most checks run the real command (`python -m dedup_engine`) in a subprocess; usage errors and the
 one failure that must be injected run in process through typer's CliRunner.  Every test points
-XDG_STATE_HOME at its own directory, so a default journal never lands in the real home.  The
-regressions at the end are bugs found by these tests.
+XDG_STATE_HOME at its own directory, so a default journal never lands in the real home.
 """
 
 from __future__ import annotations
@@ -513,10 +512,10 @@ def test_keep_options_decide_what_goes(
     assert all(after[p] == before[p] for p in after if not os.path.isdir(p))  # the rest as it was
 
 
-# --- regressions ---------------------------------------------------------------------------------
+# --- option clashes, pipes, move targets, signals ------------------------------------------------
 
 
-# Regression: --resume ignores --dry-run and --script, and acts.
+# --resume with --dry-run or --script would act while the user asked for a preview.
 @pytest.mark.parametrize("flag", ["--dry-run", "--script"])
 def test_resume_with_dry_run_or_script_is_a_usage_error(
     dups: Tree, tmp_path: Path, flag: str
@@ -528,7 +527,7 @@ def test_resume_with_dry_run_or_script_is_a_usage_error(
     assert (proc.returncode, snapshot(dups.root)) == (2, before)
 
 
-# Regression: click's EPIPE handler exits 1 ('some skipped').
+# A reader that leaves early is not an error; click's own EPIPE handler would exit 1.
 @pytest.mark.parametrize("flags", [["--dry-run"], []], ids=["dry-run", "run"])
 def test_json_reader_closing_the_pipe_early_keeps_exit_0(tmp_path: Path, flags: list[str]) -> None:
     tree = Tree(tmp_path / "tree")
@@ -553,7 +552,7 @@ def test_each_command_module_imports_on_its_own(module: str) -> None:
     assert proc.returncode == 0, proc.stderr.decode()[-300:]
 
 
-# Regression: sub/x under two roots: both planned to DEST/sub/x.
+# sub/x under two roots would both map to DEST/sub/x.
 def test_move_never_plans_two_files_to_one_target(tmp_path: Path) -> None:
     one, two = Tree(tmp_path / "r1"), Tree(tmp_path / "r2")
     for tree, rel in ((one, "k"), (one, "sub/x"), (two, "sub/x")):
@@ -566,7 +565,7 @@ def test_move_never_plans_two_files_to_one_target(tmp_path: Path) -> None:
     assert alone["reason"].startswith(f"two files would move to {str(tmp_path / 'dest/sub/x')!r}")
 
 
-# Regression: Ctrl-C in the middle of an operation left the victim under its temporary name.
+# A signal mid-operation must not leave the victim under its temporary name.
 def test_sigterm_stops_between_operations(tmp_path: Path) -> None:
     tree = Tree(tmp_path / "tree")
     for number in range(300):

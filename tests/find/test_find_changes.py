@@ -96,7 +96,7 @@ def find_hooked(
 def test_files_never_equal_at_once_are_not_grouped(
     tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, size: int, kind: str
 ) -> None:
-    """Regression: two files rewritten during the run were grouped, though never equal at once.
+    """Two files rewritten during the run, never equal at one moment, are not grouped.
 
     The first file is read; then, before the second is read, the second is given the bytes the
     first was read with, and the first other bytes.  Both reads see the same bytes.
@@ -160,7 +160,7 @@ def test_a_file_rewritten_before_its_last_read_is_an_issue(
 def test_a_file_rewritten_after_its_last_read_is_not_grouped(
     tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
-    """Regression: a file read whole early, then changed, was grouped with a copy read later.
+    """A file read whole early, then changed, is not grouped with a copy read later.
 
     Its read is done when the change comes, so only a check after every read of its group can
     see it: the group's files are shown to hold the same bytes at one moment.

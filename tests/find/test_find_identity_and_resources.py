@@ -1,4 +1,5 @@
-"""Regression tests for defects a code review found: each failed before its fix."""
+"""A file is never its own duplicate (bind mounts, links made during the walk, many links), a
+dead worker is an error, no descriptor leaks, and a FIFO never gets a digest."""
 
 from __future__ import annotations
 

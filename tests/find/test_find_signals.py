@@ -144,7 +144,7 @@ def assert_all_gone(pids: list[int]) -> None:
 def test_a_stop_signal_ends_the_run_with_130_and_no_traceback(
     tree: Tree, tmp_path: Path, held: list[Held], number: int, to_group: bool, workers: int
 ) -> None:
-    """Regression: Ctrl-C printed the workers' tracebacks; SIGTERM left the workers running."""
+    """Ctrl-C prints no worker traceback, and SIGTERM leaves no worker running."""
     run = Held(tree, tmp_path, workers, subprocess.DEVNULL)
     held.append(run)
     if to_group:
@@ -160,8 +160,8 @@ def test_a_stop_signal_ends_the_run_with_130_and_no_traceback(
 def test_workers_die_with_their_parent_and_release_its_stdout(
     tree: Tree, tmp_path: Path, held: list[Held]
 ) -> None:
-    """Regression: `dedup find X | cat` never ended once dedup alone was killed: its workers
-    lived on, holding the pipe."""
+    """`dedup find X | cat` ends once dedup alone is killed: no worker lives on holding the
+    pipe."""
     run = Held(tree, tmp_path, 3, subprocess.PIPE)
     held.append(run)
     os.kill(run.proc.pid, signal.SIGKILL)
@@ -197,8 +197,8 @@ def _fd_table(pid: int) -> dict[int, tuple[str, int]]:
 
 
 def test_workers_hold_only_their_own_pipes(tree: Tree, tmp_path: Path, held: list[Held]) -> None:
-    """Regression: a forked worker inherited every descriptor of its parent, the parent's stdout
-    and the write end of its own task pipe included (so it never saw its parent go)."""
+    """A forked worker holds none of its parent's descriptors: not the parent's stdout, not the
+    write end of its own task pipe (else it would never see its parent go)."""
     run = Held(tree, tmp_path, 3, subprocess.PIPE)
     held.append(run)
     tables = {pid: _fd_table(pid) for pid in run.workers}
@@ -219,8 +219,8 @@ def test_workers_hold_only_their_own_pipes(tree: Tree, tmp_path: Path, held: lis
 
 
 def test_a_parent_without_stdin_and_stdout_still_has_workers(tree: Tree) -> None:
-    """Regression: with fds 0 and 1 closed, a worker's own pipe could sit on fd 0 or 1, where
-    the worker then put /dev/null: the run died with a WorkerError."""
+    """With fds 0 and 1 closed, a worker's own pipe may land on fd 0 or 1: the worker must not
+    put /dev/null over it (the run would die with a WorkerError)."""
     data = content(500)
     tree.file("a", data)
     tree.file("b", data)

@@ -325,7 +325,7 @@ def test_no_roots_is_refused() -> None:
 
 
 def test_exclude_with_a_trailing_slash_prunes_directories_at_any_depth(tree: Tree) -> None:
-    """As in a .gitignore (regression: 'build/' used to match only a top-level 'build')."""
+    """As in a .gitignore: 'build/' matches a directory 'build' at any depth."""
     same = b"same bytes"
     tree.file("a/build/x", same)
     tree.file("build/y", same)

@@ -40,7 +40,7 @@ def test_the_limit_is_per_cpu_and_within_the_open_file_limit() -> None:
 
 
 def test_too_many_workers_is_an_options_error() -> None:
-    """Regression: any number was taken; -j 10000 forked for minutes."""
+    """The worker count has a ceiling: -j 10000 would fork for minutes."""
     most, _why = worker_limit(cpu_count(), open_file_limit())
     assert most <= WORKERS_PER_CPU * cpu_count()
     assert ScanOptions(workers=most).worker_count() == most
@@ -87,7 +87,7 @@ def test_too_many_workers_is_refused_before_any_work(dups: Tree) -> None:
 
 
 def test_the_open_file_limit_bounds_the_workers(dups: Tree) -> None:
-    """Regression: -j 300 under ulimit -n 1024 was a traceback (EMFILE while forking)."""
+    """Too many workers for the descriptor limit: one line and exit 2, not EMFILE in a fork."""
     refused = _dedup(dups, "-j", "9", open_files=64)
     assert refused.returncode == 2
     assert b"Traceback" not in refused.stderr

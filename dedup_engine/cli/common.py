@@ -18,6 +18,7 @@ from typing import IO, Annotated, NoReturn
 import typer
 
 from dedup_engine.cli.exitcode import ExitCode
+from dedup_engine.openflags import dir_flags
 from dedup_engine.oserror import describe_error
 
 #: `--progress/--no-progress`, for the commands that show a progress bar.
@@ -164,7 +165,7 @@ def _replacing(target: str, old: os.stat_result | None) -> Iterator[IO[bytes]]:
             os.unlink(temp)
         raise
     with contextlib.suppress(OSError):  # the rename made durable too, where the system allows
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dir_fd = os.open(directory, dir_flags(follow_links=True))  # the user named it
         try:
             os.fsync(dir_fd)
         finally:

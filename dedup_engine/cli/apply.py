@@ -16,12 +16,10 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 
-from dedup_engine.apply.journal import JournalError, JournalWriteError, default_path
-from dedup_engine.apply.outcome import OpResult, Outcome
 from dedup_engine.apply.plan import (
     Action,
     Keep,
@@ -32,9 +30,6 @@ from dedup_engine.apply.plan import (
     make_plan,
 )
 from dedup_engine.apply.preview import write_json, write_script, write_text
-from dedup_engine.apply.resume import Resumed, open_journal, resume
-from dedup_engine.apply.runner import ApplySummary, ProgressCallback, apply_plan
-from dedup_engine.apply.settle import Settlement
 from dedup_engine.cli.common import (
     OutputError,
     ProgressOption,
@@ -52,6 +47,14 @@ from dedup_engine.report.display import human_size, printable
 from dedup_engine.report.read import Report, ReportError, absolute, read_json
 from dedup_engine.report.schema import TOOL
 from dedup_engine.version import __version__
+
+# What only acting needs loads when a run acts (in the functions below), so that every other
+# command, `dedup find` above all, starts without it.
+if TYPE_CHECKING:
+    from dedup_engine.apply.journal import JournalError
+    from dedup_engine.apply.outcome import OpResult
+    from dedup_engine.apply.resume import Resumed
+    from dedup_engine.apply.runner import ApplySummary, ProgressCallback
 
 
 def apply(
@@ -241,6 +244,10 @@ def _script(script: Path, plan: Plan, action: Action, report: str, quiet: bool) 
 
 def _act(plan: Plan, run: _Run, journal_path: Path | None) -> ApplyStatus:
     """Carry out the plan, journaled, then print the results."""
+    from dedup_engine.apply.journal import JournalError, default_path
+    from dedup_engine.apply.resume import open_journal
+    from dedup_engine.apply.runner import apply_plan
+
     if not stdout_usable():
         print_error("cannot write the results: stdout is closed; nothing was touched")
         return ApplyStatus(unwritten=True)
@@ -282,6 +289,8 @@ def _finish(
     summary: ApplySummary, total: int, action: Action, form: str, quiet: bool, journal: str
 ) -> ApplyStatus:
     """Print the run's results and what to do next; what the run came to."""
+    from dedup_engine.apply.outcome import Outcome
+
     written = _print_results(summary, action, form, quiet)
     status = ApplyStatus(
         needs_you=summary.count(Outcome.ROLLBACK_FAILED) > 0,
@@ -411,6 +420,8 @@ def _read_report(name: str) -> tuple[bytes, Report]:
 
 def _print_results(summary: ApplySummary, action: Action, form: str, quiet: bool) -> bool:
     """Problems on stderr, the results on stdout; False if stdout could not be written."""
+    from dedup_engine.apply.outcome import Outcome
+
     _print_problems(summary, form, quiet)
     counts = ", ".join(
         f"{summary.count(o)} {word}"
@@ -451,6 +462,8 @@ def _as_text(out: IO[bytes], write: Callable[[IO[str]], None]) -> None:
 
 
 def _print_problems(summary: ApplySummary, form: str, quiet: bool) -> None:
+    from dedup_engine.apply.outcome import Outcome
+
     for notice in summary.notices:
         if not quiet:
             typer.echo(f"dedup: note: {notice}", err=True)
@@ -501,6 +514,8 @@ RESULTS_SCHEMA = 1
 
 
 def _write_json_results(summary: ApplySummary, action: Action, out: IO[str]) -> None:
+    from dedup_engine.apply.outcome import Outcome
+
     data = {
         "schema": RESULTS_SCHEMA,
         "tool": TOOL,
@@ -529,6 +544,9 @@ def _write_json_results(summary: ApplySummary, action: Action, out: IO[str]) -> 
 
 def _resume(path: str, form: str, quiet: bool) -> ApplyStatus:
     """Settle what the interrupted run left under way, then the rest of its plan."""
+    from dedup_engine.apply.journal import JournalError, JournalWriteError
+    from dedup_engine.apply.resume import resume
+
     if not stdout_usable():
         print_error("cannot write the results: stdout is closed; nothing was touched")
         return ApplyStatus(unwritten=True)
@@ -559,6 +577,8 @@ def _resume(path: str, form: str, quiet: bool) -> ApplyStatus:
 
 
 def _print_settled(done: Resumed, quiet: bool) -> int:
+    from dedup_engine.apply.settle import Settlement
+
     broken = 0
     for item in done.settled:
         if item.settlement is Settlement.NEEDS_YOU:

@@ -678,13 +678,13 @@ def test_a_report_copy_that_cannot_be_written_leaves_nothing(
 def test_a_journal_that_cannot_be_written_during_resume_is_exit_4(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from dedup_engine.apply import resume as resume_module
     from dedup_engine.apply.journal import JournalWriteError
-    from dedup_engine.cli import apply as cli_apply
 
     def full(path: str, **kwargs: object) -> None:
         raise JournalWriteError(f"cannot write journal {path!r}: No space left on device")
 
-    monkeypatch.setattr(cli_apply, "resume", full)
+    monkeypatch.setattr(resume_module, "resume", full)  # the command loads it when it resumes
     code, _, err = invoke("apply", "--resume", str(tmp_path / "j.jsonl"))
     assert code == 4 and f"Finish the run with --resume {tmp_path / 'j.jsonl'}".encode() in err
 

@@ -56,6 +56,40 @@ class StepContext:
 Split = list[tuple[bytes, Group]]
 
 
+class RowQueue:
+    """Rows waiting for a batch, first in first out: taking a batch costs the batch, not the
+    queue (a slice deleted from the front of a list moves every row behind it)."""
+
+    __slots__ = ("_head", "_rows")
+
+    def __init__(self) -> None:
+        self._rows: list[int] = []
+        self._head = 0
+
+    def __len__(self) -> int:
+        return len(self._rows) - self._head
+
+    def extend(self, rows: list[int]) -> None:
+        self._rows.extend(rows)
+
+    def peek(self, offset: int) -> int:
+        """The row `offset` places from the front."""
+        return self._rows[self._head + offset]
+
+    def take(self, count: int) -> list[int]:
+        """The first `count` rows, removed."""
+        head = self._head
+        batch = self._rows[head : head + count]
+        head += len(batch)
+        # The taken rows are dropped once they are half the list: amortised, each row is moved
+        # at most once more.
+        if head * 2 >= len(self._rows):
+            del self._rows[:head]
+            head = 0
+        self._head = head
+        return batch
+
+
 class HashStep(ABC):
     """What every hashing stage does on the parent side: queue rows, send them out in batches
     while the pool has room, wait for the results, and count."""
@@ -71,7 +105,7 @@ class HashStep(ABC):
         self.stats = context.stats.stage(window.stage)
         #: A group's weight: it still counts while this is two or more.
         self.weight = weight
-        self._pending: list[int] = []
+        self._pending = RowQueue()
         self._outstanding = 0
         self._started: float | None = None
 
@@ -105,12 +139,6 @@ class HashStep(ABC):
             self._started = time.perf_counter()
         self.stats.files_in += len(rows)
         self._pending.extend(rows)
-
-    def _take(self, count: int) -> list[int]:
-        pending = self._pending
-        batch = pending[:count]
-        del pending[:count]
-        return batch
 
     def _send(
         self,
@@ -169,7 +197,7 @@ class WindowStep(HashStep):
     def _submit_batch(self) -> None:
         # The scan's view of a file goes without: a window's digest is final only for files
         # read whole, which the parent re-checks by path once every read of their group is done.
-        rows = self._take(min(len(self._pending), BATCH_FILES))
+        rows = self._pending.take(min(len(self._pending), BATCH_FILES))
         self._send(rows, array("I"), [], self._store)
 
     def _store(self, result: HashResult) -> None:
@@ -251,10 +279,10 @@ class FullStep(HashStep):
         total = 0
         while bounds and (count == 0 or (count + bounds[0] <= BATCH_FILES and total < BATCH_BYTES)):
             members = bounds.popleft()
-            total += sizes[pending[count]] * members
+            total += sizes[pending.peek(count)] * members
             count += members
             groups.append(members)
-        rows = self._take(count)
+        rows = self._pending.take(count)
         compared = array("I", [1]) * count if self.alone else groups
         # What the scan saw goes with every file: these digests are final, and the workers check
         # them on the open files.

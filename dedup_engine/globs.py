@@ -76,9 +76,11 @@ class Globs:
 
     def match_file(self, path: str, roots: Sequence[str]) -> bool:
         """Whether the file at absolute `path` matches, below the first of `roots` holding it."""
+        name = path.rsplit("/", 1)[-1]
+        if self._relative is None:  # names only (or no pattern): no root to look for
+            return self._names is not None and _hit(self._names, name, False)
         number = root_of(path, roots)
-        root = roots[number] if number is not None else "/"
-        return self.match(path.rsplit("/", 1)[-1], path, root)
+        return self.match(name, path, roots[number] if number is not None else "/")
 
 
 def _hit(regex: re.Pattern[str], subject: str, is_dir: bool) -> bool:

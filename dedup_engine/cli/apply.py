@@ -335,7 +335,8 @@ def _warn_unmatched(source: Report, policy: Policy) -> None:
     paths = [f.path for g in source.groups for f in g.files]
     for option, patterns in (("--protect", policy.protect), ("--keep-path", policy.keep_paths)):
         for pattern in patterns:
-            if not any(Globs((pattern,)).match_file(path, source.roots) for path in paths):
+            globs = Globs((pattern,))  # compiled once, not once per path
+            if not any(globs.match_file(path, source.roots) for path in paths):
                 hint = (
                     "a pattern with '/' matches the path below its root, or the absolute "
                     "path: the files below a directory need 'DIR/*'"

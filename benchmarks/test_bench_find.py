@@ -10,8 +10,8 @@ Every benchmark stores the engine's work counters in `extra_info`, so a saved ru
 
 from __future__ import annotations
 
+import os
 from array import array
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,52 +20,91 @@ import pytest
 
 from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.bench import workgate
+from dedup_engine.find.entries import describe
 from dedup_engine.find.fullcompare import compare_groups
-from dedup_engine.find.groups import Group, GroupBuilder
+from dedup_engine.find.groups import Group, Named, SizeIndex, assemble
+from dedup_engine.find.hashstep import split
 from dedup_engine.find.hashtasks import hash_batch
-from dedup_engine.find.pipeline import _Run, canonical_roots
-from dedup_engine.find.pool import InlinePool
-from dedup_engine.find.tasks import DirJob, HashResult, HashTask, ScanTask, Window
+from dedup_engine.find.pipeline import canonical_roots
+from dedup_engine.find.store import RowStore
+from dedup_engine.find.tasks import (
+    DIGEST_SIZE,
+    CompareResult,
+    CompareTask,
+    DescribeTask,
+    DirJob,
+    HashResult,
+    HashTask,
+    ScanResult,
+    ScanTask,
+    Window,
+)
 from dedup_engine.find.walk import Filter, scan_dirs
-from dedup_engine.model import RunStats, Stage
+from dedup_engine.model import FileEntry, Stage
 
 Bench = Any  # pytest-benchmark's fixture has no public type
+#: Sized groups: (size, representative rows).
+Sized = list[tuple[int, Group]]
 
 
 @dataclass
 class Captured:
-    """The state between stages, from one in-process pass over the tree."""
+    """The state between stages, from one in-process pass over the tree: one worker's store, so
+    its rows are the run's rows."""
 
-    run: _Run
+    opts: ScanOptions
+    flt: Filter
+    store: RowStore
     dirs: list[DirJob]
-    candidates: list[Group]
-    after_head: list[Group]
-    after_tail: list[Group]
+    scans: list[ScanResult]
+    candidates: Sized
+    after_head: Sized
+    after_tail: Sized
 
 
 def _capture(root: Path) -> Captured:
     opts = ScanOptions(workers=0)
     roots = canonical_roots([root])
-    pool = InlinePool(opts, roots)
-    run = _Run(pool, roots, opts, RunStats(), [], None)
-    seen_dirs: list[DirJob] = []
-    original = run._scanned
+    flt = Filter(opts, roots)
+    store = RowStore()
+    pending = [DirJob(roots[0], 0, 0, os.stat(roots[0]).st_dev)]
+    dirs: list[DirJob] = []
+    scans: list[ScanResult] = []
+    while pending:
+        jobs, pending = pending[:16], pending[16:]
+        dirs.extend(jobs)
+        scans.append(scan_dirs(ScanTask(tuple(jobs)), flt, store))
+        pending.extend(scans[-1].subdirs)
+    candidates = _group_sizes(opts, scans)
+    head = Window(Stage.HEAD, opts.head_window, opts.whole_threshold)
+    after_head = _refine(store, head, candidates)
+    tail = Window(Stage.TAIL, opts.tail_window, min_size=opts.tail_min_size)
+    after_tail = _refine(store, tail, [(s, g) for s, g in after_head if tail.applies(s)])
+    return Captured(opts, flt, store, dirs, scans, candidates, after_head, after_tail)
 
-    def keep_dirs(result: Any) -> None:
-        seen_dirs.extend(result.subdirs)
-        original(result)
 
-    run._scanned = keep_dirs  # type: ignore[method-assign]
-    run._scan()
-    candidates = run.sizes.groups()
-    run.head.drain()
-    _done, after_head = run.head.refine(candidates)
-    tail = run._step(Window(Stage.TAIL, opts.tail_window, min_size=opts.tail_min_size), len)
-    tail.feed([r for g in after_head if tail.window.applies(run.table.size[g[0]]) for r in g])
-    tail.drain()
-    _done, after_tail = tail.refine(after_head)
-    first = DirJob(roots[0], 0, 0, 0)
-    return Captured(run, [first, *seen_dirs], candidates, after_head, after_tail)
+def _group_sizes(opts: ScanOptions, scans: list[ScanResult]) -> Sized:
+    sizes = SizeIndex(opts.hard_links)
+    first = 0
+    for result in scans:
+        sizes.add(first, result)
+        first += len(result.sizes)
+    return list(sizes.candidates())
+
+
+def _refine(store: RowStore, window: Window, groups: Sized) -> Sized:
+    """The groups still alike after `window`, but for those it read whole."""
+    rows = array("Q", [r for _, g in groups for r in g])
+    column = hash_batch(HashTask(window, rows, False), store).digests
+    out: Sized = []
+    start = 0
+    for size, group in groups:
+        end = start + len(group)
+        digests = [column[p * DIGEST_SIZE : (p + 1) * DIGEST_SIZE] for p in range(start, end)]
+        start = end
+        if not window.reads_whole(size):
+            out.extend((size, members) for _, members in split(group, digests, len))
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -73,84 +112,81 @@ def captured(tree: tuple[str, Path]) -> Captured:
     return _capture(tree[1])
 
 
-def _task(run: _Run, window: Window, rows: list[int], groups: list[int] | None = None) -> HashTask:
-    table = run.table
-    return HashTask(
-        window,
-        array("Q", rows),
-        tuple(table.paths[r] for r in rows),
-        array("q", (table.size[r] for r in rows)),
+def _hash_tasks(window: Window, groups: Sized) -> list[HashTask]:
+    rows = array("Q", [r for _, g in groups for r in g])
+    return [HashTask(window, rows[i : i + 512], False) for i in range(0, len(rows), 512)]
+
+
+def _compare_task(captured: Captured, group: Group) -> CompareTask:
+    store = captured.store
+    return CompareTask(
+        tuple(map(store.path, group)),
+        array("q", [store.size[r] for r in group]),
+        array("I", [len(group)]),
+        array("Q", [store.ino[r] for r in group]),
+        array("q", [store.mtime[r] for r in group]),
+        array("q", [store.ctime[r] for r in group]),
         False,
-        run.opts.chunk_size,
-        array("I", groups or []),
-        array("Q", (table.ino[r] for r in rows)),
-        array("q", (table.mtime[r] for r in rows)),
-        array("q", (table.ctime[r] for r in rows)),
+        captured.opts.chunk_size,
     )
 
 
-def _record(benchmark: Bench, results: list[HashResult]) -> None:
+def _record(benchmark: Bench, results: list[HashResult] | list[CompareResult]) -> None:
     benchmark.extra_info["files_opened"] = sum(r.files_opened for r in results)
     benchmark.extra_info["bytes_read"] = sum(r.bytes_read for r in results)
 
 
-def _hash_all(tasks: list[HashTask]) -> Callable[[], list[HashResult]]:
-    # As the pool does: the full stage's tasks carry groups, the partial windows' do not.
-    return lambda: [compare_groups(t) if t.groups else hash_batch(t) for t in tasks]
-
-
-def test_stage_scan(benchmark: Bench, tree: tuple[str, Path], captured: Captured) -> None:
-    flt = Filter(ScanOptions(), canonical_roots([tree[1]]))
+def test_stage_scan(benchmark: Bench, captured: Captured) -> None:
     task = ScanTask(tuple(captured.dirs))
-    result = benchmark(scan_dirs, task, flt)
-    benchmark.extra_info.update(files=len(result.files), dirs=result.dirs_scanned)
+    result = benchmark(lambda: scan_dirs(task, captured.flt, RowStore()))
+    benchmark.extra_info.update(files=len(result.sizes), dirs=result.dirs_scanned)
 
 
 def test_stage_size_grouping(benchmark: Bench, captured: Captured) -> None:
-    from dedup_engine.find.groups import SizeGroups
-
-    table = captured.run.table
-
-    def group() -> list[Group]:
-        sizes = SizeGroups(table, False, lambda rows: None)
-        sizes.add(0, len(table))
-        return sizes.groups()
-
-    groups = benchmark(group)
-    benchmark.extra_info.update(rows=len(table), candidates=sum(map(len, groups)))
+    groups = benchmark(_group_sizes, captured.opts, captured.scans)
+    rows = sum(len(r.sizes) for r in captured.scans)
+    benchmark.extra_info.update(rows=rows, candidates=sum(len(g) for _, g in groups))
 
 
 def test_stage_head(benchmark: Bench, captured: Captured) -> None:
-    opts = captured.run.opts
+    opts = captured.opts
     window = Window(Stage.HEAD, opts.head_window, opts.whole_threshold)
-    rows = [r for g in captured.candidates for r in g]
-    tasks = [_task(captured.run, window, rows[i : i + 512]) for i in range(0, len(rows), 512)]
-    _record(benchmark, benchmark(_hash_all(tasks)))
+    tasks = _hash_tasks(window, captured.candidates)
+    _record(benchmark, benchmark(lambda: [hash_batch(t, captured.store) for t in tasks]))
 
 
 def test_stage_tail(benchmark: Bench, captured: Captured) -> None:
-    opts = captured.run.opts
+    opts = captured.opts
     window = Window(Stage.TAIL, opts.tail_window, min_size=opts.tail_min_size)
-    sizes = captured.run.table.size
-    rows = [r for g in captured.after_head if window.applies(sizes[g[0]]) for r in g]
-    tasks = [_task(captured.run, window, rows[i : i + 512]) for i in range(0, len(rows), 512)]
-    _record(benchmark, benchmark(_hash_all(tasks)))
+    groups = [(s, g) for s, g in captured.after_head if window.applies(s)]
+    tasks = _hash_tasks(window, groups)
+    _record(benchmark, benchmark(lambda: [hash_batch(t, captured.store) for t in tasks]))
 
 
 def test_stage_full(benchmark: Bench, captured: Captured) -> None:
-    groups = captured.after_tail
-    tasks = [_task(captured.run, Window(Stage.FULL), g, [len(g)]) for g in groups]
-    _record(benchmark, benchmark(_hash_all(tasks)))
+    tasks = [_compare_task(captured, g) for _, g in captured.after_tail]
+    _record(benchmark, benchmark(lambda: [compare_groups(t) for t in tasks]))
 
 
 def test_stage_reducer(benchmark: Bench, captured: Captured) -> None:
-    finals = [(bytes(32), g) for g in captured.after_tail]
-    run = captured.run
+    """The final step: the owner names each group's files, and the group is built."""
+    store = captured.store
 
     def reduce() -> int:
-        builder = GroupBuilder(run.table, run.sizes.links)
-        builder.add(finals)
-        return len(builder.groups())
+        built = 0
+        for size, group in captured.after_tail:
+            d = describe(DescribeTask(array("Q", group), False, False), store)
+            names = [
+                Named(
+                    FileEntry(d.paths[i], d.devs[i], d.inos[i], size, d.mtimes[i], d.ctimes[i],
+                              0, 0, 0o644),
+                    d.roots[i],
+                    False,
+                )
+                for i in range(len(group))
+            ]  # fmt: skip
+            built += assemble(size, bytes(32), names, False) is not None
+        return built
 
     benchmark.extra_info["groups"] = benchmark(reduce)
 

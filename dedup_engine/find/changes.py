@@ -19,12 +19,14 @@ class ChangedError(OSError):
     file."""
 
 
-def check_unchanged(fd: int, size: int, ino: int, mtime: int, ctime: int) -> None:
+def check_unchanged(fd: int, size: int, ino: int, mtime: int, ctime: int) -> os.stat_result:
     """Refuse a file just read that is not the one the scan saw: another inode, size, mtime or
-    ctime (a write since the scan changes both times), or not a regular file."""
+    ctime (a write since the scan changes both times), or not a regular file.  Returns its
+    stat."""
     st = os.fstat(fd)
     if st.st_mtime_ns != mtime or st.st_ctime_ns != ctime or st.st_ino != ino or st.st_size != size:
         raise ChangedError(errno.EIO, what_changed(st, size, ino))
+    return st
 
 
 def what_changed(st: os.stat_result, size: int, ino: int, dev: int | None = None) -> str:

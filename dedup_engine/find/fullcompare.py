@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import errno
 import os
+from array import array
 
 from blake3 import blake3
 
 from dedup_engine.find.changes import ChangedError, check_unchanged, describe
-from dedup_engine.find.tasks import NO_DIGEST, HashResult, HashTask
+from dedup_engine.find.tasks import NO_DIGEST, CompareResult, CompareTask, Failure
 from dedup_engine.openflags import read_flags
 
 #: Larger groups are hashed file by file, so a group never holds more than this many files open;
@@ -24,7 +25,7 @@ from dedup_engine.openflags import read_flags
 MAX_COMPARED = 64
 
 
-def compare_groups(task: HashTask) -> HashResult:
+def compare_groups(task: CompareTask) -> CompareResult:
     """Digests for the task's groups (laid end to end, sizes in `task.groups`), chunk by chunk."""
     comparison = _Comparison(task)
     start = 0
@@ -60,11 +61,16 @@ _Set = tuple[list[_Open], blake3]
 class _Comparison:
     """One compare task in a worker: its buffers, and the digests, failures and counts so far."""
 
-    def __init__(self, task: HashTask) -> None:
+    def __init__(self, task: CompareTask) -> None:
         self.task = task
         self.flags = read_flags(task.follow_links)
         self.digests = [NO_DIGEST] * len(task.paths)
-        self.failed: list[tuple[int, str]] = []
+        count = len(task.paths)
+        # Owner and permission bits from the check on each open file: the final group's entry.
+        self.uids = array("I", bytes(4 * count))
+        self.gids = array("I", bytes(4 * count))
+        self.modes = array("H", bytes(2 * count))
+        self.failed: list[Failure] = []
         self.opened = 0
         self.total = 0
         # Buffers are reused across the task's groups: a fresh zeroed buffer per file costs page
@@ -73,11 +79,14 @@ class _Comparison:
         count = min(max(task.groups), MAX_COMPARED)
         self.buffers = [bytearray(self.chunk) for _ in range(count)]
 
-    def result(self) -> HashResult:
-        task, digests, failed = self.task, b"".join(self.digests), tuple(self.failed)
-        return HashResult(
-            task.window, task.ids, digests, failed, self.opened, self.total, task.groups
+    def result(self) -> CompareResult:
+        digests, failed = b"".join(self.digests), tuple(self.failed)
+        return CompareResult(
+            digests, failed, self.opened, self.total, self.uids, self.gids, self.modes
         )
+
+    def _fail(self, position: int, exc: OSError) -> None:
+        self.failed.append((position, self.task.paths[position], describe(exc)))
 
     def hash_each(self, start: int, end: int) -> None:
         """Hash the members of a group one by one, each file on its own."""
@@ -89,7 +98,7 @@ class _Comparison:
                 self.digests[position] = self._hash_chunked(position, fd)
                 self.total += self.task.sizes[position]
             except OSError as exc:
-                self.failed.append((position, describe(exc)))
+                self._fail(position, exc)
             finally:
                 os.close(fd)
 
@@ -144,7 +153,7 @@ class _Comparison:
             try:
                 got, member.eof = _read_exact(member.fd, member.buf, want)
             except OSError as exc:
-                self.failed.append((member.position, describe(exc)))
+                self._fail(member.position, exc)
                 continue
             self.total += got
             read.append(member)
@@ -162,7 +171,7 @@ class _Comparison:
                 self._check(member.position, member.fd)
                 intact.append(member)
             except OSError as exc:
-                self.failed.append((member.position, describe(exc)))
+                self._fail(member.position, exc)
         digest = bytes(hasher.digest())
         for member in intact:
             self.digests[member.position] = digest
@@ -171,7 +180,7 @@ class _Comparison:
         try:
             fd = os.open(self.task.paths[position], self.flags)
         except OSError as exc:
-            self.failed.append((position, describe(exc)))
+            self._fail(position, exc)
             return None
         self.opened += 1
         return fd
@@ -196,7 +205,12 @@ class _Comparison:
     def _check(self, position: int, fd: int) -> None:
         task = self.task
         sizes, inos, mtimes, ctimes = task.sizes, task.inos, task.mtimes, task.ctimes
-        check_unchanged(fd, sizes[position], inos[position], mtimes[position], ctimes[position])
+        st = check_unchanged(
+            fd, sizes[position], inos[position], mtimes[position], ctimes[position]
+        )
+        self.uids[position] = st.st_uid
+        self.gids[position] = st.st_gid
+        self.modes[position] = st.st_mode & 0o7777
 
 
 def _read_exact(fd: int, buf: bytearray, want: int) -> tuple[int, bool]:

@@ -1,107 +1,120 @@
-"""Grouping rows of the file table: by size with hard links collapsed, and into the final groups.
+"""Grouping files by their keys: who owns each row, size groups with hard links collapsed, and the
+final groups built from their entries.
 
-A candidate group is a list of row numbers, one per inode (its representative row); the other paths
-of an inode hang off the representative in `links`.  Whether a group still counts is one rule,
-`weight`: distinct inodes, or paths when hard links are to be reported as duplicates.
+The coordinator knows a file by a global row number (`Owners` maps it to the worker that scanned
+it and the row in that worker's store) and by the keys the scan sent: its size, and for a file
+that may have other names, its inode.  A candidate group is a list of row numbers, one per inode
+(its representative row); the other names of an inode hang off the representative in `links`.
+Whether a group still counts is one rule, `weight`: distinct inodes, or names when hard links are
+to be reported as duplicates.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterable
+from array import array
+from bisect import bisect_right
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
-from dedup_engine.find.table import FileColumns
+from dedup_engine.find.tasks import ScanResult
 from dedup_engine.model import DuplicateGroup, FileEntry
 
 Group = list[int]
+#: No row: the end of a chain of rows of one size.
+NONE = 0xFFFFFFFF
 
 
-class SizeGroups:
-    """Streams rows in, groups them by size, collapses hard links, and reports new candidates.
+class Owners:
+    """Which worker owns each global row, kept per scan result (rows come in runs), not per row."""
 
-    `on_candidates` is called with representative rows as soon as their size group counts (two
-    inodes, or two paths with `hard_links`), so the head stage can start while the walk goes on.
+    __slots__ = ("_local", "_start", "_worker", "total")
+
+    def __init__(self) -> None:
+        self._start = array("Q")
+        self._worker = array("H")
+        self._local = array("Q")
+        self.total = 0
+
+    def add(self, worker: int, local_first: int, count: int) -> int:
+        """A run of `count` rows of `worker`'s store from `local_first`; their first global row."""
+        first = self.total
+        if count:
+            self._start.append(first)
+            self._worker.append(worker)
+            self._local.append(local_first)
+            self.total += count
+            if self.total >= NONE:
+                raise OverflowError(f"more than {NONE - 1} files in one run")
+        return first
+
+    def split(self, rows: Sequence[int]) -> dict[int, tuple[array[int], array[int]]]:
+        """The rows by owner: {worker: (positions in `rows`, rows of its store)}."""
+        out: dict[int, tuple[array[int], array[int]]] = {}
+        starts, workers, locals_ = self._start, self._worker, self._local
+        for position, row in enumerate(rows):
+            run = bisect_right(starts, row) - 1
+            part = out.get(workers[run])
+            if part is None:
+                part = out[workers[run]] = (array("I"), array("Q"))
+            part[0].append(position)
+            part[1].append(locals_[run] + row - starts[run])
+        return out
+
+
+class SizeIndex:
+    """Takes each scan result's keys, groups rows by size, and collapses hard links.
+
+    Rows of one size are chained (`_prev`, 4 bytes a row) from the last one seen (`_last`, one
+    entry per distinct size): no list or object per file.  Only rows whose inode may be reached
+    by another path (a link count above one, or any file with links followed) are looked up by
+    inode; inodes that slip through anyway (a bind mount, a link made during the walk) are caught
+    when the final group is built (`assemble`).
     """
 
-    def __init__(
-        self,
-        table: FileColumns,
-        hard_links: bool,
-        on_candidates: Callable[[list[int]], None],
-        *,
-        every_inode: bool = False,
-    ) -> None:
-        self.table = table
+    def __init__(self, hard_links: bool) -> None:
         self.hard_links = hard_links
         self.links: dict[int, list[int]] = {}
-        self._on_candidates = on_candidates
-        self._by_size: dict[int, Group] = {}
-        self._extra: dict[int, int] = {}  # with hard_links: paths beyond one per inode, by size
+        self.aliases: set[int] = set()  # rows reached through a symlink to a file
+        self._last: dict[int, int] = {}
+        self._prev = array("I")
         self._inodes: dict[tuple[int, int], int] = {}
         self._real: dict[int, int] = {}  # names not reached through a symlink, per linked inode
-        # Inodes are looked up only for files with a link count above 1, or watched ones (file
-        # roots, which the walk may reach again), unless `every_inode`: a followed symlink
-        # reaches a file by a second path without raising its link count.  Inodes that slip
-        # through anyway (a bind mount, a link made during the walk) are caught by `settle`.
-        self._watch: set[tuple[int, int]] = set()
-        self._watched_paths: set[str] = set()
-        self._min_links = 0 if every_inode else 1
         self.rows_in = 0
         self.paths_in_candidates = 0
+        self.reps_in_candidates = 0
 
-    def watch(self, dev: int, ino: int, path: str) -> None:
-        """Look this inode up whatever its link count: it may come again by the same path."""
-        self._watch.add((dev, ino))
-        self._watched_paths.add(path)
-
-    def add(self, start: int, end: int) -> None:
-        """Take table rows start..end-1."""
-        table = self.table
-        by_size, extra, min_links = self._by_size, self._extra, self._min_links
-        watch, devs, inos = self._watch, table.dev, table.ino
-        fresh: list[int] = []
-        self.rows_in += end - start
-        rows = range(start, end)
-        columns = zip(rows, table.size[start:end], table.nlink[start:end], strict=True)
-        for row, size, nlink in columns:
-            if (nlink > min_links or (watch and (devs[row], inos[row]) in watch)) and self._is_link(
-                row
-            ):
+    def add(self, first: int, result: ScanResult) -> None:
+        """Take the rows of one scan result, numbered from `first`."""
+        sizes = result.sizes
+        self.rows_in += len(sizes)
+        prev, last = self._prev, self._last
+        if result.aliases:
+            self.aliases.update(first + offset for offset in result.aliases)
+        keyed = dict(zip(result.linked, zip(result.devs, result.inos, strict=True), strict=True))
+        if not keyed:
+            get = last.get
+            for row, size in enumerate(sizes, first):
+                prev.append(get(size, NONE))
+                last[size] = row
+            return
+        for offset, size in enumerate(sizes):
+            row = first + offset
+            key = keyed.get(offset)
+            if key is not None and self._is_link(row, key):
+                prev.append(NONE)
                 continue
-            group = by_size.get(size)
-            if group is None:
-                by_size[size] = [row]
-                continue
-            group.append(row)
-            now = len(group) + extra.get(size, 0) if extra else len(group)
-            if now == 2:
-                fresh.extend(group)
-            elif now > 2:
-                fresh.append(row)
-        if fresh:
-            self._on_candidates(fresh)
+            prev.append(last.get(size, NONE))
+            last[size] = row
 
-    def _is_link(self, row: int) -> bool:
-        """Record another path of a known inode; False (and remember it) for a new inode."""
-        table = self.table
-        key = (table.dev[row], table.ino[row])
+    def _is_link(self, row: int, key: tuple[int, int]) -> bool:
+        """Record another name of a known inode; False (and remember it) for a new inode."""
         rep = self._inodes.get(key)
         if rep is None:
             self._inodes[key] = row
             return False
-        path = table.paths[row]
-        if path in self._watched_paths and key in self._watch:
-            return True  # the same path again (a file root the walk reached too)
-        before = self._copies_of(rep)
         self.links.setdefault(rep, []).append(row)
-        if not table.alias[row]:
-            self._real[rep] = self._real.get(rep, 0 if table.alias[rep] else 1) + 1
-        if self.hard_links and self._copies_of(rep) > before:
-            size = table.size[rep]  # the inode's size as first seen: it may have changed since
-            group = self._by_size[size]
-            self._extra[size] = self._extra.get(size, 0) + 1
-            if len(group) + self._extra[size] == 2:
-                self._on_candidates(list(group))
+        if row not in self.aliases:
+            self._real[rep] = self._real.get(rep, 0 if rep in self.aliases else 1) + 1
         return True
 
     def _copies_of(self, rep: int) -> int:
@@ -109,113 +122,77 @@ class SizeGroups:
         real = self._real.get(rep)
         return 1 if real is None else max(1, real)
 
-    def copies(self, group: Group) -> int:
-        """With hard_links, a group's weight: the names that count as copies."""
-        return sum(map(self._copies_of, group))
+    def weight(self, group: Group) -> int:
+        """Whether a group still counts: two or more inodes, or with hard_links two names."""
+        if self.hard_links:
+            return sum(map(self._copies_of, group))
+        return len(group)
 
-    def groups(self) -> list[Group]:
-        """The size groups that count, in order of first appearance; frees the size index."""
-        weight = self.copies if self.hard_links else len
-        out = [group for group in self._by_size.values() if weight(group) >= 2]
-        self.paths_in_candidates = sum(map(self.paths, out))
-        self._by_size = {}
-        return out
+    def candidates(self) -> Iterator[tuple[int, Group]]:
+        """(size, representative rows) of each size group that counts, in order of first
+        appearance; the index is emptied as it goes."""
+        prev, links, hard_links = self._prev, self.links, self.hard_links
+        last = self._last
+        self._last = {}
+        for size, row in last.items():
+            if prev[row] == NONE and not (hard_links and row in links):
+                continue  # the common case: a size seen once
+            group: Group = []
+            while row != NONE:
+                group.append(row)
+                row = prev[row]
+            group.reverse()
+            if self.weight(group) >= 2:
+                self.reps_in_candidates += len(group)
+                self.paths_in_candidates += len(group) + sum(len(links.get(r, ())) for r in group)
+                yield size, group
+        self._prev = array("I")
 
-    def paths(self, group: Group) -> int:
+    def names(self, group: Group) -> list[int]:
+        """Every row of the group's inodes: each representative, then its other names."""
         links = self.links
         if not links:
-            return len(group)
-        return len(group) + sum(len(links[r]) for r in group if r in links)
-
-    def settle(self, groups: list[tuple[bytes, Group]]) -> list[tuple[bytes, Group]]:
-        """Final groups with no inode twice: a bind-mounted file, or one linked during the walk,
-        reached two ways with a link count of 1 each time, becomes one file with two names."""
-        table = self.table
-        out: list[tuple[bytes, Group]] = []
-        for digest, reps in groups:
-            keys = [(table.dev[r], table.ino[r]) for r in reps]
-            if len(set(keys)) == len(reps):
-                out.append((digest, reps))
-                continue
-            first: dict[tuple[int, int], int] = {}
-            kept: Group = []
-            for rep, key in zip(reps, keys, strict=True):
-                if key in first:
-                    owner = first[key]
-                    self.links.setdefault(owner, []).extend([rep, *self.links.pop(rep, [])])
-                    self._real[owner] = self._copies_of(owner) + self._copies_of(rep)
-                else:
-                    first[key] = rep
-                    kept.append(rep)
-            weight = self.copies(kept) if self.hard_links else len(kept)
-            if weight >= 2:
-                out.append((digest, kept))
+            return list(group)
+        out: list[int] = []
+        for rep in group:
+            out.append(rep)
+            out.extend(links.get(rep, ()))
         return out
 
 
-class GroupBuilder:
-    """Turns (digest, representative rows) into groups listing every path of every inode.
+@dataclass(frozen=True, slots=True)
+class Named:
+    """A name of a file in a group about to be final: its entry, root index and whether it was
+    reached through a symlink."""
 
-    Building is done in slices (`build_some`) so the parent can do it while the workers hash the
-    next stage.  Order (`groups`): largest files first (most space at stake), then by first path;
-    within a group, by the index of the root the file was found under, then by path.  Both orders
-    are stable across runs.
+    entry: FileEntry
+    root: int
+    alias: bool
+
+
+def assemble(
+    size: int, digest: bytes, names: list[Named], hard_links: bool
+) -> DuplicateGroup | None:
+    """The final group of these names, or None if it does not count.
+
+    Names of one inode (by dev and ino, whatever the scan thought: a bind-mounted file, or one
+    linked during the walk, is one file with two names) count once, or with `hard_links` once per
+    name not reached through a symlink.  A name reached through a symlink is listed only when its
+    inode has no other: acting on a link while keeping its target's copies loses data.  Order:
+    by the index of the root the file was found under, then by path.
     """
-
-    def __init__(self, table: FileColumns, links: dict[int, list[int]]) -> None:
-        self.table = table
-        self.links = links
-        self._pending: deque[tuple[bytes, Group]] = deque()
-        self._built: list[DuplicateGroup] = []
-        self._single_root = not any(table.root)
-
-    def add(self, finals: Iterable[tuple[bytes, Group]]) -> None:
-        self._pending.extend(finals)
-
-    def build_some(self, count: int = 256) -> bool:
-        """Build up to `count` groups; True while some are left."""
-        pending, built = self._pending, self._built
-        table, links = self.table, self.links
-        paths, roots, alias = table.paths, table.root, table.alias
-        dev, ino, size, mtime, ctime = table.dev, table.ino, table.size, table.mtime, table.ctime
-        uid, gid, mode = table.uid, table.gid, table.mode
-        for _ in range(min(count, len(pending))):
-            digest, reps = pending.popleft()
-            if links:
-                rows: list[int] = []
-                for rep in reps:
-                    names = (rep, *links.get(rep, ()))
-                    real = [r for r in names if not alias[r]]
-                    # A name reached through a symlink is listed only when the file has no
-                    # other: acting on a link while keeping its target's copies loses data.
-                    rows.extend(real or names)
-            else:
-                rows = list(reps)
-            if self._single_root:
-                rows.sort(key=paths.__getitem__)
-            else:
-                rows.sort(key=lambda r: (roots[r], paths[r]))
-            files = tuple(
-                [
-                    FileEntry(
-                        paths[r],
-                        dev[r],
-                        ino[r],
-                        size[r],
-                        mtime[r],
-                        ctime[r],
-                        uid[r],
-                        gid[r],
-                        mode[r],
-                    )
-                    for r in rows
-                ]
-            )
-            built.append(DuplicateGroup(size[reps[0]], digest.hex(), files))
-        return bool(pending)
-
-    def groups(self) -> list[DuplicateGroup]:
-        while self.build_some(4096):
-            pass
-        self._built.sort(key=lambda g: (-g.size, g.files[0].path))
-        return self._built
+    inodes: dict[tuple[int, int], list[Named]] = {}
+    for named in names:
+        inodes.setdefault((named.entry.dev, named.entry.ino), []).append(named)
+    if hard_links:
+        weight = sum(max(1, sum(not n.alias for n in same)) for same in inodes.values())
+    else:
+        weight = len(inodes)
+    if weight < 2:
+        return None
+    listed: list[Named] = []
+    for same in inodes.values():
+        real = [n for n in same if not n.alias]
+        listed.extend(real or same)
+    listed.sort(key=lambda n: (n.root, n.entry.path))
+    return DuplicateGroup(size, digest.hex(), tuple(n.entry for n in listed))

@@ -1,305 +1,444 @@
-"""Parent side of the hashing stages: candidate files out to the workers in batches, digests in,
-groups split by them.
+"""Parent side of the stages after the scan: whole groups out to the workers in batches, results
+in, groups split by them, and final groups handed on.
 
-Head, tail and full share `HashStep` (batches out while the pool has room, results in, counts)
-and each has its `Window`; they differ in what a batch holds and when a group can be split:
+Every stage is one `Step`: a queue of groups, sent out a batch of whole groups at a time while the
+pool has room, and each batch finished once all its tasks are back.  A file is named by its owner
+and row, so a batch is scattered to the workers that own its files (`Scatter`) and gathered in
+order.  The steps differ in what a batch asks and what a finished batch gives:
 
-- `WindowStep` (head, tail): files, each hashed on its own by the workers (`hashtasks`).  Its
-  rows are fed as they turn up (during the walk for the head stage), the digests go into one
-  column, and `refine` splits each group by them once every result is in.
-- `FullStep` (full): whole groups, compared within by the workers (`fullcompare`).  Each group
-  comes back with its task, so it is split on arrival, and the parent builds finished groups
-  while the workers go on.
+- `WindowStep` (head, tail): each owner hashes a window of its own files (`hashtasks`); each
+  group is split by the digests, and a group whose files were read whole is finished (to be
+  re-checked), the others go on to the next stage.
+- `FullStep` (full): the owners name the files (`entries`), then one worker reads each group's
+  members side by side (`fullcompare`); the groups split so are final.
+- `RecheckStep`: the owners stat the names of a group a window finished again (`entries`), and
+  the files still as the scan saw them make the final group.
 
 Either drops a group that falls below two members (its `weight`).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
 from abc import ABC, abstractmethod
 from array import array
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
+from typing import Any
 
-from dedup_engine.find.groups import Group
+from dedup_engine.find.groups import Group, Named, Owners, SizeIndex, assemble
 from dedup_engine.find.pool import Pool
-from dedup_engine.find.table import FileColumns
-from dedup_engine.find.tasks import DIGEST_SIZE, NO_DIGEST, HashResult, HashTask, Window
-from dedup_engine.model import Issue, RunStats, Stage
+from dedup_engine.find.tasks import (
+    DIGEST_SIZE,
+    NO_DIGEST,
+    CompareResult,
+    CompareTask,
+    Described,
+    DescribeTask,
+    Failure,
+    HashResult,
+    HashTask,
+    Task,
+    Window,
+)
+from dedup_engine.model import DuplicateGroup, FileEntry, Issue, RunStats, Stage
 
-#: Files per task: enough that a task costs a few ms of small reads, against ~50 us of pipe and
-#: pickle overhead per task.
+#: Files per task and worker: enough that a task costs a few ms of small reads, against ~50 us
+#: of pipe and pickle overhead per task.
 BATCH_FILES = 512
 #: Bytes per task in the full stage: a big file goes alone, so both workers stay busy to the end.
 BATCH_BYTES = 8 * 1024 * 1024
 
+#: Groups split by a digest: (the digest, the rows that share it).
+Split = list[tuple[bytes, Group]]
+#: Where a step hands a group on: (size, digest so far, representative rows).
+Sink = Callable[[int, bytes, Group], None]
+
 
 @dataclass(frozen=True, slots=True)
 class StepContext:
-    """What the hashing steps of one run share: the pool and how many tasks it may hold, the file
-    table, the run's counts and issues, the read settings, and the progress tick."""
+    """What the steps of one run share: the pool and how many tasks it may hold, who owns each
+    row, the size index (links and weights), the run's counts and issues, the read settings,
+    where final groups go, and the progress tick."""
 
     pool: Pool
-    table: FileColumns
+    owners: Owners
+    sizes: SizeIndex
     stats: RunStats
     issues: list[Issue]
     follow_links: bool
     chunk_size: int
     in_flight: int
+    emit: Callable[[DuplicateGroup], None]
     tick: Callable[[], None] | None
 
+    @property
+    def room(self) -> bool:
+        return self.pool.in_flight < self.in_flight
 
-#: Groups split by a digest: (the digest, the rows that share it).
-Split = list[tuple[bytes, Group]]
+    @property
+    def batch_files(self) -> int:
+        return BATCH_FILES * max(1, self.pool.workers)
 
-
-class RowQueue:
-    """Rows waiting for a batch, first in first out: taking a batch costs the batch, not the
-    queue (a slice deleted from the front of a list moves every row behind it)."""
-
-    __slots__ = ("_head", "_rows")
-
-    def __init__(self) -> None:
-        self._rows: list[int] = []
-        self._head = 0
-
-    def __len__(self) -> int:
-        return len(self._rows) - self._head
-
-    def extend(self, rows: list[int]) -> None:
-        self._rows.extend(rows)
-
-    def peek(self, offset: int) -> int:
-        """The row `offset` places from the front."""
-        return self._rows[self._head + offset]
-
-    def take(self, count: int) -> list[int]:
-        """The first `count` rows, removed."""
-        head = self._head
-        batch = self._rows[head : head + count]
-        head += len(batch)
-        # The taken rows are dropped once they are half the list: amortised, each row is moved
-        # at most once more.
-        if head * 2 >= len(self._rows):
-            del self._rows[:head]
-            head = 0
-        self._head = head
-        return batch
+    def fail(self, stage: Stage, failed: Sequence[Failure]) -> None:
+        self.issues.extend(Issue(path, stage, message) for _, path, message in failed)
 
 
-class HashStep(ABC):
-    """What every hashing stage does on the parent side: queue rows, send them out in batches
-    while the pool has room, wait for the results, and count."""
+class Scatter:
+    """One batch's tasks to the workers that own its rows; `done` once every part is back.
+
+    `make` builds an owner's task from its rows; `take` gets each part's result with the
+    positions (in the batch's rows) of the rows it answers for.
+    """
 
     def __init__(
-        self, context: StepContext, window: Window, weight: Callable[[Group], int] = len
+        self,
+        context: StepContext,
+        rows: Sequence[int],
+        make: Callable[[array[int]], Task],
+        take: Callable[[array[int], Any], None],
+        done: Callable[[], None],
     ) -> None:
-        self.pool = context.pool
-        self.table = context.table
-        self.issues = context.issues
+        self._take = take
+        self._done = done
+        parts = context.owners.split(rows)
+        self._left = len(parts)
+        if not parts:
+            done()
+        for worker, (positions, local) in parts.items():
+            context.pool.submit(make(local), self._part(positions), worker)
+
+    def _part(self, positions: array[int]) -> Callable[[Any], None]:
+        def arrived(result: Any) -> None:
+            self._take(positions, result)
+            self._left -= 1
+            if not self._left:
+                self._done()
+
+        return arrived
+
+
+class Step(ABC):
+    """What every stage after the scan does on the parent side: queue groups, send batches of
+    whole groups while the pool has room, count, and say when it is done."""
+
+    def __init__(self, context: StepContext, stage: Stage) -> None:
         self.context = context
-        self.window = window
-        self.stats = context.stats.stage(window.stage)
-        #: A group's weight: it still counts while this is two or more.
-        self.weight = weight
-        self._pending = RowQueue()
-        self._outstanding = 0
+        self.stage = stage
+        self.stats = context.stats.stage(stage)
+        self.outstanding = 0  # batches out
+        self.queued = 0  # files queued
         self._started: float | None = None
 
-    def flush(self, final: bool = False) -> None:
-        """Submit batches while the pool has room; with `final`, the last partial one too."""
-        pending = self._pending
-        while pending and self.pool.in_flight < self.context.in_flight:
-            if not final and len(pending) < BATCH_FILES:
+    @property
+    def idle(self) -> bool:
+        return not self.queued and not self.outstanding
+
+    def flush(self, final: bool) -> None:
+        """Send batches while the pool has room; a part batch only with `final` (nothing more
+        can come)."""
+        context = self.context
+        while self.queued and context.room:
+            if not final and self.queued < self._batch_size():
                 return
-            self._submit_batch()
+            self._send_batch()
 
-    def drain(self, idle: Callable[[], object] | None = None) -> None:
-        """Hash everything fed so far and wait for it.
+    def _batch_size(self) -> int:
+        return self.context.batch_files
 
-        `idle` is the parent's own work, done in small slices while tasks are out.
-        """
-        while self._pending or self._outstanding:
-            self.flush(final=True)
-            if idle is not None and self._outstanding:
-                idle()
-            self.pool.wait_one()
-        if self._started is not None:
-            self.stats.seconds += time.perf_counter() - self._started
-
-    @abstractmethod
-    def _submit_batch(self) -> None:
-        """Send the next batch of pending rows to the pool."""
-
-    def _queue(self, rows: list[int]) -> None:
+    def _count_in(self, files: int) -> None:
         if self._started is None:
             self._started = time.perf_counter()
-        self.stats.files_in += len(rows)
-        self._pending.extend(rows)
+        self.stats.files_in += files
+        self.queued += files
 
-    def _send(
-        self,
-        rows: list[int],
-        groups: array[int],
-        checked: list[int],
-        collect: Callable[[HashResult], None],
-    ) -> None:
-        """Submit a task for `rows`, to be compared in `groups` (none: each on its own), with
-        what the scan saw of the `checked` rows; `collect` takes its result."""
-        table = self.table
-        task = HashTask(
-            self.window,
-            array("Q", rows),
-            tuple(map(table.paths.__getitem__, rows)),
-            array("q", map(table.size.__getitem__, rows)),
-            self.context.follow_links,
-            self.context.chunk_size,
-            groups,
-            array("Q", map(table.ino.__getitem__, checked)),
-            array("q", map(table.mtime.__getitem__, checked)),
-            array("q", map(table.ctime.__getitem__, checked)),
-        )
-        self._outstanding += 1
-        self.pool.submit(task, partial(self._done, collect))
+    def finish(self) -> None:
+        """The stage is over: its time is counted."""
+        if self._started is not None:
+            self.stats.seconds = time.perf_counter() - self._started
 
-    def _done(self, collect: Callable[[HashResult], None], result: HashResult) -> None:
-        self._outstanding -= 1
-        collect(result)
-        paths = self.table.paths
-        stage = self.stats.stage
-        for position, message in result.failed:
-            self.issues.append(Issue(paths[result.ids[position]], stage, message))
-        self.stats.files_opened += result.files_opened
-        self.stats.bytes_read += result.bytes_read
+    def _count_read(self, opened: int, read: int) -> None:
+        self.stats.files_opened += opened
+        self.stats.bytes_read += read
         if self.context.tick is not None:
             self.context.tick()
 
+    @abstractmethod
+    def _send_batch(self) -> None:
+        """Send the next batch of queued groups."""
 
-class WindowStep(HashStep):
-    """The head or the tail stage: files hashed one by one over a window, and each group split
-    by their digests once all of them are in (`refine`)."""
 
-    def __init__(
-        self, context: StepContext, window: Window, weight: Callable[[Group], int] = len
-    ) -> None:
-        super().__init__(context, window, weight)
-        # One digest column for the whole table, DIGEST_SIZE bytes a row: no object per file.
-        self.digests = bytearray()
-        self._column = b""  # the digests as bytes while refine runs slice by slice
+class WindowStep(Step):
+    """The head or the tail stage: each file hashed over a window by its owner, each group split
+    by the digests once the whole batch is back."""
 
-    def feed(self, rows: list[int]) -> None:
-        """Queue files to be hashed, each on its own."""
-        self._queue(rows)
+    def __init__(self, context: StepContext, window: Window, finished: Sink, onward: Sink) -> None:
+        super().__init__(context, window.stage)
+        self.window = window
+        self._finished = finished
+        self._onward = onward
+        self._queue: deque[tuple[int, Group]] = deque()
 
-    def _submit_batch(self) -> None:
-        # The scan's view of a file goes without: a window's digest is final only for files
-        # read whole, which the parent re-checks by path once every read of their group is done.
-        rows = self._pending.take(min(len(self._pending), BATCH_FILES))
-        self._send(rows, array("I"), [], self._store)
+    def feed(self, size: int, group: Group) -> None:
+        self._queue.append((size, group))
+        self._count_in(len(group))
 
-    def _store(self, result: HashResult) -> None:
-        column = self.digests
-        need = (max(result.ids) + 1) * DIGEST_SIZE
-        if len(column) < need:
-            column.extend(bytes(max(need, len(self.table) * DIGEST_SIZE) - len(column)))
-        blob = result.digests
-        # Failed files carry zeros, which refine drops.
-        for position, row in enumerate(result.ids):
-            at = row * DIGEST_SIZE
-            src = position * DIGEST_SIZE
-            column[at : at + DIGEST_SIZE] = blob[src : src + DIGEST_SIZE]
+    def _send_batch(self) -> None:
+        batch: list[tuple[int, Group]] = []
+        rows: list[int] = []
+        queue, limit = self._queue, self._batch_size()
+        while queue and (not rows or len(rows) + len(queue[0][1]) <= limit):
+            size, group = queue.popleft()
+            batch.append((size, group))
+            rows.extend(group)
+        self.queued -= len(rows)
+        self.outstanding += 1
+        digests = bytearray(len(rows) * DIGEST_SIZE)
+        window, follow = self.window, self.context.follow_links
 
-    def refine(self, groups: list[Group]) -> tuple[Split, list[Group]]:
-        """Split fed groups by this window's digest: (groups finished, with full digests; the
-        rest).  May be called a slice of the groups at a time, after `drain`."""
-        if not self._column:
-            self._column = bytes(self.digests)  # slices of bytes are hashable keys
-            self.digests = bytearray()  # all results are in: one copy is enough
-        column = self._column
-        weight = self.weight
-        width = DIGEST_SIZE
-        sizes = self.table.size
+        def take(positions: array[int], result: HashResult) -> None:
+            blob = result.digests
+            width = DIGEST_SIZE
+            for index, position in enumerate(positions):
+                digests[position * width : (position + 1) * width] = blob[
+                    index * width : (index + 1) * width
+                ]
+            self.context.fail(self.stage, result.failed)
+            self._count_read(result.files_opened, result.bytes_read)
+
+        Scatter(
+            self.context,
+            rows,
+            lambda local: HashTask(window, local, follow),
+            take,
+            lambda: self._refine(batch, bytes(digests)),
+        )
+
+    def _refine(self, batch: list[tuple[int, Group]], column: bytes) -> None:
+        """Split each group of a batch by its digests: a group read whole is finished, the
+        others go on."""
+        self.outstanding -= 1
+        weight = self.context.sizes.weight
         reads_whole = self.window.reads_whole
-        done: Split = []
-        rest: list[Group] = []
-        for group in groups:
-            digests = [column[row * width : (row + 1) * width] for row in group]
-            kept = _split(group, digests, weight)
-            if reads_whole(sizes[group[0]]):
-                done.extend(kept)
-            else:
-                rest.extend(members for _, members in kept)
-        self.stats.files_out += sum(map(len, rest)) + sum(len(g) for _, g in done)
-        return done, rest
-
-    def release(self) -> None:
-        """Drop this stage's digests: each stage holds only its own, and only until refined."""
-        self.digests = bytearray()
-        self._column = b""
+        start = 0
+        out = 0
+        for size, group in batch:
+            end = start + len(group)
+            digests = [column[p * DIGEST_SIZE : (p + 1) * DIGEST_SIZE] for p in range(start, end)]
+            start = end
+            whole = reads_whole(size)
+            for digest, members in split(group, digests, weight):
+                out += len(members)
+                (self._finished if whole else self._onward)(size, digest, members)
+        self.stats.files_out += out
 
 
-class FullStep(HashStep):
-    """The full stage: groups sent out whole, compared within, and each split as its result
-    arrives; the confirmed groups are handed out by `take_finished`.
+class _Names:
+    """The names of a batch's groups and what their owners said of them."""
 
-    With `alone`, each member is hashed on its own rather than compared with the others (with
+    def __init__(self, context: StepContext, groups: Sequence[Group]) -> None:
+        sizes = context.sizes
+        self.rows: list[int] = [row for group in groups for row in sizes.names(group)]
+        self.described: list[Described | None] = []
+        self.at: dict[int, tuple[int, int]] = {}  # row: (part, index in the part)
+        self.failed: set[int] = set()
+
+    def take(self, positions: array[int], result: Described) -> None:
+        part = len(self.described)
+        self.described.append(result)
+        rows = self.rows
+        for index, position in enumerate(positions):
+            self.at[rows[position]] = (part, index)
+        for index, _, _ in result.failed:
+            self.failed.add(rows[positions[index]])
+
+    def entry(self, row: int, alias: bool, owner: tuple[int, int, int] | None = None) -> Named:
+        """The entry of a described row; `owner` (uid, gid, mode) where the check was elsewhere."""
+        part, index = self.at[row]
+        d = self.described[part]
+        assert d is not None
+        uid, gid, mode = owner or (d.uids[index], d.gids[index], d.modes[index])
+        entry = FileEntry(
+            d.paths[index],
+            d.devs[index],
+            d.inos[index],
+            d.sizes[index],
+            d.mtimes[index],
+            d.ctimes[index],
+            uid,
+            gid,
+            mode,
+        )
+        return Named(entry, d.roots[index], alias)
+
+
+class RecheckStep(Step):
+    """Groups a window read whole: every name stat'ed again by its owner, once every read of
+    the group is done, and the final group made of those still as the scan saw them.
+
+    The worker that read such a file checked only its size.  A file still as the scan saw it now
+    held the bytes read from its scan to now; so all the files of a group kept do, at once, even
+    when one was read early and another later.
+    """
+
+    def __init__(self, context: StepContext, stage: Stage) -> None:
+        super().__init__(context, stage)
+        self._queue: deque[tuple[int, bytes, Group]] = deque()
+
+    def feed(self, size: int, digest: bytes, group: Group) -> None:
+        # Its work completes the window's, whose row counts it: no files in, no time of its own.
+        self._queue.append((size, digest, group))
+        self.queued += len(group)
+
+    def finish(self) -> None:
+        pass
+
+    def _send_batch(self) -> None:
+        batch: list[tuple[int, bytes, Group]] = []
+        count = 0
+        queue, limit = self._queue, self._batch_size()
+        while queue and (not batch or count + len(queue[0][2]) <= limit):
+            batch.append(queue.popleft())
+            count += len(batch[-1][2])
+        self.queued -= count
+        self.outstanding += 1
+        names = _Names(self.context, [group for _, _, group in batch])
+        follow = self.context.follow_links
+        Scatter(
+            self.context,
+            names.rows,
+            lambda local: DescribeTask(local, True, follow),
+            lambda positions, result: self._take(names, positions, result),
+            lambda: self._build(batch, names),
+        )
+
+    def _take(self, names: _Names, positions: array[int], result: Described) -> None:
+        names.take(positions, result)
+        self.context.fail(self.stage, result.failed)
+
+    def _build(self, batch: list[tuple[int, bytes, Group]], names: _Names) -> None:
+        self.outstanding -= 1
+        context = self.context
+        for size, digest, group in batch:
+            named = _named(context, names, group, lambda row: None)
+            final = assemble(size, digest, named, context.sizes.hard_links)
+            if final is not None:
+                context.emit(final)
+
+
+def _named(
+    context: StepContext,
+    names: _Names,
+    group: Group,
+    owner_of: Callable[[int], tuple[int, int, int] | None],
+) -> list[Named]:
+    """The entries of a group's names that passed their checks: a representative that failed
+    takes its inode's other names with it."""
+    out: list[Named] = []
+    links, aliases, failed = context.sizes.links, context.sizes.aliases, names.failed
+    for rep in group:
+        if rep in failed:
+            continue
+        owner = owner_of(rep)
+        for row in (rep, *links.get(rep, ())):
+            if row in failed:
+                continue
+            out.append(names.entry(row, row in aliases, owner))
+    return out
+
+
+class FullStep(Step):
+    """The full stage: the owners name each batch's files, then one worker compares each group's
+    members side by side, and each group split so is final.
+
+    Largest files first: the long reads start early and the short ones fill in at the end.  With
+    `alone`, each member is hashed on its own rather than compared with the others (with
     --hard-links, where a lone inode can be a group by its names alone, and comparing would drop
     a member left alone); its group is still split as a whole.
     """
 
-    def __init__(self, context: StepContext, weight: Callable[[Group], int], alone: bool) -> None:
-        super().__init__(context, Window(Stage.FULL), weight)
+    def __init__(self, context: StepContext, alone: bool) -> None:
+        super().__init__(context, Stage.FULL)
         self.alone = alone
-        # The sizes of the groups laid end to end in _pending, in order.
-        self._bounds: deque[int] = deque()
-        self._finished: Split = []
+        self._heap: list[tuple[int, int, Group]] = []
+        self._order = itertools.count()
 
-    def feed(self, groups: list[Group]) -> None:
-        """Queue whole groups, largest files first: the long reads start early and the short
-        ones fill in at the end."""
-        sizes = self.table.size
-        for group in sorted(groups, key=lambda g: -sizes[g[0]]):
-            self._queue(group)
-            self._bounds.append(len(group))
+    def feed(self, size: int, digest: bytes, group: Group) -> None:
+        heapq.heappush(self._heap, (-size, next(self._order), group))
+        self._count_in(len(group))
 
-    def take_finished(self) -> Split:
-        """The groups confirmed so far, each handed out once."""
-        finished, self._finished = self._finished, []
-        self.stats.files_out += sum(len(members) for _, members in finished)
-        return finished
+    def _batch_size(self) -> int:
+        return BATCH_FILES
 
-    def _submit_batch(self) -> None:
-        # Whole groups, at least one, up to the byte and file budgets.
-        pending, bounds, sizes = self._pending, self._bounds, self.table.size
-        groups = array("I")
-        count = 0
-        total = 0
-        while bounds and (count == 0 or (count + bounds[0] <= BATCH_FILES and total < BATCH_BYTES)):
-            members = bounds.popleft()
-            total += sizes[pending.peek(count)] * members
-            count += members
-            groups.append(members)
-        rows = self._pending.take(count)
-        compared = array("I", [1]) * count if self.alone else groups
-        # What the scan saw goes with every file: these digests are final, and the workers check
-        # them on the open files.
-        self._send(rows, compared, rows, partial(self._split, groups))
+    def _send_batch(self) -> None:
+        heap = self._heap
+        batch: list[tuple[int, Group]] = []
+        count = total = 0
+        while heap and (
+            not batch or (count + len(heap[0][2]) <= BATCH_FILES and total < BATCH_BYTES)
+        ):
+            negative, _, group = heapq.heappop(heap)
+            batch.append((-negative, group))
+            count += len(group)
+            total += -negative * len(group)
+        self.queued -= count
+        self.outstanding += 1
+        names = _Names(self.context, [group for _, group in batch])
+        follow = self.context.follow_links
+        Scatter(
+            self.context,
+            names.rows,
+            lambda local: DescribeTask(local, False, follow),
+            names.take,
+            lambda: self._compare(batch, names),
+        )
 
-    def _split(self, groups: array[int], result: HashResult) -> None:
+    def _compare(self, batch: list[tuple[int, Group]], names: _Names) -> None:
+        """Every name is known: one worker compares the groups' representatives."""
+        reps = [row for _, group in batch for row in group]
+        entries = [names.entry(row, False).entry for row in reps]
+        groups = array("I", [len(group) for _, group in batch])
+        task = CompareTask(
+            tuple(e.path for e in entries),
+            array("q", [e.size for e in entries]),
+            array("I", [1]) * len(reps) if self.alone else groups,
+            array("Q", [e.ino for e in entries]),
+            array("q", [e.mtime_ns for e in entries]),
+            array("q", [e.ctime_ns for e in entries]),
+            self.context.follow_links,
+            self.context.chunk_size,
+        )
+        self.context.pool.submit(task, lambda result: self._split(batch, names, reps, result))
+
+    def _split(
+        self, batch: list[tuple[int, Group]], names: _Names, reps: list[int], result: CompareResult
+    ) -> None:
+        self.outstanding -= 1
+        context = self.context
+        context.fail(self.stage, result.failed)
+        self._count_read(result.files_opened, result.bytes_read)
         blob = result.digests
-        ids = result.ids
-        start = 0
-        for members in groups:
-            end = start + members
+        checked = {
+            row: (result.uids[p], result.gids[p], result.modes[p]) for p, row in enumerate(reps)
+        }
+        start = out = 0
+        for size, group in batch:
+            end = start + len(group)
             digests = [blob[p * DIGEST_SIZE : (p + 1) * DIGEST_SIZE] for p in range(start, end)]
-            self._finished.extend(_split(ids[start:end].tolist(), digests, self.weight))
             start = end
+            for digest, members in split(group, digests, context.sizes.weight):
+                out += len(members)
+                named = _named(context, names, members, checked.get)
+                final = assemble(size, digest, named, context.sizes.hard_links)
+                if final is not None:
+                    context.emit(final)
+        self.stats.files_out += out
 
 
-def _split(rows: list[int], digests: list[bytes], weight: Callable[[Group], int]) -> Split:
+def split(rows: Group, digests: list[bytes], weight: Callable[[Group], int]) -> Split:
     """The rows that share a digest, in groups that still count; a failed file (zeros) in none."""
     buckets: dict[bytes, Group] = {}
     for row, digest in zip(rows, digests, strict=True):
@@ -308,6 +447,6 @@ def _split(rows: list[int], digests: list[bytes], weight: Callable[[Group], int]
             buckets[digest] = [row]
         else:
             bucket.append(row)
-    if len(buckets) == len(rows) and weight is len:
+    if len(buckets) == len(rows) and len(rows) == weight(rows):
         return []  # all different: the common fate of unrelated same-size files
     return [(d, m) for d, m in buckets.items() if d != NO_DIGEST and weight(m) >= 2]

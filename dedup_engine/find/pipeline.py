@@ -1,10 +1,12 @@
 """Parent side of the whole duplicate search, start to end: `find_duplicates`.
 
-scan → by size → hard links → head → tail → full → groups (`_Run.search`).  The stages overlap:
-a file is sent for its head hash as soon as a second inode of its size turns up during the walk,
-each later stage starts on the groups the one before has refined so far, and finished groups are
-built while the workers hash.  The workers' side of each stage is `walk`, `hashtasks` and
-`fullcompare`, reached through `pool`.
+scan → by size → hard links → head → tail → full → groups (`_Run.search`).  The parent is the
+coordinator: the workers own the files they scanned (`store`), and it sees only their keys (size,
+and the inode of a linked file), groups them, and sends each stage's batches to the owners of the
+files.  After the scan the stages overlap: size groups flow into the head stage a batch at a time,
+and each later stage starts on the groups the one before has split so far, so every final group
+is handed on as soon as it is final.  The workers' side of each stage is `walk`, `hashtasks`,
+`entries` and `fullcompare`, reached through `pool`.
 """
 
 from __future__ import annotations
@@ -13,16 +15,20 @@ import os
 import stat
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
-from dedup_engine.find.changes import describe, what_changed
-from dedup_engine.find.groups import Group, GroupBuilder, SizeGroups
-from dedup_engine.find.hashstep import FullStep, HashStep, Split, StepContext, WindowStep
+from dedup_engine.find.groups import Group, Owners, SizeIndex
+from dedup_engine.find.hashstep import (
+    FullStep,
+    RecheckStep,
+    Sink,
+    Step,
+    StepContext,
+    WindowStep,
+)
 from dedup_engine.find.pool import Pool, open_pool
-from dedup_engine.find.table import FileColumns
 from dedup_engine.find.tasks import DirJob, ScanResult, ScanTask, Window
 from dedup_engine.model import DuplicateGroup, FindResult, Issue, RunStats, Stage
 from dedup_engine.options import OptionsError, ScanOptions
@@ -32,10 +38,8 @@ from dedup_engine.oserror import describe_error
 IN_FLIGHT_PER_WORKER = 3
 #: Directories per scan task, at most; fewer while there are few to share out.
 SCAN_BATCH_DIRS = 16
-#: Groups refined between two feeds of the next stage.
-REFINE_SLICE = 2048
-#: Groups re-checked at a time while the workers hash (an lstat, some 3 us, per file).
-RECHECK_SLICE = 256
+#: Batches of size groups queued ahead of the head stage: enough to keep it fed.
+AHEAD_BATCHES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +87,14 @@ def find_duplicates(
     options: ScanOptions | None = None,
     *,
     progress: ProgressCallback | None = None,
+    on_group: Callable[[DuplicateGroup], None] | None = None,
 ) -> FindResult:
     """Find every group of files with identical content under the roots.
 
     Reads files but never changes them.  Per-file failures are returned as issues; bad options and
-    missing roots raise `OptionsError` before any work starts.
+    missing roots raise `OptionsError` before any work starts.  The result's groups are sorted
+    (largest files first, then by first path); with `on_group`, each group goes there instead as
+    soon as it is final, in no set order, and the result holds none (its stats count them).
     """
     opts = options or ScanOptions()
     if isinstance(roots, str | Path) or not isinstance(roots, Sequence):
@@ -96,26 +103,35 @@ def find_duplicates(
     started = time.perf_counter()
     stats = RunStats()
     issues: list[Issue] = []
+    kept: list[DuplicateGroup] = []
+    tally = _Tally(stats, on_group or kept.append)
     pool = open_pool(opts, canon)
-    run = None
     try:
-        run = _Run(pool, canon, opts, stats, issues, progress)
-        groups = run.search()
+        _Run(pool, canon, opts, stats, issues, progress, tally).search()
     except BaseException:  # KeyboardInterrupt, a dead worker: stop the workers at once
         pool.abort()
         raise
-    else:
-        pool.close()
-    finally:
-        if run is not None:
-            run.release()
+    pool.close()
     stats.workers = pool.workers
-    stats.groups = len(groups)
-    stats.files_in_groups = sum(len(g.files) for g in groups)
-    stats.bytes_reclaimable = sum(g.reclaimable for g in groups)
     stats.seconds = time.perf_counter() - started
     issues.sort(key=lambda i: (i.path, i.stage.value))
-    return FindResult(canon, tuple(groups), tuple(issues), stats)
+    kept.sort(key=lambda g: (-g.size, g.files[0].path))
+    return FindResult(canon, tuple(kept), tuple(issues), stats)
+
+
+class _Tally:
+    """Counts each final group into the run's totals and hands it on."""
+
+    def __init__(self, stats: RunStats, sink: Callable[[DuplicateGroup], None]) -> None:
+        self.stats = stats
+        self.sink = sink
+
+    def __call__(self, group: DuplicateGroup) -> None:
+        stats = self.stats
+        stats.groups += 1
+        stats.files_in_groups += len(group.files)
+        stats.bytes_reclaimable += group.reclaimable
+        self.sink(group)
 
 
 class _Run:
@@ -129,6 +145,7 @@ class _Run:
         stats: RunStats,
         issues: list[Issue],
         progress: ProgressCallback | None,
+        emit: Callable[[DuplicateGroup], None],
     ) -> None:
         self.pool = pool
         self.roots = roots
@@ -140,192 +157,152 @@ class _Run:
         for stage in (Stage.SCAN, Stage.SIZE, Stage.HARDLINK, Stage.HEAD, Stage.TAIL, Stage.FULL):
             stats.stage(stage)  # rows in pipeline order
         self.current = Stage.SCAN
-        self.table = FileColumns()
+        self.owners = Owners()
+        self.sizes = SizeIndex(opts.hard_links)
         self.steps = StepContext(
             pool,
-            self.table,
+            self.owners,
+            self.sizes,
             stats,
             issues,
             opts.follow_links,
             opts.chunk_size,
             self.limit,
+            emit,
             self._tick if progress else None,
         )
-        # The head stage exists before the size groups it is fed by; it learns the weight rule
-        # once they do.
-        self.head = self._step(Window(Stage.HEAD, opts.head_window, opts.whole_threshold), len)
-        feed = self.head.feed if "head" in opts.stages else _ignore
-        # With links followed, one inode can be reached by two paths even with a link count of 1.
-        self.sizes = SizeGroups(self.table, opts.hard_links, feed, every_inode=opts.follow_links)
-        # Which groups still count: two inodes, or with hard_links two names.
-        self.weight = self.sizes.copies if opts.hard_links else len
-        self.head.weight = self.weight
         self._last_tick = 0.0
         self._dirs: deque[DirJob] = deque()  # directories still to list
         self._seen: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every directory queued
         self._scans = 0  # scan tasks out
-        # The groups fed to each window stage, for it to refine once its digests are in.
-        self._fed: dict[WindowStep, list[Group]] = {}
-        # Groups finished by a window (files read whole), to be re-checked by path.
-        self._unchecked: deque[tuple[Stage, bytes, Group]] = deque()
 
-    def release(self) -> None:
-        """Drop the run's big structures now: the stages and the size index refer back to the
-        run (progress ticks, candidate feeds), and a caller running without the cyclic garbage
-        collector would otherwise keep them, and the table, alive."""
-        del self.head, self.sizes, self.table, self.pool, self.steps
-
-    def search(self) -> list[DuplicateGroup]:
+    def search(self) -> None:
         """scan → by size → hard links → head → tail → full → groups."""
-        self._scan()  # files stream into the size groups, which collapse hard links and feed head
-        candidates = self._size_groups()
-        windows = self._windows()  # head and tail, where they are on
-        full = FullStep(self.steps, self.weight, alone=self.opts.hard_links)
-        finals = GroupBuilder(self.table, self.sizes.links)
-        self._fed = {step: [] for step in windows}
-        if self.head in self._fed:
-            self._fed[self.head] = candidates  # their files were fed during the walk
-        else:
-            self._route(candidates, windows, full)
-        for index, step in enumerate(windows):
-            self._refine(step, windows[index + 1 :], full, finals)
-        self._finish(full, finals)
-        return finals.groups()
+        self._scan()
+        full = FullStep(self.steps, alone=self.opts.hard_links)
+        windows = self._windows(full)
+        rechecks = [step for window in windows for step in window[1:]]
+        # Later stages first: they finish groups, and free what the earlier ones hold.
+        stages: list[Step] = [*rechecks, full, *reversed([w[0] for w in windows])]
+        self._flow(self.sizes.candidates(), [w[0] for w in windows], full, stages)
+        self._count_candidates()
 
-    def _step(self, window: Window, weight: Callable[[Group], int]) -> WindowStep:
-        return WindowStep(self.steps, window, weight)
-
-    def _windows(self) -> list[WindowStep]:
-        """The partial-window stages that are on, in order."""
+    def _windows(self, full: FullStep) -> list[tuple[WindowStep, RecheckStep]]:
+        """The partial-window stages that are on, in order, each with the step that re-checks
+        the groups it finishes; each hands the rest on to the next one that applies, or to the
+        full stage."""
         opts = self.opts
-        tail = self._step(
-            Window(Stage.TAIL, opts.tail_window, min_size=opts.tail_min_size), self.weight
-        )
         on = opts.stages
-        return [step for step, name in ((self.head, "head"), (tail, "tail")) if name in on]
+        windows = [
+            w
+            for w, name in (
+                (Window(Stage.HEAD, opts.head_window, opts.whole_threshold), "head"),
+                (Window(Stage.TAIL, opts.tail_window, min_size=opts.tail_min_size), "tail"),
+            )
+            if name in on
+        ]
+        steps: list[tuple[WindowStep, RecheckStep]] = []
+        for index, window in enumerate(reversed(windows)):
+            later = [w for w, _ in steps[::-1]] if index else []
+            recheck = RecheckStep(self.steps, window.stage)
+            step = WindowStep(self.steps, window, recheck.feed, self._router(later, full))
+            steps.insert(0, (step, recheck))
+        return steps
 
-    def _size_groups(self) -> list[Group]:
-        """The size groups that count, hard links collapsed: the candidates for hashing."""
-        groups = self.sizes.groups()
-        scan = self.stats.stage(Stage.SCAN)
-        scan.files_out = self.stats.files_scanned
-        size = self.stats.stage(Stage.SIZE)
-        size.files_in = self.sizes.rows_in
-        size.files_out = self.sizes.paths_in_candidates
-        hardlink = self.stats.stage(Stage.HARDLINK)
-        hardlink.files_in = size.files_out
-        hardlink.files_out = sum(len(g) for g in groups)
-        return groups
+    def _router(self, later: list[WindowStep], full: FullStep) -> Sink:
+        """Where a group goes next: the first later window stage that applies to its size, or
+        else the full stage."""
 
-    def _refine(
-        self, step: WindowStep, later: list[WindowStep], full: FullStep, finals: GroupBuilder
-    ) -> None:
-        """Wait for a window stage's digests, then split its groups a slice at a time: a group
-        the window read whole is finished (once re-checked by path), the others go on to the
-        next stage, whose workers start on them while the parent refines the rest."""
-        self._drain(step, full, finals)
-        todo = self._fed.pop(step)
-        stage = step.window.stage
-        for start in range(0, len(todo), REFINE_SLICE):
-            done, rest = step.refine(todo[start : start + REFINE_SLICE])
-            self._unchecked.extend((stage, d, g) for d, g in self.sizes.settle(done))
-            self._route(rest, later, full)
-        step.release()
-
-    def _finish(self, full: FullStep, finals: GroupBuilder) -> None:
-        """Wait for the full stage's groups, and re-check the rest of those read whole."""
-        self._drain(full, full, finals)
-        finals.add(self.sizes.settle(full.take_finished()))
-        while self._unchecked:
-            finals.add(self._recheck(RECHECK_SLICE))
-
-    def _drain(self, step: HashStep, full: FullStep, finals: GroupBuilder) -> None:
-        self.current = step.window.stage
-        step.drain(idle=partial(self._build_some, full, finals))
-        self._tick(finished=True)
-
-    def _route(self, groups: list[Group], later: list[WindowStep], full: FullStep) -> None:
-        """Feed each group to the first later window stage that applies to its size, or else to
-        the full stage."""
-        sizes = self.table.size
-        batches: dict[HashStep, list[Group]] = {}
-        for group in groups:
-            size = sizes[group[0]]
-            target: HashStep = full
+        def route(size: int, digest: bytes, group: Group) -> None:
             for step in later:
                 if step.window.applies(size):
-                    target = step
+                    step.feed(size, group)
+                    return
+            full.feed(size, digest, group)
+
+        return route
+
+    def _flow(
+        self,
+        candidates: Iterator[tuple[int, Group]],
+        windows: list[WindowStep],
+        full: FullStep,
+        stages: list[Step],
+    ) -> None:
+        """Run the stages until every size group has gone through: the pool kept full from the
+        latest stage back, the first stage fed from the size groups as it runs low."""
+        route = self._router(windows, full)
+        first: Step = windows[0] if windows else full
+        pending = True
+        order = [step for step in reversed(stages) if not isinstance(step, RecheckStep)]
+        done: set[int] = set()
+        while True:
+            if pending and first.queued < AHEAD_BATCHES * self.steps.batch_files:
+                pending = self._pull(candidates, route, first)
+            final = not pending
+            for step in stages:
+                # A stage sends a part batch only once nothing more can come to it.
+                upstream = order[: order.index(step)] if step in order else []
+                step.flush(final and all(s.idle for s in upstream))
+            self._mark_finished(order, pending, done)
+            if not self.pool.in_flight:
+                if not pending and all(step.idle for step in stages):
                     break
-            batches.setdefault(target, []).append(group)
-        for fed, batch in batches.items():
-            if isinstance(fed, WindowStep):
-                self._fed[fed].extend(batch)
-                fed.feed([row for group in batch for row in group])
-            else:
-                full.feed(batch)
-            fed.flush()
-
-    def _build_some(self, full: FullStep, finals: GroupBuilder) -> None:
-        """The parent's work while tasks are out: settle, re-check and build finished groups."""
-        finals.add(self.sizes.settle(full.take_finished()))
-        if self._unchecked:
-            finals.add(self._recheck(RECHECK_SLICE))
-        finals.build_some()
-
-    def _recheck(self, count: int) -> Split:
-        """Up to `count` groups of files read whole by a window, each file stat'ed again by path.
-
-        The worker that read such a file checked only its size.  A file still as the scan saw it
-        (same inode, size, mtime and ctime) now, after every read of its group, held the bytes
-        read from its scan to now; so all the files of a group kept do, at once, even when one
-        was read early in the walk and another scanned later.  A changed file drops out with an
-        issue.  Files whose last read is the full stage's are checked on the open file instead.
-        """
-        out: Split = []
-        unchecked = self._unchecked
-        for _ in range(min(count, len(unchecked))):
-            stage, digest, group = unchecked.popleft()
-            kept = self._unchanged(stage, group)
-            if len(kept) == len(group) or self.weight(kept) >= 2:
-                out.append((digest, kept))
-        return out
-
-    def _unchanged(self, stage: Stage, group: Group) -> Group:
-        """The rows of a group still as the scan saw them; each other one is an issue."""
-        table = self.table
-        stat_path = os.stat if self.opts.follow_links else os.lstat
-        kept: Group = []
-        for row in group:
-            path = table.paths[row]
-            try:
-                st = stat_path(path)
-            except OSError as exc:
-                self.issues.append(Issue(path, stage, f"changed since the scan: {describe(exc)}"))
                 continue
-            if table.as_scanned(row, st):
-                kept.append(row)
-            else:
-                message = what_changed(st, table.size[row], table.ino[row], table.dev[row])
-                self.issues.append(Issue(path, stage, message))
-        return kept
+            self.pool.wait_one()
+
+    def _pull(self, candidates: Iterator[tuple[int, Group]], route: Sink, first: Step) -> bool:
+        """Feed size groups to the first stage until it holds two batches; False once none are
+        left."""
+        target = AHEAD_BATCHES * self.steps.batch_files
+        for size, group in candidates:
+            route(size, b"", group)
+            if first.queued >= target:
+                return True
+        return False
+
+    def _mark_finished(self, order: list[Step], pending: bool, done: set[int]) -> None:
+        """Close each stage, in order, once nothing more can come to it and it is idle."""
+        for index, step in enumerate(order):
+            if index in done:
+                continue
+            if pending or not step.idle or not all(i in done for i in range(index)):
+                return
+            done.add(index)
+            step.finish()
+            self.current = step.stage
+            self._tick(finished=True)
+
+    def _count_candidates(self) -> None:
+        sizes, stats = self.sizes, self.stats
+        size = stats.stage(Stage.SIZE)
+        size.files_in = sizes.rows_in
+        size.files_out = sizes.paths_in_candidates
+        hardlink = stats.stage(Stage.HARDLINK)
+        hardlink.files_in = size.files_out
+        hardlink.files_out = sizes.reps_in_candidates
 
     def _scan(self) -> None:
-        """Walk every root; rows stream into the size groups, which feed the head stage."""
+        """Walk every root; each scan result's keys go into the size index."""
         started = time.perf_counter()
+        files: list[tuple[str, int]] = []
         for index, root in enumerate(self.roots):
-            self._add_root(index, root)
+            self._add_root(index, root, files)
         pool = self.pool
+        if files:  # roots that are files: scanned, and owned, by a worker like any other file
+            self._submit_scan(ScanTask((), tuple(files)))
         pending = self._dirs
         while pending or self._scans:
             while pending and pool.in_flight < self.limit:
                 self._send_dirs()
-            self.head.flush()
             pool.wait_one()
-        self.stats.stage(Stage.SCAN).seconds = time.perf_counter() - started
+        scan = self.stats.stage(Stage.SCAN)
+        scan.seconds = time.perf_counter() - started
+        scan.files_out = self.stats.files_scanned
         self._tick(finished=True)
 
-    def _add_root(self, index: int, root: str) -> None:
-        """Queue a directory root for listing, or take a file root as the walk would."""
+    def _add_root(self, index: int, root: str, files: list[tuple[str, int]]) -> None:
+        """Queue a directory root for listing, or a file root for a worker to take."""
         try:
             st = os.stat(root)
         except OSError as exc:  # vanished since canonical_roots looked
@@ -334,13 +311,8 @@ class _Run:
         if stat.S_ISDIR(st.st_mode):
             self._seen.add((st.st_dev, st.st_ino))
             self._dirs.append(DirJob(root, index, 0, st.st_dev))
-        elif self.opts.accepts_size(st.st_size):
-            start = len(self.table)
-            self.table.add(root, index, st)
-            self.stats.files_scanned += 1
-            self.stats.bytes_scanned += st.st_size
-            self.sizes.watch(st.st_dev, st.st_ino, root)
-            self.sizes.add(start, start + 1)
+        else:
+            files.append((root, index))
 
     def _send_dirs(self) -> None:
         """One scan task: a few directories, fewer while there are few to share out."""
@@ -348,19 +320,25 @@ class _Run:
         workers = max(1, self.pool.workers)
         count = max(1, min(SCAN_BATCH_DIRS, len(pending) // (2 * workers)))
         jobs = tuple(pending.popleft() for _ in range(min(count, len(pending))))
-        self._scans += 1
-        self.pool.submit(ScanTask(jobs), self._scanned)
+        self._submit_scan(ScanTask(jobs))
 
-    def _scanned(self, result: ScanResult) -> None:
+    def _submit_scan(self, task: ScanTask) -> None:
+        """Send a scan task to the least busy worker, which will own the files it finds."""
+        self._scans += 1
+        # The pool says which worker it chose when `submit` returns, before any result is read.
+        owner: list[int] = []
+        owner.append(self.pool.submit(task, lambda result: self._scanned(owner[0], result)))
+
+    def _scanned(self, worker: int, result: ScanResult) -> None:
         self._scans -= 1
         stats = self.stats
-        start = len(self.table)
-        self.table.extend(result.files)
+        first = self.owners.add(worker, result.first, len(result.sizes))
+        self.sizes.add(first, result)
         stats.dirs_scanned += result.dirs_scanned
         stats.skipped_special += result.skipped_special
         stats.skipped_symlinks += result.skipped_symlinks
-        stats.files_scanned += len(result.files)
-        stats.bytes_scanned += sum(result.files.size)
+        stats.files_scanned += len(result.sizes)
+        stats.bytes_scanned += sum(result.sizes)
         for path, message in result.issues:
             self.issues.append(Issue(path, Stage.SCAN, message))
         seen = self._seen
@@ -372,7 +350,6 @@ class _Run:
                 continue
             seen.add(key)
             self._dirs.append(job)
-        self.sizes.add(start, len(self.table))
         if self.progress is not None:
             self._tick()
 
@@ -392,7 +369,3 @@ class _Run:
             done = row.files_in if finished else row.files_opened
             event = Progress(self.current, done, row.bytes_read, row.files_in, finished)
         self.progress(event)
-
-
-def _ignore(rows: list[int]) -> None:
-    del rows

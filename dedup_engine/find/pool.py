@@ -1,12 +1,14 @@
 """Carrying tasks from the parent to the worker processes and their results back.
 
 The parent side is a `Pool` (`ProcessPool`, or `InlinePool` running every task in process for
-`--workers 0`): the pipeline submits tasks with a callback and calls `wait_one` to let one result
-come back; the pipeline, not the pool, decides how many tasks are in flight, so memory stays
-bounded.  The worker side is `_worker_main`, which hands each task to the worker-side module for
-its kind (`run_task`).  Worker processes are forked once, before the run has built any large
-structure, and serve every stage.  They live no longer than the process that started them, hold
-none of its descriptors but their own two pipes and stderr, and leave interrupts to it."""
+`--workers 0`): the pipeline submits tasks with a callback, to a given worker or to the least
+busy one, and calls `wait_one` to let one result come back; the pipeline, not the pool, decides
+how many tasks are in flight, so memory stays bounded.  The worker side is `_worker_main`, which
+keeps the worker's `RowStore` (the rows it scanned, which it alone owns) and hands each task to
+the worker-side module for its kind (`run_task`).  Worker processes are forked once, before the
+run has built any large structure, and serve every stage.  They live no longer than the process
+that started them, hold none of its descriptors but their own two pipes and stderr, and leave
+interrupts to it."""
 
 from __future__ import annotations
 
@@ -25,9 +27,11 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
+from dedup_engine.find.entries import describe
 from dedup_engine.find.fullcompare import compare_groups
 from dedup_engine.find.hashtasks import hash_batch
-from dedup_engine.find.tasks import Result, ScanTask, Task
+from dedup_engine.find.store import RowStore
+from dedup_engine.find.tasks import CompareTask, DescribeTask, Result, ScanTask, Task
 from dedup_engine.find.walk import Filter, scan_dirs
 from dedup_engine.options import ScanOptions
 
@@ -50,7 +54,9 @@ class Pool(Protocol):
     @property
     def in_flight(self) -> int: ...
 
-    def submit(self, task: Task, on_done: Callback) -> None: ...
+    def submit(self, task: Task, on_done: Callback, worker: int | None = None) -> int:
+        """Send `task` to `worker` (the owner of the rows it names), or to the least busy one
+        when None; returns the worker it went to."""
 
     def wait_one(self) -> None: ...
 
@@ -61,13 +67,23 @@ class Pool(Protocol):
         """Stop the workers now, whatever they are doing: an interrupt or a failure."""
 
 
-def run_task(task: Task, flt: Filter) -> Result:
+class WorkerState:
+    """What a worker keeps between tasks: its filters, and the rows it has scanned."""
+
+    def __init__(self, options: ScanOptions, roots: Sequence[str]) -> None:
+        self.filter = Filter(options, roots)
+        self.store = RowStore()
+
+
+def run_task(task: Task, state: WorkerState) -> Result:
     """Worker side: run one task in this process with the worker-side module for its kind."""
     if isinstance(task, ScanTask):
-        return scan_dirs(task, flt)
-    if task.groups:
+        return scan_dirs(task, state.filter, state.store)
+    if isinstance(task, CompareTask):
         return compare_groups(task)
-    return hash_batch(task)
+    if isinstance(task, DescribeTask):
+        return describe(task, state.store)
+    return hash_batch(task, state.store)
 
 
 class InlinePool:
@@ -75,19 +91,20 @@ class InlinePool:
 
     def __init__(self, options: ScanOptions, roots: Sequence[str]) -> None:
         self.workers = 0
-        self._filter = Filter(options, roots)
+        self._state = WorkerState(options, roots)
         self._queue: deque[tuple[Task, Callback]] = deque()
 
     @property
     def in_flight(self) -> int:
         return len(self._queue)
 
-    def submit(self, task: Task, on_done: Callback) -> None:
+    def submit(self, task: Task, on_done: Callback, worker: int | None = None) -> int:
         self._queue.append((task, on_done))
+        return 0
 
     def wait_one(self) -> None:
         task, on_done = self._queue.popleft()
-        on_done(run_task(task, self._filter))
+        on_done(run_task(task, self._state))
 
     def close(self) -> None:
         self._queue.clear()
@@ -105,7 +122,7 @@ def _worker_main(
     inherited: frozenset[int],
 ) -> None:
     _detach(parent, inherited, keep={tasks.fileno(), results.fileno()})
-    flt = Filter(options, roots)
+    state = WorkerState(options, roots)
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     def receive() -> None:
@@ -128,7 +145,7 @@ def _worker_main(
         key, task = item
         reply: tuple[int, Result | None, str | None]
         try:
-            reply = (key, run_task(task, flt), None)
+            reply = (key, run_task(task, state), None)
         except BaseException:  # report, then keep serving: the parent decides to stop
             reply = (key, None, traceback.format_exc())
         try:
@@ -238,11 +255,12 @@ class ProcessPool:
     def in_flight(self) -> int:
         return len(self._callbacks)
 
-    def submit(self, task: Task, on_done: Callback) -> None:
+    def submit(self, task: Task, on_done: Callback, worker: int | None = None) -> int:
         key = self._next
         self._next += 1
         busy = self._busy
-        worker = busy.index(min(busy))
+        if worker is None:
+            worker = busy.index(min(busy))
         busy[worker] += 1
         self._callbacks[key] = (on_done, worker)
         try:
@@ -250,6 +268,7 @@ class ProcessPool:
         except OSError as exc:  # EPIPE: the worker is gone
             code = self._procs[worker].exitcode
             raise WorkerError(f"a worker process died (exit code {code})") from exc
+        return worker
 
     def wait_one(self) -> None:
         # One selector for the whole run: multiprocessing.connection.wait builds a new one per

@@ -9,9 +9,8 @@ columns (a tuple of paths and arrays of numbers), never as an object per file.
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from dedup_engine.find.table import FileColumns
 from dedup_engine.model import Stage
 
 DIGEST_SIZE = 32
@@ -31,16 +30,32 @@ class DirJob:
 
 @dataclass(frozen=True, slots=True)
 class ScanTask:
-    """Directories for one worker to list (`walk.scan_dirs`)."""
+    """Directories for one worker to list (`walk.scan_dirs`), and file roots for it to take.
+
+    `files` are (path, root index) of roots that are files, stat'ed by the worker like an entry.
+    """
 
     dirs: tuple[DirJob, ...]
+    files: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class ScanResult:
-    """The files and subdirectories a scan task found, and what it passed over."""
+    """The keys of the rows a scan task added to its worker's store, and the subdirectories it
+    found: the coordinator never sees a file's name.
 
-    files: FileColumns
+    Rows `first` to `first + len(sizes) - 1` are new.  `linked` are the offsets (from `first`) of
+    the rows whose inode may be reached by another path (a link count above one, or any file with
+    links followed), with their `devs` and `inos`; `aliases` the offsets of rows reached through a
+    symlink to a file.
+    """
+
+    first: int
+    sizes: array[int]
+    linked: array[int]
+    devs: array[int]
+    inos: array[int]
+    aliases: array[int]
     subdirs: tuple[DirJob, ...]
     subdir_devs: array[int]  # (dev, ino) of each subdir, so the parent can detect loops
     subdir_inos: array[int]
@@ -79,41 +94,86 @@ class Window:
 
 @dataclass(frozen=True, slots=True)
 class HashTask:
-    """A batch of files for one window; `ids` are the parent's row numbers, echoed back.
-
-    A task with `groups` is the full stage's (`fullcompare.compare_groups`), one without is a
-    head or tail window's (`hashtasks.hash_batch`).
-    """
+    """Head or tail: a window of each of the worker's own `rows` (`hashtasks.hash_batch`)."""
 
     window: Window
-    ids: array[int]
-    paths: tuple[str, ...]
-    sizes: array[int]
+    rows: array[int]
     follow_links: bool
-    chunk_size: int
-    #: Full stage: the files come as consecutive groups of these sizes, compared within each group.
-    groups: array[int] = field(default_factory=lambda: array("I"))
-    #: Full stage: what the scan saw of each file, checked on the open file once it is read.  The
-    #: partial windows go without: their digests are never final but for files read whole, which
-    #: the parent re-checks by path once every read of their group is done.
-    inos: array[int] = field(default_factory=lambda: array("Q"))
-    mtimes: array[int] = field(default_factory=lambda: array("q"))
-    ctimes: array[int] = field(default_factory=lambda: array("q"))
+
+
+#: A file a task could not use: its position in the task, its path and why.
+Failure = tuple[int, str, str]
 
 
 @dataclass(frozen=True, slots=True)
 class HashResult:
-    """Digests in task order, `DIGEST_SIZE` bytes each; a failed file has zeros and an entry in
-    `failed`."""
+    """Digests in task order, `DIGEST_SIZE` bytes each; a failed file has zeros and a failure."""
 
-    window: Window
-    ids: array[int]
     digests: bytes
-    failed: tuple[tuple[int, str], ...]
+    failed: tuple[Failure, ...]
     files_opened: int
     bytes_read: int
-    groups: array[int] = field(default_factory=lambda: array("I"))  #: the task's, echoed
 
 
-Task = ScanTask | HashTask
-Result = ScanResult | HashResult
+@dataclass(frozen=True, slots=True)
+class DescribeTask:
+    """The paths and scan identities of the worker's own `rows`, for the full stage to compare
+    or for a final group's entries; with `check`, each path stat'ed again and kept only if it
+    is still the file the scan saw (`entries.describe`)."""
+
+    rows: array[int]
+    check: bool
+    follow_links: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Described:
+    """Rows in task order, in columns.  A row that failed its check is in `failed` and its
+    columns hold zeros; `uids`, `gids` and `modes` are known only for checked rows."""
+
+    paths: tuple[str, ...]
+    roots: array[int]
+    devs: array[int]
+    inos: array[int]
+    sizes: array[int]
+    mtimes: array[int]
+    ctimes: array[int]
+    uids: array[int]
+    gids: array[int]
+    modes: array[int]
+    failed: tuple[Failure, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CompareTask:
+    """The full stage: files named by path, laid end to end in groups of the sizes in `groups`,
+    each group compared within (`fullcompare.compare_groups`); the files' paths are the only ones
+    that travel, since the members of a group may be owned by different workers.  What the scan
+    saw of each file is checked on the open file once it is read."""
+
+    paths: tuple[str, ...]
+    sizes: array[int]
+    groups: array[int]
+    inos: array[int]
+    mtimes: array[int]
+    ctimes: array[int]
+    follow_links: bool
+    chunk_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class CompareResult:
+    """Digests in task order, as `HashResult`; and each file's owner and permission bits from the
+    check on its open file (zeros where it failed)."""
+
+    digests: bytes
+    failed: tuple[Failure, ...]
+    files_opened: int
+    bytes_read: int
+    uids: array[int]
+    gids: array[int]
+    modes: array[int]
+
+
+Task = ScanTask | HashTask | DescribeTask | CompareTask
+Result = ScanResult | HashResult | Described | CompareResult

@@ -3,7 +3,8 @@
 `scan_dirs` runs in the worker processes (the parent side, which queues directories and drops
 those seen before, is `pipeline`).  One `os.scandir` per directory and at most one stat per entry
 (from the DirEntry); FIFOs, sockets and devices are recognised from the directory entry's type
-and never opened or stat'ed.  Results are columnar (`table.FileColumns`).
+and never opened or stat'ed.  The files go into the worker's `store.RowStore`; the result holds
+only their keys (sizes, and the inodes of linked files), in columns.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import stat
 from array import array
 from collections.abc import Iterator, Sequence
 
-from dedup_engine.find.table import FileColumns
+from dedup_engine.find.store import RowStore
 from dedup_engine.find.tasks import DirJob, ScanResult, ScanTask
 from dedup_engine.globs import Globs
 from dedup_engine.openflags import dir_flags
@@ -31,6 +32,8 @@ class Filter:
         self._exclude = Globs(options.exclude)
         self.has_include = bool(options.include)
         self.has_exclude = bool(options.exclude)
+        #: Roots that are files: taken as roots, so the walk passes them over if it meets them.
+        self.file_roots = frozenset(r for r in self.roots if os.path.isfile(r))
 
     def excluded(self, name: str, path: str, root: int, is_dir: bool = False) -> bool:
         if not self.options.hidden and name.startswith("."):
@@ -41,27 +44,36 @@ class Filter:
         return not self.has_include or self._include.match(name, path, self.roots[root])
 
 
-def scan_dirs(task: ScanTask, flt: Filter) -> ScanResult:
-    """List every directory of the task; errors become issues and the listing goes on."""
-    listing = _Listing(flt)
+def scan_dirs(task: ScanTask, flt: Filter, store: RowStore) -> ScanResult:
+    """List every directory of the task into `store`; errors become issues and the listing goes
+    on."""
+    listing = _Listing(flt, store)
+    for path, root in task.files:
+        listing.add_file_root(path, root)
     for job in task.dirs:
         listing.list_dir(job)
     return listing.result()
 
 
 class _Listing:
-    """What one scan task has found so far; the columns are built once, at the end."""
+    """What one scan task has found so far: its rows go straight into the store, their keys into
+    columns for the coordinator."""
 
-    def __init__(self, flt: Filter) -> None:
+    def __init__(self, flt: Filter, store: RowStore) -> None:
         opts = flt.options
         self.flt = flt
         self.opts = opts
+        self.store = store
+        self.first = len(store)
         self.open_flags = dir_flags(opts.follow_links)
         self.filtering = flt.has_include or flt.has_exclude or not opts.hidden
-        self.paths: list[str] = []
-        self.stats: list[os.stat_result] = []
-        self.roots = array("I")
-        self.aliases: list[int] = []  # positions in `paths` reached through a file symlink
+        self.sizes = array("q")
+        # With links followed, one inode can be reached by two paths with a link count of 1.
+        self.min_links = 0 if opts.follow_links else 1
+        self.linked = array("Q")
+        self.devs = array("Q")
+        self.inos = array("Q")
+        self.aliases = array("Q")
         self.subdirs: list[DirJob] = []
         self.subdir_devs = array("Q")
         self.subdir_inos = array("Q")
@@ -69,6 +81,31 @@ class _Listing:
         self.special = 0
         self.symlinks = 0
         self.scanned = 0
+
+    def add_file_root(self, path: str, root: int) -> None:
+        """A root that is a file, taken as the walk would take it."""
+        try:
+            st = os.stat(path)
+        except OSError as exc:  # vanished since the roots were checked
+            self.issues.append((path, f"cannot stat root: {describe_error(exc)}"))
+            return
+        if stat.S_ISREG(st.st_mode) and self.opts.accepts_size(st.st_size):
+            head, name = os.path.split(path)
+            self.store.start_dir(head.rstrip("/") + "/", root, st.st_dev)
+            self._add(name, st)
+
+    def _add(self, name: str, st: os.stat_result) -> None:
+        offset = len(self.sizes)
+        self.store.add(name, st)
+        self.sizes.append(st.st_size)
+        if st.st_nlink > self.min_links:
+            self.linked.append(offset)
+            self.devs.append(st.st_dev)
+            self.inos.append(st.st_ino)
+
+    def _add_walked(self, name: str, path: str, st: os.stat_result) -> None:
+        if path not in self.flt.file_roots:  # a root of its own is listed once, as that root
+            self._add(name, st)
 
     def list_dir(self, job: DirJob) -> None:
         # The directory is opened without following a symlink (unless links are followed), so
@@ -81,36 +118,37 @@ class _Listing:
             return
         try:
             entries = os.scandir(dir_fd)
+            dev = os.fstat(dir_fd).st_dev
         except OSError as exc:
             os.close(dir_fd)
             self.issues.append((job.path, _describe(exc)))
             return
         self.scanned += 1
-        before = len(self.paths)
+        prefix = job.path if job.path.endswith("/") else job.path + "/"
+        self.store.start_dir(prefix, job.root, dev)
         try:
             with entries:
-                self._take(job, entries)
+                self._take(job, prefix, entries)
         except OSError as exc:  # EIO in the middle of a listing: keep what we have
             self.issues.append((job.path, _describe(exc)))
         finally:
             os.close(dir_fd)
-        self.roots.extend(array("I", [job.root]) * (len(self.paths) - before))
 
-    def _take(self, job: DirJob, entries: Iterator[os.DirEntry[str]]) -> None:
+    def _take(self, job: DirJob, prefix: str, entries: Iterator[os.DirEntry[str]]) -> None:
         """Take a directory's entries; an entry that cannot be stat'ed becomes an issue.
 
         Runs once per directory entry, so the common case (a regular file, no patterns) is kept
-        to a type check, one stat and two appends.
+        to a type check, one stat and the appends of `_add`, written out here.
         """
         flt, filtering, issues = self.flt, self.filtering, self.issues
         opts = self.opts
         min_size = max(opts.min_size, 1)
         max_size = opts.max_size if opts.max_size is not None else 1 << 63
         empty = opts.empty
-        add_path, add_stat = self.paths.append, self.stats.append
+        store_add, add_size = self.store.add, self.sizes.append
+        min_links, file_roots = self.min_links, flt.file_roots
         root = job.root
         descend = opts.max_depth is None or job.depth < opts.max_depth
-        prefix = job.path if job.path.endswith("/") else job.path + "/"
         for entry in entries:
             name = entry.name
             path = prefix + name
@@ -123,8 +161,11 @@ class _Listing:
                     st = entry.stat(follow_symlinks=False)
                     size = st.st_size
                     if (min_size <= size <= max_size) if size else empty:
-                        add_path(path)
-                        add_stat(st)
+                        if st.st_nlink > min_links or file_roots:
+                            self._add_walked(name, path, st)
+                        else:
+                            store_add(name, st)
+                            add_size(size)
                 elif entry.is_dir(follow_symlinks=False):
                     if descend and not (filtering and flt.excluded(name, path, root, True)):
                         self._add_dir(path, job, entry.stat(follow_symlinks=False))
@@ -153,9 +194,8 @@ class _Listing:
         elif not stat.S_ISREG(st.st_mode):
             self.special += 1
         elif self.flt.included(name, path, job.root) and self.opts.accepts_size(st.st_size):
-            self.aliases.append(len(self.paths))
-            self.paths.append(path)
-            self.stats.append(st)
+            self.aliases.append(len(self.sizes))
+            self._add(name, st)
 
     def _add_dir(self, path: str, parent: DirJob, st: os.stat_result) -> None:
         if not self.opts.one_file_system or st.st_dev == parent.root_dev:
@@ -164,13 +204,13 @@ class _Listing:
             self.subdir_inos.append(st.st_ino)
 
     def result(self) -> ScanResult:
-        paths = self.paths
-        alias = array("B", bytes(len(paths)))
-        for position in self.aliases:
-            alias[position] = 1
-        files = FileColumns.from_stats(paths, self.roots, self.stats, alias)
         return ScanResult(
-            files,
+            self.first,
+            self.sizes,
+            self.linked,
+            self.devs,
+            self.inos,
+            self.aliases,
             tuple(self.subdirs),
             self.subdir_devs,
             self.subdir_inos,

@@ -9,6 +9,7 @@ granularity of the filesystem.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,12 +55,15 @@ class ReadHook:
         path = os.readlink(f"/proc/self/fd/{fd}")
         if path not in self.watched:
             return
-        mark = self.state / str(self.watched.index(path))
-        if mark.exists():
-            return
-        order = len(list(self.state.iterdir()))
-        mark.touch()
-        self.act(order, path)
+        # Under a lock: two workers may meet their files at once, and each must get its order.
+        with (self.state.parent / f"{self.state.name}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            mark = self.state / str(self.watched.index(path))
+            if mark.exists():
+                return
+            order = len(list(self.state.iterdir()))
+            mark.touch()
+            self.act(order, path)
 
     def pread(self, fd: int, n: int, offset: int) -> bytes:
         if self.kind == "pread":
@@ -167,13 +171,13 @@ def test_a_file_rewritten_after_its_last_read_is_not_grouped(
     """
     data = content(SMALL)
     paths = [tree.file(f"d{n}/copy", data) for n in range(3)]
-    read_first: list[str] = []
+    read_first = tmp_path / "read-first"  # on disk: the files may be read by different workers
 
     def change_the_first(order: int, path: str) -> None:
         if order == 0:
-            read_first.append(path)  # in this process: the task holds all three files
+            read_first.write_text(path)
         elif order == 1:
-            rewrite(read_first[0], data)
+            rewrite(read_first.read_text(), data)
 
     hook = ReadHook("pread", paths, change_the_first, tmp_path / "hook")
     result = find_hooked(monkeypatch, hook, tree.root, ScanOptions(workers=workers))

@@ -9,18 +9,19 @@ import shutil
 import signal
 import subprocess
 from array import array
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from treebuilder import Tree, content, groups_of
 
 from dedup_engine import ScanOptions, find_duplicates
-from dedup_engine.find.groups import SizeGroups
+from dedup_engine.find.groups import Named, SizeIndex, assemble
 from dedup_engine.find.hashtasks import hash_batch
 from dedup_engine.find.pool import ProcessPool, WorkerError
-from dedup_engine.find.table import FileColumns
-from dedup_engine.find.tasks import DirJob, HashTask, ScanTask, Window
-from dedup_engine.model import Stage
+from dedup_engine.find.store import RowStore
+from dedup_engine.find.tasks import DirJob, HashTask, ScanResult, ScanTask, Window
+from dedup_engine.model import FileEntry, Stage
 
 pytestmark = pytest.mark.usefixtures("deadline")
 
@@ -49,27 +50,20 @@ def test_a_bind_mounted_file_is_not_its_own_duplicate(tree: Tree, workers: int) 
 
 def test_a_file_linked_during_the_walk_is_not_its_own_duplicate() -> None:
     """Two names of one inode, each seen with a link count of 1: settled into one file."""
-    table = FileColumns()
-    fed: list[int] = []
-    sizes = SizeGroups(table, False, fed.extend)
+    sizes = SizeIndex(hard_links=False)
+    sizes.add(0, _keys([5000, 5000]))  # no inode keys: both looked like files of their own
+    assert list(sizes.candidates()) == [(5000, [0, 1])]
     st = os.stat(__file__)
-    for name in ("x", "y"):
-        table.add(f"/t/{name}", 0, st)
-    table.nlink[0] = table.nlink[1] = 1  # as if the second name appeared after the first stat
-    sizes.add(0, 2)
-    assert fed == [0, 1]  # both look like candidates at first
-    assert sizes.settle([(b"d" * 32, [0, 1])]) == []
-    assert sizes.links == {0: [1]}
+    names = [
+        Named(FileEntry(f"/t/{name}", st.st_dev, st.st_ino, 5000, 1, 1, 0, 0, 0o644), 0, False)
+        for name in ("x", "y")
+    ]
+    assert assemble(5000, b"d" * 32, names, hard_links=False) is None
 
 
-def test_an_inode_with_many_links_is_bookkept_per_link(tree: Tree) -> None:
+def test_an_inode_with_many_links_is_bookkept_per_link() -> None:
     """Counting work, not time: adding each link must not look at the links before it."""
-    table = FileColumns()
-    sizes = SizeGroups(table, True, lambda rows: None)
-    st = os.stat(__file__)
-    for number in range(2000):
-        table.add(f"/t/{number}", 0, st)
-    table.nlink[:] = array("Q", [2000]) * 2000
+    sizes = SizeIndex(hard_links=True)
     looked = 0
     real_copies = sizes._copies_of
 
@@ -79,9 +73,20 @@ def test_an_inode_with_many_links_is_bookkept_per_link(tree: Tree) -> None:
         return real_copies(rep)
 
     sizes._copies_of = counting  # type: ignore[method-assign]
-    sizes.add(0, 2000)
-    assert sizes.copies([0]) == 2000
-    assert looked <= 2 * 2000 + 1
+    count = 2000
+    one_inode = array("Q", [7]) * count
+    keys = replace(_keys([4096] * count), linked=array("Q", range(count)), devs=one_inode)
+    sizes.add(0, replace(keys, inos=one_inode))
+    assert sizes.weight([0]) == count
+    assert looked <= 2 * count + 1
+
+
+def _keys(sizes: list[int]) -> ScanResult:
+    """A scan result holding only these sizes, as a worker sends them."""
+    empty = array("Q")
+    return ScanResult(
+        0, array("q", sizes), empty, empty, empty, empty, (), empty, empty, (), 1, 0, 0
+    )
 
 
 def test_sending_to_a_dead_worker_raises_worker_error(tmp_path: Path) -> None:
@@ -117,12 +122,23 @@ def test_no_descriptors_left_after_runs_without_the_garbage_collector(tree: Tree
         gc.enable()
 
 
-def _head_task(path: Path, size: int) -> HashTask:
+def _head_task(path: Path, size: int) -> tuple[HashTask, RowStore]:
     """A head-stage task for one file the scan saw as a regular file of `size` bytes."""
-    return HashTask(
-        Window(Stage.HEAD, 4096, 16384), array("Q", [1]), (str(path),), array("q", [size]),
-        False, 65536,
-    )  # fmt: skip
+    store = RowStore()
+    store.start_dir(f"{path.parent}/", 0, 0)
+    seen = os.stat_result((0o100644, 1, 0, 1, 0, 0, size, 0, 0, 0))
+    store.add(path.name, _with_ns(seen))
+    return HashTask(Window(Stage.HEAD, 4096, 16384), array("Q", [0]), False), store
+
+
+def _with_ns(st: os.stat_result) -> os.stat_result:
+    """`st` with the nanosecond times a stat from the kernel has."""
+
+    class Stat:
+        def __getattr__(self, name: str) -> object:
+            return 0 if name.endswith("_ns") else getattr(st, name)
+
+    return Stat()  # type: ignore[return-value]
 
 
 def test_a_fifo_holding_exactly_the_expected_bytes_gets_no_digest(tmp_path: Path) -> None:
@@ -131,16 +147,16 @@ def test_a_fifo_holding_exactly_the_expected_bytes_gets_no_digest(tmp_path: Path
     writer = os.open(fifo, os.O_RDWR)  # O_RDWR: opens without waiting for a reader
     try:
         os.write(writer, b"x" * 100)  # fits in the pipe's buffer: no reader needed
-        result = hash_batch(_head_task(fifo, 100))
+        result = hash_batch(*_head_task(fifo, 100))
     finally:
         os.close(writer)
-    assert [position for position, _ in result.failed] == [0]
+    assert [position for position, _, _ in result.failed] == [0]
 
 
 def test_empty_file_swapped_for_a_fifo_never_matches(tmp_path: Path) -> None:
     """With --empty, a FIFO with no writer reads like an empty file (read returns b"")."""
     fifo = tmp_path / "was-empty"
     os.mkfifo(fifo)
-    result = hash_batch(_head_task(fifo, 0))
-    assert [position for position, _ in result.failed] == [0]
-    assert "regular" in result.failed[0][1]
+    result = hash_batch(*_head_task(fifo, 0))
+    assert [position for position, _, _ in result.failed] == [0]
+    assert "regular" in result.failed[0][2]

@@ -1,0 +1,56 @@
+"""Worker side of naming files: the paths and identities of a worker's own rows, re-checked.
+
+The coordinator knows a file by its owner and row only; when a file must be read by another
+worker (the full stage's comparison) or listed in a final group, its owner describes it here
+(`describe`).  With `check`, each path is stat'ed again and a file no longer as the scan saw it
+is dropped with an issue: the files a window read whole are re-checked so, once every read of
+their group is done, since the worker that read such a file checked only its size.
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+
+from dedup_engine.find.changes import describe as describe_error
+from dedup_engine.find.changes import what_changed
+from dedup_engine.find.store import RowStore
+from dedup_engine.find.tasks import Described, DescribeTask, Failure
+
+
+def describe(task: DescribeTask, store: RowStore) -> Described:
+    """The task's rows of `store`, in columns, in task order."""
+    count = len(task.rows)
+    paths: list[str] = []
+    roots, devs, inos, sizes = array("I"), array("Q"), array("Q"), array("q")
+    mtimes, ctimes = array("q"), array("q")
+    uids, gids, modes = array("I", bytes(4 * count)), array("I", bytes(4 * count)), array("H")
+    modes.frombytes(bytes(2 * count))
+    failed: list[Failure] = []
+    stat_path = os.stat if task.follow_links else os.lstat
+    for position, row in enumerate(task.rows):
+        path = store.path(row)
+        seen = store.scanned(row)
+        paths.append(path)
+        roots.append(store.root(row))
+        devs.append(seen.dev)
+        inos.append(seen.ino)
+        sizes.append(seen.size)
+        mtimes.append(seen.mtime)
+        ctimes.append(seen.ctime)
+        if not task.check:
+            continue
+        try:
+            st = stat_path(path)
+        except OSError as exc:
+            failed.append((position, path, f"changed since the scan: {describe_error(exc)}"))
+            continue
+        if not seen.matches(st):
+            failed.append((position, path, what_changed(st, seen.size, seen.ino, seen.dev)))
+            continue
+        uids[position] = st.st_uid
+        gids[position] = st.st_gid
+        modes[position] = st.st_mode & 0o7777
+    return Described(
+        tuple(paths), roots, devs, inos, sizes, mtimes, ctimes, uids, gids, modes, tuple(failed)
+    )

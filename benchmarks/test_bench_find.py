@@ -85,10 +85,8 @@ def _capture(root: Path) -> Captured:
 
 def _group_sizes(opts: ScanOptions, scans: list[ScanResult]) -> Sized:
     sizes = SizeIndex(opts.hard_links)
-    first = 0
     for result in scans:
-        sizes.add(first, result)
-        first += len(result.sizes)
+        sizes.add(0, result)  # one worker: in process
     return list(sizes.candidates())
 
 

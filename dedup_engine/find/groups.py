@@ -1,18 +1,17 @@
-"""Grouping files by their keys: who owns each row, size groups with hard links collapsed, and the
-final groups built from their entries.
+"""Grouping files by their keys: size groups with hard links collapsed, and the final groups
+built from their entries.
 
-The coordinator knows a file by a global row number (`Owners` maps it to the worker that scanned
-it and the row in that worker's store) and by the keys the scan sent: its size, and for a file
-that may have other names, its inode.  A candidate group is a list of row numbers, one per inode
-(its representative row); the other names of an inode hang off the representative in `links`.
-Whether a group still counts is one rule, `weight`: distinct inodes, or names when hard links are
-to be reported as duplicates.
+The coordinator knows a file by a key, `(worker << 32) | row`: the worker that scanned it and
+owns it, and its row in that worker's store (`file_key`, `owner_rows`); and by what the scan
+sent: its size, and for a file that may have other names, its inode.  A candidate group is a
+list of keys, one per inode (its representative); the other names of an inode hang off the
+representative in `links`.  Whether a group still counts is one rule, `weight`: distinct inodes,
+or names when hard links are to be reported as duplicates.
 """
 
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -20,52 +19,36 @@ from dedup_engine.find.tasks import ScanResult
 from dedup_engine.model import DuplicateGroup, FileEntry
 
 Group = list[int]
-#: No row: the end of a chain of rows of one size.
-NONE = 0xFFFFFFFF
+#: Rows a worker's store may hold: the low half of a key.
+ROW_BITS = 32
+ROW_MASK = (1 << ROW_BITS) - 1
+#: No file: the end of a chain of files of one size.
+NONE = (1 << 64) - 1
 
 
-class Owners:
-    """Which worker owns each global row, kept per scan result (rows come in runs), not per row."""
+def file_key(worker: int, row: int) -> int:
+    return (worker << ROW_BITS) | row
 
-    __slots__ = ("_local", "_start", "_worker", "total")
 
-    def __init__(self) -> None:
-        self._start = array("Q")
-        self._worker = array("H")
-        self._local = array("Q")
-        self.total = 0
-
-    def add(self, worker: int, local_first: int, count: int) -> int:
-        """A run of `count` rows of `worker`'s store from `local_first`; their first global row."""
-        first = self.total
-        if count:
-            self._start.append(first)
-            self._worker.append(worker)
-            self._local.append(local_first)
-            self.total += count
-            if self.total >= NONE:
-                raise OverflowError(f"more than {NONE - 1} files in one run")
-        return first
-
-    def split(self, rows: Sequence[int]) -> dict[int, tuple[array[int], array[int]]]:
-        """The rows by owner: {worker: (positions in `rows`, rows of its store)}."""
-        out: dict[int, tuple[array[int], array[int]]] = {}
-        starts, workers, locals_ = self._start, self._worker, self._local
-        for position, row in enumerate(rows):
-            run = bisect_right(starts, row) - 1
-            part = out.get(workers[run])
-            if part is None:
-                part = out[workers[run]] = (array("I"), array("Q"))
-            part[0].append(position)
-            part[1].append(locals_[run] + row - starts[run])
-        return out
+def owner_rows(keys: Sequence[int]) -> dict[int, tuple[array[int], array[int]]]:
+    """The keys by owner: {worker: (positions in `keys`, rows of its store)}."""
+    workers = [k >> ROW_BITS for k in keys]
+    first = workers[0] if workers else 0
+    if all(w == first for w in workers):  # one worker, or one owner for the whole batch
+        return {first: (array("I", range(len(keys))), array("Q", [k & ROW_MASK for k in keys]))}
+    out: dict[int, tuple[array[int], array[int]]] = {}
+    for worker in set(workers):
+        positions = array("I", [p for p, w in enumerate(workers) if w == worker])
+        out[worker] = (positions, array("Q", [keys[p] & ROW_MASK for p in positions]))
+    return out
 
 
 class SizeIndex:
     """Takes each scan result's keys, groups rows by size, and collapses hard links.
 
-    Rows of one size are chained (`_prev`, 4 bytes a row) from the last one seen (`_last`, one
-    entry per distinct size): no list or object per file.  Only rows whose inode may be reached
+    Files of one size are chained (`_prev`: per worker, the key of the file before, 8 bytes a
+    row) from the last one seen (`_last`, one entry per distinct size): no list or object per
+    file.  Only rows whose inode may be reached
     by another path (a link count above one, or any file with links followed) are looked up by
     inode; inodes that slip through anyway (a bind mount, a link made during the walk) are caught
     when the final group is built (`assemble`).
@@ -76,18 +59,22 @@ class SizeIndex:
         self.links: dict[int, list[int]] = {}
         self.aliases: set[int] = set()  # rows reached through a symlink to a file
         self._last: dict[int, int] = {}
-        self._prev = array("I")
+        self._prev: dict[int, array[int]] = {}
         self._inodes: dict[tuple[int, int], int] = {}
         self._real: dict[int, int] = {}  # names not reached through a symlink, per linked inode
         self.rows_in = 0
         self.paths_in_candidates = 0
         self.reps_in_candidates = 0
 
-    def add(self, first: int, result: ScanResult) -> None:
-        """Take the rows of one scan result, numbered from `first`."""
+    def add(self, worker: int, result: ScanResult) -> None:
+        """Take the rows of one of `worker`'s scan results."""
         sizes = result.sizes
         self.rows_in += len(sizes)
-        prev, last = self._prev, self._last
+        last = self._last
+        prev = self._prev.setdefault(worker, array("Q"))
+        # A worker's results arrive in the order it added their rows to its store.
+        assert len(prev) == result.first, "a worker's scan results arrived out of order"
+        first = file_key(worker, result.first)
         if result.aliases:
             self.aliases.update(first + offset for offset in result.aliases)
         keyed = dict(zip(result.linked, zip(result.devs, result.inos, strict=True), strict=True))
@@ -135,18 +122,18 @@ class SizeIndex:
         last = self._last
         self._last = {}
         for size, row in last.items():
-            if prev[row] == NONE and not (hard_links and row in links):
+            if prev[row >> ROW_BITS][row & ROW_MASK] == NONE and not (hard_links and row in links):
                 continue  # the common case: a size seen once
             group: Group = []
             while row != NONE:
                 group.append(row)
-                row = prev[row]
+                row = prev[row >> ROW_BITS][row & ROW_MASK]
             group.reverse()
             if self.weight(group) >= 2:
                 self.reps_in_candidates += len(group)
                 self.paths_in_candidates += len(group) + sum(len(links.get(r, ())) for r in group)
                 yield size, group
-        self._prev = array("I")
+        self._prev = {}
 
     def names(self, group: Group) -> list[int]:
         """Every row of the group's inodes: each representative, then its other names."""

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dedup_engine.find.groups import Group, Named, Owners, SizeIndex, assemble
+from dedup_engine.find.groups import Group, Named, SizeIndex, assemble, owner_rows
 from dedup_engine.find.pool import Pool
 from dedup_engine.find.tasks import (
     DIGEST_SIZE,
@@ -60,12 +60,11 @@ Sink = Callable[[int, bytes, Group], None]
 
 @dataclass(frozen=True, slots=True)
 class StepContext:
-    """What the steps of one run share: the pool and how many tasks it may hold, who owns each
-    row, the size index (links and weights), the run's counts and issues, the read settings,
-    where final groups go, and the progress tick."""
+    """What the steps of one run share: the pool and how many tasks it may hold, the size index
+    (links and weights), the run's counts and issues, the read settings, where final groups go,
+    and the progress tick."""
 
     pool: Pool
-    owners: Owners
     sizes: SizeIndex
     stats: RunStats
     issues: list[Issue]
@@ -88,23 +87,23 @@ class StepContext:
 
 
 class Scatter:
-    """One batch's tasks to the workers that own its rows; `done` once every part is back.
+    """One batch's tasks to the workers that own its files; `done` once every part is back.
 
     `make` builds an owner's task from its rows; `take` gets each part's result with the
-    positions (in the batch's rows) of the rows it answers for.
+    positions (in the batch's keys) of the files it answers for.
     """
 
     def __init__(
         self,
         context: StepContext,
-        rows: Sequence[int],
+        keys: Sequence[int],
         make: Callable[[array[int]], Task],
         take: Callable[[array[int], Any], None],
         done: Callable[[], None],
     ) -> None:
         self._take = take
         self._done = done
-        parts = context.owners.split(rows)
+        parts = owner_rows(keys)
         self._left = len(parts)
         if not parts:
             done()
@@ -237,42 +236,79 @@ class WindowStep(Step):
 
 
 class _Names:
-    """The names of a batch's groups and what their owners said of them."""
+    """The names of a batch's groups, each representative followed by its inode's other names,
+    and what their owners said of them, by position."""
 
     def __init__(self, context: StepContext, groups: Sequence[Group]) -> None:
-        sizes = context.sizes
-        self.rows: list[int] = [row for group in groups for row in sizes.names(group)]
-        self.described: list[Described | None] = []
-        self.at: dict[int, tuple[int, int]] = {}  # row: (part, index in the part)
-        self.failed: set[int] = set()
+        links = context.sizes.links
+        self.keys: list[int] = []
+        self.at: dict[int, int] = {}  # a representative's position; its other names follow
+        for group in groups:
+            for rep in group:
+                self.at[rep] = len(self.keys)
+                self.keys.append(rep)
+                self.keys.extend(links.get(rep, ()))
+        count = len(self.keys)
+        self.described: list[Described] = []
+        self.part = array("I", bytes(4 * count))  # which result describes each position
+        self.index = array("I", bytes(4 * count))  # and where in it
+        self.failed = bytearray(count)
 
     def take(self, positions: array[int], result: Described) -> None:
-        part = len(self.described)
+        part, where = len(self.described), self.index
         self.described.append(result)
-        rows = self.rows
         for index, position in enumerate(positions):
-            self.at[rows[position]] = (part, index)
+            self.part[position] = part
+            where[position] = index
         for index, _, _ in result.failed:
-            self.failed.add(rows[positions[index]])
+            self.failed[positions[index]] = 1
 
-    def entry(self, row: int, alias: bool, owner: tuple[int, int, int] | None = None) -> Named:
-        """The entry of a described row; `owner` (uid, gid, mode) where the check was elsewhere."""
-        part, index = self.at[row]
-        d = self.described[part]
-        assert d is not None
-        uid, gid, mode = owner or (d.uids[index], d.gids[index], d.modes[index])
+    def entry(self, position: int, alias: bool, owner: tuple[int, int, int] | None) -> Named:
+        """The entry of a described name; `owner` (uid, gid, mode) where the check was made
+        elsewhere."""
+        d, i = self.described[self.part[position]], self.index[position]
+        uid, gid, mode = owner or (d.uids[i], d.gids[i], d.modes[i])
         entry = FileEntry(
-            d.paths[index],
-            d.devs[index],
-            d.inos[index],
-            d.sizes[index],
-            d.mtimes[index],
-            d.ctimes[index],
-            uid,
-            gid,
-            mode,
+            d.paths[i], d.devs[i], d.inos[i], d.sizes[i], d.mtimes[i], d.ctimes[i], uid, gid, mode
         )
-        return Named(entry, d.roots[index], alias)
+        return Named(entry, d.roots[i], alias)
+
+    def compare_task(
+        self, reps: list[int], groups: array[int], context: StepContext
+    ) -> CompareTask:
+        """The full stage's task for these representatives, from their owners' descriptions."""
+        described, parts, where = self.described, self.part, self.index
+        located = [(described[parts[p]], where[p]) for p in map(self.at.__getitem__, reps)]
+        return CompareTask(
+            tuple(d.paths[i] for d, i in located),
+            array("q", [d.sizes[i] for d, i in located]),
+            groups,
+            array("Q", [d.inos[i] for d, i in located]),
+            array("q", [d.mtimes[i] for d, i in located]),
+            array("q", [d.ctimes[i] for d, i in located]),
+            context.follow_links,
+            context.chunk_size,
+        )
+
+    def named(
+        self,
+        context: StepContext,
+        group: Group,
+        owner_of: Callable[[int], tuple[int, int, int] | None],
+    ) -> list[Named]:
+        """The entries of a group's names that passed their checks: a representative that
+        failed takes its inode's other names with it."""
+        out: list[Named] = []
+        links, aliases, failed = context.sizes.links, context.sizes.aliases, self.failed
+        for rep in group:
+            start = self.at[rep]
+            if failed[start]:
+                continue
+            owner = owner_of(rep)
+            for position in range(start, start + 1 + len(links.get(rep, ()))):
+                if not failed[position]:
+                    out.append(self.entry(position, self.keys[position] in aliases, owner))
+        return out
 
 
 class RecheckStep(Step):
@@ -309,7 +345,7 @@ class RecheckStep(Step):
         follow = self.context.follow_links
         Scatter(
             self.context,
-            names.rows,
+            names.keys,
             lambda local: DescribeTask(local, True, follow),
             lambda positions, result: self._take(names, positions, result),
             lambda: self._build(batch, names),
@@ -323,31 +359,10 @@ class RecheckStep(Step):
         self.outstanding -= 1
         context = self.context
         for size, digest, group in batch:
-            named = _named(context, names, group, lambda row: None)
+            named = names.named(context, group, lambda rep: None)
             final = assemble(size, digest, named, context.sizes.hard_links)
             if final is not None:
                 context.emit(final)
-
-
-def _named(
-    context: StepContext,
-    names: _Names,
-    group: Group,
-    owner_of: Callable[[int], tuple[int, int, int] | None],
-) -> list[Named]:
-    """The entries of a group's names that passed their checks: a representative that failed
-    takes its inode's other names with it."""
-    out: list[Named] = []
-    links, aliases, failed = context.sizes.links, context.sizes.aliases, names.failed
-    for rep in group:
-        if rep in failed:
-            continue
-        owner = owner_of(rep)
-        for row in (rep, *links.get(rep, ())):
-            if row in failed:
-                continue
-            out.append(names.entry(row, row in aliases, owner))
-    return out
 
 
 class FullStep(Step):
@@ -390,7 +405,7 @@ class FullStep(Step):
         follow = self.context.follow_links
         Scatter(
             self.context,
-            names.rows,
+            names.keys,
             lambda local: DescribeTask(local, False, follow),
             names.take,
             lambda: self._compare(batch, names),
@@ -399,18 +414,10 @@ class FullStep(Step):
     def _compare(self, batch: list[tuple[int, Group]], names: _Names) -> None:
         """Every name is known: one worker compares the groups' representatives."""
         reps = [row for _, group in batch for row in group]
-        entries = [names.entry(row, False).entry for row in reps]
         groups = array("I", [len(group) for _, group in batch])
-        task = CompareTask(
-            tuple(e.path for e in entries),
-            array("q", [e.size for e in entries]),
-            array("I", [1]) * len(reps) if self.alone else groups,
-            array("Q", [e.ino for e in entries]),
-            array("q", [e.mtime_ns for e in entries]),
-            array("q", [e.ctime_ns for e in entries]),
-            self.context.follow_links,
-            self.context.chunk_size,
-        )
+        if self.alone:
+            groups = array("I", [1]) * len(reps)
+        task = names.compare_task(reps, groups, self.context)
         self.context.pool.submit(task, lambda result: self._split(batch, names, reps, result))
 
     def _split(
@@ -431,7 +438,7 @@ class FullStep(Step):
             start = end
             for digest, members in split(group, digests, context.sizes.weight):
                 out += len(members)
-                named = _named(context, names, members, checked.get)
+                named = names.named(context, members, checked.get)
                 final = assemble(size, digest, named, context.sizes.hard_links)
                 if final is not None:
                     context.emit(final)

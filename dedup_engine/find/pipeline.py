@@ -3,10 +3,11 @@
 scan → by size → hard links → head → tail → full → groups (`_Run.search`).  The parent is the
 coordinator: the workers own the files they scanned (`store`), and it sees only their keys (size,
 and the inode of a linked file), groups them, and sends each stage's batches to the owners of the
-files.  After the scan the stages overlap: size groups flow into the head stage a batch at a time,
-and each later stage starts on the groups the one before has split so far, so every final group
-is handed on as soon as it is final.  The workers' side of each stage is `walk`, `hashtasks`,
-`entries` and `fullcompare`, reached through `pool`.
+files, naming each by its owner and its row there (`groups.file_key`).  After the scan the stages
+overlap: size groups flow into the head stage a batch at a time, each later stage starts on the
+groups the one before has split so far, and every final group is handed on as soon as it is
+final.  The workers' side of each stage is `walk`, `hashtasks`, `entries` and `fullcompare`,
+reached through `pool`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dedup_engine.find.groups import Group, Owners, SizeIndex
+from dedup_engine.find.groups import Group, SizeIndex
 from dedup_engine.find.hashstep import (
     FullStep,
     RecheckStep,
@@ -157,11 +158,9 @@ class _Run:
         for stage in (Stage.SCAN, Stage.SIZE, Stage.HARDLINK, Stage.HEAD, Stage.TAIL, Stage.FULL):
             stats.stage(stage)  # rows in pipeline order
         self.current = Stage.SCAN
-        self.owners = Owners()
         self.sizes = SizeIndex(opts.hard_links)
         self.steps = StepContext(
             pool,
-            self.owners,
             self.sizes,
             stats,
             issues,
@@ -332,8 +331,7 @@ class _Run:
     def _scanned(self, worker: int, result: ScanResult) -> None:
         self._scans -= 1
         stats = self.stats
-        first = self.owners.add(worker, result.first, len(result.sizes))
-        self.sizes.add(first, result)
+        self.sizes.add(worker, result)
         stats.dirs_scanned += result.dirs_scanned
         stats.skipped_special += result.skipped_special
         stats.skipped_symlinks += result.skipped_symlinks

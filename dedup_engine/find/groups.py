@@ -12,7 +12,7 @@ or names when hard links are to be reported as duplicates.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from dedup_engine.find.tasks import ScanResult
@@ -109,11 +109,13 @@ class SizeIndex:
         real = self._real.get(rep)
         return 1 if real is None else max(1, real)
 
-    def weight(self, group: Group) -> int:
+    @property
+    def weight(self) -> Callable[[Group], int]:
         """Whether a group still counts: two or more inodes, or with hard_links two names."""
-        if self.hard_links:
-            return sum(map(self._copies_of, group))
-        return len(group)
+        return self._copies if self.hard_links else len
+
+    def _copies(self, group: Group) -> int:
+        return sum(map(self._copies_of, group))
 
     def candidates(self) -> Iterator[tuple[int, Group]]:
         """(size, representative rows) of each size group that counts, in order of first
@@ -131,7 +133,9 @@ class SizeIndex:
             group.reverse()
             if self.weight(group) >= 2:
                 self.reps_in_candidates += len(group)
-                self.paths_in_candidates += len(group) + sum(len(links.get(r, ())) for r in group)
+                self.paths_in_candidates += len(group)
+                if links:
+                    self.paths_in_candidates += sum(len(links.get(r, ())) for r in group)
                 yield size, group
         self._prev = {}
 
@@ -168,6 +172,9 @@ def assemble(
     inode has no other: acting on a link while keeping its target's copies loses data.  Order:
     by the index of the root the file was found under, then by path.
     """
+    distinct = len({(n.entry.dev, n.entry.ino) for n in names}) == len(names)
+    if distinct and len(names) >= 2 and not any(n.alias for n in names):
+        return DuplicateGroup(size, digest.hex(), _ordered(names))  # one name per inode
     inodes: dict[tuple[int, int], list[Named]] = {}
     for named in names:
         inodes.setdefault((named.entry.dev, named.entry.ino), []).append(named)
@@ -181,5 +188,9 @@ def assemble(
     for same in inodes.values():
         real = [n for n in same if not n.alias]
         listed.extend(real or same)
-    listed.sort(key=lambda n: (n.root, n.entry.path))
-    return DuplicateGroup(size, digest.hex(), tuple(n.entry for n in listed))
+    return DuplicateGroup(size, digest.hex(), _ordered(listed))
+
+
+def _ordered(names: list[Named]) -> tuple[FileEntry, ...]:
+    names.sort(key=lambda n: (n.root, n.entry.path))
+    return tuple(n.entry for n in names)

@@ -447,6 +447,9 @@ class FullStep(Step):
 
 def split(rows: Group, digests: list[bytes], weight: Callable[[Group], int]) -> Split:
     """The rows that share a digest, in groups that still count; a failed file (zeros) in none."""
+    if len(rows) == 2 and weight is len_of:  # the most common group, without a dict
+        first = digests[0]
+        return [(first, rows)] if first == digests[1] and first != NO_DIGEST else []
     buckets: dict[bytes, Group] = {}
     for row, digest in zip(rows, digests, strict=True):
         bucket = buckets.get(digest)
@@ -457,3 +460,7 @@ def split(rows: Group, digests: list[bytes], weight: Callable[[Group], int]) -> 
     if len(buckets) == len(rows) and len(rows) == weight(rows):
         return []  # all different: the common fate of unrelated same-size files
     return [(d, m) for d, m in buckets.items() if d != NO_DIGEST and weight(m) >= 2]
+
+
+#: The weight of a group when only distinct inodes count: its length.
+len_of: Callable[[Group], int] = len

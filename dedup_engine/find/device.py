@@ -43,24 +43,27 @@ class DeviceClass(Enum):
 #: - ROTATIONAL 1: fclones (since 0.9, once it read in physical order) found one thread per hard
 #:   disk gave slightly more IOPS than several, and parallel sequential reads "hurt a lot";
 #:   rmlint also reads each disk in physical order.
-#: - SOLID 16: fclones' SSD default is 4 threads per core, 16 on the 4-core laptop of its
-#:   published NVMe benchmark; a SATA disk queues 32 commands (NCQ). Kept apart from the CPU count.
-#: - VIRTUAL 8: measured on this project's virtio disk, cold (drop_caches), 20,000 files, 4 KiB
-#:   head + BLAKE3, two worker processes: 2 in flight 1.70 s, 4 1.23 s, 8 0.78 s, 16 0.80 s,
-#:   32-64 0.80-0.86 s (docs/architecture.md, "Reads per device"); `dedup find --workers 8`
-#:   was likewise twice as fast as 2 workers on the small tree (anchors).
+#: - SOLID 16: fclones' SSD default is 4 threads per core, 16 on a 4-core machine such as the
+#:   laptop of its published NVMe benchmark; a SATA disk queues 32 commands (NCQ). A constant:
+#:   the device, not the CPU count, sets it. No SSD or NVMe disk was at hand to measure.
+#: - VIRTUAL 16: measured on this project's virtio disk by the cold sweep of
+#:   benchmarks/test_bench_seek.py (20,000 files, 4 KiB head + BLAKE3 each, page cache dropped,
+#:   two worker processes, median of 3; two sweeps): 2 in flight 3.53 s, 4 2.01-2.51 s,
+#:   8 1.30-1.61 s, 16 1.11-1.26 s, 32 1.00-1.01 s, 64 0.95-1.03 s. 16 takes most of the gain
+#:   over 8; warm, 2 to 64 in flight all read the tree in 0.3-0.4 s. `dedup find --workers 8`
+#:   was likewise twice as fast cold as 2 workers on the small tree (anchors).
 #: - NETWORK 32: each read is a round trip, so latency, not the server, bounds one reader; the
 #:   Linux NFSv4.1 client opens 64 session slots by default (NFS4_DEF_SLOT_TABLE_SIZE): half of
 #:   them leaves room for the walk's metadata calls and other clients.
 #: - MEMORY: one per usable CPU (`cpu_count()` at lookup); a read is a copy that holds a CPU, and
 #:   threads gave no gain over processes on warm small files (anchors).
-#: - UNKNOWN 8: as VIRTUAL. fclones also reads an unknown device in parallel: many reads in
-#:   flight cost a hard disk at most 30% in its tests, while one reader can make an SSD or a
-#:   virtual disk several times slower (2.2x here, 8 against 2).
+#: - UNKNOWN 8: a hedge between a disk and the rest. fclones reads an unknown device in
+#:   parallel too: many reads in flight cost a hard disk at most 30% in its tests, while one
+#:   reader makes an SSD or a virtual disk several times slower (2.2-2.7x here, 8 against 2).
 DEFAULT_DEPTH: dict[DeviceClass, int] = {
     DeviceClass.ROTATIONAL: 1,
     DeviceClass.SOLID: 16,
-    DeviceClass.VIRTUAL: 8,
+    DeviceClass.VIRTUAL: 16,
     DeviceClass.NETWORK: 32,
     DeviceClass.UNKNOWN: 8,
 }

@@ -59,6 +59,7 @@ class SeekTally:
 
     distance: int  # bytes between the end of each read and the start of the next, summed
     seeks: int  # reads that did not start where the one before ended
+    backward: int  # of those, the ones that went back: a sweep in one direction has none
 
 
 def first_extent(fd: int) -> Extent | None:
@@ -141,21 +142,24 @@ def inode_order(inodes: Sequence[int]) -> list[int]:
     return sorted(range(len(inodes)), key=inodes.__getitem__)
 
 
-def seek_distance(reads: Iterable[tuple[int, int]], start: int = 0) -> SeekTally:
+def seek_distance(reads: Iterable[tuple[int, int]], start: int | None = None) -> SeekTally:
     """The travel of one head serving `(physical offset, length)` reads in the order given.
 
-    The head starts at `start` and ends each read at offset + length; every read is a move from
-    there to its offset, forward or back. A model: it counts bytes, not milliseconds, and knows
-    nothing of tracks, caches or a drive reordering its queue. Good enough to compare orders.
+    The head starts at `start`, by default where the first read begins (the way there is the
+    same whatever the order); it ends each read at offset + length, and every read is a move
+    from there to its offset, forward or back. A model: it counts bytes, not milliseconds, and
+    knows nothing of tracks, caches or a drive reordering its queue. Good enough to compare
+    orders.
     """
     head = start
-    distance = seeks = 0
+    distance = seeks = backward = 0
     for offset, length in reads:
-        if offset != head:
+        if head is not None and offset != head:
             distance += abs(offset - head)
             seeks += 1
+            backward += offset < head
         head = offset + length
-    return SeekTally(distance, seeks)
+    return SeekTally(distance, seeks, backward)
 
 
 def _try_fiemap(fd: int) -> tuple[Extent | None, bool]:

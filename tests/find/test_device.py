@@ -426,9 +426,13 @@ def test_tmpfs_has_no_fiemap_and_falls_back_to_inode_order() -> None:
 
 
 def test_seek_distance_is_the_travel_of_one_head() -> None:
-    assert seek_distance([]) == readorder.SeekTally(0, 0)
-    # 0 -> 100 (100), read to 150, -> 150 (contiguous), read to 200, -> 50 (150).
-    assert seek_distance([(100, 50), (150, 50), (50, 10)]) == readorder.SeekTally(250, 2)
-    assert seek_distance([(100, 50)], start=100) == readorder.SeekTally(0, 0)
+    tally = readorder.SeekTally
+    assert seek_distance([]) == tally(0, 0, 0)
+    # From 0: -> 100 (100), read to 150, -> 150 (none), read to 200, -> 50 (150, backward).
+    assert seek_distance([(100, 50), (150, 50), (50, 10)], start=0) == tally(250, 2, 1)
+    # By default the head starts where the first read does.
+    assert seek_distance([(100, 50), (150, 50), (50, 10)]) == tally(150, 1, 1)
+    assert seek_distance([(300, 10), (0, 10), (200, 10)]) == tally(310 + 190, 2, 1)
     reads = [(4096 * k, 4096) for k in (5, 1, 9, 3, 7)]
-    assert seek_distance(sorted(reads)).distance < seek_distance(reads).distance
+    assert seek_distance(sorted(reads)) == tally(4 * 4096, 4, 0)
+    assert seek_distance(reads).distance > 4 * 4096

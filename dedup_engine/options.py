@@ -29,6 +29,8 @@ DEFAULT_CHUNK = 128 * 1024
 #: the device (a cold disk: 8 workers on 2 CPUs ran twice as fast as 2); many more only fork and
 #: wait, and `-j 10000` would fork for minutes.
 WORKERS_PER_CPU = 8
+#: Reads in flight on one device, at most: a thread each, and no disk queue is deeper.
+MAX_IO_DEPTH = 1024
 #: Descriptors the parent holds per worker (`pool.ProcessPool`): the task pipe's write end, the
 #: result pipe's read end, and multiprocessing's two ends of the pipe that tells the worker's exit.
 FDS_PER_WORKER = 4
@@ -67,6 +69,8 @@ class ScanOptions:
     tail_min_size: int = DEFAULT_TAIL_MIN
     chunk_size: int = DEFAULT_CHUNK
     stages: tuple[str, ...] = ("head", "tail")
+    #: Reads in flight per device, over every worker; None: the device's own (`find.device`).
+    io_depth: int | None = None
 
     def __post_init__(self) -> None:
         self._check_limits()
@@ -80,6 +84,8 @@ class ScanOptions:
             raise OptionsError(f"--min-size must be 0 or more, not {self.min_size}")
         if self.max_size is not None and self.max_size < max(self.min_size, 0):
             raise OptionsError(f"--max-size {self.max_size} is below --min-size {self.min_size}")
+        if self.io_depth is not None and not 1 <= self.io_depth <= MAX_IO_DEPTH:
+            raise OptionsError(f"--io-depth must be 1 to {MAX_IO_DEPTH}, not {self.io_depth}")
         if self.workers is not None and self.workers < 0:
             raise OptionsError(f"--workers must be 0 (in process) or more, not {self.workers}")
         if self.workers is not None:

@@ -115,6 +115,17 @@ def find(
             "--workers", "-j", help="Worker processes (default: usable CPUs; 0: in process)."
         ),
     ] = None,
+    io_depth: Annotated[
+        int | None,
+        typer.Option(
+            "--io-depth",
+            help=(
+                "Reads in flight per device, over all workers (default: the device's own: 1 "
+                "in physical order on a spinning disk, 16 on SSDs and virtual disks, 32 on "
+                "network filesystems)."
+            ),
+        ),
+    ] = None,
     progress: ProgressOption = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
@@ -154,6 +165,7 @@ def find(
             empty=empty,
             hard_links=hard_links,
             workers=workers,
+            io_depth=io_depth,
             head_window=parse_size(head_window),
             tail_window=parse_size(tail_window),
             whole_threshold=parse_size(whole_threshold),

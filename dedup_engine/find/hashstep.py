@@ -283,6 +283,7 @@ class _Names:
             tuple(d.paths[i] for d, i in located),
             array("q", [d.sizes[i] for d, i in located]),
             groups,
+            array("Q", [d.devs[i] for d, i in located]),
             array("Q", [d.inos[i] for d, i in located]),
             array("q", [d.mtimes[i] for d, i in located]),
             array("q", [d.ctimes[i] for d, i in located]),

@@ -17,8 +17,10 @@ import multiprocessing
 import os
 import queue
 import selectors
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -28,8 +30,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from dedup_engine.find.entries import describe
-from dedup_engine.find.fullcompare import compare_groups
-from dedup_engine.find.hashtasks import hash_batch
+from dedup_engine.find.readers import Readers
 from dedup_engine.find.store import RowStore
 from dedup_engine.find.tasks import CompareTask, DescribeTask, Result, ScanTask, Task
 from dedup_engine.find.walk import Filter, scan_dirs
@@ -68,11 +69,17 @@ class Pool(Protocol):
 
 
 class WorkerState:
-    """What a worker keeps between tasks: its filters, and the rows it has scanned."""
+    """What a worker keeps between tasks: its filters, the rows it has scanned, and its readers.
 
-    def __init__(self, options: ScanOptions, roots: Sequence[str]) -> None:
+    `lock_dir` holds one lock file per spinning disk, shared by the run's workers.
+    """
+
+    def __init__(
+        self, options: ScanOptions, roots: Sequence[str], workers: int, lock_dir: str | None
+    ) -> None:
         self.filter = Filter(options, roots)
         self.store = RowStore()
+        self.readers = Readers(options.io_depth, workers, lock_dir)
 
 
 def run_task(task: Task, state: WorkerState) -> Result:
@@ -80,10 +87,10 @@ def run_task(task: Task, state: WorkerState) -> Result:
     if isinstance(task, ScanTask):
         return scan_dirs(task, state.filter, state.store)
     if isinstance(task, CompareTask):
-        return compare_groups(task)
+        return state.readers.compare(task)
     if isinstance(task, DescribeTask):
         return describe(task, state.store)
-    return hash_batch(task, state.store)
+    return state.readers.hash_batch(task, state.store)
 
 
 class InlinePool:
@@ -91,7 +98,7 @@ class InlinePool:
 
     def __init__(self, options: ScanOptions, roots: Sequence[str]) -> None:
         self.workers = 0
-        self._state = WorkerState(options, roots)
+        self._state = WorkerState(options, roots, 1, None)
         self._queue: deque[tuple[Task, Callback]] = deque()
 
     @property
@@ -108,9 +115,10 @@ class InlinePool:
 
     def close(self) -> None:
         self._queue.clear()
+        self._state.readers.close()
 
     def abort(self) -> None:
-        self._queue.clear()
+        self.close()
 
 
 def _worker_main(
@@ -118,11 +126,14 @@ def _worker_main(
     results: Connection,
     options: ScanOptions,
     roots: Sequence[str],
+    shared: tuple[int, str],
     parent: int,
     inherited: frozenset[int],
 ) -> None:
+    """A worker's life: its state made, then each task run as it comes.  `shared` is what the
+    run's workers share: how many they are, and the directory of the spinning disks' locks."""
     _detach(parent, inherited, keep={tasks.fileno(), results.fileno()})
-    state = WorkerState(options, roots)
+    state = WorkerState(options, roots, *shared)
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     def receive() -> None:
@@ -209,6 +220,7 @@ class ProcessPool:
         self._send: list[Connection] = []
         self._recv: list[Connection] = []
         self._selector = selectors.DefaultSelector()
+        self._lock_dir = tempfile.mkdtemp(prefix="dedup-read-locks-")
         try:
             self._start(ctx, workers, options, roots)
         except BaseException:
@@ -239,7 +251,15 @@ class ProcessPool:
                     inherited = frozenset([*_open_fds(), *own])
                 proc = ctx.Process(
                     target=_worker_main,
-                    args=(task_r, result_w, options, tuple(roots), parent, inherited),
+                    args=(
+                        task_r,
+                        result_w,
+                        options,
+                        tuple(roots),
+                        (workers, self._lock_dir),
+                        parent,
+                        inherited,
+                    ),
                     daemon=True,
                 )
                 proc.start()
@@ -327,6 +347,7 @@ class ProcessPool:
         for conn in (*self._send, *self._recv):
             conn.close()
         self._send, self._recv = [], []
+        shutil.rmtree(self._lock_dir, ignore_errors=True)
 
 
 def _widen(conn: Connection) -> None:

@@ -154,6 +154,7 @@ class CompareTask:
     paths: tuple[str, ...]
     sizes: array[int]
     groups: array[int]
+    devs: array[int]  # which device each file is on: its reader's concern (`readers`)
     inos: array[int]
     mtimes: array[int]
     ctimes: array[int]

@@ -1,0 +1,170 @@
+"""Holding final groups on disk until the report is written, and giving them back in report order.
+
+A search finishes its groups in no particular order, and a report lists them largest size first,
+then by first path (the order `find_duplicates` returns).  `GroupSpool` takes them as they come,
+writes each one at once to an anonymous temporary file (deleted when the spool is closed, or by the
+kernel when the process dies) and keeps only a compact sort key per group in memory; past
+`max_keys` keys, a sorted run of keys goes to a second anonymous file too.  Iterating sorts the keys
+still in memory, merges them with the runs, and reads each group back: the memory held is bounded
+whatever the number of groups.
+
+A key is one bytes object ordered as the report is: the size's complement, the first path's code
+points as UTF-8 (which orders like the code points, lone surrogates of undecodable bytes
+included), then where the group lies in the data file.  A group is stored with `marshal`, which
+keeps any string exactly.
+"""
+
+from __future__ import annotations
+
+import heapq
+import marshal
+import operator
+import os
+import struct
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import IO
+
+from dedup_engine.model import DuplicateGroup, FileEntry, Issue, RunStats
+
+#: Keys kept in memory before a sorted run of them is written out: about 15 MiB of keys for
+#: paths of 60 characters.
+MAX_KEYS = 1 << 17
+
+_READ_CHUNK = 1 << 16  # bytes a run is read in, per run, when merging
+
+_SIZE_TOP = (1 << 64) - 1
+_PLACE = struct.Struct(">QI")  # a group's offset and length in the data file, ending its key
+_KEY_LENGTH = struct.Struct(">I")  # before each key of a run on disk
+_FILE_FIELDS = operator.attrgetter(*FileEntry.__dataclass_fields__)
+
+
+def sort_key(group: DuplicateGroup) -> tuple[int, str]:
+    """The report's order of groups: largest size first, then by first path."""
+    return -group.size, group.files[0].path if group.files else ""
+
+
+class GroupSpool:
+    """Duplicate groups added in any order, given back in report order, held in temporary files.
+
+    `add` a group as soon as it is final; iterate (as often as needed) for the groups in
+    `sort_key` order, each read back from disk.  `directory` is where the anonymous files live
+    (`tempfile`'s choice by default); `max_keys` bounds the keys held in memory.  Use it as a
+    context manager, or `close` it: both files go at once.
+    """
+
+    def __init__(self, directory: str | None = None, max_keys: int = MAX_KEYS) -> None:
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self._max_keys = max_keys
+        # The files live as long as the spool, not a block: `close` (or __exit__) closes them.
+        self._data: IO[bytes] = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115
+        self._directory = directory
+        self._runs_file: IO[bytes] | None = None
+        self._runs: list[tuple[int, int]] = []  # (offset, length) of each sorted run of keys
+        self._keys: list[bytes] = []
+        self._end = 0  # the data file's length
+        self._count = 0
+
+    def add(self, group: DuplicateGroup) -> None:
+        """Write the group out now; only its key stays."""
+        record = marshal.dumps((group.size, group.digest, tuple(map(_FILE_FIELDS, group.files))))
+        self._data.write(record)
+        first = group.files[0].path if group.files else ""
+        self._keys.append(_key(group.size, first, self._end, len(record)))
+        self._end += len(record)
+        self._count += 1
+        if len(self._keys) >= self._max_keys:
+            self._spill()
+
+    def extend(self, groups: Iterable[DuplicateGroup]) -> None:
+        for group in groups:
+            self.add(group)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[DuplicateGroup]:
+        """The groups in report order; a group added while iterating may be missed."""
+        self._data.flush()
+        if self._runs_file is not None:
+            self._runs_file.flush()
+        self._keys.sort()
+        sources: list[Iterable[bytes]] = [self._run(*run) for run in self._runs]
+        keys = heapq.merge(*sources, self._keys) if sources else iter(self._keys)
+        fd = self._data.fileno()
+        for key in keys:
+            offset, length = _PLACE.unpack_from(key, len(key) - _PLACE.size)
+            size, digest, files = marshal.loads(os.pread(fd, length, offset))
+            yield DuplicateGroup(size, digest, tuple([FileEntry(*f) for f in files]))
+
+    def _spill(self) -> None:
+        """Write the keys in memory out as one sorted run."""
+        if self._runs_file is None:
+            self._runs_file = tempfile.TemporaryFile(dir=self._directory)  # noqa: SIM115
+        self._keys.sort()
+        start = self._runs_file.tell()
+        pack = _KEY_LENGTH.pack
+        self._runs_file.writelines(pack(len(key)) + key for key in self._keys)
+        self._runs.append((start, self._runs_file.tell() - start))
+        self._keys = []
+
+    def _run(self, offset: int, length: int) -> Iterator[bytes]:
+        """The keys of one run, read a chunk at a time (each run keeps its own place)."""
+        assert self._runs_file is not None
+        fd, end = self._runs_file.fileno(), offset + length
+        buffer, at = b"", 0
+        while at < len(buffer) or offset < end:
+            if len(buffer) - at >= _KEY_LENGTH.size:
+                (size,) = _KEY_LENGTH.unpack_from(buffer, at)
+                start = at + _KEY_LENGTH.size
+                if start + size <= len(buffer):
+                    yield buffer[start : start + size]
+                    at = start + size
+                    continue
+            chunk = os.pread(fd, min(_READ_CHUNK, end - offset), offset)
+            if not chunk:
+                raise OSError(f"a spool's run of keys ends early at {offset}")
+            buffer, at = buffer[at:] + chunk, 0
+            offset += len(chunk)
+
+    def close(self) -> None:
+        """Remove both files (idempotent); the spool is empty afterwards."""
+        self._data.close()
+        if self._runs_file is not None:
+            self._runs_file.close()
+        self._keys, self._runs, self._count = [], [], 0
+
+    def __enter__(self) -> GroupSpool:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledResult:
+    """A finished search whose groups wait in a spool: a `Findings` for the report writers."""
+
+    roots: tuple[str, ...]
+    groups: GroupSpool
+    issues: tuple[Issue, ...]
+    stats: RunStats
+
+
+def _key(size: int, first_path: str, offset: int, length: int) -> bytes:
+    """Bytes that order as `sort_key` does, ending in where the group lies in the data file.
+
+    A NUL in the path becomes NUL 1 and the path ends in NUL NUL, so a path sorts before every
+    longer path it begins, as a string does."""
+    path = first_path.encode("utf-8", "surrogatepass")
+    if b"\0" in path:
+        path = path.replace(b"\0", b"\0\1")
+    return (_SIZE_TOP - size).to_bytes(8, "big") + path + b"\0\0" + _PLACE.pack(offset, length)

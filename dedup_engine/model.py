@@ -3,13 +3,15 @@
 These are the public result types of `find_duplicates`, frozen and slotted: cheap, hashable and safe
 to pass between processes.  The hot paths inside the pipeline use columnar arrays instead
 (`find.table.FileColumns`) and only build these records for files that end up in a group.
+`Findings` is what a report is written from: a `FindResult`, or the same with spooled groups.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 
 class Stage(str, enum.Enum):
@@ -158,3 +160,24 @@ class FindResult:
     groups: tuple[DuplicateGroup, ...]
     issues: tuple[Issue, ...]
     stats: RunStats
+
+
+class Findings(Protocol):
+    """What a report is written from: a search's roots, issues and statistics, all known before
+    writing starts, and its groups in report order, read once as the report is written.
+
+    `FindResult` is one; a command that spools its groups as they become final passes another, so
+    the groups never need to be in memory all at once.
+    """
+
+    @property
+    def roots(self) -> Sequence[str]: ...
+
+    @property
+    def groups(self) -> Iterable[DuplicateGroup]: ...
+
+    @property
+    def issues(self) -> Sequence[Issue]: ...
+
+    @property
+    def stats(self) -> RunStats: ...

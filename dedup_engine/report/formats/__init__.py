@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from typing import IO, Protocol
 
-from dedup_engine.model import FindResult
+from dedup_engine.model import Findings
 from dedup_engine.options import ScanOptions
 from dedup_engine.report.formats import csv, fdupes, json, text
 
@@ -27,12 +27,15 @@ class Format(str, enum.Enum):
 class Writer(Protocol):
     """Writes a search's report to `out` and returns the number of paths it had to leave out.
 
+    `result` is a `FindResult`, or any `Findings`: the groups are read once, in the order given,
+    and written as they come (a `report.spool.GroupSpool` gives them in report order from disk).
+
     `null` asks for NUL-ended paths (`-0`); only fdupes has them, and only fdupes without them
     leaves paths out (names holding a newline).  The others ignore it and return 0.
     """
 
     def __call__(
-        self, result: FindResult, options: ScanOptions, out: IO[bytes], *, null: bool
+        self, result: Findings, options: ScanOptions, out: IO[bytes], *, null: bool
     ) -> int: ...
 
 

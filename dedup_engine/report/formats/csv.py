@@ -11,7 +11,7 @@ import io
 from collections.abc import Iterable
 from typing import IO
 
-from dedup_engine.model import DuplicateGroup, FindResult
+from dedup_engine.model import DuplicateGroup, Findings
 from dedup_engine.options import ScanOptions
 
 
@@ -29,7 +29,7 @@ def write_csv(groups: Iterable[DuplicateGroup], out: IO[bytes]) -> None:
     text.detach()
 
 
-def write(result: FindResult, options: ScanOptions, out: IO[bytes], *, null: bool) -> int:
+def write(result: Findings, options: ScanOptions, out: IO[bytes], *, null: bool) -> int:
     """The format's `Writer`: the result's groups; `null` has no use here."""
     write_csv(result.groups, out)
     return 0

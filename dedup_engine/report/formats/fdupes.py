@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterable
 from typing import IO
 
-from dedup_engine.model import DuplicateGroup, FindResult
+from dedup_engine.model import DuplicateGroup, Findings
 from dedup_engine.options import ScanOptions
 
 
@@ -37,6 +37,6 @@ def write_fdupes(groups: Iterable[DuplicateGroup], out: IO[bytes], *, null: bool
     return left_out
 
 
-def write(result: FindResult, options: ScanOptions, out: IO[bytes], *, null: bool) -> int:
+def write(result: Findings, options: ScanOptions, out: IO[bytes], *, null: bool) -> int:
     """The format's `Writer`: the result's groups; the number of paths left out."""
     return write_fdupes(result.groups, out, null=null)

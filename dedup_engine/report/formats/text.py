@@ -1,5 +1,7 @@
 """The text format, for people: each group with its size and digest, then a summary of the run.
 
+Groups are written one at a time as they are read, so the report is never whole in memory.
+
 Names are escaped (`display.printable`), so a line is always one path and a terminal shows it as is.
 """
 
@@ -7,36 +9,43 @@ from __future__ import annotations
 
 from typing import IO
 
-from dedup_engine.model import FindResult
+from dedup_engine.model import Findings
 from dedup_engine.options import ScanOptions
 from dedup_engine.report.display import human_size, printable
 
 
-def write_text(result: FindResult, out: IO[bytes]) -> None:
-    """For people: each group with its size and digest, then a summary.  Odd names are escaped."""
-    lines: list[str] = []
+def write_text(result: Findings, out: IO[bytes]) -> None:
+    """For people: each group with its size and digest, then a summary.  Odd names are escaped.
+
+    Each group is written as it comes from `result.groups`, which is read once."""
     for number, group in enumerate(result.groups, 1):
-        inodes = group.inodes
-        lines.append(
-            f"group {number}: {len(group.files)} files, {inodes} distinct, "
+        lines = [
+            f"group {number}: {len(group.files)} files, {group.inodes} distinct, "
             f"{human_size(group.size)} each, {human_size(group.reclaimable)} reclaimable, "
             f"blake3 {group.digest[:16]}"
-        )
+        ]
         lines.extend(f"  {printable(f.path)}" for f in group.files)
-        lines.append("")
+        lines.append("\n")
+        out.write(_encode("\n".join(lines)))
     stats = result.stats
-    lines.append(
-        f"{stats.groups} groups, {stats.files_in_groups} files in groups, "
-        f"{human_size(stats.bytes_reclaimable)} reclaimable; scanned {stats.files_scanned} files "
-        f"({human_size(stats.bytes_scanned)}) in {stats.seconds:.2f} s"
+    out.write(
+        _encode(
+            f"{stats.groups} groups, {stats.files_in_groups} files in groups, "
+            f"{human_size(stats.bytes_reclaimable)} reclaimable; scanned {stats.files_scanned} "
+            f"files ({human_size(stats.bytes_scanned)}) in {stats.seconds:.2f} s\n"
+        )
     )
     if result.issues:
-        lines.append(f"{len(result.issues)} files could not be read:")
-        lines.extend(f"  {printable(i.path)}: {i.message} ({i.stage.value})" for i in result.issues)
-    out.write(("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
+        out.write(_encode(f"{len(result.issues)} files could not be read:\n"))
+        for i in result.issues:
+            out.write(_encode(f"  {printable(i.path)}: {i.message} ({i.stage.value})\n"))
 
 
-def write(result: FindResult, options: ScanOptions, out: IO[bytes], *, null: bool) -> int:
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "backslashreplace")
+
+
+def write(result: Findings, options: ScanOptions, out: IO[bytes], *, null: bool) -> int:
     """The format's `Writer`: the result for people; `options` and `null` have no use here."""
     write_text(result, out)
     return 0

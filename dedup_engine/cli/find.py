@@ -31,10 +31,11 @@ from dedup_engine.cli.common import (
 from dedup_engine.cli.exitcode import FindStatus
 from dedup_engine.find.pipeline import Progress, ProgressCallback, find_duplicates
 from dedup_engine.find.pool import WorkerError
-from dedup_engine.model import FindResult
+from dedup_engine.model import Findings, FindResult
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.report.display import human_size
 from dedup_engine.report.formats import WRITERS, Format
+from dedup_engine.report.spool import GroupSpool, SpooledResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,26 +189,30 @@ def _run(roots: list[str], options: ScanOptions, request: _Request) -> FindStatu
         print_error("cannot write the report: stdout is closed")
         return FindStatus(report_unwritten=True)
     show_progress = progress_shown(request.progress, request.quiet)
-    try:
-        with _progress(show_progress) as callback, _no_gc():
-            result = find_duplicates(roots, options, progress=callback)
-    except OptionsError as exc:  # a root that cannot be searched, before any work
-        fail_usage(str(exc))
-    except WorkerError as exc:
-        print_error(str(exc))
-        return FindStatus(worker_died=True)
-    left_out = _write_report(result, options, request)
+    # Each group goes to the spool as it is final, and comes back in report order: the report
+    # is never whole in memory.
+    with GroupSpool() as spool:
+        try:
+            with _progress(show_progress) as callback, _no_gc():
+                result = find_duplicates(roots, options, progress=callback, on_group=spool.add)
+        except OptionsError as exc:  # a root that cannot be searched, before any work
+            fail_usage(str(exc))
+        except WorkerError as exc:
+            print_error(str(exc))
+            return FindStatus(worker_died=True)
+        report = SpooledResult(result.roots, spool, result.issues, result.stats)
+        left_out = _write_report(report, options, request)
     if left_out is not None:
         _print_notes(result, request, left_out)
     return FindStatus(
         report_unwritten=left_out is None,
-        duplicates_found=bool(result.groups),
+        duplicates_found=result.stats.groups > 0,
         fail_on_duplicates=request.fail_on_duplicates,
         unreadable=bool(result.issues),
     )
 
 
-def _write_report(result: FindResult, options: ScanOptions, request: _Request) -> int | None:
+def _write_report(result: Findings, options: ScanOptions, request: _Request) -> int | None:
     """Write the report where asked: the number of paths left out of it, None if it could not
     be written (said on stderr)."""
     left_out = 0  # stays 0 if the reader leaves early
@@ -235,9 +240,7 @@ def _print_notes(result: FindResult, request: _Request, left_out: int) -> None:
         _print_summary(result)
 
 
-def _write(
-    result: FindResult, options: ScanOptions, form: Format, out: IO[bytes], null: bool
-) -> int:
+def _write(result: Findings, options: ScanOptions, form: Format, out: IO[bytes], null: bool) -> int:
     """Write the report; the number of paths left out of it (fdupes without -0)."""
     return WRITERS[form](result, options, out, null=null)
 

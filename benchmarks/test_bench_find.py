@@ -93,7 +93,8 @@ def _group_sizes(opts: ScanOptions, scans: list[ScanResult]) -> Sized:
 def _refine(store: RowStore, window: Window, groups: Sized) -> Sized:
     """The groups still alike after `window`, but for those it read whole."""
     rows = array("Q", [r for _, g in groups for r in g])
-    column = hash_batch(HashTask(window, rows, False), store).digests
+    sizes = array("q", [s for s, g in groups for _ in g])
+    column = hash_batch(HashTask(window, rows, sizes, False), store).digests
     out: Sized = []
     start = 0
     for size, group in groups:
@@ -112,15 +113,20 @@ def captured(tree: tuple[str, Path]) -> Captured:
 
 def _hash_tasks(window: Window, groups: Sized) -> list[HashTask]:
     rows = array("Q", [r for _, g in groups for r in g])
-    return [HashTask(window, rows[i : i + 512], False) for i in range(0, len(rows), 512)]
+    sizes = array("q", [s for s, g in groups for _ in g])
+    return [
+        HashTask(window, rows[i : i + 512], sizes[i : i + 512], False)
+        for i in range(0, len(rows), 512)
+    ]
 
 
-def _compare_task(captured: Captured, group: Group) -> CompareTask:
+def _compare_task(captured: Captured, size: int, group: Group) -> CompareTask:
     store = captured.store
     return CompareTask(
         tuple(map(store.path, group)),
-        array("q", [store.size[r] for r in group]),
+        array("q", [size]) * len(group),
         array("I", [len(group)]),
+        array("Q", [store.dev(r) for r in group]),
         array("Q", [store.ino[r] for r in group]),
         array("q", [store.mtime[r] for r in group]),
         array("q", [store.ctime[r] for r in group]),
@@ -162,7 +168,7 @@ def test_stage_tail(benchmark: Bench, captured: Captured) -> None:
 
 
 def test_stage_full(benchmark: Bench, captured: Captured) -> None:
-    tasks = [_compare_task(captured, g) for _, g in captured.after_tail]
+    tasks = [_compare_task(captured, s, g) for s, g in captured.after_tail]
     _record(benchmark, benchmark(lambda: [compare_groups(t) for t in tasks]))
 
 
@@ -173,7 +179,8 @@ def test_stage_reducer(benchmark: Bench, captured: Captured) -> None:
     def reduce() -> int:
         built = 0
         for size, group in captured.after_tail:
-            d = describe(DescribeTask(array("Q", group), False, False), store)
+            sizes = array("q", [size]) * len(group)
+            d = describe(DescribeTask(array("Q", group), sizes, False, False), store)
             names = [
                 Named(
                     FileEntry(d.paths[i], d.devs[i], d.inos[i], size, d.mtimes[i], d.ctimes[i],

@@ -22,20 +22,19 @@ def describe(task: DescribeTask, store: RowStore) -> Described:
     """The task's rows of `store`, in columns, in task order."""
     count = len(task.rows)
     paths: list[str] = []
-    roots, devs, inos, sizes = array("I"), array("Q"), array("Q"), array("q")
+    roots, devs, inos = array("I"), array("Q"), array("Q")
     mtimes, ctimes = array("q"), array("q")
     uids, gids, modes = array("I", bytes(4 * count)), array("I", bytes(4 * count)), array("H")
     modes.frombytes(bytes(2 * count))
     failed: list[Failure] = []
     stat_path = os.stat if task.follow_links else os.lstat
-    for position, row in enumerate(task.rows):
+    for position, (row, size) in enumerate(zip(task.rows, task.sizes, strict=True)):
         path = store.path(row)
-        seen = store.scanned(row)
+        seen = store.scanned(row, size)
         paths.append(path)
         roots.append(store.root(row))
         devs.append(seen.dev)
         inos.append(seen.ino)
-        sizes.append(seen.size)
         mtimes.append(seen.mtime)
         ctimes.append(seen.ctime)
         if not task.check:
@@ -52,5 +51,5 @@ def describe(task: DescribeTask, store: RowStore) -> Described:
         gids[position] = st.st_gid
         modes[position] = st.st_mode & 0o7777
     return Described(
-        tuple(paths), roots, devs, inos, sizes, mtimes, ctimes, uids, gids, modes, tuple(failed)
+        tuple(paths), roots, devs, inos, mtimes, ctimes, uids, gids, modes, tuple(failed)
     )

@@ -89,15 +89,15 @@ class StepContext:
 class Scatter:
     """One batch's tasks to the workers that own its files; `done` once every part is back.
 
-    `make` builds an owner's task from its rows; `take` gets each part's result with the
-    positions (in the batch's keys) of the files it answers for.
+    `make` builds an owner's task from the positions (in the batch's keys) of its files and
+    their rows in its store; `take` gets each part's result with those positions.
     """
 
     def __init__(
         self,
         context: StepContext,
         keys: Sequence[int],
-        make: Callable[[array[int]], Task],
+        make: Callable[[array[int], array[int]], Task],
         take: Callable[[array[int], Any], None],
         done: Callable[[], None],
     ) -> None:
@@ -108,7 +108,7 @@ class Scatter:
         if not parts:
             done()
         for worker, (positions, local) in parts.items():
-            context.pool.submit(make(local), self._part(positions), worker)
+            context.pool.submit(make(positions, local), self._part(positions), worker)
 
     def _part(self, positions: array[int]) -> Callable[[Any], None]:
         def arrived(result: Any) -> None:
@@ -188,11 +188,13 @@ class WindowStep(Step):
     def _send_batch(self) -> None:
         batch: list[tuple[int, Group]] = []
         rows: list[int] = []
+        sizes = array("q")
         queue, limit = self._queue, self._batch_size()
         while queue and (not rows or len(rows) + len(queue[0][1]) <= limit):
             size, group = queue.popleft()
             batch.append((size, group))
             rows.extend(group)
+            sizes.extend(array("q", [size]) * len(group))
         self.queued -= len(rows)
         self.outstanding += 1
         digests = bytearray(len(rows) * DIGEST_SIZE)
@@ -211,7 +213,9 @@ class WindowStep(Step):
         Scatter(
             self.context,
             rows,
-            lambda local: HashTask(window, local, follow),
+            lambda positions, local: HashTask(
+                window, local, array("q", [sizes[p] for p in positions]), follow
+            ),
             take,
             lambda: self._refine(batch, bytes(digests)),
         )
@@ -239,20 +243,31 @@ class _Names:
     """The names of a batch's groups, each representative followed by its inode's other names,
     and what their owners said of them, by position."""
 
-    def __init__(self, context: StepContext, groups: Sequence[Group]) -> None:
+    def __init__(self, context: StepContext, groups: Sequence[tuple[int, Group]]) -> None:
         links = context.sizes.links
         self.keys: list[int] = []
+        self.sizes = array("q")  # the size the scan saw, the group's
         self.at: dict[int, int] = {}  # a representative's position; its other names follow
-        for group in groups:
+        for size, group in groups:
             for rep in group:
                 self.at[rep] = len(self.keys)
                 self.keys.append(rep)
                 self.keys.extend(links.get(rep, ()))
+            self.sizes.extend(array("q", [size]) * (len(self.keys) - len(self.sizes)))
         count = len(self.keys)
         self.described: list[Described] = []
         self.part = array("I", bytes(4 * count))  # which result describes each position
         self.index = array("I", bytes(4 * count))  # and where in it
         self.failed = bytearray(count)
+
+    def describe(
+        self, check: bool, follow_links: bool
+    ) -> Callable[[array[int], array[int]], DescribeTask]:
+        """How to ask an owner for its part of the names."""
+        sizes = self.sizes
+        return lambda positions, local: DescribeTask(
+            local, array("q", [sizes[p] for p in positions]), check, follow_links
+        )
 
     def take(self, positions: array[int], result: Described) -> None:
         part, where = len(self.described), self.index
@@ -268,8 +283,9 @@ class _Names:
         elsewhere."""
         d, i = self.described[self.part[position]], self.index[position]
         uid, gid, mode = owner or (d.uids[i], d.gids[i], d.modes[i])
+        size = self.sizes[position]
         entry = FileEntry(
-            d.paths[i], d.devs[i], d.inos[i], d.sizes[i], d.mtimes[i], d.ctimes[i], uid, gid, mode
+            d.paths[i], d.devs[i], d.inos[i], size, d.mtimes[i], d.ctimes[i], uid, gid, mode
         )
         return Named(entry, d.roots[i], alias)
 
@@ -278,10 +294,11 @@ class _Names:
     ) -> CompareTask:
         """The full stage's task for these representatives, from their owners' descriptions."""
         described, parts, where = self.described, self.part, self.index
-        located = [(described[parts[p]], where[p]) for p in map(self.at.__getitem__, reps)]
+        positions = [self.at[rep] for rep in reps]
+        located = [(described[parts[p]], where[p]) for p in positions]
         return CompareTask(
             tuple(d.paths[i] for d, i in located),
-            array("q", [d.sizes[i] for d, i in located]),
+            array("q", [self.sizes[p] for p in positions]),
             groups,
             array("Q", [d.devs[i] for d, i in located]),
             array("Q", [d.inos[i] for d, i in located]),
@@ -342,12 +359,11 @@ class RecheckStep(Step):
             count += len(batch[-1][2])
         self.queued -= count
         self.outstanding += 1
-        names = _Names(self.context, [group for _, _, group in batch])
-        follow = self.context.follow_links
+        names = _Names(self.context, [(size, group) for size, _, group in batch])
         Scatter(
             self.context,
             names.keys,
-            lambda local: DescribeTask(local, True, follow),
+            names.describe(check=True, follow_links=self.context.follow_links),
             lambda positions, result: self._take(names, positions, result),
             lambda: self._build(batch, names),
         )
@@ -402,12 +418,11 @@ class FullStep(Step):
             total += -negative * len(group)
         self.queued -= count
         self.outstanding += 1
-        names = _Names(self.context, [group for _, group in batch])
-        follow = self.context.follow_links
+        names = _Names(self.context, batch)
         Scatter(
             self.context,
             names.keys,
-            lambda local: DescribeTask(local, False, follow),
+            names.describe(check=False, follow_links=self.context.follow_links),
             names.take,
             lambda: self._compare(batch, names),
         )

@@ -37,10 +37,9 @@ def hash_batch(task: HashTask, store: RowStore) -> HashResult:
     opened = 0
     total = 0
     os_open, os_close, os_pread, hasher = os.open, os.close, os.pread, blake3
-    path_of, sizes = store.path, store.size
-    for position, row in enumerate(task.rows):
+    path_of = store.path
+    for position, (row, size) in enumerate(zip(task.rows, task.sizes, strict=True)):
         path = path_of(row)
-        size = sizes[row]
         try:
             fd = os_open(path, flags)
         except OSError as exc:

@@ -102,7 +102,13 @@ class Readers:
         results = self._run(
             parts,
             lambda part: hash_batch(
-                HashTask(window, array("Q", [rows[p] for p in part.positions]), follow), store
+                HashTask(
+                    window,
+                    array("Q", [rows[p] for p in part.positions]),
+                    array("q", [task.sizes[p] for p in part.positions]),
+                    follow,
+                ),
+                store,
             ),
         )
         return _gather_hash([(part.positions, r) for part, r in results], len(rows))

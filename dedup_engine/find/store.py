@@ -5,7 +5,8 @@ row number in that store, and only keys (size, and the inode of a linked file) g
 coordinator.  Tasks that read a file name the owner's rows, and the owner finds the path and what
 the scan saw here.  Nothing in the store is a Python object per file: names are one byte arena
 with an end offset per row, a directory's rows are consecutive (one path string per directory),
-and the numbers the re-checks need are typed arrays.  About 33 bytes a file plus its name.
+and the numbers the re-checks need are typed arrays.  About 28 bytes a file plus its name; not
+its size, which the coordinator groups by and sends with every task that needs it.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ class RowStore:
         "ctime",
         "ino",
         "mtime",
-        "size",
     )
 
     def __init__(self) -> None:
@@ -65,17 +65,16 @@ class RowStore:
         self._other_dev: dict[int, int] = {}  # rows on another device than their directory
         self._names = bytearray()
         self._name_end = array("I")
-        self.size = array("q")
         self.ino = array("Q")
         self.mtime = array("q")
         self.ctime = array("q")
 
     def __len__(self) -> int:
-        return len(self.size)
+        return len(self.ino)
 
     def start_dir(self, prefix: str, root: int, dev: int) -> None:
         """The rows added next are in the directory `prefix` (ending in "/")."""
-        first = len(self.size)
+        first = len(self.ino)
         if self._dir_first and self._dir_first[-1] == first:  # the last one had no file
             self._dirs[-1] = prefix
             self._dir_root[-1] = root
@@ -89,13 +88,12 @@ class RowStore:
     def add(self, name: str, st: os.stat_result) -> None:
         """A file of the current directory, as stat'ed by the scan."""
         if st.st_dev != self._dir_dev[-1]:  # a file bind-mounted over another
-            self._other_dev[len(self.size)] = st.st_dev
+            self._other_dev[len(self.ino)] = st.st_dev
         self._names += os.fsencode(name)
         ends = self._name_end
         if len(self._names) >= _SMALL_OFFSETS and ends.typecode == "I":
             self._name_end = ends = array("Q", ends)
         ends.append(len(self._names))
-        self.size.append(st.st_size)
         self.ino.append(st.st_ino)
         self.mtime.append(st.st_mtime_ns)
         self.ctime.append(st.st_ctime_ns)
@@ -115,13 +113,13 @@ class RowStore:
             return other
         return self._dir_dev[bisect_right(self._dir_first, row) - 1]
 
-    def scanned(self, row: int) -> Scanned:
-        dev = self.dev(row)
-        return Scanned(dev, self.ino[row], self.size[row], self.mtime[row], self.ctime[row])
+    def scanned(self, row: int, size: int) -> Scanned:
+        """What the scan saw of `row`, whose size the coordinator says was `size`."""
+        return Scanned(self.dev(row), self.ino[row], size, self.mtime[row], self.ctime[row])
 
     def nbytes(self) -> int:
         """The store's own memory, near enough: its arrays and the arena."""
-        arrays = (self._name_end, self.size, self.ino, self.mtime, self.ctime, self._dir_first)
+        arrays = (self._name_end, self.ino, self.mtime, self.ctime, self._dir_first)
         return (
             len(self._names)
             + sum(a.itemsize * len(a) for a in arrays)

@@ -94,10 +94,12 @@ class Window:
 
 @dataclass(frozen=True, slots=True)
 class HashTask:
-    """Head or tail: a window of each of the worker's own `rows` (`hashtasks.hash_batch`)."""
+    """Head or tail: a window of each of the worker's own `rows` (`hashtasks.hash_batch`), whose
+    sizes the scan saw as `sizes`."""
 
     window: Window
     rows: array[int]
+    sizes: array[int]
     follow_links: bool
 
 
@@ -122,6 +124,7 @@ class DescribeTask:
     is still the file the scan saw (`entries.describe`)."""
 
     rows: array[int]
+    sizes: array[int]
     check: bool
     follow_links: bool
 
@@ -135,7 +138,6 @@ class Described:
     roots: array[int]
     devs: array[int]
     inos: array[int]
-    sizes: array[int]
     mtimes: array[int]
     ctimes: array[int]
     uids: array[int]

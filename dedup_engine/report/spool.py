@@ -29,9 +29,10 @@ from typing import IO
 
 from dedup_engine.model import DuplicateGroup, FileEntry, Issue, RunStats
 
-#: Keys kept in memory before a sorted run of them is written out: about 15 MiB of keys for
-#: paths of 60 characters.
-MAX_KEYS = 1 << 17
+#: Keys kept in memory before a sorted run of them is written out: about 4 MiB of keys for
+#: paths of 60 characters, a few bytes a file at a million files; a merge of 10M files' groups
+#: then reads some 60 runs, 64 KiB at a time each.
+MAX_KEYS = 1 << 15
 
 _READ_CHUNK = 1 << 16  # bytes a run is read in, per run, when merging
 

@@ -34,10 +34,14 @@ from dedup_engine.find.tasks import (
     HashResult,
     HashTask,
 )
+from dedup_engine.model import Stage
+from dedup_engine.openflags import OPEN_READ
 from dedup_engine.options import MAX_IO_DEPTH, RESERVED_FDS, open_file_limit
 
 #: Files below which a part is not worth a thread of its own.
 MIN_PART_FILES = 16
+#: Files of a part probed for being in the page cache before it is shared out between threads.
+RESIDENCY_SAMPLE = 4
 #: Threads a worker may run where the open-file limit does not say.
 DEFAULT_MAX_THREADS = MAX_IO_DEPTH
 
@@ -90,10 +94,14 @@ class Readers:
 
     def hash_batch(self, task: HashTask, store: RowStore) -> HashResult:
         """`hashtasks.hash_batch`, with the task's files shared out by device."""
-        rows = task.rows
+        rows, sizes, window = task.rows, task.sizes, task.window
         devices = [self.device(store.dev(row)) for row in rows]
+        head = window.stage is Stage.HEAD
         parts = self._parts(
-            devices, lambda ps: [store.path(rows[p]) for p in ps], [store.ino[r] for r in rows]
+            devices,
+            lambda ps: [store.path(rows[p]) for p in ps],
+            [store.ino[r] for r in rows],
+            lambda p: 0 if head else max(0, sizes[p] - 1),
         )
         if len(parts) == 1 and parts[0].positions == list(range(len(rows))):
             with self._locked(parts[0].device):
@@ -117,8 +125,12 @@ class Readers:
         """`fullcompare.compare_groups`, with whole groups shared out by device."""
         starts = list(_starts(task.groups))
         devices = [self.device(task.devs[start]) for start in starts]
-        by_group = self._parts(devices, lambda ps: [task.paths[starts[p]] for p in ps],
-                               [task.inos[s] for s in starts])  # fmt: skip
+        by_group = self._parts(
+            devices,
+            lambda ps: [task.paths[starts[p]] for p in ps],
+            [task.inos[s] for s in starts],
+            lambda g: task.sizes[starts[g]] // 2,
+        )
         if len(by_group) == 1:
             with self._locked(by_group[0].device):
                 return compare_groups(task)
@@ -131,9 +143,11 @@ class Readers:
         devices: Sequence[DeviceInfo],
         paths_of: Callable[[list[int]], list[str]],
         inodes: Sequence[int],
+        probe_at: Callable[[int], int],
     ) -> list[_Part]:
-        """The task's items split by device, each device's into as many parts as it has threads;
-        a spinning disk's in one part, in physical order."""
+        """The task's items split by device, each device's into as many parts as it has threads
+        (one where its data is in the page cache already: threads would only contend for the
+        GIL); a spinning disk's in one part, in physical order."""
         by_device: dict[int, list[int]] = {}
         for position, info in enumerate(devices):
             by_device.setdefault(info.dev, []).append(position)
@@ -145,6 +159,11 @@ class Readers:
                 parts.append(_Part([positions[i] for i in order], info))
                 continue
             count = max(1, min(self.threads(info), len(positions) // MIN_PART_FILES))
+            if count > 1:
+                sample = positions[:: max(1, len(positions) // RESIDENCY_SAMPLE)]
+                offsets = [probe_at(p) for p in sample]
+                if _resident(paths_of(sample), offsets):
+                    count = 1
             # Dealt out in turn, so each thread gets a share of the big files and the small.
             parts.extend(_Part(positions[i::count], info) for i in range(count))
         return parts
@@ -178,6 +197,31 @@ class Readers:
     def close(self) -> None:
         if self._threads is not None:
             self._threads.shutdown(wait=False)
+
+
+def _resident(paths: list[str], offsets: list[int]) -> bool:
+    """Whether the byte at each offset of each file is in the page cache: a read with
+    RWF_NOWAIT, which fails with EAGAIN rather than wait for the disk.  False where that cannot
+    be told (no RWF_NOWAIT here, or a filesystem without it): reading with threads is then the
+    safe side."""
+    nowait = getattr(os, "RWF_NOWAIT", None)
+    if nowait is None:
+        return False
+    byte = bytearray(1)
+    probed = 0
+    for path, offset in zip(paths, offsets, strict=True):
+        try:
+            fd = os.open(path, OPEN_READ)
+        except OSError:
+            continue  # gone, or reached through a symlink: the reader will see
+        try:
+            os.preadv(fd, [byte], offset, nowait)
+        except OSError:  # EAGAIN: on the disk only; EOPNOTSUPP: cannot tell
+            return False
+        finally:
+            os.close(fd)
+        probed += 1
+    return probed > 0
 
 
 def _starts(groups: array[int]) -> Iterator[int]:

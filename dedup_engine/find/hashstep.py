@@ -197,16 +197,13 @@ class WindowStep(Step):
             sizes.extend(array("q", [size]) * len(group))
         self.queued -= len(rows)
         self.outstanding += 1
-        digests = bytearray(len(rows) * DIGEST_SIZE)
+        digests: list[bytes] = [NO_DIGEST] * len(rows)
         window, follow = self.window, self.context.follow_links
 
         def take(positions: array[int], result: HashResult) -> None:
-            blob = result.digests
-            width = DIGEST_SIZE
+            blob, width = result.digests, DIGEST_SIZE
             for index, position in enumerate(positions):
-                digests[position * width : (position + 1) * width] = blob[
-                    index * width : (index + 1) * width
-                ]
+                digests[position] = blob[index * width : (index + 1) * width]
             self.context.fail(self.stage, result.failed)
             self._count_read(result.files_opened, result.bytes_read)
 
@@ -217,10 +214,10 @@ class WindowStep(Step):
                 window, local, array("q", [sizes[p] for p in positions]), follow
             ),
             take,
-            lambda: self._refine(batch, bytes(digests)),
+            lambda: self._refine(batch, digests),
         )
 
-    def _refine(self, batch: list[tuple[int, Group]], column: bytes) -> None:
+    def _refine(self, batch: list[tuple[int, Group]], column: list[bytes]) -> None:
         """Split each group of a batch by its digests: a group read whole is finished, the
         others go on."""
         self.outstanding -= 1
@@ -230,7 +227,7 @@ class WindowStep(Step):
         out = 0
         for size, group in batch:
             end = start + len(group)
-            digests = [column[p * DIGEST_SIZE : (p + 1) * DIGEST_SIZE] for p in range(start, end)]
+            digests = column[start:end]
             start = end
             whole = reads_whole(size)
             for digest, members in split(group, digests, weight):
@@ -247,18 +244,27 @@ class _Names:
         links = context.sizes.links
         self.keys: list[int] = []
         self.sizes = array("q")  # the size the scan saw, the group's
-        self.at: dict[int, int] = {}  # a representative's position; its other names follow
         for size, group in groups:
-            for rep in group:
-                self.at[rep] = len(self.keys)
-                self.keys.append(rep)
-                self.keys.extend(links.get(rep, ()))
+            if links:
+                for rep in group:
+                    self.keys.append(rep)
+                    self.keys.extend(links.get(rep, ()))
+            else:
+                self.keys.extend(group)
             self.sizes.extend(array("q", [size]) * (len(self.keys) - len(self.sizes)))
         count = len(self.keys)
+        # A representative's position; its other names follow it.
+        self.at = (
+            dict(zip(self.keys, range(count), strict=True)) if not links else self._reps(groups)
+        )
         self.described: list[Described] = []
         self.part = array("I", bytes(4 * count))  # which result describes each position
         self.index = array("I", bytes(4 * count))  # and where in it
         self.failed = bytearray(count)
+
+    def _reps(self, groups: Sequence[tuple[int, Group]]) -> dict[int, int]:
+        reps = {rep for _, group in groups for rep in group}
+        return {key: p for p, key in enumerate(self.keys) if key in reps}
 
     def describe(
         self, check: bool, follow_links: bool
@@ -318,6 +324,12 @@ class _Names:
         failed takes its inode's other names with it."""
         out: list[Named] = []
         links, aliases, failed = context.sizes.links, context.sizes.aliases, self.failed
+        if not links and not aliases:  # one name per file, none through a symlink
+            for rep in group:
+                position = self.at[rep]
+                if not failed[position]:
+                    out.append(self.entry(position, False, owner_of(rep)))
+            return out
         for rep in group:
             start = self.at[rep]
             if failed[start]:

@@ -187,6 +187,7 @@ def test_stage_reducer(benchmark: Bench, captured: Captured) -> None:
                               0, 0, 0o644),
                     d.roots[i],
                     False,
+                    1,
                 )
                 for i in range(len(group))
             ]  # fmt: skip

@@ -26,6 +26,7 @@ def describe(task: DescribeTask, store: RowStore) -> Described:
     mtimes, ctimes = array("q"), array("q")
     uids, gids, modes = array("I", bytes(4 * count)), array("I", bytes(4 * count)), array("H")
     modes.frombytes(bytes(2 * count))
+    nlinks = array("Q", bytes(8 * count))
     failed: list[Failure] = []
     stat_path = os.stat if task.follow_links else os.lstat
     for position, (row, size) in enumerate(zip(task.rows, task.sizes, strict=True)):
@@ -50,6 +51,7 @@ def describe(task: DescribeTask, store: RowStore) -> Described:
         uids[position] = st.st_uid
         gids[position] = st.st_gid
         modes[position] = st.st_mode & 0o7777
+        nlinks[position] = st.st_nlink
     return Described(
-        tuple(paths), roots, devs, inos, mtimes, ctimes, uids, gids, modes, tuple(failed)
+        tuple(paths), roots, devs, inos, mtimes, ctimes, uids, gids, modes, nlinks, tuple(failed)
     )

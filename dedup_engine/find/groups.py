@@ -153,12 +153,13 @@ class SizeIndex:
 
 @dataclass(frozen=True, slots=True)
 class Named:
-    """A name of a file in a group about to be final: its entry, root index and whether it was
-    reached through a symlink."""
+    """A name of a file in a group about to be final: its entry, root index, whether it was
+    reached through a symlink, and its inode's link count when it was checked."""
 
     entry: FileEntry
     root: int
     alias: bool
+    nlink: int
 
 
 def assemble(
@@ -168,9 +169,10 @@ def assemble(
 
     Names of one inode (by dev and ino, whatever the scan thought: a bind-mounted file, or one
     linked during the walk, is one file with two names) count once, or with `hard_links` once per
-    name not reached through a symlink.  A name reached through a symlink is listed only when its
-    inode has no other: acting on a link while keeping its target's copies loses data.  Order:
-    by the index of the root the file was found under, then by path.
+    name not reached through a symlink, up to the inode's link count (a bind mount shows one
+    file under a second name without linking it).  A name reached through a symlink is listed
+    only when its inode has no other: acting on a link while keeping its target's copies loses
+    data.  Order: by the index of the root the file was found under, then by path.
     """
     distinct = len({(n.entry.dev, n.entry.ino) for n in names}) == len(names)
     if distinct and len(names) >= 2 and not any(n.alias for n in names):
@@ -179,7 +181,10 @@ def assemble(
     for named in names:
         inodes.setdefault((named.entry.dev, named.entry.ino), []).append(named)
     if hard_links:
-        weight = sum(max(1, sum(not n.alias for n in same)) for same in inodes.values())
+        weight = sum(
+            min(max(1, sum(not n.alias for n in same)), max(1, *(n.nlink for n in same)))
+            for same in inodes.values()
+        )
     else:
         weight = len(inodes)
     if weight < 2:

@@ -169,6 +169,11 @@ class Step(ABC):
     def _send_batch(self) -> None:
         """Send the next batch of queued groups."""
 
+    def _described(self, names: _Names, positions: array[int], result: Described) -> None:
+        """An owner's part of a batch's names: kept, and each that failed its check an issue."""
+        names.take(positions, result)
+        self.context.fail(self.stage, result.failed)
+
 
 class WindowStep(Step):
     """The head or the tail stage: each file hashed over a window by its owner, each group split
@@ -293,7 +298,7 @@ class _Names:
         entry = FileEntry(
             d.paths[i], d.devs[i], d.inos[i], size, d.mtimes[i], d.ctimes[i], uid, gid, mode
         )
-        return Named(entry, d.roots[i], alias)
+        return Named(entry, d.roots[i], alias, d.nlinks[i])
 
     def compare_task(
         self, reps: list[int], groups: array[int], context: StepContext
@@ -376,13 +381,9 @@ class RecheckStep(Step):
             self.context,
             names.keys,
             names.describe(check=True, follow_links=self.context.follow_links),
-            lambda positions, result: self._take(names, positions, result),
+            lambda positions, result: self._described(names, positions, result),
             lambda: self._build(batch, names),
         )
-
-    def _take(self, names: _Names, positions: array[int], result: Described) -> None:
-        names.take(positions, result)
-        self.context.fail(self.stage, result.failed)
 
     def _build(self, batch: list[tuple[int, bytes, Group]], names: _Names) -> None:
         self.outstanding -= 1
@@ -434,13 +435,22 @@ class FullStep(Step):
         Scatter(
             self.context,
             names.keys,
-            names.describe(check=False, follow_links=self.context.follow_links),
-            names.take,
+            # Every name checked: a name other than the one compared (a hard link, or with
+            # links followed a symlink) must still lead to the inode the scan saw.
+            names.describe(check=True, follow_links=self.context.follow_links),
+            lambda positions, result: self._described(names, positions, result),
             lambda: self._compare(batch, names),
         )
 
     def _compare(self, batch: list[tuple[int, Group]], names: _Names) -> None:
-        """Every name is known: one worker compares the groups' representatives."""
+        """Every name is known: one worker compares the representatives still as the scan saw
+        them, of the groups that still count."""
+        failed, at, weight = names.failed, names.at, self.context.sizes.weight
+        kept = [(size, [r for r in group if not failed[at[r]]]) for size, group in batch]
+        batch[:] = [(size, group) for size, group in kept if weight(group) >= 2]
+        if not batch:
+            self.outstanding -= 1
+            return
         reps = [row for _, group in batch for row in group]
         groups = array("I", [len(group) for _, group in batch])
         if self.alone:

@@ -173,7 +173,13 @@ class _Run:
         self._last_tick = 0.0
         self._dirs: deque[DirJob] = deque()  # directories still to list
         self._seen: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every directory queued
-        self._scans = 0  # scan tasks out
+        self._scans = 0  # scan tasks whose results are not taken yet
+        # Scan results are taken in the order their tasks were sent, whatever the order they
+        # come back in: the walk is then breadth first and the same for every worker count, and
+        # a directory reached by two routes (links followed) is listed under the same one.
+        self._sent = 0
+        self._taken = 0
+        self._arrived: dict[int, tuple[int, ScanResult]] = {}
 
     def search(self) -> None:
         """scan → by size → hard links → head → tail → full → groups."""
@@ -231,6 +237,7 @@ class _Run:
         """Run the stages until every size group has gone through: the pool kept full from the
         latest stage back, the first stage fed from the size groups as it runs low."""
         route = self._router(windows, full)
+        self.current = (windows[0] if windows else full).stage
         first: Step = windows[0] if windows else full
         pending = True
         order = [step for step in reversed(stages) if not isinstance(step, RecheckStep)]
@@ -271,6 +278,8 @@ class _Run:
             step.finish()
             self.current = step.stage
             self._tick(finished=True)
+            if index + 1 < len(order):
+                self.current = order[index + 1].stage  # the stage at work from now on
 
     def _count_candidates(self) -> None:
         sizes, stats = self.sizes, self.stats
@@ -324,9 +333,18 @@ class _Run:
     def _submit_scan(self, task: ScanTask) -> None:
         """Send a scan task to the least busy worker, which will own the files it finds."""
         self._scans += 1
+        number = self._sent
+        self._sent += 1
         # The pool says which worker it chose when `submit` returns, before any result is read.
         owner: list[int] = []
-        owner.append(self.pool.submit(task, lambda result: self._scanned(owner[0], result)))
+        owner.append(self.pool.submit(task, lambda result: self._arrive(number, owner[0], result)))
+
+    def _arrive(self, number: int, worker: int, result: ScanResult) -> None:
+        arrived = self._arrived
+        arrived[number] = (worker, result)
+        while self._taken in arrived:
+            self._scanned(*arrived.pop(self._taken))
+            self._taken += 1
 
     def _scanned(self, worker: int, result: ScanResult) -> None:
         self._scans -= 1

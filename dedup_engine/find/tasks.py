@@ -20,12 +20,15 @@ NO_DIGEST = bytes(DIGEST_SIZE)
 
 @dataclass(frozen=True, slots=True)
 class DirJob:
-    """A directory to list.  `depth` is its depth below its root (the root is 0)."""
+    """A directory to list.  `depth` is its depth below its root (the root is 0); `alias`: it
+    was reached through a symlink to a directory (links followed), so each file below it is a
+    name that may also be found by its real path, never a copy in its own right."""
 
     path: str
     root: int
     depth: int
     root_dev: int
+    alias: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +135,8 @@ class DescribeTask:
 @dataclass(frozen=True, slots=True)
 class Described:
     """Rows in task order, in columns.  A row that failed its check is in `failed` and its
-    columns hold zeros; `uids`, `gids` and `modes` are known only for checked rows."""
+    columns hold zeros; `uids`, `gids`, `modes` and `nlinks` (the link count) are known only
+    for checked rows."""
 
     paths: tuple[str, ...]
     roots: array[int]
@@ -143,6 +147,7 @@ class Described:
     uids: array[int]
     gids: array[int]
     modes: array[int]
+    nlinks: array[int]
     failed: tuple[Failure, ...]
 
 

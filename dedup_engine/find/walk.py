@@ -94,8 +94,10 @@ class _Listing:
             self.store.start_dir(head.rstrip("/") + "/", root, st.st_dev)
             self._add(name, st)
 
-    def _add(self, name: str, st: os.stat_result) -> None:
+    def _add(self, name: str, st: os.stat_result, alias: bool = False) -> None:
         offset = len(self.sizes)
+        if alias:
+            self.aliases.append(offset)
         self.store.add(name, st)
         self.sizes.append(st.st_size)
         if st.st_nlink > self.min_links:
@@ -103,9 +105,9 @@ class _Listing:
             self.devs.append(st.st_dev)
             self.inos.append(st.st_ino)
 
-    def _add_walked(self, name: str, path: str, st: os.stat_result) -> None:
+    def _add_walked(self, name: str, path: str, st: os.stat_result, alias: bool) -> None:
         if path not in self.flt.file_roots:  # a root of its own is listed once, as that root
-            self._add(name, st)
+            self._add(name, st, alias)
 
     def list_dir(self, job: DirJob) -> None:
         # The directory is opened without following a symlink (unless links are followed), so
@@ -162,7 +164,7 @@ class _Listing:
                     size = st.st_size
                     if (min_size <= size <= max_size) if size else empty:
                         if st.st_nlink > min_links or file_roots:
-                            self._add_walked(name, path, st)
+                            self._add_walked(name, path, st, job.alias)
                         else:
                             store_add(name, st)
                             add_size(size)
@@ -190,16 +192,17 @@ class _Listing:
             return
         if is_dir:
             if descend:
-                self._add_dir(path, job, st)
+                self._add_dir(path, job, st, alias=True)
         elif not stat.S_ISREG(st.st_mode):
             self.special += 1
         elif self.flt.included(name, path, job.root) and self.opts.accepts_size(st.st_size):
-            self.aliases.append(len(self.sizes))
-            self._add(name, st)
+            self._add(name, st, alias=True)
 
-    def _add_dir(self, path: str, parent: DirJob, st: os.stat_result) -> None:
+    def _add_dir(self, path: str, parent: DirJob, st: os.stat_result, alias: bool = False) -> None:
         if not self.opts.one_file_system or st.st_dev == parent.root_dev:
-            self.subdirs.append(DirJob(path, parent.root, parent.depth + 1, parent.root_dev))
+            alias = alias or parent.alias
+            job = DirJob(path, parent.root, parent.depth + 1, parent.root_dev, alias)
+            self.subdirs.append(job)
             self.subdir_devs.append(st.st_dev)
             self.subdir_inos.append(st.st_ino)
 

@@ -73,12 +73,6 @@ def bind_mounted(tree: Tree) -> Iterator[tuple[str, str]]:
         subprocess.run(["umount", target], check=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with --hard-links every name of an inode counts as a copy, even two paths of one "
-    "directory entry (a bind mount): groups.assemble and SizeIndex._copies_of count names, "
-    "not the inode's link count",
-)
 @pytest.mark.parametrize("as_roots", [False, True], ids=["walked", "file-roots"])
 def test_a_bind_mounted_file_is_not_two_copies_with_hard_links(
     tree: Tree, bind_mounted: tuple[str, str], workers: int, as_roots: bool
@@ -89,13 +83,6 @@ def test_a_bind_mounted_file_is_not_two_copies_with_hard_links(
     assert groups_of(result) == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the walk's path through a followed directory symlink and the file root are one "
-    "directory entry, yet both are listed (walk._add_walked compares paths only; "
-    "groups.assemble lists every name not reached through a symlink to a file, and with "
-    "--hard-links counts each as a copy): deleting the one kept would delete both",
-)
 @pytest.mark.parametrize("hard_links", [False, True])
 def test_a_file_root_reached_through_a_followed_directory_link_is_listed_once(
     tree: Tree, workers: int, hard_links: bool
@@ -139,22 +126,7 @@ def _swap_the_other_name_once(
     return swapped
 
 
-@pytest.mark.parametrize(
-    "size",
-    [
-        SMALL,
-        pytest.param(
-            BIG,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the full stage checks only each inode's representative "
-                "(fullcompare._check); its other names are described unchecked "
-                "(DescribeTask check=False in FullStep), so a followed symlink retargeted "
-                "since the scan is listed with the old file's identity",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("size", [SMALL, BIG])
 @pytest.mark.parametrize("hard_links", [False, True])
 def test_a_followed_link_retargeted_after_the_scan_is_never_listed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, hard_links: bool
@@ -310,12 +282,6 @@ class _BlockListing:
         return os.open(path, flags, *args)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with -L, a directory reached by two routes is listed under the route whose scan "
-    "result reaches the parent first (pipeline._Run._scanned, first come in `_seen`), so the "
-    "paths in the report depend on worker timing",
-)
 def test_a_directory_reached_by_two_routes_is_listed_under_one_path_whatever_the_timing(
     tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -399,12 +365,6 @@ class _FastClock:
         return self.now
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline._Run._tick labels every event with `current`, which _mark_finished sets "
-    "to the stage that just finished: the head stage's progress comes as unfinished scan "
-    "events after the scan's final one, the tail's as head events",
-)
 def test_progress_events_name_the_stage_at_work(
     tree: Tree, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:

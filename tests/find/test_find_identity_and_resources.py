@@ -55,7 +55,7 @@ def test_a_file_linked_during_the_walk_is_not_its_own_duplicate() -> None:
     assert list(sizes.candidates()) == [(5000, [0, 1])]
     st = os.stat(__file__)
     names = [
-        Named(FileEntry(f"/t/{name}", st.st_dev, st.st_ino, 5000, 1, 1, 0, 0, 0o644), 0, False)
+        Named(FileEntry(f"/t/{name}", st.st_dev, st.st_ino, 5000, 1, 1, 0, 0, 0o644), 0, False, 1)
         for name in ("x", "y")
     ]
     assert assemble(5000, b"d" * 32, names, hard_links=False) is None

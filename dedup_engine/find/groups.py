@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from dedup_engine.find.tasks import ScanResult
 from dedup_engine.model import DuplicateGroup, FileEntry
@@ -151,10 +151,13 @@ class SizeIndex:
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class Named:
+class Named(NamedTuple):
     """A name of a file in a group about to be final: its entry, root index, whether it was
-    reached through a symlink, and its inode's link count when it was checked."""
+    reached through a symlink, and its inode's link count when it was checked.
+
+    A named tuple, not a dataclass: one is made for every file of every final group, and a
+    tuple is built in a fraction of a frozen dataclass's time.
+    """
 
     entry: FileEntry
     root: int

@@ -180,7 +180,8 @@ def test_stage_reducer(benchmark: Bench, captured: Captured) -> None:
         built = 0
         for size, group in captured.after_tail:
             sizes = array("q", [size]) * len(group)
-            d = describe(DescribeTask(array("Q", group), sizes, False, False), store)
+            unchecked = bytes(len(group))
+            d = describe(DescribeTask(array("Q", group), sizes, unchecked, False), store)
             names = [
                 Named(
                     FileEntry(d.paths[i], d.devs[i], d.inos[i], size, d.mtimes[i], d.ctimes[i],

@@ -2,9 +2,9 @@
 
 The coordinator knows a file by its owner and row only; when a file must be read by another
 worker (the full stage's comparison) or listed in a final group, its owner describes it here
-(`describe`).  With `check`, each path is stat'ed again and a file no longer as the scan saw it
-is dropped with an issue: the files a window read whole are re-checked so, once every read of
-their group is done, since the worker that read such a file checked only its size.
+(`describe`).  Where asked (`check`), a path is stat'ed again and a file no longer as the scan
+saw it is dropped with an issue: the files a window read whole are re-checked so, once every read
+of their group is done, since the worker that read such a file checked only its size.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def describe(task: DescribeTask, store: RowStore) -> Described:
         inos.append(seen.ino)
         mtimes.append(seen.mtime)
         ctimes.append(seen.ctime)
-        if not task.check:
+        if not task.check[position]:
             continue
         try:
             st = stat_path(path)

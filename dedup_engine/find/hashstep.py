@@ -272,12 +272,20 @@ class _Names:
         return {key: p for p, key in enumerate(self.keys) if key in reps}
 
     def describe(
-        self, check: bool, follow_links: bool
+        self, reps: bool, follow_links: bool
     ) -> Callable[[array[int], array[int]], DescribeTask]:
-        """How to ask an owner for its part of the names."""
+        """How to ask an owner for its part of the names: every name checked again, or with
+        `reps` False all but the representatives (which the full stage checks as it reads)."""
         sizes = self.sizes
+        check = bytearray(b"\x01") * len(self.keys)
+        if not reps:
+            for position in self.at.values():
+                check[position] = 0
         return lambda positions, local: DescribeTask(
-            local, array("q", [sizes[p] for p in positions]), check, follow_links
+            local,
+            array("q", [sizes[p] for p in positions]),
+            bytes(check[p] for p in positions),
+            follow_links,
         )
 
     def take(self, positions: array[int], result: Described) -> None:
@@ -380,7 +388,7 @@ class RecheckStep(Step):
         Scatter(
             self.context,
             names.keys,
-            names.describe(check=True, follow_links=self.context.follow_links),
+            names.describe(reps=True, follow_links=self.context.follow_links),
             lambda positions, result: self._described(names, positions, result),
             lambda: self._build(batch, names),
         )
@@ -435,9 +443,9 @@ class FullStep(Step):
         Scatter(
             self.context,
             names.keys,
-            # Every name checked: a name other than the one compared (a hard link, or with
-            # links followed a symlink) must still lead to the inode the scan saw.
-            names.describe(check=True, follow_links=self.context.follow_links),
+            # A name other than the one compared (a hard link, or with links followed a
+            # symlink) must still lead to the inode the scan saw.
+            names.describe(reps=False, follow_links=self.context.follow_links),
             lambda positions, result: self._described(names, positions, result),
             lambda: self._compare(batch, names),
         )

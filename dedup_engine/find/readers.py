@@ -95,12 +95,16 @@ class Readers:
     def hash_batch(self, task: HashTask, store: RowStore) -> HashResult:
         """`hashtasks.hash_batch`, with the task's files shared out by device."""
         rows, sizes, window = task.rows, task.sizes, task.window
-        devices = [self.device(store.dev(row)) for row in rows]
+        dev = store.one_dev
+        if dev is not None:
+            devices = [self.device(dev)] * len(rows)
+        else:
+            devices = [self.device(store.dev(row)) for row in rows]
         head = window.stage is Stage.HEAD
         parts = self._parts(
             devices,
             lambda ps: [store.path(rows[p]) for p in ps],
-            [store.ino[r] for r in rows],
+            lambda ps: [store.ino[rows[p]] for p in ps],
             lambda p: 0 if head else max(0, sizes[p] - 1),
         )
         if len(parts) == 1 and parts[0].positions == list(range(len(rows))):
@@ -128,7 +132,7 @@ class Readers:
         by_group = self._parts(
             devices,
             lambda ps: [task.paths[starts[p]] for p in ps],
-            [task.inos[s] for s in starts],
+            lambda ps: [task.inos[starts[p]] for p in ps],
             lambda g: task.sizes[starts[g]] // 2,
         )
         if len(by_group) == 1:
@@ -142,7 +146,7 @@ class Readers:
         self,
         devices: Sequence[DeviceInfo],
         paths_of: Callable[[list[int]], list[str]],
-        inodes: Sequence[int],
+        inodes_of: Callable[[list[int]], list[int]],
         probe_at: Callable[[int], int],
     ) -> list[_Part]:
         """The task's items split by device, each device's into as many parts as it has threads
@@ -155,7 +159,7 @@ class Readers:
         for positions in by_device.values():
             info = devices[positions[0]]
             if info.ordered:
-                order = physical_order(paths_of(positions), [inodes[p] for p in positions])
+                order = physical_order(paths_of(positions), inodes_of(positions))
                 parts.append(_Part([positions[i] for i in order], info))
                 continue
             count = max(1, min(self.threads(info), len(positions) // MIN_PART_FILES))

@@ -49,6 +49,7 @@ class RowStore:
         "_dir_first",
         "_dir_root",
         "_dirs",
+        "_many_devs",
         "_name_end",
         "_names",
         "_other_dev",
@@ -63,6 +64,7 @@ class RowStore:
         self._dir_root = array("I")  # the index of the root it was found under
         self._dir_dev = array("Q")  # its st_dev: what its files have, but for a mount point
         self._other_dev: dict[int, int] = {}  # rows on another device than their directory
+        self._many_devs = False  # directories on more than one device
         self._names = bytearray()
         self._name_end = array("I")
         self.ino = array("Q")
@@ -74,6 +76,8 @@ class RowStore:
 
     def start_dir(self, prefix: str, root: int, dev: int) -> None:
         """The rows added next are in the directory `prefix` (ending in "/")."""
+        if self._dir_dev and dev != self._dir_dev[0]:
+            self._many_devs = True
         first = len(self.ino)
         if self._dir_first and self._dir_first[-1] == first:  # the last one had no file
             self._dirs[-1] = prefix
@@ -112,6 +116,13 @@ class RowStore:
         if other is not None:
             return other
         return self._dir_dev[bisect_right(self._dir_first, row) - 1]
+
+    @property
+    def one_dev(self) -> int | None:
+        """The device of every row, where they are all on one; else None."""
+        if self._many_devs or self._other_dev or not self._dir_dev:
+            return None
+        return self._dir_dev[0]
 
     def scanned(self, row: int, size: int) -> Scanned:
         """What the scan saw of `row`, whose size the coordinator says was `size`."""

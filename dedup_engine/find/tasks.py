@@ -123,12 +123,12 @@ class HashResult:
 @dataclass(frozen=True, slots=True)
 class DescribeTask:
     """The paths and scan identities of the worker's own `rows`, for the full stage to compare
-    or for a final group's entries; with `check`, each path stat'ed again and kept only if it
-    is still the file the scan saw (`entries.describe`)."""
+    or for a final group's entries; a row whose byte in `check` is set has its path stat'ed
+    again and is kept only if it is still the file the scan saw (`entries.describe`)."""
 
     rows: array[int]
     sizes: array[int]
-    check: bool
+    check: bytes
     follow_links: bool
 
 

@@ -14,7 +14,7 @@ from array import array
 
 from dedup_engine.find.changes import describe as describe_error
 from dedup_engine.find.changes import what_changed
-from dedup_engine.find.store import RowStore
+from dedup_engine.find.store import RowStore, Scanned
 from dedup_engine.find.tasks import Described, DescribeTask, Failure
 
 
@@ -30,10 +30,13 @@ def describe(task: DescribeTask, store: RowStore) -> Described:
     failed: list[Failure] = []
     stat_path = os.stat if task.follow_links else os.lstat
     for position, (row, size) in enumerate(zip(task.rows, task.sizes, strict=True)):
-        path = store.path(row)
-        seen = store.scanned(row, size)
+        directory = store.directory(row)
+        path = store.path_in(directory, row)
+        seen = Scanned(
+            store.dev_in(directory, row), store.ino[row], size, store.mtime[row], store.ctime[row]
+        )
         paths.append(path)
-        roots.append(store.root(row))
+        roots.append(store.root_of(directory))
         devs.append(seen.dev)
         inos.append(seen.ino)
         mtimes.append(seen.mtime)

@@ -37,9 +37,8 @@ def hash_batch(task: HashTask, store: RowStore) -> HashResult:
     opened = 0
     total = 0
     os_open, os_close, os_pread, hasher = os.open, os.close, os.pread, blake3
-    path_of = store.path
-    for position, (row, size) in enumerate(zip(task.rows, task.sizes, strict=True)):
-        path = path_of(row)
+    paths = store.paths(task.rows)
+    for position, (path, size) in enumerate(zip(paths, task.sizes, strict=True)):
         try:
             fd = os_open(path, flags)
         except OSError as exc:

@@ -103,7 +103,7 @@ class Readers:
         head = window.stage is Stage.HEAD
         parts = self._parts(
             devices,
-            lambda ps: [store.path(rows[p]) for p in ps],
+            lambda ps: store.paths([rows[p] for p in ps]),
             lambda ps: [store.ino[rows[p]] for p in ps],
             lambda p: 0 if head else max(0, sizes[p] - 1),
         )

@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 from array import array
 from bisect import bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import accumulate
 
 #: Name offsets are 4 bytes while the arena is under 4 GiB, and 8 past it.
 _SMALL_OFFSETS = 1 << 32
@@ -89,33 +91,64 @@ class RowStore:
         self._dir_root.append(root)
         self._dir_dev.append(dev)
 
-    def add(self, name: str, st: os.stat_result) -> None:
-        """A file of the current directory, as stat'ed by the scan."""
-        if st.st_dev != self._dir_dev[-1]:  # a file bind-mounted over another
-            self._other_dev[len(self.ino)] = st.st_dev
-        self._names += os.fsencode(name)
+    def add(self, names: list[str], stats: list[os.stat_result]) -> None:
+        """Files of the current directory, as stat'ed by the scan.
+
+        A directory at a time, each step over all its files at once: a name holds no NUL, so
+        the names are encoded joined by NULs and measured by splitting there.
+        """
+        if not names:
+            return
+        dev, first = self._dir_dev[-1], len(self.ino)
+        if any(st.st_dev != dev for st in stats):  # a file bind-mounted over another
+            self._other_dev.update(
+                (first + i, st.st_dev) for i, st in enumerate(stats) if st.st_dev != dev
+            )
+        blob = "\0".join(names).encode("utf-8", "surrogateescape")
         ends = self._name_end
-        if len(self._names) >= _SMALL_OFFSETS and ends.typecode == "I":
+        if len(self._names) + len(blob) >= _SMALL_OFFSETS and ends.typecode == "I":
             self._name_end = ends = array("Q", ends)
-        ends.append(len(self._names))
-        self.ino.append(st.st_ino)
-        self.mtime.append(st.st_mtime_ns)
-        self.ctime.append(st.st_ctime_ns)
+        lengths = accumulate(map(len, blob.split(b"\0")), initial=len(self._names))
+        next(lengths)
+        ends.extend(lengths)
+        self._names += blob.replace(b"\0", b"")
+        self.ino.extend([st.st_ino for st in stats])
+        self.mtime.extend([st.st_mtime_ns for st in stats])
+        self.ctime.extend([st.st_ctime_ns for st in stats])
 
     def path(self, row: int) -> str:
-        directory = bisect_right(self._dir_first, row) - 1
+        return self._dirs[bisect_right(self._dir_first, row) - 1] + self._name(row)
+
+    def paths(self, rows: Iterable[int]) -> list[str]:
+        """The paths of many rows, without a call per row."""
+        dirs, firsts, ends, names = self._dirs, self._dir_first, self._name_end, self._names
+        return [
+            dirs[bisect_right(firsts, row) - 1]
+            + names[ends[row - 1] if row else 0 : ends[row]].decode("utf-8", "surrogateescape")
+            for row in rows
+        ]
+
+    def _name(self, row: int) -> str:
         ends = self._name_end
         start = ends[row - 1] if row else 0
-        return self._dirs[directory] + os.fsdecode(bytes(self._names[start : ends[row]]))
+        return self._names[start : ends[row]].decode("utf-8", "surrogateescape")
 
-    def root(self, row: int) -> int:
-        return self._dir_root[bisect_right(self._dir_first, row) - 1]
+    def directory(self, row: int) -> int:
+        """The index of the row's directory, for `path_in`, `root_of` and `dev_in`."""
+        return bisect_right(self._dir_first, row) - 1
+
+    def path_in(self, directory: int, row: int) -> str:
+        return self._dirs[directory] + self._name(row)
+
+    def root_of(self, directory: int) -> int:
+        return self._dir_root[directory]
 
     def dev(self, row: int) -> int:
-        other = self._other_dev.get(row)
-        if other is not None:
-            return other
-        return self._dir_dev[bisect_right(self._dir_first, row) - 1]
+        return self.dev_in(self.directory(row), row)
+
+    def dev_in(self, directory: int, row: int) -> int:
+        other = self._other_dev.get(row) if self._other_dev else None
+        return self._dir_dev[directory] if other is None else other
 
     @property
     def one_dev(self) -> int | None:
@@ -123,10 +156,6 @@ class RowStore:
         if self._many_devs or self._other_dev or not self._dir_dev:
             return None
         return self._dir_dev[0]
-
-    def scanned(self, row: int, size: int) -> Scanned:
-        """What the scan saw of `row`, whose size the coordinator says was `size`."""
-        return Scanned(self.dev(row), self.ino[row], size, self.mtime[row], self.ctime[row])
 
     def nbytes(self) -> int:
         """The store's own memory, near enough: its arrays and the arena."""

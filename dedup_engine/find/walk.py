@@ -81,6 +81,10 @@ class _Listing:
         self.special = 0
         self.symlinks = 0
         self.scanned = 0
+        # The current directory's files, taken into the store together once it is listed.
+        self._names: list[str] = []
+        self._stats: list[os.stat_result] = []
+        self._aliased: list[int] = []  # positions in _names reached through a symlink
 
     def add_file_root(self, path: str, root: int) -> None:
         """A root that is a file, taken as the walk would take it."""
@@ -92,22 +96,26 @@ class _Listing:
         if stat.S_ISREG(st.st_mode) and self.opts.accepts_size(st.st_size):
             head, name = os.path.split(path)
             self.store.start_dir(head.rstrip("/") + "/", root, st.st_dev)
-            self._add(name, st)
+            self._names.append(name)
+            self._stats.append(st)
+            self._commit()
 
-    def _add(self, name: str, st: os.stat_result, alias: bool = False) -> None:
+    def _commit(self) -> None:
+        """The current directory's files into the store, and their keys into the columns."""
+        names, stats = self._names, self._stats
+        if not names:
+            return
         offset = len(self.sizes)
-        if alias:
-            self.aliases.append(offset)
-        self.store.add(name, st)
-        self.sizes.append(st.st_size)
-        if st.st_nlink > self.min_links:
-            self.linked.append(offset)
-            self.devs.append(st.st_dev)
-            self.inos.append(st.st_ino)
-
-    def _add_walked(self, name: str, path: str, st: os.stat_result, alias: bool) -> None:
-        if path not in self.flt.file_roots:  # a root of its own is listed once, as that root
-            self._add(name, st, alias)
+        self.store.add(names, stats)
+        self.sizes.extend([st.st_size for st in stats])
+        min_links = self.min_links
+        for index, st in enumerate(stats):
+            if st.st_nlink > min_links:
+                self.linked.append(offset + index)
+                self.devs.append(st.st_dev)
+                self.inos.append(st.st_ino)
+        self.aliases.extend(offset + index for index in self._aliased)
+        self._names, self._stats, self._aliased = [], [], []
 
     def list_dir(self, job: DirJob) -> None:
         # The directory is opened without following a symlink (unless links are followed), so
@@ -134,21 +142,22 @@ class _Listing:
         except OSError as exc:  # EIO in the middle of a listing: keep what we have
             self.issues.append((job.path, _describe(exc)))
         finally:
+            self._commit()
             os.close(dir_fd)
 
     def _take(self, job: DirJob, prefix: str, entries: Iterator[os.DirEntry[str]]) -> None:
         """Take a directory's entries; an entry that cannot be stat'ed becomes an issue.
 
         Runs once per directory entry, so the common case (a regular file, no patterns) is kept
-        to a type check, one stat and the appends of `_add`, written out here.
+        to a type check, one stat and two appends; the files go into the store together.
         """
         flt, filtering, issues = self.flt, self.filtering, self.issues
         opts = self.opts
         min_size = max(opts.min_size, 1)
         max_size = opts.max_size if opts.max_size is not None else 1 << 63
         empty = opts.empty
-        store_add, add_size = self.store.add, self.sizes.append
-        min_links, file_roots = self.min_links, flt.file_roots
+        add_name, add_stat = self._names.append, self._stats.append
+        file_roots = flt.file_roots
         root = job.root
         descend = opts.max_depth is None or job.depth < opts.max_depth
         for entry in entries:
@@ -163,11 +172,12 @@ class _Listing:
                     st = entry.stat(follow_symlinks=False)
                     size = st.st_size
                     if (min_size <= size <= max_size) if size else empty:
-                        if st.st_nlink > min_links or file_roots:
-                            self._add_walked(name, path, st, job.alias)
-                        else:
-                            store_add(name, st)
-                            add_size(size)
+                        if file_roots and path in file_roots:
+                            continue  # a root of its own: listed once, as that root
+                        if job.alias:
+                            self._aliased.append(len(self._names))
+                        add_name(name)
+                        add_stat(st)
                 elif entry.is_dir(follow_symlinks=False):
                     if descend and not (filtering and flt.excluded(name, path, root, True)):
                         self._add_dir(path, job, entry.stat(follow_symlinks=False))
@@ -196,7 +206,9 @@ class _Listing:
         elif not stat.S_ISREG(st.st_mode):
             self.special += 1
         elif self.flt.included(name, path, job.root) and self.opts.accepts_size(st.st_size):
-            self._add(name, st, alias=True)
+            self._aliased.append(len(self._names))
+            self._names.append(name)
+            self._stats.append(st)
 
     def _add_dir(self, path: str, parent: DirJob, st: os.stat_result, alias: bool = False) -> None:
         if not self.opts.one_file_system or st.st_dev == parent.root_dev:

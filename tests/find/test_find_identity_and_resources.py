@@ -127,7 +127,7 @@ def _head_task(path: Path, size: int) -> tuple[HashTask, RowStore]:
     store = RowStore()
     store.start_dir(f"{path.parent}/", 0, 0)
     seen = os.stat_result((0o100644, 1, 0, 1, 0, 0, size, 0, 0, 0))
-    store.add(path.name, _with_ns(seen))
+    store.add([path.name], [_with_ns(seen)])
     head = Window(Stage.HEAD, 4096, 16384)
     return HashTask(head, array("Q", [0]), array("q", [size]), False), store
 

@@ -1,8 +1,9 @@
 """The records the engine hands out: files, duplicate groups, issues and per-stage statistics.
 
 These are the public result types of `find_duplicates`, frozen and slotted: cheap, hashable and safe
-to pass between processes.  The hot paths inside the pipeline use columnar arrays instead
-(`find.table.FileColumns`) and only build these records for files that end up in a group.
+to pass between processes.  Inside the search a file is a row of the worker that scanned it
+(`find.store.RowStore`) and a key in the coordinator; only files that end up in a group become
+these records.
 `Findings` is what a report is written from: a `FindResult`, or the same with spooled groups.
 """
 

@@ -1,7 +1,7 @@
 """Whether a file read is still the one the scan saw, and a failed read's issue text.
 
-Shared by both sides: the workers' readers (`hashtasks`, `fullcompare`) refuse a file that
-changed under them, and the parent (`pipeline`) re-checks by path the files a window read whole.
+Used by the workers: the readers (`hashtasks`, `fullcompare`) refuse a file that changed under
+them, and the owners re-check by path the files a window read whole (`entries`).
 A changed file gets no digest and an issue, so it never matches.
 """
 

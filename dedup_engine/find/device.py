@@ -6,7 +6,7 @@ disks and network filesystems only reach their speed with many reads outstanding
 finds the device behind an `st_dev` and classes it, from `/proc/self/mountinfo` (the filesystem
 type) and sysfs (`/sys/dev/block/MAJ:MIN` and the disk's `queue/rotational`), without a subprocess.
 
-How the pipeline is meant to use it (nothing is wired in yet):
+How the workers use it (`readers.Readers`):
 
 - once per root (or per `st_dev` first seen in the walk), `info = device_for(st_dev_or_path)`;
   results are cached per `st_dev`;

@@ -62,7 +62,7 @@ def canonical_roots(roots: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
 
     Nested directory roots are kept (a file under both is attributed to the innermost): the walk
     visits each directory once by (st_dev, st_ino).  A file root inside a directory root is kept
-    too, and listed once: the size grouping drops a path it has already seen.
+    too, and listed once: the walk passes over a path that is a root of its own.
     """
     out: list[str] = []
     for root in roots:

@@ -158,7 +158,7 @@ class Readers:
         parts: list[_Part] = []
         for positions in by_device.values():
             info = devices[positions[0]]
-            if info.ordered:
+            if info.ordered and self.io_depth is None:
                 order = physical_order(paths_of(positions), inodes_of(positions))
                 parts.append(_Part([positions[i] for i in order], info))
                 continue
@@ -187,8 +187,9 @@ class Readers:
 
     @contextlib.contextmanager
     def _locked(self, info: DeviceInfo) -> Iterator[None]:
-        """While reading a spinning disk, hold its lock: one reader on it in the whole run."""
-        if not info.ordered or self.lock_dir is None:
+        """While reading a spinning disk, hold its lock: one reader on it in the whole run
+        (unless `--io-depth` asks for more: a RAID of disks, or one that orders a deep queue)."""
+        if not info.ordered or self.lock_dir is None or self.io_depth is not None:
             yield
             return
         fd = os.open(os.path.join(self.lock_dir, str(info.dev)), os.O_RDWR | os.O_CREAT, 0o600)

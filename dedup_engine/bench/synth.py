@@ -17,7 +17,7 @@ import os
 import posixpath
 import random
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -49,12 +49,18 @@ class Profile(str, enum.Enum):
     SMALL = "small"
     LARGE = "large"
     MIXED = "mixed"
+    SCALE = "scale"
 
 
-DEFAULT_FILES = {Profile.SMALL: 200_000, Profile.LARGE: 200, Profile.MIXED: 2_027}
+DEFAULT_FILES = {
+    Profile.SMALL: 200_000,
+    Profile.LARGE: 200,
+    Profile.MIXED: 2_027,
+    Profile.SCALE: 1_000_000,
+}
 #: Mixed trees add fixed extras (hard links, empty files) that need this many paths.
 _MIXED_EXTRAS = 17
-_MIXED_MIN_FILES = 40
+_MIN_FILES = {Profile.MIXED: 40, Profile.SCALE: 20}
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +135,7 @@ def _json_nested(value: object, key: str) -> tuple[tuple[str, ...], ...]:
     return tuple(_json_strs(v, key) for v in value)
 
 
-class _Content(NamedTuple):
+class Content(NamedTuple):
     """A file's content as a spec; equal specs are duplicates, distinct specs differ."""
 
     key: int
@@ -141,7 +147,7 @@ class _Content(NamedTuple):
 
 
 #: Every empty file has this spec; `_Planner.key` never hands out 0.
-_EMPTY = _Content(0, 0)
+_EMPTY = Content(0, 0)
 
 
 class _Planner:
@@ -150,14 +156,14 @@ class _Planner:
     def __init__(self, rng: random.Random, size_scale: float) -> None:
         self.rng = rng
         self.size_scale = size_scale
-        self.inodes: list[tuple[_Content, int]] = []
+        self.inodes: list[tuple[Content, int]] = []
         self._next_key = 0
 
     def key(self) -> int:
         self._next_key += 1
         return self._next_key
 
-    def add(self, content: _Content, copies: int = 1, links: int = 1) -> None:
+    def add(self, content: Content, copies: int = 1, links: int = 1) -> None:
         self.inodes.extend([(content, links)] * copies)
 
     def small_size(self) -> int:
@@ -182,7 +188,7 @@ def _plan_small(p: _Planner, n: int) -> None:
     dup = round(n * 0.30)
     while dup >= 2:
         c = _take(rng, dup, 2, 5)
-        p.add(_Content(p.key(), p.small_size()), copies=c)
+        p.add(Content(p.key(), p.small_size()), copies=c)
         dup, left = dup - c, left - c
     family = round(n * 0.10)
     while family >= 2:
@@ -193,16 +199,16 @@ def _plan_small(p: _Planner, n: int) -> None:
         odd = rng.randrange(m) if rng.random() < 0.2 else -1
         for i in range(m):
             s = max(p.small_size(), h_len + 512) if i == odd else size
-            p.add(_Content(p.key(), s, h_key, h_len))
+            p.add(Content(p.key(), s, h_key, h_len))
         family, left = family - m, left - m
     near = min(round(n * 0.02), left // 2)
     for _ in range(near):
-        base = _Content(p.key(), p.small_size())
+        base = Content(p.key(), p.small_size())
         off = base.size - 1 if rng.random() < 0.5 else base.size // 2
         p.add(base)
         p.add(base._replace(patches=((off, rng.randint(1, 255)),)))
     for _ in range(left - 2 * near):
-        p.add(_Content(p.key(), p.small_size()))
+        p.add(Content(p.key(), p.small_size()))
 
 
 def _plan_large(p: _Planner, n: int, lo_mib: int, hi_mib: int) -> None:
@@ -215,14 +221,14 @@ def _plan_large(p: _Planner, n: int, lo_mib: int, hi_mib: int) -> None:
     rest = n - dup
     while dup >= 2:
         c = _take(rng, dup, 2, 3)
-        p.add(_Content(p.key(), size()), copies=c)
+        p.add(Content(p.key(), size()), copies=c)
         dup -= c
     rest += dup
     traps, pow2 = round(n * 0.2), round(n * 0.2)
     rest -= traps + pow2
     t = 0
     while t < traps and rest > 0:
-        base = _Content(p.key(), size())
+        base = Content(p.key(), size())
         p.add(base)
         rest -= 1
         for _ in range(min(rng.randint(1, 3), traps - t)):
@@ -237,10 +243,10 @@ def _plan_large(p: _Planner, n: int, lo_mib: int, hi_mib: int) -> None:
         # Unrelated files of one power-of-two size: only content tells them apart.
         m, s = _take(rng, pow2, 2, 3), p.scaled(MIB << rng.randint(lo_exp, hi_exp))
         for _ in range(m):
-            p.add(_Content(p.key(), s))
+            p.add(Content(p.key(), s))
         pow2 -= m
     for _ in range(rest + pow2):
-        p.add(_Content(p.key(), size()))
+        p.add(Content(p.key(), size()))
 
 
 def _plan_mixed(p: _Planner, n: int) -> None:
@@ -248,14 +254,14 @@ def _plan_mixed(p: _Planner, n: int) -> None:
     _plan_small(p, n - n_large - _MIXED_EXTRAS)
     _plan_large(p, n_large, 1, 4)
     # One inode with two names and no copy: hard links alone are never a group.
-    p.add(_Content(p.key(), p.small_size()), links=2)
-    p.add(_Content(p.key(), p.small_size()), links=3)
+    p.add(Content(p.key(), p.small_size()), links=2)
+    p.add(Content(p.key(), p.small_size()), links=3)
     # A linked inode plus a real copy: one group of all three paths.
-    linked = _Content(p.key(), p.small_size())
+    linked = Content(p.key(), p.small_size())
     p.add(linked, links=2)
     p.add(linked)
     # Two inodes of one content, each with two names: one group of four paths.
-    p.add(_Content(p.key(), p.small_size()), copies=2, links=2)
+    p.add(Content(p.key(), p.small_size()), copies=2, links=2)
     p.add(_EMPTY, copies=5)
 
 
@@ -280,23 +286,34 @@ def _leaf_dirs(rng: random.Random, n_leaves: int, lo: int, hi: int) -> list[str]
     return out
 
 
-def _render_to(path: str, seed: int, c: _Content) -> None:
+def _slices(seed: int, c: Content) -> Iterator[bytes | bytearray]:
+    """The content's bytes, in slices of at most _SLICE."""
+    xof = blake3.blake3(f"{seed}:{c.key}".encode())
+    header = b""
+    if c.header_len:
+        header = blake3.blake3(f"{seed}:{c.header_key}".encode()).digest(length=c.header_len)
+    for start in range(0, c.size, _SLICE):
+        length = min(_SLICE, c.size - start)
+        data: bytes | bytearray = xof.digest(length=length, seek=start)
+        hits = [(o - start, m) for o, m in c.patches if start <= o < start + length]
+        if hits or (header and start == 0):
+            data = bytearray(data)
+            if start == 0:
+                data[: len(header)] = header
+            for o, m in hits:
+                data[o] ^= m
+        yield data
+
+
+def content_bytes(seed: int, c: Content) -> bytes:
+    """The whole content at once: for small files, whose bytes decide what equals what."""
+    return b"".join(_slices(seed, c))
+
+
+def _render_to(path: str, seed: int, c: Content) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        xof = blake3.blake3(f"{seed}:{c.key}".encode())
-        header = b""
-        if c.header_len:
-            header = blake3.blake3(f"{seed}:{c.header_key}".encode()).digest(length=c.header_len)
-        for start in range(0, c.size, _SLICE):
-            length = min(_SLICE, c.size - start)
-            data: bytes | bytearray = xof.digest(length=length, seek=start)
-            hits = [(o - start, m) for o, m in c.patches if start <= o < start + length]
-            if hits or (header and start == 0):
-                data = bytearray(data)
-                if start == 0:
-                    data[: len(header)] = header
-                for o, m in hits:
-                    data[o] ^= m
+        for data in _slices(seed, c):
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -304,7 +321,11 @@ def _render_to(path: str, seed: int, c: _Content) -> None:
         os.close(fd)
 
 
-def _write_job(job: tuple[str, int, list[tuple[str, _Content]]]) -> int:
+#: (the tree's root, seed, [(path relative to the root, content)]): one writer's task.
+WriteJob = tuple[str, int, list[tuple[str, Content]]]
+
+
+def _write_job(job: WriteJob) -> int:
     root, seed, files = job
     for rel, content in files:
         _render_to(f"{root}/{rel}", seed, content)
@@ -329,23 +350,41 @@ def generate(
     dest, prof = Path(dest), Profile(profile)
     n = DEFAULT_FILES[prof] if files is None else files
     _check(dest, prof, n, size_scale)
-    # Every choice below comes from this one Random, in this order: the plan, the layout, the
-    # symlinks.  Reordering them would change every tree of every seed.
     rng = random.Random(seed)
-    inodes = _plan(prof, _Planner(rng, size_scale), n)
-    leaves, names = _layout(rng, prof, n, inodes)
-    symlinks = _plan_symlinks(rng, leaves, inodes, names) if prof is Profile.MIXED else []
-    _write_tree(dest, seed, leaves, inodes, names, symlinks, workers)
-    manifest = _manifest(prof, seed, inodes, names, [link for link, _ in symlinks])
+    if prof is Profile.SCALE:
+        from dedup_engine.bench import synthscale
+
+        manifest = synthscale.generate_scale(dest, rng, seed, n, workers)
+    else:
+        manifest = _generate_shaped(dest, rng, prof, seed, n, workers, size_scale)
     text = json.dumps(manifest.to_json(), sort_keys=True, indent=1) + "\n"
     # Written last, so a manifest on disk means the tree under it is complete.
     (dest / MANIFEST_NAME).write_text(text, encoding="utf-8")
     return manifest
 
 
+def _generate_shaped(
+    dest: Path,
+    rng: random.Random,
+    prof: Profile,
+    seed: int,
+    n: int,
+    workers: int | None,
+    size_scale: float,
+) -> Manifest:
+    """The small, large and mixed profiles: plan, lay out, write."""
+    # Every choice below comes from this one Random, in this order: the plan, the layout, the
+    # symlinks.  Reordering them would change every tree of every seed.
+    inodes = _plan(prof, _Planner(rng, size_scale), n)
+    leaves, names = _layout(rng, prof, n, inodes)
+    symlinks = _plan_symlinks(rng, leaves, inodes, names) if prof is Profile.MIXED else []
+    _write_tree(dest, seed, leaves, inodes, names, symlinks, workers)
+    return _manifest(prof, seed, inodes, names, [link for link, _ in symlinks])
+
+
 def _check(dest: Path, prof: Profile, n: int, size_scale: float) -> None:
     """ValueError for arguments no tree can be made from, before anything is written."""
-    if n < (_MIXED_MIN_FILES if prof is Profile.MIXED else 1):
+    if n < _MIN_FILES.get(prof, 1):
         raise ValueError(f"files={n} is too few for the {prof.value} profile")
     if size_scale <= 0:
         raise ValueError(f"size_scale must be positive, not {size_scale}")
@@ -354,7 +393,7 @@ def _check(dest: Path, prof: Profile, n: int, size_scale: float) -> None:
         raise ValueError(f"{data_dir} exists and is not an empty directory")
 
 
-def _plan(prof: Profile, planner: _Planner, n: int) -> list[tuple[_Content, int]]:
+def _plan(prof: Profile, planner: _Planner, n: int) -> list[tuple[Content, int]]:
     """The inodes of the profile's shape: (content, number of paths) each."""
     if prof is Profile.SMALL:
         _plan_small(planner, n)
@@ -366,7 +405,7 @@ def _plan(prof: Profile, planner: _Planner, n: int) -> list[tuple[_Content, int]
 
 
 def _layout(
-    rng: random.Random, prof: Profile, n: int, inodes: list[tuple[_Content, int]]
+    rng: random.Random, prof: Profile, n: int, inodes: list[tuple[Content, int]]
 ) -> tuple[list[str], list[list[str]]]:
     """(leaf directories, the paths of each inode): directories of the profile's width and depth."""
     per_dir, depth = ((4, 16), (1, 3)) if prof is Profile.LARGE else ((20, 200), (4, 6))
@@ -392,7 +431,7 @@ def _write_tree(
     dest: Path,
     seed: int,
     leaves: list[str],
-    inodes: list[tuple[_Content, int]],
+    inodes: list[tuple[Content, int]],
     names: list[list[str]],
     symlinks: list[tuple[str, str]],
     workers: int | None,
@@ -413,7 +452,7 @@ def _write_tree(
 def _plan_symlinks(
     rng: random.Random,
     leaves: list[str],
-    inodes: list[tuple[_Content, int]],
+    inodes: list[tuple[Content, int]],
     names: list[list[str]],
 ) -> list[tuple[str, str]]:
     """(link path, relative target): to files, to directories, and one dangling."""
@@ -436,10 +475,8 @@ def _plan_symlinks(
     return out
 
 
-def _write_all(
-    dest: Path, seed: int, jobs: list[tuple[str, _Content]], workers: int | None
-) -> None:
-    chunks: list[tuple[str, int, list[tuple[str, _Content]]]] = [(str(dest), seed, [])]
+def _write_all(dest: Path, seed: int, jobs: list[tuple[str, Content]], workers: int | None) -> None:
+    chunks: list[WriteJob] = [(str(dest), seed, [])]
     batch_bytes = 0
     for job in jobs:
         if len(chunks[-1][2]) >= _JOB_FILES or batch_bytes >= _JOB_BYTES:
@@ -447,25 +484,34 @@ def _write_all(
             batch_bytes = 0
         chunks[-1][2].append(job)
         batch_bytes += job[1].size
-    n_workers = min((os.cpu_count() or 1) if workers is None else workers, len(chunks))
+    run_jobs(chunks, len(chunks), workers)
+
+
+def run_jobs(jobs: Iterable[WriteJob], count: int, workers: int | None) -> None:
+    """Write every job, in `workers` forked processes (None: one per CPU; 0: in this one).
+
+    `jobs` is consumed as the workers take them, so it may be a generator that builds each
+    job's paths only then; `count` (how many it yields) caps the number of workers.
+    """
+    n_workers = min((os.cpu_count() or 1) if workers is None else workers, count)
     if n_workers <= 0 or "fork" not in multiprocessing.get_all_start_methods():
-        for chunk in chunks:
-            _write_job(chunk)
+        for job in jobs:
+            _write_job(job)
         return
     with multiprocessing.get_context("fork").Pool(n_workers) as pool:
-        for _ in pool.imap_unordered(_write_job, chunks):
+        for _ in pool.imap_unordered(_write_job, jobs):
             pass
 
 
 def _manifest(
     prof: Profile,
     seed: int,
-    inodes: list[tuple[_Content, int]],
+    inodes: list[tuple[Content, int]],
     names: list[list[str]],
     symlinks: list[str],
 ) -> Manifest:
-    by_content: dict[_Content, list[str]] = {}
-    inode_count: dict[_Content, int] = {}
+    by_content: dict[Content, list[str]] = {}
+    inode_count: dict[Content, int] = {}
     for (content, _), ps in zip(inodes, names, strict=True):
         by_content.setdefault(content, []).extend(ps)
         inode_count[content] = inode_count.get(content, 0) + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import subprocess
@@ -15,12 +16,15 @@ import pytest
 
 from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.bench.synth import MANIFEST_NAME, Manifest, Profile, generate, load_manifest
+from dedup_engine.bench.synthscale import TINY
 
 #: Small enough for a quick suite, big enough that every trap kind appears.
 SMALL_FILES = 3000
 LARGE_FILES = 30
 LARGE_SCALE = 1 / 32
 MIXED_SCALE = 1 / 8
+#: Ten directories: enough for the shape's rates to show within a few points.
+SCALE_FILES = 5000
 
 
 def _regular_files(dest: Path) -> dict[str, os.stat_result]:
@@ -88,7 +92,13 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest]:
     return dest, generate(dest, "mixed", 7, workers=2, size_scale=MIXED_SCALE)
 
 
-@pytest.fixture(params=["small", "large", "mixed"])
+@pytest.fixture(scope="module")
+def scale(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest]:
+    dest = tmp_path_factory.mktemp("scale")
+    return dest, generate(dest, Profile.SCALE, 7, files=SCALE_FILES, workers=2)
+
+
+@pytest.fixture(params=["small", "large", "mixed", "scale"])
 def tree(request: pytest.FixtureRequest) -> tuple[Path, Manifest]:
     result: tuple[Path, Manifest] = request.getfixturevalue(request.param)
     return result
@@ -266,3 +276,62 @@ def test_the_cli_on_a_synth_tree_agrees_with_its_manifest(mixed: tuple[Path, Man
         for block in blocks
     )
     assert tuple(found) == manifest.groups
+
+
+def test_scale_same_seed_same_tree_whatever_the_workers(tmp_path: Path) -> None:
+    one = generate(tmp_path / "one", Profile.SCALE, 3, files=1500, workers=0)
+    two = generate(tmp_path / "two", Profile.SCALE, 3, files=1500, workers=2)
+    assert one == two
+    assert _tree_digest(tmp_path / "one") == _tree_digest(tmp_path / "two")
+    generate(tmp_path / "other", Profile.SCALE, 4, files=1500, workers=0)
+    # Other names: not one path below data/ is shared.
+    other_paths = _tree_digest(tmp_path / "other").keys() & _tree_digest(tmp_path / "one").keys()
+    assert other_paths == {"data", MANIFEST_NAME}
+
+
+def test_scale_has_the_issue_shape(scale: tuple[Path, Manifest]) -> None:
+    dest, _manifest = scale
+    dirs = [p.relative_to(dest / "data") for p in (dest / "data").rglob("*") if p.is_dir()]
+    assert len(dirs) == SCALE_FILES // 500
+    assert max(len(d.parts) for d in dirs) <= 4
+    assert any(len(d.parts) >= 3 for d in dirs)
+    files = _regular_files(dest)
+    names = [Path(p).name for p in files] + [d.name for d in dirs]
+    assert all(10 <= len(n) <= 40 for n in names)
+    assert min(map(len, names)) <= 11 and max(map(len, names)) >= 39
+    sizes = [st.st_size for st in files.values()]
+    assert min(sizes) >= 1 and max(sizes) <= 64 * 1024
+    # Log-uniform over 1 B .. 64 KiB: half the files under 256 B, a quarter under 16 B.
+    assert sum(s < 256 for s in sizes) / len(sizes) == pytest.approx(0.5, abs=0.03)
+    assert sum(s <= 16 for s in sizes) / len(sizes) == pytest.approx(
+        math.log(17) / math.log(64 * 1024 + 1), abs=0.03
+    )
+
+
+def test_scale_copies_and_near_copies_at_their_rates_in_other_directories(
+    scale: tuple[Path, Manifest],
+) -> None:
+    dest, manifest = scale
+    # Above TINY bytes a group is an original and its copies, not small files that collide.
+    big = [p for p, st in _regular_files(dest).items() if st.st_size > TINY]
+    groups = [g for g in manifest.groups if (dest / g[0]).stat().st_size > TINY]
+    copies = sum(len(g) - 1 for g in groups)
+    assert copies / len(big) == pytest.approx(0.15, abs=0.02)
+    assert all(len({p.rsplit("/", 1)[0] for p in g}) >= 2 for g in groups)
+    by_size: dict[int, dict[bytes, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for p in big:
+        data = (dest / p).read_bytes()
+        by_size[len(data)][data].append(p)
+    near = []
+    for same in by_size.values():
+        contents = list(same)
+        for i, a in enumerate(contents):
+            near += [same[a] + same[b] for b in contents[i + 1 :] if _one_byte_diff(a, b)]
+    assert len(near) / len(big) == pytest.approx(0.05, abs=0.015)
+    # The near-copy's directory is not its original's (a copy of that may share it).
+    assert all(len({p.rsplit("/", 1)[0] for p in paths}) >= 2 for paths in near)
+
+
+def test_scale_refuses_too_few_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="too few"):
+        generate(tmp_path, Profile.SCALE, 1, files=5, workers=0)

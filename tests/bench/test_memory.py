@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dedup_engine.bench.memory import ROOT, main, measure, per_file
+from dedup_engine.bench.memory import ROOT, empty_run, main, measure, per_file
 
 MIB = 1024 * 1024
 #: A Python interpreter's own RSS is well under this.
@@ -67,6 +67,20 @@ def test_memory_per_file_leaves_out_the_empty_run(tmp_path: Path) -> None:
     assert result.rss_per_file == pytest.approx(512 * 1024, rel=0.05)
     assert result.hwm_per_file == pytest.approx(512 * 1024, rel=0.05)
     assert result.root_share == pytest.approx(1.0, abs=0.01)
+
+
+def test_the_empty_run_is_the_median_of_three(tmp_path: Path) -> None:
+    # Each run holds 40 MiB more than the one before: 70, 110, 150 MiB.
+    counter = tmp_path / "runs"
+    counter.write_text("0")
+    code = (
+        "import sys, time; from pathlib import Path; c = Path(sys.argv[1]); "
+        "k = int(c.read_text()) + 1; c.write_text(str(k)); "
+        "x = b'1' * ((30 + 40 * k) << 20); time.sleep(0.3)"
+    )
+    run = empty_run(_python(code, str(counter), ROOT), 1)
+    assert counter.read_text() == "3"
+    assert 110 * MIB <= run.peak_rss < 150 * MIB
 
 
 def test_a_failed_run_is_an_error_unless_its_status_is_accepted(tmp_path: Path) -> None:

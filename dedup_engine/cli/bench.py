@@ -82,8 +82,8 @@ def bench_compare(
     profile: Annotated[
         str | None,
         typer.Option(
-            help="Instead of root: the `dedup synth` tree of this profile (small, large or "
-            "mixed), made once into --cache and reused."
+            help="Instead of root: the `dedup synth` tree of this profile (small, large, "
+            "mixed or scale), made once into --cache and reused."
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="The --profile tree's seed.")] = 1,
@@ -159,7 +159,7 @@ def _compare_tree(root: Path | None, profile: str | None, seed: int, cache: Path
     try:
         spec = treecache.SynthTree.full_size(Profile(profile), seed)
     except ValueError:
-        fail_usage(f"unknown profile {profile!r} (small, large, mixed)")
+        fail_usage(f"unknown profile {profile!r} ({', '.join(p.value for p in Profile)})")
     tree = treecache.ensure_tree(spec, cache or treecache.default_cache())
     typer.echo(f"tree: {tree}", err=True)
     return tree

@@ -66,7 +66,7 @@ def test_profile_tree_is_made_into_the_cache_once_and_reused(
     [
         ((), "give either a root or --profile"),
         (("ROOT", "--profile", "small"), "give either a root or --profile"),
-        (("--profile", "huge"), "unknown profile 'huge' (small, large, mixed)"),
+        (("--profile", "huge"), "unknown profile 'huge' (small, large, mixed, scale)"),
         (("ROOT", "--dedup", "no-such-dedup-here"), "--dedup: 'no-such-dedup-here' is not an"),
     ],
 )

@@ -169,6 +169,16 @@ class Step(ABC):
     def _send_batch(self) -> None:
         """Send the next batch of queued groups."""
 
+    def _ask_owners(self, names: _Names, reps: bool, then: Callable[[], None]) -> None:
+        """Have the owners describe a batch's names (`_Names.describe`), then `then`."""
+        Scatter(
+            self.context,
+            names.keys,
+            names.describe(reps, self.context.follow_links),
+            lambda positions, result: self._described(names, positions, result),
+            then,
+        )
+
     def _described(self, names: _Names, positions: array[int], result: Described) -> None:
         """An owner's part of a batch's names: kept, and each that failed its check an issue."""
         names.take(positions, result)
@@ -385,13 +395,7 @@ class RecheckStep(Step):
         self.queued -= count
         self.outstanding += 1
         names = _Names(self.context, [(size, group) for size, _, group in batch])
-        Scatter(
-            self.context,
-            names.keys,
-            names.describe(reps=True, follow_links=self.context.follow_links),
-            lambda positions, result: self._described(names, positions, result),
-            lambda: self._build(batch, names),
-        )
+        self._ask_owners(names, True, lambda: self._build(batch, names))
 
     def _build(self, batch: list[tuple[int, bytes, Group]], names: _Names) -> None:
         self.outstanding -= 1
@@ -440,15 +444,9 @@ class FullStep(Step):
         self.queued -= count
         self.outstanding += 1
         names = _Names(self.context, batch)
-        Scatter(
-            self.context,
-            names.keys,
-            # A name other than the one compared (a hard link, or with links followed a
-            # symlink) must still lead to the inode the scan saw.
-            names.describe(reps=False, follow_links=self.context.follow_links),
-            lambda positions, result: self._described(names, positions, result),
-            lambda: self._compare(batch, names),
-        )
+        # A name other than the one compared (a hard link, or with links followed a symlink)
+        # must still lead to the inode the scan saw; the compared one is checked as it is read.
+        self._ask_owners(names, False, lambda: self._compare(batch, names))
 
     def _compare(self, batch: list[tuple[int, Group]], names: _Names) -> None:
         """Every name is known: one worker compares the representatives still as the scan saw

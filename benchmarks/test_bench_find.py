@@ -123,7 +123,7 @@ def _hash_tasks(window: Window, groups: Sized) -> list[HashTask]:
 def _compare_task(captured: Captured, size: int, group: Group) -> CompareTask:
     store = captured.store
     return CompareTask(
-        tuple(map(store.path, group)),
+        tuple(store.paths(group)),
         array("q", [size]) * len(group),
         array("I", [len(group)]),
         array("Q", [store.dev(r) for r in group]),

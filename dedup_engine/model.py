@@ -80,6 +80,12 @@ class DuplicateGroup:
         return self.size * (self.inodes - 1)
 
 
+def report_order(group: DuplicateGroup) -> tuple[int, str]:
+    """Where a group comes in a report: largest files first (most space at stake), then by first
+    path; stable across runs."""
+    return -group.size, group.files[0].path if group.files else ""
+
+
 @dataclass(frozen=True, slots=True)
 class Issue:
     """A file that could not be examined; it was excluded from matching and the run went on."""

@@ -35,7 +35,7 @@ from dedup_engine.model import Findings, FindResult
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.report.display import human_size
 from dedup_engine.report.formats import WRITERS, Format
-from dedup_engine.report.spool import GroupSpool, SpooledResult
+from dedup_engine.report.spool import GroupSpool, SpooledResult, default_directory
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +191,7 @@ def _run(roots: list[str], options: ScanOptions, request: _Request) -> FindStatu
     show_progress = progress_shown(request.progress, request.quiet)
     # Each group goes to the spool as it is final, and comes back in report order: the report
     # is never whole in memory.
-    with GroupSpool() as spool:
+    with GroupSpool(default_directory()) as spool:
         try:
             with _progress(show_progress) as callback, _no_gc():
                 result = find_duplicates(roots, options, progress=callback, on_group=spool.add)

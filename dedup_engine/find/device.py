@@ -8,11 +8,10 @@ type) and sysfs (`/sys/dev/block/MAJ:MIN` and the disk's `queue/rotational`), wi
 
 How the workers use it (`readers.Readers`):
 
-- once per root (or per `st_dev` first seen in the walk), `info = device_for(st_dev_or_path)`;
-  results are cached per `st_dev`;
+- once per `st_dev` a worker meets, `info = DeviceProbe().info(st_dev)`, cached per `st_dev`;
 - `depth = read_depth(info, override)`, where `override` is the user's `--io-depth`;
-- if `info.ordered`, the device's files are read in `physical_order`, and with a depth of 1 by one
-  reader for the whole run (one worker takes all of that device's reads);
+- if `info.ordered`, the device's files are read in `physical_order` by one thread, while holding
+  the disk's lock, which every worker of every run of the user shares (one reader at a time);
 - otherwise every worker reading from the device runs `threads_per_worker(depth, workers)` reader
   threads (`os.read` and BLAKE3 release the GIL), so about `depth` reads are in flight in all.
 """

@@ -31,15 +31,19 @@ def file_key(worker: int, row: int) -> int:
 
 
 def owner_rows(keys: Sequence[int]) -> dict[int, tuple[array[int], array[int]]]:
-    """The keys by owner: {worker: (positions in `keys`, rows of its store)}."""
-    workers = [k >> ROW_BITS for k in keys]
-    first = workers[0] if workers else 0
-    if all(w == first for w in workers):  # one worker, or one owner for the whole batch
+    """The keys by owner: {worker: (positions in `keys`, rows of its store)}; none for none."""
+    if not keys:
+        return {}
+    first = keys[0] >> ROW_BITS
+    if all(k >> ROW_BITS == first for k in keys):  # one worker, or one owner for the batch
         return {first: (array("I", range(len(keys))), array("Q", [k & ROW_MASK for k in keys]))}
     out: dict[int, tuple[array[int], array[int]]] = {}
-    for worker in set(workers):
-        positions = array("I", [p for p, w in enumerate(workers) if w == worker])
-        out[worker] = (positions, array("Q", [keys[p] & ROW_MASK for p in positions]))
+    for position, k in enumerate(keys):
+        part = out.get(k >> ROW_BITS)
+        if part is None:
+            part = out[k >> ROW_BITS] = (array("I"), array("Q"))
+        part[0].append(position)
+        part[1].append(k & ROW_MASK)
     return out
 
 
@@ -72,8 +76,10 @@ class SizeIndex:
         self.rows_in += len(sizes)
         last = self._last
         prev = self._prev.setdefault(worker, array("Q"))
-        # A worker's results arrive in the order it added their rows to its store.
-        assert len(prev) == result.first, "a worker's scan results arrived out of order"
+        if len(prev) != result.first:  # a worker's results come in the order of its rows
+            raise RuntimeError(f"worker {worker}'s scan results arrived out of order")
+        if result.first + len(sizes) > ROW_MASK:
+            raise OverflowError(f"worker {worker} holds more than {ROW_MASK} files: use more")
         first = file_key(worker, result.first)
         if result.aliases:
             self.aliases.update(first + offset for offset in result.aliases)
@@ -138,17 +144,6 @@ class SizeIndex:
                     self.paths_in_candidates += sum(len(links.get(r, ())) for r in group)
                 yield size, group
         self._prev = {}
-
-    def names(self, group: Group) -> list[int]:
-        """Every row of the group's inodes: each representative, then its other names."""
-        links = self.links
-        if not links:
-            return list(group)
-        out: list[int] = []
-        for rep in group:
-            out.append(rep)
-            out.extend(links.get(rep, ()))
-        return out
 
 
 class Named(NamedTuple):

@@ -14,7 +14,7 @@ order.  The steps differ in what a batch asks and what a finished batch gives:
 - `RecheckStep`: the owners stat the names of a group a window finished again (`entries`), and
   the files still as the scan saw them make the final group.
 
-Either drops a group that falls below two members (its `weight`).
+Each drops a group that falls below two members (its `weight`).
 """
 
 from __future__ import annotations
@@ -449,14 +449,8 @@ class FullStep(Step):
         self._ask_owners(names, False, lambda: self._compare(batch, names))
 
     def _compare(self, batch: list[tuple[int, Group]], names: _Names) -> None:
-        """Every name is known: one worker compares the representatives still as the scan saw
-        them, of the groups that still count."""
-        failed, at, weight = names.failed, names.at, self.context.sizes.weight
-        kept = [(size, [r for r in group if not failed[at[r]]]) for size, group in batch]
-        batch[:] = [(size, group) for size, group in kept if weight(group) >= 2]
-        if not batch:
-            self.outstanding -= 1
-            return
+        """Every name is known: one worker compares the representatives, each checked on its
+        open file as it is read (`fullcompare`)."""
         reps = [row for _, group in batch for row in group]
         groups = array("I", [len(group) for _, group in batch])
         if self.alone:

@@ -31,7 +31,7 @@ from dedup_engine.find.hashstep import (
 )
 from dedup_engine.find.pool import Pool, open_pool
 from dedup_engine.find.tasks import DirJob, ScanResult, ScanTask, Window
-from dedup_engine.model import DuplicateGroup, FindResult, Issue, RunStats, Stage
+from dedup_engine.model import DuplicateGroup, FindResult, Issue, RunStats, Stage, report_order
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.oserror import describe_error
 
@@ -116,7 +116,7 @@ def find_duplicates(
     stats.workers = pool.workers
     stats.seconds = time.perf_counter() - started
     issues.sort(key=lambda i: (i.path, i.stage.value))
-    kept.sort(key=lambda g: (-g.size, g.files[0].path))
+    kept.sort(key=report_order)
     return FindResult(canon, tuple(kept), tuple(issues), stats)
 
 
@@ -180,13 +180,15 @@ class _Run:
         self._sent = 0
         self._taken = 0
         self._arrived: dict[int, tuple[int, ScanResult]] = {}
+        self._rechecks: dict[Step, RecheckStep] = {}  # each window's, which completes its work
 
     def search(self) -> None:
         """scan → by size → hard links → head → tail → full → groups."""
         self._scan()
         full = FullStep(self.steps, alone=self.opts.hard_links)
         windows = self._windows(full)
-        rechecks = [step for window in windows for step in window[1:]]
+        self._rechecks = dict(windows)
+        rechecks = list(self._rechecks.values())
         # Later stages first: they finish groups, and free what the earlier ones hold.
         stages: list[Step] = [*rechecks, full, *reversed([w[0] for w in windows])]
         self._flow(self.sizes.candidates(), [w[0] for w in windows], full, stages)
@@ -238,13 +240,13 @@ class _Run:
         latest stage back, the first stage fed from the size groups as it runs low."""
         route = self._router(windows, full)
         self.current = (windows[0] if windows else full).stage
-        first: Step = windows[0] if windows else full
+        fed: list[Step] = [*windows, full]  # where size groups may go first
         pending = True
         order = [step for step in reversed(stages) if not isinstance(step, RecheckStep)]
         done: set[int] = set()
         while True:
-            if pending and first.queued < AHEAD_BATCHES * self.steps.batch_files:
-                pending = self._pull(candidates, route, first)
+            if pending and self._ahead(fed) < AHEAD_BATCHES * self.steps.batch_files:
+                pending = self._pull(candidates, route, fed)
             final = not pending
             for step in stages:
                 # A stage sends a part batch only once nothing more can come to it.
@@ -257,22 +259,28 @@ class _Run:
                 continue
             self.pool.wait_one()
 
-    def _pull(self, candidates: Iterator[tuple[int, Group]], route: Sink, first: Step) -> bool:
-        """Feed size groups to the first stage until it holds two batches; False once none are
-        left."""
+    def _pull(self, candidates: Iterator[tuple[int, Group]], route: Sink, fed: list[Step]) -> bool:
+        """Feed size groups to the stages they go to first until those hold two batches; False
+        once none are left."""
         target = AHEAD_BATCHES * self.steps.batch_files
         for size, group in candidates:
             route(size, b"", group)
-            if first.queued >= target:
+            if self._ahead(fed) >= target:
                 return True
         return False
+
+    @staticmethod
+    def _ahead(fed: list[Step]) -> int:
+        return sum(step.queued for step in fed)
 
     def _mark_finished(self, order: list[Step], pending: bool, done: set[int]) -> None:
         """Close each stage, in order, once nothing more can come to it and it is idle."""
         for index, step in enumerate(order):
             if index in done:
                 continue
-            if pending or not step.idle or not all(i in done for i in range(index)):
+            recheck = self._rechecks.get(step)
+            idle = step.idle and (recheck is None or recheck.idle)
+            if pending or not idle or not all(i in done for i in range(index)):
                 return
             done.add(index)
             step.finish()
@@ -301,7 +309,8 @@ class _Run:
             self._submit_scan(ScanTask((), tuple(files)))
         pending = self._dirs
         while pending or self._scans:
-            while pending and pool.in_flight < self.limit:
+            # Results wait (`_arrived`) behind a slow task: no more sent while many do.
+            while pending and pool.in_flight < self.limit and len(self._arrived) < self.limit:
                 self._send_dirs()
             pool.wait_one()
         scan = self.stats.stage(Stage.SCAN)

@@ -17,10 +17,8 @@ import multiprocessing
 import os
 import queue
 import selectors
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -69,17 +67,13 @@ class Pool(Protocol):
 
 
 class WorkerState:
-    """What a worker keeps between tasks: its filters, the rows it has scanned, and its readers.
+    """What a worker keeps between tasks: its filters, the rows it has scanned, and its readers
+    (for which `workers` is how many share each device)."""
 
-    `lock_dir` holds one lock file per spinning disk, shared by the run's workers.
-    """
-
-    def __init__(
-        self, options: ScanOptions, roots: Sequence[str], workers: int, lock_dir: str | None
-    ) -> None:
+    def __init__(self, options: ScanOptions, roots: Sequence[str], workers: int) -> None:
         self.filter = Filter(options, roots)
         self.store = RowStore()
-        self.readers = Readers(options.io_depth, workers, lock_dir)
+        self.readers = Readers(options.io_depth, workers)
 
 
 def run_task(task: Task, state: WorkerState) -> Result:
@@ -98,7 +92,7 @@ class InlinePool:
 
     def __init__(self, options: ScanOptions, roots: Sequence[str]) -> None:
         self.workers = 0
-        self._state = WorkerState(options, roots, 1, None)
+        self._state = WorkerState(options, roots, 1)
         self._queue: deque[tuple[Task, Callback]] = deque()
 
     @property
@@ -126,14 +120,14 @@ def _worker_main(
     results: Connection,
     options: ScanOptions,
     roots: Sequence[str],
-    shared: tuple[int, str],
+    workers: int,
     parent: int,
     inherited: frozenset[int],
 ) -> None:
-    """A worker's life: its state made, then each task run as it comes.  `shared` is what the
-    run's workers share: how many they are, and the directory of the spinning disks' locks."""
+    """A worker's life: its state made, then each task run as it comes; `workers` is how many
+    the run has."""
     _detach(parent, inherited, keep={tasks.fileno(), results.fileno()})
-    state = WorkerState(options, roots, *shared)
+    state = WorkerState(options, roots, workers)
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     def receive() -> None:
@@ -204,7 +198,8 @@ def _detach(parent: int, inherited: frozenset[int], keep: set[int]) -> None:
 
 
 class ProcessPool:
-    """Worker processes, each fed through its own pipe; a task goes to the least busy worker.
+    """Worker processes, each fed through its own pipe; a task goes to the worker that owns its
+    files, or to the least busy one.
 
     Pipes and no queue threads in the parent: the parent's CPU is part of the run's budget.
     """
@@ -220,7 +215,6 @@ class ProcessPool:
         self._send: list[Connection] = []
         self._recv: list[Connection] = []
         self._selector = selectors.DefaultSelector()
-        self._lock_dir = tempfile.mkdtemp(prefix="dedup-read-locks-")
         try:
             self._start(ctx, workers, options, roots)
         except BaseException:
@@ -256,7 +250,7 @@ class ProcessPool:
                         result_w,
                         options,
                         tuple(roots),
-                        (workers, self._lock_dir),
+                        workers,
                         parent,
                         inherited,
                     ),
@@ -347,7 +341,6 @@ class ProcessPool:
         for conn in (*self._send, *self._recv):
             conn.close()
         self._send, self._recv = [], []
-        shutil.rmtree(self._lock_dir, ignore_errors=True)
 
 
 def _widen(conn: Connection) -> None:

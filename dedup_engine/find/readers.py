@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
+import tempfile
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,26 +52,24 @@ _R = TypeVar("_R", HashResult, CompareResult)
 
 @dataclass(frozen=True, slots=True)
 class _Part:
-    """Some of a task's files, for one thread: their positions in the task, in reading order."""
+    """Some of a task's files, for one thread: their positions in the task, in reading order;
+    `ordered`: to be put in physical order first, once the disk's lock is held."""
 
     positions: list[int]
     device: DeviceInfo
+    ordered: bool = False
 
 
 class Readers:
     """One worker's readers: its threads, and what it knows of each device."""
 
     def __init__(
-        self,
-        io_depth: int | None,
-        workers: int,
-        lock_dir: str | None,
-        probe: DeviceProbe | None = None,
+        self, io_depth: int | None, workers: int, probe: DeviceProbe | None = None
     ) -> None:
         self.io_depth = io_depth
         self.workers = max(1, workers)
-        self.lock_dir = lock_dir
         self.probe = probe or DeviceProbe()
+        self._lock_dir: str | bool | None = False  # not looked for yet
         self._devices: dict[int, DeviceInfo] = {}
         self._threads: ThreadPoolExecutor | None = None
         # A comparing thread holds up to MAX_COMPARED files open: no more threads than this
@@ -100,28 +100,27 @@ class Readers:
             devices = [self.device(dev)] * len(rows)
         else:
             devices = [self.device(store.dev(row)) for row in rows]
-        head = window.stage is Stage.HEAD
-        parts = self._parts(
-            devices,
-            lambda ps: store.paths([rows[p] for p in ps]),
-            lambda ps: [store.ino[rows[p]] for p in ps],
-            lambda p: 0 if head else max(0, sizes[p] - 1),
-        )
-        if len(parts) == 1 and parts[0].positions == list(range(len(rows))):
-            with self._locked(parts[0].device):
-                return hash_batch(task, store)
-        window, follow = task.window, task.follow_links
+        head, follow = window.stage is Stage.HEAD, task.follow_links
+
+        def paths_of(positions: list[int]) -> list[str]:
+            return store.paths([rows[p] for p in positions])
+
+        parts = self._parts(devices, paths_of, lambda p: 0 if head else max(0, sizes[p] - 1))
+        whole = parts[0].positions == list(range(len(rows)))
+        if len(parts) == 1 and not parts[0].ordered and whole:
+            return hash_batch(task, store)
         results = self._run(
             parts,
             lambda part: hash_batch(
                 HashTask(
                     window,
                     array("Q", [rows[p] for p in part.positions]),
-                    array("q", [task.sizes[p] for p in part.positions]),
+                    array("q", [sizes[p] for p in part.positions]),
                     follow,
                 ),
                 store,
             ),
+            lambda ps: _physical(paths_of(ps), [store.ino[rows[p]] for p in ps], ps, follow),
         )
         return _gather_hash([(part.positions, r) for part, r in results], len(rows))
 
@@ -129,16 +128,20 @@ class Readers:
         """`fullcompare.compare_groups`, with whole groups shared out by device."""
         starts = list(_starts(task.groups))
         devices = [self.device(task.devs[start]) for start in starts]
-        by_group = self._parts(
-            devices,
-            lambda ps: [task.paths[starts[p]] for p in ps],
-            lambda ps: [task.inos[starts[p]] for p in ps],
-            lambda g: task.sizes[starts[g]] // 2,
+
+        def paths_of(groups: list[int]) -> list[str]:
+            return [task.paths[starts[g]] for g in groups]
+
+        by_group = self._parts(devices, paths_of, lambda g: task.sizes[starts[g]] // 2)
+        if len(by_group) == 1 and not by_group[0].ordered:
+            return compare_groups(task)
+        results = self._run(
+            by_group,
+            lambda part: compare_groups(_sub_compare(task, starts, part)),
+            lambda gs: _physical(
+                paths_of(gs), [task.inos[starts[g]] for g in gs], gs, task.follow_links
+            ),
         )
-        if len(by_group) == 1:
-            with self._locked(by_group[0].device):
-                return compare_groups(task)
-        results = self._run(by_group, lambda part: compare_groups(_sub_compare(task, starts, part)))
         parts = [(_members(task, starts, part), r) for part, r in results]
         return _gather_compare(parts, len(task.paths))
 
@@ -146,12 +149,11 @@ class Readers:
         self,
         devices: Sequence[DeviceInfo],
         paths_of: Callable[[list[int]], list[str]],
-        inodes_of: Callable[[list[int]], list[int]],
         probe_at: Callable[[int], int],
     ) -> list[_Part]:
         """The task's items split by device, each device's into as many parts as it has threads
         (one where its data is in the page cache already: threads would only contend for the
-        GIL); a spinning disk's in one part, in physical order."""
+        GIL); a spinning disk's in one part, to be read in physical order."""
         by_device: dict[int, list[int]] = {}
         for position, info in enumerate(devices):
             by_device.setdefault(info.dev, []).append(position)
@@ -159,8 +161,7 @@ class Readers:
         for positions in by_device.values():
             info = devices[positions[0]]
             if info.ordered and self.io_depth is None:
-                order = physical_order(paths_of(positions), inodes_of(positions))
-                parts.append(_Part([positions[i] for i in order], info))
+                parts.append(_Part(positions, info, ordered=True))
                 continue
             count = max(1, min(self.threads(info), len(positions) // MIN_PART_FILES))
             if count > 1:
@@ -172,27 +173,41 @@ class Readers:
             parts.extend(_Part(positions[i::count], info) for i in range(count))
         return parts
 
-    def _run(self, parts: list[_Part], work: Callable[[_Part], _R]) -> list[tuple[_Part, _R]]:
-        if len(parts) == 1:
-            with self._locked(parts[0].device):
-                return [(parts[0], work(parts[0]))]
-        if self._threads is None:
-            self._threads = ThreadPoolExecutor(thread_name_prefix="dedup-read")
+    def _run(
+        self,
+        parts: list[_Part],
+        work: Callable[[_Part], _R],
+        order: Callable[[list[int]], list[int]],
+    ) -> list[tuple[_Part, _R]]:
+        """Each part's work, in a thread of its own where there are several; a spinning disk's
+        part put in physical order and read while its lock is held (the order is found under
+        the lock too: finding it reads the disk's metadata)."""
 
-        def locked(part: _Part) -> _R:
+        def locked(part: _Part) -> tuple[_Part, _R]:
+            if not part.ordered:
+                return part, work(part)
             with self._locked(part.device):
-                return work(part)
+                part = _Part(order(part.positions), part.device)
+                return part, work(part)
 
-        return list(zip(parts, self._threads.map(locked, parts), strict=True))
+        if len(parts) == 1:
+            return [locked(parts[0])]
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self.max_threads, thread_name_prefix="dedup-read")
+        return list(self._threads.map(locked, parts))
 
     @contextlib.contextmanager
     def _locked(self, info: DeviceInfo) -> Iterator[None]:
-        """While reading a spinning disk, hold its lock: one reader on it in the whole run
-        (unless `--io-depth` asks for more: a RAID of disks, or one that orders a deep queue)."""
-        if not info.ordered or self.lock_dir is None or self.io_depth is not None:
+        """While reading a spinning disk, hold its lock: one reader on it at a time, among this
+        run's workers and every other run of this user's."""
+        if self._lock_dir is False:
+            self._lock_dir = lock_dir()
+        if not isinstance(self._lock_dir, str):  # no safe place for locks: read unlocked
             yield
             return
-        fd = os.open(os.path.join(self.lock_dir, str(info.dev)), os.O_RDWR | os.O_CREAT, 0o600)
+        path = os.path.join(self._lock_dir, str(info.dev))
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -202,6 +217,35 @@ class Readers:
     def close(self) -> None:
         if self._threads is not None:
             self._threads.shutdown(wait=False)
+
+
+def lock_dir() -> str | None:
+    """Where the spinning disks' locks live: a directory of this user's alone, the same for all
+    their runs ($XDG_RUNTIME_DIR/dedup-engine, else dedup-engine-UID in the temporary directory);
+    None where it cannot be made or is not safely this user's."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = runtime if runtime else tempfile.gettempdir()
+    path = os.path.join(base, "dedup-engine" if runtime else f"dedup-engine-{os.geteuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        return None  # a symlink, or a directory someone else could write to
+    return path
+
+
+def _physical(
+    paths: list[str], inodes: list[int], positions: list[int], follow_links: bool
+) -> list[int]:
+    """`positions` in the order one reader should take their files on a spinning disk."""
+    return [positions[i] for i in physical_order(paths, inodes, follow_links)]
 
 
 def _resident(paths: list[str], offsets: list[int]) -> bool:

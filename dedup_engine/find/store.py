@@ -116,9 +116,6 @@ class RowStore:
         self.mtime.extend([st.st_mtime_ns for st in stats])
         self.ctime.extend([st.st_ctime_ns for st in stats])
 
-    def path(self, row: int) -> str:
-        return self._dirs[bisect_right(self._dir_first, row) - 1] + self._name(row)
-
     def paths(self, rows: Iterable[int]) -> list[str]:
         """The paths of many rows, without a call per row."""
         dirs, firsts, ends, names = self._dirs, self._dir_first, self._name_end, self._names
@@ -156,12 +153,3 @@ class RowStore:
         if self._many_devs or self._other_dev or not self._dir_dev:
             return None
         return self._dir_dev[0]
-
-    def nbytes(self) -> int:
-        """The store's own memory, near enough: its arrays and the arena."""
-        arrays = (self._name_end, self.ino, self.mtime, self.ctime, self._dir_first)
-        return (
-            len(self._names)
-            + sum(a.itemsize * len(a) for a in arrays)
-            + sum(len(d) + 57 for d in self._dirs)
-        )

@@ -1,9 +1,10 @@
 """The messages between the parent and the workers: what a task asks, what its result says.
 
 Both sides import this module and nothing of each other: the parent (`pipeline`, `hashstep`)
-builds tasks and reads results, the workers (`walk`, `hashtasks`, `fullcompare`) take one kind of
-task each, and `pool` carries them.  Every message is pickled once per task, so files travel in
-columns (a tuple of paths and arrays of numbers), never as an object per file.
+builds tasks and reads results, the workers (`walk`, `hashtasks`, `entries`, `fullcompare`, via
+`readers`) take one kind of task each, and `pool` carries them.  Every message is pickled once
+per task, so files travel in columns (rows of the owner's store, sizes, and only where a file must
+be read elsewhere its path), never as an object per file.
 """
 
 from __future__ import annotations
@@ -134,9 +135,9 @@ class DescribeTask:
 
 @dataclass(frozen=True, slots=True)
 class Described:
-    """Rows in task order, in columns.  A row that failed its check is in `failed` and its
-    columns hold zeros; `uids`, `gids`, `modes` and `nlinks` (the link count) are known only
-    for checked rows."""
+    """Rows in task order, in columns.  A row that failed its check is in `failed`; `uids`,
+    `gids`, `modes` and `nlinks` (the link count) are known only for rows checked and found
+    unchanged, and are zeros for the others."""
 
     paths: tuple[str, ...]
     roots: array[int]

@@ -157,7 +157,7 @@ class _Listing:
         max_size = opts.max_size if opts.max_size is not None else 1 << 63
         empty = opts.empty
         add_name, add_stat = self._names.append, self._stats.append
-        file_roots = flt.file_roots
+        plain = not (flt.file_roots or job.alias)  # no file needs a second look
         root = job.root
         descend = opts.max_depth is None or job.depth < opts.max_depth
         for entry in entries:
@@ -171,13 +171,13 @@ class _Listing:
                         continue
                     st = entry.stat(follow_symlinks=False)
                     size = st.st_size
-                    if (min_size <= size <= max_size) if size else empty:
-                        if file_roots and path in file_roots:
-                            continue  # a root of its own: listed once, as that root
-                        if job.alias:
-                            self._aliased.append(len(self._names))
+                    if not ((min_size <= size <= max_size) if size else empty):
+                        continue
+                    if plain and stat.S_ISREG(st.st_mode):
                         add_name(name)
                         add_stat(st)
+                    else:
+                        self._take_file(name, path, st, job)
                 elif entry.is_dir(follow_symlinks=False):
                     if descend and not (filtering and flt.excluded(name, path, root, True)):
                         self._add_dir(path, job, entry.stat(follow_symlinks=False))
@@ -189,6 +189,17 @@ class _Listing:
                     self.symlinks += 1
             except OSError as exc:  # vanished between listing and stat, or EACCES
                 issues.append((path, _describe(exc)))
+
+    def _take_file(self, name: str, path: str, st: os.stat_result, job: DirJob) -> None:
+        """A file that needs a second look: one swapped for something else since the listing, a
+        root of its own, or one below a directory reached through a symlink."""
+        if not stat.S_ISREG(st.st_mode):
+            self.special += 1
+        elif path not in self.flt.file_roots:  # a root of its own is listed once, as that root
+            if job.alias:
+                self._aliased.append(len(self._names))
+            self._names.append(name)
+            self._stats.append(st)
 
     def _follow(self, name: str, path: str, job: DirJob, descend: bool) -> None:
         """A symbolic link, with links followed: what it points to, once it passes the filters."""

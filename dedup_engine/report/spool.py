@@ -42,18 +42,25 @@ _KEY_LENGTH = struct.Struct(">I")  # before each key of a run on disk
 _FILE_FIELDS = operator.attrgetter(*FileEntry.__dataclass_fields__)
 
 
-def sort_key(group: DuplicateGroup) -> tuple[int, str]:
-    """The report's order of groups: largest size first, then by first path."""
-    return -group.size, group.files[0].path if group.files else ""
+def default_directory() -> str | None:
+    """Where a spool's files go unless told: $TMPDIR where the user set it, else /var/tmp (on a
+    disk on most systems, where /tmp is often memory, which a report of millions of files would
+    fill), else `tempfile`'s choice."""
+    chosen = os.environ.get("TMPDIR")
+    if chosen:
+        return chosen
+    if os.path.isdir("/var/tmp") and os.access("/var/tmp", os.W_OK | os.X_OK):
+        return "/var/tmp"
+    return None
 
 
 class GroupSpool:
     """Duplicate groups added in any order, given back in report order, held in temporary files.
 
     `add` a group as soon as it is final; iterate (as often as needed) for the groups in
-    `sort_key` order, each read back from disk.  `directory` is where the anonymous files live
-    (`tempfile`'s choice by default); `max_keys` bounds the keys held in memory.  Use it as a
-    context manager, or `close` it: both files go at once.
+    `model.report_order` order, each read back from disk.  `directory` is where the anonymous
+    files live (`tempfile`'s choice by default); `max_keys` bounds the keys held in memory.  Use
+    it as a context manager, or `close` it: both files go at once.
     """
 
     def __init__(self, directory: str | None = None, max_keys: int = MAX_KEYS) -> None:
@@ -161,7 +168,8 @@ class SpooledResult:
 
 
 def _key(size: int, first_path: str, offset: int, length: int) -> bytes:
-    """Bytes that order as `sort_key` does, ending in where the group lies in the data file.
+    """Bytes that order as `model.report_order` does, ending in where the group lies in the data
+    file.
 
     A NUL in the path becomes NUL 1 and the path ends in NUL NUL, so a path sorts before every
     longer path it begins, as a string does."""

@@ -10,7 +10,8 @@ import pytest
 from treebuilder import Tree, content
 
 from dedup_engine import DuplicateGroup, FileEntry, ScanOptions, find_duplicates
-from dedup_engine.report.spool import GroupSpool, sort_key
+from dedup_engine.model import report_order
+from dedup_engine.report.spool import GroupSpool
 
 pytestmark = pytest.mark.usefixtures("deadline")
 
@@ -44,8 +45,8 @@ def test_groups_come_back_sorted_whatever_the_order_added_and_the_runs_spilled(
     with GroupSpool(str(tmp_path), max_keys=max_keys) as spool:
         spool.extend(groups)
         assert len(spool) == len(groups)
-        assert list(spool) == sorted(groups, key=sort_key)
-        assert list(spool) == sorted(groups, key=sort_key)  # and again: it can be read twice
+        assert list(spool) == sorted(groups, key=report_order)
+        assert list(spool) == sorted(groups, key=report_order)  # and again: it can be read twice
 
 
 def test_a_search_spooled_in_any_order_reads_back_as_the_search_lists_it(

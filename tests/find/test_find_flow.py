@@ -1,0 +1,85 @@
+"""How groups flow through the stages: bounded queues, stages closed in order, and the spinning
+disks' lock directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from treebuilder import Tree, brute_groups, content, groups_of
+
+from dedup_engine import Progress, ScanOptions, Stage, find_duplicates
+from dedup_engine.find import hashstep
+from dedup_engine.find.pipeline import AHEAD_BATCHES
+from dedup_engine.find.readers import lock_dir
+from dedup_engine.model import DuplicateGroup
+
+
+def test_groups_sent_straight_to_the_full_stage_wait_in_a_bounded_queue(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With only the tail window on and every file below its minimum size, the size groups go
+    straight to the full stage: they are fed as it works, not all at once."""
+    for n in range(3000):
+        tree.file(f"d{n % 7}/f{n}", content(200 + n % 40, seed=str(n % 1500)))
+    most = 0
+    count_in = hashstep.FullStep._count_in
+
+    def watch(self: hashstep.FullStep, files: int) -> None:
+        nonlocal most
+        count_in(self, files)
+        most = max(most, self.queued)
+
+    monkeypatch.setattr(hashstep.FullStep, "_count_in", watch)
+    options = ScanOptions(workers=2, stages=("tail",), tail_min_size=1 << 20)
+    result = find_duplicates(tree.root, options)
+    assert groups_of(result) == brute_groups(tree.root)
+    # Two batches of the two workers, and the group that went over: 40 sizes, 75 files each.
+    bound = AHEAD_BATCHES * hashstep.BATCH_FILES * 2 + 75
+    assert 0 < most <= bound
+
+
+def test_no_group_comes_after_the_last_stage_is_finished(tree: Tree) -> None:
+    """A window's stage is finished only once the groups it read whole are re-checked too."""
+    for n in range(400):
+        tree.file(f"d{n % 9}/f{n}", content(100 + n % 50, seed=str(n % 200)))
+    tree.file("big/a", content(70_000))
+    tree.file("big/b", content(70_000))
+    events: list[object] = []
+
+    def on_group(group: DuplicateGroup) -> None:
+        events.append(group)
+
+    def progress(event: Progress) -> None:
+        if event.finished:
+            events.append(event.stage)
+
+    find_duplicates(tree.root, ScanOptions(workers=2), progress=progress, on_group=on_group)
+    assert events[-1] is Stage.FULL
+    assert sum(isinstance(e, DuplicateGroup) for e in events) == len(brute_groups(tree.root))
+
+
+def test_the_lock_directory_is_the_users_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    made = lock_dir()
+    assert made == str(tmp_path / "dedup-engine")
+    st = os.lstat(made)
+    assert st.st_uid == os.geteuid() and st.st_mode & 0o777 == 0o700
+    assert lock_dir() == made  # found again by the next run
+
+
+@pytest.mark.parametrize("planted", ["symlink", "open to others"])
+def test_a_lock_directory_planted_by_someone_else_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, planted: str
+) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    if planted == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        (tmp_path / "dedup-engine").symlink_to(tmp_path / "elsewhere")
+    else:
+        (tmp_path / "dedup-engine").mkdir()
+        os.chmod(tmp_path / "dedup-engine", 0o777)
+    assert lock_dir() is None

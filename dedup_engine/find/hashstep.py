@@ -483,6 +483,10 @@ class FullStep(Step):
         self.stats.files_out += out
 
 
+#: The weight of a group when only distinct inodes count: its length.
+len_of: Callable[[Group], int] = len
+
+
 def split(rows: Group, digests: list[bytes], weight: Callable[[Group], int]) -> Split:
     """The rows that share a digest, in groups that still count; a failed file (zeros) in none."""
     if len(rows) == 2 and weight is len_of:  # the most common group, without a dict
@@ -498,7 +502,3 @@ def split(rows: Group, digests: list[bytes], weight: Callable[[Group], int]) -> 
     if len(buckets) == len(rows) and len(rows) == weight(rows):
         return []  # all different: the common fate of unrelated same-size files
     return [(d, m) for d, m in buckets.items() if d != NO_DIGEST and weight(m) >= 2]
-
-
-#: The weight of a group when only distinct inodes count: its length.
-len_of: Callable[[Group], int] = len

@@ -136,6 +136,11 @@ class Step(ABC):
     def idle(self) -> bool:
         return not self.queued and not self.outstanding
 
+    @property
+    def ready(self) -> bool:
+        """Whether it holds a whole batch to send."""
+        return self.queued >= self._batch_size()
+
     def flush(self, final: bool) -> None:
         """Send batches while the pool has room; a part batch only with `final` (nothing more
         can come)."""

@@ -245,7 +245,7 @@ class _Run:
         order = [step for step in reversed(stages) if not isinstance(step, RecheckStep)]
         done: set[int] = set()
         while True:
-            if pending and self._ahead(fed) < AHEAD_BATCHES * self.steps.batch_files:
+            if pending and not self._fed_enough(fed):
                 pending = self._pull(candidates, route, fed)
             final = not pending
             for step in stages:
@@ -260,18 +260,19 @@ class _Run:
             self.pool.wait_one()
 
     def _pull(self, candidates: Iterator[tuple[int, Group]], route: Sink, fed: list[Step]) -> bool:
-        """Feed size groups to the stages they go to first until those hold two batches; False
-        once none are left."""
-        target = AHEAD_BATCHES * self.steps.batch_files
+        """Feed size groups to the stages they go to first until they hold enough; False once
+        none are left."""
         for size, group in candidates:
             route(size, b"", group)
-            if self._ahead(fed) >= target:
+            if self._fed_enough(fed):
                 return True
         return False
 
-    @staticmethod
-    def _ahead(fed: list[Step]) -> int:
-        return sum(step.queued for step in fed)
+    def _fed_enough(self, fed: list[Step]) -> bool:
+        """Whether the stages fed from the size groups hold enough: two batches in all, one of
+        them whole (else none could be sent, and with nothing out, nothing would move)."""
+        ahead = sum(step.queued for step in fed)
+        return ahead >= AHEAD_BATCHES * self.steps.batch_files and any(s.ready for s in fed)
 
     def _mark_finished(self, order: list[Step], pending: bool, done: set[int]) -> None:
         """Close each stage, in order, once nothing more can come to it and it is idle."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from treebuilder import Tree, brute_groups, content, groups_of
 
 from dedup_engine import Progress, ScanOptions, Stage, find_duplicates
-from dedup_engine.find import hashstep
+from dedup_engine.find import hashstep, pipeline
 from dedup_engine.find.pipeline import AHEAD_BATCHES
 from dedup_engine.find.readers import lock_dir
 from dedup_engine.model import DuplicateGroup
@@ -38,6 +39,32 @@ def test_groups_sent_straight_to_the_full_stage_wait_in_a_bounded_queue(
     # Two batches of the two workers, and the group that went over: 40 sizes, 75 files each.
     bound = AHEAD_BATCHES * hashstep.BATCH_FILES * 2 + 75
     assert 0 < most <= bound
+
+
+@pytest.mark.usefixtures("deadline")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stages_fed_with_small_batches_give_the_same_groups(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """Batches of a few files, so groups wait in every stage at once, each a part batch."""
+    monkeypatch.setattr(hashstep, "BATCH_FILES", 4)
+    for n in range(240):
+        kind = n % 3  # read whole by the head; on to the full stage; on to the tail
+        size = (3_000, 30_000, 90_000)[kind] + n % 5
+        tree.file(f"d{n % 11}/f{n}", content(size, seed=f"{kind}-{n % 5}-{n % 2}"))
+    result = find_duplicates(tree.root, ScanOptions(workers=workers))
+    assert groups_of(result) == brute_groups(tree.root)
+
+
+def test_more_size_groups_are_fed_while_no_stage_holds_a_whole_batch() -> None:
+    """Two batches' worth of files waiting in three stages, none of them a whole batch: the
+    run must feed more, or with nothing out it would wait for ever."""
+    run = pipeline._Run.__new__(pipeline._Run)
+    run.steps = SimpleNamespace(batch_files=1024)  # type: ignore[assignment]
+    short = [SimpleNamespace(queued=q, ready=False) for q in (1000, 900, 500)]
+    assert not run._fed_enough(short)  # type: ignore[arg-type]
+    whole = [SimpleNamespace(queued=q, ready=r) for q, r in ((1200, True), (900, False))]
+    assert run._fed_enough(whole)  # type: ignore[arg-type]
 
 
 def test_no_group_comes_after_the_last_stage_is_finished(tree: Tree) -> None:

@@ -76,7 +76,7 @@ class _Comparison:
         # Buffers are reused across the task's groups: a fresh zeroed buffer per file costs page
         # faults that outweigh the reading itself for files of a few dozen KiB.
         self.chunk = min(task.chunk_size, max(task.sizes, default=1) + 1)
-        count = min(max(task.groups), MAX_COMPARED)
+        count = min(max(task.groups, default=0), MAX_COMPARED)
         self.buffers = [bytearray(self.chunk) for _ in range(count)]
 
     def result(self) -> CompareResult:

@@ -95,6 +95,8 @@ class Readers:
     def hash_batch(self, task: HashTask, store: RowStore) -> HashResult:
         """`hashtasks.hash_batch`, with the task's files shared out by device."""
         rows, sizes, window = task.rows, task.sizes, task.window
+        if not rows:
+            return hash_batch(task, store)
         dev = store.one_dev
         if dev is not None:
             devices = [self.device(dev)] * len(rows)
@@ -127,6 +129,8 @@ class Readers:
     def compare(self, task: CompareTask) -> CompareResult:
         """`fullcompare.compare_groups`, with whole groups shared out by device."""
         starts = list(_starts(task.groups))
+        if not starts:
+            return compare_groups(task)
         devices = [self.device(task.devs[start]) for start in starts]
 
         def paths_of(groups: list[int]) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from dataclasses import dataclass
 
 from dedup_engine.oserror import describe_error
 
@@ -19,13 +20,34 @@ class ChangedError(OSError):
     file."""
 
 
-def check_unchanged(fd: int, size: int, ino: int, mtime: int, ctime: int) -> os.stat_result:
+@dataclass(frozen=True, slots=True)
+class Scanned:
+    """What the scan saw of a file: enough to tell whether a file is still that one."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime: int
+    ctime: int
+
+    def matches(self, st: os.stat_result) -> bool:
+        """The same inode, size, mtime and ctime (a write since the scan changes both times)."""
+        return (
+            st.st_ctime_ns == self.ctime
+            and st.st_mtime_ns == self.mtime
+            and st.st_ino == self.ino
+            and st.st_dev == self.dev
+            and st.st_size == self.size
+        )
+
+
+def check_unchanged(fd: int, seen: Scanned) -> os.stat_result:
     """Refuse a file just read that is not the one the scan saw: another inode, size, mtime or
     ctime (a write since the scan changes both times), or not a regular file.  Returns its
     stat."""
     st = os.fstat(fd)
-    if st.st_mtime_ns != mtime or st.st_ctime_ns != ctime or st.st_ino != ino or st.st_size != size:
-        raise ChangedError(errno.EIO, what_changed(st, size, ino))
+    if not seen.matches(st):
+        raise ChangedError(errno.EIO, what_changed(st, seen.size, seen.ino, seen.dev))
     return st
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from array import array
 
+from dedup_engine.find.changes import Scanned, what_changed
 from dedup_engine.find.changes import describe as describe_error
-from dedup_engine.find.changes import what_changed
-from dedup_engine.find.store import RowStore, Scanned
+from dedup_engine.find.store import RowStore
 from dedup_engine.find.tasks import Described, DescribeTask, Failure
 
 
@@ -24,8 +24,8 @@ def describe(task: DescribeTask, store: RowStore) -> Described:
     paths: list[str] = []
     roots, devs, inos = array("I"), array("Q"), array("Q")
     mtimes, ctimes = array("q"), array("q")
-    uids, gids, modes = array("I", bytes(4 * count)), array("I", bytes(4 * count)), array("H")
-    modes.frombytes(bytes(2 * count))
+    uids, gids = array("I", bytes(4 * count)), array("I", bytes(4 * count))
+    modes = array("H", bytes(2 * count))
     nlinks = array("Q", bytes(8 * count))
     failed: list[Failure] = []
     stat_path = os.stat if task.follow_links else os.lstat

@@ -16,7 +16,7 @@ from array import array
 
 from blake3 import blake3
 
-from dedup_engine.find.changes import ChangedError, check_unchanged, describe
+from dedup_engine.find.changes import ChangedError, Scanned, check_unchanged, describe
 from dedup_engine.find.tasks import NO_DIGEST, CompareResult, CompareTask, Failure
 from dedup_engine.openflags import read_flags
 
@@ -203,10 +203,9 @@ class _Comparison:
         return bytes(hasher.digest())
 
     def _check(self, position: int, fd: int) -> None:
-        task = self.task
-        sizes, inos, mtimes, ctimes = task.sizes, task.inos, task.mtimes, task.ctimes
+        t, p = self.task, position
         st = check_unchanged(
-            fd, sizes[position], inos[position], mtimes[position], ctimes[position]
+            fd, Scanned(t.devs[p], t.inos[p], t.sizes[p], t.mtimes[p], t.ctimes[p])
         )
         self.uids[position] = st.st_uid
         self.gids[position] = st.st_gid

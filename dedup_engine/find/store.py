@@ -15,32 +15,10 @@ import os
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass
 from itertools import accumulate
 
 #: Name offsets are 4 bytes while the arena is under 4 GiB, and 8 past it.
 _SMALL_OFFSETS = 1 << 32
-
-
-@dataclass(frozen=True, slots=True)
-class Scanned:
-    """What the scan saw of one row: enough to tell whether the file is still that one."""
-
-    dev: int
-    ino: int
-    size: int
-    mtime: int
-    ctime: int
-
-    def matches(self, st: os.stat_result) -> bool:
-        """The same inode, size, mtime and ctime (a write since the scan changes both times)."""
-        return (
-            st.st_ctime_ns == self.ctime
-            and st.st_mtime_ns == self.mtime
-            and st.st_ino == self.ino
-            and st.st_dev == self.dev
-            and st.st_size == self.size
-        )
 
 
 class RowStore:

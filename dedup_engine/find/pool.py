@@ -15,16 +15,17 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import queue
+import select
 import selectors
 import signal
+import struct
 import sys
-import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Protocol
 
 from dedup_engine.find.entries import describe
@@ -40,6 +41,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: Seconds `abort` waits for killed workers to be reaped before leaving them to the system.
 REAP_S = 1.0
 _PR_SET_PDEATHSIG = 1
+_SHORT, _LONG = struct.Struct("!i"), struct.Struct("!Q")
+_SHORT_MAX = 0x7FFFFFFF
 Callback = Callable[[Any], None]
 
 
@@ -128,35 +131,74 @@ def _worker_main(
     the run has."""
     _detach(parent, inherited, keep={tasks.fileno(), results.fileno()})
     state = WorkerState(options, roots, workers)
-    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    with contextlib.suppress(OSError):  # the parent is gone: nobody to tell
+        _serve(tasks, results.fileno(), lambda task: run_task(task, state))
 
-    def receive() -> None:
-        # Tasks are drained as they come, so the parent's send never waits on this worker while
-        # this worker waits for the parent to read a result.
-        while True:
-            try:
-                item = tasks.recv()
-            except (EOFError, OSError):
-                item = None
-            inbox.put(item)
-            if item is None:
-                return
 
-    threading.Thread(target=receive, daemon=True).start()
+def _serve(tasks: Connection, results: int, run: Callable[[Task], Result]) -> None:
+    """Run each task that comes and send back its reply, until the parent says stop.
+
+    One thread: a second one draining the tasks would take the GIL from this one at every read
+    it makes.  A reply is written without blocking, and while it does not fit, tasks are read
+    as they come: the parent may be blocked sending a task to this worker while it waits for a
+    reply, and so never waits on a worker that waits on it.
+    """
+    os.set_blocking(results, False)
+    inbox: deque[Any] = deque()
+    outbox = memoryview(b"")
+    stopping = False
     while True:
-        item = inbox.get()
+        if outbox:
+            readable, writable, _ = select.select([] if stopping else [tasks], [results], [])
+            if readable:
+                item = _receive(tasks)
+                stopping = item is None
+                if not stopping:
+                    inbox.append(item)
+            if writable:
+                outbox = _write_some(results, outbox)
+            continue
+        if inbox:
+            key, task = inbox.popleft()
+            reply: tuple[int, Result | None, str | None]
+            try:
+                reply = (key, run(task), None)
+            except BaseException:  # report, then keep serving: the parent decides to stop
+                reply = (key, None, traceback.format_exc())
+            outbox = _write_some(results, _frame(reply))
+            continue
+        if stopping:
+            return
+        item = _receive(tasks)
         if item is None:
             return
-        key, task = item
-        reply: tuple[int, Result | None, str | None]
-        try:
-            reply = (key, run_task(task, state), None)
-        except BaseException:  # report, then keep serving: the parent decides to stop
-            reply = (key, None, traceback.format_exc())
-        try:
-            results.send(reply)
-        except OSError:  # the parent is gone: nobody to tell
-            return
+        inbox.append(item)
+
+
+def _receive(tasks: Connection) -> Any:
+    """The next task, or None once the parent has no more (or is gone)."""
+    try:
+        return tasks.recv()
+    except (EOFError, OSError):
+        return None
+
+
+def _frame(reply: Any) -> memoryview:
+    """A reply as `Connection.recv` reads it: the pickle after its length (4 bytes, big-endian,
+    or -1 then 8 bytes past 2 GiB)."""
+    body = ForkingPickler.dumps(reply)
+    size = len(body)
+    head = _SHORT.pack(size) if size <= _SHORT_MAX else _SHORT.pack(-1) + _LONG.pack(size)
+    return memoryview(head + bytes(body))
+
+
+def _write_some(fd: int, data: memoryview) -> memoryview:
+    """Write what the pipe takes now; the rest, to write when it has room."""
+    try:
+        written = os.write(fd, data)
+    except BlockingIOError:
+        return data
+    return data[written:]
 
 
 def _detach(parent: int, inherited: frozenset[int], keep: set[int]) -> None:
@@ -345,8 +387,8 @@ class ProcessPool:
 
 def _widen(conn: Connection) -> None:
     # A pipe holds 64 KiB by default: a few batches of paths.  With room for all the tasks in
-    # flight, a send returns at once instead of waiting for the worker's reader thread to get
-    # the GIL.  Linux only, and best effort: the pool is correct without it.
+    # flight, a send returns at once instead of waiting for the worker to finish its task and
+    # read.  Linux only, and best effort: the pool is correct without it.
     try:
         import fcntl
 

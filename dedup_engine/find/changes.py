@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from dedup_engine.oserror import describe_error
 
@@ -20,9 +20,12 @@ class ChangedError(OSError):
     file."""
 
 
-@dataclass(frozen=True, slots=True)
-class Scanned:
-    """What the scan saw of a file: enough to tell whether a file is still that one."""
+class Scanned(NamedTuple):
+    """What the scan saw of a file: enough to tell whether a file is still that one.
+
+    A named tuple, not a dataclass: one is made for every file re-checked, and it compares
+    equal to the same fields of a stat (`seen_as`).
+    """
 
     dev: int
     ino: int
@@ -32,13 +35,12 @@ class Scanned:
 
     def matches(self, st: os.stat_result) -> bool:
         """The same inode, size, mtime and ctime (a write since the scan changes both times)."""
-        return (
-            st.st_ctime_ns == self.ctime
-            and st.st_mtime_ns == self.mtime
-            and st.st_ino == self.ino
-            and st.st_dev == self.dev
-            and st.st_size == self.size
-        )
+        return seen_as(st) == self
+
+
+def seen_as(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """A stat's fields in `Scanned`'s order."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def check_unchanged(fd: int, seen: Scanned) -> os.stat_result:

@@ -20,34 +20,30 @@ from dedup_engine.find.tasks import Described, DescribeTask, Failure
 
 def describe(task: DescribeTask, store: RowStore) -> Described:
     """The task's rows of `store`, in columns, in task order."""
-    count = len(task.rows)
-    paths: list[str] = []
-    roots, devs, inos = array("I"), array("Q"), array("Q")
-    mtimes, ctimes = array("q"), array("q")
+    rows, count = task.rows, len(task.rows)
+    paths = store.paths(rows)
+    roots, devs = store.roots_devs(rows)
+    ino, mtime, ctime = store.ino, store.mtime, store.ctime
+    inos = array("Q", [ino[row] for row in rows])
+    mtimes = array("q", [mtime[row] for row in rows])
+    ctimes = array("q", [ctime[row] for row in rows])
     uids, gids = array("I", bytes(4 * count)), array("I", bytes(4 * count))
     modes = array("H", bytes(2 * count))
     nlinks = array("Q", bytes(8 * count))
     failed: list[Failure] = []
     stat_path = os.stat if task.follow_links else os.lstat
-    for position, (row, size) in enumerate(zip(task.rows, task.sizes, strict=True)):
-        directory = store.directory(row)
-        path = store.path_in(directory, row)
-        seen = Scanned(
-            store.dev_in(directory, row), store.ino[row], size, store.mtime[row], store.ctime[row]
-        )
-        paths.append(path)
-        roots.append(store.root_of(directory))
-        devs.append(seen.dev)
-        inos.append(seen.ino)
-        mtimes.append(seen.mtime)
-        ctimes.append(seen.ctime)
-        if not task.check[position]:
-            continue
+    check, sizes = task.check, task.sizes
+    # Written out flat: it runs for every file of every final group.
+    for position in [p for p in range(count) if check[p]]:
+        path = paths[position]
         try:
             st = stat_path(path)
         except OSError as exc:
             failed.append((position, path, f"changed since the scan: {describe_error(exc)}"))
             continue
+        seen = Scanned(
+            devs[position], inos[position], sizes[position], mtimes[position], ctimes[position]
+        )
         if not seen.matches(st):
             failed.append((position, path, what_changed(st, seen.size, seen.ino, seen.dev)))
             continue

@@ -103,6 +103,23 @@ class RowStore:
             for row in rows
         ]
 
+    def roots_devs(self, rows: Iterable[int]) -> tuple[array[int], array[int]]:
+        """The root index and the device of many rows, in columns."""
+        firsts, dir_root = self._dir_first, self._dir_root
+        directories = [bisect_right(firsts, row) - 1 for row in rows]
+        roots = array("I", [dir_root[d] for d in directories])
+        one = self.one_dev
+        if one is not None:
+            return roots, array("Q", [one]) * len(directories)
+        dir_dev, other = self._dir_dev, self._other_dev
+        devs = array(
+            "Q",
+            [other.get(row, dir_dev[d]) for row, d in zip(rows, directories, strict=True)]
+            if other
+            else [dir_dev[d] for d in directories],
+        )
+        return roots, devs
+
     def _name(self, row: int) -> str:
         ends = self._name_end
         start = ends[row - 1] if row else 0

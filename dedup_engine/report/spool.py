@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import heapq
 import marshal
-import operator
 import os
 import struct
 import tempfile
@@ -39,7 +38,7 @@ _READ_CHUNK = 1 << 16  # bytes a run is read in, per run, when merging
 _SIZE_TOP = (1 << 64) - 1
 _PLACE = struct.Struct(">QI")  # a group's offset and length in the data file, ending its key
 _KEY_LENGTH = struct.Struct(">I")  # before each key of a run on disk
-_FILE_FIELDS = operator.attrgetter(*FileEntry.__dataclass_fields__)
+_entry = FileEntry._make
 
 
 def default_directory() -> str | None:
@@ -78,7 +77,7 @@ class GroupSpool:
 
     def add(self, group: DuplicateGroup) -> None:
         """Write the group out now; only its key stays."""
-        record = marshal.dumps((group.size, group.digest, tuple(map(_FILE_FIELDS, group.files))))
+        record = marshal.dumps((group.size, group.digest, tuple(map(tuple, group.files))))
         self._data.write(record)
         first = group.files[0].path if group.files else ""
         self._keys.append(_key(group.size, first, self._end, len(record)))
@@ -106,7 +105,7 @@ class GroupSpool:
         for key in keys:
             offset, length = _PLACE.unpack_from(key, len(key) - _PLACE.size)
             size, digest, files = marshal.loads(os.pread(fd, length, offset))
-            yield DuplicateGroup(size, digest, tuple([FileEntry(*f) for f in files]))
+            yield DuplicateGroup(size, digest, tuple(map(_entry, files)))
 
     def _spill(self) -> None:
         """Write the keys in memory out as one sorted run."""

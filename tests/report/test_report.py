@@ -218,4 +218,6 @@ def test_json_dict_shape(found: tuple[Tree, FindResult]) -> None:
 def test_records_are_frozen(found: tuple[Tree, FindResult]) -> None:
     _tree, result = found
     with pytest.raises(dataclasses.FrozenInstanceError):
+        result.groups[0].digest = "0" * 64  # type: ignore[misc]
+    with pytest.raises(AttributeError):  # a named tuple's fields cannot be set either
         result.groups[0].files[0].path = "/elsewhere"  # type: ignore[misc]

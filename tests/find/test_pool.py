@@ -22,9 +22,12 @@ def test_a_worker_reads_tasks_while_a_big_reply_waits_for_room() -> None:
     )
     worker.start()
     tasks = [bytes([n]) * BIG for n in range(3)]
-    sender = threading.Thread(
-        target=lambda: [task_w.send((n, task)) for n, task in enumerate(tasks)], daemon=True
-    )
+
+    def send_all() -> None:
+        for n, task in enumerate(tasks):
+            task_w.send((n, task))
+
+    sender = threading.Thread(target=send_all, daemon=True)
     sender.start()
     sender.join(timeout=30)
     assert not sender.is_alive(), "the parent could not send its tasks: the worker blocked"

@@ -172,8 +172,11 @@ def assemble(
     only when its inode has no other: acting on a link while keeping its target's copies loses
     data.  Order: by the index of the root the file was found under, then by path.
     """
-    distinct = len({(n.entry.dev, n.entry.ino) for n in names}) == len(names)
-    if distinct and len(names) >= 2 and not any(n.alias for n in names):
+    if len(names) < 2:
+        return None  # one name: not a group, even of hard links
+    entries = [n.entry for n in names]
+    distinct = len({(e.dev, e.ino) for e in entries}) == len(entries)
+    if distinct and not any(n.alias for n in names):
         return DuplicateGroup(size, digest.hex(), _ordered(names))  # one name per inode
     inodes: dict[tuple[int, int], list[Named]] = {}
     for named in names:
@@ -195,5 +198,6 @@ def assemble(
 
 
 def _ordered(names: list[Named]) -> tuple[FileEntry, ...]:
-    names.sort(key=lambda n: (n.root, n.entry.path))
-    return tuple(n.entry for n in names)
+    # An entry is a tuple that starts with its path, and no path is in a group twice: the
+    # pairs sort by root, then path, without a key function.
+    return tuple(entry for _, entry in sorted([(n.root, n.entry) for n in names]))

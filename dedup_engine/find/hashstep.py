@@ -278,6 +278,8 @@ class _Names:
             dict(zip(self.keys, range(count), strict=True)) if not links else self._reps(groups)
         )
         self.described: list[Described] = []
+        self._positions: list[array[int]] = []  # each description's positions
+        self._made: list[list[FileEntry]] = []  # each description's entries, once made
         self.part = array("I", bytes(4 * count))  # which result describes each position
         self.index = array("I", bytes(4 * count))  # and where in it
         self.failed = bytearray(count)
@@ -306,22 +308,43 @@ class _Names:
     def take(self, positions: array[int], result: Described) -> None:
         part, where = len(self.described), self.index
         self.described.append(result)
+        self._positions.append(positions)
         for index, position in enumerate(positions):
             self.part[position] = part
             where[position] = index
         for index, _, _ in result.failed:
             self.failed[positions[index]] = 1
 
-    def entry(self, position: int, alias: bool, owner: tuple[int, int, int] | None) -> Named:
-        """The entry of a described name; `owner` (uid, gid, mode) where the check was made
-        elsewhere."""
-        d, i = self.described[self.part[position]], self.index[position]
-        uid, gid, mode = owner or (d.uids[i], d.gids[i], d.modes[i])
-        size = self.sizes[position]
-        entry = FileEntry(
-            d.paths[i], d.devs[i], d.inos[i], size, d.mtimes[i], d.ctimes[i], uid, gid, mode
-        )
-        return Named(entry, d.roots[i], alias, d.nlinks[i])
+    def own(self, reps: Sequence[int], result: CompareResult) -> None:
+        """Owner and mode of the representatives from where they were checked (the full
+        stage's reads), in place of their owners' columns, which hold none for them."""
+        described, parts, where, at = self.described, self.part, self.index, self.at
+        for p, rep in enumerate(reps):
+            position = at[rep]
+            d, i = described[parts[position]], where[position]
+            d.uids[i], d.gids[i], d.modes[i] = result.uids[p], result.gids[p], result.modes[p]
+
+    def _entries(self) -> list[list[FileEntry]]:
+        """The entries of each owner's part, made all at once when first asked: after `take`
+        and `own`, before any final group."""
+        made, sizes = self._made, self.sizes
+        for d, positions in zip(
+            self.described[len(made) :], self._positions[len(made) :], strict=True
+        ):
+            columns = zip(
+                d.paths,
+                d.devs,
+                d.inos,
+                [sizes[p] for p in positions],
+                d.mtimes,
+                d.ctimes,
+                d.uids,
+                d.gids,
+                d.modes,
+                strict=True,
+            )
+            made.append(list(map(FileEntry._make, columns)))
+        return made
 
     def compare_task(
         self, reps: list[int], groups: array[int], context: StepContext
@@ -342,30 +365,57 @@ class _Names:
             context.chunk_size,
         )
 
-    def named(
-        self,
-        context: StepContext,
-        group: Group,
-        owner_of: Callable[[int], tuple[int, int, int] | None],
-    ) -> list[Named]:
-        """The entries of a group's names that passed their checks: a representative that
-        failed takes its inode's other names with it."""
+    def final(
+        self, context: StepContext, size: int, digest: bytes, group: Group
+    ) -> DuplicateGroup | None:
+        """The final group of these representatives' names that passed their checks, or None
+        if it does not count (`groups.assemble`)."""
+        entries, parts, where, at, failed = (
+            self._entries(),
+            self.part,
+            self.index,
+            self.at,
+            self.failed,
+        )
+        if context.sizes.links or context.sizes.aliases:
+            return assemble(size, digest, self._named(context, group), context.sizes.hard_links)
+        # One name per file, none through a symlink: `assemble`'s common case, without a
+        # `Named` per file.
+        described = self.described
+        kept = [
+            (described[parts[p]].roots[where[p]], entries[parts[p]][where[p]])
+            for p in [at[rep] for rep in group]
+            if not failed[p]
+        ]
+        if len(kept) < 2 or len({entry[1:3] for _, entry in kept}) < len(kept):
+            # Too few, or one inode under two names after all (a bind mount, a link made
+            # during the walk): the general rule decides.
+            named = [Named(entry, root, False, 1) for root, entry in kept]
+            return assemble(size, digest, named, context.sizes.hard_links)
+        kept.sort()  # by root, then path (first in an entry, and never twice in a group)
+        return DuplicateGroup(size, digest.hex(), tuple([entry for _, entry in kept]))
+
+    def _named(self, context: StepContext, group: Group) -> list[Named]:
+        """The names of a group that passed their checks, with their roots, link counts and
+        whether each was reached through a symlink: a representative that failed takes its
+        inode's other names with it."""
+        entries, parts, where, failed = self._entries(), self.part, self.index, self.failed
+        links, aliases, keys, described = (
+            context.sizes.links,
+            context.sizes.aliases,
+            self.keys,
+            self.described,
+        )
         out: list[Named] = []
-        links, aliases, failed = context.sizes.links, context.sizes.aliases, self.failed
-        if not links and not aliases:  # one name per file, none through a symlink
-            for rep in group:
-                position = self.at[rep]
-                if not failed[position]:
-                    out.append(self.entry(position, False, owner_of(rep)))
-            return out
         for rep in group:
             start = self.at[rep]
             if failed[start]:
                 continue
-            owner = owner_of(rep)
             for position in range(start, start + 1 + len(links.get(rep, ()))):
                 if not failed[position]:
-                    out.append(self.entry(position, self.keys[position] in aliases, owner))
+                    d, i = described[parts[position]], where[position]
+                    entry = entries[parts[position]][i]
+                    out.append(Named(entry, d.roots[i], keys[position] in aliases, d.nlinks[i]))
         return out
 
 
@@ -406,8 +456,7 @@ class RecheckStep(Step):
         self.outstanding -= 1
         context = self.context
         for size, digest, group in batch:
-            named = names.named(context, group, lambda rep: None)
-            final = assemble(size, digest, named, context.sizes.hard_links)
+            final = names.final(context, size, digest, group)
             if final is not None:
                 context.emit(final)
 
@@ -471,9 +520,7 @@ class FullStep(Step):
         context.fail(self.stage, result.failed)
         self._count_read(result.files_opened, result.bytes_read)
         blob = result.digests
-        checked = {
-            row: (result.uids[p], result.gids[p], result.modes[p]) for p, row in enumerate(reps)
-        }
+        names.own(reps, result)
         start = out = 0
         for size, group in batch:
             end = start + len(group)
@@ -481,8 +528,7 @@ class FullStep(Step):
             start = end
             for digest, members in split(group, digests, context.sizes.weight):
                 out += len(members)
-                named = names.named(context, members, checked.get)
-                final = assemble(size, digest, named, context.sizes.hard_links)
+                final = names.final(context, size, digest, members)
                 if final is not None:
                     context.emit(final)
         self.stats.files_out += out

@@ -19,6 +19,7 @@ Each drops a group that falls below two members (its `weight`).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import time
@@ -52,6 +53,8 @@ BATCH_FILES = 512
 #: Bytes per task in the full stage: a big file goes alone, so both workers stay busy to the end.
 BATCH_BYTES = 8 * 1024 * 1024
 
+#: A FileEntry from a row of its fields: `FileEntry._make` without its Python-level frame.
+_new_entry = functools.partial(tuple.__new__, FileEntry)
 #: Groups split by a digest: (the digest, the rows that share it).
 Split = list[tuple[bytes, Group]]
 #: Where a step hands a group on: (size, digest so far, representative rows).
@@ -222,8 +225,12 @@ class WindowStep(Step):
 
         def take(positions: array[int], result: HashResult) -> None:
             blob, width = result.digests, DIGEST_SIZE
-            for index, position in enumerate(positions):
-                digests[position] = blob[index * width : (index + 1) * width]
+            chunks = [blob[at : at + width] for at in range(0, len(blob), width)]
+            if len(chunks) == len(digests):  # one owner for the whole batch, in order
+                digests[:] = chunks
+            else:
+                for position, chunk in zip(positions, chunks, strict=True):
+                    digests[position] = chunk
             self.context.fail(self.stage, result.failed)
             self._count_read(result.files_opened, result.bytes_read)
 
@@ -343,7 +350,7 @@ class _Names:
                 d.modes,
                 strict=True,
             )
-            made.append(list(map(FileEntry._make, columns)))
+            made.append(list(map(_new_entry, columns)))
         return made
 
     def compare_task(
@@ -540,9 +547,13 @@ len_of: Callable[[Group], int] = len
 
 def split(rows: Group, digests: list[bytes], weight: Callable[[Group], int]) -> Split:
     """The rows that share a digest, in groups that still count; a failed file (zeros) in none."""
-    if len(rows) == 2 and weight is len_of:  # the most common group, without a dict
-        first = digests[0]
-        return [(first, rows)] if first == digests[1] and first != NO_DIGEST else []
+    if weight is len_of:  # one name per row: the common fates told by a set, without a loop
+        distinct = len(set(digests))
+        if distinct == len(digests):
+            return []  # all different: the common fate of unrelated same-size files
+        if distinct == 1:
+            first = digests[0]
+            return [(first, rows)] if first != NO_DIGEST else []
     buckets: dict[bytes, Group] = {}
     for row, digest in zip(rows, digests, strict=True):
         bucket = buckets.get(digest)
@@ -551,5 +562,5 @@ def split(rows: Group, digests: list[bytes], weight: Callable[[Group], int]) -> 
         else:
             bucket.append(row)
     if len(buckets) == len(rows) and len(rows) == weight(rows):
-        return []  # all different: the common fate of unrelated same-size files
+        return []
     return [(d, m) for d, m in buckets.items() if d != NO_DIGEST and weight(m) >= 2]

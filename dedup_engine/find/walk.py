@@ -162,33 +162,34 @@ class _Listing:
         descend = opts.max_depth is None or job.depth < opts.max_depth
         for entry in entries:
             name = entry.name
-            path = prefix + name
             try:
                 if entry.is_file(follow_symlinks=False):
                     if filtering and (
-                        flt.excluded(name, path, root) or not flt.included(name, path, root)
+                        flt.excluded(name, prefix + name, root)
+                        or not flt.included(name, prefix + name, root)
                     ):
                         continue
                     st = entry.stat(follow_symlinks=False)
                     size = st.st_size
                     if not ((min_size <= size <= max_size) if size else empty):
                         continue
-                    if plain and stat.S_ISREG(st.st_mode):
+                    if plain and stat.S_ISREG(st.st_mode):  # no path string: the store keeps names
                         add_name(name)
                         add_stat(st)
                     else:
-                        self._take_file(name, path, st, job)
+                        self._take_file(name, prefix + name, st, job)
                 elif entry.is_dir(follow_symlinks=False):
+                    path = prefix + name
                     if descend and not (filtering and flt.excluded(name, path, root, True)):
                         self._add_dir(path, job, entry.stat(follow_symlinks=False))
                 elif not entry.is_symlink():
                     self.special += 1  # FIFO, socket or device: known from the entry alone
                 elif self.opts.follow_links:
-                    self._follow(name, path, job, descend)
+                    self._follow(name, prefix + name, job, descend)
                 else:
                     self.symlinks += 1
             except OSError as exc:  # vanished between listing and stat, or EACCES
-                issues.append((path, _describe(exc)))
+                issues.append((prefix + name, _describe(exc)))
 
     def _take_file(self, name: str, path: str, st: os.stat_result, job: DirJob) -> None:
         """A file that needs a second look: one swapped for something else since the listing, a

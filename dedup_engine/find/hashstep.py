@@ -396,9 +396,8 @@ class _Names:
         ]
         if len(kept) < 2 or len({entry[1:3] for _, entry in kept}) < len(kept):
             # Too few, or one inode under two names after all (a bind mount, a link made
-            # during the walk): the general rule decides.
-            named = [Named(entry, root, False, 1) for root, entry in kept]
-            return assemble(size, digest, named, context.sizes.hard_links)
+            # during the walk): the general rule decides, with each name's link count.
+            return assemble(size, digest, self._named(context, group), context.sizes.hard_links)
         kept.sort()  # by root, then path (first in an entry, and never twice in a group)
         return DuplicateGroup(size, digest.hex(), tuple([entry for _, entry in kept]))
 

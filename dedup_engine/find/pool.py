@@ -144,18 +144,25 @@ def _serve(tasks: Connection, results: int, run: Callable[[Task], Result]) -> No
     reply, and so never waits on a worker that waits on it.
     """
     os.set_blocking(results, False)
+    # poll, not select: a worker of a process with many files open has pipes numbered past
+    # select's 1024.
+    waiting = select.poll()
+    waiting.register(results, select.POLLOUT)
+    waiting.register(tasks.fileno(), select.POLLIN)
     inbox: deque[Any] = deque()
     outbox = memoryview(b"")
     stopping = False
     while True:
         if outbox:
-            readable, writable, _ = select.select([] if stopping else [tasks], [results], [])
-            if readable:
+            ready = dict(waiting.poll())
+            if not stopping and ready.get(tasks.fileno()):  # a task, or the end of them
                 item = _receive(tasks)
                 stopping = item is None
-                if not stopping:
+                if stopping:
+                    waiting.unregister(tasks.fileno())
+                else:
                     inbox.append(item)
-            if writable:
+            if ready.get(results):  # room, or an error that the write will raise
                 outbox = _write_some(results, outbox)
             continue
         if inbox:

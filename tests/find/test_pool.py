@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import resource
 import threading
+from multiprocessing.connection import Connection
 from typing import Any
+
+import pytest
 
 from dedup_engine.find.pool import _serve
 
 BIG = 4 << 20  # far more than a pipe holds, widened or not
+HIGH_FD = 2000  # past FD_SETSIZE (1024)
 
 
 def test_a_worker_reads_tasks_while_a_big_reply_waits_for_room() -> None:
@@ -58,3 +64,37 @@ def test_a_task_that_raises_is_reported_and_the_worker_serves_on() -> None:
     worker.join(timeout=30)
     assert [(key, value) for key, value, _ in replies] == [(0, 2), (1, None), (2, 3)]
     assert "ValueError: negative" in replies[1][2]
+
+
+def test_a_worker_serves_on_pipes_numbered_past_1024() -> None:
+    """A process with a thousand files open gives its workers pipes past select()'s range: a
+    reply too big for the pipe must still go out whole."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < HIGH_FD + 8:
+        pytest.skip(f"this process may not open descriptor {HIGH_FD}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, HIGH_FD + 8), hard))
+    try:
+        task_r, task_w = multiprocessing.Pipe(duplex=False)
+        result_r, result_w = multiprocessing.Pipe(duplex=False)
+        tasks = Connection(os.dup2(task_r.fileno(), HIGH_FD), writable=False)
+        results = os.dup2(result_w.fileno(), HIGH_FD + 1)
+        task_r.close()
+        result_w.close()
+        worker = threading.Thread(
+            target=_serve, args=(tasks, results, lambda task: task * 2), daemon=True
+        )
+        worker.start()
+        task_w.send((0, b"x" * BIG))
+        task_w.send(None)
+        replies: list[Any] = []
+        reader = threading.Thread(target=lambda: replies.append(result_r.recv()), daemon=True)
+        reader.start()
+        reader.join(timeout=30)
+        worker.join(timeout=30)
+        assert replies, "no whole reply: the worker failed partway"
+        key, value, error = replies[0]
+        assert (key, len(value), error) == (0, 2 * BIG, None)
+        tasks.close()
+        os.close(results)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -1,0 +1,166 @@
+"""The digest cache's own rules: a changed file never hits, an unusable file is rebuilt with one
+warning, a directory others could write is refused, and two writers at once are safe."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from dedup_engine.find.cache import (
+    FILE_NAME,
+    RACY_NS,
+    CacheError,
+    DigestCache,
+    cacheable,
+    filesystem_id,
+    kind_of,
+)
+from dedup_engine.model import Stage
+
+FS = b"\x01" * 8
+DIGEST = bytes(range(32))
+HEAD = kind_of(Stage.HEAD, 4096)
+
+
+def _opened(directory: Path) -> DigestCache:
+    opened = DigestCache.open(str(directory))
+    assert opened.warning is None
+    return opened.cache
+
+
+def test_a_stored_digest_is_found_for_the_same_file_only(tmp_path: Path) -> None:
+    cache = _opened(tmp_path / "c")
+    cache.store(FS, HEAD, [(10, 5000, 111, 222, DIGEST)])
+    seen = [
+        (10, 5000, 111, 222),  # unchanged
+        (10, 5000, 111, 223),  # bytes rewritten and mtime put back: ctime moved
+        (10, 5000, 112, 222),  # mtime
+        (10, 5001, 111, 222),  # size
+        (11, 5000, 111, 222),  # another inode
+    ]
+    assert cache.lookup(FS, HEAD, seen) == [DIGEST, None, None, None, None]
+    assert cache.lookup(b"\x02" * 8, HEAD, seen[:1]) == [None]  # another filesystem
+    assert cache.lookup(FS, kind_of(Stage.HEAD, 8192), seen[:1]) == [None]  # another window
+    assert cache.lookup(FS, kind_of(Stage.FULL), seen[:1]) == [None]
+
+
+def test_a_new_digest_replaces_the_old_and_survives_reopening(tmp_path: Path) -> None:
+    cache = _opened(tmp_path)
+    cache.store(FS, HEAD, [(10, 5000, 111, 222, DIGEST)])
+    cache.store(FS, HEAD, [(10, 5000, 111, 333, DIGEST[::-1])])
+    cache.close()
+    again = _opened(tmp_path)
+    assert again.lookup(FS, HEAD, [(10, 5000, 111, 333), (10, 5000, 111, 222)]) == [
+        DIGEST[::-1],
+        None,
+    ]
+    assert again.count() == 1
+
+
+def test_lookups_of_many_files_come_back_in_order(tmp_path: Path) -> None:
+    cache = _opened(tmp_path)
+    cache.store(FS, HEAD, [(ino, 1, 2, 3, ino.to_bytes(32, "big")) for ino in range(0, 5000, 2)])
+    seen = [(ino, 1, 2, 3) for ino in range(5000)]
+    assert cache.lookup(FS, HEAD, seen) == [
+        ino.to_bytes(32, "big") if ino % 2 == 0 else None for ino in range(5000)
+    ]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["garbage", "foreign", "newer", "short digest"],
+)
+def test_an_unusable_cache_is_set_aside_with_one_warning(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / FILE_NAME
+    if damage == "garbage":
+        path.write_bytes(b"SQLite format 3\0" + os.urandom(4096))
+    elif damage == "foreign":  # another program's database
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE t (x)")
+        db.commit()
+        db.close()
+    elif damage == "newer":  # ours, then claimed by a later version
+        _opened(tmp_path).close()
+        db = sqlite3.connect(path)
+        db.execute("PRAGMA user_version = 99")
+        db.commit()
+        db.close()
+    else:
+        cache = _opened(tmp_path)
+        cache.store(FS, HEAD, [(10, 5000, 111, 222, b"short")])
+        assert cache.lookup(FS, HEAD, [(10, 5000, 111, 222)]) == [None]  # never used
+        return
+    opened = DigestCache.open(str(tmp_path))
+    assert opened.warning is not None and "rebuilt" in opened.warning
+    assert (tmp_path / (FILE_NAME + ".unusable")).exists()
+    opened.cache.store(FS, HEAD, [(10, 5000, 111, 222, DIGEST)])
+    assert opened.cache.lookup(FS, HEAD, [(10, 5000, 111, 222)]) == [DIGEST]
+    assert DigestCache.open(str(tmp_path)).warning is None  # once
+
+
+def test_a_directory_others_could_write_to_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(CacheError, match="written by others"):
+        DigestCache.open(str(shared))
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "c")
+    (tmp_path / "c").mkdir(mode=0o700)
+    with pytest.raises(CacheError, match="symlink"):
+        DigestCache.open(str(link))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the directory away")
+def test_another_users_directory_is_refused(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(CacheError, match="belongs to uid 65534"):
+        DigestCache.open(str(theirs))
+
+
+def test_a_new_cache_is_private(tmp_path: Path) -> None:
+    _opened(tmp_path / "new").close()
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "new" / FILE_NAME).stat().st_mode & 0o777 == 0o600
+
+
+def _write_many(directory: str, first: int) -> None:
+    cache = DigestCache.open(directory).cache
+    for batch in range(20):
+        start = first + batch * 100
+        cache.store(FS, HEAD, [(ino, 1, 2, 3, DIGEST) for ino in range(start, start + 100)])
+    cache.close()
+
+
+def test_two_runs_write_one_cache_at_once(tmp_path: Path) -> None:
+    _opened(tmp_path).close()
+    context = multiprocessing.get_context("fork")
+    writers = [
+        context.Process(target=_write_many, args=(str(tmp_path), n * 10_000)) for n in (0, 1)
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=60)
+        assert writer.exitcode == 0
+    assert _opened(tmp_path).count() == 4000
+
+
+def test_a_digest_of_a_file_changed_just_before_its_read_is_not_stored() -> None:
+    now = 10**18
+    assert not cacheable(now - RACY_NS + 1, now)
+    assert cacheable(now - RACY_NS, now)
+
+
+def test_a_local_filesystem_has_an_identity(tmp_path: Path) -> None:
+    identity = filesystem_id(str(tmp_path))
+    if identity is None:
+        pytest.skip("this filesystem reports no f_fsid")
+    assert len(identity) == 8
+    assert filesystem_id(str(tmp_path / "missing")) is None

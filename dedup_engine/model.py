@@ -109,6 +109,9 @@ class StageStats:
     files_opened: int = 0
     bytes_read: int = 0
     seconds: float = 0.0
+    #: Files whose digest the cache held (`--cache`), and files it was asked for and did not.
+    cache_hits: int = 0
+    cache_misses: int = 0
 
     def as_dict(self) -> dict[str, int | float | str]:
         return {
@@ -118,6 +121,8 @@ class StageStats:
             "files_opened": self.files_opened,
             "bytes_read": self.bytes_read,
             "seconds": round(self.seconds, 6),
+            "cache_hits": self.cache_hits,
+            "cache_misses": self.cache_misses,
         }
 
 
@@ -137,6 +142,8 @@ class RunStats:
     bytes_reclaimable: int = 0
     workers: int = 0
     seconds: float = 0.0
+    #: What the user should hear of once, that is no file's issue (a cache rebuilt).
+    warnings: list[str] = field(default_factory=list)
 
     def stage(self, stage: Stage) -> StageStats:
         for row in self.stages:

@@ -71,6 +71,8 @@ class ScanOptions:
     stages: tuple[str, ...] = ("head", "tail")
     #: Reads in flight per device, over every worker; None: the device's own (`find.device`).
     io_depth: int | None = None
+    #: Where the digest cache lives (`find.cache`); None: no cache, every file is read.
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         self._check_limits()
@@ -84,6 +86,8 @@ class ScanOptions:
             raise OptionsError(f"--min-size must be 0 or more, not {self.min_size}")
         if self.max_size is not None and self.max_size < max(self.min_size, 0):
             raise OptionsError(f"--max-size {self.max_size} is below --min-size {self.min_size}")
+        if self.cache_dir is not None and not os.path.isabs(self.cache_dir):
+            raise OptionsError(f"the cache directory must be absolute, not {self.cache_dir!r}")
         if self.io_depth is not None and not 1 <= self.io_depth <= MAX_IO_DEPTH:
             raise OptionsError(f"--io-depth must be 1 to {MAX_IO_DEPTH}, not {self.io_depth}")
         if self.workers is not None and self.workers < 0:

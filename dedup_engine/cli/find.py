@@ -29,6 +29,7 @@ from dedup_engine.cli.common import (
     stdout_usable,
 )
 from dedup_engine.cli.exitcode import FindStatus
+from dedup_engine.find.cache import default_directory as default_cache_directory
 from dedup_engine.find.pipeline import Progress, ProgressCallback, find_duplicates
 from dedup_engine.find.pool import WorkerError
 from dedup_engine.model import Findings, FindResult
@@ -127,6 +128,24 @@ def find(
             ),
         ),
     ] = None,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            "--cache/--no-cache",
+            help=(
+                "Keep the digests of what was read, and read only files that changed since "
+                "(default: off, or on where DEDUP_ENGINE_CACHE=1)."
+            ),
+            envvar="DEDUP_ENGINE_CACHE",
+        ),
+    ] = False,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            help="Where the cache lives (implies --cache; default: $XDG_CACHE_HOME/dedup-engine).",
+        ),
+    ] = None,
     progress: ProgressOption = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
@@ -173,6 +192,7 @@ def find(
             tail_min_size=parse_size(tail_min_size),
             chunk_size=parse_size(chunk_size),
             stages=tuple(s.strip() for s in partial_stages.split(",") if s.strip()),
+            cache_dir=_cache_dir(cache, cache_dir),
         )
         if null and output_format is not Format.FDUPES:
             raise OptionsError("-0/--null is for --format fdupes only")
@@ -181,6 +201,12 @@ def find(
         fail_usage(str(exc))
     request = _Request(output_format, output, null, quiet, progress, show_stats, fail_on_duplicates)
     raise typer.Exit(_run(roots, options, request).exit_code)
+
+
+def _cache_dir(cache: bool, directory: Path | None) -> str | None:
+    if directory is not None:
+        return os.path.abspath(directory)
+    return default_cache_directory() if cache else None
 
 
 def _run(roots: list[str], options: ScanOptions, request: _Request) -> FindStatus:
@@ -227,7 +253,11 @@ def _write_report(result: Findings, options: ScanOptions, request: _Request) -> 
 
 
 def _print_notes(result: FindResult, request: _Request, left_out: int) -> None:
-    """What stderr says after the report: paths left out of it, the stages' work, a summary."""
+    """What stderr says after the report: warnings, paths left out of it, the stages' work, a
+    summary."""
+    if not request.quiet:
+        for warning in result.stats.warnings:
+            typer.echo(f"dedup: warning: {warning}", err=True)
     if left_out:
         typer.echo(
             f"dedup: warning: {left_out} paths holding a newline are left out of the fdupes "
@@ -333,15 +363,20 @@ def _print_stats(result: FindResult) -> None:
     from rich.table import Table
 
     table = Table(title="dedup find: work per stage")
-    for column in ("stage", "files in", "files out", "opened", "bytes read", "seconds"):
+    cached = any(row.cache_hits or row.cache_misses for row in result.stats.stages)
+    columns = ["stage", "files in", "files out", "opened", "bytes read", "seconds"]
+    for column in columns + (["cache hits", "cache misses"] if cached else []):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for row in result.stats.stages:
-        table.add_row(
+        cells = [
             row.stage.value,
             f"{row.files_in:,}",
             f"{row.files_out:,}",
             f"{row.files_opened:,}",
             human_size(row.bytes_read),
             f"{row.seconds:.3f}",
-        )
+        ]
+        if cached:
+            cells += [f"{row.cache_hits:,}", f"{row.cache_misses:,}"]
+        table.add_row(*cells)
     Console(stderr=True).print(table)

@@ -189,9 +189,14 @@ class DigestCache:
 
     def store(self, fs: bytes, kind: int, entries: Iterable[Entry]) -> None:
         """Keep these digests, replacing what the same files had; committed at once."""
+        self.store_many([((fs, kind), entries)])
+
+    def store_many(self, batches: Iterable[tuple[tuple[bytes, int], Iterable[Entry]]]) -> None:
+        """`store` for several (filesystem, kind) at once, in one transaction."""
         rows = [
-            (fs, ino, kind, size, mtime, ctime, digest)
-            for ino, size, mtime, ctime, digest in entries
+            (fs, ino, kind, *seen_and_digest)
+            for (fs, kind), entries in batches
+            for ino, *seen_and_digest in entries
         ]
         if not rows:
             return

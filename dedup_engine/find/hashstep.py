@@ -167,9 +167,12 @@ class Step(ABC):
         if self._started is not None:
             self.stats.seconds = time.perf_counter() - self._started
 
-    def _count_read(self, opened: int, read: int) -> None:
-        self.stats.files_opened += opened
-        self.stats.bytes_read += read
+    def _count_read(self, result: HashResult | CompareResult) -> None:
+        stats = self.stats
+        stats.files_opened += result.files_opened
+        stats.bytes_read += result.bytes_read
+        stats.cache_hits += result.cache_hits
+        stats.cache_misses += result.cache_misses
         if self.context.tick is not None:
             self.context.tick()
 
@@ -232,7 +235,7 @@ class WindowStep(Step):
                 for position, chunk in zip(positions, chunks, strict=True):
                     digests[position] = chunk
             self.context.fail(self.stage, result.failed)
-            self._count_read(result.files_opened, result.bytes_read)
+            self._count_read(result)
 
         Scatter(
             self.context,
@@ -524,7 +527,7 @@ class FullStep(Step):
         self.outstanding -= 1
         context = self.context
         context.fail(self.stage, result.failed)
-        self._count_read(result.files_opened, result.bytes_read)
+        self._count_read(result)
         blob = result.digests
         names.own(reps, result)
         start = out = 0

@@ -13,6 +13,7 @@ reached through `pool`.
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import time
 from collections import deque
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dedup_engine.find.cache import CacheError, DigestCache
 from dedup_engine.find.groups import Group, SizeIndex
 from dedup_engine.find.hashstep import (
     FullStep,
@@ -106,6 +108,7 @@ def find_duplicates(
     issues: list[Issue] = []
     kept: list[DuplicateGroup] = []
     tally = _Tally(stats, on_group or kept.append)
+    _check_cache(opts, stats)
     pool = open_pool(opts, canon)
     try:
         _Run(pool, canon, opts, stats, issues, progress, tally).search()
@@ -118,6 +121,23 @@ def find_duplicates(
     issues.sort(key=lambda i: (i.path, i.stage.value))
     kept.sort(key=report_order)
     return FindResult(canon, tuple(kept), tuple(issues), stats)
+
+
+def _check_cache(opts: ScanOptions, stats: RunStats) -> None:
+    """Make or check the digest cache before any work (a directory that cannot be trusted is
+    fatal); a cache rebuilt is a warning.  Closed again before the workers fork: each opens its
+    own connection."""
+    if opts.cache_dir is None:
+        return
+    try:
+        opened = DigestCache.open(opts.cache_dir)
+    except CacheError as exc:
+        raise OptionsError(str(exc.strerror)) from None
+    except (OSError, sqlite3.Error) as exc:
+        raise OptionsError(f"cache directory {opts.cache_dir!r}: {exc}") from None
+    opened.cache.close()
+    if opened.warning is not None:
+        stats.warnings.append(opened.warning)
 
 
 class _Tally:

@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Protocol
 
+from dedup_engine.find.cached import WorkerCache, compare_cached, hash_cached
 from dedup_engine.find.entries import describe
 from dedup_engine.find.readers import Readers
 from dedup_engine.find.store import RowStore
@@ -77,17 +78,29 @@ class WorkerState:
         self.filter = Filter(options, roots)
         self.store = RowStore()
         self.readers = Readers(options.io_depth, workers)
+        self.cache = WorkerCache(options.cache_dir) if options.cache_dir else None
+
+    def close(self) -> None:
+        """The run is over: what the worker holds for the cache is written."""
+        self.readers.close()
+        if self.cache is not None:
+            self.cache.close()
 
 
 def run_task(task: Task, state: WorkerState) -> Result:
     """Worker side: run one task in this process with the worker-side module for its kind."""
     if isinstance(task, ScanTask):
         return scan_dirs(task, state.filter, state.store)
-    if isinstance(task, CompareTask):
-        return state.readers.compare(task)
     if isinstance(task, DescribeTask):
         return describe(task, state.store)
-    return state.readers.hash_batch(task, state.store)
+    readers, store = state.readers, state.store
+    if isinstance(task, CompareTask):
+        if state.cache is not None:
+            return compare_cached(task, state.cache, readers.compare)
+        return readers.compare(task)
+    if state.cache is not None:
+        return hash_cached(task, store, state.cache, lambda t: readers.hash_batch(t, store))
+    return readers.hash_batch(task, store)
 
 
 class InlinePool:
@@ -112,7 +125,7 @@ class InlinePool:
 
     def close(self) -> None:
         self._queue.clear()
-        self._state.readers.close()
+        self._state.close()
 
     def abort(self) -> None:
         self.close()
@@ -133,6 +146,7 @@ def _worker_main(
     state = WorkerState(options, roots, workers)
     with contextlib.suppress(OSError):  # the parent is gone: nobody to tell
         _serve(tasks, results.fileno(), lambda task: run_task(task, state))
+    state.close()
 
 
 def _serve(tasks: Connection, results: int, run: Callable[[Task], Result]) -> None:

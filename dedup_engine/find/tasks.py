@@ -119,6 +119,8 @@ class HashResult:
     failed: tuple[Failure, ...]
     files_opened: int
     bytes_read: int
+    cache_hits: int = 0
+    cache_misses: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +184,8 @@ class CompareResult:
     uids: array[int]
     gids: array[int]
     modes: array[int]
+    cache_hits: int = 0
+    cache_misses: int = 0
 
 
 Task = ScanTask | HashTask | DescribeTask | CompareTask

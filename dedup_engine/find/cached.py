@@ -1,0 +1,344 @@
+"""Worker side of the digest cache: a hashing or comparing task answered from the cache where it
+can be, the rest read as without it, and what was read stored for the next run.
+
+A stored digest is one of a file seen unchanged from its scan to after its read: the head and tail
+stages' reader checks only the size, so each file read is stat'ed again here before its digest is
+stored (as the re-check of a finished group does); the full stage's reader checks every file on
+its open descriptor.  A group of the full stage whose every member the cache knows is not read at
+all: each member is stat'ed, and one no longer as the scan saw it fails as it would have in the
+read.  Files on a filesystem without an identity (`cache.filesystem_id`) are read as without a
+cache.  A cache that fails mid-run (a full disk, a file damaged under the run) is left alone for
+the rest of the run, whose result does not depend on it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from array import array
+from collections.abc import Callable, Sequence
+
+from dedup_engine.find.cache import FILE_NAME, DigestCache, Entry, Seen, cacheable, filesystem_id
+from dedup_engine.find.cache import kind_of as cache_kind
+from dedup_engine.find.changes import Scanned, seen_as, what_changed
+from dedup_engine.find.changes import describe as describe_error
+from dedup_engine.find.store import RowStore
+from dedup_engine.find.tasks import (
+    NO_DIGEST,
+    CompareResult,
+    CompareTask,
+    Failure,
+    HashResult,
+    HashTask,
+)
+from dedup_engine.model import Stage
+
+#: Where a digest may be looked up: (filesystem identity, kind).
+Slot = tuple[bytes, int]
+#: Digests are held in a worker and written together at most this often, or past this many: a
+#: commit per task would have the workers wait on each other's write lock.  A run killed at any
+#: moment loses at most that much of its work.
+FLUSH_S = 1.0
+FLUSH_ROWS = 50_000
+_NOTHING_HASHED = HashResult(b"", (), 0, 0)
+_NOTHING_COMPARED = CompareResult(b"", (), 0, 0, array("I"), array("I"), array("H"))
+
+
+class WorkerCache:
+    """A worker's connection to the cache, made on first use (never across a fork), and the
+    identity of each filesystem it has met."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, FILE_NAME)
+        self._cache: DigestCache | None = None
+        self._broken = False
+        self._fs: dict[int, bytes | None] = {}
+        self._pending: dict[Slot, list[Entry]] = {}
+        self._held = 0
+        self._flushed = time.monotonic()
+
+    def fs(self, dev: int, path: str) -> bytes | None:
+        """The identity of device `dev`'s filesystem, asked of the directory holding `path`."""
+        if dev not in self._fs:
+            self._fs[dev] = filesystem_id(os.path.dirname(path) or "/")
+        return self._fs[dev]
+
+    def lookup(self, slot: Slot, seen: Sequence[Seen]) -> list[bytes | None]:
+        cache = self._open()
+        if cache is None:
+            return [None] * len(seen)
+        try:
+            return cache.lookup(slot[0], slot[1], seen)
+        except sqlite3.Error:
+            self._give_up()
+            return [None] * len(seen)
+
+    def store(self, slot: Slot, entries: list[Entry]) -> None:
+        """Keep these digests: written with the others at most `FLUSH_S` later, or at `close`."""
+        if not entries or self._broken:
+            return
+        self._pending.setdefault(slot, []).extend(entries)
+        self._held += len(entries)
+        if self._held >= FLUSH_ROWS or time.monotonic() - self._flushed >= FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is held, in one transaction."""
+        pending, self._pending, self._held = self._pending, {}, 0
+        self._flushed = time.monotonic()
+        cache = self._open()
+        if cache is None or not pending:
+            return
+        try:
+            cache.store_many(pending.items())
+        except sqlite3.Error:
+            self._give_up()
+
+    def close(self) -> None:
+        """Write what is held and let the file go: the end of the worker's run."""
+        self.flush()
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+    def _open(self) -> DigestCache | None:
+        if self._cache is None and not self._broken:
+            try:
+                self._cache = DigestCache(self.path)
+            except (sqlite3.Error, OSError):
+                self._broken = True
+        return self._cache
+
+    def _give_up(self) -> None:
+        self._broken = True
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+
+def hash_cached(
+    task: HashTask,
+    store: RowStore,
+    cache: WorkerCache,
+    run: Callable[[HashTask], HashResult],
+) -> HashResult:
+    """A head or tail task: digests from the cache where it has them, the other files read by
+    `run`, and those read unchanged stored."""
+    started = time.time_ns()
+    rows, sizes, window = task.rows, task.sizes, task.window
+    paths = store.paths(rows)
+    window_kind = cache_kind(window.stage, window.length)
+    whole = cache_kind(Stage.FULL)
+    slots: list[Slot | None] = []
+    seen: list[Scanned] = []
+    for row, size, path in zip(rows, sizes, paths, strict=True):
+        fs = cache.fs(store.dev(row), path)
+        slots.append(
+            None if fs is None else (fs, whole if size <= window.whole_limit else window_kind)
+        )
+        seen.append(
+            Scanned(store.dev(row), store.ino[row], size, store.mtime[row], store.ctime[row])
+        )
+    digests = _look_up(cache, slots, seen)
+    missing = [p for p, digest in enumerate(digests) if digest is None]
+    result = (
+        run(
+            HashTask(
+                window,
+                array("Q", [rows[p] for p in missing]),
+                array("q", [sizes[p] for p in missing]),
+                task.follow_links,
+            )
+        )
+        if missing
+        else _NOTHING_HASHED
+    )
+    read = _column(result.digests, len(missing))
+    for p, digest in zip(missing, read, strict=True):
+        digests[p] = digest
+    stat_path = os.stat if task.follow_links else os.lstat
+    _store(
+        cache,
+        started,
+        [(slots[p], seen[p], paths[p], digest) for p, digest in zip(missing, read, strict=True)],
+        stat_path,
+    )
+    looked = sum(slot is not None for slot in slots)
+    return HashResult(
+        b"".join(digest or NO_DIGEST for digest in digests),
+        _moved(result.failed, missing),
+        result.files_opened,
+        result.bytes_read,
+        len(digests) - len(missing),
+        looked - (len(digests) - len(missing)),
+    )
+
+
+def compare_cached(
+    task: CompareTask, cache: WorkerCache, run: Callable[[CompareTask], CompareResult]
+) -> CompareResult:
+    """A full-stage task: a group whose members the cache all knows is stat'ed, not read; the
+    other groups are compared by `run`, and their members' digests stored."""
+    started = time.time_ns()
+    count = len(task.paths)
+    whole = cache_kind(Stage.FULL)
+    slots: list[Slot | None] = []
+    seen: list[Scanned] = []
+    for p in range(count):
+        fs = cache.fs(task.devs[p], task.paths[p])
+        slots.append(None if fs is None else (fs, whole))
+        seen.append(
+            Scanned(task.devs[p], task.inos[p], task.sizes[p], task.mtimes[p], task.ctimes[p])
+        )
+    known = _look_up(cache, slots, seen)
+    digests: list[bytes | None] = [None] * count
+    uids, gids = array("I", bytes(4 * count)), array("I", bytes(4 * count))
+    modes = array("H", bytes(2 * count))
+    failed: list[Failure] = []
+    stat_path = os.stat if task.follow_links else os.lstat
+    read_groups: list[int] = []
+    members: list[int] = []
+    start = 0
+    for size in task.groups:
+        positions = range(start, start + size)
+        start += size
+        if all(known[p] is not None for p in positions):
+            for p in positions:
+                if _stat_member(task.paths[p], seen[p], stat_path, p, failed, (uids, gids, modes)):
+                    digests[p] = known[p]
+        else:
+            read_groups.append(size)
+            members.extend(positions)
+    result = run(_sub_task(task, members, read_groups)) if members else _NOTHING_COMPARED
+    read = _column(result.digests, len(members))
+    for j, p in enumerate(members):
+        digests[p] = read[j]
+        uids[p], gids[p], modes[p] = result.uids[j], result.gids[j], result.modes[j]
+    failed.extend(_moved(result.failed, members))
+    _store_compared(cache, started, [(slots[p], seen[p], read[j]) for j, p in enumerate(members)])
+    opened, total = result.files_opened, result.bytes_read
+    # A member that differed from all the others stopped being read: it is read to its end
+    # now, so that the next run need not open it to tell it apart again.
+    stopped = {index for index, _, _ in result.failed}
+    lone = [p for j, p in enumerate(members) if read[j] == NO_DIGEST and j not in stopped]
+    if lone:
+        alone = run(_sub_task(task, lone, [1] * len(lone)))
+        ends = _column(alone.digests, len(lone))
+        _store_compared(cache, started, [(slots[p], seen[p], ends[j]) for j, p in enumerate(lone)])
+        opened, total = opened + alone.files_opened, total + alone.bytes_read
+    hits = count - len(members)
+    looked = sum(slot is not None for slot in slots)
+    return CompareResult(
+        b"".join(digest or NO_DIGEST for digest in digests),
+        tuple(sorted(failed)),
+        opened,
+        total,
+        uids,
+        gids,
+        modes,
+        hits,
+        looked - sum(known[p] is not None for p in range(count)),
+    )
+
+
+def _look_up(
+    cache: WorkerCache, slots: Sequence[Slot | None], seen: Sequence[Scanned]
+) -> list[bytes | None]:
+    """Each file's stored digest, or None; one query per slot."""
+    by_slot: dict[Slot, list[int]] = {}
+    for p, slot in enumerate(slots):
+        if slot is not None:
+            by_slot.setdefault(slot, []).append(p)
+    found: list[bytes | None] = [None] * len(slots)
+    for slot, positions in by_slot.items():
+        keys = [seen[p][1:] for p in positions]  # (ino, size, mtime, ctime)
+        for p, digest in zip(positions, cache.lookup(slot, keys), strict=True):
+            found[p] = digest
+    return found
+
+
+def _store(
+    cache: WorkerCache,
+    started: int,
+    read: list[tuple[Slot | None, Scanned, str, bytes]],
+    stat_path: Callable[[str], os.stat_result],
+) -> None:
+    """Store the digests of the files read that are, after the read, still as the scan saw
+    them, and were not changed just before it."""
+    by_slot: dict[Slot, list[Entry]] = {}
+    for slot, seen, path, digest in read:
+        if slot is None or digest == NO_DIGEST:
+            continue
+        try:
+            st = stat_path(path)
+        except OSError:
+            continue
+        if seen_as(st) == seen and cacheable(st.st_ctime_ns, started):
+            by_slot.setdefault(slot, []).append(
+                (seen.ino, seen.size, seen.mtime, seen.ctime, digest)
+            )
+    for slot, entries in by_slot.items():
+        cache.store(slot, entries)
+
+
+def _store_compared(
+    cache: WorkerCache, started: int, read: list[tuple[Slot | None, Scanned, bytes]]
+) -> None:
+    """Store the full digests of the files compared: each was checked on its open file once
+    read, so a digest means it was as the scan saw it."""
+    by_slot: dict[Slot, list[Entry]] = {}
+    for slot, seen, digest in read:
+        if slot is not None and digest != NO_DIGEST and cacheable(seen.ctime, started):
+            by_slot.setdefault(slot, []).append(
+                (seen.ino, seen.size, seen.mtime, seen.ctime, digest)
+            )
+    for slot, entries in by_slot.items():
+        cache.store(slot, entries)
+
+
+def _stat_member(
+    path: str,
+    seen: Scanned,
+    stat_path: Callable[[str], os.stat_result],
+    position: int,
+    failed: list[Failure],
+    owners: tuple[array[int], array[int], array[int]],
+) -> bool:
+    """Whether a member known to the cache is still the file the scan saw, by its stat (its
+    owner and mode then kept); else a failure."""
+    try:
+        st = stat_path(path)
+    except OSError as exc:
+        failed.append((position, path, f"changed since the scan: {describe_error(exc)}"))
+        return False
+    if not seen.matches(st):
+        failed.append((position, path, what_changed(st, seen.size, seen.ino, seen.dev)))
+        return False
+    uids, gids, modes = owners
+    uids[position], gids[position], modes[position] = st.st_uid, st.st_gid, st.st_mode & 0o7777
+    return True
+
+
+def _sub_task(task: CompareTask, members: list[int], groups: list[int]) -> CompareTask:
+    return CompareTask(
+        tuple(task.paths[p] for p in members),
+        array("q", [task.sizes[p] for p in members]),
+        array("I", groups),
+        array("Q", [task.devs[p] for p in members]),
+        array("Q", [task.inos[p] for p in members]),
+        array("q", [task.mtimes[p] for p in members]),
+        array("q", [task.ctimes[p] for p in members]),
+        task.follow_links,
+        task.chunk_size,
+    )
+
+
+def _column(blob: bytes, count: int) -> list[bytes]:
+    width = len(NO_DIGEST)
+    return [blob[i * width : (i + 1) * width] for i in range(count)]
+
+
+def _moved(failed: Sequence[Failure], positions: Sequence[int]) -> tuple[Failure, ...]:
+    """A sub-task's failures at their positions in the whole task."""
+    return tuple((positions[index], path, message) for index, path, message in failed)

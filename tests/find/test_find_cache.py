@@ -1,0 +1,179 @@
+"""The search with its digest cache (`--cache`): a rerun of an unchanged tree opens no file and
+finds the same groups, and no change to a file (bytes rewritten with size and mtime put back, a
+name swap, a copy with other bytes, a file changed just before its read) is ever answered from
+the cache."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from incli import invoke
+from treebuilder import Tree, content, groups_of
+
+import dedup_engine.find.cache as cache_module
+from dedup_engine import ScanOptions, find_duplicates
+from dedup_engine.model import FindResult, Stage
+
+pytestmark = pytest.mark.usefixtures("deadline")
+
+READ_STAGES = (Stage.HEAD, Stage.TAIL, Stage.FULL)
+
+
+@pytest.fixture
+def at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files made by the test are cached at once, rather than two seconds after their last
+    change (the workers are forked after this, so they see it too)."""
+    monkeypatch.setattr(cache_module, "RACY_NS", 0)
+
+
+def _find(root: str | Path, cache: Path, workers: int) -> FindResult:
+    return find_duplicates(root, ScanOptions(workers=workers, cache_dir=str(cache)))
+
+
+def _opened(result: FindResult) -> int:
+    return sum(result.stats.stage(stage).files_opened for stage in READ_STAGES)
+
+
+def _hits(result: FindResult) -> int:
+    return sum(result.stats.stage(stage).cache_hits for stage in READ_STAGES)
+
+
+def _build(tree: Tree) -> None:
+    """Copies and near-copies through every stage: small files read whole by the head, large
+    ones that share a head, a tail, or both and differ in the middle."""
+    tree.file("small/a", content(3000))
+    tree.file("small/b", content(3000))
+    tree.file("small/c", content(3000, seed="other"))
+    big = content(300_000)
+    tree.file("big/a", big)
+    tree.file("big/b", big)
+    tree.file("big/middle", big[:150_000] + b"X" + big[150_001:])
+    tree.file("big/head", big[:200_000] + content(100_000, seed=1))
+
+
+@pytest.mark.usefixtures("at_once")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_rerun_of_an_unchanged_tree_opens_no_file(
+    tree: Tree, tmp_path: Path, workers: int
+) -> None:
+    _build(tree)
+    first = _find(tree.root, tmp_path / "cache", workers)
+    second = _find(tree.root, tmp_path / "cache", workers)
+    assert _opened(first) > 0
+    assert _opened(second) == 0
+    assert _hits(second) == sum(first.stats.stage(s).files_in for s in READ_STAGES)
+    assert (
+        groups_of(second)
+        == groups_of(first)
+        == groups_of(find_duplicates(tree.root, ScanOptions(workers=workers)))
+    )
+    assert [g.digest for g in second.groups] == [g.digest for g in first.groups]
+
+
+@pytest.mark.usefixtures("at_once")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bytes_rewritten_with_size_and_mtime_put_back_are_read_again(
+    tree: Tree, tmp_path: Path, workers: int
+) -> None:
+    _build(tree)
+    _find(tree.root, tmp_path / "cache", workers)
+    time.sleep(0.05)  # past the clock's tick: the rewrite gets a ctime of its own
+    for name, size in (("small/c", 3000), ("big/middle", 300_000)):
+        path = tree.path(name)
+        before = os.stat(path)
+        Path(path).write_bytes(tree.p("small/a" if size == 3000 else "big/a").read_bytes())
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        after = os.stat(path)
+        assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    result = _find(tree.root, tmp_path / "cache", workers)
+    assert groups_of(result) == {
+        tree.paths("small/a", "small/b", "small/c"),
+        tree.paths("big/a", "big/b", "big/middle"),
+    }
+
+
+@pytest.mark.usefixtures("at_once")
+def test_swapped_names_and_a_copy_with_other_bytes_are_not_taken_from_the_cache(
+    tree: Tree, tmp_path: Path
+) -> None:
+    tree.file("a", content(5000))
+    tree.file("b", content(5000))
+    tree.file("c", content(5000, seed="c"))
+    tree.file("d", content(5000, seed="d"))
+    _find(tree.root, tmp_path / "cache", 2)
+    os.rename(tree.path("b"), tree.path("tmp"))  # b and c swap names
+    os.rename(tree.path("c"), tree.path("b"))
+    os.rename(tree.path("tmp"), tree.path("c"))
+    stat_d = os.stat(tree.path("d"))
+    os.unlink(tree.path("d"))  # d becomes a copy of a, on another inode, with d's times
+    tree.file("d", content(5000))
+    os.utime(tree.path("d"), ns=(stat_d.st_atime_ns, stat_d.st_mtime_ns))
+    result = _find(tree.root, tmp_path / "cache", 2)
+    assert groups_of(result) == {tree.paths("a", "c", "d")}
+
+
+@pytest.mark.usefixtures("at_once")
+def test_a_renamed_tree_is_found_in_the_cache(tree: Tree, tmp_path: Path) -> None:
+    _build(tree)
+    first = _find(tree.root, tmp_path / "cache", 2)
+    moved = tmp_path / "moved"
+    os.rename(tree.root, moved)
+    second = _find(moved, tmp_path / "cache", 2)
+    assert _opened(second) == 0
+    assert len(second.groups) == len(first.groups)
+
+
+def test_a_file_changed_just_before_its_read_is_not_cached(tree: Tree, tmp_path: Path) -> None:
+    """The rule for coarse timestamps: a digest is stored only for a file unchanged for the
+    last two seconds, so files the test has just made are all read again."""
+    _build(tree)
+    first = _find(tree.root, tmp_path / "cache", 2)
+    second = _find(tree.root, tmp_path / "cache", 2)
+    assert _opened(second) == _opened(first)
+    assert _hits(second) == 0
+
+
+@pytest.mark.usefixtures("at_once")
+def test_a_corrupted_cache_gives_one_warning_and_the_right_groups(
+    tree: Tree, tmp_path: Path
+) -> None:
+    _build(tree)
+    cache = tmp_path / "cache"
+    expected = groups_of(_find(tree.root, cache, 2))
+    data = (cache / cache_module.FILE_NAME).read_bytes()
+    (cache / cache_module.FILE_NAME).write_bytes(data[:100] + os.urandom(len(data) - 100))
+    result = _find(tree.root, cache, 2)
+    assert groups_of(result) == expected
+    assert len(result.stats.warnings) == 1 and "rebuilt" in result.stats.warnings[0]
+    assert _find(tree.root, cache, 2).stats.warnings == []
+
+
+def test_two_runs_share_a_cache_at_once(tree: Tree, tmp_path: Path) -> None:
+    for n in range(300):
+        tree.file(f"d{n % 7}/f{n}", content(2000 + n % 50))
+    cache = tmp_path / "cache"
+    command = [sys.executable, "-m", "dedup_engine", "find", tree.root, "-f", "fdupes", "-q"]
+    command += ["--cache-dir", str(cache)]
+    time.sleep(cache_module.RACY_NS / 1e9 + 0.1)  # old enough to be cached
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE) for _ in range(2)]
+    outputs = [run.communicate(timeout=60)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0]
+    again = find_duplicates(tree.root, ScanOptions(workers=2, cache_dir=str(cache)))
+    assert _opened(again) == 0
+    plain = subprocess.run(command[:-2], capture_output=True, check=False).stdout
+    assert outputs == [plain, plain]
+
+
+def test_the_cli_refuses_a_cache_directory_others_may_write(tmp_path: Path, tree: Tree) -> None:
+    tree.file("a", b"x")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    code, _out, err = invoke("find", tree.root, "--cache-dir", shared)
+    assert code == 2
+    assert err.decode().count("\n") == 1 and "may be written by others" in err.decode()

@@ -38,6 +38,7 @@ from types import TracebackType
 
 import psutil
 
+from dedup_engine.find.cache import environment_without
 from dedup_engine.openflags import OPEN_READ
 
 ROOT = "{root}"  #: in `Tool.command`: replaced by the tree's canonical path
@@ -266,7 +267,11 @@ def _timed(tool: Tool, root: str, workdir: str) -> RunSample:
     argv = _argv(tool, root, out)
     start = time.perf_counter()
     child = subprocess.Popen(
-        argv, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        argv,
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=environment_without(),
     )
     with _PeakSampler(child.pid) as sampler:
         try:
@@ -326,7 +331,13 @@ def _normalise(groups: list[list[str]], hard_link_groups: bool) -> GroupSet:
 def groups_of(tool: Tool, root: str, workdir: str) -> GroupSet:
     """Run the tool once, untimed, and read its groups as sets of absolute paths."""
     out = os.path.join(workdir, "results.txt")
-    proc = subprocess.run(_argv(tool, root, out), cwd=workdir, capture_output=True, check=False)
+    proc = subprocess.run(
+        _argv(tool, root, out),
+        cwd=workdir,
+        capture_output=True,
+        check=False,
+        env=environment_without(),
+    )
     if proc.returncode not in (0, 1):
         tail = proc.stderr.decode(errors="replace")[-500:]
         raise RuntimeError(f"{tool.name} exited {proc.returncode}: {tail}")

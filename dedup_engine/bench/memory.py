@@ -38,6 +38,8 @@ from pathlib import Path
 
 import psutil
 
+from dedup_engine.find.cache import environment_without
+
 SAMPLE_S = 0.01
 ROOT = "{root}"  #: in a command given to `per_file`: replaced by the roots, one argument each
 _KIB = 1024
@@ -196,7 +198,12 @@ def measure(
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         child = subprocess.Popen(
-            list(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+            list(argv),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=environment_without(),  # reads measured, not a cache's answers
         )
         sampler = _Sampler(child.pid, sample_s)
         sampler.start()

@@ -29,6 +29,7 @@ from dedup_engine.cli.common import (
     stdout_usable,
 )
 from dedup_engine.cli.exitcode import FindStatus
+from dedup_engine.find.cache import ENVIRONMENT as CACHE_ENVIRONMENT
 from dedup_engine.find.cache import default_directory as default_cache_directory
 from dedup_engine.find.pipeline import Progress, ProgressCallback, find_duplicates
 from dedup_engine.find.pool import WorkerError
@@ -136,7 +137,7 @@ def find(
                 "Keep the digests of what was read, and read only files that changed since "
                 "(default: off, or on where DEDUP_ENGINE_CACHE=1)."
             ),
-            envvar="DEDUP_ENGINE_CACHE",
+            envvar=CACHE_ENVIRONMENT,
         ),
     ] = False,
     cache_dir: Annotated[

@@ -177,3 +177,16 @@ def test_the_cli_refuses_a_cache_directory_others_may_write(tmp_path: Path, tree
     code, _out, err = invoke("find", tree.root, "--cache-dir", shared)
     assert code == 2
     assert err.decode().count("\n") == 1 and "may be written by others" in err.decode()
+
+
+def test_the_environment_turns_the_cache_on_and_no_cache_off(
+    tmp_path: Path, tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree.file("a", content(100))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv(cache_module.ENVIRONMENT, "1")
+    assert invoke("find", tree.root, "--no-cache")[0] == 0
+    assert not (tmp_path / "xdg").exists()
+    assert invoke("find", tree.root)[0] == 0
+    assert (tmp_path / "xdg" / "dedup-engine" / cache_module.FILE_NAME).is_file()
+    assert cache_module.ENVIRONMENT not in cache_module.environment_without()  # for benchmarks

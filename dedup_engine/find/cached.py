@@ -127,19 +127,19 @@ def hash_cached(
     `run`, and those read unchanged stored."""
     started = time.time_ns()
     rows, sizes, window = task.rows, task.sizes, task.window
-    paths = store.paths(rows)
-    window_kind = cache_kind(window.stage, window.length)
-    whole = cache_kind(Stage.FULL)
+    _, devs = store.roots_devs(rows)
+    ino, mtime, ctime = store.ino, store.mtime, store.ctime
+    seen = [
+        Scanned(dev, ino[row], size, mtime[row], ctime[row])
+        for dev, row, size in zip(devs, rows, sizes, strict=True)
+    ]
+    fs_of = {dev: cache.fs(dev, store.paths([rows[devs.index(dev)]])[0]) for dev in set(devs)}
+    window_kind, whole = cache_kind(window.stage, window.length), cache_kind(Stage.FULL)
+    limit = window.whole_limit
     slots: list[Slot | None] = []
-    seen: list[Scanned] = []
-    for row, size, path in zip(rows, sizes, paths, strict=True):
-        fs = cache.fs(store.dev(row), path)
-        slots.append(
-            None if fs is None else (fs, whole if size <= window.whole_limit else window_kind)
-        )
-        seen.append(
-            Scanned(store.dev(row), store.ino[row], size, store.mtime[row], store.ctime[row])
-        )
+    for dev, size in zip(devs, sizes, strict=True):
+        fs = fs_of[dev]
+        slots.append(None if fs is None else (fs, whole if size <= limit else window_kind))
     digests = _look_up(cache, slots, seen)
     missing = [p for p, digest in enumerate(digests) if digest is None]
     result = (
@@ -158,10 +158,11 @@ def hash_cached(
     for p, digest in zip(missing, read, strict=True):
         digests[p] = digest
     stat_path = os.stat if task.follow_links else os.lstat
+    paths = store.paths([rows[p] for p in missing])
     _store(
         cache,
         started,
-        [(slots[p], seen[p], paths[p], digest) for p, digest in zip(missing, read, strict=True)],
+        [(slots[p], seen[p], paths[j], read[j]) for j, p in enumerate(missing)],
         stat_path,
     )
     looked = sum(slot is not None for slot in slots)

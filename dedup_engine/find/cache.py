@@ -21,13 +21,14 @@ wait and a killed run keeps every batch it committed); two runs may share a cach
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from dedup_engine.find.tasks import DIGEST_SIZE
+from dedup_engine.find.tasks import DIGEST_SIZE, NO_DIGEST
 from dedup_engine.model import Stage
 
 #: "DDUP": marks the database as ours, so another program's SQLite file is never taken for one.
@@ -111,61 +112,114 @@ def cacheable(ctime_ns: int, read_started_ns: int) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Opened:
-    """A cache ready for use, and the warning to give once if it had to be rebuilt."""
+    """The cache ready for use (None: not usable now, and left as it is), and the warning to
+    give once where it was rebuilt or cannot be used."""
 
-    cache: DigestCache
+    cache: DigestCache | None
     warning: str | None
 
 
-class DigestCache:
-    """One connection to the cache file; lookups and stores a batch at a time."""
+class _NotOurs(sqlite3.DatabaseError):
+    """A database that is not a cache of this version: set aside and rebuilt."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._db = _connect(path)
+
+#: SQLite's words for a file that is not a database, or a damaged one: set aside and rebuilt.
+#: Anything else (locked, disk full, an I/O error) passes, and the file is left alone.
+_DAMAGED = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT"})
+
+#: The only object a cache holds, and its columns: (name, type, place in the primary key).
+_COLUMNS = [
+    ("fs", "BLOB", 1),
+    ("ino", "INTEGER", 2),
+    ("kind", "INTEGER", 3),
+    ("size", "INTEGER", 0),
+    ("mtime", "INTEGER", 0),
+    ("ctime", "INTEGER", 0),
+    ("digest", "BLOB", 0),
+]
+
+
+class DigestCache:
+    """One connection to the cache in a directory; lookups and stores a batch at a time.
+
+    The directory is opened once (not through a symlink) and checked on its descriptor: a real
+    directory of this user that nobody else may write to; the database is reached through that
+    descriptor, so a directory renamed or swapped after the check is never the one used.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._dir_fd = _open_directory(directory)
+        try:
+            _check_file(self._dir_fd, directory)
+            self._db = _connect(_pinned(self._dir_fd, directory))
+        except BaseException:
+            os.close(self._dir_fd)
+            raise
 
     @classmethod
     def open(cls, directory: str) -> Opened:
-        """The cache in `directory` (made, private to this user, if missing); a file that is not
-        a usable cache of this version is set aside and a new one made, with a warning."""
-        _own_directory(directory)
-        path = os.path.join(directory, FILE_NAME)
-        _refuse_odd_file(path)
+        """The cache in `directory` (made, private to this user, if missing).  A file that is not
+        a usable cache of this version is set aside and a new one made, with a warning; a cache
+        that cannot be used now (locked, a full disk) is left alone, with a warning."""
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(exc.errno, f"cache directory {directory!r}: {exc.strerror}") from None
         cache: DigestCache | None = None
         try:
-            cache = cls(path)
+            cache = cls(directory)
             cache._check()
             return Opened(cache, None)
         except sqlite3.DatabaseError as exc:
             if cache is not None:
                 cache.close()
             reason = str(exc) or type(exc).__name__
-        _set_aside(path)
-        cache = cls(path)
+            if (
+                not isinstance(exc, _NotOurs)
+                and getattr(exc, "sqlite_errorname", "") not in _DAMAGED
+            ):
+                return Opened(
+                    None,
+                    f"the cache in {directory} cannot be used now ({reason}); "
+                    "this run reads every file",
+                )
+        _set_aside(os.path.join(directory, FILE_NAME))
+        cache = cls(directory)
         cache._check()
+        path = os.path.join(directory, FILE_NAME)
         return Opened(cache, f"the cache {path} was unusable ({reason}) and is rebuilt")
 
     def _check(self) -> None:
-        """Make the table in a new file, or prove an existing one is ours and of this version."""
+        """Make the table in a new file, or prove an existing one is ours, of this version, and
+        holds nothing else (no trigger or view to run on its reads and writes).  Under a write
+        lock: two runs starting on a new cache make it once."""
         db = self._db
-        (application,) = db.execute("PRAGMA application_id").fetchone()
-        (version,) = db.execute("PRAGMA user_version").fetchone()
-        tables = db.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
-        if application == 0 and version == 0 and tables == 0:
-            with db:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (application,) = db.execute("PRAGMA application_id").fetchone()
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            objects = db.execute("SELECT type, name FROM sqlite_schema").fetchall()
+            if application == 0 and version == 0 and not objects:
                 db.execute(_SCHEMA)
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            return
-        if application != APPLICATION_ID:
-            raise sqlite3.DatabaseError("not a dedup-engine cache")
-        if version != SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(
-                f"cache version {version}, this program reads {SCHEMA_VERSION}"
-            )
-        db.execute(
-            "SELECT fs, ino, kind, size, mtime, ctime, digest FROM digests LIMIT 1"
-        ).fetchall()
+            elif application != APPLICATION_ID:
+                raise _NotOurs("not a dedup-engine cache")
+            elif version != SCHEMA_VERSION:
+                raise _NotOurs(f"cache version {version}, this program reads {SCHEMA_VERSION}")
+            else:
+                columns = [
+                    (name, kind, pk)
+                    for _, name, kind, _, _, pk in db.execute("PRAGMA table_info(digests)")
+                ]
+                if objects != [("table", "digests")] or columns != _COLUMNS:
+                    raise _NotOurs("a cache holding other tables, views or triggers")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def lookup(self, fs: bytes, kind: int, seen: Sequence[Seen]) -> list[bytes | None]:
         """The stored digest of each file, in order, where it is still the file stored; else
@@ -190,6 +244,7 @@ class DigestCache:
                 and row[:3] == (size, mtime, ctime)
                 and isinstance(row[3], bytes)
                 and len(row[3]) == DIGEST_SIZE
+                and row[3] != NO_DIGEST
             )
             out.append(row[3] if hit and row is not None else None)
         return out
@@ -220,12 +275,10 @@ class DigestCache:
 
     def close(self) -> None:
         self._db.close()
+        os.close(self._dir_fd)
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    # Made private before SQLite opens it: a cache tells what files a user has, and how big.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    os.close(fd)
     db = sqlite3.connect(path, timeout=_BUSY_MS / 1000, check_same_thread=False)
     db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
     db.execute("PRAGMA journal_mode = WAL")
@@ -233,36 +286,64 @@ def _connect(path: str) -> sqlite3.Connection:
     return db
 
 
-def _own_directory(directory: str) -> None:
-    """Make the directory (0700) or check it: a real directory of this user that nobody else may
-    write to, so no one can plant a cache that says two different files are the same."""
+def _open_directory(directory: str) -> int:
+    """The directory, opened without following a symlink and checked on its descriptor: a real
+    directory of this user that nobody else may write to, so no one can plant a cache that says
+    two different files are the same."""
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        st = os.lstat(directory)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise CacheError(
+                exc.errno, f"cache directory {directory!r} is not a directory (or is a symlink)"
+            ) from None
         raise CacheError(exc.errno, f"cache directory {directory!r}: {exc.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise CacheError(0, f"cache directory {directory!r} is not a directory (or is a symlink)")
+    st = os.fstat(fd)
+    problem = None
     if st.st_uid != os.geteuid():
-        raise CacheError(0, f"cache directory {directory!r} belongs to uid {st.st_uid}, not you")
-    if st.st_mode & 0o022:
-        raise CacheError(0, f"cache directory {directory!r} may be written by others")
+        problem = f"belongs to uid {st.st_uid}, not you"
+    elif st.st_mode & 0o022:
+        problem = "may be written by others"
+    if problem is not None:
+        os.close(fd)
+        raise CacheError(0, f"cache directory {directory!r} {problem}")
+    return fd
 
 
-def _refuse_odd_file(path: str) -> None:
+def _check_file(dir_fd: int, directory: str) -> None:
+    """The database file (made 0600 if missing): a regular file of this user with one name,
+    that nobody else may write to."""
+    path = os.path.join(directory, FILE_NAME)
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
+        fd = os.open(
+            FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
+        )
     except OSError as exc:
         raise CacheError(exc.errno, f"cache {path!r}: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-        raise CacheError(0, f"cache {path!r} is not a regular file of yours")
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+        raise CacheError(0, f"cache {path!r} is not a regular file of yours with one name")
+    if st.st_mode & 0o022:
+        raise CacheError(0, f"cache {path!r} may be written by others")
+
+
+def _pinned(dir_fd: int, directory: str) -> str:
+    """The database's path through the open directory (`/proc/self/fd`), so that SQLite opens
+    it and its WAL files in the directory checked; the plain path where /proc is missing."""
+    through = f"/proc/self/fd/{dir_fd}"
+    if os.path.isdir(through):
+        return os.path.join(through, FILE_NAME)
+    return os.path.join(directory, FILE_NAME)
 
 
 def _set_aside(path: str) -> None:
-    """Move an unusable cache out of the way (kept for a look, once), with its WAL files."""
+    """Move an unusable cache out of the way (kept for a look, once), with its WAL files; another
+    run may have done it first."""
     for suffix in ("-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path + suffix)
-    os.replace(path, path + ".unusable")
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(path, path + ".unusable")

@@ -19,7 +19,7 @@ import time
 from array import array
 from collections.abc import Callable, Sequence
 
-from dedup_engine.find.cache import FILE_NAME, DigestCache, Entry, Seen, cacheable, filesystem_id
+from dedup_engine.find.cache import DigestCache, Entry, Seen, cacheable, filesystem_id
 from dedup_engine.find.cache import kind_of as cache_kind
 from dedup_engine.find.changes import Scanned, seen_as, what_changed
 from dedup_engine.find.changes import describe as describe_error
@@ -50,7 +50,7 @@ class WorkerCache:
     identity of each filesystem it has met."""
 
     def __init__(self, directory: str) -> None:
-        self.path = os.path.join(directory, FILE_NAME)
+        self.directory = directory
         self._cache: DigestCache | None = None
         self._broken = False
         self._fs: dict[int, bytes | None] = {}
@@ -59,9 +59,10 @@ class WorkerCache:
         self._flushed = time.monotonic()
 
     def fs(self, dev: int, path: str) -> bytes | None:
-        """The identity of device `dev`'s filesystem, asked of the directory holding `path`."""
+        """The identity of device `dev`'s filesystem, asked of `path`, a file on it: of the
+        file itself, which with links followed may be on another filesystem than the link."""
         if dev not in self._fs:
-            self._fs[dev] = filesystem_id(os.path.dirname(path) or "/")
+            self._fs[dev] = filesystem_id(path)
         return self._fs[dev]
 
     def lookup(self, slot: Slot, seen: Sequence[Seen]) -> list[bytes | None]:
@@ -105,7 +106,7 @@ class WorkerCache:
     def _open(self) -> DigestCache | None:
         if self._cache is None and not self._broken:
             try:
-                self._cache = DigestCache(self.path)
+                self._cache = DigestCache(self.directory)  # checked again: this is a new open
             except (sqlite3.Error, OSError):
                 self._broken = True
         return self._cache

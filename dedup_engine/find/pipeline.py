@@ -12,6 +12,7 @@ reached through `pool`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import stat
@@ -108,7 +109,7 @@ def find_duplicates(
     issues: list[Issue] = []
     kept: list[DuplicateGroup] = []
     tally = _Tally(stats, on_group or kept.append)
-    _check_cache(opts, stats)
+    opts = _check_cache(opts, stats)
     pool = open_pool(opts, canon)
     try:
         _Run(pool, canon, opts, stats, issues, progress, tally).search()
@@ -123,21 +124,24 @@ def find_duplicates(
     return FindResult(canon, tuple(kept), tuple(issues), stats)
 
 
-def _check_cache(opts: ScanOptions, stats: RunStats) -> None:
+def _check_cache(opts: ScanOptions, stats: RunStats) -> ScanOptions:
     """Make or check the digest cache before any work (a directory that cannot be trusted is
-    fatal); a cache rebuilt is a warning.  Closed again before the workers fork: each opens its
-    own connection."""
+    fatal); a cache rebuilt, or one that cannot be used now, is a warning, and the run goes on
+    without the latter.  Closed again before the workers fork: each opens its own connection."""
     if opts.cache_dir is None:
-        return
+        return opts
     try:
         opened = DigestCache.open(opts.cache_dir)
     except CacheError as exc:
         raise OptionsError(str(exc.strerror)) from None
     except (OSError, sqlite3.Error) as exc:
         raise OptionsError(f"cache directory {opts.cache_dir!r}: {exc}") from None
-    opened.cache.close()
     if opened.warning is not None:
         stats.warnings.append(opened.warning)
+    if opened.cache is None:
+        return dataclasses.replace(opts, cache_dir=None)
+    opened.cache.close()
+    return opts
 
 
 class _Tally:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
 
+import dedup_engine.find.cache as cache_module
 from dedup_engine.find.cache import (
     FILE_NAME,
     RACY_NS,
@@ -19,6 +22,7 @@ from dedup_engine.find.cache import (
     filesystem_id,
     kind_of,
 )
+from dedup_engine.find.cached import WorkerCache
 from dedup_engine.model import Stage
 
 FS = b"\x01" * 8
@@ -28,7 +32,7 @@ HEAD = kind_of(Stage.HEAD, 4096)
 
 def _opened(directory: Path) -> DigestCache:
     opened = DigestCache.open(str(directory))
-    assert opened.warning is None
+    assert opened.warning is None and opened.cache is not None
     return opened.cache
 
 
@@ -63,16 +67,17 @@ def test_a_new_digest_replaces_the_old_and_survives_reopening(tmp_path: Path) ->
 
 def test_lookups_of_many_files_come_back_in_order(tmp_path: Path) -> None:
     cache = _opened(tmp_path)
-    cache.store(FS, HEAD, [(ino, 1, 2, 3, ino.to_bytes(32, "big")) for ino in range(0, 5000, 2)])
+    digest = {ino: (ino + 1).to_bytes(32, "big") for ino in range(5000)}
+    cache.store(FS, HEAD, [(ino, 1, 2, 3, digest[ino]) for ino in range(0, 5000, 2)])
     seen = [(ino, 1, 2, 3) for ino in range(5000)]
     assert cache.lookup(FS, HEAD, seen) == [
-        ino.to_bytes(32, "big") if ino % 2 == 0 else None for ino in range(5000)
+        digest[ino] if ino % 2 == 0 else None for ino in range(5000)
     ]
 
 
 @pytest.mark.parametrize(
     "damage",
-    ["garbage", "foreign", "newer", "short digest"],
+    ["garbage", "foreign", "newer", "trigger", "short digest", "no digest"],
 )
 def test_an_unusable_cache_is_set_aside_with_one_warning(tmp_path: Path, damage: str) -> None:
     path = tmp_path / FILE_NAME
@@ -83,19 +88,30 @@ def test_an_unusable_cache_is_set_aside_with_one_warning(tmp_path: Path, damage:
         db.execute("CREATE TABLE t (x)")
         db.commit()
         db.close()
+    elif damage == "trigger":  # ours, with a trigger that would run on every store
+        _opened(tmp_path).close()
+        db = sqlite3.connect(path)
+        db.execute(
+            "CREATE TRIGGER t AFTER INSERT ON digests BEGIN"
+            " UPDATE digests SET digest = zeroblob(32); END"
+        )
+        db.commit()
+        db.close()
     elif damage == "newer":  # ours, then claimed by a later version
         _opened(tmp_path).close()
         db = sqlite3.connect(path)
         db.execute("PRAGMA user_version = 99")
         db.commit()
         db.close()
-    else:
+    else:  # a row no run of ours writes: never used
         cache = _opened(tmp_path)
-        cache.store(FS, HEAD, [(10, 5000, 111, 222, b"short")])
-        assert cache.lookup(FS, HEAD, [(10, 5000, 111, 222)]) == [None]  # never used
+        bad = b"short" if damage == "short digest" else bytes(32)  # zeros: "no digest"
+        cache.store(FS, HEAD, [(10, 5000, 111, 222, bad)])
+        assert cache.lookup(FS, HEAD, [(10, 5000, 111, 222)]) == [None]
         return
     opened = DigestCache.open(str(tmp_path))
     assert opened.warning is not None and "rebuilt" in opened.warning
+    assert opened.cache is not None
     assert (tmp_path / (FILE_NAME + ".unusable")).exists()
     opened.cache.store(FS, HEAD, [(10, 5000, 111, 222, DIGEST)])
     assert opened.cache.lookup(FS, HEAD, [(10, 5000, 111, 222)]) == [DIGEST]
@@ -131,7 +147,7 @@ def test_a_new_cache_is_private(tmp_path: Path) -> None:
 
 
 def _write_many(directory: str, first: int) -> None:
-    cache = DigestCache.open(directory).cache
+    cache = DigestCache(directory)
     for batch in range(20):
         start = first + batch * 100
         cache.store(FS, HEAD, [(ino, 1, 2, 3, DIGEST) for ino in range(start, start + 100)])
@@ -164,3 +180,51 @@ def test_a_local_filesystem_has_an_identity(tmp_path: Path) -> None:
         pytest.skip("this filesystem reports no f_fsid")
     assert len(identity) == 8
     assert filesystem_id(str(tmp_path / "missing")) is None
+
+
+def test_a_locked_cache_is_left_alone_and_the_run_goes_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _opened(tmp_path).close()
+    monkeypatch.setattr(cache_module, "_BUSY_MS", 100)
+    holder = sqlite3.connect(tmp_path / FILE_NAME)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        opened = DigestCache.open(str(tmp_path))
+    finally:
+        holder.rollback()
+        holder.close()
+    assert opened.cache is None
+    assert opened.warning is not None and "cannot be used now" in opened.warning
+    assert not (tmp_path / (FILE_NAME + ".unusable")).exists()
+    assert DigestCache.open(str(tmp_path)).warning is None
+
+
+@pytest.mark.parametrize("problem", ["second name", "others may write"])
+def test_a_database_file_another_could_change_is_refused(tmp_path: Path, problem: str) -> None:
+    _opened(tmp_path).close()
+    if problem == "second name":
+        os.link(tmp_path / FILE_NAME, tmp_path / "elsewhere")
+    else:
+        (tmp_path / FILE_NAME).chmod(0o666)
+    with pytest.raises(CacheError):
+        DigestCache.open(str(tmp_path))
+
+
+def test_the_filesystem_of_a_linked_file_is_the_target_s(tmp_path: Path) -> None:
+    """With links followed, a file's device and inode are its target's: so must its filesystem
+    be, or a target elsewhere would take the key of another file of the link's filesystem."""
+    other = Path("/dev/shm")
+    here, there = filesystem_id(str(tmp_path)), filesystem_id(str(other))
+    if None in (here, there) or here == there:
+        pytest.skip("needs /dev/shm on another filesystem with an identity")
+    target = Path(tempfile.mkdtemp(dir=other)) / "target"
+    try:
+        target.write_bytes(b"x")
+        link = tmp_path / "link"
+        link.symlink_to(target)
+        cache = WorkerCache(str(tmp_path / "cache"))
+        assert cache.fs(os.stat(link).st_dev, str(link)) == there
+    finally:
+        shutil.rmtree(target.parent)

@@ -12,6 +12,7 @@ reached through `pool`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sqlite3
@@ -326,6 +327,7 @@ class _Run:
     def _scan(self) -> None:
         """Walk every root; each scan result's keys go into the size index."""
         started = time.perf_counter()
+        self._skip_cache()
         files: list[tuple[str, int]] = []
         for index, root in enumerate(self.roots):
             self._add_root(index, root, files)
@@ -342,6 +344,15 @@ class _Run:
         scan.seconds = time.perf_counter() - started
         scan.files_out = self.stats.files_scanned
         self._tick(finished=True)
+
+    def _skip_cache(self) -> None:
+        """The digest cache's directory is never walked, should it lie under a root (the
+        default one does under a home directory): a run's own writes are not files to search."""
+        if self.opts.cache_dir is None:
+            return
+        with contextlib.suppress(OSError):
+            st = os.stat(self.opts.cache_dir)
+            self._seen.add((st.st_dev, st.st_ino))
 
     def _add_root(self, index: int, root: str, files: list[tuple[str, int]]) -> None:
         """Queue a directory root for listing, or a file root for a worker to take."""

@@ -190,3 +190,13 @@ def test_the_environment_turns_the_cache_on_and_no_cache_off(
     assert invoke("find", tree.root)[0] == 0
     assert (tmp_path / "xdg" / "dedup-engine" / cache_module.FILE_NAME).is_file()
     assert cache_module.ENVIRONMENT not in cache_module.environment_without()  # for benchmarks
+
+
+@pytest.mark.usefixtures("at_once")
+def test_a_cache_under_a_root_is_not_searched(tree: Tree) -> None:
+    _build(tree)
+    files = 7
+    for _ in range(2):
+        result = _find(tree.root, Path(tree.root) / ".cache" / "dedup-engine", 2)
+        assert result.stats.files_scanned == files
+        assert not [f for g in result.groups for f in g.files if "/.cache/" in f.path]

@@ -20,6 +20,7 @@ import typer
 
 from dedup_engine.cli.apply import apply
 from dedup_engine.cli.bench import bench
+from dedup_engine.cli.cache import cache
 from dedup_engine.cli.exitcode import APPLY_EXIT_HELP, EXIT_CODES_HELP, ExitCode
 from dedup_engine.cli.find import find
 from dedup_engine.cli.synth import synth
@@ -96,6 +97,7 @@ app.command(epilog=EXIT_CODES_HELP)(_interruptible(find))
 app.command(epilog=EXIT_CODES_HELP)(synth)
 app.command(epilog=APPLY_EXIT_HELP)(apply)
 app.add_typer(bench, name="bench")
+app.add_typer(cache, name="cache")
 
 
 def main() -> None:

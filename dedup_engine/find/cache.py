@@ -88,6 +88,39 @@ def environment_without() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if name != ENVIRONMENT}
 
 
+def kind_name(kind: int) -> str:
+    """A kind in words: "whole file", "head 4096", "tail 4096"."""
+    window = {1: "head", 2: "tail"}.get(kind >> _KIND_SHIFT)
+    return "whole file" if window is None else f"{window} {kind & ((1 << _KIND_SHIFT) - 1)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What a cache holds: its rows, in all and by kind, and its bytes on disk (with its WAL)."""
+
+    path: str
+    rows: int
+    bytes: int
+    by_kind: dict[str, int]
+
+
+def clear(directory: str) -> bool:
+    """Remove the cache in `directory` (its database and WAL files); False where there was none.
+    The directory is checked as for a run: only its owner's cache is removed."""
+    if not os.path.lexists(directory):
+        return False
+    dir_fd = _open_directory(directory)
+    try:
+        found = False
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(FILE_NAME + suffix, dir_fd=dir_fd)
+                found = found or not suffix
+        return found
+    finally:
+        os.close(dir_fd)
+
+
 def default_directory() -> str:
     """`$XDG_CACHE_HOME/dedup-engine`, or `~/.cache/dedup-engine`."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -268,6 +301,18 @@ class DigestCache:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+
+    def summary(self) -> Summary:
+        """What the cache holds, for `dedup cache stats`."""
+        kinds = self._db.execute("SELECT kind, count(*) FROM digests GROUP BY kind ORDER BY kind")
+        by_kind = {kind_name(kind): count for kind, count in kinds}
+        size = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(FileNotFoundError):
+                size += os.stat(FILE_NAME + suffix, dir_fd=self._dir_fd).st_size
+        return Summary(
+            os.path.join(self.directory, FILE_NAME), sum(by_kind.values()), size, by_kind
+        )
 
     def count(self) -> int:
         """Rows held."""

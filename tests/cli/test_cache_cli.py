@@ -1,0 +1,41 @@
+"""`dedup cache stats` and `dedup cache clear`: what a run left in the cache, and removing it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from incli import invoke
+from treebuilder import Tree, content
+
+import dedup_engine.find.cache as cache_module
+
+
+def test_stats_counts_what_a_run_stored_and_clear_removes_it(
+    tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache_module, "RACY_NS", 0)  # the test's files are cached at once
+    tree.file("a", content(3000))
+    tree.file("b", content(3000))
+    tree.file("c", content(3000, seed="c"))
+    cache = tmp_path / "cache"
+    assert invoke("find", tree.root, "--cache-dir", cache, "-q")[0] == 0
+    code, out, _ = invoke("cache", "stats", "--cache-dir", cache)
+    assert code == 0
+    assert "3 digests" in out.decode() and "whole file: 3" in out.decode()
+    code, out, _ = invoke("cache", "clear", "--cache-dir", cache)
+    assert (code, out.decode().strip()) == (0, f"removed the cache in {cache}")
+    assert not (cache / cache_module.FILE_NAME).exists()
+    assert invoke("cache", "stats", "--cache-dir", cache)[1].decode().strip() == (
+        f"no cache in {cache}"
+    )
+
+
+def test_clear_refuses_a_directory_others_may_write(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / cache_module.FILE_NAME).write_bytes(b"someone's")
+    shared.chmod(0o777)
+    code, _, err = invoke("cache", "clear", "--cache-dir", shared)
+    assert code == 2 and "may be written by others" in err.decode()
+    assert (shared / cache_module.FILE_NAME).exists()

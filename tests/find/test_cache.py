@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import signal
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -228,3 +229,29 @@ def test_the_filesystem_of_a_linked_file_is_the_target_s(tmp_path: Path) -> None
         assert cache.fs(os.stat(link).st_dev, str(link)) == there
     finally:
         shutil.rmtree(target.parent)
+
+
+def _store_then_die(directory: str) -> None:
+    """A worker that commits one batch (its second has waited a second), holds another, and
+    is killed."""
+    worker = WorkerCache(directory)
+    worker.store((FS, HEAD), [(ino, 1, 2, 3, DIGEST) for ino in range(1, 101)])
+    worker.flush()  # as after a second of hashing
+    worker.store((FS, HEAD), [(ino, 1, 2, 3, DIGEST) for ino in range(101, 201)])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_worker_keeps_what_it_committed_and_the_cache_stays_whole(
+    tmp_path: Path,
+) -> None:
+    _opened(tmp_path).close()
+    child = multiprocessing.get_context("fork").Process(
+        target=_store_then_die, args=(str(tmp_path),)
+    )
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == -signal.SIGKILL
+    opened = DigestCache.open(str(tmp_path))
+    assert opened.warning is None and opened.cache is not None
+    found = opened.cache.lookup(FS, HEAD, [(ino, 1, 2, 3) for ino in range(1, 201)])
+    assert found == [DIGEST] * 100 + [None] * 100

@@ -13,7 +13,6 @@ the rest of the run, whose result does not depend on it.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from array import array
@@ -21,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from dedup_engine.find.cache import DigestCache, Entry, Seen, cacheable, filesystem_id
 from dedup_engine.find.cache import kind_of as cache_kind
-from dedup_engine.find.changes import Scanned, seen_as, what_changed
+from dedup_engine.find.changes import Scanned, still_as_scanned
 from dedup_engine.find.changes import describe as describe_error
 from dedup_engine.find.store import RowStore
 from dedup_engine.find.tasks import (
@@ -158,13 +157,17 @@ def hash_cached(
     read = _column(result.digests, len(missing))
     for p, digest in zip(missing, read, strict=True):
         digests[p] = digest
-    stat_path = os.stat if task.follow_links else os.lstat
     paths = store.paths([rows[p] for p in missing])
-    _store(
+    # The reader checked only the size: each file read is stat'ed again before its digest is
+    # kept.
+    _keep(
         cache,
         started,
-        [(slots[p], seen[p], paths[j], read[j]) for j, p in enumerate(missing)],
-        stat_path,
+        [
+            (slots[p], seen[p], read[j])
+            for j, p in enumerate(missing)
+            if read[j] != NO_DIGEST and _unchanged(paths[j], seen[p], task.follow_links)
+        ],
     )
     looked = sum(slot is not None for slot in slots)
     return HashResult(
@@ -198,7 +201,6 @@ def compare_cached(
     uids, gids = array("I", bytes(4 * count)), array("I", bytes(4 * count))
     modes = array("H", bytes(2 * count))
     failed: list[Failure] = []
-    stat_path = os.stat if task.follow_links else os.lstat
     read_groups: list[int] = []
     members: list[int] = []
     start = 0
@@ -207,27 +209,33 @@ def compare_cached(
         start += size
         if all(known[p] is not None for p in positions):
             for p in positions:
-                if _stat_member(task.paths[p], seen[p], stat_path, p, failed, (uids, gids, modes)):
-                    digests[p] = known[p]
+                try:
+                    st = still_as_scanned(task.paths[p], seen[p], task.follow_links)
+                except OSError as exc:
+                    failed.append((p, task.paths[p], describe_error(exc)))
+                    continue
+                digests[p] = known[p]
+                uids[p], gids[p], modes[p] = st.st_uid, st.st_gid, st.st_mode & 0o7777
         else:
             read_groups.append(size)
             members.extend(positions)
-    result = run(_sub_task(task, members, read_groups)) if members else _NOTHING_COMPARED
+    result = run(task.subset(members, read_groups)) if members else _NOTHING_COMPARED
     read = _column(result.digests, len(members))
     for j, p in enumerate(members):
         digests[p] = read[j]
         uids[p], gids[p], modes[p] = result.uids[j], result.gids[j], result.modes[j]
     failed.extend(_moved(result.failed, members))
-    _store_compared(cache, started, [(slots[p], seen[p], read[j]) for j, p in enumerate(members)])
+    # The reader checked each file on its open descriptor: a digest means it was as scanned.
+    _keep(cache, started, [(slots[p], seen[p], read[j]) for j, p in enumerate(members)])
     opened, total = result.files_opened, result.bytes_read
     # A member that differed from all the others stopped being read: it is read to its end
     # now, so that the next run need not open it to tell it apart again.
     stopped = {index for index, _, _ in result.failed}
     lone = [p for j, p in enumerate(members) if read[j] == NO_DIGEST and j not in stopped]
     if lone:
-        alone = run(_sub_task(task, lone, [1] * len(lone)))
+        alone = run(task.subset(lone, [1] * len(lone)))
         ends = _column(alone.digests, len(lone))
-        _store_compared(cache, started, [(slots[p], seen[p], ends[j]) for j, p in enumerate(lone)])
+        _keep(cache, started, [(slots[p], seen[p], ends[j]) for j, p in enumerate(lone)])
         opened, total = opened + alone.files_opened, total + alone.bytes_read
     hits = count - len(members)
     looked = sum(slot is not None for slot in slots)
@@ -260,35 +268,9 @@ def _look_up(
     return found
 
 
-def _store(
-    cache: WorkerCache,
-    started: int,
-    read: list[tuple[Slot | None, Scanned, str, bytes]],
-    stat_path: Callable[[str], os.stat_result],
-) -> None:
-    """Store the digests of the files read that are, after the read, still as the scan saw
-    them, and were not changed just before it."""
-    by_slot: dict[Slot, list[Entry]] = {}
-    for slot, seen, path, digest in read:
-        if slot is None or digest == NO_DIGEST:
-            continue
-        try:
-            st = stat_path(path)
-        except OSError:
-            continue
-        if seen_as(st) == seen and cacheable(st.st_ctime_ns, started):
-            by_slot.setdefault(slot, []).append(
-                (seen.ino, seen.size, seen.mtime, seen.ctime, digest)
-            )
-    for slot, entries in by_slot.items():
-        cache.store(slot, entries)
-
-
-def _store_compared(
-    cache: WorkerCache, started: int, read: list[tuple[Slot | None, Scanned, bytes]]
-) -> None:
-    """Store the full digests of the files compared: each was checked on its open file once
-    read, so a digest means it was as the scan saw it."""
+def _keep(cache: WorkerCache, started: int, read: list[tuple[Slot | None, Scanned, bytes]]) -> None:
+    """Store the digests of files read and seen unchanged, but for those not cacheable: no
+    filesystem identity, no digest, or changed just before the read began."""
     by_slot: dict[Slot, list[Entry]] = {}
     for slot, seen, digest in read:
         if slot is not None and digest != NO_DIGEST and cacheable(seen.ctime, started):
@@ -299,41 +281,12 @@ def _store_compared(
         cache.store(slot, entries)
 
 
-def _stat_member(
-    path: str,
-    seen: Scanned,
-    stat_path: Callable[[str], os.stat_result],
-    position: int,
-    failed: list[Failure],
-    owners: tuple[array[int], array[int], array[int]],
-) -> bool:
-    """Whether a member known to the cache is still the file the scan saw, by its stat (its
-    owner and mode then kept); else a failure."""
+def _unchanged(path: str, seen: Scanned, follow_links: bool) -> bool:
     try:
-        st = stat_path(path)
-    except OSError as exc:
-        failed.append((position, path, f"changed since the scan: {describe_error(exc)}"))
+        still_as_scanned(path, seen, follow_links)
+    except OSError:
         return False
-    if not seen.matches(st):
-        failed.append((position, path, what_changed(st, seen.size, seen.ino, seen.dev)))
-        return False
-    uids, gids, modes = owners
-    uids[position], gids[position], modes[position] = st.st_uid, st.st_gid, st.st_mode & 0o7777
     return True
-
-
-def _sub_task(task: CompareTask, members: list[int], groups: list[int]) -> CompareTask:
-    return CompareTask(
-        tuple(task.paths[p] for p in members),
-        array("q", [task.sizes[p] for p in members]),
-        array("I", groups),
-        array("Q", [task.devs[p] for p in members]),
-        array("Q", [task.inos[p] for p in members]),
-        array("q", [task.mtimes[p] for p in members]),
-        array("q", [task.ctimes[p] for p in members]),
-        task.follow_links,
-        task.chunk_size,
-    )
 
 
 def _column(blob: bytes, count: int) -> list[bytes]:

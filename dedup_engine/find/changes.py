@@ -53,6 +53,19 @@ def check_unchanged(fd: int, seen: Scanned) -> os.stat_result:
     return st
 
 
+def still_as_scanned(path: str, seen: Scanned, follow_links: bool) -> os.stat_result:
+    """Stat `path` again (its target, with links followed) and refuse a file that is not the
+    one the scan saw (`ChangedError`, saying why); returns its stat."""
+    try:
+        st = (os.stat if follow_links else os.lstat)(path)
+    except OSError as exc:
+        why = f"changed since the scan: {describe(exc)}"
+        raise ChangedError(exc.errno or errno.EIO, why) from None
+    if not seen.matches(st):
+        raise ChangedError(errno.EIO, what_changed(st, seen.size, seen.ino, seen.dev))
+    return st
+
+
 def what_changed(st: os.stat_result, size: int, ino: int, dev: int | None = None) -> str:
     """Why a file is not as the scan saw it, in words (something differs by assumption)."""
     if not stat.S_ISREG(st.st_mode):

@@ -9,10 +9,9 @@ of their group is done, since the worker that read such a file checked only its 
 
 from __future__ import annotations
 
-import os
 from array import array
 
-from dedup_engine.find.changes import Scanned, what_changed
+from dedup_engine.find.changes import Scanned, still_as_scanned
 from dedup_engine.find.changes import describe as describe_error
 from dedup_engine.find.store import RowStore
 from dedup_engine.find.tasks import Described, DescribeTask, Failure
@@ -31,21 +30,17 @@ def describe(task: DescribeTask, store: RowStore) -> Described:
     modes = array("H", bytes(2 * count))
     nlinks = array("Q", bytes(8 * count))
     failed: list[Failure] = []
-    stat_path = os.stat if task.follow_links else os.lstat
     check, sizes = task.check, task.sizes
     # Written out flat: it runs for every file of every final group.
     for position in [p for p in range(count) if check[p]]:
         path = paths[position]
-        try:
-            st = stat_path(path)
-        except OSError as exc:
-            failed.append((position, path, f"changed since the scan: {describe_error(exc)}"))
-            continue
         seen = Scanned(
             devs[position], inos[position], sizes[position], mtimes[position], ctimes[position]
         )
-        if not seen.matches(st):
-            failed.append((position, path, what_changed(st, seen.size, seen.ino, seen.dev)))
+        try:
+            st = still_as_scanned(path, seen, task.follow_links)
+        except OSError as exc:
+            failed.append((position, path, describe_error(exc)))
             continue
         uids[position] = st.st_uid
         gids[position] = st.st_gid

@@ -290,18 +290,7 @@ def _members(task: CompareTask, starts: list[int], part: _Part) -> list[int]:
 
 
 def _sub_compare(task: CompareTask, starts: list[int], part: _Part) -> CompareTask:
-    members = _members(task, starts, part)
-    return CompareTask(
-        tuple(task.paths[m] for m in members),
-        array("q", [task.sizes[m] for m in members]),
-        array("I", [task.groups[g] for g in part.positions]),
-        array("Q", [task.devs[m] for m in members]),
-        array("Q", [task.inos[m] for m in members]),
-        array("q", [task.mtimes[m] for m in members]),
-        array("q", [task.ctimes[m] for m in members]),
-        task.follow_links,
-        task.chunk_size,
-    )
+    return task.subset(_members(task, starts, part), [task.groups[g] for g in part.positions])
 
 
 def _common(

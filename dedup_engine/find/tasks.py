@@ -10,6 +10,7 @@ be read elsewhere its path), never as an object per file.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dedup_engine.model import Stage
@@ -170,6 +171,20 @@ class CompareTask:
     ctimes: array[int]
     follow_links: bool
     chunk_size: int
+
+    def subset(self, members: Sequence[int], groups: Sequence[int]) -> CompareTask:
+        """The task for some of its files (by position), laid out in groups of these sizes."""
+        return CompareTask(
+            tuple(self.paths[m] for m in members),
+            array("q", [self.sizes[m] for m in members]),
+            array("I", groups),
+            array("Q", [self.devs[m] for m in members]),
+            array("Q", [self.inos[m] for m in members]),
+            array("q", [self.mtimes[m] for m in members]),
+            array("q", [self.ctimes[m] for m in members]),
+            self.follow_links,
+            self.chunk_size,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from treebuilder import (
     groups_of,
 )
 
-import dedup_engine.find.entries
+import dedup_engine.find.changes
 import dedup_engine.find.fullcompare
 import dedup_engine.find.hashtasks
 import dedup_engine.find.pipeline
@@ -327,7 +327,7 @@ class _KillWorker:
     [
         (dedup_engine.find.walk, "scandir"),  # the scan
         (dedup_engine.find.hashtasks, "pread"),  # head and tail
-        (dedup_engine.find.entries, "lstat"),  # the re-check of files read whole
+        (dedup_engine.find.changes, "lstat"),  # the re-check of files read whole
         (dedup_engine.find.fullcompare, "readv"),  # the full stage
     ],
     ids=["scan", "window", "recheck", "full"],

@@ -14,22 +14,28 @@ not (USB disks, device-mapper numbers).  A filesystem that reports no identity (
 
 The file is untrusted input: one that is not a cache of this version (another program's database,
 a newer schema, bytes that are not SQLite) is set aside and rebuilt, with one warning; a row whose
-digest is not `DIGEST_SIZE` bytes is never used.  Writers commit each batch (WAL, so readers never
-wait and a killed run keeps every batch it committed); two runs may share a cache.
+digest is not `DIGEST_SIZE` bytes is never used.  SQLite opens a database by its path, so the
+path must be one no one else can redirect: every directory above the cache belongs to root or to
+this user and is writable by no one else unless sticky (as /tmp), and the file SQLite opened is
+checked to be the one checked.  Writers commit each batch (WAL, so readers never wait and a
+killed run keeps every batch it committed); two runs may share a cache.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from dedup_engine.find.tasks import DIGEST_SIZE, NO_DIGEST
 from dedup_engine.model import Stage
+from dedup_engine.openflags import OPEN_DIR
 
 #: "DDUP": marks the database as ours, so another program's SQLite file is never taken for one.
 APPLICATION_ID = 0x44445550
@@ -44,8 +50,15 @@ ENVIRONMENT = "DEDUP_ENGINE_CACHE"
 RACY_NS = 2_000_000_000
 #: Inodes per lookup query: under SQLite's oldest limit on bound parameters (999).
 _LOOKUP_CHUNK = 900
-#: How long a writer waits for another run's transaction before giving up on one batch.
+#: How long opening the cache waits for another run's transaction before going without it.
 _BUSY_MS = 10_000
+#: How long a worker's write waits for the lock: past it the batch is held for the next flush,
+#: so a cache locked by another program never stalls the run.
+WORKER_BUSY_MS = 250
+#: How long a run waits for another that is setting a damaged cache aside.
+_REBUILD_WAIT_S = 5.0
+#: A directory above the cache, opened only to go through it (never a symlink).
+_THROUGH = os.O_PATH | OPEN_DIR
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS digests (
@@ -109,7 +122,7 @@ def clear(directory: str) -> bool:
     The directory is checked as for a run: only its owner's cache is removed."""
     if not os.path.lexists(directory):
         return False
-    dir_fd = _open_directory(directory)
+    dir_fd, _ = _secure_directory(directory)
     try:
         found = False
         for suffix in ("", "-wal", "-shm"):
@@ -127,13 +140,19 @@ def default_directory() -> str:
     return os.path.join(base, "dedup-engine")
 
 
-def filesystem_id(path: str) -> bytes | None:
-    """The identity of the filesystem holding `path` that outlives a remount, or None where it
-    has none to give (its `f_fsid` is 0) or cannot be asked."""
+def filesystem_id(path: str, dev: int, follow_links: bool = False) -> bytes | None:
+    """The identity that outlives a remount of the filesystem of device `dev`, asked of `path`,
+    a file on it (its target with `follow_links`), or None where it has none to give (`f_fsid`
+    0).  Asked of the open file, which must be on `dev`: a path that now leads to another
+    filesystem never lends that one's identity.  OSError where the file cannot be asked."""
+    flags = os.O_PATH | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
     try:
-        fsid = os.statvfs(path).f_fsid
-    except OSError:
-        return None
+        if os.fstat(fd).st_dev != dev:
+            raise OSError(errno.EXDEV, "no longer on the device scanned", path)
+        fsid = os.fstatvfs(fd).f_fsid
+    finally:
+        os.close(fd)
     return fsid.to_bytes(8, "little", signed=False) if fsid else None
 
 
@@ -175,17 +194,25 @@ _COLUMNS = [
 class DigestCache:
     """One connection to the cache in a directory; lookups and stores a batch at a time.
 
-    The directory is opened once (not through a symlink) and checked on its descriptor: a real
-    directory of this user that nobody else may write to; the database is reached through that
-    descriptor, so a directory renamed or swapped after the check is never the one used.
+    The directory is reached by a path no one else can redirect (`_secure_directory`) and
+    checked on its descriptor: a real directory of this user that nobody else may write to.
+    SQLite opens the database by that path; the file it opened is then checked to be the one
+    checked (`_opened_by_sqlite`).
     """
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, busy_ms: int | None = None) -> None:
         self.directory = directory
-        self._dir_fd = _open_directory(directory)
+        self._dir_fd, canonical = _secure_directory(directory)
         try:
-            _check_file(self._dir_fd, directory)
-            self._db = _connect(_pinned(self._dir_fd, directory))
+            checked = _check_file(self._dir_fd, directory)
+            path = os.path.join(canonical, FILE_NAME)
+            before = _descriptors()
+            self._db = _connect(path, _BUSY_MS if busy_ms is None else busy_ms)
+            try:
+                _opened_by_sqlite(path, before, checked)
+            except BaseException:
+                self._db.close()
+                raise
         except BaseException:
             os.close(self._dir_fd)
             raise
@@ -199,29 +226,47 @@ class DigestCache:
             os.makedirs(directory, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise CacheError(exc.errno, f"cache directory {directory!r}: {exc.strerror}") from None
-        cache: DigestCache | None = None
         try:
-            cache = cls(directory)
-            cache._check()
-            return Opened(cache, None)
+            return Opened(cls._checked(directory), None)
         except sqlite3.DatabaseError as exc:
-            if cache is not None:
-                cache.close()
             reason = str(exc) or type(exc).__name__
-            if (
-                not isinstance(exc, _NotOurs)
-                and getattr(exc, "sqlite_errorname", "") not in _DAMAGED
-            ):
-                return Opened(
-                    None,
-                    f"the cache in {directory} cannot be used now ({reason}); "
-                    "this run reads every file",
-                )
-        _set_aside(os.path.join(directory, FILE_NAME))
+            if not _damaged(exc):
+                return _not_now(directory, reason)
+        try:
+            return cls._rebuilt(directory, reason)
+        except (sqlite3.Error, OSError) as exc:
+            return _not_now(directory, str(exc) or type(exc).__name__)
+
+    @classmethod
+    def _checked(cls, directory: str) -> DigestCache:
         cache = cls(directory)
-        cache._check()
-        path = os.path.join(directory, FILE_NAME)
-        return Opened(cache, f"the cache {path} was unusable ({reason}) and is rebuilt")
+        try:
+            cache._check()
+        except BaseException:
+            cache.close()
+            raise
+        return cache
+
+    @classmethod
+    def _rebuilt(cls, directory: str, reason: str) -> Opened:
+        """Set a damaged cache aside and make a new one, under a lock on the directory: of runs
+        that found it damaged at once, the first rebuilds it and the others use the new one (a
+        file set aside is always the damaged one, never a cache another run just made)."""
+        dir_fd, _ = _secure_directory(directory)
+        try:
+            _lock(dir_fd)
+            try:
+                return Opened(cls._checked(directory), None)
+            except sqlite3.DatabaseError as exc:
+                if not _damaged(exc):
+                    raise
+            _set_aside(dir_fd)
+            path = os.path.join(directory, FILE_NAME)
+            return Opened(
+                cls._checked(directory), f"the cache {path} was unusable ({reason}) and is rebuilt"
+            )
+        finally:
+            os.close(dir_fd)  # and the lock with it
 
     def _check(self) -> None:
         """Make the table in a new file, or prove an existing one is ours, of this version, and
@@ -323,39 +368,132 @@ class DigestCache:
         os.close(self._dir_fd)
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=_BUSY_MS / 1000, check_same_thread=False)
-    db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+#: SQLite's primary messages, for Python before 3.11, whose errors carry no `sqlite_errorname`.
+_NAMES_BY_MESSAGE = {
+    "file is not a database": "SQLITE_NOTADB",
+    "database disk image is malformed": "SQLITE_CORRUPT",
+    "database is locked": "SQLITE_BUSY",
+    "database table is locked": "SQLITE_LOCKED",
+}
+
+
+def error_name(exc: sqlite3.Error) -> str:
+    """SQLite's name for an error ("SQLITE_BUSY"), or "" where it gives none."""
+    name = getattr(exc, "sqlite_errorname", None)
+    return name if isinstance(name, str) else _NAMES_BY_MESSAGE.get(str(exc), "")
+
+
+def _damaged(exc: sqlite3.DatabaseError) -> bool:
+    return isinstance(exc, _NotOurs) or error_name(exc) in _DAMAGED
+
+
+def _not_now(directory: str, reason: str) -> Opened:
+    return Opened(
+        None, f"the cache in {directory} cannot be used now ({reason}); this run reads every file"
+    )
+
+
+def _connect(path: str, busy_ms: int) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=busy_ms / 1000, check_same_thread=False)
+    db.execute(f"PRAGMA busy_timeout = {busy_ms}")
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = NORMAL")
     return db
 
 
-def _open_directory(directory: str) -> int:
-    """The directory, opened without following a symlink and checked on its descriptor: a real
-    directory of this user that nobody else may write to, so no one can plant a cache that says
-    two different files are the same."""
+def _secure_directory(directory: str) -> tuple[int, str]:
+    """The cache directory, opened, and its canonical path, which no one but this user and root
+    can redirect: each directory above it belongs to root or this user and may be written by no
+    one else, unless sticky (where only a name's owner may move it, and the next directory down
+    is root's or this user's).  The directory itself is not a symlink, and is this user's, and
+    nobody else may write to it, so no one can plant a cache that says two different files are
+    the same."""
+    absolute = os.path.abspath(directory)
+    parent, name = os.path.split(absolute)
+    canonical = os.path.join(os.path.realpath(parent), name)
+    fd = os.open("/", _THROUGH)
     try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        where = "/"
+        for part in [p for p in canonical.split("/") if p][:-1]:
+            _check_above(fd, where)
+            below = os.open(part, _THROUGH, dir_fd=fd)
+            os.close(fd)
+            fd, where = below, os.path.join(where, part)
+        _check_above(fd, where)
+        try:
+            opened = os.open(name or ".", OPEN_DIR, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise CacheError(
+                    exc.errno, f"cache directory {directory!r} is not a directory (or is a symlink)"
+                ) from None
+            raise CacheError(exc.errno, f"cache directory {directory!r}: {exc.strerror}") from None
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise CacheError(
-                exc.errno, f"cache directory {directory!r} is not a directory (or is a symlink)"
-            ) from None
+        if isinstance(exc, CacheError):
+            raise
         raise CacheError(exc.errno, f"cache directory {directory!r}: {exc.strerror}") from None
-    st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    st = os.fstat(opened)
     problem = None
     if st.st_uid != os.geteuid():
         problem = f"belongs to uid {st.st_uid}, not you"
     elif st.st_mode & 0o022:
         problem = "may be written by others"
     if problem is not None:
-        os.close(fd)
+        os.close(opened)
         raise CacheError(0, f"cache directory {directory!r} {problem}")
-    return fd
+    return opened, canonical
 
 
-def _check_file(dir_fd: int, directory: str) -> None:
+def _check_above(fd: int, where: str) -> None:
+    """A directory above the cache: root's or this user's, and writable by no one else unless
+    sticky."""
+    st = os.fstat(fd)
+    if st.st_uid not in (0, os.geteuid()):
+        raise CacheError(0, f"{where!r}, above the cache directory, belongs to uid {st.st_uid}")
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise CacheError(
+            0, f"{where!r}, above the cache directory, may be written by others (not sticky)"
+        )
+
+
+def _descriptors() -> set[str]:
+    """This process's open descriptors, by number ('/proc/self/fd'; empty where /proc is not)."""
+    try:
+        return set(os.listdir("/proc/self/fd"))
+    except OSError:
+        return set()
+
+
+def _opened_by_sqlite(path: str, before: set[str], checked: os.stat_result) -> None:
+    """The database SQLite just opened at `path` is the file checked: the descriptors it opened
+    that name `path` are that file (by the path, where /proc is not there to ask)."""
+    opened: list[os.stat_result] = []
+    for fd in _descriptors() - before:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}") == path:
+                opened.append(os.fstat(int(fd)))
+    if not opened:
+        opened.append(os.stat(path))
+    if any((st.st_dev, st.st_ino) != (checked.st_dev, checked.st_ino) for st in opened):
+        raise CacheError(0, f"cache {path!r} was replaced while it was opened")
+
+
+def _lock(dir_fd: int) -> None:
+    """Take the directory's lock (flock), waiting at most `_REBUILD_WAIT_S`."""
+    deadline = time.monotonic() + _REBUILD_WAIT_S
+    while True:
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise OSError(errno.EAGAIN, "another run holds it to rebuild it") from None
+            time.sleep(0.02)
+
+
+def _check_file(dir_fd: int, directory: str) -> os.stat_result:
     """The database file (made 0600 if missing): a regular file of this user with one name,
     that nobody else may write to."""
     path = os.path.join(directory, FILE_NAME)
@@ -373,22 +511,18 @@ def _check_file(dir_fd: int, directory: str) -> None:
         raise CacheError(0, f"cache {path!r} is not a regular file of yours with one name")
     if st.st_mode & 0o022:
         raise CacheError(0, f"cache {path!r} may be written by others")
+    return st
 
 
-def _pinned(dir_fd: int, directory: str) -> str:
-    """The database's path through the open directory (`/proc/self/fd`), so that SQLite opens
-    it and its WAL files in the directory checked; the plain path where /proc is missing."""
-    through = f"/proc/self/fd/{dir_fd}"
-    if os.path.isdir(through):
-        return os.path.join(through, FILE_NAME)
-    return os.path.join(directory, FILE_NAME)
-
-
-def _set_aside(path: str) -> None:
-    """Move an unusable cache out of the way (kept for a look, once), with its WAL files; another
-    run may have done it first."""
-    for suffix in ("-wal", "-shm"):
+def _set_aside(dir_fd: int) -> None:
+    """Move a damaged cache out of the way, with its WAL files, keeping the latest for a look.
+    Under the directory's lock, after the file was found damaged again: these are its WAL files,
+    and no run's live cache."""
+    for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path + suffix)
-    with contextlib.suppress(FileNotFoundError):
-        os.replace(path, path + ".unusable")
+            os.replace(
+                FILE_NAME + suffix,
+                f"{FILE_NAME}.unusable{suffix}",
+                src_dir_fd=dir_fd,
+                dst_dir_fd=dir_fd,
+            )

@@ -7,8 +7,9 @@ stored (as the re-check of a finished group does); the full stage's reader check
 its open descriptor.  A group of the full stage whose every member the cache knows is not read at
 all: each member is stat'ed, and one no longer as the scan saw it fails as it would have in the
 read.  Files on a filesystem without an identity (`cache.filesystem_id`) are read as without a
-cache.  A cache that fails mid-run (a full disk, a file damaged under the run) is left alone for
-the rest of the run, whose result does not depend on it.
+cache.  A cache locked by another program is not waited for: what is held is written at a later
+flush, or not at all.  A cache that fails mid-run otherwise (a full disk, a file damaged under
+the run) is left alone for the rest of the run, whose result does not depend on it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ import time
 from array import array
 from collections.abc import Callable, Sequence
 
-from dedup_engine.find.cache import DigestCache, Entry, Seen, cacheable, filesystem_id
+from dedup_engine.find.cache import (
+    WORKER_BUSY_MS,
+    DigestCache,
+    Entry,
+    Seen,
+    cacheable,
+    error_name,
+    filesystem_id,
+)
 from dedup_engine.find.cache import kind_of as cache_kind
 from dedup_engine.find.changes import Scanned, still_as_scanned
 from dedup_engine.find.changes import describe as describe_error
@@ -40,6 +49,8 @@ Slot = tuple[bytes, int]
 #: moment loses at most that much of its work.
 FLUSH_S = 1.0
 FLUSH_ROWS = 50_000
+#: Rows held at most while the cache is locked by another program; past it they are dropped.
+HELD_MAX = 4 * FLUSH_ROWS
 _NOTHING_HASHED = HashResult(b"", (), 0, 0)
 _NOTHING_COMPARED = CompareResult(b"", (), 0, 0, array("I"), array("I"), array("H"))
 
@@ -57,11 +68,15 @@ class WorkerCache:
         self._held = 0
         self._flushed = time.monotonic()
 
-    def fs(self, dev: int, path: str) -> bytes | None:
+    def fs(self, dev: int, path: str, follow_links: bool) -> bytes | None:
         """The identity of device `dev`'s filesystem, asked of `path`, a file on it: of the
-        file itself, which with links followed may be on another filesystem than the link."""
+        file itself, which with links followed may be on another filesystem than the link.  A
+        file that cannot be asked (gone, or no longer on `dev`) leaves the question to the next."""
         if dev not in self._fs:
-            self._fs[dev] = filesystem_id(path)
+            try:
+                self._fs[dev] = filesystem_id(path, dev, follow_links)
+            except OSError:
+                return None
         return self._fs[dev]
 
     def lookup(self, slot: Slot, seen: Sequence[Seen]) -> list[bytes | None]:
@@ -70,8 +85,9 @@ class WorkerCache:
             return [None] * len(seen)
         try:
             return cache.lookup(slot[0], slot[1], seen)
-        except sqlite3.Error:
-            self._give_up()
+        except sqlite3.Error as exc:
+            if not _busy(exc):
+                self._give_up()
             return [None] * len(seen)
 
     def store(self, slot: Slot, entries: list[Entry]) -> None:
@@ -85,15 +101,20 @@ class WorkerCache:
 
     def flush(self) -> None:
         """Write what is held, in one transaction."""
-        pending, self._pending, self._held = self._pending, {}, 0
+        pending, held, self._pending, self._held = self._pending, self._held, {}, 0
         self._flushed = time.monotonic()
         cache = self._open()
         if cache is None or not pending:
             return
         try:
             cache.store_many(pending.items())
-        except sqlite3.Error:
-            self._give_up()
+        except sqlite3.Error as exc:
+            if not _busy(exc):
+                self._give_up()
+            elif held <= HELD_MAX:  # locked by another program: tried again at the next flush
+                for slot, entries in pending.items():
+                    self._pending.setdefault(slot, []).extend(entries)
+                self._held += held
 
     def close(self) -> None:
         """Write what is held and let the file go: the end of the worker's run."""
@@ -105,7 +126,8 @@ class WorkerCache:
     def _open(self) -> DigestCache | None:
         if self._cache is None and not self._broken:
             try:
-                self._cache = DigestCache(self.directory)  # checked again: this is a new open
+                # Checked again: this is a new open.
+                self._cache = DigestCache(self.directory, busy_ms=WORKER_BUSY_MS)
             except (sqlite3.Error, OSError):
                 self._broken = True
         return self._cache
@@ -115,6 +137,11 @@ class WorkerCache:
         if self._cache is not None:
             self._cache.close()
             self._cache = None
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    """The cache is locked by another connection for longer than a worker waits."""
+    return error_name(exc) in ("SQLITE_BUSY", "SQLITE_LOCKED")
 
 
 def hash_cached(
@@ -133,7 +160,10 @@ def hash_cached(
         Scanned(dev, ino[row], size, mtime[row], ctime[row])
         for dev, row, size in zip(devs, rows, sizes, strict=True)
     ]
-    fs_of = {dev: cache.fs(dev, store.paths([rows[devs.index(dev)]])[0]) for dev in set(devs)}
+    fs_of = {
+        dev: cache.fs(dev, store.paths([rows[devs.index(dev)]])[0], task.follow_links)
+        for dev in set(devs)
+    }
     window_kind, whole = cache_kind(window.stage, window.length), cache_kind(Stage.FULL)
     limit = window.whole_limit
     slots: list[Slot | None] = []
@@ -191,7 +221,7 @@ def compare_cached(
     slots: list[Slot | None] = []
     seen: list[Scanned] = []
     for p in range(count):
-        fs = cache.fs(task.devs[p], task.paths[p])
+        fs = cache.fs(task.devs[p], task.paths[p], task.follow_links)
         slots.append(None if fs is None else (fs, whole))
         seen.append(
             Scanned(task.devs[p], task.inos[p], task.sizes[p], task.mtimes[p], task.ctimes[p])

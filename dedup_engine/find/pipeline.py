@@ -38,6 +38,7 @@ from dedup_engine.find.tasks import DirJob, ScanResult, ScanTask, Window
 from dedup_engine.model import DuplicateGroup, FindResult, Issue, RunStats, Stage, report_order
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.oserror import describe_error
+from dedup_engine.paths import is_under
 
 #: Tasks in flight per worker: enough to hide the queue round trip, few enough to keep memory flat.
 IN_FLIGHT_PER_WORKER = 3
@@ -110,7 +111,7 @@ def find_duplicates(
     issues: list[Issue] = []
     kept: list[DuplicateGroup] = []
     tally = _Tally(stats, on_group or kept.append)
-    opts = _check_cache(opts, stats)
+    opts = _check_cache(opts, canon, stats)
     pool = open_pool(opts, canon)
     try:
         _Run(pool, canon, opts, stats, issues, progress, tally).search()
@@ -125,12 +126,20 @@ def find_duplicates(
     return FindResult(canon, tuple(kept), tuple(issues), stats)
 
 
-def _check_cache(opts: ScanOptions, stats: RunStats) -> ScanOptions:
-    """Make or check the digest cache before any work (a directory that cannot be trusted is
-    fatal); a cache rebuilt, or one that cannot be used now, is a warning, and the run goes on
-    without the latter.  Closed again before the workers fork: each opens its own connection."""
+def _check_cache(opts: ScanOptions, roots: Sequence[str], stats: RunStats) -> ScanOptions:
+    """Make or check the digest cache before any work (a directory that cannot be trusted, or a
+    root in it, is fatal); a cache rebuilt, or one that cannot be used now, is a warning, and the
+    run goes on without the latter.  Closed again before the workers fork: each opens its own
+    connection."""
     if opts.cache_dir is None:
         return opts
+    cache_dir = os.path.realpath(opts.cache_dir)
+    for root in roots:
+        if is_under(root, cache_dir):
+            raise OptionsError(
+                f"root {root!r} is in the digest cache's directory {opts.cache_dir!r}: "
+                "search it with --no-cache, or keep the cache elsewhere (--cache-dir)"
+            )
     try:
         opened = DigestCache.open(opts.cache_dir)
     except CacheError as exc:

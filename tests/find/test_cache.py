@@ -176,11 +176,27 @@ def test_a_digest_of_a_file_changed_just_before_its_read_is_not_stored() -> None
 
 
 def test_a_local_filesystem_has_an_identity(tmp_path: Path) -> None:
-    identity = filesystem_id(str(tmp_path))
+    dev = tmp_path.stat().st_dev
+    identity = filesystem_id(str(tmp_path), dev)
     if identity is None:
         pytest.skip("this filesystem reports no f_fsid")
     assert len(identity) == 8
-    assert filesystem_id(str(tmp_path / "missing")) is None
+    with pytest.raises(FileNotFoundError):
+        filesystem_id(str(tmp_path / "missing"), dev)
+
+
+def test_a_path_now_on_another_filesystem_lends_no_identity(tmp_path: Path) -> None:
+    """The identity is asked of the open file, which must be on the device the scan saw: a path
+    that now leads elsewhere (a mount over it, a name swapped for another filesystem's) would
+    file its digests under another filesystem's inodes."""
+    (tmp_path / "f").write_bytes(b"x")
+    other = os.stat("/proc").st_dev
+    with pytest.raises(OSError, match="no longer on the device"):
+        filesystem_id(str(tmp_path / "f"), other)
+    cache = WorkerCache(str(tmp_path / "cache"))
+    assert cache.fs(other, str(tmp_path / "f"), False) is None
+    dev = (tmp_path / "f").stat().st_dev
+    assert cache.fs(dev, str(tmp_path / "f"), False) == filesystem_id(str(tmp_path), dev)
 
 
 def test_a_locked_cache_is_left_alone_and_the_run_goes_without_it(
@@ -217,7 +233,8 @@ def test_the_filesystem_of_a_linked_file_is_the_target_s(tmp_path: Path) -> None
     """With links followed, a file's device and inode are its target's: so must its filesystem
     be, or a target elsewhere would take the key of another file of the link's filesystem."""
     other = Path("/dev/shm")
-    here, there = filesystem_id(str(tmp_path)), filesystem_id(str(other))
+    here = filesystem_id(str(tmp_path), tmp_path.stat().st_dev)
+    there = filesystem_id(str(other), other.stat().st_dev)
     if None in (here, there) or here == there:
         pytest.skip("needs /dev/shm on another filesystem with an identity")
     target = Path(tempfile.mkdtemp(dir=other)) / "target"
@@ -226,7 +243,7 @@ def test_the_filesystem_of_a_linked_file_is_the_target_s(tmp_path: Path) -> None
         link = tmp_path / "link"
         link.symlink_to(target)
         cache = WorkerCache(str(tmp_path / "cache"))
-        assert cache.fs(os.stat(link).st_dev, str(link)) == there
+        assert cache.fs(os.stat(link).st_dev, str(link), True) == there
     finally:
         shutil.rmtree(target.parent)
 
@@ -255,3 +272,117 @@ def test_a_killed_worker_keeps_what_it_committed_and_the_cache_stays_whole(
     assert opened.warning is None and opened.cache is not None
     found = opened.cache.lookup(FS, HEAD, [(ino, 1, 2, 3) for ino in range(1, 201)])
     assert found == [DIGEST] * 100 + [None] * 100
+
+
+# --- a path no one else can redirect ----------------------------------------------------------
+
+
+def test_a_directory_above_the_cache_others_may_write_is_refused(tmp_path: Path) -> None:
+    """SQLite opens the database by its path: another user who may rename a directory above
+    the cache could swap in a planted one after the check."""
+    shared = tmp_path / "shared"
+    (shared / "mine").mkdir(parents=True, mode=0o700)
+    shared.chmod(0o777)
+    with pytest.raises(CacheError, match="above the cache directory, may be written by others"):
+        DigestCache.open(str(shared / "mine" / "cache"))
+    shared.chmod(0o1777)  # sticky, as /tmp: only a name's owner may move it
+    _opened(shared / "mine" / "cache").close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory away")
+def test_a_directory_above_the_cache_of_another_user_is_refused(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    (theirs / "mine").mkdir(parents=True, mode=0o700)
+    theirs.chmod(0o755)
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(CacheError, match="above the cache directory, belongs to uid 65534"):
+        DigestCache.open(str(theirs / "mine"))
+
+
+def test_a_symlink_above_the_cache_is_resolved_and_the_target_checked(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    _opened(tmp_path / "link" / "cache").close()
+    assert (tmp_path / "real" / "cache" / FILE_NAME).is_file()
+    (tmp_path / "real").chmod(0o777)
+    with pytest.raises(CacheError, match=f"{tmp_path / 'real'}.*may be written by others"):
+        DigestCache.open(str(tmp_path / "link" / "cache"))
+
+
+def test_a_database_swapped_before_sqlite_opens_it_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _opened(tmp_path).close()
+    connect = cache_module._connect
+
+    def swapped(path: str, busy_ms: int) -> sqlite3.Connection:
+        os.rename(tmp_path / FILE_NAME, tmp_path / "checked")
+        planted = sqlite3.connect(tmp_path / FILE_NAME)
+        planted.execute("CREATE TABLE planted (x)")
+        planted.commit()
+        planted.close()
+        return connect(path, busy_ms)
+
+    monkeypatch.setattr(cache_module, "_connect", swapped)
+    with pytest.raises(CacheError, match="replaced while it was opened"):
+        DigestCache(str(tmp_path))
+
+
+# --- runs at once on a damaged cache, and a cache locked by another program -------------------
+
+
+def _open_and_store(directory: str, ino: int) -> None:
+    opened = DigestCache.open(directory)
+    if opened.cache is None:
+        os._exit(3)
+    opened.cache.store(FS, HEAD, [(ino, 1, 2, 3, DIGEST)])
+    opened.cache.close()
+    os._exit(0)
+
+
+def test_runs_that_find_one_damaged_cache_at_once_rebuild_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight runs all find the cache damaged before any of them rebuilds it.  Each stores a
+    row in the cache it opened: a run that set aside a cache another had just rebuilt would
+    lose that run's row, and keep a good cache as the damaged one."""
+    garbage = b"SQLite format 3\0" + os.urandom(8192)
+    (tmp_path / FILE_NAME).write_bytes(garbage)
+    context = multiprocessing.get_context("fork")
+    all_found = context.Barrier(8)
+    lock = cache_module._lock
+
+    def after_all_found(dir_fd: int) -> None:
+        all_found.wait(timeout=30)
+        lock(dir_fd)
+
+    monkeypatch.setattr(cache_module, "_lock", after_all_found)
+    runs = [context.Process(target=_open_and_store, args=(str(tmp_path), ino)) for ino in range(8)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(timeout=60)
+    assert [run.exitcode for run in runs] == [0] * 8
+    monkeypatch.undo()
+    cache = _opened(tmp_path)
+    assert cache.lookup(FS, HEAD, [(ino, 1, 2, 3) for ino in range(8)]) == [DIGEST] * 8
+    assert (tmp_path / (FILE_NAME + ".unusable")).read_bytes() == garbage
+
+
+def test_a_worker_holds_its_digests_while_another_program_locks_the_cache(
+    tmp_path: Path,
+) -> None:
+    _opened(tmp_path).close()
+    worker = WorkerCache(str(tmp_path))
+    holder = sqlite3.connect(tmp_path / FILE_NAME)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        worker.store((FS, HEAD), [(ino, 1, 2, 3, DIGEST) for ino in range(100)])
+        worker.flush()
+        assert worker.lookup((FS, HEAD), [(0, 1, 2, 3)]) == [None]
+    finally:
+        holder.rollback()
+        holder.close()
+    worker.flush()
+    worker.close()
+    assert _opened(tmp_path).count() == 100

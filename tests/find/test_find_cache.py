@@ -200,3 +200,14 @@ def test_a_cache_under_a_root_is_not_searched(tree: Tree) -> None:
         result = _find(tree.root, Path(tree.root) / ".cache" / "dedup-engine", 2)
         assert result.stats.files_scanned == files
         assert not [f for g in result.groups for f in g.files if "/.cache/" in f.path]
+
+
+def test_a_root_in_the_cache_directory_is_refused(tree: Tree, tmp_path: Path) -> None:
+    tree.file("a", b"x")
+    cache = tmp_path / "cache"
+    _find(tree.root, cache, 0)
+    for root in (cache, cache / cache_module.FILE_NAME):
+        code, _out, err = invoke("find", root, "--cache-dir", cache)
+        assert code == 2
+        assert err.decode().count("\n") == 1 and "in the digest cache's directory" in err.decode()
+    assert invoke("find", cache, "--no-cache")[0] in (0, 1)

@@ -1,4 +1,4 @@
-"""`dedup cache`: what the digest cache of `dedup find --cache` holds, and removing it.
+"""`dedup cache`: what the digest cache of `dedup find --cache` holds, pruning it, removing it.
 
 A thin typer layer over `find.cache`.
 """
@@ -6,17 +6,20 @@ A thin typer layer over `find.cache`.
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from dedup_engine.cli.common import fail_usage
+from dedup_engine.cli.common import fail_usage, parse_size, print_error
+from dedup_engine.cli.exitcode import ExitCode
 from dedup_engine.find.cache import FILE_NAME, CacheError, DigestCache, clear, default_directory
+from dedup_engine.find.cacheprune import prune
 from dedup_engine.report.display import human_size
 
 cache = typer.Typer(
-    help="The digest cache of dedup find --cache: what it holds, and removing it.",
+    help="The digest cache of dedup find --cache: what it holds, pruning it, removing it.",
     no_args_is_help=True,
 )
 
@@ -32,13 +35,12 @@ def _directory(given: Path | None) -> str:
     return os.path.abspath(given) if given is not None else default_directory()
 
 
-@cache.command()
-def stats(cache_dir: CacheDir = None) -> None:
-    """Rows held, by kind, and the bytes on disk."""
-    directory = _directory(cache_dir)
+def _opened(directory: str) -> DigestCache | None:
+    """The cache in `directory`, or None (said) where there is none; exit 2 for a directory
+    that cannot be trusted, 1 for a cache that cannot be used now."""
     if not os.path.lexists(os.path.join(directory, FILE_NAME)):
         typer.echo(f"no cache in {directory}")
-        return
+        return None
     try:
         opened = DigestCache.open(directory)
     except CacheError as exc:
@@ -47,13 +49,57 @@ def stats(cache_dir: CacheDir = None) -> None:
         typer.echo(f"dedup: warning: {opened.warning}", err=True)
     if opened.cache is None:
         raise typer.Exit(1)
-    summary = opened.cache.summary()
-    opened.cache.close()
+    return opened.cache
+
+
+@cache.command()
+def stats(cache_dir: CacheDir = None) -> None:
+    """Rows held, by kind, and the bytes on disk."""
+    opened = _opened(_directory(cache_dir))
+    if opened is None:
+        return
+    summary = opened.summary()
+    opened.close()
     per_row = summary.bytes / summary.rows if summary.rows else 0.0
     typer.echo(f"{summary.path}: {summary.rows:,} digests, {human_size(summary.bytes)}")
-    typer.echo(f"  {per_row:.0f} bytes a digest")
+    typer.echo(f"  {per_row:.0f} bytes a digest, from {summary.directories:,} directories")
     for kind, rows in summary.by_kind.items():
         typer.echo(f"  {kind}: {rows:,}")
+
+
+@cache.command(name="prune")
+def prune_command(
+    cache_dir: CacheDir = None,
+    max_size: Annotated[
+        str | None,
+        typer.Option(
+            "--max-size",
+            help="Then drop the least recently used directories' digests until the cache is at"
+            " most this size (e.g. 500M, 2G).",
+        ),
+    ] = None,
+) -> None:
+    """Drop the digests of files gone or changed, and cap the size."""
+    cap = None if max_size is None else parse_size(max_size)
+    opened = _opened(_directory(cache_dir))
+    if opened is None:
+        return
+    try:
+        done = prune(opened, cap)
+    except sqlite3.Error as exc:  # locked past the wait, a full disk: the rows dropped stay so
+        print_error(f"the cache in {opened.directory} could not be pruned: {exc}")
+        raise typer.Exit(ExitCode.FAILED) from None
+    finally:
+        opened.close()
+    typer.echo(
+        f"{opened.directory}: {done.rows_before:,} digests, {human_size(done.bytes_before)}"
+        f" -> {done.rows_after:,} digests, {human_size(done.bytes_after)}"
+    )
+    typer.echo(f"  {done.gone:,} dropped: files gone or changed")
+    if cap is not None:
+        typer.echo(f"  {done.capped:,} dropped: least recently used, for --max-size")
+    if done.unmounted:
+        typer.echo(f"  {done.unmounted:,} kept unchecked: their filesystem is not mounted now")
 
 
 @cache.command(name="clear")

@@ -26,12 +26,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import os
 import sqlite3
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from dedup_engine.find.tasks import DIGEST_SIZE, NO_DIGEST
 from dedup_engine.model import Stage
@@ -40,7 +42,7 @@ from dedup_engine.openflags import OPEN_DIR
 #: "DDUP": marks the database as ours, so another program's SQLite file is never taken for one.
 APPLICATION_ID = 0x44445550
 #: The layout of the table below; another value is rebuilt, never read.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FILE_NAME = "digests.sqlite3"
 #: Set to 1, this environment variable turns the cache on for `dedup find` by default.
 ENVIRONMENT = "DEDUP_ENGINE_CACHE"
@@ -60,8 +62,11 @@ _REBUILD_WAIT_S = 5.0
 #: A directory above the cache, opened only to go through it (never a symlink).
 _THROUGH = os.O_PATH | OPEN_DIR
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS digests (
+#: The cache's layout.  `dirs` names the directory each file was last stored from, so that
+#: `prune` can look for it there, and when a run last used that directory's digests (a day
+#: number), so that a size cap drops the least recently used first.
+_SCHEMA = (
+    """CREATE TABLE digests (
     fs BLOB NOT NULL,
     ino INTEGER NOT NULL,
     kind INTEGER NOT NULL,
@@ -69,12 +74,38 @@ CREATE TABLE IF NOT EXISTS digests (
     mtime INTEGER NOT NULL,
     ctime INTEGER NOT NULL,
     digest BLOB NOT NULL,
+    dir INTEGER NOT NULL,
     PRIMARY KEY (fs, ino, kind)
-) WITHOUT ROWID
-"""
+) WITHOUT ROWID""",
+    """CREATE TABLE dirs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    fs BLOB NOT NULL,
+    path BLOB NOT NULL,
+    used INTEGER NOT NULL,
+    UNIQUE (fs, path)
+)""",
+)
+_OBJECTS = "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name"
+
+
+def _layout() -> list[tuple[str, str, str, str | None]]:
+    """Every object a cache of this version holds, as SQLite records them: a file that holds
+    anything else (a trigger, a view, another column) is not ours."""
+    db = sqlite3.connect(":memory:")
+    try:
+        for statement in _SCHEMA:
+            db.execute(statement)
+        return db.execute(_OBJECTS).fetchall()
+    finally:
+        db.close()
+
+
+_LAYOUT = _layout()
 
 #: A row to store: (inode, size, mtime_ns, ctime_ns, digest).
 Entry = tuple[int, int, int, int, bytes]
+#: Where rows are stored: (filesystem identity, kind, the directory the files were seen in).
+Place = tuple[bytes, int, str]
 #: What the scan saw of a file to look up: (inode, size, mtime_ns, ctime_ns).
 Seen = tuple[int, int, int, int]
 
@@ -109,12 +140,32 @@ def kind_name(kind: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """What a cache holds: its rows, in all and by kind, and its bytes on disk (with its WAL)."""
+    """What a cache holds: its rows, in all and by kind, its bytes on disk (with its WAL), and
+    the directories its rows were stored from."""
 
     path: str
     rows: int
     bytes: int
     by_kind: dict[str, int]
+    directories: int
+
+
+class Directory(NamedTuple):
+    """A directory files were stored from, on a filesystem."""
+
+    fs: bytes
+    path: str
+
+
+class Key(NamedTuple):
+    """A stored row's key and what it says of its file."""
+
+    fs: bytes
+    ino: int
+    kind: int
+    size: int
+    mtime: int
+    ctime: int
 
 
 def clear(directory: str) -> bool:
@@ -140,20 +191,60 @@ def default_directory() -> str:
     return os.path.join(base, "dedup-engine")
 
 
-def filesystem_id(path: str, dev: int, follow_links: bool = False) -> bytes | None:
+def filesystem_id(
+    path: str, dev: int, follow_links: bool = False, dir_fd: int | None = None
+) -> bytes | None:
     """The identity that outlives a remount of the filesystem of device `dev`, asked of `path`,
-    a file on it (its target with `follow_links`), or None where it has none to give (`f_fsid`
-    0).  Asked of the open file, which must be on `dev`: a path that now leads to another
-    filesystem never lends that one's identity.  OSError where the file cannot be asked."""
+    a file or directory on it (its target with `follow_links`; relative to `dir_fd` where
+    given), or None where it has none to give.  Asked of the open file, which must be on `dev`:
+    a path that now leads to another filesystem never lends that one's identity.  OSError where
+    the file cannot be asked.
+
+    The identity is `f_fsid` (8 bytes), but where a filesystem gives its device number there
+    (XFS, FAT), which a remount on another device changes: then its UUID (17 bytes, "U" and the
+    UUID), where the kernel says it (FS_IOC_GETFSUUID, Linux 6.5).
+    """
     flags = os.O_PATH | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
-    fd = os.open(path, flags)
+    fd = os.open(path, flags, dir_fd=dir_fd)
     try:
-        if os.fstat(fd).st_dev != dev:
+        st = os.fstat(fd)
+        if st.st_dev != dev:
             raise OSError(errno.EXDEV, "no longer on the device scanned", path)
         fsid = os.fstatvfs(fd).f_fsid
+        if fsid == dev:
+            if stat.S_ISDIR(st.st_mode):
+                uuid = _uuid_of_directory(".", dev, fd)
+            else:
+                uuid = _uuid_of_directory(os.path.dirname(path) or ".", dev, dir_fd)
+            if uuid is not None:
+                return b"U" + uuid
     finally:
         os.close(fd)
     return fsid.to_bytes(8, "little", signed=False) if fsid else None
+
+
+#: _IOR(0x15, 0, struct fsuuid2 { __u8 len; __u8 uuid[16]; }), from linux/fs.h.
+_FS_IOC_GETFSUUID = 0x80111500
+
+
+def _uuid_of_directory(path: str, dev: int, dir_fd: int | None) -> bytes | None:
+    """The UUID of the filesystem of directory `path`, if it is on `dev` and the kernel says
+    one (an ioctl, so the directory is opened for reading: an O_PATH descriptor takes none)."""
+    try:
+        fd = os.open(path, OPEN_DIR & ~os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_dev != dev:
+            return None
+        answer = bytearray(17)
+        fcntl.ioctl(fd, _FS_IOC_GETFSUUID, answer)
+    except OSError:  # ENOTTY: an older kernel, or a filesystem without a UUID
+        return None
+    finally:
+        os.close(fd)
+    uuid = bytes(answer[1 : 1 + min(answer[0], 16)])
+    return uuid if uuid.strip(b"\0") else None
 
 
 def cacheable(ctime_ns: int, read_started_ns: int) -> bool:
@@ -179,17 +270,6 @@ class _NotOurs(sqlite3.DatabaseError):
 #: Anything else (locked, disk full, an I/O error) passes, and the file is left alone.
 _DAMAGED = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT"})
 
-#: The only object a cache holds, and its columns: (name, type, place in the primary key).
-_COLUMNS = [
-    ("fs", "BLOB", 1),
-    ("ino", "INTEGER", 2),
-    ("kind", "INTEGER", 3),
-    ("size", "INTEGER", 0),
-    ("mtime", "INTEGER", 0),
-    ("ctime", "INTEGER", 0),
-    ("digest", "BLOB", 0),
-]
-
 
 class DigestCache:
     """One connection to the cache in a directory; lookups and stores a batch at a time.
@@ -202,6 +282,8 @@ class DigestCache:
 
     def __init__(self, directory: str, busy_ms: int | None = None) -> None:
         self.directory = directory
+        self._dirs: dict[tuple[bytes, bytes], int] = {}
+        self._used: set[int] = set()
         self._dir_fd, canonical = _secure_directory(directory)
         try:
             checked = _check_file(self._dir_fd, directory)
@@ -277,22 +359,18 @@ class DigestCache:
         try:
             (application,) = db.execute("PRAGMA application_id").fetchone()
             (version,) = db.execute("PRAGMA user_version").fetchone()
-            objects = db.execute("SELECT type, name FROM sqlite_schema").fetchall()
+            objects = db.execute(_OBJECTS).fetchall()
             if application == 0 and version == 0 and not objects:
-                db.execute(_SCHEMA)
+                for statement in _SCHEMA:
+                    db.execute(statement)
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif application != APPLICATION_ID:
                 raise _NotOurs("not a dedup-engine cache")
             elif version != SCHEMA_VERSION:
                 raise _NotOurs(f"cache version {version}, this program reads {SCHEMA_VERSION}")
-            else:
-                columns = [
-                    (name, kind, pk)
-                    for _, name, kind, _, _, pk in db.execute("PRAGMA table_info(digests)")
-                ]
-                if objects != [("table", "digests")] or columns != _COLUMNS:
-                    raise _NotOurs("a cache holding other tables, views or triggers")
+            elif objects != _LAYOUT:
+                raise _NotOurs("a cache holding other tables, columns, views or triggers")
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -301,67 +379,174 @@ class DigestCache:
 
     def lookup(self, fs: bytes, kind: int, seen: Sequence[Seen]) -> list[bytes | None]:
         """The stored digest of each file, in order, where it is still the file stored; else
-        None."""
-        found: dict[int, tuple[int, int, int, bytes]] = {}
+        None.  The directories of the digests found count as used (at the next store)."""
+        found: dict[int, tuple[int, int, int, bytes, int]] = {}
         inos = list({ino for ino, _, _, _ in seen})
         for start in range(0, len(inos), _LOOKUP_CHUNK):
             chunk = inos[start : start + _LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
             rows = self._db.execute(
-                "SELECT ino, size, mtime, ctime, digest FROM digests"
+                "SELECT ino, size, mtime, ctime, digest, dir FROM digests"
                 f" WHERE fs = ? AND kind = ? AND ino IN ({marks})",
                 (fs, kind, *chunk),
             )
-            for ino, size, mtime, ctime, digest in rows:
-                found[ino] = (size, mtime, ctime, digest)
+            for ino, *row in rows:
+                found[ino] = tuple(row)
         out: list[bytes | None] = []
         for ino, size, mtime, ctime in seen:
             row = found.get(ino)
-            hit = (
+            if (
                 row is not None
                 and row[:3] == (size, mtime, ctime)
                 and isinstance(row[3], bytes)
                 and len(row[3]) == DIGEST_SIZE
                 and row[3] != NO_DIGEST
-            )
-            out.append(row[3] if hit and row is not None else None)
+            ):
+                out.append(row[3])
+                self._used.add(row[4])
+            else:
+                out.append(None)
         return out
 
-    def store(self, fs: bytes, kind: int, entries: Iterable[Entry]) -> None:
-        """Keep these digests, replacing what the same files had; committed at once."""
-        self.store_many([((fs, kind), entries)])
+    @property
+    def unwritten(self) -> bool:
+        """Whether directories were used since the last store, which records it."""
+        return bool(self._used)
 
-    def store_many(self, batches: Iterable[tuple[tuple[bytes, int], Iterable[Entry]]]) -> None:
-        """`store` for several (filesystem, kind) at once, in one transaction."""
-        rows = [
-            (fs, ino, kind, *seen_and_digest)
-            for (fs, kind), entries in batches
-            for ino, *seen_and_digest in entries
-        ]
-        if not rows:
-            return
+    def store(self, fs: bytes, kind: int, directory: str, entries: Iterable[Entry]) -> None:
+        """Keep these digests of files in `directory`, replacing what the same files had;
+        committed at once."""
+        self.store_many([((fs, kind, directory), entries)])
+
+    def store_many(self, batches: Iterable[tuple[Place, Iterable[Entry]]]) -> None:
+        """`store` for several (filesystem, kind, directory) at once, in one transaction, which
+        also records the directories used since the last."""
+        batches = list(batches)
+        today = _today()
+        made: dict[tuple[bytes, bytes], int] = {}
         with self._db:
+            rows = [
+                (fs, ino, kind, *seen_and_digest, self._directory(fs, directory, today, made))
+                for (fs, kind, directory), entries in batches
+                for ino, *seen_and_digest in entries
+            ]
             self._db.executemany(
-                "INSERT OR REPLACE INTO digests (fs, ino, kind, size, mtime, ctime, digest)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO digests (fs, ino, kind, size, mtime, ctime, digest, dir)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            self._db.executemany(
+                "UPDATE dirs SET used = ? WHERE id = ? AND used < ?",
+                [(today, used, today) for used in self._used],
+            )
+        # Known only once committed: an id rolled back may be given to another directory.
+        self._dirs.update(made)
+        self._used.clear()
+
+    def _directory(
+        self, fs: bytes, directory: str, today: int, made: dict[tuple[bytes, bytes], int]
+    ) -> int:
+        """The id of a directory of files stored, made if new (in the open transaction)."""
+        key = (fs, os.fsencode(directory))
+        known = self._dirs.get(key) or made.get(key)
+        if known is not None:
+            self._used.add(known)
+            return known
+        self._db.execute(
+            "INSERT OR IGNORE INTO dirs (fs, path, used) VALUES (?, ?, ?)", (*key, today)
+        )
+        (made[key],) = self._db.execute(
+            "SELECT id FROM dirs WHERE fs = ? AND path = ?", key
+        ).fetchone()
+        self._used.add(made[key])
+        return made[key]
 
     def summary(self) -> Summary:
         """What the cache holds, for `dedup cache stats`."""
         kinds = self._db.execute("SELECT kind, count(*) FROM digests GROUP BY kind ORDER BY kind")
         by_kind = {kind_name(kind): count for kind, count in kinds}
+        (directories,) = self._db.execute("SELECT count(*) FROM dirs").fetchone()
+        return Summary(
+            os.path.join(self.directory, FILE_NAME),
+            sum(by_kind.values()),
+            self.bytes_on_disk(),
+            by_kind,
+            directories,
+        )
+
+    def bytes_on_disk(self) -> int:
+        """The database's bytes and its WAL's."""
         size = 0
         for suffix in ("", "-wal"):
             with contextlib.suppress(FileNotFoundError):
                 size += os.stat(FILE_NAME + suffix, dir_fd=self._dir_fd).st_size
-        return Summary(
-            os.path.join(self.directory, FILE_NAME), sum(by_kind.values()), size, by_kind
-        )
+        return size
 
     def count(self) -> int:
         """Rows held."""
         return int(self._db.execute("SELECT count(*) FROM digests").fetchone()[0])
+
+    # --- for `prune` ---------------------------------------------------------------------------
+
+    def by_directory(self) -> Iterator[tuple[Directory | None, list[Key]]]:
+        """Every row's key, by the directory it was stored from (None: a directory no longer
+        recorded), one directory at a time."""
+        rows = self._db.execute(
+            "SELECT g.dir, d.fs, d.path, g.fs, g.ino, g.kind, g.size, g.mtime, g.ctime"
+            " FROM digests g LEFT JOIN dirs d ON d.id = g.dir ORDER BY g.dir"
+        )
+        for (_, fs, path), group in itertools.groupby(rows, key=lambda row: row[:3]):
+            keys = [Key(*row[3:]) for row in group]
+            yield (None if path is None else Directory(fs, os.fsdecode(path))), keys
+
+    def doom(self, keys: Iterable[Key]) -> None:
+        """Mark these rows to drop at `forget_doomed` (in a temporary table, so that marking
+        while `by_directory` reads leaves the rows it reads alone)."""
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (fs, ino, kind)")
+        self._db.executemany(
+            "INSERT INTO temp.doomed VALUES (?, ?, ?)", ((k.fs, k.ino, k.kind) for k in keys)
+        )
+
+    def forget_doomed(self) -> int:
+        """Drop the rows marked, and directories left with none; the rows dropped."""
+        with self._db:
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (fs, ino, kind)")
+            dropped = self._db.execute(
+                "DELETE FROM digests WHERE (fs, ino, kind) IN (SELECT fs, ino, kind FROM doomed)"
+            ).rowcount
+            self._db.execute("DELETE FROM temp.doomed")
+            self._forget_empty_directories()
+        return int(dropped)
+
+    def least_used(self) -> list[tuple[int, int]]:
+        """(directory id, rows) of every directory, least recently used first."""
+        return self._db.execute(
+            "SELECT d.id, count(*) FROM dirs d JOIN digests g ON g.dir = d.id"
+            " GROUP BY d.id ORDER BY d.used, d.id"
+        ).fetchall()
+
+    def forget_directories(self, ids: Sequence[int]) -> int:
+        """Drop every row stored from these directories; the rows dropped."""
+        dropped = 0
+        with self._db:
+            for start in range(0, len(ids), _LOOKUP_CHUNK):
+                chunk = ids[start : start + _LOOKUP_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                dropped += self._db.execute(
+                    f"DELETE FROM digests WHERE dir IN ({marks})", chunk
+                ).rowcount
+            self._forget_empty_directories()
+        return dropped
+
+    def compact(self) -> None:
+        """Give the space of dropped rows back to the filesystem (VACUUM, then the WAL)."""
+        self._db.execute("VACUUM")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _forget_empty_directories(self) -> None:
+        self._db.execute(
+            "DELETE FROM dirs WHERE NOT EXISTS (SELECT 1 FROM digests WHERE digests.dir = dirs.id)"
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -381,6 +566,11 @@ def error_name(exc: sqlite3.Error) -> str:
     """SQLite's name for an error ("SQLITE_BUSY"), or "" where it gives none."""
     name = getattr(exc, "sqlite_errorname", None)
     return name if isinstance(name, str) else _NAMES_BY_MESSAGE.get(str(exc), "")
+
+
+def _today() -> int:
+    """Days since the epoch: how finely a directory's last use is kept."""
+    return int(time.time()) // 86_400
 
 
 def _damaged(exc: sqlite3.DatabaseError) -> bool:

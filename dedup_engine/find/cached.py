@@ -14,6 +14,7 @@ the run) is left alone for the rest of the run, whose result does not depend on 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from array import array
@@ -23,6 +24,7 @@ from dedup_engine.find.cache import (
     WORKER_BUSY_MS,
     DigestCache,
     Entry,
+    Place,
     Seen,
     cacheable,
     error_name,
@@ -64,7 +66,7 @@ class WorkerCache:
         self._cache: DigestCache | None = None
         self._broken = False
         self._fs: dict[int, bytes | None] = {}
-        self._pending: dict[Slot, list[Entry]] = {}
+        self._pending: dict[Place, list[Entry]] = {}
         self._held = 0
         self._flushed = time.monotonic()
 
@@ -90,11 +92,11 @@ class WorkerCache:
                 self._give_up()
             return [None] * len(seen)
 
-    def store(self, slot: Slot, entries: list[Entry]) -> None:
+    def store(self, place: Place, entries: list[Entry]) -> None:
         """Keep these digests: written with the others at most `FLUSH_S` later, or at `close`."""
         if not entries or self._broken:
             return
-        self._pending.setdefault(slot, []).extend(entries)
+        self._pending.setdefault(place, []).extend(entries)
         self._held += len(entries)
         if self._held >= FLUSH_ROWS or time.monotonic() - self._flushed >= FLUSH_S:
             self.flush()
@@ -104,7 +106,7 @@ class WorkerCache:
         pending, held, self._pending, self._held = self._pending, self._held, {}, 0
         self._flushed = time.monotonic()
         cache = self._open()
-        if cache is None or not pending:
+        if cache is None or not (pending or cache.unwritten):
             return
         try:
             cache.store_many(pending.items())
@@ -112,8 +114,8 @@ class WorkerCache:
             if not _busy(exc):
                 self._give_up()
             elif held <= HELD_MAX:  # locked by another program: tried again at the next flush
-                for slot, entries in pending.items():
-                    self._pending.setdefault(slot, []).extend(entries)
+                for place, entries in pending.items():
+                    self._pending.setdefault(place, []).extend(entries)
                 self._held += held
 
     def close(self) -> None:
@@ -194,7 +196,7 @@ def hash_cached(
         cache,
         started,
         [
-            (slots[p], seen[p], read[j])
+            (slots[p], seen[p], read[j], paths[j])
             for j, p in enumerate(missing)
             if read[j] != NO_DIGEST and _unchanged(paths[j], seen[p], task.follow_links)
         ],
@@ -256,7 +258,11 @@ def compare_cached(
         uids[p], gids[p], modes[p] = result.uids[j], result.gids[j], result.modes[j]
     failed.extend(_moved(result.failed, members))
     # The reader checked each file on its open descriptor: a digest means it was as scanned.
-    _keep(cache, started, [(slots[p], seen[p], read[j]) for j, p in enumerate(members)])
+    _keep(
+        cache,
+        started,
+        [(slots[p], seen[p], read[j], task.paths[p]) for j, p in enumerate(members)],
+    )
     opened, total = result.files_opened, result.bytes_read
     # A member that differed from all the others stopped being read: it is read to its end
     # now, so that the next run need not open it to tell it apart again.
@@ -265,7 +271,11 @@ def compare_cached(
     if lone:
         alone = run(task.subset(lone, [1] * len(lone)))
         ends = _column(alone.digests, len(lone))
-        _keep(cache, started, [(slots[p], seen[p], ends[j]) for j, p in enumerate(lone)])
+        _keep(
+            cache,
+            started,
+            [(slots[p], seen[p], ends[j], task.paths[p]) for j, p in enumerate(lone)],
+        )
         opened, total = opened + alone.files_opened, total + alone.bytes_read
     hits = count - len(members)
     looked = sum(slot is not None for slot in slots)
@@ -298,17 +308,20 @@ def _look_up(
     return found
 
 
-def _keep(cache: WorkerCache, started: int, read: list[tuple[Slot | None, Scanned, bytes]]) -> None:
-    """Store the digests of files read and seen unchanged, but for those not cacheable: no
-    filesystem identity, no digest, or changed just before the read began."""
-    by_slot: dict[Slot, list[Entry]] = {}
-    for slot, seen, digest in read:
+def _keep(
+    cache: WorkerCache, started: int, read: list[tuple[Slot | None, Scanned, bytes, str]]
+) -> None:
+    """Store the digests of files read and seen unchanged, with the directory each was seen in,
+    but for those not cacheable: no filesystem identity, no digest, or changed just before the
+    read began."""
+    by_place: dict[Place, list[Entry]] = {}
+    for slot, seen, digest, path in read:
         if slot is not None and digest != NO_DIGEST and cacheable(seen.ctime, started):
-            by_slot.setdefault(slot, []).append(
+            by_place.setdefault((*slot, os.path.dirname(path)), []).append(
                 (seen.ino, seen.size, seen.mtime, seen.ctime, digest)
             )
-    for slot, entries in by_slot.items():
-        cache.store(slot, entries)
+    for place, entries in by_place.items():
+        cache.store(place, entries)
 
 
 def _unchanged(path: str, seen: Scanned, follow_links: bool) -> bool:

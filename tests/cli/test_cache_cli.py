@@ -39,3 +39,31 @@ def test_clear_refuses_a_directory_others_may_write(tmp_path: Path) -> None:
     code, _, err = invoke("cache", "clear", "--cache-dir", shared)
     assert code == 2 and "may be written by others" in err.decode()
     assert (shared / cache_module.FILE_NAME).exists()
+
+
+def test_prune_drops_the_digests_of_files_gone_and_says_so(
+    tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache_module, "RACY_NS", 0)
+    tree.file("a", content(3000))
+    tree.file("b", content(3000))
+    cache = tmp_path / "cache"
+    assert invoke("find", tree.root, "--cache-dir", cache, "-q")[0] == 0
+    (Path(tree.root) / "b").unlink()
+    code, out, _ = invoke("cache", "prune", "--cache-dir", cache, "--max-size", "1G")
+    assert code == 0
+    lines = out.decode().splitlines()
+    assert lines[0].startswith(f"{cache}: 2 digests") and "-> 1 digests" in lines[0]
+    assert lines[1:] == [
+        "  1 dropped: files gone or changed",
+        "  0 dropped: least recently used, for --max-size",
+    ]
+    assert "1 digests" in invoke("cache", "stats", "--cache-dir", cache)[1].decode()
+
+
+def test_prune_refuses_a_size_that_is_not_one(tmp_path: Path) -> None:
+    code, _, err = invoke("cache", "prune", "--cache-dir", tmp_path, "--max-size", "lots")
+    assert code == 2 and "is not a size" in err.decode()
+    assert invoke("cache", "prune", "--cache-dir", tmp_path)[1].decode().strip() == (
+        f"no cache in {tmp_path}"
+    )

@@ -29,6 +29,7 @@ from dedup_engine.model import Stage
 FS = b"\x01" * 8
 DIGEST = bytes(range(32))
 HEAD = kind_of(Stage.HEAD, 4096)
+DIR = "/data"
 
 
 def _opened(directory: Path) -> DigestCache:
@@ -39,7 +40,7 @@ def _opened(directory: Path) -> DigestCache:
 
 def test_a_stored_digest_is_found_for_the_same_file_only(tmp_path: Path) -> None:
     cache = _opened(tmp_path / "c")
-    cache.store(FS, HEAD, [(10, 5000, 111, 222, DIGEST)])
+    cache.store(FS, HEAD, DIR, [(10, 5000, 111, 222, DIGEST)])
     seen = [
         (10, 5000, 111, 222),  # unchanged
         (10, 5000, 111, 223),  # bytes rewritten and mtime put back: ctime moved
@@ -55,8 +56,8 @@ def test_a_stored_digest_is_found_for_the_same_file_only(tmp_path: Path) -> None
 
 def test_a_new_digest_replaces_the_old_and_survives_reopening(tmp_path: Path) -> None:
     cache = _opened(tmp_path)
-    cache.store(FS, HEAD, [(10, 5000, 111, 222, DIGEST)])
-    cache.store(FS, HEAD, [(10, 5000, 111, 333, DIGEST[::-1])])
+    cache.store(FS, HEAD, DIR, [(10, 5000, 111, 222, DIGEST)])
+    cache.store(FS, HEAD, DIR, [(10, 5000, 111, 333, DIGEST[::-1])])
     cache.close()
     again = _opened(tmp_path)
     assert again.lookup(FS, HEAD, [(10, 5000, 111, 333), (10, 5000, 111, 222)]) == [
@@ -69,7 +70,7 @@ def test_a_new_digest_replaces_the_old_and_survives_reopening(tmp_path: Path) ->
 def test_lookups_of_many_files_come_back_in_order(tmp_path: Path) -> None:
     cache = _opened(tmp_path)
     digest = {ino: (ino + 1).to_bytes(32, "big") for ino in range(5000)}
-    cache.store(FS, HEAD, [(ino, 1, 2, 3, digest[ino]) for ino in range(0, 5000, 2)])
+    cache.store(FS, HEAD, DIR, [(ino, 1, 2, 3, digest[ino]) for ino in range(0, 5000, 2)])
     seen = [(ino, 1, 2, 3) for ino in range(5000)]
     assert cache.lookup(FS, HEAD, seen) == [
         digest[ino] if ino % 2 == 0 else None for ino in range(5000)
@@ -107,14 +108,14 @@ def test_an_unusable_cache_is_set_aside_with_one_warning(tmp_path: Path, damage:
     else:  # a row no run of ours writes: never used
         cache = _opened(tmp_path)
         bad = b"short" if damage == "short digest" else bytes(32)  # zeros: "no digest"
-        cache.store(FS, HEAD, [(10, 5000, 111, 222, bad)])
+        cache.store(FS, HEAD, DIR, [(10, 5000, 111, 222, bad)])
         assert cache.lookup(FS, HEAD, [(10, 5000, 111, 222)]) == [None]
         return
     opened = DigestCache.open(str(tmp_path))
     assert opened.warning is not None and "rebuilt" in opened.warning
     assert opened.cache is not None
     assert (tmp_path / (FILE_NAME + ".unusable")).exists()
-    opened.cache.store(FS, HEAD, [(10, 5000, 111, 222, DIGEST)])
+    opened.cache.store(FS, HEAD, DIR, [(10, 5000, 111, 222, DIGEST)])
     assert opened.cache.lookup(FS, HEAD, [(10, 5000, 111, 222)]) == [DIGEST]
     assert DigestCache.open(str(tmp_path)).warning is None  # once
 
@@ -151,7 +152,7 @@ def _write_many(directory: str, first: int) -> None:
     cache = DigestCache(directory)
     for batch in range(20):
         start = first + batch * 100
-        cache.store(FS, HEAD, [(ino, 1, 2, 3, DIGEST) for ino in range(start, start + 100)])
+        cache.store(FS, HEAD, DIR, [(ino, 1, 2, 3, DIGEST) for ino in range(start, start + 100)])
     cache.close()
 
 
@@ -252,9 +253,9 @@ def _store_then_die(directory: str) -> None:
     """A worker that commits one batch (its second has waited a second), holds another, and
     is killed."""
     worker = WorkerCache(directory)
-    worker.store((FS, HEAD), [(ino, 1, 2, 3, DIGEST) for ino in range(1, 101)])
+    worker.store((FS, HEAD, DIR), [(ino, 1, 2, 3, DIGEST) for ino in range(1, 101)])
     worker.flush()  # as after a second of hashing
-    worker.store((FS, HEAD), [(ino, 1, 2, 3, DIGEST) for ino in range(101, 201)])
+    worker.store((FS, HEAD, DIR), [(ino, 1, 2, 3, DIGEST) for ino in range(101, 201)])
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -335,7 +336,7 @@ def _open_and_store(directory: str, ino: int) -> None:
     opened = DigestCache.open(directory)
     if opened.cache is None:
         os._exit(3)
-    opened.cache.store(FS, HEAD, [(ino, 1, 2, 3, DIGEST)])
+    opened.cache.store(FS, HEAD, DIR, [(ino, 1, 2, 3, DIGEST)])
     opened.cache.close()
     os._exit(0)
 
@@ -377,7 +378,7 @@ def test_a_worker_holds_its_digests_while_another_program_locks_the_cache(
     holder = sqlite3.connect(tmp_path / FILE_NAME)
     holder.execute("BEGIN IMMEDIATE")
     try:
-        worker.store((FS, HEAD), [(ino, 1, 2, 3, DIGEST) for ino in range(100)])
+        worker.store((FS, HEAD, DIR), [(ino, 1, 2, 3, DIGEST) for ino in range(100)])
         worker.flush()
         assert worker.lookup((FS, HEAD), [(0, 1, 2, 3)]) == [None]
     finally:

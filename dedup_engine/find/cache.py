@@ -62,12 +62,17 @@ _REBUILD_WAIT_S = 5.0
 #: A directory above the cache, opened only to go through it (never a symlink).
 _THROUGH = os.O_PATH | OPEN_DIR
 
-#: The cache's layout.  `dirs` names the directory each file was last stored from, so that
-#: `prune` can look for it there, and when a run last used that directory's digests (a day
-#: number), so that a size cap drops the least recently used first.
+#: The cache's layout.  A filesystem's identity is kept once, in `filesystems`, and rows name it
+#: by number.  `dirs` names the directory each file was last stored from, so that `prune` can
+#: look for it there, and when a run last used that directory's digests (a day number), so that
+#: a size cap drops the least recently used first.  Numbers of filesystems are never reused.
 _SCHEMA = (
+    """CREATE TABLE filesystems (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    identity BLOB NOT NULL UNIQUE
+)""",
     """CREATE TABLE digests (
-    fs BLOB NOT NULL,
+    fs INTEGER NOT NULL,
     ino INTEGER NOT NULL,
     kind INTEGER NOT NULL,
     size INTEGER NOT NULL,
@@ -79,7 +84,7 @@ _SCHEMA = (
 ) WITHOUT ROWID""",
     """CREATE TABLE dirs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    fs BLOB NOT NULL,
+    fs INTEGER NOT NULL,
     path BLOB NOT NULL,
     used INTEGER NOT NULL,
     UNIQUE (fs, path)
@@ -109,7 +114,9 @@ Place = tuple[bytes, int, str]
 #: What the scan saw of a file to look up: (inode, size, mtime_ns, ctime_ns).
 Seen = tuple[int, int, int, int]
 
-_KIND_SHIFT = 40
+#: A kind's low bits say the window (0 the whole file, 1 a head, 2 a tail), the rest its
+#: length: small numbers, which SQLite stores in two or three bytes.
+_WINDOW_BITS = 2
 
 
 class CacheError(OSError):
@@ -121,9 +128,9 @@ def kind_of(stage: Stage, length: int = 0) -> int:
     """What a digest covers: the whole file (0, whatever stage read it), or a head or tail
     window of `length` bytes."""
     if stage is Stage.HEAD:
-        return (1 << _KIND_SHIFT) | length
+        return (length << _WINDOW_BITS) | 1
     if stage is Stage.TAIL:
-        return (2 << _KIND_SHIFT) | length
+        return (length << _WINDOW_BITS) | 2
     return 0
 
 
@@ -134,8 +141,8 @@ def environment_without() -> dict[str, str]:
 
 def kind_name(kind: int) -> str:
     """A kind in words: "whole file", "head 4096", "tail 4096"."""
-    window = {1: "head", 2: "tail"}.get(kind >> _KIND_SHIFT)
-    return "whole file" if window is None else f"{window} {kind & ((1 << _KIND_SHIFT) - 1)}"
+    window = {1: "head", 2: "tail"}.get(kind & ((1 << _WINDOW_BITS) - 1))
+    return "whole file" if window is None else f"{window} {kind >> _WINDOW_BITS}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +165,11 @@ class Directory(NamedTuple):
 
 
 class Key(NamedTuple):
-    """A stored row's key and what it says of its file."""
+    """A stored row's key and what it says of its file (`fs` the filesystem's identity, b""
+    where it is not recorded; `fs_id` its number in the cache)."""
 
     fs: bytes
+    fs_id: int
     ino: int
     kind: int
     size: int
@@ -254,6 +263,14 @@ def cacheable(ctime_ns: int, read_started_ns: int) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class _Made:
+    """Numbers given in an open transaction: kept once it commits."""
+
+    filesystems: dict[bytes, int]
+    dirs: dict[tuple[int, bytes], int]
+
+
+@dataclass(frozen=True, slots=True)
 class Opened:
     """The cache ready for use (None: not usable now, and left as it is), and the warning to
     give once where it was rebuilt or cannot be used."""
@@ -282,7 +299,8 @@ class DigestCache:
 
     def __init__(self, directory: str, busy_ms: int | None = None) -> None:
         self.directory = directory
-        self._dirs: dict[tuple[bytes, bytes], int] = {}
+        self._filesystems: dict[bytes, int] = {}
+        self._dirs: dict[tuple[int, bytes], int] = {}
         self._used: set[int] = set()
         self._dir_fd, canonical = _secure_directory(directory)
         try:
@@ -381,14 +399,15 @@ class DigestCache:
         """The stored digest of each file, in order, where it is still the file stored; else
         None.  The directories of the digests found count as used (at the next store)."""
         found: dict[int, tuple[int, int, int, bytes, int]] = {}
-        inos = list({ino for ino, _, _, _ in seen})
+        fs_id = self._filesystem(fs)
+        inos = [] if fs_id is None else list({ino for ino, _, _, _ in seen})
         for start in range(0, len(inos), _LOOKUP_CHUNK):
             chunk = inos[start : start + _LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
             rows = self._db.execute(
                 "SELECT ino, size, mtime, ctime, digest, dir FROM digests"
                 f" WHERE fs = ? AND kind = ? AND ino IN ({marks})",
-                (fs, kind, *chunk),
+                (fs_id, kind, *chunk),
             )
             for ino, *row in rows:
                 found[ino] = tuple(row)
@@ -423,13 +442,14 @@ class DigestCache:
         also records the directories used since the last."""
         batches = list(batches)
         today = _today()
-        made: dict[tuple[bytes, bytes], int] = {}
+        made = _Made({}, {})
         with self._db:
-            rows = [
-                (fs, ino, kind, *seen_and_digest, self._directory(fs, directory, today, made))
-                for (fs, kind, directory), entries in batches
-                for ino, *seen_and_digest in entries
-            ]
+            rows: list[tuple[object, ...]] = []
+            for (fs, kind, directory), entries in batches:
+                fs_id = self._filesystem(fs, made)
+                assert fs_id is not None  # made if missing
+                dir_id = self._directory(fs_id, directory, today, made)
+                rows.extend((fs_id, ino, kind, *rest, dir_id) for ino, *rest in entries)
             self._db.executemany(
                 "INSERT OR REPLACE INTO digests (fs, ino, kind, size, mtime, ctime, digest, dir)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -439,27 +459,45 @@ class DigestCache:
                 "UPDATE dirs SET used = ? WHERE id = ? AND used < ?",
                 [(today, used, today) for used in self._used],
             )
-        # Known only once committed: an id rolled back may be given to another directory.
-        self._dirs.update(made)
+        # Known only once committed: a number rolled back may be given to another.
+        self._filesystems.update(made.filesystems)
+        self._dirs.update(made.dirs)
         self._used.clear()
 
-    def _directory(
-        self, fs: bytes, directory: str, today: int, made: dict[tuple[bytes, bytes], int]
-    ) -> int:
-        """The id of a directory of files stored, made if new (in the open transaction)."""
-        key = (fs, os.fsencode(directory))
-        known = self._dirs.get(key) or made.get(key)
+    def _filesystem(self, identity: bytes, made: _Made | None = None) -> int | None:
+        """A filesystem's number in the cache; made if missing where `made` is given (in the
+        open transaction, noted there), else None where the cache has none."""
+        known = self._filesystems.get(identity)
+        if known is None and made is not None:
+            known = made.filesystems.get(identity)
         if known is not None:
-            self._used.add(known)
             return known
-        self._db.execute(
-            "INSERT OR IGNORE INTO dirs (fs, path, used) VALUES (?, ?, ?)", (*key, today)
-        )
-        (made[key],) = self._db.execute(
-            "SELECT id FROM dirs WHERE fs = ? AND path = ?", key
+        if made is not None:
+            self._db.execute("INSERT OR IGNORE INTO filesystems (identity) VALUES (?)", (identity,))
+        row = self._db.execute(
+            "SELECT id FROM filesystems WHERE identity = ?", (identity,)
         ).fetchone()
-        self._used.add(made[key])
-        return made[key]
+        if row is None:
+            return None
+        (made.filesystems if made is not None else self._filesystems)[identity] = row[0]
+        return int(row[0])
+
+    def _directory(self, fs_id: int, directory: str, today: int, made: _Made) -> int:
+        """The number of a directory of files stored, made if new (in the open transaction).  A
+        number kept here after `prune` dropped its directory only files rows under a directory
+        no longer recorded, which the next prune drops."""
+        key = (fs_id, os.fsencode(directory))
+        known = self._dirs.get(key) or made.dirs.get(key)
+        if known is None:
+            self._db.execute(
+                "INSERT OR IGNORE INTO dirs (fs, path, used) VALUES (?, ?, ?)", (*key, today)
+            )
+            (known,) = self._db.execute(
+                "SELECT id FROM dirs WHERE fs = ? AND path = ?", key
+            ).fetchone()
+            made.dirs[key] = known
+        self._used.add(known)
+        return known
 
     def summary(self) -> Summary:
         """What the cache holds, for `dedup cache stats`."""
@@ -492,19 +530,24 @@ class DigestCache:
         """Every row's key, by the directory it was stored from (None: a directory no longer
         recorded), one directory at a time."""
         rows = self._db.execute(
-            "SELECT g.dir, d.fs, d.path, g.fs, g.ino, g.kind, g.size, g.mtime, g.ctime"
-            " FROM digests g LEFT JOIN dirs d ON d.id = g.dir ORDER BY g.dir"
+            "SELECT g.dir, df.identity, d.path, gf.identity, g.fs, g.ino, g.kind, g.size,"
+            " g.mtime, g.ctime FROM digests g"
+            " LEFT JOIN dirs d ON d.id = g.dir"
+            " LEFT JOIN filesystems df ON df.id = d.fs"
+            " LEFT JOIN filesystems gf ON gf.id = g.fs"
+            " ORDER BY g.dir"
         )
         for (_, fs, path), group in itertools.groupby(rows, key=lambda row: row[:3]):
-            keys = [Key(*row[3:]) for row in group]
-            yield (None if path is None else Directory(fs, os.fsdecode(path))), keys
+            keys = [Key(row[3] or b"", *row[4:]) for row in group]
+            known = isinstance(fs, bytes) and isinstance(path, bytes)
+            yield (Directory(fs, os.fsdecode(path)) if known else None), keys
 
     def doom(self, keys: Iterable[Key]) -> None:
         """Mark these rows to drop at `forget_doomed` (in a temporary table, so that marking
         while `by_directory` reads leaves the rows it reads alone)."""
         self._db.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (fs, ino, kind)")
         self._db.executemany(
-            "INSERT INTO temp.doomed VALUES (?, ?, ?)", ((k.fs, k.ino, k.kind) for k in keys)
+            "INSERT INTO temp.doomed VALUES (?, ?, ?)", ((k.fs_id, k.ino, k.kind) for k in keys)
         )
 
     def forget_doomed(self) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -24,15 +23,21 @@ cache = typer.Typer(
 )
 
 CacheDir = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--cache-dir", help="The cache's directory (default: $XDG_CACHE_HOME/dedup-engine)."
     ),
 ]
 
 
-def _directory(given: Path | None) -> str:
-    return os.path.abspath(given) if given is not None else default_directory()
+def cache_directory(given: str | None) -> str:
+    """The cache's directory: `--cache-dir` made absolute, else the default.  An empty one is a
+    usage error (it would be the current directory)."""
+    if given is None:
+        return default_directory()
+    if not given:
+        fail_usage("--cache-dir is empty")
+    return os.path.abspath(given)
 
 
 def _opened(directory: str) -> DigestCache | None:
@@ -55,7 +60,7 @@ def _opened(directory: str) -> DigestCache | None:
 @cache.command()
 def stats(cache_dir: CacheDir = None) -> None:
     """Rows held, by kind, and the bytes on disk."""
-    opened = _opened(_directory(cache_dir))
+    opened = _opened(cache_directory(cache_dir))
     if opened is None:
         return
     summary = opened.summary()
@@ -81,7 +86,7 @@ def prune_command(
 ) -> None:
     """Drop the digests of files gone or changed, and cap the size."""
     cap = None if max_size is None else parse_size(max_size)
-    opened = _opened(_directory(cache_dir))
+    opened = _opened(cache_directory(cache_dir))
     if opened is None:
         return
     try:
@@ -105,7 +110,7 @@ def prune_command(
 @cache.command(name="clear")
 def clear_command(cache_dir: CacheDir = None) -> None:
     """Remove the cache: the next run with --cache reads every file again."""
-    directory = _directory(cache_dir)
+    directory = cache_directory(cache_dir)
     try:
         removed = clear(directory)
     except CacheError as exc:

@@ -17,6 +17,7 @@ from typing import IO, Annotated, Any
 
 import typer
 
+from dedup_engine.cli.cache import cache_directory
 from dedup_engine.cli.common import (
     OutputError,
     ProgressOption,
@@ -30,7 +31,6 @@ from dedup_engine.cli.common import (
 )
 from dedup_engine.cli.exitcode import FindStatus
 from dedup_engine.find.cache import ENVIRONMENT as CACHE_ENVIRONMENT
-from dedup_engine.find.cache import default_directory as default_cache_directory
 from dedup_engine.find.pipeline import Progress, ProgressCallback, find_duplicates
 from dedup_engine.find.pool import WorkerError
 from dedup_engine.model import Findings, FindResult
@@ -58,6 +58,7 @@ class _Request:
 
 
 def find(
+    ctx: typer.Context,
     roots: Annotated[list[str], typer.Argument(help="Directories or files to search.")],
     output_format: Annotated[
         Format, typer.Option("--format", "-f", help="text (for people), fdupes, json or csv.")
@@ -141,7 +142,7 @@ def find(
         ),
     ] = False,
     cache_dir: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--cache-dir",
             help="Where the cache lives (implies --cache; default: $XDG_CACHE_HOME/dedup-engine).",
@@ -193,7 +194,7 @@ def find(
             tail_min_size=parse_size(tail_min_size),
             chunk_size=parse_size(chunk_size),
             stages=tuple(s.strip() for s in partial_stages.split(",") if s.strip()),
-            cache_dir=_cache_dir(cache, cache_dir),
+            cache_dir=_cache_dir(cache, cache_dir, ctx),
         )
         if null and output_format is not Format.FDUPES:
             raise OptionsError("-0/--null is for --format fdupes only")
@@ -204,10 +205,16 @@ def find(
     raise typer.Exit(_run(roots, options, request).exit_code)
 
 
-def _cache_dir(cache: bool, directory: Path | None) -> str | None:
+def _cache_dir(cache: bool, directory: str | None, ctx: typer.Context) -> str | None:
+    """The cache's directory, or None for no cache.  `--no-cache` on the command line with
+    `--cache-dir` is a contradiction; `DEDUP_ENGINE_CACHE=0` is only a default, which an
+    explicit `--cache-dir` overrides."""
     if directory is not None:
-        return os.path.abspath(directory)
-    return default_cache_directory() if cache else None
+        source = ctx.get_parameter_source("cache")
+        if not cache and source is not None and source.name == "COMMANDLINE":
+            fail_usage("--no-cache and --cache-dir contradict each other")
+        return cache_directory(directory)
+    return cache_directory(None) if cache else None
 
 
 def _run(roots: list[str], options: ScanOptions, request: _Request) -> FindStatus:

@@ -195,8 +195,11 @@ def clear(directory: str) -> bool:
 
 
 def default_directory() -> str:
-    """`$XDG_CACHE_HOME/dedup-engine`, or `~/.cache/dedup-engine`."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    """`$XDG_CACHE_HOME/dedup-engine`, or `~/.cache/dedup-engine` where it is unset, empty or
+    relative (which the XDG base directory specification says to ignore)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "dedup-engine")
 
 

@@ -67,3 +67,35 @@ def test_prune_refuses_a_size_that_is_not_one(tmp_path: Path) -> None:
     assert invoke("cache", "prune", "--cache-dir", tmp_path)[1].decode().strip() == (
         f"no cache in {tmp_path}"
     )
+
+
+def test_an_empty_cache_dir_and_no_cache_with_a_cache_dir_are_usage_errors(
+    tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree.file("a", b"x")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    for args in (
+        ("find", tree.root, "--cache-dir", ""),
+        ("find", tree.root, "--no-cache", "--cache-dir", tmp_path / "c"),
+        ("cache", "stats", "--cache-dir", ""),
+    ):
+        code, _, err = invoke(*args)
+        assert code == 2 and err.decode().count("\n") == 1, args
+    assert list(cwd.iterdir()) == []  # no cache made in the current directory
+    monkeypatch.setenv(cache_module.ENVIRONMENT, "0")  # a default, which --cache-dir overrides
+    assert invoke("find", tree.root, "--cache-dir", tmp_path / "c")[0] == 0
+    assert (tmp_path / "c" / cache_module.FILE_NAME).is_file()
+
+
+def test_a_relative_xdg_cache_home_is_ignored(
+    tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree.file("a", b"x")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")
+    assert invoke("find", tree.root, "--cache")[0] == 0
+    assert not (tmp_path / "relative").exists()
+    assert (tmp_path / "home" / ".cache" / "dedup-engine" / cache_module.FILE_NAME).is_file()

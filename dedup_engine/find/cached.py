@@ -53,6 +53,9 @@ FLUSH_S = 1.0
 FLUSH_ROWS = 50_000
 #: Rows held at most while the cache is locked by another program; past it they are dropped.
 HELD_MAX = 4 * FLUSH_ROWS
+#: Lookups and writes in a row that found the cache locked, after which a worker goes on
+#: without it: each waited `WORKER_BUSY_MS`.
+BUSY_LIMIT = 3
 _NOTHING_HASHED = HashResult(b"", (), 0, 0)
 _NOTHING_COMPARED = CompareResult(b"", (), 0, 0, array("I"), array("I"), array("H"))
 
@@ -69,6 +72,7 @@ class WorkerCache:
         self._pending: dict[Place, list[Entry]] = {}
         self._held = 0
         self._flushed = time.monotonic()
+        self._busy = 0
 
     def fs(self, dev: int, path: str, follow_links: bool) -> bytes | None:
         """The identity of device `dev`'s filesystem, asked of `path`, a file on it: of the
@@ -86,11 +90,12 @@ class WorkerCache:
         if cache is None:
             return [None] * len(seen)
         try:
-            return cache.lookup(slot[0], slot[1], seen)
+            found = cache.lookup(slot[0], slot[1], seen)
         except sqlite3.Error as exc:
-            if not _busy(exc):
-                self._give_up()
+            self._failed(exc)
             return [None] * len(seen)
+        self._busy = 0
+        return found
 
     def store(self, place: Place, entries: list[Entry]) -> None:
         """Keep these digests: written with the others at most `FLUSH_S` later, or at `close`."""
@@ -111,12 +116,13 @@ class WorkerCache:
         try:
             cache.store_many(pending.items())
         except sqlite3.Error as exc:
-            if not _busy(exc):
-                self._give_up()
-            elif held <= HELD_MAX:  # locked by another program: tried again at the next flush
+            self._failed(exc)
+            if not self._broken and held <= HELD_MAX:  # locked: tried again at the next flush
                 for place, entries in pending.items():
                     self._pending.setdefault(place, []).extend(entries)
                 self._held += held
+            return
+        self._busy = 0
 
     def close(self) -> None:
         """Write what is held and let the file go: the end of the worker's run."""
@@ -133,6 +139,13 @@ class WorkerCache:
             except (sqlite3.Error, OSError):
                 self._broken = True
         return self._cache
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        """A lookup or write failed: the cache is given up for this run unless it was locked,
+        and then only after `BUSY_LIMIT` such in a row."""
+        self._busy = self._busy + 1 if _busy(exc) else BUSY_LIMIT
+        if self._busy >= BUSY_LIMIT:
+            self._give_up()
 
     def _give_up(self) -> None:
         self._broken = True

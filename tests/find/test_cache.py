@@ -10,10 +10,12 @@ import signal
 import sqlite3
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import dedup_engine.find.cache as cache_module
+import dedup_engine.find.cached as cached_module
 from dedup_engine.find.cache import (
     FILE_NAME,
     RACY_NS,
@@ -387,3 +389,25 @@ def test_a_worker_holds_its_digests_while_another_program_locks_the_cache(
     worker.flush()
     worker.close()
     assert _opened(tmp_path).count() == 100
+
+
+def test_a_worker_gives_up_a_cache_locked_against_readers_after_a_few_tries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each try waits for the lock (`WORKER_BUSY_MS`): a cache locked for the whole run must not
+    cost a wait per task.  (In WAL mode a reader meets a lock only in rare moments, as while
+    another connection recovers the WAL; the lock is simulated.)"""
+    _opened(tmp_path).close()
+    worker = WorkerCache(str(tmp_path))
+    tries = 0
+
+    def locked(self: DigestCache, *args: Any) -> list[bytes | None]:
+        nonlocal tries
+        tries += 1
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(DigestCache, "lookup", locked)
+    for _ in range(20):
+        assert worker.lookup((FS, HEAD), [(1, 1, 2, 3)]) == [None]
+    assert tries == cached_module.BUSY_LIMIT
+    worker.close()

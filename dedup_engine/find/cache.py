@@ -3,14 +3,15 @@
 A digest is found again only for the same file unchanged: the key is the filesystem's identity,
 the inode and what was hashed (`kind`: the whole file, or a head or tail window of a length), and a
 row is used only where the file's size, mtime and ctime are still those it was stored with.  A
-write changes ctime, which no user can set back, so bytes rewritten and mtime put back still miss.
+write changes ctime, which no user can set back, so bytes rewritten and mtime put back still miss
+(a write through a shared memory mapping too, once the file's pages were written back before its
+read: `fsidentity.expose_mapped_writes`).
 Timestamps are coarse (a few ms on many kernels): a file whose ctime is within `RACY_NS` of the
 moment its read began could change again within the same tick unseen, so its digest is not stored
 (as git treats a "racily clean" index entry).
 
-The filesystem's identity is `statvfs`'s `f_fsid`, which most local filesystems derive from their
-UUID (ext4, XFS, btrfs per subvolume) and which survives reboots and remounts, where `st_dev` may
-not (USB disks, device-mapper numbers).  A filesystem that reports no identity (0) is not cached.
+The filesystem's identity, and which filesystems the cache trusts at all, are
+`find/fsidentity.py`'s rules.
 
 The file is untrusted input: one that is not a cache of this version (another program's database,
 a newer schema, bytes that are not SQLite) is set aside and rebuilt, with one warning; a row whose
@@ -201,62 +202,6 @@ def default_directory() -> str:
     if not os.path.isabs(base):
         base = os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "dedup-engine")
-
-
-def filesystem_id(
-    path: str, dev: int, follow_links: bool = False, dir_fd: int | None = None
-) -> bytes | None:
-    """The identity that outlives a remount of the filesystem of device `dev`, asked of `path`,
-    a file or directory on it (its target with `follow_links`; relative to `dir_fd` where
-    given), or None where it has none to give.  Asked of the open file, which must be on `dev`:
-    a path that now leads to another filesystem never lends that one's identity.  OSError where
-    the file cannot be asked.
-
-    The identity is `f_fsid` (8 bytes), but where a filesystem gives its device number there
-    (XFS, FAT), which a remount on another device changes: then its UUID (17 bytes, "U" and the
-    UUID), where the kernel says it (FS_IOC_GETFSUUID, Linux 6.5).
-    """
-    flags = os.O_PATH | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
-    fd = os.open(path, flags, dir_fd=dir_fd)
-    try:
-        st = os.fstat(fd)
-        if st.st_dev != dev:
-            raise OSError(errno.EXDEV, "no longer on the device scanned", path)
-        fsid = os.fstatvfs(fd).f_fsid
-        if fsid == dev:
-            if stat.S_ISDIR(st.st_mode):
-                uuid = _uuid_of_directory(".", dev, fd)
-            else:
-                uuid = _uuid_of_directory(os.path.dirname(path) or ".", dev, dir_fd)
-            if uuid is not None:
-                return b"U" + uuid
-    finally:
-        os.close(fd)
-    return fsid.to_bytes(8, "little", signed=False) if fsid else None
-
-
-#: _IOR(0x15, 0, struct fsuuid2 { __u8 len; __u8 uuid[16]; }), from linux/fs.h.
-_FS_IOC_GETFSUUID = 0x80111500
-
-
-def _uuid_of_directory(path: str, dev: int, dir_fd: int | None) -> bytes | None:
-    """The UUID of the filesystem of directory `path`, if it is on `dev` and the kernel says
-    one (an ioctl, so the directory is opened for reading: an O_PATH descriptor takes none)."""
-    try:
-        fd = os.open(path, OPEN_DIR & ~os.O_NOFOLLOW, dir_fd=dir_fd)
-    except OSError:
-        return None
-    try:
-        if os.fstat(fd).st_dev != dev:
-            return None
-        answer = bytearray(17)
-        fcntl.ioctl(fd, _FS_IOC_GETFSUUID, answer)
-    except OSError:  # ENOTTY: an older kernel, or a filesystem without a UUID
-        return None
-    finally:
-        os.close(fd)
-    uuid = bytes(answer[1 : 1 + min(answer[0], 16)])
-    return uuid if uuid.strip(b"\0") else None
 
 
 def cacheable(ctime_ns: int, read_started_ns: int) -> bool:

@@ -6,10 +6,14 @@ stages' reader checks only the size, so each file read is stat'ed again here bef
 stored (as the re-check of a finished group does); the full stage's reader checks every file on
 its open descriptor.  A group of the full stage whose every member the cache knows is not read at
 all: each member is stat'ed, and one no longer as the scan saw it fails as it would have in the
-read.  Files on a filesystem without an identity (`cache.filesystem_id`) are read as without a
-cache.  A cache locked by another program is not waited for: what is held is written at a later
-flush, or not at all.  A cache that fails mid-run otherwise (a full disk, a file damaged under
-the run) is left alone for the rest of the run, whose result does not depend on it.
+read.  Files on a filesystem the cache does not trust, or without an identity
+(`fsidentity.filesystem_id`), are read as without a cache; so are the files of two devices that
+give one identity (an overlay over several filesystems, say), which cannot be one filesystem.
+Every file read for a digest to keep has its dirty pages written back first
+(`fsidentity.expose_mapped_writes`: the readers do it for a task marked `writeback`).  A cache
+locked by another program is not waited for: what is held is written at a later flush, or not at
+all.  A cache that fails mid-run otherwise (a full disk, a file damaged under the run) is left
+alone for the rest of the run, whose result does not depend on it.
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ from dedup_engine.find.cache import (
     Seen,
     cacheable,
     error_name,
-    filesystem_id,
 )
 from dedup_engine.find.cache import kind_of as cache_kind
 from dedup_engine.find.changes import Scanned, still_as_scanned
 from dedup_engine.find.changes import describe as describe_error
+from dedup_engine.find.fsidentity import filesystem_id
 from dedup_engine.find.store import RowStore
 from dedup_engine.find.tasks import (
     NO_DIGEST,
@@ -69,6 +73,7 @@ class WorkerCache:
         self._cache: DigestCache | None = None
         self._broken = False
         self._fs: dict[int, bytes | None] = {}
+        self._devs: dict[bytes, int] = {}
         self._pending: dict[Place, list[Entry]] = {}
         self._held = 0
         self._flushed = time.monotonic()
@@ -80,9 +85,12 @@ class WorkerCache:
         file that cannot be asked (gone, or no longer on `dev`) leaves the question to the next."""
         if dev not in self._fs:
             try:
-                self._fs[dev] = filesystem_id(path, dev, follow_links)
+                identity = filesystem_id(path, dev, follow_links)
             except OSError:
                 return None
+            self._fs[dev] = identity
+            if identity is not None and self._devs.setdefault(identity, dev) != dev:
+                self._fs[dev] = self._fs[self._devs[identity]] = None  # trust neither
         return self._fs[dev]
 
     def lookup(self, slot: Slot, seen: Sequence[Seen]) -> list[bytes | None]:
@@ -194,6 +202,7 @@ def hash_cached(
                 array("Q", [rows[p] for p in missing]),
                 array("q", [sizes[p] for p in missing]),
                 task.follow_links,
+                writeback=True,
             )
         )
         if missing
@@ -264,7 +273,9 @@ def compare_cached(
         else:
             read_groups.append(size)
             members.extend(positions)
-    result = run(task.subset(members, read_groups)) if members else _NOTHING_COMPARED
+    result = (
+        run(task.subset(members, read_groups, writeback=True)) if members else _NOTHING_COMPARED
+    )
     read = _column(result.digests, len(members))
     for j, p in enumerate(members):
         digests[p] = read[j]
@@ -282,7 +293,7 @@ def compare_cached(
     stopped = {index for index, _, _ in result.failed}
     lone = [p for j, p in enumerate(members) if read[j] == NO_DIGEST and j not in stopped]
     if lone:
-        alone = run(task.subset(lone, [1] * len(lone)))
+        alone = run(task.subset(lone, [1] * len(lone), writeback=True))
         ends = _column(alone.digests, len(lone))
         _keep(
             cache,

@@ -16,7 +16,8 @@ import os
 import stat
 from dataclasses import dataclass
 
-from dedup_engine.find.cache import DigestCache, Directory, filesystem_id
+from dedup_engine.find.cache import DigestCache, Directory
+from dedup_engine.find.fsidentity import filesystem_id
 from dedup_engine.openflags import OPEN_DIR
 
 #: What a listed directory holds: (filesystem, inode) of each regular file (a symlink's target

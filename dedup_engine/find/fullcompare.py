@@ -17,6 +17,7 @@ from array import array
 from blake3 import blake3
 
 from dedup_engine.find.changes import ChangedError, Scanned, check_unchanged, describe
+from dedup_engine.find.fsidentity import expose_mapped_writes
 from dedup_engine.find.tasks import NO_DIGEST, CompareResult, CompareTask, Failure
 from dedup_engine.openflags import read_flags
 
@@ -183,6 +184,13 @@ class _Comparison:
             self._fail(position, exc)
             return None
         self.opened += 1
+        if self.task.writeback:
+            try:
+                expose_mapped_writes(fd)
+            except OSError as exc:
+                os.close(fd)
+                self._fail(position, exc)
+                return None
         return fd
 
     def _hash_chunked(self, position: int, fd: int) -> bytes:

@@ -14,6 +14,7 @@ import os
 from blake3 import blake3
 
 from dedup_engine.find.changes import ChangedError, describe
+from dedup_engine.find.fsidentity import expose_mapped_writes
 from dedup_engine.find.store import RowStore
 from dedup_engine.find.tasks import NO_DIGEST, Failure, HashResult, HashTask
 from dedup_engine.model import Stage
@@ -37,6 +38,7 @@ def hash_batch(task: HashTask, store: RowStore) -> HashResult:
     opened = 0
     total = 0
     os_open, os_close, os_pread, hasher = os.open, os.close, os.pread, blake3
+    writeback = task.writeback
     paths = store.paths(task.rows)
     for position, (path, size) in enumerate(zip(paths, task.sizes, strict=True)):
         try:
@@ -47,6 +49,8 @@ def hash_batch(task: HashTask, store: RowStore) -> HashResult:
             continue
         opened += 1
         try:
+            if writeback:
+                expose_mapped_writes(fd)
             if size <= limit:
                 # The file is read whole and this digest is final.  pread, not read: a FIFO or
                 # socket swapped in after the scan fails it (ESPIPE) however many bytes it holds,

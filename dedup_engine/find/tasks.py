@@ -106,6 +106,9 @@ class HashTask:
     rows: array[int]
     sizes: array[int]
     follow_links: bool
+    #: Write each file's dirty pages back before reading it (`fsidentity.expose_mapped_writes`):
+    #: its digest is to be kept in the cache.
+    writeback: bool = False
 
 
 #: A file a task could not use: its position in the task, its path and why.
@@ -171,8 +174,12 @@ class CompareTask:
     ctimes: array[int]
     follow_links: bool
     chunk_size: int
+    #: As `HashTask.writeback`.
+    writeback: bool = False
 
-    def subset(self, members: Sequence[int], groups: Sequence[int]) -> CompareTask:
+    def subset(
+        self, members: Sequence[int], groups: Sequence[int], writeback: bool = False
+    ) -> CompareTask:
         """The task for some of its files (by position), laid out in groups of these sizes."""
         return CompareTask(
             tuple(self.paths[m] for m in members),
@@ -184,6 +191,7 @@ class CompareTask:
             array("q", [self.ctimes[m] for m in members]),
             self.follow_links,
             self.chunk_size,
+            writeback,
         )
 
 

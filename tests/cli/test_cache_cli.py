@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cachetrust import need_trusted
 from incli import invoke
 from treebuilder import Tree, content
 
@@ -14,6 +15,7 @@ import dedup_engine.find.cache as cache_module
 def test_stats_counts_what_a_run_stored_and_clear_removes_it(
     tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    need_trusted(tree.root)
     monkeypatch.setattr(cache_module, "RACY_NS", 0)  # the test's files are cached at once
     tree.file("a", content(3000))
     tree.file("b", content(3000))
@@ -44,6 +46,7 @@ def test_clear_refuses_a_directory_others_may_write(tmp_path: Path) -> None:
 def test_prune_drops_the_digests_of_files_gone_and_says_so(
     tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    need_trusted(tree.root)
     monkeypatch.setattr(cache_module, "RACY_NS", 0)
     tree.file("a", content(3000))
     tree.file("b", content(3000))

@@ -9,14 +9,16 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from cachetrust import need_trusted
 from treebuilder import Tree, content
 
 import dedup_engine.find.cache as cache_module
 import dedup_engine.find.cacheprune as prune_module
 from dedup_engine import ScanOptions, find_duplicates
-from dedup_engine.find.cache import FILE_NAME, DigestCache, filesystem_id, kind_of
+from dedup_engine.find.cache import FILE_NAME, DigestCache, kind_of
 from dedup_engine.find.cached import WorkerCache
 from dedup_engine.find.cacheprune import prune
+from dedup_engine.find.fsidentity import filesystem_id
 from dedup_engine.model import FindResult, Stage
 
 pytestmark = pytest.mark.usefixtures("deadline")
@@ -49,6 +51,7 @@ def _cache(directory: Path) -> DigestCache:
 def test_rows_of_files_gone_changed_or_moved_go_and_the_rest_stay(
     tree: Tree, tmp_path: Path
 ) -> None:
+    need_trusted(tree.root)
     for name in ("keep1", "keep2", "gone", "changed", "moved"):
         tree.file(f"d/{name}", content(3000))  # all one group, each read whole: one row each
     cache_dir = tmp_path / "cache"
@@ -73,6 +76,7 @@ def test_rows_of_files_gone_changed_or_moved_go_and_the_rest_stay(
 def test_rows_of_a_linked_file_stay_while_the_link_and_its_target_do(
     tree: Tree, tmp_path: Path
 ) -> None:
+    need_trusted(tree.root)
     tree.file("t/a", content(3000))
     tree.file("t/b", content(3000))
     (Path(tree.root) / "links").mkdir()

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cachetrust import need_trusted
 from incli import invoke
 from treebuilder import Tree, content, groups_of
 
@@ -61,6 +62,7 @@ def _build(tree: Tree) -> None:
 def test_a_rerun_of_an_unchanged_tree_opens_no_file(
     tree: Tree, tmp_path: Path, workers: int
 ) -> None:
+    need_trusted(tree.root)
     _build(tree)
     first = _find(tree.root, tmp_path / "cache", workers)
     second = _find(tree.root, tmp_path / "cache", workers)
@@ -80,6 +82,7 @@ def test_a_rerun_of_an_unchanged_tree_opens_no_file(
 def test_bytes_rewritten_with_size_and_mtime_put_back_are_read_again(
     tree: Tree, tmp_path: Path, workers: int
 ) -> None:
+    need_trusted(tree.root)
     _build(tree)
     _find(tree.root, tmp_path / "cache", workers)
     time.sleep(0.05)  # past the clock's tick: the rewrite gets a ctime of its own
@@ -101,6 +104,7 @@ def test_bytes_rewritten_with_size_and_mtime_put_back_are_read_again(
 def test_swapped_names_and_a_copy_with_other_bytes_are_not_taken_from_the_cache(
     tree: Tree, tmp_path: Path
 ) -> None:
+    need_trusted(tree.root)
     tree.file("a", content(5000))
     tree.file("b", content(5000))
     tree.file("c", content(5000, seed="c"))
@@ -119,6 +123,7 @@ def test_swapped_names_and_a_copy_with_other_bytes_are_not_taken_from_the_cache(
 
 @pytest.mark.usefixtures("at_once")
 def test_a_renamed_tree_is_found_in_the_cache(tree: Tree, tmp_path: Path) -> None:
+    need_trusted(tree.root)
     _build(tree)
     first = _find(tree.root, tmp_path / "cache", 2)
     moved = tmp_path / "moved"
@@ -131,6 +136,7 @@ def test_a_renamed_tree_is_found_in_the_cache(tree: Tree, tmp_path: Path) -> Non
 def test_a_file_changed_just_before_its_read_is_not_cached(tree: Tree, tmp_path: Path) -> None:
     """The rule for coarse timestamps: a digest is stored only for a file unchanged for the
     last two seconds, so files the test has just made are all read again."""
+    need_trusted(tree.root)
     _build(tree)
     first = _find(tree.root, tmp_path / "cache", 2)
     second = _find(tree.root, tmp_path / "cache", 2)
@@ -154,6 +160,7 @@ def test_a_corrupted_cache_gives_one_warning_and_the_right_groups(
 
 
 def test_two_runs_share_a_cache_at_once(tree: Tree, tmp_path: Path) -> None:
+    need_trusted(tree.root)
     for n in range(300):
         tree.file(f"d{n % 7}/f{n}", content(2000 + n % 50))
     cache = tmp_path / "cache"

@@ -1,12 +1,15 @@
-"""The digest cache across a remount: a filesystem unmounted, attached to another loop device
-(so another `st_dev`) and mounted elsewhere is still known by its identity, and a rerun there
-opens no file.  ext4 gives an `f_fsid` made from its UUID; XFS gives its device number, so its
-UUID is asked (FS_IOC_GETFSUUID).  Needs root, losetup and the filesystem's mkfs; skipped, with
+"""The digest cache and the filesystems under it: a filesystem remounted on another loop device
+(so another `st_dev`) and elsewhere is still known by its identity, and a rerun there opens no
+file (ext4 gives an `f_fsid` made from its UUID; XFS gives its device number, so its UUID is
+asked); a filesystem the cache does not trust (tmpfs) gets no rows; a file written through a
+shared mapping is never answered from the cache with its old digest; a symlink's target is keyed
+on its own filesystem.  The mounts need root, losetup and the filesystem's mkfs; skipped, with
 the reason, where any of them is missing."""
 
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 import shutil
 import subprocess
@@ -14,10 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cachetrust import trusted
 from treebuilder import content
 
 import dedup_engine.find.cache as cache_module
 from dedup_engine import ScanOptions, find_duplicates
+from dedup_engine.find.cached import WorkerCache
+from dedup_engine.find.fsidentity import filesystem_id
 from dedup_engine.model import FindResult, Stage
 
 pytestmark = pytest.mark.usefixtures("deadline")
@@ -68,9 +74,8 @@ class Loop:
             _run(["losetup", "-d", device])
 
 
-@pytest.fixture(params=["ext4", "xfs"])
-def loop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Loop]]:
-    kind = str(request.param)
+def _made(kind: str, tmp_path: Path) -> Loop:
+    """An image of a new `kind` filesystem, to attach and mount."""
     if os.geteuid() != 0:
         pytest.skip("needs root to attach a loop device and mount an image")
     for tool in (f"mkfs.{kind}", "losetup", "mount", "umount"):
@@ -82,11 +87,33 @@ def loop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, 
     made = _run([f"mkfs.{kind}", "-q", *(["-F"] if kind == "ext4" else []), str(image)])
     if made.returncode != 0:
         pytest.skip(f"mkfs.{kind} failed: {made.stderr.strip()}")
-    attached = Loop(image)
+    return Loop(image)
+
+
+@pytest.fixture(params=["ext4", "xfs"])
+def loop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Loop]]:
+    attached = _made(str(request.param), tmp_path)
     try:
-        yield kind, attached
+        yield str(request.param), attached
     finally:
         attached.release()
+
+
+@pytest.fixture
+def ext4(tmp_path: Path) -> Iterator[Path]:
+    """A new ext4 filesystem, mounted."""
+    attached = _made("ext4", tmp_path)
+    try:
+        attached.mount(attached.attach(), tmp_path / "ext4")
+        yield tmp_path / "ext4"
+    finally:
+        attached.release()
+
+
+@pytest.fixture
+def at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files made by the test are cached at once, not two seconds after their last change."""
+    monkeypatch.setattr(cache_module, "RACY_NS", 0)
 
 
 def _build(root: Path) -> None:
@@ -156,3 +183,70 @@ def _kernel_says_uuid(directory: Path) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+@pytest.mark.usefixtures("at_once")
+def test_a_filesystem_the_cache_does_not_trust_gets_no_rows(tmp_path: Path) -> None:
+    """tmpfs has nothing to write a mapped file's pages back to, so a write through a mapping
+    could change a file unseen by its ctime."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    where = tmp_path / "tmpfs"
+    where.mkdir()
+    if _run(["mount", "-t", "tmpfs", "tmpfs", str(where)]).returncode != 0:
+        pytest.skip("mount -t tmpfs failed")
+    try:
+        _build(where)
+        cache = tmp_path / "cache"
+        first, again = _find(where, cache), _find(where, cache)
+        assert _opened(again) == _opened(first) > 0
+        assert _relative(again, where) == _relative(first, where)
+        opened = cache_module.DigestCache.open(str(cache)).cache
+        assert opened is not None and opened.count() == 0
+    finally:
+        _run(["umount", str(where)])
+
+
+@pytest.mark.usefixtures("at_once")
+def test_a_file_written_through_a_shared_mapping_is_not_answered_from_the_cache(
+    tmp_path: Path,
+) -> None:
+    """A page already dirty takes writes through a mapping without moving mtime or ctime: the
+    file's pages are written back before its read, so the next write faults and moves them."""
+    if not trusted(tmp_path):
+        pytest.skip("the temporary directory is on a filesystem the cache does not trust")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    data = content(8192)
+    for name in ("x", "y"):
+        (tree / name).write_bytes(data)
+    os.sync()  # clean pages: the first write through the mapping moves ctime
+    fd = os.open(tree / "x", os.O_RDWR)
+    mapped = mmap.mmap(fd, 8192, mmap.MAP_SHARED)
+    try:
+        mapped[0:1] = data[0:1]  # the same byte: x is still y's copy, and its page is dirty
+        cache = tmp_path / "cache"
+        assert _relative(_find(tree, cache), tree) == [["x", "y"]]
+        mapped[100:110] = b"0123456789"  # other bytes, into the page that was dirty
+        assert (tree / "x").read_bytes() != data
+        assert _relative(_find(tree, cache), tree) == []
+    finally:
+        mapped.close()
+        os.close(fd)
+
+
+@pytest.mark.usefixtures("at_once")
+def test_a_symlink_s_target_on_another_filesystem_is_keyed_on_that_one(
+    tmp_path: Path, ext4: Path
+) -> None:
+    """With links followed, a file's device and inode are its target's: so must its filesystem
+    be, or a target elsewhere would take the key of another file of the link's filesystem."""
+    if not trusted(tmp_path):
+        pytest.skip("the temporary directory is on a filesystem the cache does not trust")
+    (ext4 / "target").write_bytes(b"x")
+    link = tmp_path / "link"
+    link.symlink_to(ext4 / "target")
+    cache = WorkerCache(str(tmp_path / "cache"))
+    there = filesystem_id(str(ext4), ext4.stat().st_dev)
+    assert there is not None and there != filesystem_id(str(tmp_path), tmp_path.stat().st_dev)
+    assert cache.fs(os.stat(link).st_dev, str(link), True) == there

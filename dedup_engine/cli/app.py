@@ -7,27 +7,20 @@ over the library: only the command line uses typer and rich.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-import signal
 import sys
-import threading
-from collections.abc import Callable
-from types import FrameType
-from typing import Annotated, ParamSpec
+from typing import Annotated
 
 import typer
 
 from dedup_engine.cli.apply import apply
 from dedup_engine.cli.bench import bench
 from dedup_engine.cli.cache import cache
-from dedup_engine.cli.exitcode import APPLY_EXIT_HELP, EXIT_CODES_HELP, ExitCode
+from dedup_engine.cli.common import interruptible
+from dedup_engine.cli.exitcode import APPLY_EXIT_HELP, EXIT_CODES_HELP
 from dedup_engine.cli.find import find
 from dedup_engine.cli.synth import synth
-from dedup_engine.find.pool import STOP_SIGNALS
 from dedup_engine.version import __version__
-
-P = ParamSpec("P")
 
 app = typer.Typer(
     name="dedup",
@@ -55,45 +48,8 @@ def _root(
     """Find duplicate files fast; act on them safely."""
 
 
-def _interruptible(command: Callable[P, None]) -> Callable[P, None]:
-    """Ctrl-C, SIGTERM and SIGHUP stop the command: one line on stderr, exit 130, no traceback.
-
-    The worker processes ignore Ctrl-C (the terminal sends it to the whole process group) and
-    are killed by the search on its way out (`find_duplicates`).  A second signal while stopping
-    is ignored, so that the stop is never cut short; the command is about to exit anyway.
-    """
-
-    @functools.wraps(command)
-    def run(*args: P.args, **kwargs: P.kwargs) -> None:
-        stopping: list[int] = []
-
-        def stop(number: int, frame: FrameType | None) -> None:
-            if not stopping:
-                stopping.append(number)
-                raise KeyboardInterrupt
-
-        # Handlers can be set only from the main thread (elsewhere: a caller's test harness).  A
-        # signal ignored when the command started stays ignored: `nohup`, a background job.
-        main = threading.current_thread() is threading.main_thread()
-        old = {number: signal.getsignal(number) for number in STOP_SIGNALS} if main else {}
-        old = {number: handler for number, handler in old.items() if handler != signal.SIG_IGN}
-        for number in old:
-            signal.signal(number, stop)
-        try:
-            command(*args, **kwargs)
-        except KeyboardInterrupt:
-            typer.echo("dedup: interrupted", err=True)
-            raise typer.Exit(ExitCode.INTERRUPTED) from None
-        finally:
-            if not stopping:
-                for number, handler in old.items():
-                    signal.signal(number, handler)
-
-    return run
-
-
 # In this order in `dedup --help`.
-app.command(epilog=EXIT_CODES_HELP)(_interruptible(find))
+app.command(epilog=EXIT_CODES_HELP)(interruptible(find))
 app.command(epilog=EXIT_CODES_HELP)(synth)
 app.command(epilog=APPLY_EXIT_HELP)(apply)
 app.add_typer(bench, name="bench")

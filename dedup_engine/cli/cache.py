@@ -11,9 +11,15 @@ from typing import Annotated
 
 import typer
 
-from dedup_engine.cli.common import fail_usage, parse_size, print_error
+from dedup_engine.cli.common import (
+    cache_directory,
+    fail_usage,
+    interruptible,
+    parse_size,
+    print_error,
+)
 from dedup_engine.cli.exitcode import ExitCode
-from dedup_engine.find.cache import FILE_NAME, CacheError, DigestCache, clear, default_directory
+from dedup_engine.find.cache import FILE_NAME, CacheError, DigestCache, clear
 from dedup_engine.find.cacheprune import prune
 from dedup_engine.report.display import human_size
 
@@ -28,16 +34,6 @@ CacheDir = Annotated[
         "--cache-dir", help="The cache's directory (default: $XDG_CACHE_HOME/dedup-engine)."
     ),
 ]
-
-
-def cache_directory(given: str | None) -> str:
-    """The cache's directory: `--cache-dir` made absolute, else the default.  An empty one is a
-    usage error (it would be the current directory)."""
-    if given is None:
-        return default_directory()
-    if not given:
-        fail_usage("--cache-dir is empty")
-    return os.path.abspath(given)
 
 
 def _opened(directory: str) -> DigestCache | None:
@@ -58,6 +54,7 @@ def _opened(directory: str) -> DigestCache | None:
 
 
 @cache.command()
+@interruptible
 def stats(cache_dir: CacheDir = None) -> None:
     """Rows held, by kind, and the bytes on disk."""
     opened = _opened(cache_directory(cache_dir))
@@ -73,6 +70,7 @@ def stats(cache_dir: CacheDir = None) -> None:
 
 
 @cache.command(name="prune")
+@interruptible
 def prune_command(
     cache_dir: CacheDir = None,
     max_size: Annotated[
@@ -108,6 +106,7 @@ def prune_command(
 
 
 @cache.command(name="clear")
+@interruptible
 def clear_command(cache_dir: CacheDir = None) -> None:
     """Remove the cache: the next run with --cache reads every file again."""
     directory = cache_directory(cache_dir)

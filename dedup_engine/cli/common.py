@@ -1,5 +1,5 @@
 """What every `dedup` command shares: error lines, usage errors, the progress option, size
-parsing and output files.
+parsing, output files, the cache's directory and how a signal stops a command.
 
 The command modules (`find`, `apply`, `synth`, `bench`) import it, never each other, and `app`
 attaches them: any of them can be imported first.
@@ -8,16 +8,22 @@ attaches them: any of them can be imported first.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
+import signal
 import stat
 import sys
-from collections.abc import Iterator
-from typing import IO, Annotated, NoReturn
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import IO, Annotated, NoReturn, ParamSpec
 
 import typer
 
 from dedup_engine.cli.exitcode import ExitCode
+from dedup_engine.find.cache import default_directory as default_cache_directory
+from dedup_engine.find.pool import STOP_SIGNALS
 from dedup_engine.openflags import dir_flags
 from dedup_engine.oserror import describe_error
 
@@ -28,6 +34,8 @@ ProgressOption = Annotated[
         "--progress/--no-progress", help="Progress on stderr (default: when it is a terminal)."
     ),
 ]
+
+P = ParamSpec("P")
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -170,3 +178,50 @@ def _replacing(target: str, old: os.stat_result | None) -> Iterator[IO[bytes]]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def interruptible(command: Callable[P, None]) -> Callable[P, None]:
+    """Ctrl-C, SIGTERM and SIGHUP stop the command: one line on stderr, exit 130, no traceback.
+
+    The worker processes ignore Ctrl-C (the terminal sends it to the whole process group) and
+    are killed by the search on its way out (`find_duplicates`).  A second signal while stopping
+    is ignored, so that the stop is never cut short; the command is about to exit anyway.
+    """
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        stopping: list[int] = []
+
+        def stop(number: int, frame: FrameType | None) -> None:
+            if not stopping:
+                stopping.append(number)
+                raise KeyboardInterrupt
+
+        # Handlers can be set only from the main thread (elsewhere: a caller's test harness).  A
+        # signal ignored when the command started stays ignored: `nohup`, a background job.
+        main = threading.current_thread() is threading.main_thread()
+        old = {number: signal.getsignal(number) for number in STOP_SIGNALS} if main else {}
+        old = {number: handler for number, handler in old.items() if handler != signal.SIG_IGN}
+        for number in old:
+            signal.signal(number, stop)
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt:
+            typer.echo("dedup: interrupted", err=True)
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
+        finally:
+            if not stopping:
+                for number, handler in old.items():
+                    signal.signal(number, handler)
+
+    return run
+
+
+def cache_directory(given: str | None) -> str:
+    """The digest cache's directory: `--cache-dir` made absolute, else the default.  An empty
+    one is a usage error (it would be the current directory)."""
+    if given is None:
+        return default_cache_directory()
+    if not given:
+        fail_usage("--cache-dir is empty")
+    return os.path.abspath(given)

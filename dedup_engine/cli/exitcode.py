@@ -5,7 +5,7 @@
 `Report.return_code`); a `dedup bench` command has one fact, whether its check held
 (`check_exit_code`).  Three ends need no precedence, as nothing else is known by then: a usage
 error, found before a command has done anything (`common.fail_usage`); an interrupt of `dedup
-find`, which stops it wherever it is (`app._interruptible`); and `--version`.  The help texts
+find`, which stops it wherever it is (`common.interruptible`); and `--version`.  The help texts
 that list the codes are here too, beside the rules they describe.
 """
 

@@ -17,10 +17,10 @@ from typing import IO, Annotated, Any
 
 import typer
 
-from dedup_engine.cli.cache import cache_directory
 from dedup_engine.cli.common import (
     OutputError,
     ProgressOption,
+    cache_directory,
     fail_usage,
     output_to,
     parse_size,

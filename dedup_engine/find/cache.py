@@ -60,6 +60,8 @@ _BUSY_MS = 10_000
 WORKER_BUSY_MS = 250
 #: How long a run waits for another that is setting a damaged cache aside.
 _REBUILD_WAIT_S = 5.0
+#: Symlinks followed at most on the way to the cache directory, as the kernel's limit.
+_MAX_LINKS = 40
 #: A directory above the cache, opened only to go through it (never a symlink).
 _THROUGH = os.O_PATH | OPEN_DIR
 
@@ -183,7 +185,7 @@ def clear(directory: str) -> bool:
     The directory is checked as for a run: only its owner's cache is removed."""
     if not os.path.lexists(directory):
         return False
-    dir_fd, _ = _secure_directory(directory)
+    dir_fd = _secure_directory(resolve_directory(directory))
     try:
         found = False
         for suffix in ("", "-wal", "-shm"):
@@ -231,6 +233,11 @@ class _NotOurs(sqlite3.DatabaseError):
     """A database that is not a cache of this version: set aside and rebuilt."""
 
 
+class _Replaced(sqlite3.OperationalError):
+    """The database was replaced or removed between its check and SQLite's open of it: tried
+    once more, then not used for this run."""
+
+
 #: SQLite's words for a file that is not a database, or a damaged one: set aside and rebuilt.
 #: Anything else (locked, disk full, an I/O error) passes, and the file is left alone.
 _DAMAGED = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT"})
@@ -246,14 +253,15 @@ class DigestCache:
     """
 
     def __init__(self, directory: str, busy_ms: int | None = None) -> None:
-        self.directory = directory
+        #: The canonical path, which `DigestCache.open` checked: the one to hand to workers.
+        self.directory = resolve_directory(directory)
         self._filesystems: dict[bytes, int] = {}
         self._dirs: dict[tuple[int, bytes], int] = {}
         self._used: set[int] = set()
-        self._dir_fd, canonical = _secure_directory(directory)
+        self._dir_fd = _secure_directory(self.directory)
         try:
-            checked = _check_file(self._dir_fd, directory)
-            path = os.path.join(canonical, FILE_NAME)
+            checked = _check_file(self._dir_fd, self.directory)
+            path = os.path.join(self.directory, FILE_NAME)
             before = _descriptors()
             self._db = _connect(path, _BUSY_MS if busy_ms is None else busy_ms)
             try:
@@ -269,19 +277,25 @@ class DigestCache:
     def open(cls, directory: str) -> Opened:
         """The cache in `directory` (made, private to this user, if missing).  A file that is not
         a usable cache of this version is set aside and a new one made, with a warning; a cache
-        that cannot be used now (locked, a full disk) is left alone, with a warning."""
+        that cannot be used now (locked, a full disk, replaced twice while opened) is left alone,
+        with a warning.  A directory that cannot be trusted is CacheError."""
+        canonical = resolve_directory(directory)
+        os.close(_secure_directory(canonical, create=True))
+        reason = ""
+        for _ in range(2):
+            try:
+                return Opened(cls._checked(canonical), None)
+            except _Replaced as exc:
+                reason = str(exc)
+            except sqlite3.DatabaseError as exc:
+                reason = str(exc) or type(exc).__name__
+                if not _damaged(exc):
+                    return _not_now(directory, reason)
+                break
+        else:
+            return _not_now(directory, reason)
         try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise CacheError(exc.errno, f"cache directory {directory!r}: {exc.strerror}") from None
-        try:
-            return Opened(cls._checked(directory), None)
-        except sqlite3.DatabaseError as exc:
-            reason = str(exc) or type(exc).__name__
-            if not _damaged(exc):
-                return _not_now(directory, reason)
-        try:
-            return cls._rebuilt(directory, reason)
+            return cls._rebuilt(canonical, reason)
         except (sqlite3.Error, OSError) as exc:
             return _not_now(directory, str(exc) or type(exc).__name__)
 
@@ -300,7 +314,7 @@ class DigestCache:
         """Set a damaged cache aside and make a new one, under a lock on the directory: of runs
         that found it damaged at once, the first rebuilds it and the others use the new one (a
         file set aside is always the damaged one, never a cache another run just made)."""
-        dir_fd, _ = _secure_directory(directory)
+        dir_fd = _secure_directory(directory)
         try:
             _lock(dir_fd)
             try:
@@ -348,7 +362,7 @@ class DigestCache:
         None.  The directories of the digests found count as used (at the next store)."""
         found: dict[int, tuple[int, int, int, bytes, int]] = {}
         fs_id = self._filesystem(fs)
-        inos = [] if fs_id is None else list({ino for ino, _, _, _ in seen})
+        inos = [] if fs_id is None else list({_signed(ino) for ino, _, _, _ in seen})
         for start in range(0, len(inos), _LOOKUP_CHUNK):
             chunk = inos[start : start + _LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
@@ -358,7 +372,7 @@ class DigestCache:
                 (fs_id, kind, *chunk),
             )
             for ino, *row in rows:
-                found[ino] = tuple(row)
+                found[_unsigned(ino)] = tuple(row)
         out: list[bytes | None] = []
         for ino, size, mtime, ctime in seen:
             row = found.get(ino)
@@ -397,7 +411,7 @@ class DigestCache:
                 fs_id = self._filesystem(fs, made)
                 assert fs_id is not None  # made if missing
                 dir_id = self._directory(fs_id, directory, today, made)
-                rows.extend((fs_id, ino, kind, *rest, dir_id) for ino, *rest in entries)
+                rows.extend((fs_id, _signed(ino), kind, *rest, dir_id) for ino, *rest in entries)
             self._db.executemany(
                 "INSERT OR REPLACE INTO digests (fs, ino, kind, size, mtime, ctime, digest, dir)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -449,12 +463,15 @@ class DigestCache:
 
     def summary(self) -> Summary:
         """What the cache holds, for `dedup cache stats`."""
-        kinds = self._db.execute("SELECT kind, count(*) FROM digests GROUP BY kind ORDER BY kind")
+        kinds = self._db.execute(
+            "SELECT kind, count(*) FROM digests WHERE typeof(kind) = 'integer'"
+            " GROUP BY kind ORDER BY kind"
+        )
         by_kind = {kind_name(kind): count for kind, count in kinds}
         (directories,) = self._db.execute("SELECT count(*) FROM dirs").fetchone()
         return Summary(
             os.path.join(self.directory, FILE_NAME),
-            sum(by_kind.values()),
+            self.count(),
             self.bytes_on_disk(),
             by_kind,
             directories,
@@ -486,27 +503,37 @@ class DigestCache:
             " ORDER BY g.dir"
         )
         for (_, fs, path), group in itertools.groupby(rows, key=lambda row: row[:3]):
-            keys = [Key(row[3] or b"", *row[4:]) for row in group]
+            keys = [Key(row[3] or b"", row[4], _unsigned(row[5]), *row[6:]) for row in group]
             known = isinstance(fs, bytes) and isinstance(path, bytes)
             yield (Directory(fs, os.fsdecode(path)) if known else None), keys
 
     def doom(self, keys: Iterable[Key]) -> None:
         """Mark these rows to drop at `forget_doomed` (in a temporary table, so that marking
         while `by_directory` reads leaves the rows it reads alone)."""
-        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (fs, ino, kind)")
+        self._db.execute(_DOOMED)
         self._db.executemany(
-            "INSERT INTO temp.doomed VALUES (?, ?, ?)", ((k.fs_id, k.ino, k.kind) for k in keys)
+            "INSERT INTO temp.doomed VALUES (?, ?, ?, ?, ?, ?)",
+            ((k.fs_id, _signed(k.ino), k.kind, k.size, k.mtime, k.ctime) for k in keys),
         )
 
     def forget_doomed(self) -> int:
-        """Drop the rows marked, and directories left with none; the rows dropped."""
-        with self._db:
-            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (fs, ino, kind)")
+        """Drop the rows marked, but those stored again since (another run's), and directories
+        left with none; the rows dropped.  The read that marked them ends first: its snapshot
+        could not take the write lock once another run had committed since."""
+        self._db.commit()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(_DOOMED)
             dropped = self._db.execute(
-                "DELETE FROM digests WHERE (fs, ino, kind) IN (SELECT fs, ino, kind FROM doomed)"
+                "DELETE FROM digests WHERE (fs, ino, kind, size, mtime, ctime) IN"
+                " (SELECT fs, ino, kind, size, mtime, ctime FROM doomed)"
             ).rowcount
             self._db.execute("DELETE FROM temp.doomed")
             self._forget_empty_directories()
+            self._db.commit()
+        except BaseException:
+            self._db.rollback()
+            raise
         return int(dropped)
 
     def least_used(self) -> list[tuple[int, int]]:
@@ -559,6 +586,20 @@ def error_name(exc: sqlite3.Error) -> str:
     return name if isinstance(name, str) else _NAMES_BY_MESSAGE.get(str(exc), "")
 
 
+#: Rows `prune` is to drop, as they were when marked.
+_DOOMED = "CREATE TEMP TABLE IF NOT EXISTS doomed (fs, ino, kind, size, mtime, ctime)"
+
+
+def _signed(ino: int) -> int:
+    """An inode number as SQLite keeps it: a signed 64-bit integer (some filesystems give
+    numbers of 2**63 and more)."""
+    return ino - (1 << 64) if ino >= 1 << 63 else ino
+
+
+def _unsigned(value: int) -> int:
+    return value + (1 << 64) if value < 0 else value
+
+
 def _today() -> int:
     """Days since the epoch: how finely a directory's last use is kept."""
     return int(time.time()) // 86_400
@@ -582,37 +623,75 @@ def _connect(path: str, busy_ms: int) -> sqlite3.Connection:
     return db
 
 
-def _secure_directory(directory: str) -> tuple[int, str]:
-    """The cache directory, opened, and its canonical path, which no one but this user and root
-    can redirect: each directory above it belongs to root or this user and may be written by no
-    one else, unless sticky (where only a name's owner may move it, and the next directory down
-    is root's or this user's).  The directory itself is not a symlink, and is this user's, and
-    nobody else may write to it, so no one can plant a cache that says two different files are
-    the same."""
-    absolute = os.path.abspath(directory)
-    parent, name = os.path.split(absolute)
-    canonical = os.path.join(os.path.realpath(parent), name)
+def resolve_directory(directory: str) -> str:
+    """`directory` made absolute, every symlink on the way resolved a link at a time (parts that
+    do not exist yet are kept as given).  A symlink that belongs to neither root nor this user is
+    refused, so that no one else decides where the cache goes; so is a cache directory that is
+    itself a symlink."""
+    pending = [p for p in os.path.abspath(directory).split("/") if p]
+    done, hops = "/", 0
+    while pending:
+        part = pending.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            done = os.path.dirname(done)
+            continue
+        here = os.path.join(done, part)
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError:
+            return os.path.join(here, *pending)
+        except OSError as exc:
+            raise CacheError(exc.errno, f"cache directory {directory!r}: {exc.strerror}") from None
+        if not stat.S_ISLNK(st.st_mode):
+            done = here
+            continue
+        if not pending:
+            raise CacheError(
+                errno.ELOOP, f"cache directory {directory!r} is not a directory (or is a symlink)"
+            )
+        hops += 1
+        if st.st_uid not in (0, os.geteuid()) or hops > _MAX_LINKS:
+            raise CacheError(
+                errno.ELOOP,
+                f"{here!r}, on the way to the cache directory, is a symlink of uid {st.st_uid}"
+                if hops <= _MAX_LINKS
+                else f"cache directory {directory!r}: too many levels of symbolic links",
+            )
+        target = os.readlink(here)
+        done = "/" if target.startswith("/") else done
+        pending = [p for p in target.split("/") if p] + pending
+    return done
+
+
+def _secure_directory(canonical: str, create: bool = False) -> int:
+    """The cache directory at `canonical` (a path `resolve_directory` gave), opened: a path no
+    one but this user and root can redirect.  Each directory above it belongs to root or this
+    user and may be written by no one else, unless sticky (where only a name's owner may move
+    it, and the next directory down is root's or this user's).  The directory itself is not a
+    symlink, and is this user's, and nobody else may write to it, so no one can plant a cache
+    that says two different files are the same.  With `create`, directories missing on the way
+    are made (0700), each only once the one it is made in has passed."""
     fd = os.open("/", _THROUGH)
+    parts = [p for p in canonical.split("/") if p]
     try:
         where = "/"
-        for part in [p for p in canonical.split("/") if p][:-1]:
+        for part in parts[:-1]:
             _check_above(fd, where)
-            below = os.open(part, _THROUGH, dir_fd=fd)
+            below = _open_or_make(part, fd, _THROUGH, create)
             os.close(fd)
             fd, where = below, os.path.join(where, part)
         _check_above(fd, where)
-        try:
-            opened = os.open(name or ".", OPEN_DIR, dir_fd=fd)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise CacheError(
-                    exc.errno, f"cache directory {directory!r} is not a directory (or is a symlink)"
-                ) from None
-            raise CacheError(exc.errno, f"cache directory {directory!r}: {exc.strerror}") from None
+        opened = _open_or_make(parts[-1] if parts else ".", fd, OPEN_DIR, create)
     except OSError as exc:
         if isinstance(exc, CacheError):
             raise
-        raise CacheError(exc.errno, f"cache directory {directory!r}: {exc.strerror}") from None
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise CacheError(
+                exc.errno, f"cache directory {canonical!r} is not a directory (or is a symlink)"
+            ) from None
+        raise CacheError(exc.errno, f"cache directory {canonical!r}: {exc.strerror}") from None
     finally:
         os.close(fd)
     st = os.fstat(opened)
@@ -623,8 +702,19 @@ def _secure_directory(directory: str) -> tuple[int, str]:
         problem = "may be written by others"
     if problem is not None:
         os.close(opened)
-        raise CacheError(0, f"cache directory {directory!r} {problem}")
-    return opened, canonical
+        raise CacheError(0, f"cache directory {canonical!r} {problem}")
+    return opened
+
+
+def _open_or_make(name: str, dir_fd: int, flags: int, create: bool) -> int:
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+    with contextlib.suppress(FileExistsError):  # another run made it meanwhile
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+    return os.open(name, flags, dir_fd=dir_fd)
 
 
 def _check_above(fd: int, where: str) -> None:
@@ -649,16 +739,23 @@ def _descriptors() -> set[str]:
 
 def _opened_by_sqlite(path: str, before: set[str], checked: os.stat_result) -> None:
     """The database SQLite just opened at `path` is the file checked: the descriptors it opened
-    that name `path` are that file (by the path, where /proc is not there to ask)."""
+    that name `path` are that file (by the path, where /proc is not there to ask).  `_Replaced`
+    where it is another, or was removed meanwhile (another run set it aside, or a `clear`)."""
     opened: list[os.stat_result] = []
     for fd in _descriptors() - before:
         with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/self/fd/{fd}") == path:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if link == f"{path} (deleted)":
+                raise _Replaced(f"the cache {path} was removed while it was opened")
+            if link == path:
                 opened.append(os.fstat(int(fd)))
     if not opened:
-        opened.append(os.stat(path))
+        try:
+            opened.append(os.stat(path))
+        except FileNotFoundError:
+            raise _Replaced(f"the cache {path} was removed while it was opened") from None
     if any((st.st_dev, st.st_ino) != (checked.st_dev, checked.st_ino) for st in opened):
-        raise CacheError(0, f"cache {path!r} was replaced while it was opened")
+        raise _Replaced(f"the cache {path} was replaced while it was opened")
 
 
 def _lock(dir_fd: int) -> None:
@@ -688,11 +785,26 @@ def _check_file(dir_fd: int, directory: str) -> os.stat_result:
         st = os.fstat(fd)
     finally:
         os.close(fd)
+    _check_owned(st, path)
+    for suffix in _COMPANIONS:  # SQLite trusts them as much as the database
+        try:
+            companion = os.stat(FILE_NAME + suffix, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        _check_owned(companion, path + suffix)
+    return st
+
+
+#: The files SQLite keeps beside a database, which it reads as part of it.
+_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def _check_owned(st: os.stat_result, path: str) -> None:
+    """A regular file of this user with one name, that nobody else may write to."""
     if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
         raise CacheError(0, f"cache {path!r} is not a regular file of yours with one name")
     if st.st_mode & 0o022:
         raise CacheError(0, f"cache {path!r} may be written by others")
-    return st
 
 
 def _set_aside(dir_fd: int) -> None:

@@ -96,7 +96,7 @@ def list_directory(directory: Directory) -> Listing | None:
     the filesystem it was stored from (another disk mounted in its place)."""
     try:
         fd = os.open(directory.path, OPEN_DIR)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in a path from a crafted row
         return None
     try:
         dev = os.fstat(fd).st_dev

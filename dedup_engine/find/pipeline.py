@@ -151,7 +151,8 @@ def _check_cache(opts: ScanOptions, roots: Sequence[str], stats: RunStats) -> Sc
     if opened.cache is None:
         return dataclasses.replace(opts, cache_dir=None)
     opened.cache.close()
-    return opts
+    # The path checked, every symlink on the way resolved: the one the workers open.
+    return dataclasses.replace(opts, cache_dir=opened.cache.directory)
 
 
 class _Tally:

@@ -9,6 +9,7 @@ from cachetrust import need_trusted
 from incli import invoke
 from treebuilder import Tree, content
 
+import dedup_engine.cli.cache as cache_cli
 import dedup_engine.find.cache as cache_module
 
 
@@ -102,3 +103,18 @@ def test_a_relative_xdg_cache_home_is_ignored(
     assert invoke("find", tree.root, "--cache")[0] == 0
     assert not (tmp_path / "relative").exists()
     assert (tmp_path / "home" / ".cache" / "dedup-engine" / cache_module.FILE_NAME).is_file()
+
+
+def test_an_interrupted_prune_says_so_and_exits_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = cache_module.DigestCache.open(str(tmp_path)).cache
+    assert opened is not None
+    opened.close()
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt  # as the handler of SIGTERM raises it
+
+    monkeypatch.setattr(cache_cli, "prune", interrupted)
+    code, _, err = invoke("cache", "prune", "--cache-dir", tmp_path)
+    assert (code, err.decode()) == (130, "dedup: interrupted\n")

@@ -318,8 +318,31 @@ def test_a_database_swapped_before_sqlite_opens_it_is_refused(
         return connect(path, busy_ms)
 
     monkeypatch.setattr(cache_module, "_connect", swapped)
-    with pytest.raises(CacheError, match="replaced while it was opened"):
+    with pytest.raises(sqlite3.OperationalError, match="replaced while it was opened"):
         DigestCache(str(tmp_path))
+    opened = DigestCache.open(str(tmp_path))  # tried twice, swapped twice: not used, a warning
+    assert opened.cache is None
+    assert opened.warning is not None and "cannot be used now" in opened.warning
+
+
+def test_a_database_removed_while_it_is_opened_is_opened_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As when `dedup cache clear`, or another run setting it aside, removes it meanwhile."""
+    _opened(tmp_path).close()
+    connect = cache_module._connect
+    removals = []
+
+    def removed_once(path: str, busy_ms: int) -> sqlite3.Connection:
+        db = connect(path, busy_ms)
+        if not removals:
+            removals.append(path)
+            os.unlink(path)
+        return db
+
+    monkeypatch.setattr(cache_module, "_connect", removed_once)
+    opened = DigestCache.open(str(tmp_path))
+    assert opened.warning is None and opened.cache is not None and removals
 
 
 # --- runs at once on a damaged cache, and a cache locked by another program -------------------
@@ -402,3 +425,64 @@ def test_a_worker_gives_up_a_cache_locked_against_readers_after_a_few_tries(
         assert worker.lookup((FS, HEAD), [(1, 1, 2, 3)]) == [None]
     assert tries == cached_module.BUSY_LIMIT
     worker.close()
+
+
+@pytest.mark.parametrize("companion", ["-wal", "-shm", "-journal"])
+@pytest.mark.parametrize("problem", ["others may write", "a symlink", "second name"])
+def test_a_planted_companion_file_is_refused(tmp_path: Path, companion: str, problem: str) -> None:
+    """SQLite reads a database's WAL and journal as part of it: a WAL that says b's digest is
+    a's would make a wrong group."""
+    _opened(tmp_path).close()
+    planted = tmp_path / (FILE_NAME + companion)
+    planted.unlink(missing_ok=True)
+    if problem == "a symlink":
+        planted.symlink_to(tmp_path / "elsewhere")
+    else:
+        planted.write_bytes(b"x")
+        if problem == "second name":
+            os.link(planted, tmp_path / "other name")
+        else:
+            planted.chmod(0o666)
+    with pytest.raises(CacheError, match=companion):
+        DigestCache.open(str(tmp_path))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a symlink away")
+def test_a_symlink_of_another_user_on_the_way_is_refused_before_anything_is_made(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "mine").mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "mine")
+    os.lchown(link, 65534, 65534)
+    with pytest.raises(CacheError, match="symlink of uid 65534"):
+        DigestCache.open(str(link / "cache"))
+    assert list((tmp_path / "mine").iterdir()) == []
+
+
+def test_directories_are_made_only_in_directories_that_passed(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(CacheError, match="may be written by others"):
+        DigestCache.open(str(shared / "a" / "b"))
+    assert list(shared.iterdir()) == []
+
+
+def test_inode_numbers_past_two_to_the_63_are_kept(tmp_path: Path) -> None:
+    cache = _opened(tmp_path)
+    big = (1 << 64) - 5
+    cache.store(FS, HEAD, DIR, [(big, 1, 2, 3, DIGEST)])
+    assert cache.lookup(FS, HEAD, [(big, 1, 2, 3), (big - 1, 1, 2, 3)]) == [DIGEST, None]
+
+
+def test_crafted_values_do_not_break_stats(tmp_path: Path) -> None:
+    cache = _opened(tmp_path)
+    cache.store(FS, HEAD, DIR, [(1, 1, 2, 3, DIGEST)])
+    cache.close()
+    db = sqlite3.connect(tmp_path / FILE_NAME)
+    db.execute("UPDATE digests SET kind = 'text'")
+    db.commit()
+    db.close()
+    summary = _opened(tmp_path).summary()
+    assert summary.rows == 1 and summary.by_kind == {}

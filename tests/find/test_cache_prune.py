@@ -181,3 +181,42 @@ def test_a_run_that_finds_a_directory_s_digests_marks_it_used(tmp_path: Path) ->
     worker.close()
     used = _used(cache_dir)
     assert used["/data/b"] == 5 and used["/data/a"] > 5
+
+
+def test_a_crafted_directory_path_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = _cache(tmp_path / "cache")
+    cache.store(b"\x07" * 8, WHOLE, "/a\0b", [(5, 10, 20, 30, DIGEST)])
+    monkeypatch.setattr(prune_module, "mounted_filesystems", lambda: {b"\x07" * 8})
+    assert prune(cache).gone == 1
+
+
+def test_prune_goes_on_while_a_run_commits(
+    tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows are read under one snapshot while the directories are listed; another run's
+    commit meanwhile must not make the drop fail, and the rows that run stored stay."""
+    need_trusted(tree.root)
+    for d in ("a", "b"):
+        for i in range(3):
+            tree.file(f"{d}/f{i}", content(2000, seed=f"{d}{i}"))
+    cache_dir = tmp_path / "cache"
+    _find(tree.root, cache_dir)
+    (Path(tree.root) / "a" / "f0").unlink()
+    cache = _cache(cache_dir)
+    fs = filesystem_id(tree.root, os.stat(tree.root).st_dev)
+    assert fs is not None
+    listing = prune_module.list_directory
+    stored: list[int] = []
+
+    def while_a_run_commits(directory: prune_module.Directory) -> prune_module.Listing | None:
+        stored.append(10**9 + len(stored))
+        other = _cache(cache_dir)
+        other.store(fs, WHOLE, os.path.join(tree.root, "a"), [(stored[-1], 1, 1, 1, DIGEST)])
+        other.close()
+        return listing(directory)
+
+    monkeypatch.setattr(prune_module, "list_directory", while_a_run_commits)
+    assert prune(cache).gone == 1  # f0's row; those stored meanwhile are not in the snapshot
+    assert cache.lookup(fs, WHOLE, [(ino, 1, 1, 1) for ino in stored]) == [DIGEST] * 2

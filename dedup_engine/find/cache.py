@@ -360,9 +360,13 @@ class DigestCache:
     def lookup(self, fs: bytes, kind: int, seen: Sequence[Seen]) -> list[bytes | None]:
         """The stored digest of each file, in order, where it is still the file stored; else
         None.  The directories of the digests found count as used (at the next store)."""
-        found: dict[int, tuple[int, int, int, bytes, int]] = {}
         fs_id = self._filesystem(fs)
-        inos = [] if fs_id is None else list({_signed(ino) for ino, _, _, _ in seen})
+        if fs_id is None:
+            return [None] * len(seen)
+        # Keyed by all four numbers, so one probe matches inode, size, mtime and ctime at once.
+        # Inode numbers are kept signed (`_signed`), written out here: this runs once a file.
+        found: dict[tuple[int, int, int, int], tuple[bytes, int]] = {}
+        inos = list({ino if ino < _SIGN else ino - _WRAP for ino, _, _, _ in seen})
         for start in range(0, len(inos), _LOOKUP_CHUNK):
             chunk = inos[start : start + _LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
@@ -370,24 +374,17 @@ class DigestCache:
                 "SELECT ino, size, mtime, ctime, digest, dir FROM digests"
                 f" WHERE fs = ? AND kind = ? AND ino IN ({marks})",
                 (fs_id, kind, *chunk),
+            ).fetchall()
+            found.update(
+                {
+                    (ino if ino >= 0 else ino + _WRAP, size, mtime, ctime): (digest, directory)
+                    for ino, size, mtime, ctime, digest, directory in rows
+                    if type(digest) is bytes and len(digest) == DIGEST_SIZE and digest != NO_DIGEST
+                }
             )
-            for ino, *row in rows:
-                found[_unsigned(ino)] = tuple(row)
-        out: list[bytes | None] = []
-        for ino, size, mtime, ctime in seen:
-            row = found.get(ino)
-            if (
-                row is not None
-                and row[:3] == (size, mtime, ctime)
-                and isinstance(row[3], bytes)
-                and len(row[3]) == DIGEST_SIZE
-                and row[3] != NO_DIGEST
-            ):
-                out.append(row[3])
-                self._used.add(row[4])
-            else:
-                out.append(None)
-        return out
+        hits = [found.get(key) for key in seen]
+        self._used.update(hit[1] for hit in hits if hit is not None)
+        return [None if hit is None else hit[0] for hit in hits]
 
     @property
     def unwritten(self) -> bool:
@@ -590,14 +587,17 @@ def error_name(exc: sqlite3.Error) -> str:
 _DOOMED = "CREATE TEMP TABLE IF NOT EXISTS doomed (fs, ino, kind, size, mtime, ctime)"
 
 
+_SIGN, _WRAP = 1 << 63, 1 << 64
+
+
 def _signed(ino: int) -> int:
     """An inode number as SQLite keeps it: a signed 64-bit integer (some filesystems give
     numbers of 2**63 and more)."""
-    return ino - (1 << 64) if ino >= 1 << 63 else ino
+    return ino - _WRAP if ino >= _SIGN else ino
 
 
 def _unsigned(value: int) -> int:
-    return value + (1 << 64) if value < 0 else value
+    return value + _WRAP if value < 0 else value
 
 
 def _today() -> int:

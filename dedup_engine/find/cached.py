@@ -177,22 +177,30 @@ def hash_cached(
     `run`, and those read unchanged stored."""
     started = time.time_ns()
     rows, sizes, window = task.rows, task.sizes, task.window
-    _, devs = store.roots_devs(rows)
+    devs = store.devs(rows)
     ino, mtime, ctime = store.ino, store.mtime, store.ctime
-    seen = [
-        Scanned(dev, ino[row], size, mtime[row], ctime[row])
-        for dev, row, size in zip(devs, rows, sizes, strict=True)
-    ]
+    seen = list(
+        map(
+            Scanned,
+            devs,
+            [ino[row] for row in rows],
+            sizes,
+            [mtime[row] for row in rows],
+            [ctime[row] for row in rows],
+        )
+    )
     fs_of = {
         dev: cache.fs(dev, store.paths([rows[devs.index(dev)]])[0], task.follow_links)
         for dev in set(devs)
     }
     window_kind, whole = cache_kind(window.stage, window.length), cache_kind(Stage.FULL)
     limit = window.whole_limit
-    slots: list[Slot | None] = []
-    for dev, size in zip(devs, sizes, strict=True):
-        fs = fs_of[dev]
-        slots.append(None if fs is None else (fs, whole if size <= limit else window_kind))
+    # Per device: the slot of a file read whole, and of one read for its window.
+    pairs: dict[int, tuple[Slot | None, Slot | None]] = {
+        dev: (None, None) if fs is None else ((fs, whole), (fs, window_kind))
+        for dev, fs in fs_of.items()
+    }
+    slots = [pairs[dev][size > limit] for dev, size in zip(devs, sizes, strict=True)]
     digests = _look_up(cache, slots, seen)
     missing = [p for p, digest in enumerate(digests) if digest is None]
     result = (

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from itertools import accumulate
 
 #: Name offsets are 4 bytes while the arena is under 4 GiB, and 8 past it.
@@ -102,6 +102,13 @@ class RowStore:
             + names[ends[row - 1] if row else 0 : ends[row]].decode("utf-8", "surrogateescape")
             for row in rows
         ]
+
+    def devs(self, rows: Sequence[int]) -> array[int]:
+        """The device of many rows, in a column; with one device, without a look at each."""
+        one = self.one_dev
+        if one is not None:
+            return array("Q", [one]) * len(rows)
+        return self.roots_devs(rows)[1]
 
     def roots_devs(self, rows: Iterable[int]) -> tuple[array[int], array[int]]:
         """The root index and the device of many rows, in columns."""

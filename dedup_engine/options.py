@@ -73,6 +73,8 @@ class ScanOptions:
     io_depth: int | None = None
     #: Where the digest cache lives (`find.cache`); None: no cache, every file is read.
     cache_dir: str | None = None
+    #: Report only groups whose files lie under two roots or more (`find.groups.RootRule`).
+    isolate: bool = False
 
     def __post_init__(self) -> None:
         self._check_limits()

@@ -113,6 +113,14 @@ def find(
         bool,
         typer.Option("--hard-links", help="Report hard links of one file as duplicates too."),
     ] = False,
+    isolate: Annotated[
+        bool,
+        typer.Option(
+            "--isolate",
+            help="Report only groups whose files lie under two roots or more (a file counts"
+            " under the innermost root that holds it).",
+        ),
+    ] = False,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -186,6 +194,7 @@ def find(
             max_size=parse_size(max_size) if max_size is not None else None,
             empty=empty,
             hard_links=hard_links,
+            isolate=isolate,
             workers=workers,
             io_depth=io_depth,
             head_window=parse_size(head_window),

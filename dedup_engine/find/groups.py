@@ -12,7 +12,8 @@ or names when hard links are to be reported as duplicates.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from dedup_engine.find.tasks import ScanResult
@@ -160,8 +161,24 @@ class Named(NamedTuple):
     nlink: int
 
 
+@dataclass(frozen=True, slots=True)
+class RootRule:
+    """Which groups count by the roots their files were found under (each file's innermost
+    root): with `isolate`, only a group whose files lie under two roots or more, as fclones'
+    `--isolate` (copies within one root alone are not reported)."""
+
+    isolate: bool = False
+
+    def counts(self, roots: Iterable[int]) -> bool:
+        return not self.isolate or len(set(roots)) >= 2
+
+
+#: Every group counts, whatever its roots.
+ANY_ROOTS = RootRule()
+
+
 def assemble(
-    size: int, digest: bytes, names: list[Named], hard_links: bool
+    size: int, digest: bytes, names: list[Named], hard_links: bool, rule: RootRule = ANY_ROOTS
 ) -> DuplicateGroup | None:
     """The final group of these names, or None if it does not count.
 
@@ -172,7 +189,7 @@ def assemble(
     only when its inode has no other: acting on a link while keeping its target's copies loses
     data.  Order: by the index of the root the file was found under, then by path.
     """
-    if len(names) < 2:
+    if len(names) < 2 or not rule.counts(n.root for n in names):
         return None  # one name: not a group, even of hard links
     entries = [n.entry for n in names]
     distinct = len({(e.dev, e.ino) for e in entries}) == len(entries)
@@ -194,6 +211,8 @@ def assemble(
     for same in inodes.values():
         real = [n for n in same if not n.alias]
         listed.extend(real or same)
+    if not rule.counts(n.root for n in listed):
+        return None
     return DuplicateGroup(size, digest.hex(), _ordered(listed))
 
 

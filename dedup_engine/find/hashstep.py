@@ -30,7 +30,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dedup_engine.find.groups import Group, Named, SizeIndex, assemble, owner_rows
+from dedup_engine.find.groups import (
+    ANY_ROOTS,
+    Group,
+    Named,
+    RootRule,
+    SizeIndex,
+    assemble,
+    owner_rows,
+)
 from dedup_engine.find.pool import Pool
 from dedup_engine.find.tasks import (
     DIGEST_SIZE,
@@ -76,6 +84,8 @@ class StepContext:
     in_flight: int
     emit: Callable[[DuplicateGroup], None]
     tick: Callable[[], None] | None
+    #: Which final groups count by their roots (`--isolate`).
+    rule: RootRule = ANY_ROOTS
 
     @property
     def room(self) -> bool:
@@ -387,8 +397,9 @@ class _Names:
             self.at,
             self.failed,
         )
-        if context.sizes.links or context.sizes.aliases:
-            return assemble(size, digest, self._named(context, group), context.sizes.hard_links)
+        sizes, rule = context.sizes, context.rule
+        if sizes.links or sizes.aliases:
+            return assemble(size, digest, self._named(context, group), sizes.hard_links, rule)
         # One name per file, none through a symlink: `assemble`'s common case, without a
         # `Named` per file.
         described = self.described
@@ -400,7 +411,9 @@ class _Names:
         if len(kept) < 2 or len({entry[1:3] for _, entry in kept}) < len(kept):
             # Too few, or one inode under two names after all (a bind mount, a link made
             # during the walk): the general rule decides, with each name's link count.
-            return assemble(size, digest, self._named(context, group), context.sizes.hard_links)
+            return assemble(size, digest, self._named(context, group), sizes.hard_links, rule)
+        if not rule.counts(root for root, _ in kept):
+            return None
         kept.sort()  # by root, then path (first in an entry, and never twice in a group)
         return DuplicateGroup(size, digest.hex(), tuple([entry for _, entry in kept]))
 

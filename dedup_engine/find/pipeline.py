@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dedup_engine.find.cache import CacheError, DigestCache
-from dedup_engine.find.groups import Group, SizeIndex
+from dedup_engine.find.groups import Group, RootRule, SizeIndex
 from dedup_engine.find.hashstep import (
     FullStep,
     RecheckStep,
@@ -204,6 +204,7 @@ class _Run:
             self.limit,
             emit,
             self._tick if progress else None,
+            RootRule(isolate=opts.isolate),
         )
         self._last_tick = 0.0
         self._dirs: deque[DirJob] = deque()  # directories still to list

@@ -7,10 +7,15 @@ timestamps come from whoever built it (squashfs, EROFS, ISO 9660), not a network
 (another client's write shows late, or with the server's clock), not a stacking one whose layers
 share one `f_fsid` and repeat inode numbers (overlayfs, FUSE); (2) a file written through a
 shared memory mapping can be written back on demand (not tmpfs, which has no backing store to
-write to); and (3) its identity names one inode space and outlives a remount.  Trusted: ext2/3/4
-(`f_fsid` made from the filesystem UUID), btrfs (`f_fsid` made from the UUID and the subvolume)
-and XFS (whose `f_fsid` is the device number, which another mount may reuse: its UUID instead,
-from FS_IOC_GETFSUUID, Linux 6.5).  Any other filesystem is read as without a cache.
+write to); (3) no call lets a user change a file's bytes and leave its ctime (not XFS, whose
+XFS_IOC_SWAPEXT, for its defragmenter, swaps two files' data for anyone who may write both and
+keeps their timestamps); and (4) its identity names one inode space and outlives a remount.
+Trusted: ext2/3/4 (`f_fsid` made from the filesystem UUID) and btrfs (`f_fsid` made from the
+UUID and the subvolume).  Any other filesystem is read as without a cache.
+
+The cache trusts a filesystem not to change while it is not mounted here: an image or a disk
+written elsewhere (a copy of an image edited, a disk written by another machine) keeps its UUID,
+inode numbers and times, and its digests are taken as they were.
 
 A write through a shared mapping moves mtime and ctime only when it first dirties a clean page;
 a page already dirty takes further writes unseen until it is written back.  `expose_mapped_writes`
@@ -22,16 +27,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import os
-import stat
 
-from dedup_engine.openflags import OPEN_DIR
-
-#: `statfs` f_type of the filesystems trusted (linux/magic.h): ext2/3/4, XFS, btrfs.
-TRUSTED_TYPES = frozenset({0xEF53, 0x58465342, 0x9123683E})
-#: _IOR(0x15, 0, struct fsuuid2 { __u8 len; __u8 uuid[16]; }), from linux/fs.h.
-_FS_IOC_GETFSUUID = 0x80111500
+#: `statfs` f_type of the filesystems trusted (linux/magic.h): ext2/3/4, btrfs.
+TRUSTED_TYPES = frozenset({0xEF53, 0x9123683E})
 #: SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER.
 _WRITE_AND_WAIT = 7
 #: Room for `struct statfs` (120 bytes on 64-bit Linux), whose first field is f_type (a long).
@@ -48,31 +47,22 @@ def filesystem_id(
     path: str, dev: int, follow_links: bool = False, dir_fd: int | None = None
 ) -> bytes | None:
     """The identity, kept across remounts, of the filesystem of device `dev`, asked of `path`, a
-    file or directory on it (its target with `follow_links`; relative to `dir_fd` where given);
-    None where the cache does not trust that filesystem or it gives no identity.  Asked of the
-    open file, which must be on `dev`: a path that now leads to another filesystem never lends
-    that one's identity.  OSError where the file cannot be asked.
-
-    The identity is `f_fsid` (8 bytes), or where that is the device number, the filesystem's
-    UUID (17 bytes: "U" and the UUID)."""
+    file or directory on it (its target with `follow_links`; relative to `dir_fd` where given):
+    its `f_fsid`, 8 bytes.  None where the cache does not trust that filesystem, or it gives no
+    identity (0, or its device number, which the next filesystem on that device would share).
+    Asked of the open file, which must be on `dev`: a path that now leads to another filesystem
+    never lends that one's identity.  OSError where the file cannot be asked."""
     flags = os.O_PATH | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
     fd = os.open(path, flags, dir_fd=dir_fd)
     try:
-        st = os.fstat(fd)
-        if st.st_dev != dev:
+        if os.fstat(fd).st_dev != dev:
             raise OSError(errno.EXDEV, "no longer on the device scanned", path)
         if _sync_file_range is None or filesystem_type(fd) not in TRUSTED_TYPES:
             return None
         fsid = os.fstatvfs(fd).f_fsid
-        if fsid != dev:
-            return fsid.to_bytes(8, "little", signed=False) if fsid else None
-        if stat.S_ISDIR(st.st_mode):
-            uuid = _uuid_of_directory(".", dev, fd)
-        else:
-            uuid = _uuid_of_directory(os.path.dirname(path) or ".", dev, dir_fd)
     finally:
         os.close(fd)
-    return None if uuid is None else b"U" + uuid
+    return fsid.to_bytes(8, "little", signed=False) if fsid and fsid != dev else None
 
 
 def filesystem_type(fd: int) -> int | None:
@@ -95,23 +85,3 @@ def expose_mapped_writes(fd: int) -> None:
     if _sync_file_range(fd, 0, 0, _WRITE_AND_WAIT) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
-
-
-def _uuid_of_directory(path: str, dev: int, dir_fd: int | None) -> bytes | None:
-    """The UUID of the filesystem of directory `path`, if it is on `dev` and the kernel says
-    one (an ioctl, so the directory is opened for reading: an O_PATH descriptor takes none)."""
-    try:
-        fd = os.open(path, OPEN_DIR & ~os.O_NOFOLLOW, dir_fd=dir_fd)
-    except OSError:
-        return None
-    try:
-        if os.fstat(fd).st_dev != dev:
-            return None
-        answer = bytearray(17)
-        fcntl.ioctl(fd, _FS_IOC_GETFSUUID, answer)
-    except OSError:  # ENOTTY: an older kernel, or a filesystem without a UUID
-        return None
-    finally:
-        os.close(fd)
-    uuid = bytes(answer[1 : 1 + min(answer[0], 16)])
-    return uuid if uuid.strip(b"\0") else None

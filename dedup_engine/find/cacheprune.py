@@ -23,6 +23,8 @@ from dedup_engine.openflags import OPEN_DIR
 #: What a listed directory holds: (filesystem, inode) of each regular file (a symlink's target
 #: too, as runs with links followed store it), and its (size, mtime_ns, ctime_ns).
 Listing = dict[tuple[bytes, int], tuple[int, int, int]]
+#: The mountinfo names of the filesystem types `fsidentity.TRUSTED_TYPES` holds.
+_TRUSTED_MOUNTS = frozenset({b"ext2", b"ext3", b"ext4", b"btrfs"})
 #: Passes of dropping the least used directories and compacting, while the estimate falls short.
 _CAP_PASSES = 4
 
@@ -131,11 +133,16 @@ def _add(found: Listing, dir_fd: int, name: str, fs: bytes, dev: int) -> None:
 
 def mounted_filesystems() -> set[bytes] | None:
     """The identities of the filesystems mounted now, as this process sees them; None where
-    /proc cannot say (then every filesystem is taken as mounted)."""
+    /proc cannot say (then every filesystem is taken as mounted).  Only mounts of the types the
+    cache trusts are asked: a network mount whose server is gone would hang the question."""
     try:
         with open("/proc/self/mountinfo", "rb") as lines:
-            points = [_unescape(line.split()[4]) for line in lines]
-    except (OSError, IndexError):
+            points = [
+                _unescape(fields[4])
+                for fields in map(bytes.split, lines)
+                if fields[fields.index(b"-") + 1] in _TRUSTED_MOUNTS
+            ]
+    except (OSError, IndexError, ValueError):
         return None
     found: set[bytes] = set()
     for point in points:

@@ -220,3 +220,10 @@ def test_prune_goes_on_while_a_run_commits(
     monkeypatch.setattr(prune_module, "list_directory", while_a_run_commits)
     assert prune(cache).gone == 1  # f0's row; those stored meanwhile are not in the snapshot
     assert cache.lookup(fs, WHOLE, [(ino, 1, 1, 1) for ino in stored]) == [DIGEST] * 2
+
+
+def test_the_filesystem_of_the_tests_is_mounted(tmp_path: Path) -> None:
+    need_trusted(tmp_path)
+    mounted = prune_module.mounted_filesystems()
+    assert mounted is not None
+    assert filesystem_id(str(tmp_path), tmp_path.stat().st_dev) in mounted

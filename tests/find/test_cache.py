@@ -331,7 +331,7 @@ def test_a_database_removed_while_it_is_opened_is_opened_again(
     """As when `dedup cache clear`, or another run setting it aside, removes it meanwhile."""
     _opened(tmp_path).close()
     connect = cache_module._connect
-    removals = []
+    removals: list[str] = []
 
     def removed_once(path: str, busy_ms: int) -> sqlite3.Connection:
         db = connect(path, busy_ms)

@@ -15,9 +15,9 @@ from treebuilder import Tree, content
 import dedup_engine.find.cache as cache_module
 import dedup_engine.find.cacheprune as prune_module
 from dedup_engine import ScanOptions, find_duplicates
-from dedup_engine.find.cache import FILE_NAME, DigestCache, kind_of
+from dedup_engine.find.cache import FILE_NAME, DigestCache, Directory, kind_of
 from dedup_engine.find.cached import WorkerCache
-from dedup_engine.find.cacheprune import prune
+from dedup_engine.find.cacheprune import Listing, prune
 from dedup_engine.find.fsidentity import filesystem_id
 from dedup_engine.model import FindResult, Stage
 
@@ -210,7 +210,7 @@ def test_prune_goes_on_while_a_run_commits(
     listing = prune_module.list_directory
     stored: list[int] = []
 
-    def while_a_run_commits(directory: prune_module.Directory) -> prune_module.Listing | None:
+    def while_a_run_commits(directory: Directory) -> Listing | None:
         stored.append(10**9 + len(stored))
         other = _cache(cache_dir)
         other.store(fs, WHOLE, os.path.join(tree.root, "a"), [(stored[-1], 1, 1, 1, DIGEST)])

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, Annotated, Any, BinaryIO
 
 import typer
 
@@ -31,10 +33,12 @@ from dedup_engine.cli.common import (
 )
 from dedup_engine.cli.exitcode import FindStatus
 from dedup_engine.find.cache import ENVIRONMENT as CACHE_ENVIRONMENT
+from dedup_engine.find.filelist import read_paths
 from dedup_engine.find.pipeline import Progress, ProgressCallback, find_duplicates
 from dedup_engine.find.pool import WorkerError
 from dedup_engine.model import Findings, FindResult
 from dedup_engine.options import OptionsError, ScanOptions
+from dedup_engine.oserror import describe_error
 from dedup_engine.report.display import human_size
 from dedup_engine.report.formats import WRITERS, Format
 from dedup_engine.report.spool import GroupSpool, SpooledResult, default_directory
@@ -59,7 +63,9 @@ class _Request:
 
 def find(
     ctx: typer.Context,
-    roots: Annotated[list[str], typer.Argument(help="Directories or files to search.")],
+    roots: Annotated[
+        list[str] | None, typer.Argument(help="Directories or files to search.")
+    ] = None,
     output_format: Annotated[
         Format, typer.Option("--format", "-f", help="text (for people), fdupes, json or csv.")
     ] = Format.TEXT,
@@ -69,7 +75,10 @@ def find(
     null: Annotated[
         bool,
         typer.Option(
-            "--null", "-0", help="fdupes format: a NUL after each path and after each group."
+            "--null",
+            "-0",
+            help="A NUL after each path: in the fdupes format (and after each group), and in"
+            " the list --files-from reads.",
         ),
     ] = False,
     follow_links: Annotated[
@@ -149,6 +158,14 @@ def find(
             envvar=CACHE_ENVIRONMENT,
         ),
     ] = False,
+    files_from: Annotated[
+        str | None,
+        typer.Option(
+            "--files-from",
+            help="Also search the paths listed in FILE (- for stdin), one a line or, with -0,"
+            " each followed by a NUL: each is a root.",
+        ),
+    ] = None,
     cache_dir: Annotated[
         str | None,
         typer.Option(
@@ -205,13 +222,41 @@ def find(
             stages=tuple(s.strip() for s in partial_stages.split(",") if s.strip()),
             cache_dir=_cache_dir(cache, cache_dir, ctx),
         )
-        if null and output_format is not Format.FDUPES:
-            raise OptionsError("-0/--null is for --format fdupes only")
+        if null and output_format is not Format.FDUPES and files_from is None:
+            raise OptionsError("-0/--null is for --format fdupes or --files-from")
         _check_output(output)
+        searched = itertools.chain(roots or (), _listed(files_from, null))
     except OptionsError as exc:
         fail_usage(str(exc))
-    request = _Request(output_format, output, null, quiet, progress, show_stats, fail_on_duplicates)
-    raise typer.Exit(_run(roots, options, request).exit_code)
+    fdupes_null = null and output_format is Format.FDUPES
+    request = _Request(
+        output_format, output, fdupes_null, quiet, progress, show_stats, fail_on_duplicates
+    )
+    raise typer.Exit(_run(searched, options, request).exit_code)
+
+
+def _listed(source: str | None, null: bool) -> Iterator[str]:
+    """The paths `--files-from` names, read as the search takes its roots; a list that cannot
+    be opened or read is a usage error (before any work: the roots are all read first)."""
+    if source is None:
+        return iter(())
+    if source == "-":
+        return _reading(sys.stdin.buffer, "standard input", null, close=False)
+    try:
+        stream = open(source, "rb")  # noqa: SIM115 - closed by _reading when the list ends
+    except OSError as exc:
+        raise OptionsError(f"--files-from {source!r}: {describe_error(exc)}") from None
+    return _reading(stream, repr(source), null, close=True)
+
+
+def _reading(stream: BinaryIO, name: str, null: bool, *, close: bool) -> Iterator[str]:
+    try:
+        yield from read_paths(stream, null)
+    except OSError as exc:
+        raise OptionsError(f"--files-from {name}: {describe_error(exc)}") from None
+    finally:
+        if close:
+            stream.close()
 
 
 def _cache_dir(cache: bool, directory: str | None, ctx: typer.Context) -> str | None:
@@ -226,7 +271,7 @@ def _cache_dir(cache: bool, directory: str | None, ctx: typer.Context) -> str | 
     return cache_directory(None) if cache else None
 
 
-def _run(roots: list[str], options: ScanOptions, request: _Request) -> FindStatus:
+def _run(roots: Iterable[str], options: ScanOptions, request: _Request) -> FindStatus:
     """Search, write the report and say how it went; what the run came to."""
     if request.to_stdout and not stdout_usable():
         print_error("cannot write the report: stdout is closed")

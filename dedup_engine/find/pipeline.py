@@ -21,7 +21,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from dedup_engine.find.cache import CacheError, DigestCache
 from dedup_engine.find.groups import Group, RootRule, SizeIndex
@@ -44,6 +43,8 @@ from dedup_engine.paths import is_under
 IN_FLIGHT_PER_WORKER = 3
 #: Directories per scan task, at most; fewer while there are few to share out.
 SCAN_BATCH_DIRS = 16
+#: Roots that are files, at most, in one scan task.
+FILE_ROOTS_PER_TASK = 4096
 #: Batches of size groups queued ahead of the head stage: enough to keep it fed.
 AHEAD_BATCHES = 2
 
@@ -70,26 +71,59 @@ def canonical_roots(roots: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
     too, and listed once: the walk passes over a path that is a root of its own.
     """
     out: list[str] = []
+    seen: set[str] = set()
+    parents: dict[str, str] = {}
     for root in roots:
         text = os.fspath(root)
         if not text:
             raise OptionsError("an empty root was given")
-        real = os.path.realpath(text)
+        real = _realpath(text, parents)
         try:
             st = os.stat(real)
         except OSError as exc:
             raise OptionsError(f"root {text!r}: {describe_error(exc)}") from None
         if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             raise OptionsError(f"root {text!r} is neither a directory nor a regular file")
-        if real not in out:
+        if real not in seen:
+            seen.add(real)
             out.append(real)
     if not out:
         raise OptionsError("no root given")
     return tuple(out)
 
 
+#: Parent directories `_realpath` keeps resolved, at most: a list names few directories often.
+_PARENTS_KEPT = 65_536
+
+
+def _realpath(text: str, parents: dict[str, str]) -> str:
+    """`os.path.realpath(text)`, with each parent directory resolved once (a list of a million
+    files from --files-from names a few thousand directories, and resolving a path looks at each
+    of its components).  A path with a "." or ".." in it, whose meaning depends on the symlinks
+    before it, is resolved whole."""
+    absolute = os.path.join(os.getcwd(), text) if not text.startswith("/") else text
+    parts = absolute.split("/")
+    if "." in parts or ".." in parts:
+        return os.path.realpath(text)
+    head, name = os.path.split(os.path.normpath(absolute))
+    if not name:
+        return os.path.realpath(text)
+    real_head = parents.get(head)
+    if real_head is None:
+        if len(parents) >= _PARENTS_KEPT:
+            parents.clear()
+        real_head = parents[head] = os.path.realpath(head)
+    joined = os.path.join(real_head, name)
+    try:
+        if stat.S_ISLNK(os.lstat(joined).st_mode):
+            return os.path.realpath(joined)
+    except OSError:
+        pass  # missing: the caller's stat says so
+    return joined
+
+
 def find_duplicates(
-    roots: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+    roots: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
     options: ScanOptions | None = None,
     *,
     progress: ProgressCallback | None = None,
@@ -101,9 +135,10 @@ def find_duplicates(
     missing roots raise `OptionsError` before any work starts.  The result's groups are sorted
     (largest files first, then by first path); with `on_group`, each group goes there instead as
     soon as it is final, in no set order, and the result holds none (its stats count them).
+    `roots` may be any iterable, read once (`find.filelist.read_paths`, say).
     """
     opts = options or ScanOptions()
-    if isinstance(roots, str | Path) or not isinstance(roots, Sequence):
+    if isinstance(roots, str | os.PathLike):
         roots = [roots]
     canon = canonical_roots(roots)
     started = time.perf_counter()
@@ -343,8 +378,10 @@ class _Run:
         for index, root in enumerate(self.roots):
             self._add_root(index, root, files)
         pool = self.pool
-        if files:  # roots that are files: scanned, and owned, by a worker like any other file
-            self._submit_scan(ScanTask((), tuple(files)))
+        # Roots that are files (a list from --files-from may hold millions): scanned, and owned,
+        # by the workers like any other file, a task's worth at a time.
+        for start in range(0, len(files), FILE_ROOTS_PER_TASK):
+            self._submit_scan(ScanTask((), tuple(files[start : start + FILE_ROOTS_PER_TASK])))
         pending = self._dirs
         while pending or self._scans:
             # Results wait (`_arrived`) behind a slow task: no more sent while many do.

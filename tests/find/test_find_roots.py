@@ -1,12 +1,22 @@
-"""What the roots of a search decide about its groups: with `--isolate`, only groups whose
-files lie under two roots or more are reported, each file counting under the innermost root
-that holds it."""
+"""The roots of a search: with `--isolate`, only groups whose files lie under two roots or more
+are reported, each file counting under the innermost root that holds it; `--files-from` takes
+each path of a list (a file or stdin, newline- or NUL-separated) as a root."""
 
 from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from incli import invoke
 from treebuilder import Runner, Tree, content, expect, groups_of
+
+from dedup_engine.find.filelist import read_paths
+from dedup_engine.find.pipeline import _realpath
 
 pytestmark = pytest.mark.usefixtures("deadline")
 
@@ -64,3 +74,99 @@ def test_the_cli_takes_isolate(tree: Tree) -> None:
         tree.path("a/z2"),
         tree.path("b/sub/z"),
     ]
+
+
+# --- --files-from ---------------------------------------------------------------------------
+
+
+def _list(tmp_path: Path, paths: list[str], null: bool = False) -> Path:
+    listed = tmp_path / "list"
+    separator = b"\0" if null else b"\n"
+    listed.write_bytes(b"".join(os.fsencode(p) + separator for p in paths))
+    return listed
+
+
+def _fdupes(out: bytes) -> list[list[str]]:
+    return [g.splitlines() for g in out.decode().split("\n\n") if g.strip()]
+
+
+def test_files_from_takes_each_listed_path_as_a_root(tree: Tree, tmp_path: Path) -> None:
+    _build(tree)
+    listed = _list(tmp_path, [tree.path("a/y"), tree.path("b"), tree.path("a/y"), ""])
+    code, out, _ = invoke("find", "--files-from", listed, "-f", "fdupes")
+    assert code == 0
+    # b/y and a/y (listed twice: one root), b/sub/z alone in b: a/z1 and a/z2 are not listed.
+    assert _fdupes(out) == [[tree.path("a/y"), tree.path("b/y")]]
+    code, out, _ = invoke("find", tree.path("a"), "--files-from", listed, "-f", "fdupes")
+    assert len(_fdupes(out)) == 3  # roots given and listed, together
+
+
+def test_files_from_with_nul_separators_takes_any_name(tree: Tree, tmp_path: Path) -> None:
+    odd = tree.file("odd/new\nline", content(1000))
+    plain = tree.file("odd/plain", content(1000))
+    listed = _list(tmp_path, [odd, plain], null=True)
+    code, out, _ = invoke("find", "--files-from", listed, "-0", "-f", "json")
+    assert code == 0
+    report = json.loads(out)
+    assert [sorted(f["path"] for f in g["files"]) for g in report["groups"]] == [[odd, plain]]
+    assert sorted(report["roots"]) == [odd, plain]
+
+
+def test_files_from_reads_standard_input(tree: Tree) -> None:
+    _build(tree)
+    listing = "\n".join([tree.path("a/y"), tree.path("b/y")]) + "\n"
+    done = subprocess.run(
+        [sys.executable, "-m", "dedup_engine", "find", "--files-from", "-", "-f", "fdupes"],
+        input=listing.encode(),
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    assert _fdupes(done.stdout) == [[tree.path("a/y"), tree.path("b/y")]]
+
+
+@pytest.mark.parametrize("problem", ["missing list", "missing path", "empty list", "blank list"])
+def test_a_bad_file_list_is_one_line_and_exit_2(tree: Tree, tmp_path: Path, problem: str) -> None:
+    tree.file("f", b"x")
+    listed = {
+        "missing list": tmp_path / "no such list",
+        "missing path": _list(tmp_path, [tree.path("f"), str(tmp_path / "gone")]),
+        "empty list": _list(tmp_path, []),
+        "blank list": _list(tmp_path, ["", ""]),
+    }[problem]
+    code, out, err = invoke("find", "--files-from", listed)
+    assert (code, out) == (2, b"")
+    assert err.decode().count("\n") == 1 and err.decode().startswith("dedup: error: ")
+
+
+def test_read_paths_streams_blocks_and_splits_across_them() -> None:
+    names = [f"/data/{'x' * (n % 300)}{n}" for n in range(5000)]
+    data = b"".join(os.fsencode(n) + b"\0" for n in names)
+    assert list(read_paths(io.BytesIO(data), null=True)) == names
+    assert list(read_paths(io.BytesIO(b"/a\n/b"), null=False)) == ["/a", "/b"]
+    assert list(read_paths(io.BytesIO(b"/caf\xe9\n"), null=False)) == [os.fsdecode(b"/caf\xe9")]
+
+
+def test_roots_resolve_as_realpath_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parent directories are resolved once for a long list; every answer is still realpath's."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "real" / "sub" / "f").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "sub" / "flink").symlink_to(tmp_path / "real" / "sub" / "f")
+    (tmp_path / "real" / "up").symlink_to(tmp_path / "real" / "sub")
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        f"{tmp_path}/link/sub/f",
+        "link/sub/f",
+        "link/sub/flink",
+        "link/../link/sub/f",
+        "real/up/../sub/f",  # "..", after a symlink: the symlink's parent, not the lexical one
+        "link/./sub/f",
+        f"{tmp_path}//link//sub/",
+        "/",
+        "missing/x",
+    ]
+    parents: dict[str, str] = {}
+    for case in cases:
+        assert _realpath(case, parents) == os.path.realpath(case), case

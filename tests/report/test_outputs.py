@@ -78,11 +78,11 @@ def test_fdupes_lines_never_read_as_a_path_outside_the_groups(trap: Tree) -> Non
 
 
 @pytest.mark.parametrize("fmt", ["text", "csv", "json"])
-def test_null_is_for_the_fdupes_format_only(trap: Tree, fmt: str) -> None:
+def test_null_is_for_the_fdupes_format_or_a_file_list_only(trap: Tree, fmt: str) -> None:
     proc = dedup("find", trap.root, "-f", fmt, "-0")
     assert proc.returncode == 2
     assert proc.stdout == b""
-    assert proc.stderr == b"dedup: error: -0/--null is for --format fdupes only\n"
+    assert proc.stderr == b"dedup: error: -0/--null is for --format fdupes or --files-from\n"
 
 
 def test_text_report_escapes_names_unambiguously(tree: Tree) -> None:

@@ -33,7 +33,7 @@ from dedup_engine.cli.common import (
 )
 from dedup_engine.cli.exitcode import FindStatus
 from dedup_engine.find.cache import ENVIRONMENT as CACHE_ENVIRONMENT
-from dedup_engine.find.filelist import read_paths
+from dedup_engine.find.filelist import ListError, read_paths
 from dedup_engine.find.pipeline import Progress, ProgressCallback, find_duplicates
 from dedup_engine.find.pool import WorkerError
 from dedup_engine.model import Findings, FindResult
@@ -241,6 +241,8 @@ def _listed(source: str | None, null: bool) -> Iterator[str]:
     if source is None:
         return iter(())
     if source == "-":
+        if sys.stdin is None:
+            raise OptionsError("--files-from -: standard input is closed")
         return _reading(sys.stdin.buffer, "standard input", null, close=False)
     try:
         stream = open(source, "rb")  # noqa: SIM115 - closed by _reading when the list ends
@@ -254,6 +256,8 @@ def _reading(stream: BinaryIO, name: str, null: bool, *, close: bool) -> Iterato
         yield from read_paths(stream, null)
     except OSError as exc:
         raise OptionsError(f"--files-from {name}: {describe_error(exc)}") from None
+    except ListError as exc:
+        raise OptionsError(f"--files-from {name}: {exc}") from None
     finally:
         if close:
             stream.close()

@@ -77,6 +77,8 @@ def canonical_roots(roots: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
         text = os.fspath(root)
         if not text:
             raise OptionsError("an empty root was given")
+        if "\0" in text:
+            raise OptionsError(f"root {text!r} holds a NUL")
         real = _realpath(text, parents)
         try:
             st = os.stat(real)

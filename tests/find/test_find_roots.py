@@ -126,18 +126,45 @@ def test_files_from_reads_standard_input(tree: Tree) -> None:
     assert _fdupes(done.stdout) == [[tree.path("a/y"), tree.path("b/y")]]
 
 
-@pytest.mark.parametrize("problem", ["missing list", "missing path", "empty list", "blank list"])
+@pytest.mark.parametrize(
+    "problem",
+    [
+        "missing list",
+        "missing path",
+        "empty list",
+        "blank list",
+        "a NUL-separated list without -0",
+        "a newline list with -0",
+        "separators only, with -0",
+    ],
+)
 def test_a_bad_file_list_is_one_line_and_exit_2(tree: Tree, tmp_path: Path, problem: str) -> None:
     tree.file("f", b"x")
-    listed = {
-        "missing list": tmp_path / "no such list",
-        "missing path": _list(tmp_path, [tree.path("f"), str(tmp_path / "gone")]),
-        "empty list": _list(tmp_path, []),
-        "blank list": _list(tmp_path, ["", ""]),
+    nul_list = tmp_path / "nul list"
+    nul_list.write_bytes(os.fsencode(tree.path("f")) + b"\0" + os.fsencode(tree.path("f")))
+    long_list = tmp_path / "long list"
+    long_list.write_bytes(b"".join(os.fsencode(tree.path("f")) + b"\n" for _ in range(500)))
+    zeros = tmp_path / "zeros"
+    zeros.write_bytes(bytes(2 << 20))
+    listed, null = {
+        "missing list": (tmp_path / "no such list", False),
+        "missing path": (_list(tmp_path, [tree.path("f"), str(tmp_path / "gone")]), False),
+        "empty list": (_list(tmp_path, []), False),
+        "blank list": (_list(tmp_path, ["", ""]), False),
+        "a NUL-separated list without -0": (nul_list, False),
+        "a newline list with -0": (long_list, True),
+        "separators only, with -0": (zeros, True),
     }[problem]
-    code, out, err = invoke("find", "--files-from", listed)
+    code, out, err = invoke("find", "--files-from", listed, *(["-0"] if null else []))
     assert (code, out) == (2, b"")
     assert err.decode().count("\n") == 1 and err.decode().startswith("dedup: error: ")
+
+
+def test_files_from_a_closed_standard_input_is_a_usage_error() -> None:
+    command = f"exec {sys.executable} -m dedup_engine find --files-from - <&-"
+    done = subprocess.run(["sh", "-c", command], capture_output=True, check=False, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == b"dedup: error: --files-from -: standard input is closed\n"
 
 
 def test_read_paths_streams_blocks_and_splits_across_them() -> None:

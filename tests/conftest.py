@@ -2,7 +2,8 @@
 
 `workers` runs a test twice, in process (0) and with two worker processes; `run` is
 `find_duplicates` with those workers plus the invariant checks of `treebuilder.check_invariants`.
-`deadline` fails a test that hangs (pytest-timeout may not be installed).  `unprivileged` is the
+`deadline` fails a test that hangs (pytest-timeout may not be installed); `at_once` lets the
+digest cache keep the digests of files the test has just made.  `unprivileged` is the
 command prefix that runs a child without the power to read other people's files, for the
 unreadable-file tests, which are skipped with the reason when that cannot be done.
 """
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 from treebuilder import Runner, Tree, find_checked
 
+import dedup_engine.find.cache
 from dedup_engine import FindResult, ScanOptions
 
 #: Seconds a test may take before `deadline` fails it; generous, it only has to catch a hang.
@@ -49,6 +51,13 @@ def deadline() -> Iterator[None]:
 def workers(request: pytest.FixtureRequest) -> int:
     count: int = request.param
     return count
+
+
+@pytest.fixture
+def at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files made by the test are cached by the digest cache at once, rather than two seconds
+    after their last change (the workers are forked after this, so they see it too)."""
+    monkeypatch.setattr(dedup_engine.find.cache, "RACY_NS", 0)
 
 
 @pytest.fixture

@@ -17,14 +17,12 @@ import stat
 from dataclasses import dataclass
 
 from dedup_engine.find.cache import DigestCache, Directory
-from dedup_engine.find.fsidentity import filesystem_id
+from dedup_engine.find.fsidentity import TRUSTED_MOUNT_TYPES, filesystem_id
 from dedup_engine.openflags import OPEN_DIR
 
 #: What a listed directory holds: (filesystem, inode) of each regular file (a symlink's target
 #: too, as runs with links followed store it), and its (size, mtime_ns, ctime_ns).
 Listing = dict[tuple[bytes, int], tuple[int, int, int]]
-#: The mountinfo names of the filesystem types `fsidentity.TRUSTED_TYPES` holds.
-_TRUSTED_MOUNTS = frozenset({b"ext2", b"ext3", b"ext4", b"btrfs"})
 #: Passes of dropping the least used directories and compacting, while the estimate falls short.
 _CAP_PASSES = 4
 
@@ -140,7 +138,7 @@ def mounted_filesystems() -> set[bytes] | None:
             points = [
                 _unescape(fields[4])
                 for fields in map(bytes.split, lines)
-                if fields[fields.index(b"-") + 1] in _TRUSTED_MOUNTS
+                if fields[fields.index(b"-") + 1] in TRUSTED_MOUNT_TYPES
             ]
     except (OSError, IndexError, ValueError):
         return None

@@ -31,6 +31,8 @@ import os
 
 #: `statfs` f_type of the filesystems trusted (linux/magic.h): ext2/3/4, btrfs.
 TRUSTED_TYPES = frozenset({0xEF53, 0x9123683E})
+#: The same filesystems by the names /proc/self/mountinfo gives their types.
+TRUSTED_MOUNT_TYPES = frozenset({b"ext2", b"ext3", b"ext4", b"btrfs"})
 #: SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER.
 _WRITE_AND_WAIT = 7
 #: Room for `struct statfs` (120 bytes on 64-bit Linux), whose first field is f_type (a long).

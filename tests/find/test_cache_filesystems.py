@@ -97,32 +97,24 @@ def loop(tmp_path: Path) -> Iterator[Loop]:
         attached.release()
 
 
-@pytest.fixture
-def xfs(tmp_path: Path) -> Iterator[Path]:
-    """A new XFS, mounted."""
-    attached = _made("xfs", tmp_path)
+def _mounted(kind: str, tmp_path: Path) -> Iterator[Path]:
+    """A new `kind` filesystem, mounted at `tmp_path/kind` for the test."""
+    attached = _made(kind, tmp_path)
     try:
-        attached.mount(attached.attach(), tmp_path / "xfs")
-        yield tmp_path / "xfs"
+        attached.mount(attached.attach(), tmp_path / kind)
+        yield tmp_path / kind
     finally:
         attached.release()
+
+
+@pytest.fixture
+def xfs(tmp_path: Path) -> Iterator[Path]:
+    yield from _mounted("xfs", tmp_path)
 
 
 @pytest.fixture
 def ext4(tmp_path: Path) -> Iterator[Path]:
-    """A new ext4 filesystem, mounted."""
-    attached = _made("ext4", tmp_path)
-    try:
-        attached.mount(attached.attach(), tmp_path / "ext4")
-        yield tmp_path / "ext4"
-    finally:
-        attached.release()
-
-
-@pytest.fixture
-def at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Files made by the test are cached at once, not two seconds after their last change."""
-    monkeypatch.setattr(cache_module, "RACY_NS", 0)
+    yield from _mounted("ext4", tmp_path)
 
 
 def _build(root: Path) -> None:

@@ -12,7 +12,6 @@ import pytest
 from cachetrust import need_trusted
 from treebuilder import Tree, content
 
-import dedup_engine.find.cache as cache_module
 import dedup_engine.find.cacheprune as prune_module
 from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.find.cache import FILE_NAME, DigestCache, Directory, kind_of
@@ -21,16 +20,10 @@ from dedup_engine.find.cacheprune import Listing, prune
 from dedup_engine.find.fsidentity import filesystem_id
 from dedup_engine.model import FindResult, Stage
 
-pytestmark = pytest.mark.usefixtures("deadline")
+pytestmark = pytest.mark.usefixtures("deadline", "at_once")
 
 DIGEST = bytes(range(32))
 WHOLE = kind_of(Stage.FULL)
-
-
-@pytest.fixture(autouse=True)
-def at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Files made by the test are cached at once, not two seconds after their last change."""
-    monkeypatch.setattr(cache_module, "RACY_NS", 0)
 
 
 def _find(root: str, cache: Path, follow_links: bool = False) -> FindResult:

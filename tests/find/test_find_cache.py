@@ -25,13 +25,6 @@ pytestmark = pytest.mark.usefixtures("deadline")
 READ_STAGES = (Stage.HEAD, Stage.TAIL, Stage.FULL)
 
 
-@pytest.fixture
-def at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Files made by the test are cached at once, rather than two seconds after their last
-    change (the workers are forked after this, so they see it too)."""
-    monkeypatch.setattr(cache_module, "RACY_NS", 0)
-
-
 def _find(root: str | Path, cache: Path, workers: int) -> FindResult:
     return find_duplicates(root, ScanOptions(workers=workers, cache_dir=str(cache)))
 

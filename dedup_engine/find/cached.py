@@ -179,14 +179,14 @@ def hash_cached(
     rows, sizes, window = task.rows, task.sizes, task.window
     devs = store.devs(rows)
     ino, mtime, ctime = store.ino, store.mtime, store.ctime
-    seen = list(
-        map(
-            Scanned,
-            devs,
+    # What the scan saw of each file, less its device: (ino, size, mtime, ctime), as looked up.
+    keys = list(
+        zip(
             [ino[row] for row in rows],
             sizes,
             [mtime[row] for row in rows],
             [ctime[row] for row in rows],
+            strict=True,
         )
     )
     fs_of = {
@@ -201,7 +201,7 @@ def hash_cached(
         for dev, fs in fs_of.items()
     }
     slots = [pairs[dev][size > limit] for dev, size in zip(devs, sizes, strict=True)]
-    digests = _look_up(cache, slots, seen)
+    digests = _look_up(cache, slots, keys)
     missing = [p for p, digest in enumerate(digests) if digest is None]
     result = (
         run(
@@ -220,15 +220,16 @@ def hash_cached(
     for p, digest in zip(missing, read, strict=True):
         digests[p] = digest
     paths = store.paths([rows[p] for p in missing])
+    seen = [Scanned(devs[p], *keys[p]) for p in missing]
     # The reader checked only the size: each file read is stat'ed again before its digest is
     # kept.
     _keep(
         cache,
         started,
         [
-            (slots[p], seen[p], read[j], paths[j])
+            (slots[p], seen[j], read[j], paths[j])
             for j, p in enumerate(missing)
-            if read[j] != NO_DIGEST and _unchanged(paths[j], seen[p], task.follow_links)
+            if read[j] != NO_DIGEST and _unchanged(paths[j], seen[j], task.follow_links)
         ],
     )
     looked = sum(slot is not None for slot in slots)
@@ -258,7 +259,7 @@ def compare_cached(
         seen.append(
             Scanned(task.devs[p], task.inos[p], task.sizes[p], task.mtimes[p], task.ctimes[p])
         )
-    known = _look_up(cache, slots, seen)
+    known = _look_up(cache, slots, [scanned[1:] for scanned in seen])
     digests: list[bytes | None] = [None] * count
     uids, gids = array("I", bytes(4 * count)), array("I", bytes(4 * count))
     modes = array("H", bytes(2 * count))
@@ -325,17 +326,22 @@ def compare_cached(
 
 
 def _look_up(
-    cache: WorkerCache, slots: Sequence[Slot | None], seen: Sequence[Scanned]
+    cache: WorkerCache, slots: Sequence[Slot | None], keys: Sequence[Seen]
 ) -> list[bytes | None]:
     """Each file's stored digest, or None; one query per slot."""
     by_slot: dict[Slot, list[int]] = {}
     for p, slot in enumerate(slots):
         if slot is not None:
             by_slot.setdefault(slot, []).append(p)
+    if len(by_slot) == 1:
+        ((only, positions),) = by_slot.items()
+        if len(positions) == len(keys):  # the common task: one filesystem and kind
+            return cache.lookup(only, keys)
     found: list[bytes | None] = [None] * len(slots)
     for slot, positions in by_slot.items():
-        keys = [seen[p][1:] for p in positions]  # (ino, size, mtime, ctime)
-        for p, digest in zip(positions, cache.lookup(slot, keys), strict=True):
+        for p, digest in zip(
+            positions, cache.lookup(slot, [keys[p] for p in positions]), strict=True
+        ):
             found[p] = digest
     return found
 

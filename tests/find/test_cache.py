@@ -79,7 +79,7 @@ def test_lookups_of_many_files_come_back_in_order(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "damage",
-    ["garbage", "foreign", "newer", "trigger", "short digest", "no digest"],
+    ["garbage", "foreign", "newer", "trigger", "short digest", "no digest", "text digest"],
 )
 def test_an_unusable_cache_is_set_aside_with_one_warning(tmp_path: Path, damage: str) -> None:
     path = tmp_path / FILE_NAME
@@ -107,8 +107,8 @@ def test_an_unusable_cache_is_set_aside_with_one_warning(tmp_path: Path, damage:
         db.close()
     else:  # a row no run of ours writes: never used
         cache = _opened(tmp_path)
-        bad = b"short" if damage == "short digest" else bytes(32)  # zeros: "no digest"
-        cache.store(FS, HEAD, DIR, [(10, 5000, 111, 222, bad)])
+        bad = {"short digest": b"short", "no digest": bytes(32), "text digest": "x" * 32}[damage]
+        cache.store(FS, HEAD, DIR, [(10, 5000, 111, 222, bad)])  # type: ignore[list-item]
         assert cache.lookup(FS, HEAD, [(10, 5000, 111, 222)]) == [None]
         return
     opened = DigestCache.open(str(tmp_path))

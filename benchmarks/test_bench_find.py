@@ -67,7 +67,8 @@ def _capture(root: Path) -> Captured:
     roots = canonical_roots([root])
     flt = Filter(opts, roots)
     store = RowStore()
-    pending = [DirJob(roots[0], 0, 0, os.stat(roots[0]).st_dev)]
+    top = os.stat(roots[0])
+    pending = [DirJob(roots[0], 0, 0, top.st_dev, top.st_dev, top.st_ino)]
     dirs: list[DirJob] = []
     scans: list[ScanResult] = []
     while pending:

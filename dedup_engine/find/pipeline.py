@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from dedup_engine.find import reach
 from dedup_engine.find.cache import CacheError, DigestCache
 from dedup_engine.find.groups import Group, RootRule, SizeIndex
 from dedup_engine.find.hashstep import (
@@ -407,13 +408,13 @@ class _Run:
     def _add_root(self, index: int, root: str, files: list[tuple[str, int]]) -> None:
         """Queue a directory root for listing, or a file root for a worker to take."""
         try:
-            st = os.stat(root)
-        except OSError as exc:  # vanished since canonical_roots looked
+            st = reach.stat_root(root)
+        except OSError as exc:  # vanished since canonical_roots looked, or a symlink put above
             self.issues.append(Issue(root, Stage.SCAN, f"cannot stat root: {describe_error(exc)}"))
             return
         if stat.S_ISDIR(st.st_mode):
             self._seen.add((st.st_dev, st.st_ino))
-            self._dirs.append(DirJob(root, index, 0, st.st_dev))
+            self._dirs.append(DirJob(root, index, 0, st.st_dev, st.st_dev, st.st_ino))
         else:
             files.append((root, index))
 

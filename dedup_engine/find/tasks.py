@@ -24,13 +24,20 @@ NO_DIGEST = bytes(DIGEST_SIZE)
 class DirJob:
     """A directory to list.  `depth` is its depth below its root (the root is 0); `alias`: it
     was reached through a symlink to a directory (links followed), so each file below it is a
-    name that may also be found by its real path, never a copy in its own right."""
+    name that may also be found by its real path, never a copy in its own right.
+    `counts_under`: the root its files count under, where not `root` (whose filters and depth
+    still apply): with links followed, a directory reached through a link into another root's
+    tree."""
 
     path: str
     root: int
     depth: int
     root_dev: int
+    #: The directory's identity where it was found: the one opened by `path` must be it.
+    dev: int
+    ino: int
     alias: bool = False
+    counts_under: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

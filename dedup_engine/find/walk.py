@@ -9,11 +9,14 @@ only their keys (sizes, and the inodes of linked files), in columns.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import stat
 from array import array
 from collections.abc import Iterator, Sequence
 
+from dedup_engine.find import reach
 from dedup_engine.find.store import RowStore
 from dedup_engine.find.tasks import DirJob, ScanResult, ScanTask
 from dedup_engine.globs import Globs
@@ -34,6 +37,7 @@ class Filter:
         self.has_exclude = bool(options.exclude)
         #: Roots that are files: taken as roots, so the walk passes them over if it meets them.
         self.file_roots = frozenset(r for r in self.roots if os.path.isfile(r))
+        self._root_index: dict[str, int] | None = None  # made when first needed
 
     def excluded(self, name: str, path: str, root: int, is_dir: bool = False) -> bool:
         if not self.options.hidden and name.startswith("."):
@@ -43,13 +47,26 @@ class Filter:
     def included(self, name: str, path: str, root: int) -> bool:
         return not self.has_include or self._include.match(name, path, self.roots[root])
 
+    def root_holding(self, real: str, default: int) -> int:
+        """The index of the innermost root that holds the symlink-free path `real`, or
+        `default` where none does."""
+        if self._root_index is None:
+            self._root_index = {root: index for index, root in enumerate(self.roots)}
+        path = real
+        while (index := self._root_index.get(path)) is None:
+            parent = os.path.dirname(path)
+            if parent == path:
+                return default
+            path = parent
+        return index
+
 
 def scan_dirs(task: ScanTask, flt: Filter, store: RowStore) -> ScanResult:
     """List every directory of the task into `store`; errors become issues and the listing goes
     on."""
     listing = _Listing(flt, store)
-    for path, root in task.files:
-        listing.add_file_root(path, root)
+    if task.files:
+        listing.add_file_roots(task.files)
     for job in task.dirs:
         listing.list_dir(job)
     return listing.result()
@@ -86,11 +103,32 @@ class _Listing:
         self._stats: list[os.stat_result] = []
         self._aliased: list[int] = []  # positions in _names reached through a symlink
 
-    def add_file_root(self, path: str, root: int) -> None:
-        """A root that is a file, taken as the walk would take it."""
+    def add_file_roots(self, files: Sequence[tuple[str, int]]) -> None:
+        """Roots that are files, taken as the walk would take them; each parent directory is
+        reached once, without following a symlink (`reach`)."""
+        parents: dict[str, int | OSError] = {}
         try:
-            st = os.stat(path)
-        except OSError as exc:  # vanished since the roots were checked
+            for path, root in files:
+                head = os.path.dirname(path)
+                if head not in parents:
+                    try:
+                        parents[head] = reach.open_directory(head)
+                    except OSError as exc:
+                        parents[head] = exc
+                parent = parents[head]
+                self.add_file_root(path, root, parent)
+        finally:
+            for parent in parents.values():
+                if isinstance(parent, int):
+                    os.close(parent)
+
+    def add_file_root(self, path: str, root: int, parent: int | OSError) -> None:
+        """A root that is a file, in the directory `parent` (or the error reaching it)."""
+        try:
+            if isinstance(parent, OSError):
+                raise parent
+            st = reach.stat_root(path, parent)
+        except OSError as exc:  # vanished since the roots were checked, or a symlink put above
             self.issues.append((path, f"cannot stat root: {describe_error(exc)}"))
             return
         if stat.S_ISREG(st.st_mode) and self.opts.accepts_size(st.st_size):
@@ -127,15 +165,19 @@ class _Listing:
             self.issues.append((job.path, _describe(exc)))
             return
         try:
+            st = os.fstat(dir_fd)
+            if (st.st_dev, st.st_ino) != (job.dev, job.ino):
+                raise OSError(errno.ESTALE, _REPLACED)
             entries = os.scandir(dir_fd)
-            dev = os.fstat(dir_fd).st_dev
         except OSError as exc:
             os.close(dir_fd)
             self.issues.append((job.path, _describe(exc)))
             return
+        dev = st.st_dev
         self.scanned += 1
         prefix = job.path if job.path.endswith("/") else job.path + "/"
-        self.store.start_dir(prefix, job.root, dev)
+        counts_under = job.root if job.counts_under is None else job.counts_under
+        self.store.start_dir(prefix, counts_under, dev)
         try:
             with entries:
                 self._take(job, prefix, entries)
@@ -214,7 +256,11 @@ class _Listing:
             return
         if is_dir:
             if descend:
-                self._add_dir(path, job, st, alias=True)
+                # The directory is walked once, by whichever name reaches it first: its files
+                # count under the root that holds it, not under the link's.
+                with contextlib.suppress(OSError):
+                    root = self.flt.root_holding(os.path.realpath(path, strict=True), job.root)
+                    self._add_dir(path, job, st, alias=True, root=root)
         elif not stat.S_ISREG(st.st_mode):
             self.special += 1
         elif self.flt.included(name, path, job.root) and self.opts.accepts_size(st.st_size):
@@ -222,10 +268,28 @@ class _Listing:
             self._names.append(name)
             self._stats.append(st)
 
-    def _add_dir(self, path: str, parent: DirJob, st: os.stat_result, alias: bool = False) -> None:
+    def _add_dir(
+        self,
+        path: str,
+        parent: DirJob,
+        st: os.stat_result,
+        alias: bool = False,
+        root: int | None = None,
+    ) -> None:
+        """Queue a subdirectory; `root`: the root its files count under, where not its
+        parent's."""
         if not self.opts.one_file_system or st.st_dev == parent.root_dev:
             alias = alias or parent.alias
-            job = DirJob(path, parent.root, parent.depth + 1, parent.root_dev, alias)
+            job = DirJob(
+                path,
+                parent.root,
+                parent.depth + 1,
+                parent.root_dev,
+                st.st_dev,
+                st.st_ino,
+                alias,
+                parent.counts_under if root is None else root,
+            )
             self.subdirs.append(job)
             self.subdir_devs.append(st.st_dev)
             self.subdir_inos.append(st.st_ino)
@@ -246,6 +310,11 @@ class _Listing:
             self.special,
             self.symlinks,
         )
+
+
+#: A directory opened by its path that is not the one its parent's listing (or the root's
+#: resolution) found: renamed, replaced, or reached through a symlink put on its path since.
+_REPLACED = "no longer the directory found there; it was replaced or moved during the scan"
 
 
 def _describe(exc: OSError) -> str:

@@ -96,7 +96,7 @@ def test_sending_to_a_dead_worker_raises_worker_error(tmp_path: Path) -> None:
         pool._procs[0].join(timeout=10)
         with pytest.raises(WorkerError):
             for _ in range(50):  # the first sends may still fit in the pipe
-                pool.submit(ScanTask((DirJob(str(tmp_path), 0, 0, 0),)), lambda result: None)
+                pool.submit(ScanTask((DirJob(str(tmp_path), 0, 0, 0, 0, 0),)), lambda result: None)
             pool.wait_one()
     finally:
         pool.close()

@@ -17,6 +17,7 @@ from treebuilder import Runner, Tree, content, expect, groups_of
 
 from dedup_engine.find.filelist import read_paths
 from dedup_engine.find.pipeline import _realpath
+from dedup_engine.find.tasks import DirJob
 
 pytestmark = pytest.mark.usefixtures("deadline")
 
@@ -197,3 +198,106 @@ def test_roots_resolve_as_realpath_does(tmp_path: Path, monkeypatch: pytest.Monk
     parents: dict[str, str] = {}
     for case in cases:
         assert _realpath(case, parents) == os.path.realpath(case), case
+
+
+# --- a symlink put on a root's path after it was resolved ------------------------------------
+
+
+def _swap_for_link(directory: str, target: str) -> None:
+    """`directory` moved aside and a symlink to `target` put in its place."""
+    os.rename(directory, directory + ".moved")
+    os.symlink(target, directory)
+
+
+def _elsewhere(tree: Tree) -> str:
+    """Copies outside every root, in the shape the roots have: what a swapped link reaches."""
+    tree.file("elsewhere/in/root/s1", content(2000, seed="secret"))
+    tree.file("elsewhere/in/root/s2", content(2000, seed="secret"))
+    tree.file("elsewhere/in/root/sub/t1", content(2000, seed="t"))
+    tree.file("elsewhere/in/root/sub/t2", content(2000, seed="t"))
+    return tree.path("elsewhere/in")
+
+
+@pytest.mark.parametrize("root_kind", ["directory", "file"])
+def test_a_symlink_put_above_a_root_after_resolution_is_not_followed(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, root_kind: str
+) -> None:
+    from dedup_engine import ScanOptions, find_duplicates
+    from dedup_engine.find import pipeline
+
+    elsewhere = _elsewhere(tree)
+    tree.file("base/in/root/s1", content(2000, seed="mine"))
+    tree.file("base/in/root/s2", content(2000, seed="mine"))
+    real = pipeline.canonical_roots
+
+    def resolve_then_swap(roots: object) -> tuple[str, ...]:
+        resolved = real(roots)  # type: ignore[arg-type]
+        _swap_for_link(tree.path("base/in"), elsewhere)
+        return resolved
+
+    monkeypatch.setattr(pipeline, "canonical_roots", resolve_then_swap)
+    roots = (
+        [tree.path("base/in/root")]
+        if root_kind == "directory"
+        else [tree.path("base/in/root/s1"), tree.path("base/in/root/s2")]
+    )
+    result = find_duplicates(roots, ScanOptions(workers=0))
+    assert result.groups == ()
+    assert result.issues and all("symlink" in issue.message for issue in result.issues)
+
+
+def test_a_symlink_put_above_a_directory_during_the_walk_is_not_followed(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dedup_engine import ScanOptions, find_duplicates
+    from dedup_engine.find import walk
+
+    elsewhere = _elsewhere(tree)
+    tree.file("root/in/keep", content(10))
+    tree.file("root/in/root/sub/t1", content(2000, seed="mine"))
+    real = walk._Listing.list_dir
+    swapped: list[str] = []
+
+    def list_dir(listing: walk._Listing, job: DirJob) -> None:
+        if job.path.endswith("/root/sub") and not swapped:
+            # root/in was listed, then root/in/root; root/in/root/sub is next: its parent
+            # becomes a link to a directory with a sub of its own.
+            _swap_for_link(tree.path("root/in"), elsewhere)
+            swapped.append(job.path)
+        real(listing, job)
+
+    monkeypatch.setattr(walk._Listing, "list_dir", list_dir)
+    result = find_duplicates([tree.path("root")], ScanOptions(workers=0))
+    assert swapped
+    assert result.groups == ()
+    (issue,) = result.issues
+    assert issue.path == tree.path("root/in/root/sub")
+    assert "replaced or moved during the scan" in issue.message
+
+
+def test_isolate_with_links_followed_counts_a_file_under_the_root_that_holds_it(
+    tree: Tree, run: Runner
+) -> None:
+    """A link in root a to a directory of root b: with -L the files below it are names of b's
+    files, not copies in a; copies within b alone stay unreported."""
+    tree.file("b/d/x1", content(3000, seed="x"))
+    tree.file("b/d/x2", content(3000, seed="x"))
+    tree.file("a/own", content(10))
+    tree.symlink("a/link", tree.path("b/d"))
+    roots = [tree.path("a"), tree.path("b")]
+    assert groups_of(run(roots, isolate=True, follow_links=True)) == set()
+    tree.file("a/x3", content(3000, seed="x"))  # a copy in a: now across roots
+    found = groups_of(run(roots, isolate=True, follow_links=True))
+    assert len(found) == 1 and tree.path("a/x3") in next(iter(found))
+
+
+def test_isolate_with_links_followed_counts_a_linked_file_under_its_target_root(
+    tree: Tree, run: Runner
+) -> None:
+    """A link in root a to a file of root b names b's file: two copies in b alone stay
+    unreported."""
+    tree.file("b/x1", content(3000, seed="x"))
+    tree.file("b/x2", content(3000, seed="x"))
+    tree.symlink("a/x", tree.path("b/x1"))
+    roots = [tree.path("a"), tree.path("b")]
+    assert groups_of(run(roots, isolate=True, follow_links=True)) == set()

@@ -294,7 +294,7 @@ def no_listing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     real = os.open
 
     def spy(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        if flags & os.O_DIRECTORY:  # the walk opens each directory it lists
+        if flags & os.O_DIRECTORY and not flags & os.O_PATH:  # each directory the walk lists
             listed.append(os.fspath(path))
         return real(path, flags, *args, **kwargs)
 

@@ -1,0 +1,61 @@
+"""Reaching a root by its canonical path without following a symlink on the way.
+
+Roots are resolved once, before the scan (`pipeline.canonical_roots`): their paths hold no
+symlink.  Someone who may write to a directory above a root could put one there afterwards, and
+a plain stat or open of the path would follow it out of the roots; so a root is reached a
+component at a time from "/", each opened with `O_NOFOLLOW`, and a symlink met on the way is an
+error (ELOOP).  Below a root the walk checks each directory it lists to be the one its parent's
+listing named (`walk`), which covers the rest of the run.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+#: A directory on the way, opened only to go through it; the symlink itself where it is one.
+_THROUGH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_directory(path: str) -> int:
+    """An `O_PATH` descriptor of the directory at the absolute `path`, reached from "/" a
+    component at a time; OSError (ELOOP) where a component is now a symlink, ENOTDIR where it is
+    not a directory."""
+    fd = os.open("/", _THROUGH | os.O_DIRECTORY)
+    try:
+        walked = ""
+        for part in path.split("/"):
+            if not part:
+                continue
+            walked += "/" + part
+            inner = os.open(part, _THROUGH, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISLNK(mode):
+                raise OSError(errno.ELOOP, f"{walked!r} became a symlink after it was resolved")
+            if not stat.S_ISDIR(mode):
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), walked)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def stat_root(path: str, parent_fd: int | None = None) -> os.stat_result:
+    """The stat of the root at the absolute `path`, reached without following a symlink (see
+    `open_directory`; `parent_fd`: its parent, already reached so).  A root that is now a
+    symlink itself is ELOOP."""
+    head, name = os.path.split(path)
+    if not name:
+        return os.stat(path, follow_symlinks=False)  # "/"
+    fd = open_directory(head) if parent_fd is None else parent_fd
+    try:
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    finally:
+        if parent_fd is None:
+            os.close(fd)
+    if stat.S_ISLNK(st.st_mode):
+        raise OSError(errno.ELOOP, f"{path!r} became a symlink after it was resolved")
+    return st

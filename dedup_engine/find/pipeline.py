@@ -378,8 +378,9 @@ class _Run:
         started = time.perf_counter()
         self._skip_cache()
         files: list[tuple[str, int]] = []
-        for index, root in enumerate(self.roots):
-            self._add_root(index, root, files)
+        with reach.Reached() as reached:
+            for index, root in enumerate(self.roots):
+                self._add_root(index, root, files, reached)
         pool = self.pool
         # Roots that are files (a list from --files-from may hold millions): scanned, and owned,
         # by the workers like any other file, a task's worth at a time.
@@ -405,10 +406,12 @@ class _Run:
             st = os.stat(self.opts.cache_dir)
             self._seen.add((st.st_dev, st.st_ino))
 
-    def _add_root(self, index: int, root: str, files: list[tuple[str, int]]) -> None:
+    def _add_root(
+        self, index: int, root: str, files: list[tuple[str, int]], reached: reach.Reached
+    ) -> None:
         """Queue a directory root for listing, or a file root for a worker to take."""
         try:
-            st = reach.stat_root(root)
+            st = reached.stat(root)
         except OSError as exc:  # vanished since canonical_roots looked, or a symlink put above
             self.issues.append(Issue(root, Stage.SCAN, f"cannot stat root: {describe_error(exc)}"))
             return

@@ -59,3 +59,42 @@ def stat_root(path: str, parent_fd: int | None = None) -> os.stat_result:
     if stat.S_ISLNK(st.st_mode):
         raise OSError(errno.ELOOP, f"{path!r} became a symlink after it was resolved")
     return st
+
+
+class Reached:
+    """`stat_root` for many roots, each parent directory reached once while it is among the
+    last `keep` (a list of a million files names a few thousand directories, mostly in turn).
+    Closes what it holds on exit."""
+
+    def __init__(self, keep: int = 256) -> None:
+        self._keep = keep
+        self._parents: dict[str, int | OSError] = {}
+
+    def stat(self, path: str) -> os.stat_result:
+        head = os.path.dirname(path)
+        if head == path:
+            return stat_root(path)
+        parent = self._parents.get(head)
+        if parent is None:
+            if len(self._parents) >= self._keep:
+                self._forget(next(iter(self._parents)))
+            try:
+                parent = open_directory(head)
+            except OSError as exc:
+                parent = exc
+            self._parents[head] = parent
+        if isinstance(parent, OSError):
+            raise OSError(parent.errno, parent.strerror, parent.filename)
+        return stat_root(path, parent)
+
+    def _forget(self, head: str) -> None:
+        parent = self._parents.pop(head)
+        if isinstance(parent, int):
+            os.close(parent)
+
+    def __enter__(self) -> Reached:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        while self._parents:
+            self._forget(next(iter(self._parents)))

@@ -104,39 +104,21 @@ class _Listing:
         self._aliased: list[int] = []  # positions in _names reached through a symlink
 
     def add_file_roots(self, files: Sequence[tuple[str, int]]) -> None:
-        """Roots that are files, taken as the walk would take them; each parent directory is
-        reached once, without following a symlink (`reach`)."""
-        parents: dict[str, int | OSError] = {}
-        try:
+        """Roots that are files, taken as the walk would take them, each reached without
+        following a symlink (`reach`)."""
+        with reach.Reached() as reached:
             for path, root in files:
-                head = os.path.dirname(path)
-                if head not in parents:
-                    try:
-                        parents[head] = reach.open_directory(head)
-                    except OSError as exc:
-                        parents[head] = exc
-                parent = parents[head]
-                self.add_file_root(path, root, parent)
-        finally:
-            for parent in parents.values():
-                if isinstance(parent, int):
-                    os.close(parent)
-
-    def add_file_root(self, path: str, root: int, parent: int | OSError) -> None:
-        """A root that is a file, in the directory `parent` (or the error reaching it)."""
-        try:
-            if isinstance(parent, OSError):
-                raise parent
-            st = reach.stat_root(path, parent)
-        except OSError as exc:  # vanished since the roots were checked, or a symlink put above
-            self.issues.append((path, f"cannot stat root: {describe_error(exc)}"))
-            return
-        if stat.S_ISREG(st.st_mode) and self.opts.accepts_size(st.st_size):
-            head, name = os.path.split(path)
-            self.store.start_dir(head.rstrip("/") + "/", root, st.st_dev)
-            self._names.append(name)
-            self._stats.append(st)
-            self._commit()
+                try:
+                    st = reached.stat(path)
+                except OSError as exc:  # vanished since the roots were checked, or a link put above
+                    self.issues.append((path, f"cannot stat root: {describe_error(exc)}"))
+                    continue
+                if stat.S_ISREG(st.st_mode) and self.opts.accepts_size(st.st_size):
+                    head, name = os.path.split(path)
+                    self.store.start_dir(head.rstrip("/") + "/", root, st.st_dev)
+                    self._names.append(name)
+                    self._stats.append(st)
+                    self._commit()
 
     def _commit(self) -> None:
         """The current directory's files into the store, and their keys into the columns."""

@@ -18,7 +18,7 @@ import fnmatch
 import re
 from collections.abc import Sequence
 
-from dedup_engine.paths import below, root_of
+from dedup_engine.paths import RootIndex, below
 
 
 def pattern_problem(pattern: str, files_only: bool) -> str | None:
@@ -74,13 +74,13 @@ class Globs:
             return True
         return _hit(self._absolute, path, is_dir)
 
-    def match_file(self, path: str, roots: Sequence[str]) -> bool:
+    def match_file(self, path: str, roots: RootIndex) -> bool:
         """Whether the file at absolute `path` matches, below the first of `roots` holding it."""
         name = path.rsplit("/", 1)[-1]
         if self._relative is None:  # names only (or no pattern): no root to look for
             return self._names is not None and _hit(self._names, name, False)
-        number = root_of(path, roots)
-        return self.match(name, path, roots[number] if number is not None else "/")
+        number = roots.first(path)
+        return self.match(name, path, roots.roots[number] if number is not None else "/")
 
 
 def _hit(regex: re.Pattern[str], subject: str, is_dir: bool) -> bool:

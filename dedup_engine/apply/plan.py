@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from dedup_engine.globs import Globs, pattern_problem
 from dedup_engine.model import DuplicateGroup, FileEntry, Owner
-from dedup_engine.paths import below, root_of
+from dedup_engine.paths import RootIndex, below
 from dedup_engine.report.read import path_problem
 
 
@@ -168,13 +168,14 @@ def make_plan(groups: Sequence[DuplicateGroup], roots: Sequence[str], policy: Po
     operations: list[Operation] = []
     left_alone: list[LeftAlone] = []
     targets: set[str] = set()  # move targets planned so far: each receives one file
-    order = _order(policy, roots)
+    holders = RootIndex(roots)
+    order = _order(policy, holders)
     protect = Globs(policy.protect)
     for index, group in enumerate(groups):
         sets = _owner_sets(group.files, order) if policy.splits_by_owner else [list(group.files)]
         for files in sets:
             planned, left = _plan_set(
-                index, files, policy, order, roots, protect, split=len(sets) > 1
+                index, files, policy, order, holders, protect, split=len(sets) > 1
             )
             clash = _clash(planned, targets)
             if clash:
@@ -205,7 +206,7 @@ def _plan_set(
     files: Sequence[FileEntry],
     policy: Policy,
     order: Callable[[FileEntry], tuple[object, ...]],
-    roots: Sequence[str],
+    roots: RootIndex,
     protect: Globs,
     *,
     split: bool,
@@ -258,12 +259,12 @@ def _clash(planned: Sequence[Operation], targets: set[str]) -> str | None:
     return None
 
 
-def _order(policy: Policy, roots: Sequence[str]) -> Callable[[FileEntry], tuple[object, ...]]:
+def _order(policy: Policy, roots: RootIndex) -> Callable[[FileEntry], tuple[object, ...]]:
     keep_paths = Globs(policy.keep_paths)
 
     def root_index(path: str) -> int:
-        number = root_of(path, roots)
-        return len(roots) if number is None else number
+        number = roots.first(path)
+        return len(roots.roots) if number is None else number
 
     def key(entry: FileEntry) -> tuple[object, ...]:
         wanted = 0 if keep_paths.match_file(entry.path, roots) else 1
@@ -284,10 +285,12 @@ def _order(policy: Policy, roots: Sequence[str]) -> Callable[[FileEntry], tuple[
     return key
 
 
-def _moved(path: str, roots: Sequence[str], destination: str) -> str:
-    """The path under `destination` that keeps `path`'s place below its root."""
-    for root in roots:
-        part = below(path, root)
+def _moved(path: str, roots: RootIndex, destination: str) -> str:
+    """The path under `destination` that keeps `path`'s place below its root (the first root
+    holding it, but a file root itself)."""
+    below_a_root = [number for number in roots.holding(path) if roots.roots[number] != path]
+    if below_a_root:
+        part = below(path, roots.roots[min(below_a_root)])
         if part:
             return os.path.join(destination, part)
     return os.path.join(destination, path.lstrip("/"))

@@ -43,6 +43,7 @@ from dedup_engine.cli.common import (
 from dedup_engine.cli.exitcode import ApplyStatus, ExitCode
 from dedup_engine.globs import Globs
 from dedup_engine.oserror import describe_error
+from dedup_engine.paths import RootIndex
 from dedup_engine.report.display import human_size, printable
 from dedup_engine.report.read import Report, ReportError, absolute, read_json
 from dedup_engine.report.schema import TOOL
@@ -333,10 +334,11 @@ def _deferred() -> Iterator[Callable[[], bool]]:
 def _warn_unmatched(source: Report, policy: Policy) -> None:
     # A --protect that matches nothing is most likely a typo, and then protects nothing.
     paths = [f.path for g in source.groups for f in g.files]
+    roots = RootIndex(source.roots)
     for option, patterns in (("--protect", policy.protect), ("--keep-path", policy.keep_paths)):
         for pattern in patterns:
             globs = Globs((pattern,))  # compiled once, not once per path
-            if not any(globs.match_file(path, source.roots) for path in paths):
+            if not any(globs.match_file(path, roots) for path in paths):
                 hint = (
                     "a pattern with '/' matches the path below its root, or the absolute "
                     "path: the files below a directory need 'DIR/*'"

@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
 from dedup_engine.model import DuplicateGroup, FileEntry, Issue, Stage
-from dedup_engine.paths import is_under
+from dedup_engine.paths import RootIndex
 from dedup_engine.report.schema import SCHEMA, TOOL
 
 #: The report's own nesting is 5 deep (the lists in "options"); anything far deeper is not ours.
@@ -91,7 +91,8 @@ class _Reader:
             _fail("roots", "no root")
         if len(set(roots)) != len(roots):
             _fail("roots", "a root is listed twice")
-        groups = tuple(self.group(g, n, roots) for n, g in enumerate(self.list(data, "groups")))
+        holders = RootIndex(roots)
+        groups = tuple(self.group(g, n, holders) for n, g in enumerate(self.list(data, "groups")))
         issues = tuple(
             self.issue(i, f"issues[{n}]") for n, i in enumerate(self.list(data, "issues"))
         )
@@ -105,7 +106,7 @@ class _Reader:
             issues,
         )
 
-    def group(self, data: object, number: int, roots: Sequence[str]) -> DuplicateGroup:
+    def group(self, data: object, number: int, roots: RootIndex) -> DuplicateGroup:
         where = f"groups[{number}]"
         group = _object(data, where)
         size = self.number(group, "size", _SIZE, where)
@@ -120,12 +121,10 @@ class _Reader:
         )
         return DuplicateGroup(size, digest, files)
 
-    def file(
-        self, data: object, size: int, where: str, group: int, roots: Sequence[str]
-    ) -> FileEntry:
+    def file(self, data: object, size: int, where: str, group: int, roots: RootIndex) -> FileEntry:
         entry = _object(data, where)
         path = self.path(entry.get("path"), f"{where}.path")
-        if not any(is_under(path, root) for root in roots):
+        if not roots.holding(path):
             _fail(f"{where}.path", f"{_show(path)} is under none of the report's roots")
         if path in self.paths:
             _fail(f"{where}.path", f"{_show(path)} is listed twice")

@@ -9,7 +9,7 @@ import pytest
 
 from dedup_engine.openflags import GUARDS, OPEN_DIR, OPEN_READ, dir_flags, read_flags
 from dedup_engine.oserror import describe_error
-from dedup_engine.paths import below, is_under, root_of
+from dedup_engine.paths import RootIndex, below, is_under
 
 
 def test_every_read_only_open_refuses_symlinks_fifos_and_terminals_and_leaks_nothing() -> None:
@@ -50,5 +50,11 @@ def test_a_path_is_below_a_root_by_whole_components(path: str, root: str, part: 
 
 
 def test_the_first_root_that_holds_a_path_is_its_root() -> None:
-    assert root_of("/m/b/x", ["/m/a", "/m/b", "/m"]) == 1
-    assert root_of("/n/x", ["/m/a", "/m/b"]) is None
+    roots = RootIndex(["/m/a", "/m/b", "/m"])
+    assert roots.first("/m/b/x") == 1
+    assert roots.holding("/m/b/x") == [1, 2]  # innermost first
+    assert roots.first("/m/bb") == 2  # whole components only
+    assert roots.first("/m") == 2
+    assert RootIndex(["/m/a", "/m/b"]).first("/n/x") is None
+    assert RootIndex(["/"]).holding("/x/y") == [0]
+    assert RootIndex(["/m", "/m/b/x"]).holding("/m/b/x") == [1, 0]  # a file root: itself

@@ -178,6 +178,8 @@ class FindResult:
     groups: tuple[DuplicateGroup, ...]
     issues: tuple[Issue, ...]
     stats: RunStats
+    #: The roots among `roots` given with `--reference`, whose files are never acted on.
+    reference_roots: tuple[str, ...] = ()
 
 
 class Findings(Protocol):
@@ -190,6 +192,9 @@ class Findings(Protocol):
 
     @property
     def roots(self) -> Sequence[str]: ...
+
+    @property
+    def reference_roots(self) -> Sequence[str]: ...
 
     @property
     def groups(self) -> Iterable[DuplicateGroup]: ...

@@ -75,6 +75,9 @@ class ScanOptions:
     cache_dir: str | None = None
     #: Report only groups whose files lie under two roots or more (`find.groups.RootRule`).
     isolate: bool = False
+    #: Reference roots, as given: searched like roots, but their files are never acted on, and
+    #: a group is reported only with a file under one of them and one outside them all.
+    reference: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self._check_limits()

@@ -25,15 +25,25 @@ def below(path: str, root: str) -> str | None:
 
 class RootIndex:
     """Roots by path, so that which roots hold a path costs a look at each of its ancestors,
-    not one at each root (a report made from `--files-from` names up to millions of roots)."""
+    not one at each root (a report made from `--files-from` names up to millions of roots).
+    `reference`: those of the roots given with `--reference`."""
 
-    __slots__ = ("_index", "roots")
+    __slots__ = ("_index", "_reference", "roots")
 
-    def __init__(self, roots: Sequence[str]) -> None:
+    def __init__(self, roots: Sequence[str], reference: Sequence[str] = ()) -> None:
         self.roots = tuple(roots)
         self._index: dict[str, int] = {}
         for number, root in enumerate(self.roots):
             self._index.setdefault(root.rstrip("/") or "/", number)
+        self._reference = frozenset(self._index[root.rstrip("/") or "/"] for root in reference)
+
+    def is_reference(self, path: str) -> bool:
+        """Whether the innermost root that holds `path` is a reference root: its file is never
+        acted on."""
+        if not self._reference:
+            return False
+        holding = self.holding(path)
+        return bool(holding) and holding[0] in self._reference
 
     def holding(self, path: str) -> list[int]:
         """The indexes of the roots that hold the normalised absolute `path` (itself or an

@@ -132,6 +132,7 @@ class Operation:
     keep: FileEntry
     target: str | None = None  # for move: where the victim goes
     also_kept: tuple[FileEntry, ...] = ()  # the group's other kept files: re-checked, never touched
+    reference: bool = False  # `keep` lies under a reference root
 
 
 class LeftAloneKind(str, enum.Enum):
@@ -162,13 +163,19 @@ class Plan:
     across_owners: bool = False
 
 
-def make_plan(groups: Sequence[DuplicateGroup], roots: Sequence[str], policy: Policy) -> Plan:
+def make_plan(
+    groups: Sequence[DuplicateGroup],
+    roots: Sequence[str],
+    policy: Policy,
+    reference: Sequence[str] = (),
+) -> Plan:
     """The operations for every group, in report order; groups with nothing to do are left
-    alone."""
+    alone.  Files under the `reference` roots (those of `roots` given with `--reference`) are
+    all kept, whatever the policy, and kept first: the others are linked to one of them."""
     operations: list[Operation] = []
     left_alone: list[LeftAlone] = []
     targets: set[str] = set()  # move targets planned so far: each receives one file
-    holders = RootIndex(roots)
+    holders = RootIndex(roots, reference)
     order = _order(policy, holders)
     protect = Globs(policy.protect)
     for index, group in enumerate(groups):
@@ -223,17 +230,23 @@ def _plan_set(
         return [], LeftAlone(
             index, "all its names are one file (hard links)", LeftAloneKind.ONE_FILE
         )
-    # A file is represented by its best name; files are ranked by their best names.
+    # A file is represented by its best name; files are ranked by their best names, a file
+    # with a name under a reference root before all others.
     names = {key: sorted(entries, key=order) for key, entries in inodes.items()}
-    ranked = sorted(names, key=lambda key: order(names[key][0]))
+    reference = {
+        key
+        for key, entries in inodes.items()
+        if any(map(roots.is_reference, (e.path for e in entries)))
+    }
+    ranked = sorted(names, key=lambda key: (key not in reference, order(names[key][0])))
     protected = [
         key for key in ranked if any(protect.match_file(e.path, roots) for e in inodes[key])
     ]
-    kept = ranked[: policy.min_copies]
+    kept = ranked[: max(policy.min_copies, len(reference))]
     kept += [key for key in protected if key not in kept]
     victims = [key for key in ranked if key not in kept]
     if not victims:
-        reason = f"no file beyond the {len(kept)} kept (--min-copies, --protect)"
+        reason = f"no file beyond the {len(kept)} kept (--min-copies, --protect, reference roots)"
         return [], LeftAlone(index, reason, LeftAloneKind.ALL_KEPT)
     keep = names[kept[0]][0]
     also_kept = tuple(names[key][0] for key in kept[1:])
@@ -244,7 +257,11 @@ def _plan_set(
             entries = entries[:1]  # one name shares the file's blocks for all its names
         for victim in entries:
             target = _moved(victim.path, roots, policy.move_to) if policy.move_to else None
-            planned.append(Operation(index, policy.action, victim, keep, target, also_kept))
+            planned.append(
+                Operation(
+                    index, policy.action, victim, keep, target, also_kept, kept[0] in reference
+                )
+            )
     return planned, None
 
 

@@ -29,13 +29,18 @@ def write_text(plan: Plan, out: IO[bytes]) -> None:
     lines = []
     for op in plan.operations:
         victim, keep = printable(op.victim.path), printable(op.keep.path)
+        # A kept file under a reference root says so: it is kept whatever the policy.
+        reference = ", reference" if op.reference else ""
         if op.action is Action.DELETE:
-            lines.append(f"delete    {victim}   (kept: {keep})")
+            lines.append(f"delete    {victim}   (kept: {keep}{reference})")
         elif op.action is Action.MOVE:
             assert op.target is not None
-            lines.append(f"move      {victim}   -> {printable(op.target)}   (kept: {keep})")
+            target = printable(op.target)
+            lines.append(f"move      {victim}   -> {target}   (kept: {keep}{reference})")
         else:
-            lines.append(f"{op.action.value:<9} {victim}   => {keep}")
+            lines.append(
+                f"{op.action.value:<9} {victim}   => {keep}{'   (reference)' if reference else ''}"
+            )
     lines.extend(f"left alone: group {s.group + 1}: {s.reason}" for s in plan.left_alone)
     groups = len({op.group for op in plan.operations})
     lines.append(
@@ -63,6 +68,7 @@ def to_json_dict(plan: Plan, action: Action) -> dict[str, Any]:
                 "action": op.action.value,
                 "path": op.victim.path,
                 "keep": op.keep.path,
+                "keep_is_reference": op.reference,
                 "target": op.target,
                 "size": op.victim.size,
             }

@@ -197,7 +197,7 @@ def _remake(state: State) -> Plan:
         report = read_json(data)
     except ReportError as exc:
         raise _NoPlan(f"the report {source!r}: {exc}") from None
-    plan = make_plan(report.groups, report.roots, policy)
+    plan = make_plan(report.groups, report.roots, policy, report.reference_roots)
     ops = plan.operations
     for index, begun in state.begun.items():
         if index >= len(ops) or begun != (

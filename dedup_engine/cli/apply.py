@@ -219,7 +219,7 @@ def _read_and_plan(report: str, policy: Policy) -> tuple[bytes, Plan]:
     """The report's bytes, and the plan for its groups."""
     data, source = _read_report(report)
     _warn_unmatched(source, policy)
-    return data, make_plan(source.groups, source.roots, policy)
+    return data, make_plan(source.groups, source.roots, policy, source.reference_roots)
 
 
 def _dry_run(plan: Plan, action: Action, form: str) -> ApplyStatus:

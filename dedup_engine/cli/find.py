@@ -130,6 +130,15 @@ def find(
             " under the innermost root that holds it).",
         ),
     ] = False,
+    reference: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--reference",
+            metavar="DIR",
+            help="A reference root (repeatable): searched, never acted on; a group is reported"
+            " only with a file under a reference root and one outside them.",
+        ),
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -212,6 +221,7 @@ def find(
             empty=empty,
             hard_links=hard_links,
             isolate=isolate,
+            reference=tuple(reference or ()),
             workers=workers,
             io_depth=io_depth,
             head_window=parse_size(head_window),
@@ -292,7 +302,9 @@ def _run(roots: Iterable[str], options: ScanOptions, request: _Request) -> FindS
         except WorkerError as exc:
             print_error(str(exc))
             return FindStatus(worker_died=True)
-        report = SpooledResult(result.roots, spool, result.issues, result.stats)
+        report = SpooledResult(
+            result.roots, spool, result.issues, result.stats, result.reference_roots
+        )
         left_out = _write_report(report, options, request)
     if left_out is not None:
         _print_notes(result, request, left_out)

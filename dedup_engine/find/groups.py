@@ -165,12 +165,21 @@ class Named(NamedTuple):
 class RootRule:
     """Which groups count by the roots their files were found under (each file's innermost
     root): with `isolate`, only a group whose files lie under two roots or more, as fclones'
-    `--isolate` (copies within one root alone are not reported)."""
+    `--isolate` (copies within one root alone are not reported); with `reference` roots (their
+    indexes), only a group with a file under one of them and a file under none of them."""
 
     isolate: bool = False
+    reference: frozenset[int] = frozenset()
 
     def counts(self, roots: Iterable[int]) -> bool:
-        return not self.isolate or len(set(roots)) >= 2
+        if not (self.isolate or self.reference):
+            return True
+        found = set(roots)
+        if self.isolate and len(found) < 2:
+            return False
+        return not self.reference or (
+            not found.isdisjoint(self.reference) and not found <= self.reference
+        )
 
 
 #: Every group counts, whatever its roots.

@@ -143,7 +143,9 @@ def find_duplicates(
     opts = options or ScanOptions()
     if isinstance(roots, str | os.PathLike):
         roots = [roots]
-    canon = canonical_roots(roots)
+    searched = canonical_roots(roots)
+    references = _reference_roots(opts.reference, searched)
+    canon = searched + references
     started = time.perf_counter()
     stats = RunStats()
     issues: list[Issue] = []
@@ -152,7 +154,8 @@ def find_duplicates(
     opts = _check_cache(opts, canon, stats)
     pool = open_pool(opts, canon)
     try:
-        _Run(pool, canon, opts, stats, issues, progress, tally).search()
+        rule = RootRule(opts.isolate, frozenset(range(len(searched), len(canon))))
+        _Run(pool, canon, opts, stats, issues, progress, tally, rule).search()
     except BaseException:  # KeyboardInterrupt, a dead worker: stop the workers at once
         pool.abort()
         raise
@@ -161,7 +164,21 @@ def find_duplicates(
     stats.seconds = time.perf_counter() - started
     issues.sort(key=lambda i: (i.path, i.stage.value))
     kept.sort(key=report_order)
-    return FindResult(canon, tuple(kept), tuple(issues), stats)
+    return FindResult(canon, tuple(kept), tuple(issues), stats, references)
+
+
+def _reference_roots(given: Sequence[str], roots: Sequence[str]) -> tuple[str, ...]:
+    """The `--reference` roots, canonical as roots are, after the roots in their numbering; one
+    that is also a root is fatal (is its copy to be kept or acted on?)."""
+    if not given:
+        return ()
+    references = canonical_roots(given)
+    both = set(references).intersection(roots)
+    if both:
+        raise OptionsError(
+            f"{min(both)!r} is given both as a root and as a reference root: give it once"
+        )
+    return references
 
 
 def _check_cache(opts: ScanOptions, roots: Sequence[str], stats: RunStats) -> ScanOptions:
@@ -220,6 +237,7 @@ class _Run:
         issues: list[Issue],
         progress: ProgressCallback | None,
         emit: Callable[[DuplicateGroup], None],
+        rule: RootRule,
     ) -> None:
         self.pool = pool
         self.roots = roots
@@ -242,7 +260,7 @@ class _Run:
             self.limit,
             emit,
             self._tick if progress else None,
-            RootRule(isolate=opts.isolate),
+            rule,
         )
         self._last_tick = 0.0
         self._dirs: deque[DirJob] = deque()  # directories still to list

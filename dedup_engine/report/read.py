@@ -20,7 +20,7 @@ from typing import IO, Any, NoReturn
 
 from dedup_engine.model import DuplicateGroup, FileEntry, Issue, Stage
 from dedup_engine.paths import RootIndex
-from dedup_engine.report.schema import SCHEMA, TOOL
+from dedup_engine.report.schema import READABLE, SCHEMA, TOOL
 
 #: The report's own nesting is 5 deep (the lists in "options"); anything far deeper is not ours.
 MAX_DEPTH = 32
@@ -48,6 +48,8 @@ class Report:
     stats: Mapping[str, Any]
     groups: tuple[DuplicateGroup, ...]
     issues: tuple[Issue, ...]
+    #: Those of `roots` given with `--reference`: their files are never acted on.
+    reference_roots: tuple[str, ...] = ()
 
 
 def read_json(source: IO[str] | IO[bytes] | str | bytes) -> Report:
@@ -66,7 +68,7 @@ def read_json(source: IO[str] | IO[bytes] | str | bytes) -> Report:
         raise ReportError(f"not a JSON report: {exc}") from None
     if not isinstance(data, dict) or data.get("tool") != TOOL:
         raise ReportError(f'not a dedup-engine report (no "tool": "{TOOL}")')
-    if data.get("schema") != SCHEMA:
+    if data.get("schema") not in READABLE or type(data.get("schema")) is not int:
         hint = "; run dedup find again" if data.get("schema") == 1 else ""
         raise ReportError(
             f"report schema {data.get('schema')!r} is not supported (want {SCHEMA}){hint}"
@@ -91,7 +93,8 @@ class _Reader:
             _fail("roots", "no root")
         if len(set(roots)) != len(roots):
             _fail("roots", "a root is listed twice")
-        holders = RootIndex(roots)
+        references = self.reference_roots(data, roots)
+        holders = RootIndex(roots, references)
         groups = tuple(self.group(g, n, holders) for n, g in enumerate(self.list(data, "groups")))
         issues = tuple(
             self.issue(i, f"issues[{n}]") for n, i in enumerate(self.list(data, "issues"))
@@ -104,7 +107,22 @@ class _Reader:
             self.mapping(data, "stats"),
             groups,
             issues,
+            references,
         )
+
+    def reference_roots(self, data: dict[str, Any], roots: tuple[str, ...]) -> tuple[str, ...]:
+        """Schema 3's reference roots: each one of `roots`, once (none in schema 2)."""
+        if data["schema"] == 2:
+            return ()
+        listed = self.list(data, "reference_roots")
+        references = tuple(self.path(r, f"reference_roots[{n}]") for n, r in enumerate(listed))
+        known = set(roots)
+        for n, root in enumerate(references):
+            if root not in known:
+                _fail(f"reference_roots[{n}]", f"{_show(root)} is not one of the roots")
+        if len(set(references)) != len(references):
+            _fail("reference_roots", "a root is listed twice")
+        return references
 
     def group(self, data: object, number: int, roots: RootIndex) -> DuplicateGroup:
         where = f"groups[{number}]"

@@ -4,5 +4,7 @@ The JSON format writes both fields and the reader (`report.read`) refuses a repo
 differ; docs/json-schema.md describes the schema field by field.
 """
 
-SCHEMA = 2
+SCHEMA = 3
+#: Older schemas the reader still takes: 2 is 3 without `reference_roots`.
+READABLE = (2, 3)
 TOOL = "dedup-engine"

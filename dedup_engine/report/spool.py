@@ -164,6 +164,7 @@ class SpooledResult:
     groups: GroupSpool
     issues: tuple[Issue, ...]
     stats: RunStats
+    reference_roots: tuple[str, ...] = ()
 
 
 def _key(size: int, first_path: str, offset: int, length: int) -> bytes:

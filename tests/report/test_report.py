@@ -194,9 +194,10 @@ def test_json_round_trips(found: tuple[Tree, FindResult]) -> None:
 def test_json_dict_shape(found: tuple[Tree, FindResult]) -> None:
     _tree, result = found
     data = to_json_dict(result, OPTIONS, __version__)
-    assert data["schema"] == 2
+    assert data["schema"] == 3
     assert data["tool"] == "dedup-engine"
     assert set(data) >= {"version", "created", "roots", "options", "stats", "groups", "issues"}
+    assert data["reference_roots"] == []
     assert json.loads(json.dumps(data)) == data
     group = data["groups"][0]
     assert set(group) == {"size", "digest", "files"}

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,48 +58,47 @@ def _with_group(*files: dict[str, object], **group: object) -> dict[str, Any]:
 GOOD = _with_group(_file("/x/a", 1), _file("/x/b", 2))
 
 
+def _set(key: str, value: object) -> Callable[[dict[str, Any]], None]:
+    return lambda data: data.__setitem__(key, value)
+
+
+def _drop(key: str) -> Callable[[dict[str, Any]], None]:
+    return lambda data: data.__delitem__(key)
+
+
+def _twice(data: dict[str, Any]) -> None:
+    data["roots"] = ["/x", "/y"]
+    data["reference_roots"] = ["/y", "/y"]
+
+
+#: Each change that makes the valid base a report of another shape.
+BREAK: dict[str, Callable[[dict[str, Any]], None]] = {
+    "tool": _set("tool", "fdupes"),
+    "no tool": _drop("tool"),
+    "schema 1": _set("schema", 1),
+    "schema '2'": _set("schema", "2"),
+    "schema 2.0": _set("schema", 2.0),
+    "no schema": _drop("schema"),
+    "no groups": _drop("groups"),
+    "groups not a list": _set("groups", 7),
+    "file without ino": _set(
+        "groups", [{"size": 1, "digest": "ab" * 32, "files": [{"path": "/x", "dev": 1}]}]
+    ),
+    "size not a number": _set("groups", [{"size": "big", "digest": "ab" * 32, "files": []}]),
+    "bad stage": _set("issues", [{"path": "/x", "stage": "middle", "message": "?"}]),
+    "no roots": _drop("roots"),
+    "no reference roots": _drop("reference_roots"),
+    "reference root not a root": _set("reference_roots", ["/y"]),
+    "reference root twice": _twice,
+    "reference root relative": _set("reference_roots", ["x"]),
+}
+SHAPES = list(BREAK)
+
+
 def _broken(change: str) -> dict[str, Any]:
     data = _valid()
-    if change == "tool":
-        data["tool"] = "fdupes"
-    elif change == "no tool":
-        del data["tool"]
-    elif change == "schema 1":
-        data["schema"] = 1
-    elif change == "schema '2'":
-        data["schema"] = "2"
-    elif change == "no schema":
-        del data["schema"]
-    elif change == "no groups":
-        del data["groups"]
-    elif change == "groups not a list":
-        data["groups"] = 7
-    elif change == "file without ino":
-        data["groups"] = [{"size": 1, "digest": "ab" * 32, "files": [{"path": "/x", "dev": 1}]}]
-    elif change == "size not a number":
-        data["groups"] = [{"size": "big", "digest": "ab" * 32, "files": []}]
-    elif change == "bad stage":
-        data["issues"] = [{"path": "/x", "stage": "middle", "message": "?"}]
-    elif change == "no roots":
-        del data["roots"]
-    else:
-        raise AssertionError(change)
+    BREAK[change](data)
     return data
-
-
-SHAPES = [
-    "tool",
-    "no tool",
-    "schema 1",
-    "schema '2'",
-    "no schema",
-    "no groups",
-    "groups not a list",
-    "file without ino",
-    "size not a number",
-    "bad stage",
-    "no roots",
-]
 
 
 @pytest.mark.parametrize("text", ["", "{", "not json", "[]", "null", '"dedup-engine"'])
@@ -121,6 +121,19 @@ def test_a_report_of_another_shape_is_refused(change: str) -> None:
 def test_a_schema_1_report_says_to_run_find_again() -> None:
     with pytest.raises(ReportError, match="run dedup find again"):
         read_json(json.dumps(_broken("schema 1")))
+
+
+def test_a_schema_2_report_is_read_without_reference_roots() -> None:
+    data = dict(GOOD, schema=2)
+    del data["reference_roots"]
+    report = read_json(json.dumps(data))
+    assert report.reference_roots == () and len(report.groups) == 1
+
+
+def test_reference_roots_are_read() -> None:
+    data = _with_group(_file("/x/a", 1), _file("/y/b", 2))
+    data["roots"], data["reference_roots"] = ["/x", "/y"], ["/y"]
+    assert read_json(json.dumps(data)).reference_roots == ("/y",)
 
 
 def test_the_valid_base_is_read() -> None:

@@ -62,6 +62,7 @@ class Streamed:
     groups: Iterable[DuplicateGroup]
     issues: tuple[Issue, ...]
     stats: RunStats
+    reference_roots: tuple[str, ...] = ()
 
 
 def _written(form: Format, result: Findings, null: bool = False) -> bytes:

@@ -64,6 +64,7 @@ def _head(result: Findings, options: ScanOptions, version: str) -> dict[str, Any
         "version": version,
         "created": created.isoformat().replace("+00:00", "Z"),
         "roots": list(result.roots),
+        "reference_roots": list(result.reference_roots),
         "options": options.as_dict(),
         "stats": result.stats.as_dict(),
     }

@@ -11,6 +11,7 @@ from typing import IO
 
 from dedup_engine.model import Findings
 from dedup_engine.options import ScanOptions
+from dedup_engine.paths import RootIndex
 from dedup_engine.report.display import human_size, printable
 
 
@@ -18,13 +19,17 @@ def write_text(result: Findings, out: IO[bytes]) -> None:
     """For people: each group with its size and digest, then a summary.  Odd names are escaped.
 
     Each group is written as it comes from `result.groups`, which is read once."""
+    roots = RootIndex(result.roots, result.reference_roots)
     for number, group in enumerate(result.groups, 1):
         lines = [
             f"group {number}: {len(group.files)} files, {group.inodes} distinct, "
             f"{human_size(group.size)} each, {human_size(group.reclaimable)} reclaimable, "
             f"blake3 {group.digest[:16]}"
         ]
-        lines.extend(f"  {printable(f.path)}" for f in group.files)
+        lines.extend(
+            f"  {printable(f.path)}{_REFERENCE if roots.is_reference(f.path) else ''}"
+            for f in group.files
+        )
         lines.append("\n")
         out.write(_encode("\n".join(lines)))
     stats = result.stats
@@ -39,6 +44,10 @@ def write_text(result: Findings, out: IO[bytes]) -> None:
         out.write(_encode(f"{len(result.issues)} files could not be read:\n"))
         for i in result.issues:
             out.write(_encode(f"  {printable(i.path)}: {i.message} ({i.stage.value})\n"))
+
+
+#: After a file under a reference root: kept by `dedup apply`, whatever its policy.
+_REFERENCE = "   (reference)"
 
 
 def _encode(text: str) -> bytes:

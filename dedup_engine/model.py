@@ -91,6 +91,23 @@ def report_order(group: DuplicateGroup) -> tuple[int, str]:
 
 
 @dataclass(frozen=True, slots=True)
+class DirectoryGroup:
+    """Directories whose whole trees hold the same names, types and bytes (`--dirs`).
+
+    `bytes` is what one of them holds (the sum of its files' sizes, each name counted); `paths`
+    are sorted.
+    """
+
+    bytes: int
+    paths: tuple[str, ...]
+
+
+def directory_order(group: DirectoryGroup) -> tuple[int, str]:
+    """Where a directory group comes in a report: largest first, then by first path."""
+    return -group.bytes, group.paths[0] if group.paths else ""
+
+
+@dataclass(frozen=True, slots=True)
 class Issue:
     """A file that could not be examined; it was excluded from matching and the run went on."""
 
@@ -180,6 +197,8 @@ class FindResult:
     stats: RunStats
     #: The roots among `roots` given with `--reference`, whose files are never acted on.
     reference_roots: tuple[str, ...] = ()
+    #: With `--dirs`: groups of duplicate directories, largest first.
+    directory_groups: tuple[DirectoryGroup, ...] = ()
 
 
 class Findings(Protocol):
@@ -195,6 +214,9 @@ class Findings(Protocol):
 
     @property
     def reference_roots(self) -> Sequence[str]: ...
+
+    @property
+    def directory_groups(self) -> Sequence[DirectoryGroup]: ...
 
     @property
     def groups(self) -> Iterable[DuplicateGroup]: ...

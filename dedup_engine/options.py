@@ -78,6 +78,8 @@ class ScanOptions:
     #: Reference roots, as given: searched like roots, but their files are never acted on, and
     #: a group is reported only with a file under one of them and one outside them all.
     reference: tuple[str, ...] = ()
+    #: Also report duplicate directories (`find.dirgroups`), from the file groups.
+    dirs: bool = False
 
     def __post_init__(self) -> None:
         self._check_limits()

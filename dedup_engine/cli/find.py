@@ -130,6 +130,14 @@ def find(
             " under the innermost root that holds it).",
         ),
     ] = False,
+    dirs: Annotated[
+        bool,
+        typer.Option(
+            "--dirs",
+            help="Also report duplicate directories: whole trees of the same names, types and"
+            " bytes (from the file groups; no file is read again).",
+        ),
+    ] = False,
     reference: Annotated[
         list[str] | None,
         typer.Option(
@@ -222,6 +230,7 @@ def find(
             hard_links=hard_links,
             isolate=isolate,
             reference=tuple(reference or ()),
+            dirs=dirs,
             workers=workers,
             io_depth=io_depth,
             head_window=parse_size(head_window),
@@ -303,7 +312,12 @@ def _run(roots: Iterable[str], options: ScanOptions, request: _Request) -> FindS
             print_error(str(exc))
             return FindStatus(worker_died=True)
         report = SpooledResult(
-            result.roots, spool, result.issues, result.stats, result.reference_roots
+            result.roots,
+            spool,
+            result.issues,
+            result.stats,
+            result.reference_roots,
+            result.directory_groups,
         )
         left_out = _write_report(report, options, request)
     if left_out is not None:

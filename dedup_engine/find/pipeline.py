@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from dedup_engine.find import reach
 from dedup_engine.find.cache import CacheError, DigestCache
+from dedup_engine.find.dirgroups import Contents, find_directory_groups
 from dedup_engine.find.groups import Group, RootRule, SizeIndex
 from dedup_engine.find.hashstep import (
     FullStep,
@@ -35,10 +36,18 @@ from dedup_engine.find.hashstep import (
 )
 from dedup_engine.find.pool import Pool, open_pool
 from dedup_engine.find.tasks import DirJob, ScanResult, ScanTask, Window
-from dedup_engine.model import DuplicateGroup, FindResult, Issue, RunStats, Stage, report_order
+from dedup_engine.model import (
+    DirectoryGroup,
+    DuplicateGroup,
+    FindResult,
+    Issue,
+    RunStats,
+    Stage,
+    report_order,
+)
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.oserror import describe_error
-from dedup_engine.paths import is_under
+from dedup_engine.paths import RootIndex, is_under
 
 #: Tasks in flight per worker: enough to hide the queue round trip, few enough to keep memory flat.
 IN_FLIGHT_PER_WORKER = 3
@@ -150,12 +159,16 @@ def find_duplicates(
     stats = RunStats()
     issues: list[Issue] = []
     kept: list[DuplicateGroup] = []
-    tally = _Tally(stats, on_group or kept.append)
+    contents = Contents() if opts.dirs else None
+    tally = _Tally(stats, on_group or kept.append, contents)
     opts = _check_cache(opts, canon, stats)
     pool = open_pool(opts, canon)
+    directories: tuple[DirectoryGroup, ...] = ()
     try:
         rule = RootRule(opts.isolate, frozenset(range(len(searched), len(canon))))
         _Run(pool, canon, opts, stats, issues, progress, tally, rule).search()
+        if contents is not None:
+            directories = find_directory_groups(pool, contents, RootIndex(canon, references), rule)
     except BaseException:  # KeyboardInterrupt, a dead worker: stop the workers at once
         pool.abort()
         raise
@@ -164,7 +177,7 @@ def find_duplicates(
     stats.seconds = time.perf_counter() - started
     issues.sort(key=lambda i: (i.path, i.stage.value))
     kept.sort(key=report_order)
-    return FindResult(canon, tuple(kept), tuple(issues), stats, references)
+    return FindResult(canon, tuple(kept), tuple(issues), stats, references, directories)
 
 
 def _reference_roots(given: Sequence[str], roots: Sequence[str]) -> tuple[str, ...]:
@@ -213,15 +226,23 @@ def _check_cache(opts: ScanOptions, roots: Sequence[str], stats: RunStats) -> Sc
 class _Tally:
     """Counts each final group into the run's totals and hands it on."""
 
-    def __init__(self, stats: RunStats, sink: Callable[[DuplicateGroup], None]) -> None:
+    def __init__(
+        self,
+        stats: RunStats,
+        sink: Callable[[DuplicateGroup], None],
+        contents: Contents | None = None,
+    ) -> None:
         self.stats = stats
         self.sink = sink
+        self.contents = contents  # with --dirs: each file's group, for the directories
 
     def __call__(self, group: DuplicateGroup) -> None:
         stats = self.stats
         stats.groups += 1
         stats.files_in_groups += len(group.files)
         stats.bytes_reclaimable += group.reclaimable
+        if self.contents is not None:
+            self.contents.add(group)
         self.sink(group)
 
 

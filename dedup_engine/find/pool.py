@@ -29,10 +29,11 @@ from multiprocessing.reduction import ForkingPickler
 from typing import Any, Protocol
 
 from dedup_engine.find.cached import WorkerCache, compare_cached, hash_cached
+from dedup_engine.find.dirtree import DirTree
 from dedup_engine.find.entries import describe
 from dedup_engine.find.readers import Readers
 from dedup_engine.find.store import RowStore
-from dedup_engine.find.tasks import CompareTask, DescribeTask, Result, ScanTask, Task
+from dedup_engine.find.tasks import CompareTask, DescribeTask, Result, ScanTask, Task, TreeTask
 from dedup_engine.find.walk import Filter, scan_dirs
 from dedup_engine.options import ScanOptions
 
@@ -77,6 +78,7 @@ class WorkerState:
     def __init__(self, options: ScanOptions, roots: Sequence[str], workers: int) -> None:
         self.filter = Filter(options, roots)
         self.store = RowStore()
+        self.tree = DirTree() if options.dirs else None
         self.readers = Readers(options.io_depth, workers)
         self.cache = WorkerCache(options.cache_dir) if options.cache_dir else None
 
@@ -90,7 +92,10 @@ class WorkerState:
 def run_task(task: Task, state: WorkerState) -> Result:
     """Worker side: run one task in this process with the worker-side module for its kind."""
     if isinstance(task, ScanTask):
-        return scan_dirs(task, state.filter, state.store)
+        return scan_dirs(task, state.filter, state.store, state.tree)
+    if isinstance(task, TreeTask):
+        assert state.tree is not None, "a TreeTask without --dirs"
+        return state.tree.listed(task, state.store)
     if isinstance(task, DescribeTask):
         return describe(task, state.store)
     readers, store = state.readers, state.store

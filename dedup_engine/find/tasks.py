@@ -218,5 +218,34 @@ class CompareResult:
     cache_misses: int = 0
 
 
-Task = ScanTask | HashTask | DescribeTask | CompareTask
-Result = ScanResult | HashResult | Described | CompareResult
+@dataclass(frozen=True, slots=True)
+class ListedDir:
+    """One directory as its worker listed it.  `files`: (name, dev, ino, size) of each file
+    row; `subdirs`: (name, dev, ino); `others`: (name, kind) of every other entry, a symlink's
+    kind being "link:" and its target; `whole`: every entry was listed and stat'ed."""
+
+    path: str
+    dev: int
+    ino: int
+    files: tuple[tuple[str, int, int, int], ...]
+    subdirs: tuple[tuple[str, int, int], ...]
+    others: tuple[tuple[str, str], ...]
+    whole: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TreeTask:
+    """Ask a worker for the directories it listed, `count` of them from its `start`th."""
+
+    start: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TreeResult:
+    dirs: tuple[ListedDir, ...]
+    more: bool  # the worker listed more directories past these
+
+
+Task = ScanTask | HashTask | DescribeTask | CompareTask | TreeTask
+Result = ScanResult | HashResult | Described | CompareResult | TreeResult

@@ -17,6 +17,7 @@ from array import array
 from collections.abc import Iterator, Sequence
 
 from dedup_engine.find import reach
+from dedup_engine.find.dirtree import EMPTY, DirTree, special_kind
 from dedup_engine.find.store import RowStore
 from dedup_engine.find.tasks import DirJob, ScanResult, ScanTask
 from dedup_engine.globs import Globs
@@ -61,10 +62,12 @@ class Filter:
         return index
 
 
-def scan_dirs(task: ScanTask, flt: Filter, store: RowStore) -> ScanResult:
-    """List every directory of the task into `store`; errors become issues and the listing goes
-    on."""
-    listing = _Listing(flt, store)
+def scan_dirs(
+    task: ScanTask, flt: Filter, store: RowStore, tree: DirTree | None = None
+) -> ScanResult:
+    """List every directory of the task into `store` (and what else each holds into `tree`,
+    with `--dirs`); errors become issues and the listing goes on."""
+    listing = _Listing(flt, store, tree)
     if task.files:
         listing.add_file_roots(task.files)
     for job in task.dirs:
@@ -76,11 +79,12 @@ class _Listing:
     """What one scan task has found so far: its rows go straight into the store, their keys into
     columns for the coordinator."""
 
-    def __init__(self, flt: Filter, store: RowStore) -> None:
+    def __init__(self, flt: Filter, store: RowStore, tree: DirTree | None = None) -> None:
         opts = flt.options
         self.flt = flt
         self.opts = opts
         self.store = store
+        self.tree = tree
         self.first = len(store)
         self.open_flags = dir_flags(opts.follow_links)
         self.filtering = flt.has_include or flt.has_exclude or not opts.hidden
@@ -160,14 +164,21 @@ class _Listing:
         prefix = job.path if job.path.endswith("/") else job.path + "/"
         counts_under = job.root if job.counts_under is None else job.counts_under
         self.store.start_dir(prefix, counts_under, dev)
+        tree, first = self.tree, len(self.store)
+        if tree is not None:
+            tree.begin(prefix, st.st_dev, st.st_ino, first)
         try:
             with entries:
                 self._take(job, prefix, entries)
         except OSError as exc:  # EIO in the middle of a listing: keep what we have
             self.issues.append((job.path, _describe(exc)))
+            if tree is not None:
+                tree.incomplete()
         finally:
             self._commit()
             os.close(dir_fd)
+            if tree is not None:
+                tree.end(len(self.store), self.sizes[first - self.first :])
 
     def _take(self, job: DirJob, prefix: str, entries: Iterator[os.DirEntry[str]]) -> None:
         """Take a directory's entries; an entry that cannot be stat'ed becomes an issue.
@@ -184,6 +195,7 @@ class _Listing:
         plain = not (flt.file_roots or job.alias)  # no file needs a second look
         root = job.root
         descend = opts.max_depth is None or job.depth < opts.max_depth
+        tree = self.tree
         for entry in entries:
             name = entry.name
             try:
@@ -196,31 +208,56 @@ class _Listing:
                     st = entry.stat(follow_symlinks=False)
                     size = st.st_size
                     if not ((min_size <= size <= max_size) if size else empty):
+                        if tree is not None and not size:
+                            tree.other(name, EMPTY)
                         continue
                     if plain and stat.S_ISREG(st.st_mode):  # no path string: the store keeps names
                         add_name(name)
                         add_stat(st)
                     else:
                         self._take_file(name, prefix + name, st, job)
-                elif entry.is_dir(follow_symlinks=False):
-                    path = prefix + name
-                    if descend and not (filtering and flt.excluded(name, path, root, True)):
-                        self._add_dir(path, job, entry.stat(follow_symlinks=False))
-                elif not entry.is_symlink():
-                    self.special += 1  # FIFO, socket or device: known from the entry alone
-                elif self.opts.follow_links:
-                    self._follow(name, prefix + name, job, descend)
                 else:
-                    self.symlinks += 1
+                    self._take_other(entry, prefix, job, descend)
             except OSError as exc:  # vanished between listing and stat, or EACCES
                 issues.append((prefix + name, _describe(exc)))
+                if tree is not None:
+                    tree.incomplete()
+
+    def _take_other(self, entry: os.DirEntry[str], prefix: str, job: DirJob, descend: bool) -> None:
+        """An entry that is not a regular file: a directory, a symlink, or a special file."""
+        name, tree = entry.name, self.tree
+        if entry.is_dir(follow_symlinks=False):
+            path = prefix + name
+            if (descend or tree is not None) and not (
+                self.filtering and self.flt.excluded(name, path, job.root, True)
+            ):
+                st = entry.stat(follow_symlinks=False)
+                if tree is not None:
+                    tree.subdir(name, st)  # walked or not: part of the tree
+                if descend:
+                    self._add_dir(path, job, st)
+        elif not entry.is_symlink():
+            self.special += 1  # FIFO, socket or device: known from the entry alone
+            if tree is not None:
+                tree.other(name, special_kind(entry.stat(follow_symlinks=False).st_mode))
+        elif self.opts.follow_links:
+            self._follow(name, prefix + name, job, descend)
+        else:
+            self.symlinks += 1
+            if tree is not None:
+                tree.link(name, None, prefix + name)
 
     def _take_file(self, name: str, path: str, st: os.stat_result, job: DirJob) -> None:
         """A file that needs a second look: one swapped for something else since the listing, a
         root of its own, or one below a directory reached through a symlink."""
         if not stat.S_ISREG(st.st_mode):
             self.special += 1
-        elif path not in self.flt.file_roots:  # a root of its own is listed once, as that root
+            if self.tree is not None:
+                self.tree.other(name, special_kind(st.st_mode))
+        elif path in self.flt.file_roots:  # a root of its own is listed once, as that root
+            if self.tree is not None:
+                self.tree.incomplete()  # its row lies elsewhere: this listing is not whole
+        else:
             if job.alias:
                 self._aliased.append(len(self._names))
             self._names.append(name)
@@ -228,15 +265,20 @@ class _Listing:
 
     def _follow(self, name: str, path: str, job: DirJob, descend: bool) -> None:
         """A symbolic link, with links followed: what it points to, once it passes the filters."""
+        tree = self.tree
         try:
             st = os.stat(path)
         except OSError:  # dangling, looping or unreadable target
             self.symlinks += 1
+            if tree is not None:
+                tree.link(name, None, path)
             return
         is_dir = stat.S_ISDIR(st.st_mode)
         if self.flt.excluded(name, path, job.root, is_dir):
             return
         if is_dir:
+            if tree is not None:
+                tree.subdir(name, st)
             if descend:
                 # The directory is walked once, by whichever name reaches it first: its files
                 # count under the root that holds it, not under the link's.
@@ -245,10 +287,14 @@ class _Listing:
                     self._add_dir(path, job, st, alias=True, root=root)
         elif not stat.S_ISREG(st.st_mode):
             self.special += 1
+            if tree is not None:
+                tree.other(name, special_kind(st.st_mode))
         elif self.flt.included(name, path, job.root) and self.opts.accepts_size(st.st_size):
             self._aliased.append(len(self._names))
             self._names.append(name)
             self._stats.append(st)
+        elif tree is not None and not st.st_size and self.flt.included(name, path, job.root):
+            tree.other(name, EMPTY)
 
     def _add_dir(
         self,

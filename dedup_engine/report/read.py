@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
-from dedup_engine.model import DuplicateGroup, FileEntry, Issue, Stage
+from dedup_engine.model import DirectoryGroup, DuplicateGroup, FileEntry, Issue, Stage
 from dedup_engine.paths import RootIndex
 from dedup_engine.report.schema import READABLE, SCHEMA, TOOL
 
@@ -50,6 +50,8 @@ class Report:
     issues: tuple[Issue, ...]
     #: Those of `roots` given with `--reference`: their files are never acted on.
     reference_roots: tuple[str, ...] = ()
+    #: Groups of duplicate directories (`--dirs`): shown, never acted on as such.
+    directory_groups: tuple[DirectoryGroup, ...] = ()
 
 
 def read_json(source: IO[str] | IO[bytes] | str | bytes) -> Report:
@@ -108,6 +110,7 @@ class _Reader:
             groups,
             issues,
             references,
+            self.directory_groups(data, holders),
         )
 
     def reference_roots(self, data: dict[str, Any], roots: tuple[str, ...]) -> tuple[str, ...]:
@@ -123,6 +126,27 @@ class _Reader:
         if len(set(references)) != len(references):
             _fail("reference_roots", "a root is listed twice")
         return references
+
+    def directory_groups(
+        self, data: dict[str, Any], roots: RootIndex
+    ) -> tuple[DirectoryGroup, ...]:
+        """Schema 3's groups of directories: each two paths or more, under the roots, once."""
+        if data["schema"] == 2:
+            return ()
+        out = []
+        for n, item in enumerate(self.list(data, "directory_groups")):
+            where = f"directory_groups[{n}]"
+            group = _object(item, where)
+            size = self.number(group, "bytes", _SIZE, where)
+            listed = self.list(group, "paths", where)
+            paths = tuple(self.path(p, f"{where}.paths[{k}]") for k, p in enumerate(listed))
+            if len(paths) < 2 or len(set(paths)) != len(paths):
+                _fail(f"{where}.paths", "a group holds two paths or more, each once")
+            for k, path in enumerate(paths):
+                if not roots.holding(path):
+                    _fail(f"{where}.paths[{k}]", f"{_show(path)} is under none of the roots")
+            out.append(DirectoryGroup(size, paths))
+        return tuple(out)
 
     def group(self, data: object, number: int, roots: RootIndex) -> DuplicateGroup:
         where = f"groups[{number}]"

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import IO
 
-from dedup_engine.model import DuplicateGroup, FileEntry, Issue, RunStats
+from dedup_engine.model import DirectoryGroup, DuplicateGroup, FileEntry, Issue, RunStats
 
 #: Keys kept in memory before a sorted run of them is written out: about 4 MiB of keys for
 #: paths of 60 characters, a few bytes a file at a million files; a merge of 10M files' groups
@@ -165,6 +165,7 @@ class SpooledResult:
     issues: tuple[Issue, ...]
     stats: RunStats
     reference_roots: tuple[str, ...] = ()
+    directory_groups: tuple[DirectoryGroup, ...] = ()
 
 
 def _key(size: int, first_path: str, offset: int, length: int) -> bytes:

@@ -26,7 +26,7 @@ from dedup_engine import (
     Stage,
     find_duplicates,
 )
-from dedup_engine.model import Findings
+from dedup_engine.model import DirectoryGroup, Findings
 from dedup_engine.report.formats import WRITERS, Format
 from dedup_engine.report.formats.json import to_json_dict, write_json
 from dedup_engine.report.spool import GroupSpool, SpooledResult
@@ -63,6 +63,7 @@ class Streamed:
     issues: tuple[Issue, ...]
     stats: RunStats
     reference_roots: tuple[str, ...] = ()
+    directory_groups: tuple[DirectoryGroup, ...] = ()
 
 
 def _written(form: Format, result: Findings, null: bool = False) -> bytes:

@@ -1,7 +1,8 @@
 """The CSV format: one row per path with its group's number, size and digest, in the names' bytes.
 
-Names that are not valid UTF-8 are Python's surrogateescape strings, written back as their exact
-bytes; a name holding a comma, a quote or a newline is quoted.
+With `--dirs`, a row per duplicate directory comes first.  Names that are not valid UTF-8 are
+Python's surrogateescape strings, written back as their exact bytes; a name holding a comma, a
+quote or a newline is quoted.
 """
 
 from __future__ import annotations
@@ -11,15 +12,26 @@ import io
 from collections.abc import Iterable
 from typing import IO
 
-from dedup_engine.model import DuplicateGroup, Findings
+from dedup_engine.model import DirectoryGroup, DuplicateGroup, Findings
 from dedup_engine.options import ScanOptions
 
 
-def write_csv(groups: Iterable[DuplicateGroup], out: IO[bytes]) -> None:
-    """One row per path with a group id; names keep their bytes (quoted where needed)."""
+def write_csv(
+    groups: Iterable[DuplicateGroup],
+    out: IO[bytes],
+    directories: Iterable[DirectoryGroup] = (),
+) -> None:
+    """One row per path with a group id; names keep their bytes (quoted where needed).
+
+    With `--dirs`, the groups of duplicate directories come first: one row per directory, its
+    group numbered "d1", "d2"..., `size` the bytes its tree holds, its path ending in "/", and
+    no digest, inode or times."""
     text = io.TextIOWrapper(out, encoding="utf-8", errors="surrogateescape", newline="")
     writer = csv.writer(text)
     writer.writerow(["group", "size", "digest", "path", "dev", "ino", "mtime_ns", "ctime_ns"])
+    for number, directory in enumerate(directories, 1):
+        for path in directory.paths:
+            writer.writerow([f"d{number}", directory.bytes, "", path.rstrip("/") + "/", *[""] * 4])
     for number, group in enumerate(groups, 1):
         for f in group.files:
             writer.writerow(
@@ -30,6 +42,7 @@ def write_csv(groups: Iterable[DuplicateGroup], out: IO[bytes]) -> None:
 
 
 def write(result: Findings, options: ScanOptions, out: IO[bytes], *, null: bool) -> int:
-    """The format's `Writer`: the result's groups; `null` has no use here."""
-    write_csv(result.groups, out)
+    """The format's `Writer`: the result's directory groups and groups; `null` has no use
+    here."""
+    write_csv(result.groups, out, result.directory_groups)
     return 0

@@ -1,5 +1,7 @@
 """The fdupes format: one path per line and a blank line after each group, in the names' own bytes.
 
+With `--dirs`, groups of duplicate directories come first, each path ending in "/".
+
 Names that are not valid UTF-8 are Python's surrogateescape strings; `os.fsencode` writes back
 their exact bytes.
 """
@@ -10,7 +12,7 @@ import os
 from collections.abc import Iterable
 from typing import IO
 
-from dedup_engine.model import DuplicateGroup, Findings
+from dedup_engine.model import DirectoryGroup, DuplicateGroup, Findings
 from dedup_engine.options import ScanOptions
 
 
@@ -37,6 +39,24 @@ def write_fdupes(groups: Iterable[DuplicateGroup], out: IO[bytes], *, null: bool
     return left_out
 
 
+def write_directories(
+    groups: Iterable[DirectoryGroup], out: IO[bytes], *, null: bool = False
+) -> int:
+    """Groups of duplicate directories (`--dirs`) as groups of paths, each ending in "/" so
+    that no tool reading the format takes one for a file; a path holding a newline is left out
+    without `null`, as for files.  Returns the number of paths left out."""
+    end = b"\0" if null else b"\n"
+    left_out = 0
+    for group in groups:
+        paths = [p for p in group.paths if null or "\n" not in p]
+        left_out += len(group.paths) - len(paths)
+        if len(paths) >= 2:
+            out.write(b"".join(os.fsencode(p.rstrip("/")) + b"/" + end for p in paths) + end)
+    return left_out
+
+
 def write(result: Findings, options: ScanOptions, out: IO[bytes], *, null: bool) -> int:
-    """The format's `Writer`: the result's groups; the number of paths left out."""
-    return write_fdupes(result.groups, out, null=null)
+    """The format's `Writer`: the directory groups, then the file groups; the number of paths
+    left out."""
+    left_out = write_directories(result.directory_groups, out, null=null)
+    return left_out + write_fdupes(result.groups, out, null=null)

@@ -65,6 +65,9 @@ def _head(result: Findings, options: ScanOptions, version: str) -> dict[str, Any
         "created": created.isoformat().replace("+00:00", "Z"),
         "roots": list(result.roots),
         "reference_roots": list(result.reference_roots),
+        "directory_groups": [
+            {"paths": list(group.paths), "bytes": group.bytes} for group in result.directory_groups
+        ],
         "options": options.as_dict(),
         "stats": result.stats.as_dict(),
     }

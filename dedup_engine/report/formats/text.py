@@ -20,6 +20,14 @@ def write_text(result: Findings, out: IO[bytes]) -> None:
 
     Each group is written as it comes from `result.groups`, which is read once."""
     roots = RootIndex(result.roots, result.reference_roots)
+    for number, directories in enumerate(result.directory_groups, 1):
+        lines = [
+            f"directory group {number}: {len(directories.paths)} directories, "
+            f"{human_size(directories.bytes)} each"
+        ]
+        lines.extend(f"  {printable(path.rstrip('/'))}/" for path in directories.paths)
+        lines.append("\n")
+        out.write(_encode("\n".join(lines)))
     for number, group in enumerate(result.groups, 1):
         lines = [
             f"group {number}: {len(group.files)} files, {group.inodes} distinct, "
@@ -40,6 +48,8 @@ def write_text(result: Findings, out: IO[bytes]) -> None:
             f"files ({human_size(stats.bytes_scanned)}) in {stats.seconds:.2f} s\n"
         )
     )
+    if result.directory_groups:
+        out.write(_encode(f"{len(result.directory_groups)} groups of duplicate directories\n"))
     if result.issues:
         out.write(_encode(f"{len(result.issues)} files could not be read:\n"))
         for i in result.issues:

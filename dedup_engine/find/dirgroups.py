@@ -1,0 +1,197 @@
+"""Duplicate directories (`--dirs`): directories whose whole trees hold the same relative names,
+the same types and the same bytes, found from the final file groups without reading a file
+again.
+
+Each file in a final group takes its group's number as its content; any other file is unique
+but to its own hard links, so its content is its (dev, ino); an empty file is "empty".  Each
+worker hands over the directories it listed (`dirtree`); a directory's signature is the BLAKE3
+digest of its entries in name order (a file by its content, a symlink by its target, another
+entry by its type, a subdirectory by the subdirectory's signature), made bottom-up.  A directory
+not known whole (a failed listing, an entry that could not be stat'ed, a subdirectory not
+walked: beyond `--max-depth`, on another filesystem with `-x`, unreadable) has no signature, nor
+has any directory above it.  Directories of one signature are a group when their trees hold a
+byte; a group whose members' parents all lie in one group is implied by it and not reported.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from blake3 import blake3
+
+from dedup_engine.find.dirtree import EMPTY
+from dedup_engine.find.groups import RootRule
+from dedup_engine.find.pool import Pool
+from dedup_engine.find.tasks import ListedDir, TreeResult, TreeTask
+from dedup_engine.model import DirectoryGroup, DuplicateGroup, directory_order
+from dedup_engine.paths import RootIndex
+
+#: Directories a worker hands over per task.
+DIRS_PER_TASK = 2_000
+
+DirKey = tuple[int, int]  # (st_dev, st_ino)
+
+
+class Contents:
+    """The content of each file in a final group, by path: the group's number."""
+
+    def __init__(self) -> None:
+        self._of: dict[str, int] = {}
+        self._groups = 0
+
+    def add(self, group: DuplicateGroup) -> None:
+        self._groups += 1
+        for entry in group.files:
+            self._of[entry.path] = self._groups
+
+    def of(self, path: str) -> int | None:
+        return self._of.get(path)
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    path: str
+    local: bytes  # digest of the entries but subdirectories
+    size: int  # bytes of its own files
+    subdirs: tuple[tuple[str, int, int], ...]
+    whole: bool
+
+
+def find_directory_groups(
+    pool: Pool, contents: Contents, roots: RootIndex, rule: RootRule
+) -> tuple[DirectoryGroup, ...]:
+    """The groups of duplicate directories, largest first, from every worker's listings."""
+    nodes: dict[DirKey, _Node] = {}
+    for listed in _listings(pool):
+        nodes[(listed.dev, listed.ino)] = _node(listed, contents)
+    signatures = _signatures(nodes)
+    by_signature: dict[bytes, list[DirKey]] = {}
+    for key, (signature, size) in signatures.items():
+        if signature is not None and size > 0:
+            by_signature.setdefault(signature, []).append(key)
+    candidates = [
+        (signatures[keys[0]][1], sorted(nodes[key].path for key in keys))
+        for keys in by_signature.values()
+        if len(keys) >= 2
+    ]
+    group_of = {path: number for number, (_, paths) in enumerate(candidates) for path in paths}
+    found = [
+        DirectoryGroup(size, tuple(paths))
+        for number, (size, paths) in enumerate(candidates)
+        if not _implied(number, paths, group_of) and rule.counts(_roots_of(paths, roots))
+    ]
+    return tuple(sorted(found, key=directory_order))
+
+
+def _listings(pool: Pool) -> Iterable[ListedDir]:
+    """Every directory each worker listed, a task's worth at a time from each."""
+    arrived: list[TreeResult] = []
+    workers = max(1, pool.workers)
+    starts = dict.fromkeys(range(workers), 0)
+
+    def ask(worker: int) -> None:
+        pool.submit(TreeTask(starts[worker], DIRS_PER_TASK), _taken(worker), worker)
+
+    def _taken(worker: int) -> Callable[[TreeResult], None]:
+        def take(result: TreeResult) -> None:
+            arrived.append(result)
+            if result.more:
+                starts[worker] += DIRS_PER_TASK
+                ask(worker)
+
+        return take
+
+    for worker in range(workers):
+        ask(worker)
+    while pool.in_flight or arrived:
+        if not arrived:
+            pool.wait_one()
+            continue
+        yield from arrived.pop().dirs
+
+
+def _node(listed: ListedDir, contents: Contents) -> _Node:
+    """A directory's own entries, digested in name order (names are unique in a directory)."""
+    entries: list[tuple[str, str]] = []
+    base = listed.path.rstrip("/") + "/"
+    size = 0
+    for name, dev, ino, length in listed.files:
+        number = contents.of(base + name)
+        if number is not None:
+            entries.append((name, f"file:{number}"))
+        elif not length:
+            entries.append((name, EMPTY))
+        else:  # in no group: a copy of nothing but its own hard links
+            entries.append((name, f"inode:{dev}:{ino}"))
+        size += length
+    entries.extend(listed.others)
+    entries.sort()
+    digest = blake3()
+    for name, what in entries:
+        _field(digest, os.fsencode(name))
+        _field(digest, os.fsencode(what))
+    return _Node(listed.path, digest.digest(), size, tuple(sorted(listed.subdirs)), listed.whole)
+
+
+def _field(digest: blake3, data: bytes) -> None:
+    digest.update(len(data).to_bytes(8, "little"))
+    digest.update(data)
+
+
+def _signatures(nodes: dict[DirKey, _Node]) -> dict[DirKey, tuple[bytes | None, int]]:
+    """Each directory's signature (None: not known whole) and the bytes of its tree, made
+    bottom-up without recursion; a directory met again on its own way down (a loop) has
+    none."""
+    done: dict[DirKey, tuple[bytes | None, int]] = {}
+    on_path: set[DirKey] = set()
+    for top in nodes:
+        stack: list[DirKey] = [top]
+        while stack:
+            key = stack[-1]
+            if key in done:
+                stack.pop()
+                continue
+            node = nodes[key]
+            children = [(sub[1], sub[2]) for sub in node.subdirs]
+            waiting = [c for c in children if c in nodes and c not in done and c not in on_path]
+            if waiting:
+                on_path.add(key)
+                stack.extend(waiting)
+                continue
+            on_path.discard(key)
+            stack.pop()
+            done[key] = _signature(node, children, nodes, done)
+    return done
+
+
+def _signature(
+    node: _Node,
+    children: Sequence[DirKey],
+    nodes: dict[DirKey, _Node],
+    done: dict[DirKey, tuple[bytes | None, int]],
+) -> tuple[bytes | None, int]:
+    size = node.size
+    if not node.whole:
+        return None, size
+    digest = blake3(node.local)
+    for (name, _, _), child in zip(node.subdirs, children, strict=True):
+        signature, bytes_below = done.get(child, (None, 0))
+        if signature is None:
+            return None, size  # not walked, not whole, or a loop
+        _field(digest, os.fsencode(name))
+        digest.update(signature)
+        size += bytes_below
+    return digest.digest(), size
+
+
+def _roots_of(paths: Iterable[str], roots: RootIndex) -> list[int]:
+    """The innermost root of each path (every member lies under a root: it was walked)."""
+    return [holding[0] for holding in map(roots.holding, paths) if holding]
+
+
+def _implied(number: int, paths: Sequence[str], group_of: dict[str, int]) -> bool:
+    """Whether every member's parent lies in one group (then that group says it all)."""
+    parents = {group_of.get(os.path.dirname(path)) for path in paths}
+    return len(parents) == 1 and None not in parents and number not in parents

@@ -1,0 +1,128 @@
+"""Worker side of `--dirs`: what each directory a worker listed holds, kept for the search for
+duplicate directories once the file groups are final (`dirgroups`, in the coordinator).
+
+A worker's file rows already hold each directory's files (`store.RowStore`); the walk adds, per
+directory it lists, what rows do not hold: its identity, the sizes of its files, its
+subdirectories (by name and identity, walked or not), and its other entries by name and type
+(an empty file, a symlink with its target, a FIFO, a socket, a device).  A directory whose
+listing failed part way, or one of whose entries could not be stat'ed, is marked incomplete: its
+contents are not known whole, so it is never a copy of another.  Entries the options leave out
+(patterns, hidden names, sizes out of bounds) are not part of any tree.  Kept only with `--dirs`:
+a few bytes a directory and eight a file.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from array import array
+from dataclasses import dataclass
+
+from dedup_engine.find.store import RowStore
+from dedup_engine.find.tasks import ListedDir, TreeResult, TreeTask
+
+#: What an entry that is not a file row is, in a listing: an empty file, a symlink (its
+#: target follows), and the special files.
+EMPTY, LINK, FIFO, SOCKET, CHAR, BLOCK, OTHER = (
+    "empty",
+    "link",
+    "fifo",
+    "socket",
+    "char",
+    "block",
+    "?",
+)
+
+
+def special_kind(mode: int) -> str:
+    """The kind of a special file, from its mode."""
+    if stat.S_ISFIFO(mode):
+        return FIFO
+    if stat.S_ISSOCK(mode):
+        return SOCKET
+    if stat.S_ISCHR(mode):
+        return CHAR
+    return BLOCK if stat.S_ISBLK(mode) else OTHER
+
+
+@dataclass(slots=True)
+class _Record:
+    prefix: str  # with its trailing "/"
+    dev: int
+    ino: int
+    first: int  # its rows in the store: first to end - 1
+    end: int
+    sizes: array[int]
+    subdirs: list[tuple[str, int, int]]
+    others: list[tuple[str, str]]
+    whole: bool
+
+
+class DirTree:
+    """The directories one worker listed, in the order it listed them."""
+
+    def __init__(self) -> None:
+        self._records: list[_Record] = []
+        self._open: _Record | None = None
+
+    def begin(self, prefix: str, dev: int, ino: int, first_row: int) -> None:
+        """A directory's listing starts; its file rows will follow `first_row`."""
+        self._open = _Record(prefix, dev, ino, first_row, first_row, array("q"), [], [], True)
+
+    def subdir(self, name: str, st: os.stat_result) -> None:
+        if self._open is not None:
+            self._open.subdirs.append((name, st.st_dev, st.st_ino))
+
+    def other(self, name: str, kind: str) -> None:
+        if self._open is not None:
+            self._open.others.append((name, kind))
+
+    def link(self, name: str, dir_fd: int | None, path: str) -> None:
+        """A symlink not followed, by its target: one that cannot be read leaves its directory
+        incomplete."""
+        if self._open is None:
+            return
+        try:
+            target = os.readlink(name, dir_fd=dir_fd) if dir_fd is not None else os.readlink(path)
+        except OSError:
+            self._open.whole = False
+            return
+        self._open.others.append((name, f"{LINK}:{target}"))
+
+    def incomplete(self) -> None:
+        """An entry could not be listed or stat'ed."""
+        if self._open is not None:
+            self._open.whole = False
+
+    def end(self, end_row: int, sizes: array[int]) -> None:
+        """The listing is done: its rows end before `end_row`, and `sizes` are theirs."""
+        record, self._open = self._open, None
+        if record is not None:
+            record.end, record.sizes = end_row, sizes
+            self._records.append(record)
+
+    def listed(self, task: TreeTask, store: RowStore) -> TreeResult:
+        """Worker side of a `TreeTask`."""
+        chosen = self._records[task.start : task.start + task.count]
+        dirs = tuple(_listed(record, store) for record in chosen)
+        return TreeResult(dirs, task.start + task.count < len(self._records))
+
+
+def _listed(record: _Record, store: RowStore) -> ListedDir:
+    rows = range(record.first, record.end)
+    paths = store.paths(rows)
+    devs = store.devs(rows)
+    cut = len(record.prefix)
+    files = tuple(
+        (path[cut:], dev, store.ino[row], size)
+        for path, dev, row, size in zip(paths, devs, rows, record.sizes, strict=True)
+    )
+    return ListedDir(
+        record.prefix.rstrip("/") or "/",
+        record.dev,
+        record.ino,
+        files,
+        tuple(record.subdirs),
+        tuple(record.others),
+        record.whole,
+    )

@@ -15,6 +15,7 @@ byte; a group whose members' parents all lie in one group is implied by it and n
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -28,32 +29,31 @@ from dedup_engine.find.tasks import ListedDir, TreeResult, TreeTask
 from dedup_engine.model import DirectoryGroup, DuplicateGroup, directory_order
 from dedup_engine.paths import RootIndex
 
-#: Directories a worker hands over per task.
-DIRS_PER_TASK = 2_000
+_EMPTY = EMPTY.encode()
+#: Files whose directories a worker hands over per task: a few MB of names and numbers.
+FILES_PER_TASK = 20_000
 
 DirKey = tuple[int, int]  # (st_dev, st_ino)
 
 
 class Contents:
-    """The content of each file in a final group, by path: the group's number."""
+    """The content of each file in a final group, by `dev << 64 | ino`: its group's number (an
+    int key, not a tuple: this holds every file in a group)."""
 
     def __init__(self) -> None:
-        self._of: dict[str, int] = {}
+        self.of: dict[int, int] = {}
         self._groups = 0
 
     def add(self, group: DuplicateGroup) -> None:
         self._groups += 1
-        for entry in group.files:
-            self._of[entry.path] = self._groups
-
-    def of(self, path: str) -> int | None:
-        return self._of.get(path)
+        number = self._groups
+        self.of.update((entry.dev << 64 | entry.ino, number) for entry in group.files)
 
 
 @dataclass(frozen=True, slots=True)
 class _Node:
     path: str
-    local: bytes  # digest of the entries but subdirectories
+    local: bytes | None  # digest of the entries but subdirectories; None: a copy of nothing
     size: int  # bytes of its own files
     subdirs: tuple[tuple[str, int, int], ...]
     whole: bool
@@ -86,25 +86,23 @@ def find_directory_groups(
 
 
 def _listings(pool: Pool) -> Iterable[ListedDir]:
-    """Every directory each worker listed, a task's worth at a time from each."""
+    """Every directory each worker listed, about `FILES_PER_TASK` files' worth at a time from
+    each, each answer taken before the worker is asked for more (memory stays bounded)."""
     arrived: list[TreeResult] = []
-    workers = max(1, pool.workers)
-    starts = dict.fromkeys(range(workers), 0)
 
-    def ask(worker: int) -> None:
-        pool.submit(TreeTask(starts[worker], DIRS_PER_TASK), _taken(worker), worker)
+    def ask(worker: int, start: int) -> None:
+        pool.submit(TreeTask(start, FILES_PER_TASK), _taken(worker), worker)
 
     def _taken(worker: int) -> Callable[[TreeResult], None]:
         def take(result: TreeResult) -> None:
             arrived.append(result)
-            if result.more:
-                starts[worker] += DIRS_PER_TASK
-                ask(worker)
+            if result.next is not None:
+                ask(worker, result.next)
 
         return take
 
-    for worker in range(workers):
-        ask(worker)
+    for worker in range(max(1, pool.workers)):
+        ask(worker, 0)
     while pool.in_flight or arrived:
         if not arrived:
             pool.wait_one()
@@ -113,26 +111,45 @@ def _listings(pool: Pool) -> Iterable[ListedDir]:
 
 
 def _node(listed: ListedDir, contents: Contents) -> _Node:
-    """A directory's own entries, digested in name order (names are unique in a directory)."""
-    entries: list[tuple[str, str]] = []
-    base = listed.path.rstrip("/") + "/"
-    size = 0
-    for name, dev, ino, length in listed.files:
-        number = contents.of(base + name)
+    """A directory's own entries, digested in name order (names are unique in a directory, and
+    neither a name nor a symlink's target holds a NUL, so NULs separate them)."""
+    of, blob, ends = contents.of, listed.names, listed.name_ends
+    if _holds_a_lone_file(listed, of):
+        return _Node(listed.path, None, sum(listed.sizes), listed.subdirs, listed.whole)
+    entries: list[bytes] = []
+    add = entries.append
+    for (start, stop), dev, ino, size in zip(
+        itertools.pairwise([0, *ends]), listed.devs, listed.inos, listed.sizes, strict=True
+    ):
+        number = of.get(dev << 64 | ino)
         if number is not None:
-            entries.append((name, f"file:{number}"))
-        elif not length:
-            entries.append((name, EMPTY))
+            add(b"%s\0file:%d" % (blob[start:stop], number))
+        elif not size:
+            add(b"%s\0%s" % (blob[start:stop], _EMPTY))
         else:  # in no group: a copy of nothing but its own hard links
-            entries.append((name, f"inode:{dev}:{ino}"))
-        size += length
-    entries.extend(listed.others)
+            add(b"%s\0inode:%d:%d" % (blob[start:stop], dev, ino))
+    entries.extend(os.fsencode(name) + b"\0" + os.fsencode(kind) for name, kind in listed.others)
     entries.sort()
-    digest = blake3()
-    for name, what in entries:
-        _field(digest, os.fsencode(name))
-        _field(digest, os.fsencode(what))
-    return _Node(listed.path, digest.digest(), size, tuple(sorted(listed.subdirs)), listed.whole)
+    return _Node(
+        listed.path,
+        blake3(b"\0".join(entries)).digest(),
+        sum(listed.sizes),
+        tuple(sorted(listed.subdirs)),  # by name: the order their signatures are digested in
+        listed.whole,
+    )
+
+
+def _holds_a_lone_file(listed: ListedDir, of: dict[int, int]) -> bool:
+    """Whether the directory holds a file in no group, not empty, and with no other name: a
+    copy of nothing, which no other directory can hold.  Most directories of a disk hold one,
+    found among their first files, and need no digest."""
+    linked = frozenset(listed.linked)
+    return any(
+        size and (dev << 64 | ino) not in of and place not in linked
+        for place, (dev, ino, size) in enumerate(
+            zip(listed.devs, listed.inos, listed.sizes, strict=True)
+        )
+    )
 
 
 def _field(digest: blake3, data: bytes) -> None:
@@ -173,7 +190,7 @@ def _signature(
     done: dict[DirKey, tuple[bytes | None, int]],
 ) -> tuple[bytes | None, int]:
     size = node.size
-    if not node.whole:
+    if not node.whole or node.local is None:
         return None, size
     digest = blake3(node.local)
     for (name, _, _), child in zip(node.subdirs, children, strict=True):

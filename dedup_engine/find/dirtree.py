@@ -53,6 +53,7 @@ class _Record:
     first: int  # its rows in the store: first to end - 1
     end: int
     sizes: array[int]
+    linked: array[int]
     subdirs: list[tuple[str, int, int]]
     others: list[tuple[str, str]]
     whole: bool
@@ -67,7 +68,9 @@ class DirTree:
 
     def begin(self, prefix: str, dev: int, ino: int, first_row: int) -> None:
         """A directory's listing starts; its file rows will follow `first_row`."""
-        self._open = _Record(prefix, dev, ino, first_row, first_row, array("q"), [], [], True)
+        self._open = _Record(
+            prefix, dev, ino, first_row, first_row, array("q"), array("Q"), [], [], True
+        )
 
     def subdir(self, name: str, st: os.stat_result) -> None:
         if self._open is not None:
@@ -94,34 +97,37 @@ class DirTree:
         if self._open is not None:
             self._open.whole = False
 
-    def end(self, end_row: int, sizes: array[int]) -> None:
-        """The listing is done: its rows end before `end_row`, and `sizes` are theirs."""
+    def end(self, end_row: int, sizes: array[int], linked: array[int]) -> None:
+        """The listing is done: its rows end before `end_row`, `sizes` are theirs, and `linked`
+        are the places among them of files that may have other names."""
         record, self._open = self._open, None
         if record is not None:
-            record.end, record.sizes = end_row, sizes
+            record.end, record.sizes, record.linked = end_row, sizes, linked
             self._records.append(record)
 
     def listed(self, task: TreeTask, store: RowStore) -> TreeResult:
         """Worker side of a `TreeTask`."""
-        chosen = self._records[task.start : task.start + task.count]
-        dirs = tuple(_listed(record, store) for record in chosen)
-        return TreeResult(dirs, task.start + task.count < len(self._records))
+        records, end, files = self._records, task.start, 0
+        while end < len(records) and (files < task.files or end == task.start):
+            files += records[end].end - records[end].first
+            end += 1
+        dirs = tuple(_listed(record, store) for record in records[task.start : end])
+        return TreeResult(dirs, end if end < len(records) else None)
 
 
 def _listed(record: _Record, store: RowStore) -> ListedDir:
-    rows = range(record.first, record.end)
-    paths = store.paths(rows)
-    devs = store.devs(rows)
-    cut = len(record.prefix)
-    files = tuple(
-        (path[cut:], dev, store.ino[row], size)
-        for path, dev, row, size in zip(paths, devs, rows, record.sizes, strict=True)
-    )
+    first, end = record.first, record.end
+    names, ends = store.names_between(first, end)
     return ListedDir(
         record.prefix.rstrip("/") or "/",
         record.dev,
         record.ino,
-        files,
+        names,
+        ends,
+        store.devs(range(first, end)),
+        store.ino[first:end],
+        record.sizes,
+        record.linked,
         tuple(record.subdirs),
         tuple(record.others),
         record.whole,

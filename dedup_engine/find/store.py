@@ -127,6 +127,14 @@ class RowStore:
         )
         return roots, devs
 
+    def names_between(self, first: int, end: int) -> tuple[bytes, array[int]]:
+        """The names of rows `first` to `end - 1` (one directory's), one after another as bytes,
+        and where each ends among them."""
+        ends = self._name_end
+        base = ends[first - 1] if first else 0
+        top = ends[end - 1] if end > first else base
+        return bytes(self._names[base:top]), array("Q", [e - base for e in ends[first:end]])
+
     def _name(self, row: int) -> str:
         ends = self._name_end
         start = ends[row - 1] if row else 0

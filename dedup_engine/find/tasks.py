@@ -220,14 +220,22 @@ class CompareResult:
 
 @dataclass(frozen=True, slots=True)
 class ListedDir:
-    """One directory as its worker listed it.  `files`: (name, dev, ino, size) of each file
-    row; `subdirs`: (name, dev, ino); `others`: (name, kind) of every other entry, a symlink's
-    kind being "link:" and its target; `whole`: every entry was listed and stat'ed."""
+    """One directory as its worker listed it (`--dirs`).  Its file rows in columns: `names`
+    one after another (the bytes on disk), each ending at its `name_ends` offset, with `devs`,
+    `inos` and `sizes`, and `linked` the places among them of files that may have other names
+    (a link count above one); `subdirs`: (name, dev, ino); `others`: (name, kind) of every
+    other entry, a symlink's kind being "link:" and its target; `whole`: every entry was listed
+    and stat'ed."""
 
     path: str
     dev: int
     ino: int
-    files: tuple[tuple[str, int, int, int], ...]
+    names: bytes
+    name_ends: array[int]
+    devs: array[int]
+    inos: array[int]
+    sizes: array[int]
+    linked: array[int]
     subdirs: tuple[tuple[str, int, int], ...]
     others: tuple[tuple[str, str], ...]
     whole: bool
@@ -235,16 +243,17 @@ class ListedDir:
 
 @dataclass(frozen=True, slots=True)
 class TreeTask:
-    """Ask a worker for the directories it listed, `count` of them from its `start`th."""
+    """Ask a worker for the directories it listed from its `start`th, as many as hold about
+    `files` files (one at least)."""
 
     start: int
-    count: int
+    files: int
 
 
 @dataclass(frozen=True, slots=True)
 class TreeResult:
     dirs: tuple[ListedDir, ...]
-    more: bool  # the worker listed more directories past these
+    next: int | None  # where the worker's next directories start; None: no more
 
 
 Task = ScanTask | HashTask | DescribeTask | CompareTask | TreeTask

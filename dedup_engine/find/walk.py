@@ -164,7 +164,7 @@ class _Listing:
         prefix = job.path if job.path.endswith("/") else job.path + "/"
         counts_under = job.root if job.counts_under is None else job.counts_under
         self.store.start_dir(prefix, counts_under, dev)
-        tree, first = self.tree, len(self.store)
+        tree, first, linked = self.tree, len(self.store), len(self.linked)
         if tree is not None:
             tree.begin(prefix, st.st_dev, st.st_ino, first)
         try:
@@ -178,7 +178,12 @@ class _Listing:
             self._commit()
             os.close(dir_fd)
             if tree is not None:
-                tree.end(len(self.store), self.sizes[first - self.first :])
+                start = first - self.first  # this directory's first row among the task's
+                tree.end(
+                    len(self.store),
+                    self.sizes[start:],
+                    array("Q", [offset - start for offset in self.linked[linked:]]),
+                )
 
     def _take(self, job: DirJob, prefix: str, entries: Iterator[os.DirEntry[str]]) -> None:
         """Take a directory's entries; an entry that cannot be stat'ed becomes an issue.

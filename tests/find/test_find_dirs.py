@@ -249,3 +249,28 @@ def test_a_crafted_directory_group_is_refused(tree: Tree, tmp_path: Path) -> Non
         )
         assert proc.returncode == 2 and b"directory_groups" in proc.stderr
         assert b"Traceback" not in proc.stderr
+
+
+def test_listings_handed_over_a_few_files_at_a_time_give_the_same_groups(
+    tree: Tree, run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dedup_engine.find import dirgroups
+
+    for top in ("p1", "p2", "p3"):
+        _project(tree, top)
+    whole = _dirs(tree, _run(run, tree))
+    monkeypatch.setattr(dirgroups, "FILES_PER_TASK", 1)
+    assert _dirs(tree, _run(run, tree)) == whole == {frozenset({"p1", "p2", "p3"})}
+
+
+def test_directories_whose_files_are_hard_links_of_each_other_are_copies(
+    tree: Tree, run: Runner
+) -> None:
+    """Hard links of one file are one file, in no group: the same bytes under the same name."""
+    tree.file("a/x", content(3000, seed="only"))
+    tree.hardlink("b/x", "a/x")
+    tree.file("a/y", content(3000, seed="y"))
+    tree.file("b/y", content(3000, seed="y"))
+    tree.file("c/x", content(3000, seed="other"))  # same name, other bytes
+    tree.file("c/y", content(3000, seed="y"))
+    assert _dirs(tree, _run(run, tree)) == {frozenset({"a", "b"})}

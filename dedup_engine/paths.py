@@ -38,12 +38,9 @@ class RootIndex:
         self._reference = frozenset(self._index[root.rstrip("/") or "/"] for root in reference)
 
     def is_reference(self, path: str) -> bool:
-        """Whether the innermost root that holds `path` is a reference root: its file is never
-        acted on."""
-        if not self._reference:
-            return False
-        holding = self.holding(path)
-        return bool(holding) and holding[0] in self._reference
+        """Whether a reference root holds `path` (whatever other root inside it does too): its
+        file is never acted on."""
+        return bool(self._reference) and not self._reference.isdisjoint(self.holding(path))
 
     def holding(self, path: str) -> list[int]:
         """The indexes of the roots that hold the normalised absolute `path` (itself or an

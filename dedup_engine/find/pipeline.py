@@ -165,7 +165,7 @@ def find_duplicates(
     pool = open_pool(opts, canon)
     directories: tuple[DirectoryGroup, ...] = ()
     try:
-        rule = RootRule(opts.isolate, frozenset(range(len(searched), len(canon))))
+        rule = RootRule(opts.isolate, _under_references(canon, references))
         _Run(pool, canon, opts, stats, issues, progress, tally, rule).search()
         if contents is not None:
             directories = find_directory_groups(pool, contents, RootIndex(canon, references), rule)
@@ -178,6 +178,13 @@ def find_duplicates(
     issues.sort(key=lambda i: (i.path, i.stage.value))
     kept.sort(key=report_order)
     return FindResult(canon, tuple(kept), tuple(issues), stats, references, directories)
+
+
+def _under_references(roots: Sequence[str], references: Sequence[str]) -> frozenset[int]:
+    """The indexes of the roots that lie under a reference root (itself included): a file under
+    a reference root is a reference file, whatever root inside it holds it too."""
+    holders = RootIndex(references)
+    return frozenset(index for index, root in enumerate(roots) if holders.holding(root))
 
 
 def _reference_roots(given: Sequence[str], roots: Sequence[str]) -> tuple[str, ...]:
@@ -413,28 +420,43 @@ class _Run:
         hardlink.files_out = sizes.reps_in_candidates
 
     def _scan(self) -> None:
-        """Walk every root; each scan result's keys go into the size index."""
+        """Walk every root; each scan result's keys go into the size index.
+
+        Every root is stat'ed (and its directory marked seen) first; then the roots under a
+        reference root are walked to their end before the others, so that a directory reached
+        from both (a bind mount, a link with -L) is listed under its reference name, whose files
+        are never acted on."""
         started = time.perf_counter()
         self._skip_cache()
-        files: list[tuple[str, int]] = []
+        waves: tuple[list[DirJob], list[DirJob]] = ([], [])
+        files: tuple[list[tuple[str, int]], list[tuple[str, int]]] = ([], [])
+        reference = self.steps.rule.reference
         with reach.Reached() as reached:
             for index, root in enumerate(self.roots):
-                self._add_root(index, root, files, reached)
+                wave = 0 if index in reference else 1
+                self._add_root(index, root, waves[wave], files[wave], reached)
+        for jobs, file_roots in zip(waves, files, strict=True):
+            self._walk(jobs, file_roots)
+        scan = self.stats.stage(Stage.SCAN)
+        scan.seconds = time.perf_counter() - started
+        scan.files_out = self.stats.files_scanned
+        self._tick(finished=True)
+
+    def _walk(self, jobs: list[DirJob], files: list[tuple[str, int]]) -> None:
+        """List these root directories and every directory below them, and take these file
+        roots, to the end."""
         pool = self.pool
         # Roots that are files (a list from --files-from may hold millions): scanned, and owned,
         # by the workers like any other file, a task's worth at a time.
         for start in range(0, len(files), FILE_ROOTS_PER_TASK):
             self._submit_scan(ScanTask((), tuple(files[start : start + FILE_ROOTS_PER_TASK])))
         pending = self._dirs
+        pending.extend(jobs)
         while pending or self._scans:
             # Results wait (`_arrived`) behind a slow task: no more sent while many do.
             while pending and pool.in_flight < self.limit and len(self._arrived) < self.limit:
                 self._send_dirs()
             pool.wait_one()
-        scan = self.stats.stage(Stage.SCAN)
-        scan.seconds = time.perf_counter() - started
-        scan.files_out = self.stats.files_scanned
-        self._tick(finished=True)
 
     def _skip_cache(self) -> None:
         """The digest cache's directory is never walked, should it lie under a root (the
@@ -446,9 +468,14 @@ class _Run:
             self._seen.add((st.st_dev, st.st_ino))
 
     def _add_root(
-        self, index: int, root: str, files: list[tuple[str, int]], reached: reach.Reached
+        self,
+        index: int,
+        root: str,
+        jobs: list[DirJob],
+        files: list[tuple[str, int]],
+        reached: reach.Reached,
     ) -> None:
-        """Queue a directory root for listing, or a file root for a worker to take."""
+        """A directory root's job, or a file root for a worker to take."""
         try:
             st = reached.stat(root)
         except OSError as exc:  # vanished since canonical_roots looked, or a symlink put above
@@ -456,7 +483,7 @@ class _Run:
             return
         if stat.S_ISDIR(st.st_mode):
             self._seen.add((st.st_dev, st.st_ino))
-            self._dirs.append(DirJob(root, index, 0, st.st_dev, st.st_dev, st.st_ino))
+            jobs.append(DirJob(root, index, 0, st.st_dev, st.st_dev, st.st_ino))
         else:
             files.append((root, index))
 

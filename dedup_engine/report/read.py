@@ -114,8 +114,12 @@ class _Reader:
         )
 
     def reference_roots(self, data: dict[str, Any], roots: tuple[str, ...]) -> tuple[str, ...]:
-        """Schema 3's reference roots: each one of `roots`, once (none in schema 2)."""
+        """Schema 3's reference roots: each one of `roots`, once (none in schema 2, which must
+        not name any: a report that says so and is read as an older one would lose them)."""
         if data["schema"] == 2:
+            for key in ("reference_roots", "directory_groups"):
+                if key in data:
+                    _fail(key, "not a field of schema 2: a schema-3 report has it")
             return ()
         listed = self.list(data, "reference_roots")
         references = tuple(self.path(r, f"reference_roots[{n}]") for n, r in enumerate(listed))

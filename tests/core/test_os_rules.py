@@ -58,3 +58,12 @@ def test_the_first_root_that_holds_a_path_is_its_root() -> None:
     assert RootIndex(["/m/a", "/m/b"]).first("/n/x") is None
     assert RootIndex(["/"]).holding("/x/y") == [0]
     assert RootIndex(["/m", "/m/b/x"]).holding("/m/b/x") == [1, 0]  # a file root: itself
+
+
+def test_a_path_under_a_reference_root_is_a_reference_whatever_root_inside_holds_it() -> None:
+    roots = RootIndex(["/new", "/archive/old", "/archive", "/data"], reference=["/archive"])
+    assert roots.is_reference("/archive/x")
+    assert roots.is_reference("/archive/old/x")  # a root inside the reference root
+    assert not roots.is_reference("/new/x") and not roots.is_reference("/data/archive/x")
+    inner = RootIndex(["/data", "/data/archive"], reference=["/data/archive"])
+    assert inner.is_reference("/data/archive/x") and not inner.is_reference("/data/x")

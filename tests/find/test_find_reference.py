@@ -6,6 +6,10 @@ files."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 
 import pytest
 from incli import invoke
@@ -44,15 +48,25 @@ def test_only_groups_with_a_reference_file_and_another_are_reported(
 
 
 def test_a_reference_root_inside_a_root_holds_its_files(tree: Tree, run: Runner) -> None:
-    """A file counts under the innermost root: the archive inside the tree is the reference."""
+    """The archive inside the searched tree is the reference."""
     _build(tree)
     result = run([tree.root], reference=(tree.path("archive"),))
     assert groups_of(result) == expect(
         tree, ["new/a", "archive/a"], ["new/d", "archive/d1", "archive/old/d2"]
     )
-    # A root inside a reference root: its files are not reference files.
+
+
+def test_a_root_inside_a_reference_root_holds_reference_files(tree: Tree, run: Runner) -> None:
+    """A file under a reference root is a reference file whatever root inside it names it: a
+    list of files (--files-from) that names some of the archive's files as roots of their own
+    does not take them out of it."""
+    _build(tree)
     result = run([tree.path("archive/old")], reference=(tree.path("archive"),))
-    assert groups_of(result) == expect(tree, ["archive/d1", "archive/old/d2"])
+    assert groups_of(result) == set()  # archive/d1 and archive/old/d2: both reference files
+    listed = [tree.path("new/a"), tree.path("archive/a"), tree.path("archive/c1")]
+    result = run(listed, reference=(tree.path("archive"),))
+    assert groups_of(result) == expect(tree, ["new/a", "archive/a"])
+    assert set(result.reference_roots) == {tree.path("archive")}
 
 
 def test_reference_with_isolate_needs_both(tree: Tree, run: Runner) -> None:
@@ -93,3 +107,34 @@ def test_the_reports_name_reference_roots_and_mark_their_files(tree: Tree) -> No
     lines = out.decode().splitlines()
     assert f"  {tree.path('archive/a')}   (reference)" in lines
     assert f"  {tree.path('new/a')}" in lines
+
+
+@pytest.fixture
+def bound(tree: Tree) -> Iterator[str]:
+    """archive/sub bind-mounted at new/bm: one directory reached from a root and from the
+    reference root."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root and mount(8) to bind-mount a directory")
+    tree.file("archive/sub/f", content(3000, seed="f"))
+    tree.file("archive/r", content(3000, seed="f"))
+    tree.file("new/z", content(3000, seed="f"))
+    target = tree.dir("new/bm")
+    mounted = subprocess.run(
+        ["mount", "--bind", tree.path("archive/sub"), target], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"bind mount refused here: {mounted.stderr.decode().strip()}")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", target], check=False)
+
+
+def test_a_directory_reached_from_a_root_and_a_reference_root_is_a_reference(
+    tree: Tree, bound: str, run: Runner
+) -> None:
+    """Reference roots are walked first: the bind-mounted directory is listed under the
+    archive, and its file is never offered to apply as a copy under the root."""
+    result = run([tree.path("new")], reference=(tree.path("archive"),))
+    (group,) = result.groups
+    assert {f.path for f in group.files} == tree.paths("archive/r", "archive/sub/f", "new/z")

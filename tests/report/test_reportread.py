@@ -91,6 +91,7 @@ BREAK: dict[str, Callable[[dict[str, Any]], None]] = {
     "reference root not a root": _set("reference_roots", ["/y"]),
     "reference root twice": _twice,
     "reference root relative": _set("reference_roots", ["x"]),
+    "schema 2 with schema 3's fields": _set("schema", 2),  # the base has reference_roots
 }
 SHAPES = list(BREAK)
 
@@ -125,7 +126,7 @@ def test_a_schema_1_report_says_to_run_find_again() -> None:
 
 def test_a_schema_2_report_is_read_without_reference_roots() -> None:
     data = dict(GOOD, schema=2)
-    del data["reference_roots"]
+    del data["reference_roots"], data["directory_groups"]
     report = read_json(json.dumps(data))
     assert report.reference_roots == () and len(report.groups) == 1
 

@@ -13,7 +13,7 @@ import os
 
 from blake3 import blake3
 
-from dedup_engine.find.changes import ChangedError, describe
+from dedup_engine.find.changes import ChangedError, describe, what_changed
 from dedup_engine.find.fsidentity import expose_mapped_writes
 from dedup_engine.find.store import RowStore
 from dedup_engine.find.tasks import NO_DIGEST, Failure, HashResult, HashTask
@@ -37,9 +37,11 @@ def hash_batch(task: HashTask, store: RowStore) -> HashResult:
     failed: list[Failure] = []
     opened = 0
     total = 0
-    os_open, os_close, os_pread, hasher = os.open, os.close, os.pread, blake3
+    os_open, os_close, os_fstat, os_pread, hasher = os.open, os.close, os.fstat, os.pread, blake3
     writeback = task.writeback
-    paths = store.paths(task.rows)
+    rows = task.rows
+    paths = store.paths(rows)
+    devs, inos = store.devs(rows), [store.ino[row] for row in rows]
     for position, (path, size) in enumerate(zip(paths, task.sizes, strict=True)):
         try:
             fd = os_open(path, flags)
@@ -49,14 +51,20 @@ def hash_batch(task: HashTask, store: RowStore) -> HashResult:
             continue
         opened += 1
         try:
+            # The path is looked up again: a directory on it swapped for a symlink since the
+            # scan would lead elsewhere, so the file opened must be the one the scan saw.
+            st = os_fstat(fd)
+            if st.st_ino != inos[position] or st.st_dev != devs[position]:
+                raise ChangedError(
+                    errno.EIO, what_changed(st, size, inos[position], devs[position])
+                )
             if writeback:
                 expose_mapped_writes(fd)
             if size <= limit:
-                # The file is read whole and this digest is final.  pread, not read: a FIFO or
-                # socket swapped in after the scan fails it (ESPIPE) however many bytes it holds,
-                # which spares an fstat per small file.  One byte more than expected is asked
-                # for, so a file that grew since the scan shows itself; on a regular file a read
-                # is short only at end of file.  Any other change is for the parent's re-check.
+                # The file is read whole and this digest is final.  One byte more than expected
+                # is asked for, so a file that grew since the scan shows itself; on a regular
+                # file a read is short only at end of file.  Any other change is for the
+                # parent's re-check.
                 data = os_pread(fd, size + 1, 0)
                 if len(data) != size:
                     data = _finish_whole(fd, data, size)

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from incli import invoke
@@ -301,3 +302,38 @@ def test_isolate_with_links_followed_counts_a_linked_file_under_its_target_root(
     tree.symlink("a/x", tree.path("b/x1"))
     roots = [tree.path("a"), tree.path("b")]
     assert groups_of(run(roots, isolate=True, follow_links=True)) == set()
+
+
+def test_a_directory_swapped_for_a_symlink_before_its_files_are_read_is_not_followed(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the scan, root/d becomes a link to a directory outside whose f has g's bytes: the
+    head stage opens root/d/f by its path, and must find it is not the file the scan saw
+    (else root/d/f and root/g would be a false group)."""
+    from dedup_engine import ScanOptions, find_duplicates
+    from dedup_engine.find import readers
+
+    tree.file("root/d/f", content(3000, seed="mine"))
+    tree.file("root/g", content(3000, seed="theirs"))
+    tree.file("out/d/f", content(3000, seed="theirs"))
+    real = readers.hash_batch  # type: ignore[attr-defined]
+    swapped: list[bool] = []
+
+    def swap_then_hash(*args: Any) -> Any:
+        if swapped:
+            return real(*args)
+        # Swapped for the read, and back before the re-check looks at the path again.
+        _swap_for_link(tree.path("root/d"), tree.path("out/d"))
+        swapped.append(True)
+        try:
+            return real(*args)
+        finally:
+            os.unlink(tree.path("root/d"))
+            os.rename(tree.path("root/d") + ".moved", tree.path("root/d"))
+
+    monkeypatch.setattr(readers, "hash_batch", swap_then_hash)
+    result = find_duplicates([tree.path("root")], ScanOptions(workers=0))
+    assert swapped
+    assert result.groups == ()
+    (issue,) = result.issues
+    assert issue.path == tree.path("root/d/f") and "replaced since the scan" in issue.message

@@ -33,6 +33,7 @@ class RowStore:
         "_name_end",
         "_names",
         "_other_dev",
+        "_other_root",
         "ctime",
         "ino",
         "mtime",
@@ -44,6 +45,7 @@ class RowStore:
         self._dir_root = array("I")  # the index of the root it was found under
         self._dir_dev = array("Q")  # its st_dev: what its files have, but for a mount point
         self._other_dev: dict[int, int] = {}  # rows on another device than their directory
+        self._other_root: dict[int, int] = {}  # rows counting under another root than theirs
         self._many_devs = False  # directories on more than one device
         self._names = bytearray()
         self._name_end = array("I")
@@ -115,6 +117,9 @@ class RowStore:
         firsts, dir_root = self._dir_first, self._dir_root
         directories = [bisect_right(firsts, row) - 1 for row in rows]
         roots = array("I", [dir_root[d] for d in directories])
+        if self._other_root:
+            other_root = self._other_root
+            roots = array("I", [other_root.get(row, r) for row, r in zip(rows, roots, strict=True)])
         one = self.one_dev
         if one is not None:
             return roots, array("Q", [one]) * len(directories)
@@ -126,6 +131,11 @@ class RowStore:
             else [dir_dev[d] for d in directories],
         )
         return roots, devs
+
+    def count_under(self, row: int, root: int) -> None:
+        """The row counts under `root`, not its directory's: a file reached through a link
+        (links followed) that lies under another root."""
+        self._other_root[row] = root
 
     def names_between(self, first: int, end: int) -> tuple[bytes, array[int]]:
         """The names of rows `first` to `end - 1` (one directory's), one after another as bytes,

@@ -106,6 +106,7 @@ class _Listing:
         self._names: list[str] = []
         self._stats: list[os.stat_result] = []
         self._aliased: list[int] = []  # positions in _names reached through a symlink
+        self._counted_under: list[tuple[int, int]] = []  # (position, root) of such a name
 
     def add_file_roots(self, files: Sequence[tuple[str, int]]) -> None:
         """Roots that are files, taken as the walk would take them, each reached without
@@ -129,8 +130,10 @@ class _Listing:
         names, stats = self._names, self._stats
         if not names:
             return
-        offset = len(self.sizes)
+        offset, first = len(self.sizes), len(self.store)
         self.store.add(names, stats)
+        for position, root in self._counted_under:
+            self.store.count_under(first + position, root)
         self.sizes.extend([st.st_size for st in stats])
         min_links = self.min_links
         for index, st in enumerate(stats):
@@ -139,7 +142,7 @@ class _Listing:
                 self.devs.append(st.st_dev)
                 self.inos.append(st.st_ino)
         self.aliases.extend(offset + index for index in self._aliased)
-        self._names, self._stats, self._aliased = [], [], []
+        self._names, self._stats, self._aliased, self._counted_under = [], [], [], []
 
     def list_dir(self, job: DirJob) -> None:
         # The directory is opened without following a symlink (unless links are followed), so
@@ -295,6 +298,12 @@ class _Listing:
             if tree is not None:
                 tree.other(name, special_kind(st.st_mode))
         elif self.flt.included(name, path, job.root) and self.opts.accepts_size(st.st_size):
+            # A name of a file that may lie under another root: it counts under that one.
+            holder = self.flt.root_holding(os.path.realpath(path, strict=True), -1)
+            if holder >= 0 and holder != (
+                job.root if job.counts_under is None else job.counts_under
+            ):
+                self._counted_under.append((len(self._names), holder))
             self._aliased.append(len(self._names))
             self._names.append(name)
             self._stats.append(st)

@@ -337,3 +337,19 @@ def test_a_directory_swapped_for_a_symlink_before_its_files_are_read_is_not_foll
     assert result.groups == ()
     (issue,) = result.issues
     assert issue.path == tree.path("root/d/f") and "replaced since the scan" in issue.message
+
+
+def test_isolate_with_links_followed_counts_a_linked_file_under_its_target_root_alone(
+    tree: Tree, run: Runner
+) -> None:
+    """The link's target's own name is left out (--exclude): the link is then the file's only
+    name, and it still counts under the root that holds the file."""
+    tree.file("r2/x", content(3000, seed="x"))
+    tree.file("r2/y", content(3000, seed="x"))
+    tree.symlink("r1/fl", tree.path("r2/x"))
+    roots = [tree.path("r1"), tree.path("r2")]
+    found = run(roots, isolate=True, follow_links=True, exclude=("x",))
+    assert groups_of(found) == set()
+    tree.file("r1/z", content(3000, seed="x"))  # a real copy in r1: now across the roots
+    found = run(roots, isolate=True, follow_links=True, exclude=("x",))
+    assert groups_of(found) == expect(tree, ["r1/fl", "r1/z", "r2/y"])

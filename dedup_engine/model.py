@@ -61,17 +61,27 @@ class FileEntry(NamedTuple):
         return Owner(self.uid, self.gid, self.mode)
 
 
+class Verified(str, enum.Enum):
+    """How a group's files were found equal."""
+
+    BYTES = "bytes"  # every byte compared (and hashed)
+    SAMPLED = "sampled"  # `--sample`: windows spread over the files only; not verified
+
+
 @dataclass(frozen=True, slots=True)
 class DuplicateGroup:
     """Files with identical content: equal size and equal BLAKE3 digest of every byte.
 
     `files` lists every path of every inode in the group, hard links included, ordered by the
-    index of the root they were found under and then by path.
+    index of the root they were found under and then by path.  A group `Verified.SAMPLED` was
+    compared on `--sample` windows only: its digest is that of the windows, and its files may
+    differ elsewhere.
     """
 
     size: int
     digest: str
     files: tuple[FileEntry, ...]
+    verified: Verified = Verified.BYTES
 
     @property
     def inodes(self) -> int:

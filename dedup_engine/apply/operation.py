@@ -197,8 +197,10 @@ class Actor:
             "kernel; a file held open for writing is not seen until it is written"
         )
 
-    def _compare(self, kept: Opened, victim: Opened, size: int) -> str | None:
-        return compare(self.syscalls, kept, victim, size, verify=self.verify)
+    def _compare(self, kept: Opened, victim: Opened, op: Operation) -> str | None:
+        # A group found on sampled windows has its bytes compared even with --no-verify.
+        verify = self.verify or op.sampled
+        return compare(self.syscalls, kept, victim, op.victim.size, verify=verify)
 
     # -- delete, hardlink, symlink: aside, link, verify, commit ---------------------------
 
@@ -247,7 +249,7 @@ class Actor:
         if dev in self._no_exchange:
             return False
         undo.step = "compare the bytes"
-        problem = self._compare(undo.kept, undo.victim_file, undo.op.victim.size)
+        problem = self._compare(undo.kept, undo.victim_file, undo.op)
         if problem:
             raise _Changed(problem)
         # Nothing of ours has touched either file yet, so any change of ctime since they were
@@ -304,7 +306,7 @@ class Actor:
         if not same_file(lstat_at(victim.at, undo.temp), undo.victim_file.st):
             raise _Changed("the set-aside name is not the victim")
         undo.step = "compare the bytes"
-        problem = self._compare(undo.kept, undo.victim_file, op.victim.size)
+        problem = self._compare(undo.kept, undo.victim_file, op)
         if problem:
             raise _Changed(problem)
         if op.action is not Action.DELETE:
@@ -372,7 +374,7 @@ class Actor:
         assert op.target is not None
         path, target = victim.path, op.target
         try:
-            problem = self._compare(kept, victim_file, op.victim.size)
+            problem = self._compare(kept, victim_file, op)
         except OSError as exc:
             raise Refused(f"{path!r}: cannot compare the bytes: {describe_error(exc)}") from None
         if problem:

@@ -15,13 +15,14 @@ target (the same path below two roots): that set is left alone, with the reason.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from dedup_engine.globs import Globs, pattern_problem
-from dedup_engine.model import DuplicateGroup, FileEntry, Owner
+from dedup_engine.model import DuplicateGroup, FileEntry, Owner, Verified
 from dedup_engine.paths import RootIndex, below
 from dedup_engine.report.read import path_problem
 
@@ -54,6 +55,8 @@ class Policy:
     move_to: str | None = None
     #: Act among files of different owner, group or mode (see the module docstring).
     across_owners: bool = False
+    #: Act on groups found on `--sample` windows only; their bytes are compared all the same.
+    trust_sampled: bool = False
 
     def __post_init__(self) -> None:
         if self.min_copies < 1:
@@ -82,14 +85,19 @@ class Policy:
             "min_copies": self.min_copies,
             "move_to": self.move_to,
             "across_owners": self.across_owners,
+            "trust_sampled": self.trust_sampled,
         }
 
     @classmethod
     def from_dict(cls, data: object) -> Policy:
         """The inverse of `as_dict`; `ValueError` for anything it would not have written."""
-        if not isinstance(data, dict) or set(data) != set(_POLICY_FIELDS):
+        if not isinstance(data, dict) or set(data) - set(_LATER_FIELDS) != set(_POLICY_FIELDS):
             raise ValueError("not a policy")
-        for key, kind in _POLICY_FIELDS.items():
+        data = {**_LATER_FIELDS, **data}  # a journal written before a field was added
+        for key, kind in {
+            **_POLICY_FIELDS,
+            **{k: type(v) for k, v in _LATER_FIELDS.items()},
+        }.items():
             value = data[key]
             if key == "move_to" and value is None:
                 continue
@@ -108,6 +116,7 @@ class Policy:
             data["min_copies"],
             data["move_to"],
             data["across_owners"],
+            data["trust_sampled"],
         )
 
 
@@ -120,6 +129,8 @@ _POLICY_FIELDS: dict[str, type] = {
     "move_to": str,
     "across_owners": bool,
 }
+#: Fields added since journals were first written, with the value an older journal means.
+_LATER_FIELDS: dict[str, object] = {"trust_sampled": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +144,8 @@ class Operation:
     target: str | None = None  # for move: where the victim goes
     also_kept: tuple[FileEntry, ...] = ()  # the group's other kept files: re-checked, never touched
     reference: bool = False  # `keep` lies under a reference root
+    #: The group was found on `--sample` windows: its bytes are compared even with --no-verify.
+    sampled: bool = False
 
 
 class LeftAloneKind(str, enum.Enum):
@@ -142,6 +155,7 @@ class LeftAloneKind(str, enum.Enum):
     ALL_KEPT = "all kept"  # --min-copies and --protect keep every file
     OWNER = "owner"  # no other file with the same owner, group and mode
     MOVE_CLASH = "move clash"  # two files would move to one target
+    SAMPLED = "sampled"  # found on sampled windows only, without --trust-sampled
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +177,13 @@ class Plan:
     across_owners: bool = False
 
 
+#: Why a group found with `dedup find --sample` is left alone.
+_UNVERIFIED = (
+    "compared on sampled windows only (dedup find --sample), not byte for byte: "
+    "--trust-sampled acts on it, comparing every byte first"
+)
+
+
 def make_plan(
     groups: Sequence[DuplicateGroup],
     roots: Sequence[str],
@@ -179,6 +200,10 @@ def make_plan(
     order = _order(policy, holders)
     protect = Globs(policy.protect)
     for index, group in enumerate(groups):
+        sampled = group.verified is Verified.SAMPLED
+        if sampled and not policy.trust_sampled:
+            left_alone.append(LeftAlone(index, _UNVERIFIED, LeftAloneKind.SAMPLED))
+            continue
         sets = _owner_sets(group.files, order) if policy.splits_by_owner else [list(group.files)]
         for files in sets:
             planned, left = _plan_set(
@@ -194,7 +219,9 @@ def make_plan(
                 left_alone.append(left)
                 continue
             targets.update(op.target for op in planned if op.target)
-            operations.extend(planned)
+            operations.extend(
+                dataclasses.replace(op, sampled=True) if sampled else op for op in planned
+            )
     return Plan(tuple(operations), tuple(left_alone), policy.across_owners)
 
 

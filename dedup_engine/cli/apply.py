@@ -100,6 +100,14 @@ def apply(
             "they cannot read. Default: only among files that share all three.",
         ),
     ] = False,
+    trust_sampled: Annotated[
+        bool,
+        typer.Option(
+            "--trust-sampled",
+            help="Also act on groups dedup find --sample found on sampled windows only; each "
+            "file's bytes are compared first all the same (even with --no-verify).",
+        ),
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", "-n", help="Print the operations; change nothing.")
     ] = False,
@@ -144,7 +152,9 @@ def apply(
         status = _resume(str(resume_journal), output_format, quiet)
     else:
         report, action = _check_request(report, action, dry_run, script)
-        policy = _policy(action, keep, keep_path, protect, min_copies, to, across_owners)
+        policy = _policy(
+            action, keep, keep_path, protect, min_copies, to, across_owners, trust_sampled
+        )
         data, plan = _read_and_plan(report, policy)
         if dry_run:
             status = _dry_run(plan, action, output_format)
@@ -199,6 +209,7 @@ def _policy(
     min_copies: int,
     to: str | None,
     across_owners: bool,
+    trust_sampled: bool,
 ) -> Policy:
     move_to = _move_target(to) if to is not None else None
     try:
@@ -210,6 +221,7 @@ def _policy(
             min_copies,
             move_to,
             across_owners,
+            trust_sampled,
         )
     except ValueError as exc:
         fail_usage(str(exc))
@@ -491,6 +503,7 @@ _LEFT_ALONE = {
     LeftAloneKind.ALL_KEPT: "every file kept by --min-copies or --protect",
     LeftAloneKind.OWNER: "no copy of the same owner, group and mode (--across-owners acts across)",
     LeftAloneKind.MOVE_CLASH: "two files would move to one target",
+    LeftAloneKind.SAMPLED: "found on sampled windows only (--trust-sampled acts on it)",
 }
 
 

@@ -130,6 +130,24 @@ def find(
             " under the innermost root that holds it).",
         ),
     ] = False,
+    sample: Annotated[
+        int,
+        typer.Option(
+            "--sample",
+            metavar="N",
+            help="RISKY, never the default: compare files above --sample-above on N windows"
+            " spread over them, not in full; their groups are marked sampled, not verified,"
+            " and dedup apply leaves them alone without --trust-sampled.",
+        ),
+    ] = 0,
+    sample_above: Annotated[
+        str,
+        typer.Option(
+            "--sample-above",
+            metavar="SIZE",
+            help="With --sample: the size above which files are sampled.",
+        ),
+    ] = "1G",
     dirs: Annotated[
         bool,
         typer.Option(
@@ -231,6 +249,8 @@ def find(
             isolate=isolate,
             reference=tuple(reference or ()),
             dirs=dirs,
+            sample=sample,
+            sample_above=parse_size(sample_above),
             workers=workers,
             io_depth=io_depth,
             head_window=parse_size(head_window),
@@ -243,6 +263,11 @@ def find(
         )
         if null and output_format is not Format.FDUPES and files_from is None:
             raise OptionsError("-0/--null is for --format fdupes or --files-from")
+        if sample and output_format is Format.FDUPES:
+            raise OptionsError(
+                "--sample with --format fdupes: fdupes' format cannot mark a group as sampled;"
+                " use text, csv or json"
+            )
         _check_output(output)
         searched = itertools.chain(roots or (), _listed(files_from, null))
     except OptionsError as exc:

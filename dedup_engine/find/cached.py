@@ -254,7 +254,13 @@ def compare_cached(
     slots: list[Slot | None] = []
     seen: list[Scanned] = []
     for p in range(count):
-        fs = cache.fs(task.devs[p], task.paths[p], task.follow_links)
+        # A file compared on `--sample` windows gets no whole-file digest: not looked up, never
+        # stored.
+        fs = (
+            None
+            if task.sampled(task.sizes[p])
+            else cache.fs(task.devs[p], task.paths[p], task.follow_links)
+        )
         slots.append(None if fs is None else (fs, whole))
         seen.append(
             Scanned(task.devs[p], task.inos[p], task.sizes[p], task.mtimes[p], task.ctimes[p])
@@ -300,7 +306,11 @@ def compare_cached(
     # A member that differed from all the others stopped being read: it is read to its end
     # now, so that the next run need not open it to tell it apart again.
     stopped = {index for index, _, _ in result.failed}
-    lone = [p for j, p in enumerate(members) if read[j] == NO_DIGEST and j not in stopped]
+    lone = [
+        p
+        for j, p in enumerate(members)
+        if read[j] == NO_DIGEST and j not in stopped and slots[p] is not None
+    ]
     if lone:
         alone = run(task.subset(lone, [1] * len(lone), writeback=True))
         ends = _column(alone.digests, len(lone))

@@ -19,6 +19,7 @@ Each drops a group that falls below two members (its `weight`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import heapq
 import itertools
@@ -52,8 +53,9 @@ from dedup_engine.find.tasks import (
     HashTask,
     Task,
     Window,
+    is_sampled,
 )
-from dedup_engine.model import DuplicateGroup, FileEntry, Issue, RunStats, Stage
+from dedup_engine.model import DuplicateGroup, FileEntry, Issue, RunStats, Stage, Verified
 
 #: Files per task and worker: enough that a task costs a few ms of small reads, against ~50 us
 #: of pipe and pickle overhead per task.
@@ -86,6 +88,9 @@ class StepContext:
     tick: Callable[[], None] | None
     #: Which final groups count by their roots (`--isolate`).
     rule: RootRule = ANY_ROOTS
+    #: `--sample` windows (0: none), for files above `sample_above` bytes.
+    sample: int = 0
+    sample_above: int = 0
 
     @property
     def room(self) -> bool:
@@ -383,6 +388,8 @@ class _Names:
             array("q", [d.ctimes[i] for d, i in located]),
             context.follow_links,
             context.chunk_size,
+            sample=context.sample,
+            sample_above=context.sample_above,
         )
 
     def final(
@@ -548,10 +555,13 @@ class FullStep(Step):
             end = start + len(group)
             digests = [blob[p * DIGEST_SIZE : (p + 1) * DIGEST_SIZE] for p in range(start, end)]
             start = end
+            sampled = is_sampled(context.sample, context.sample_above, size)
             for digest, members in split(group, digests, context.sizes.weight):
                 out += len(members)
                 final = names.final(context, size, digest, members)
                 if final is not None:
+                    if sampled:
+                        final = dataclasses.replace(final, verified=Verified.SAMPLED)
                     context.emit(final)
         self.stats.files_out += out
 

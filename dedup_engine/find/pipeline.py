@@ -289,6 +289,8 @@ class _Run:
             emit,
             self._tick if progress else None,
             rule,
+            opts.sample,
+            opts.sample_above,
         )
         self._last_tick = 0.0
         self._dirs: deque[DirJob] = deque()  # directories still to list

@@ -183,6 +183,10 @@ class CompareTask:
     chunk_size: int
     #: As `HashTask.writeback`.
     writeback: bool = False
+    #: `--sample`: a group of files above `sample_above` bytes is compared on `sample` windows
+    #: of `chunk_size` spread over them (0: in full).
+    sample: int = 0
+    sample_above: int = 0
 
     def subset(
         self, members: Sequence[int], groups: Sequence[int], writeback: bool = False
@@ -199,7 +203,18 @@ class CompareTask:
             self.follow_links,
             self.chunk_size,
             writeback,
+            self.sample,
+            self.sample_above,
         )
+
+    def sampled(self, size: int) -> bool:
+        """Whether a group of files of `size` bytes is compared on windows only."""
+        return is_sampled(self.sample, self.sample_above, size)
+
+
+def is_sampled(sample: int, above: int, size: int) -> bool:
+    """`--sample`'s rule: files above `above` bytes are compared on `sample` windows (0: none)."""
+    return sample > 0 and size > above
 
 
 @dataclass(frozen=True, slots=True)

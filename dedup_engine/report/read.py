@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
-from dedup_engine.model import DirectoryGroup, DuplicateGroup, FileEntry, Issue, Stage
+from dedup_engine.model import DirectoryGroup, DuplicateGroup, FileEntry, Issue, Stage, Verified
 from dedup_engine.paths import RootIndex
 from dedup_engine.report.schema import READABLE, SCHEMA, TOOL
 
@@ -86,10 +86,12 @@ class _Reader:
     """Checks a parsed report field by field; `where` names the field in every error."""
 
     def __init__(self) -> None:
+        self.schema = 0
         self.paths: set[str] = set()
         self.files: dict[tuple[int, int], int] = {}  # (dev, ino) -> the group holding it
 
     def report(self, data: dict[str, Any]) -> Report:
+        self.schema = data["schema"]
         roots = tuple(self.path(r, f"roots[{n}]") for n, r in enumerate(self.list(data, "roots")))
         if not roots:
             _fail("roots", "no root")
@@ -165,7 +167,21 @@ class _Reader:
         files = tuple(
             self.file(f, size, f"{where}.files[{n}]", number, roots) for n, f in enumerate(members)
         )
-        return DuplicateGroup(size, digest, files)
+        return DuplicateGroup(size, digest, files, self.verified(group, where))
+
+    def verified(self, group: Mapping[str, Any], where: str) -> Verified:
+        """How schema 3's group was found equal (schema 2's always by its bytes; one that says
+        otherwise is a schema-3 report, whose sampled groups must not be read as verified)."""
+        if self.schema == 2:
+            if "verified" in group:
+                _fail(f"{where}.verified", "not a field of schema 2: a schema-3 report has it")
+            return Verified.BYTES
+        value = self.text(group, "verified", where)
+        try:
+            return Verified(value)
+        except ValueError:
+            known = ", ".join(repr(v.value) for v in Verified)
+            _fail(f"{where}.verified", f"{_show(value)} is not one of {known}")
 
     def file(self, data: object, size: int, where: str, group: int, roots: RootIndex) -> FileEntry:
         entry = _object(data, where)

@@ -26,7 +26,14 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import IO
 
-from dedup_engine.model import DirectoryGroup, DuplicateGroup, FileEntry, Issue, RunStats
+from dedup_engine.model import (
+    DirectoryGroup,
+    DuplicateGroup,
+    FileEntry,
+    Issue,
+    RunStats,
+    Verified,
+)
 
 #: Keys kept in memory before a sorted run of them is written out: about 4 MiB of keys for
 #: paths of 60 characters, a few bytes a file at a million files; a merge of 10M files' groups
@@ -77,7 +84,9 @@ class GroupSpool:
 
     def add(self, group: DuplicateGroup) -> None:
         """Write the group out now; only its key stays."""
-        record = marshal.dumps((group.size, group.digest, tuple(map(tuple, group.files))))
+        record = marshal.dumps(
+            (group.size, group.digest, tuple(map(tuple, group.files)), group.verified.value)
+        )
         self._data.write(record)
         first = group.files[0].path if group.files else ""
         self._keys.append(_key(group.size, first, self._end, len(record)))
@@ -104,8 +113,8 @@ class GroupSpool:
         fd = self._data.fileno()
         for key in keys:
             offset, length = _PLACE.unpack_from(key, len(key) - _PLACE.size)
-            size, digest, files = marshal.loads(os.pread(fd, length, offset))
-            yield DuplicateGroup(size, digest, tuple(map(_entry, files)))
+            size, digest, files, verified = marshal.loads(os.pread(fd, length, offset))
+            yield DuplicateGroup(size, digest, tuple(map(_entry, files)), Verified(verified))
 
     def _spill(self) -> None:
         """Write the keys in memory out as one sorted run."""

@@ -200,7 +200,8 @@ def test_json_dict_shape(found: tuple[Tree, FindResult]) -> None:
     assert data["reference_roots"] == []
     assert json.loads(json.dumps(data)) == data
     group = data["groups"][0]
-    assert set(group) == {"size", "digest", "files"}
+    assert set(group) == {"size", "digest", "verified", "files"}
+    assert group["verified"] == "bytes"
     assert set(group["files"][0]) == {
         "path",
         "dev",

@@ -51,7 +51,9 @@ def _file(name: str, number: int, **change: object) -> dict[str, object]:
 
 def _with_group(*files: dict[str, object], **group: object) -> dict[str, Any]:
     data = _valid()
-    data["groups"] = [{"size": 10, "digest": "ab" * 32, "files": list(files), **group}]
+    data["groups"] = [
+        {"size": 10, "digest": "ab" * 32, "verified": "bytes", "files": list(files), **group}
+    ]
     return data
 
 
@@ -69,6 +71,14 @@ def _drop(key: str) -> Callable[[dict[str, Any]], None]:
 def _twice(data: dict[str, Any]) -> None:
     data["roots"] = ["/x", "/y"]
     data["reference_roots"] = ["/y", "/y"]
+
+
+def _schema_2_verified(data: dict[str, Any]) -> None:
+    del data["reference_roots"], data["directory_groups"]
+    data["schema"] = 2
+    data["groups"] = [
+        {"size": 10, "digest": "ab" * 32, "verified": "sampled", "files": [_file("/x/a", 1)] * 2}
+    ]
 
 
 #: Each change that makes the valid base a report of another shape.
@@ -92,6 +102,7 @@ BREAK: dict[str, Callable[[dict[str, Any]], None]] = {
     "reference root twice": _twice,
     "reference root relative": _set("reference_roots", ["x"]),
     "schema 2 with schema 3's fields": _set("schema", 2),  # the base has reference_roots
+    "schema 2 with a verified group": _schema_2_verified,
 }
 SHAPES = list(BREAK)
 
@@ -125,8 +136,11 @@ def test_a_schema_1_report_says_to_run_find_again() -> None:
 
 
 def test_a_schema_2_report_is_read_without_reference_roots() -> None:
-    data = dict(GOOD, schema=2)
+    data = copy.deepcopy(GOOD)
+    data["schema"] = 2
     del data["reference_roots"], data["directory_groups"]
+    for group in data["groups"]:
+        del group["verified"]
     report = read_json(json.dumps(data))
     assert report.reference_roots == () and len(report.groups) == 1
 

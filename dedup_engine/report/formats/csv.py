@@ -20,23 +20,29 @@ def write_csv(
     groups: Iterable[DuplicateGroup],
     out: IO[bytes],
     directories: Iterable[DirectoryGroup] = (),
+    verified: bool = False,
 ) -> None:
     """One row per path with a group id; names keep their bytes (quoted where needed).
 
     With `--dirs`, the groups of duplicate directories come first: one row per directory, its
     group numbered "d1", "d2"..., `size` the bytes its tree holds, its path ending in "/", and
-    no digest, inode or times."""
+    no digest, inode or times.  With `verified` (`--sample` runs), a last column says how each
+    group was found equal: "bytes" or "sampled"."""
     text = io.TextIOWrapper(out, encoding="utf-8", errors="surrogateescape", newline="")
     writer = csv.writer(text)
-    writer.writerow(["group", "size", "digest", "path", "dev", "ino", "mtime_ns", "ctime_ns"])
+    extra = ["verified"] if verified else []
+    writer.writerow(
+        ["group", "size", "digest", "path", "dev", "ino", "mtime_ns", "ctime_ns", *extra]
+    )
     for number, directory in enumerate(directories, 1):
         for path in directory.paths:
-            writer.writerow([f"d{number}", directory.bytes, "", path.rstrip("/") + "/", *[""] * 4])
+            blank = [""] * (4 + len(extra))
+            writer.writerow([f"d{number}", directory.bytes, "", path.rstrip("/") + "/", *blank])
     for number, group in enumerate(groups, 1):
+        how = [group.verified.value] if verified else []
         for f in group.files:
-            writer.writerow(
-                [number, group.size, group.digest, f.path, f.dev, f.ino, f.mtime_ns, f.ctime_ns]
-            )
+            row = [number, group.size, group.digest, f.path, f.dev, f.ino, f.mtime_ns, f.ctime_ns]
+            writer.writerow([*row, *how])
     text.flush()
     text.detach()
 
@@ -44,5 +50,5 @@ def write_csv(
 def write(result: Findings, options: ScanOptions, out: IO[bytes], *, null: bool) -> int:
     """The format's `Writer`: the result's directory groups and groups; `null` has no use
     here."""
-    write_csv(result.groups, out, result.directory_groups)
+    write_csv(result.groups, out, result.directory_groups, verified=options.sample > 0)
     return 0

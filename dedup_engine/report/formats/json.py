@@ -33,6 +33,7 @@ def to_json_dict(result: Findings, options: ScanOptions, version: str) -> dict[s
             {
                 "size": g.size,
                 "digest": g.digest,
+                "verified": g.verified.value,
                 "files": [dict(zip(FILE_FIELDS, _file_values(f), strict=True)) for f in g.files],
             }
             for g in result.groups
@@ -99,7 +100,7 @@ def _nested(item: str) -> str:
 # A group and each of its files as `json.dump(..., indent=1)` writes them at their depth: keys
 # are plain ASCII, strings go through `json.dumps` (ASCII-escaped) and ints through %d, which
 # writes them as json's encoder does.
-_GROUP = '  {\n   "size": %d,\n   "digest": %s,\n   "files": %s\n  }'
+_GROUP = '  {\n   "size": %d,\n   "digest": %s,\n   "verified": "%s",\n   "files": %s\n  }'
 _FILE = (
     "    {\n"
     + ",\n".join(f'     "{name}": {"%s" if name == "path" else "%d"}' for name in FILE_FIELDS)
@@ -112,7 +113,7 @@ def _group_json(group: DuplicateGroup) -> str:
         [_FILE % (json.dumps(values[0]), *values[1:]) for values in map(_file_values, group.files)]
     )
     listed = f"[\n{files}\n   ]" if files else "[]"
-    return _GROUP % (group.size, json.dumps(group.digest), listed)
+    return _GROUP % (group.size, json.dumps(group.digest), group.verified.value, listed)
 
 
 def write(result: Findings, options: ScanOptions, out: IO[bytes], *, null: bool) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import IO
 
-from dedup_engine.model import Findings
+from dedup_engine.model import Findings, Verified
 from dedup_engine.options import ScanOptions
 from dedup_engine.paths import RootIndex
 from dedup_engine.report.display import human_size, printable
@@ -32,7 +32,7 @@ def write_text(result: Findings, out: IO[bytes]) -> None:
         lines = [
             f"group {number}: {len(group.files)} files, {group.inodes} distinct, "
             f"{human_size(group.size)} each, {human_size(group.reclaimable)} reclaimable, "
-            f"blake3 {group.digest[:16]}"
+            f"blake3 {group.digest[:16]}{_SAMPLED if group.verified is Verified.SAMPLED else ''}"
         ]
         lines.extend(
             f"  {printable(f.path)}{_REFERENCE if roots.is_reference(f.path) else ''}"
@@ -56,6 +56,8 @@ def write_text(result: Findings, out: IO[bytes]) -> None:
             out.write(_encode(f"  {printable(i.path)}: {i.message} ({i.stage.value})\n"))
 
 
+#: After a group found with `--sample`: its files were compared on windows only.
+_SAMPLED = " of sampled windows: SAMPLED, NOT VERIFIED (the files may differ elsewhere)"
 #: After a file under a reference root: kept by `dedup apply`, whatever its policy.
 _REFERENCE = "   (reference)"
 

@@ -15,6 +15,7 @@ byte; a group whose members' parents all lie in one group is implied by it and n
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -60,12 +61,17 @@ class _Node:
 
 
 def find_directory_groups(
-    pool: Pool, contents: Contents, roots: RootIndex, rule: RootRule
+    pool: Pool, contents: Contents, roots: RootIndex, rule: RootRule, issues: Iterable[str] = ()
 ) -> tuple[DirectoryGroup, ...]:
-    """The groups of duplicate directories, largest first, from every worker's listings."""
+    """The groups of duplicate directories, largest first, from every worker's listings;
+    `issues` are the paths the run could not examine (their directories are not known whole)."""
+    unsure = {os.path.dirname(path) for path in issues}
     nodes: dict[DirKey, _Node] = {}
     for listed in _listings(pool):
-        nodes[(listed.dev, listed.ino)] = _node(listed, contents)
+        node = _node(listed, contents)
+        if node.path in unsure:
+            node = dataclasses.replace(node, whole=False)
+        nodes[(listed.dev, listed.ino)] = node
     signatures = _signatures(nodes)
     by_signature: dict[bytes, list[DirKey]] = {}
     for key, (signature, size) in signatures.items():
@@ -76,13 +82,30 @@ def find_directory_groups(
         for keys in by_signature.values()
         if len(keys) >= 2
     ]
+    return tuple(sorted(_reported(candidates, roots, rule), key=directory_order))
+
+
+def _reported(
+    candidates: Sequence[tuple[int, list[str]]], roots: RootIndex, rule: RootRule
+) -> list[DirectoryGroup]:
+    """The groups the rules let through and no other accounts for, shallowest first: a group
+    is implied by its parents' group where each of its members is the same-named child of a
+    different member of that group, which the run reports or itself implies (a group the
+    roots' rules drop implies nothing)."""
+    order = sorted(
+        range(len(candidates)), key=lambda n: min(p.count("/") for p in candidates[n][1])
+    )
     group_of = {path: number for number, (_, paths) in enumerate(candidates) for path in paths}
-    found = [
-        DirectoryGroup(size, tuple(paths))
-        for number, (size, paths) in enumerate(candidates)
-        if not _implied(number, paths, group_of) and rule.counts(_roots_of(paths, roots))
-    ]
-    return tuple(sorted(found, key=directory_order))
+    accounted: set[int] = set()
+    found = []
+    for number in order:
+        size, paths = candidates[number]
+        if not rule.counts(_roots_of(paths, roots)):
+            continue
+        accounted.add(number)
+        if not _implied(paths, group_of, accounted):
+            found.append(DirectoryGroup(size, tuple(paths)))
+    return found
 
 
 def _listings(pool: Pool) -> Iterable[ListedDir]:
@@ -208,7 +231,14 @@ def _roots_of(paths: Iterable[str], roots: RootIndex) -> list[int]:
     return [holding[0] for holding in map(roots.holding, paths) if holding]
 
 
-def _implied(number: int, paths: Sequence[str], group_of: dict[str, int]) -> bool:
-    """Whether every member's parent lies in one group (then that group says it all)."""
-    parents = {group_of.get(os.path.dirname(path)) for path in paths}
-    return len(parents) == 1 and None not in parents and number not in parents
+def _implied(paths: Sequence[str], group_of: dict[str, int], accounted: set[int]) -> bool:
+    """Whether the members are the same-named children of distinct members of one group that
+    is accounted for (then that group says it all)."""
+    parents = [os.path.dirname(path) for path in paths]
+    groups = {group_of.get(parent) for parent in parents}
+    return (
+        len(groups) == 1
+        and groups <= accounted
+        and len(set(parents)) == len(parents)
+        and len({os.path.basename(path) for path in paths}) == 1
+    )

@@ -168,7 +168,9 @@ def find_duplicates(
         rule = RootRule(opts.isolate, _under_references(canon, references))
         _Run(pool, canon, opts, stats, issues, progress, tally, rule).search()
         if contents is not None:
-            directories = find_directory_groups(pool, contents, RootIndex(canon, references), rule)
+            directories = find_directory_groups(
+                pool, contents, RootIndex(canon, references), rule, (i.path for i in issues)
+            )
     except BaseException:  # KeyboardInterrupt, a dead worker: stop the workers at once
         pool.abort()
         raise

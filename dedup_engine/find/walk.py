@@ -246,14 +246,22 @@ class _Listing:
                     self._add_dir(path, job, st)
         elif not entry.is_symlink():
             self.special += 1  # FIFO, socket or device: known from the entry alone
-            if tree is not None:
+            if tree is not None and self._in_tree(name, prefix + name, job):
                 tree.other(name, special_kind(entry.stat(follow_symlinks=False).st_mode))
         elif self.opts.follow_links:
             self._follow(name, prefix + name, job, descend)
         else:
             self.symlinks += 1
-            if tree is not None:
+            if tree is not None and self._in_tree(name, prefix + name, job):
                 tree.link(name, None, prefix + name)
+
+    def _in_tree(self, name: str, path: str, job: DirJob) -> bool:
+        """Whether an entry that is no file row is part of its directory's tree for `--dirs`:
+        not one the options leave out (as they leave out a file of that name)."""
+        flt = self.flt
+        return not self.filtering or not (
+            flt.excluded(name, path, job.root) or not flt.included(name, path, job.root)
+        )
 
     def _take_file(self, name: str, path: str, st: os.stat_result, job: DirJob) -> None:
         """A file that needs a second look: one swapped for something else since the listing, a
@@ -278,7 +286,7 @@ class _Listing:
             st = os.stat(path)
         except OSError:  # dangling, looping or unreadable target
             self.symlinks += 1
-            if tree is not None:
+            if tree is not None and self._in_tree(name, path, job):
                 tree.link(name, None, path)
             return
         is_dir = stat.S_ISDIR(st.st_mode)

@@ -4,11 +4,13 @@ every format, and `apply` leaving directory groups to the file groups inside the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from incli import invoke
@@ -274,3 +276,65 @@ def test_directories_whose_files_are_hard_links_of_each_other_are_copies(
     tree.file("c/x", content(3000, seed="other"))  # same name, other bytes
     tree.file("c/y", content(3000, seed="y"))
     assert _dirs(tree, _run(run, tree)) == {frozenset({"a", "b"})}
+
+
+def test_a_directory_whose_file_vanished_before_its_read_is_not_reported(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a/f and b/f are one file; it goes from a after the listing: the issue list names it,
+    and a is no longer known whole."""
+    from dedup_engine.find import readers
+
+    tree.file("a/f", content(3000, seed="f"))
+    tree.hardlink("b/f", "a/f")
+    tree.file("c/g", content(3000, seed="f"))
+    real = readers.hash_batch  # type: ignore[attr-defined]
+
+    def remove_then_hash(*args: Any) -> Any:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tree.path("a/f"))
+        return real(*args)
+
+    monkeypatch.setattr(readers, "hash_batch", remove_then_hash)
+    result = find_duplicates([tree.root], ScanOptions(workers=0, dirs=True))
+    assert result.issues
+    assert result.directory_groups == ()
+
+
+def test_a_group_the_roots_rule_drops_implies_nothing(tree: Tree, run: Runner) -> None:
+    """{a, b} lies in one root and is dropped by --isolate; {a/s, b/s} spans two roots."""
+    tree.file("t/a/s/f", content(3000, seed="f"))
+    tree.file("t/b/s/f", content(3000, seed="f"))
+    roots = [tree.path("t"), tree.path("t/a/s")]
+    found = run(roots, dirs=True, isolate=True)
+    cut = len(tree.root) + 1
+    assert {frozenset(p[cut:] for p in g.paths) for g in found.directory_groups} == {
+        frozenset({"t/a/s", "t/b/s"})
+    }
+
+
+def test_copies_side_by_side_inside_a_copied_directory_are_reported(
+    tree: Tree, run: Runner
+) -> None:
+    """A/s and A/t are copies of each other: {A, B} does not say so."""
+    for top in ("A", "B"):
+        for sub in ("s", "t"):
+            tree.file(f"{top}/{sub}/f", content(3000, seed="f"))
+    assert _dirs(tree, _run(run, tree)) == {
+        frozenset({"A", "B"}),
+        frozenset({"A/s", "A/t", "B/s", "B/t"}),
+    }
+
+
+@pytest.mark.parametrize("option", ["no_hidden", "exclude"])
+def test_symlinks_and_fifos_the_options_leave_out_are_not_part_of_the_tree(
+    tree: Tree, run: Runner, option: str
+) -> None:
+    tree.file("a/f", content(3000, seed="f"))
+    tree.file("b/f", content(3000, seed="f"))
+    tree.symlink("a/.hl", "x")
+    tree.fifo("b/.pipe")
+    options: dict[str, object] = (
+        {"hidden": False} if option == "no_hidden" else {"exclude": (".hl", ".pipe")}
+    )
+    assert _dirs(tree, _run(run, tree, **options)) == {frozenset({"a", "b"})}

@@ -177,6 +177,12 @@ class Plan:
     across_owners: bool = False
 
 
+#: Why a sampled group is left alone with --min-copies: each victim is compared with the first
+#: kept file only, so another kept file would count as a copy unverified.
+_UNCOUNTED = (
+    "compared on sampled windows only (dedup find --sample): with --min-copies above 1 its "
+    "other kept files would count as copies without a byte compared"
+)
 #: Why a group found with `dedup find --sample` is left alone.
 _UNVERIFIED = (
     "compared on sampled windows only (dedup find --sample), not byte for byte: "
@@ -201,8 +207,9 @@ def make_plan(
     protect = Globs(policy.protect)
     for index, group in enumerate(groups):
         sampled = group.verified is Verified.SAMPLED
-        if sampled and not policy.trust_sampled:
-            left_alone.append(LeftAlone(index, _UNVERIFIED, LeftAloneKind.SAMPLED))
+        if sampled and (not policy.trust_sampled or policy.min_copies > 1):
+            why = _UNVERIFIED if not policy.trust_sampled else _UNCOUNTED
+            left_alone.append(LeftAlone(index, why, LeftAloneKind.SAMPLED))
             continue
         sets = _owner_sets(group.files, order) if policy.splits_by_owner else [list(group.files)]
         for files in sets:

@@ -27,7 +27,7 @@ from dedup_engine.find.dirtree import EMPTY
 from dedup_engine.find.groups import RootRule
 from dedup_engine.find.pool import Pool
 from dedup_engine.find.tasks import ListedDir, TreeResult, TreeTask
-from dedup_engine.model import DirectoryGroup, DuplicateGroup, directory_order
+from dedup_engine.model import DirectoryGroup, DuplicateGroup, Verified, directory_order
 from dedup_engine.paths import RootIndex
 
 _EMPTY = EMPTY.encode()
@@ -46,6 +46,11 @@ class Contents:
         self._groups = 0
 
     def add(self, group: DuplicateGroup) -> None:
+        """A final group: its files have one content, but for a sampled group (`--sample`),
+        whose files may differ, which leaves them copies of nothing (a directory holding one is
+        never a copy: its bytes are not known equal)."""
+        if group.verified is not Verified.BYTES:
+            return
         self._groups += 1
         number = self._groups
         self.of.update((entry.dev << 64 | entry.ino, number) for entry in group.files)

@@ -555,7 +555,7 @@ class FullStep(Step):
             end = start + len(group)
             digests = [blob[p * DIGEST_SIZE : (p + 1) * DIGEST_SIZE] for p in range(start, end)]
             start = end
-            sampled = is_sampled(context.sample, context.sample_above, size)
+            sampled = is_sampled(context.sample, context.sample_above, context.chunk_size, size)
             for digest, members in split(group, digests, context.sizes.weight):
                 out += len(members)
                 final = names.final(context, size, digest, members)

@@ -209,12 +209,14 @@ class CompareTask:
 
     def sampled(self, size: int) -> bool:
         """Whether a group of files of `size` bytes is compared on windows only."""
-        return is_sampled(self.sample, self.sample_above, size)
+        return is_sampled(self.sample, self.sample_above, self.chunk_size, size)
 
 
-def is_sampled(sample: int, above: int, size: int) -> bool:
-    """`--sample`'s rule: files above `above` bytes are compared on `sample` windows (0: none)."""
-    return sample > 0 and size > above
+def is_sampled(sample: int, above: int, window: int, size: int) -> bool:
+    """`--sample`'s rule: files above `above` bytes are compared on `sample` windows of
+    `window` bytes (0: none), but those the windows would cover whole, which are compared in
+    full (and so verified) for no more reading."""
+    return sample > 0 and size > above and size > sample * window
 
 
 @dataclass(frozen=True, slots=True)

@@ -150,3 +150,40 @@ def test_a_report_with_a_bad_verified_field_is_refused(tree: Tree, tmp_path: Pat
         assert proc.returncode == 2 and b"verified" in proc.stderr
         assert b"Traceback" not in proc.stderr
     assert all(os.path.exists(tree.path(n)) for n in ("a", "b", "c", "d", "small1", "small2"))
+
+
+def test_files_the_windows_would_cover_whole_are_compared_in_full(tree: Tree, workers: int) -> None:
+    data = bytearray(content(200_000, seed="mid"))
+    tree.file("x", bytes(data))
+    tree.file("y", bytes(data))
+    data[100_000] ^= 1
+    tree.file("z", bytes(data))
+    options = ScanOptions(workers=workers, sample=2, sample_above=1)  # 2 windows of 128 KiB
+    (group,) = find_duplicates([tree.root], options).groups
+    assert {f.path for f in group.files} == tree.paths("x", "y")
+    assert group.verified is Verified.BYTES
+
+
+def test_directories_of_sampled_files_are_not_reported_as_copies(tree: Tree, workers: int) -> None:
+    data = bytearray(content(SIZE, seed="big"))
+    tree.file("d1/f", bytes(data))
+    data[SIZE // 2 - 1000] ^= 1  # between the windows
+    tree.file("d2/f", bytes(data))
+    options = ScanOptions(workers=workers, sample=4, sample_above=1 << 20, dirs=True)
+    result = find_duplicates([tree.root], options)
+    assert [g.verified for g in result.groups] == [Verified.SAMPLED]
+    assert result.directory_groups == ()
+
+
+def test_trust_sampled_with_more_than_one_copy_kept_leaves_the_group_alone(
+    tree: Tree, tmp_path: Path
+) -> None:
+    """Each victim is compared with the first kept file only: a second kept file would count as
+    a copy unverified (here c, which differs)."""
+    _build(tree)
+    report = _report(tree, tmp_path)
+    proc = _apply(report, "--action", "delete", "--trust-sampled", "--min-copies", "2", "-n")
+    assert proc.returncode == 0, proc.stderr
+    assert b"other kept files would count as copies" in proc.stdout
+    lines = proc.stdout.decode().splitlines()
+    assert all(line.startswith(("left alone", "dry run")) for line in lines)

@@ -105,6 +105,11 @@ class ScanOptions:
             raise OptionsError(f"--max-size {self.max_size} is below --min-size {self.min_size}")
         if self.cache_dir is not None and not os.path.isabs(self.cache_dir):
             raise OptionsError(f"the cache directory must be absolute, not {self.cache_dir!r}")
+        if self.reference and self.follow_links:
+            raise OptionsError(
+                "--reference with -L: a link would show a reference file under a path outside "
+                "the reference roots, which dedup apply could not keep; search without -L"
+            )
         if self.sample and not MIN_SAMPLES <= self.sample <= MAX_SAMPLES:
             raise OptionsError(
                 f"--sample must be {MIN_SAMPLES} to {MAX_SAMPLES} windows, not {self.sample}"

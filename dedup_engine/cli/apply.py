@@ -500,7 +500,7 @@ def _print_problems(summary: ApplySummary, form: str, quiet: bool) -> None:
 
 _LEFT_ALONE = {
     LeftAloneKind.ONE_FILE: "all the names are one file",
-    LeftAloneKind.ALL_KEPT: "every file kept by --min-copies or --protect",
+    LeftAloneKind.ALL_KEPT: "every file kept by --min-copies, --protect or a reference root",
     LeftAloneKind.OWNER: "no copy of the same owner, group and mode (--across-owners acts across)",
     LeftAloneKind.MOVE_CLASH: "two files would move to one target",
     LeftAloneKind.SAMPLED: "found on sampled windows only (--trust-sampled acts on it)",

@@ -8,7 +8,7 @@ subdirectories (by name and identity, walked or not), and its other entries by n
 listing failed part way, or one of whose entries could not be stat'ed, is marked incomplete: its
 contents are not known whole, so it is never a copy of another.  Entries the options leave out
 (patterns, hidden names, sizes out of bounds) are not part of any tree.  Kept only with `--dirs`:
-a few bytes a directory and eight a file.
+about 600 bytes a directory and eight a file, each directory's freed once handed over.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class DirTree:
     """The directories one worker listed, in the order it listed them."""
 
     def __init__(self) -> None:
-        self._records: list[_Record] = []
+        self._records: list[_Record | None] = []  # None once handed over
         self._open: _Record | None = None
 
     def begin(self, prefix: str, dev: int, ino: int, first_row: int) -> None:
@@ -81,7 +81,8 @@ class DirTree:
             self._open.others.append((name, kind))
 
     def link(self, name: str, dir_fd: int | None, path: str) -> None:
-        """A symlink not followed, by its target: one that cannot be read leaves its directory
+        """A symlink not followed, by its target, read relative to its directory's descriptor
+        (by `path` only without one): one that cannot be read leaves its directory
         incomplete."""
         if self._open is None:
             return
@@ -108,10 +109,15 @@ class DirTree:
     def listed(self, task: TreeTask, store: RowStore) -> TreeResult:
         """Worker side of a `TreeTask`."""
         records, end, files = self._records, task.start, 0
+        chosen: list[_Record] = []
         while end < len(records) and (files < task.files or end == task.start):
-            files += records[end].end - records[end].first
+            record = records[end]
+            assert record is not None, "a directory handed over twice"
+            chosen.append(record)
+            files += record.end - record.first
+            records[end] = None  # handed over: its memory goes
             end += 1
-        dirs = tuple(_listed(record, store) for record in records[task.start : end])
+        dirs = tuple(_listed(record, store) for record in chosen)
         return TreeResult(dirs, end if end < len(records) else None)
 
 

@@ -185,8 +185,8 @@ def find_duplicates(
 def _under_references(roots: Sequence[str], references: Sequence[str]) -> frozenset[int]:
     """The indexes of the roots that lie under a reference root (itself included): a file under
     a reference root is a reference file, whatever root inside it holds it too."""
-    holders = RootIndex(references)
-    return frozenset(index for index, root in enumerate(roots) if holders.holding(root))
+    holders = RootIndex(roots, references)
+    return frozenset(index for index, root in enumerate(roots) if holders.is_reference(root))
 
 
 def _reference_roots(given: Sequence[str], roots: Sequence[str]) -> tuple[str, ...]:

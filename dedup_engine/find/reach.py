@@ -5,7 +5,7 @@ symlink.  Someone who may write to a directory above a root could put one there 
 a plain stat or open of the path would follow it out of the roots; so a root is reached a
 component at a time from "/", each opened with `O_NOFOLLOW`, and a symlink met on the way is an
 error (ELOOP).  Below a root the walk checks each directory it lists to be the one its parent's
-listing named (`walk`), which covers the rest of the run.
+listing named (`walk`), and the readers each file they read (`hashtasks`, `fullcompare`).
 """
 
 from __future__ import annotations

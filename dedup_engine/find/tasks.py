@@ -39,6 +39,11 @@ class DirJob:
     alias: bool = False
     counts_under: int | None = None
 
+    @property
+    def counted_root(self) -> int:
+        """The root the directory's files count under."""
+        return self.root if self.counts_under is None else self.counts_under
+
 
 @dataclass(frozen=True, slots=True)
 class ScanTask:

@@ -9,7 +9,6 @@ only their keys (sizes, and the inodes of linked files), in columns.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -24,6 +23,7 @@ from dedup_engine.globs import Globs
 from dedup_engine.openflags import dir_flags
 from dedup_engine.options import ScanOptions
 from dedup_engine.oserror import describe_error
+from dedup_engine.paths import RootIndex
 
 
 class Filter:
@@ -38,7 +38,7 @@ class Filter:
         self.has_exclude = bool(options.exclude)
         #: Roots that are files: taken as roots, so the walk passes them over if it meets them.
         self.file_roots = frozenset(r for r in self.roots if os.path.isfile(r))
-        self._root_index: dict[str, int] | None = None  # made when first needed
+        self._holders: RootIndex | None = None  # made when first needed
 
     def excluded(self, name: str, path: str, root: int, is_dir: bool = False) -> bool:
         if not self.options.hidden and name.startswith("."):
@@ -51,15 +51,10 @@ class Filter:
     def root_holding(self, real: str, default: int) -> int:
         """The index of the innermost root that holds the symlink-free path `real`, or
         `default` where none does."""
-        if self._root_index is None:
-            self._root_index = {root: index for index, root in enumerate(self.roots)}
-        path = real
-        while (index := self._root_index.get(path)) is None:
-            parent = os.path.dirname(path)
-            if parent == path:
-                return default
-            path = parent
-        return index
+        if self._holders is None:
+            self._holders = RootIndex(self.roots)
+        holding = self._holders.holding(real)
+        return holding[0] if holding else default
 
 
 def scan_dirs(
@@ -85,6 +80,7 @@ class _Listing:
         self.opts = opts
         self.store = store
         self.tree = tree
+        self._dir_fd: int | None = None  # the directory being listed
         self.first = len(store)
         self.open_flags = dir_flags(opts.follow_links)
         self.filtering = flt.has_include or flt.has_exclude or not opts.hidden
@@ -165,11 +161,11 @@ class _Listing:
         dev = st.st_dev
         self.scanned += 1
         prefix = job.path if job.path.endswith("/") else job.path + "/"
-        counts_under = job.root if job.counts_under is None else job.counts_under
-        self.store.start_dir(prefix, counts_under, dev)
+        self.store.start_dir(prefix, job.counted_root, dev)
         tree, first, linked = self.tree, len(self.store), len(self.linked)
         if tree is not None:
             tree.begin(prefix, st.st_dev, st.st_ino, first)
+        self._dir_fd = dir_fd  # symlinks below are read relative to it
         try:
             with entries:
                 self._take(job, prefix, entries)
@@ -179,6 +175,7 @@ class _Listing:
                 tree.incomplete()
         finally:
             self._commit()
+            self._dir_fd = None
             os.close(dir_fd)
             if tree is not None:
                 start = first - self.first  # this directory's first row among the task's
@@ -253,7 +250,7 @@ class _Listing:
         else:
             self.symlinks += 1
             if tree is not None and self._in_tree(name, prefix + name, job):
-                tree.link(name, None, prefix + name)
+                tree.link(name, self._dir_fd, prefix + name)
 
     def _in_tree(self, name: str, path: str, job: DirJob) -> bool:
         """Whether an entry that is no file row is part of its directory's tree for `--dirs`:
@@ -287,7 +284,7 @@ class _Listing:
         except OSError:  # dangling, looping or unreadable target
             self.symlinks += 1
             if tree is not None and self._in_tree(name, path, job):
-                tree.link(name, None, path)
+                tree.link(name, self._dir_fd, path)
             return
         is_dir = stat.S_ISDIR(st.st_mode)
         if self.flt.excluded(name, path, job.root, is_dir):
@@ -297,10 +294,11 @@ class _Listing:
                 tree.subdir(name, st)
             if descend:
                 # The directory is walked once, by whichever name reaches it first: its files
-                # count under the root that holds it, not under the link's.
-                with contextlib.suppress(OSError):
-                    root = self.flt.root_holding(os.path.realpath(path, strict=True), job.root)
-                    self._add_dir(path, job, st, alias=True, root=root)
+                # count under the root that holds it, not under the link's.  (A link changed
+                # since the stat fails here, and is an issue as any entry that fails.)
+                real = os.path.realpath(path, strict=True)
+                root = self.flt.root_holding(real, job.counted_root)
+                self._add_dir(path, job, st, alias=True, root=root)
         elif not stat.S_ISREG(st.st_mode):
             self.special += 1
             if tree is not None:
@@ -308,9 +306,7 @@ class _Listing:
         elif self.flt.included(name, path, job.root) and self.opts.accepts_size(st.st_size):
             # A name of a file that may lie under another root: it counts under that one.
             holder = self.flt.root_holding(os.path.realpath(path, strict=True), -1)
-            if holder >= 0 and holder != (
-                job.root if job.counts_under is None else job.counts_under
-            ):
+            if holder >= 0 and holder != job.counted_root:
                 self._counted_under.append((len(self._names), holder))
             self._aliased.append(len(self._names))
             self._names.append(name)

@@ -73,7 +73,8 @@ def read_json(source: IO[str] | IO[bytes] | str | bytes) -> Report:
     if data.get("schema") not in READABLE or type(data.get("schema")) is not int:
         hint = "; run dedup find again" if data.get("schema") == 1 else ""
         raise ReportError(
-            f"report schema {data.get('schema')!r} is not supported (want {SCHEMA}){hint}"
+            f"report schema {data.get('schema')!r} is not supported (want {SCHEMA} or"
+            f" {', '.join(map(str, READABLE[:-1]))}){hint}"
         )
     return _Reader().report(data)
 

@@ -116,3 +116,15 @@ def test_bad_policies_are_refused() -> None:
         Policy(Action.MOVE)
     with pytest.raises(ValueError, match="--to"):
         Policy(Action.DELETE, move_to="/x")
+
+
+def test_a_policy_from_a_journal_written_before_trust_sampled_reads_as_without_it() -> None:
+    policy = Policy(Action.DELETE, trust_sampled=True)
+    written = policy.as_dict()
+    assert Policy.from_dict(written) == policy
+    del written["trust_sampled"]  # a journal of an earlier version
+    assert Policy.from_dict(written) == Policy(Action.DELETE)
+    with pytest.raises(ValueError):
+        Policy.from_dict({**written, "trust_sampled": "yes"})
+    with pytest.raises(ValueError):
+        Policy.from_dict({**written, "unknown": 1})

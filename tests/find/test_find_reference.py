@@ -138,3 +138,9 @@ def test_a_directory_reached_from_a_root_and_a_reference_root_is_a_reference(
     result = run([tree.path("new")], reference=(tree.path("archive"),))
     (group,) = result.groups
     assert {f.path for f in group.files} == tree.paths("archive/r", "archive/sub/f", "new/z")
+
+
+def test_reference_with_links_followed_is_refused(tree: Tree) -> None:
+    _build(tree)
+    code, _, err = invoke("find", tree.path("new"), "--reference", tree.path("archive"), "-L")
+    assert code == 2 and b"--reference with -L" in err

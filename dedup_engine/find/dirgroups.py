@@ -9,8 +9,11 @@ digest of its entries in name order (a file by its content, a symlink by its tar
 entry by its type, a subdirectory by the subdirectory's signature), made bottom-up.  A directory
 not known whole (a failed listing, an entry that could not be stat'ed, a subdirectory not
 walked: beyond `--max-depth`, on another filesystem with `-x`, unreadable) has no signature, nor
-has any directory above it.  Directories of one signature are a group when their trees hold a
-byte; a group whose members' parents all lie in one group is implied by it and not reported.
+has any directory above it, nor has a directory holding an entry in the issue list.
+Directories of one signature are a group when their trees hold a byte; a group whose members are
+the same-named children of distinct members of a group reported (or itself implied) is implied
+by it and not reported.  Files of a sampled group (`--sample`) are not known equal: they count
+as copies of nothing.
 """
 
 from __future__ import annotations

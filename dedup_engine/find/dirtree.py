@@ -47,6 +47,8 @@ def special_kind(mode: int) -> str:
 
 @dataclass(slots=True)
 class _Record:
+    """A directory's record, filled in as its listing goes (hence not frozen)."""
+
     prefix: str  # with its trailing "/"
     dev: int
     ino: int

@@ -428,8 +428,8 @@ class _Run:
 
         Every root is stat'ed (and its directory marked seen) first; then the roots under a
         reference root are walked to their end before the others, so that a directory reached
-        from both (a bind mount, a link with -L) is listed under its reference name, whose files
-        are never acted on."""
+        from both (a bind mount) is listed under its reference name, whose files are never acted
+        on.  The cost: workers may wait at the end of the first wave for its last listings."""
         started = time.perf_counter()
         self._skip_cache()
         waves: tuple[list[DirJob], list[DirJob]] = ([], [])

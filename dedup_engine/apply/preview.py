@@ -25,22 +25,26 @@ from dedup_engine.report.schema import TOOL
 PLAN_SCHEMA = 1
 
 
+#: What the dry run adds after an operation's kept file, and the `Operation` flag that says it.
+_NOTES = (("reference", "reference"), ("sampled: bytes compared first", "sampled"))
+
+
 def write_text(plan: Plan, out: IO[bytes]) -> None:
     lines = []
     for op in plan.operations:
         victim, keep = printable(op.victim.path), printable(op.keep.path)
-        # A kept file under a reference root says so: it is kept whatever the policy.
-        reference = ", reference" if op.reference else ""
+        # A kept file under a reference root says so: it is kept whatever the policy; so does
+        # an operation of a sampled group, whose bytes are compared first whatever the flags.
+        notes = [note for note, on in _NOTES if getattr(op, on)]
         if op.action is Action.DELETE:
-            lines.append(f"delete    {victim}   (kept: {keep}{reference})")
+            lines.append(f"delete    {victim}   (kept: {', '.join([keep, *notes])})")
         elif op.action is Action.MOVE:
             assert op.target is not None
             target = printable(op.target)
-            lines.append(f"move      {victim}   -> {target}   (kept: {keep}{reference})")
+            lines.append(f"move      {victim}   -> {target}   (kept: {', '.join([keep, *notes])})")
         else:
-            lines.append(
-                f"{op.action.value:<9} {victim}   => {keep}{'   (reference)' if reference else ''}"
-            )
+            said = f"   ({', '.join(notes)})" if notes else ""
+            lines.append(f"{op.action.value:<9} {victim}   => {keep}{said}")
     lines.extend(f"left alone: group {s.group + 1}: {s.reason}" for s in plan.left_alone)
     groups = len({op.group for op in plan.operations})
     lines.append(
@@ -69,6 +73,7 @@ def to_json_dict(plan: Plan, action: Action) -> dict[str, Any]:
                 "path": op.victim.path,
                 "keep": op.keep.path,
                 "keep_is_reference": op.reference,
+                "sampled": op.sampled,
                 "target": op.target,
                 "size": op.victim.size,
             }

@@ -149,6 +149,11 @@ def apply(
         fail_usage(f"--format {output_format!r}: text or json")
     if resume_journal is not None:
         _check_resume_alone(report, action, dry_run, script)
+        if no_verify or trust_sampled:
+            fail_usage(
+                "--resume finishes the run as it was asked: its checks come from the journal, "
+                "not from --no-verify or --trust-sampled"
+            )
         status = _resume(str(resume_journal), output_format, quiet)
     else:
         report, action = _check_request(report, action, dry_run, script)

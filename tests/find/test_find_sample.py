@@ -187,3 +187,22 @@ def test_trust_sampled_with_more_than_one_copy_kept_leaves_the_group_alone(
     assert b"other kept files would count as copies" in proc.stdout
     lines = proc.stdout.decode().splitlines()
     assert all(line.startswith(("left alone", "dry run")) for line in lines)
+
+
+def test_the_dry_run_marks_the_operations_of_sampled_groups(tree: Tree, tmp_path: Path) -> None:
+    _build(tree)
+    report = _report(tree, tmp_path)
+    proc = _apply(report, "--action", "delete", "--trust-sampled", "-n")
+    lines = proc.stdout.decode().splitlines()
+    sampled = f"(kept: {tree.path('a')}, sampled: bytes compared first)"
+    assert f"delete    {tree.path('b')}   {sampled}" in lines
+    assert f"delete    {tree.path('small2')}   (kept: {tree.path('small1')})" in lines
+    proc = _apply(report, "--action", "hardlink", "--trust-sampled", "-n", "-f", "json")
+    marks = {op["path"]: op["sampled"] for op in json.loads(proc.stdout)["operations"]}
+    assert marks == {tree.path("b"): True, tree.path("c"): True, tree.path("small2"): False}
+
+
+def test_resume_takes_its_checks_from_the_journal(tree: Tree, tmp_path: Path) -> None:
+    for flag in ("--no-verify", "--trust-sampled"):
+        proc = _apply("--resume", tmp_path / "journal", flag)
+        assert proc.returncode == 2 and b"checks come from the journal" in proc.stderr

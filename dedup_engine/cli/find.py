@@ -349,7 +349,7 @@ def _run(roots: Iterable[str], options: ScanOptions, request: _Request) -> FindS
         _print_notes(result, request, left_out)
     return FindStatus(
         report_unwritten=left_out is None,
-        duplicates_found=result.stats.groups > 0,
+        duplicates_found=result.stats.groups > 0 or bool(result.directory_groups),
         fail_on_duplicates=request.fail_on_duplicates,
         unreadable=bool(result.issues),
     )

@@ -141,6 +141,7 @@ class _Reader:
         if data["schema"] == 2:
             return ()
         out = []
+        named: set[str] = set()
         for n, item in enumerate(self.list(data, "directory_groups")):
             where = f"directory_groups[{n}]"
             group = _object(item, where)
@@ -152,6 +153,9 @@ class _Reader:
             for k, path in enumerate(paths):
                 if not roots.holding(path):
                     _fail(f"{where}.paths[{k}]", f"{_show(path)} is under none of the roots")
+                if path in named or path in self.paths:
+                    _fail(f"{where}.paths[{k}]", f"{_show(path)} is listed twice")
+                named.add(path)
             out.append(DirectoryGroup(size, paths))
         return tuple(out)
 

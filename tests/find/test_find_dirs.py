@@ -18,7 +18,7 @@ from treebuilder import Runner, Tree, content
 
 from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.model import FindResult
-from dedup_engine.report.read import read_json
+from dedup_engine.report.read import ReportError, read_json
 
 pytestmark = pytest.mark.usefixtures("deadline")
 
@@ -338,3 +338,28 @@ def test_symlinks_and_fifos_the_options_leave_out_are_not_part_of_the_tree(
         {"hidden": False} if option == "no_hidden" else {"exclude": (".hl", ".pipe")}
     )
     assert _dirs(tree, _run(run, tree, **options)) == {frozenset({"a", "b"})}
+
+
+def test_a_result_of_directories_only_fails_the_gate_and_marks_reference_directories(
+    tree: Tree,
+) -> None:
+    """Two trees of hard links of one file: no file group, one directory group."""
+    tree.file("a/x", content(3000, seed="x"))
+    tree.hardlink("b/x", "a/x")
+    code, out, _ = invoke("find", tree.root, "--dirs", "--fail-on-duplicates")
+    assert code == 3 and out.startswith(b"directory group 1")
+    code, out, _ = invoke("find", tree.path("a"), "--reference", tree.path("b"), "--dirs")
+    assert f"  {tree.path('b')}/   (reference)".encode() in out.splitlines()
+
+
+def test_a_path_in_two_directory_groups_or_in_a_file_group_is_refused(tree: Tree) -> None:
+    _project(tree, "a")
+    _project(tree, "b")
+    _, out, _ = invoke("find", tree.root, "--dirs", "-f", "json")
+    data = json.loads(out)
+    pair = [tree.path("a"), tree.path("b")]
+    a_file = data["groups"][0]["files"][0]["path"]
+    for bad in ([{"paths": pair, "bytes": 1}] * 2, [{"paths": [a_file, pair[1]], "bytes": 1}]):
+        data["directory_groups"] = bad
+        with pytest.raises(ReportError, match="listed twice"):
+            read_json(json.dumps(data))

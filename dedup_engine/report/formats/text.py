@@ -25,7 +25,10 @@ def write_text(result: Findings, out: IO[bytes]) -> None:
             f"directory group {number}: {len(directories.paths)} directories, "
             f"{human_size(directories.bytes)} each"
         ]
-        lines.extend(f"  {printable(path.rstrip('/'))}/" for path in directories.paths)
+        lines.extend(
+            f"  {printable(path.rstrip('/'))}/{_REFERENCE if roots.is_reference(path) else ''}"
+            for path in directories.paths
+        )
         lines.append("\n")
         out.write(_encode("\n".join(lines)))
     for number, group in enumerate(result.groups, 1):

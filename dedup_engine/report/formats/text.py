@@ -20,29 +20,24 @@ def write_text(result: Findings, out: IO[bytes]) -> None:
 
     Each group is written as it comes from `result.groups`, which is read once."""
     roots = RootIndex(result.roots, result.reference_roots)
+
+    def mark(path: str) -> str:
+        return _REFERENCE if roots.is_reference(path) else ""
+
     for number, directories in enumerate(result.directory_groups, 1):
-        lines = [
+        header = (
             f"directory group {number}: {len(directories.paths)} directories, "
             f"{human_size(directories.bytes)} each"
-        ]
-        lines.extend(
-            f"  {printable(path.rstrip('/'))}/{_REFERENCE if roots.is_reference(path) else ''}"
-            for path in directories.paths
         )
-        lines.append("\n")
-        out.write(_encode("\n".join(lines)))
+        names = [f"{printable(path.rstrip('/'))}/{mark(path)}" for path in directories.paths]
+        out.write(_block(header, names))
     for number, group in enumerate(result.groups, 1):
-        lines = [
+        header = (
             f"group {number}: {len(group.files)} files, {group.inodes} distinct, "
             f"{human_size(group.size)} each, {human_size(group.reclaimable)} reclaimable, "
             f"blake3 {group.digest[:16]}{_SAMPLED if group.verified is Verified.SAMPLED else ''}"
-        ]
-        lines.extend(
-            f"  {printable(f.path)}{_REFERENCE if roots.is_reference(f.path) else ''}"
-            for f in group.files
         )
-        lines.append("\n")
-        out.write(_encode("\n".join(lines)))
+        out.write(_block(header, [f"{printable(f.path)}{mark(f.path)}" for f in group.files]))
     stats = result.stats
     out.write(
         _encode(
@@ -63,6 +58,11 @@ def write_text(result: Findings, out: IO[bytes]) -> None:
 _SAMPLED = " of sampled windows: SAMPLED, NOT VERIFIED (the files may differ elsewhere)"
 #: After a file under a reference root: kept by `dedup apply`, whatever its policy.
 _REFERENCE = "   (reference)"
+
+
+def _block(header: str, names: list[str]) -> bytes:
+    """A group as printed: its line, each of its names indented, a blank line."""
+    return _encode("\n".join([header, *(f"  {name}" for name in names), "\n"]))
 
 
 def _encode(text: str) -> bytes:

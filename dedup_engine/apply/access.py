@@ -34,7 +34,8 @@ from typing import NamedTuple
 
 from dedup_engine.apply.fsquery import owner
 from dedup_engine.apply.plan import Action
-from dedup_engine.apply.syscalls import DIR_HANDLE, fs_type
+from dedup_engine.apply.syscalls import fs_type
+from dedup_engine.openflags import DIR_HANDLE
 
 #: Filesystems that hold their own files: a file seen on two of them is two files.
 OWN_FILES = frozenset(

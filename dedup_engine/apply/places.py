@@ -13,7 +13,8 @@ import os
 from typing import NamedTuple
 
 from dedup_engine.apply.identity import Refused
-from dedup_engine.apply.syscalls import SymlinkInPath, Syscalls
+from dedup_engine.apply.syscalls import Syscalls
+from dedup_engine.openflags import SymlinkInPath
 from dedup_engine.oserror import describe_error
 
 

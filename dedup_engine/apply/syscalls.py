@@ -26,16 +26,10 @@ import errno
 import fcntl
 import os
 import signal
-import stat
 import struct
 from typing import Protocol
 
-from dedup_engine.openflags import OPEN_DIR
-
-#: A directory on the way to a file: a handle for the *at calls only (O_PATH needs no read
-#: permission, as path lookup needs none), and never a symlink.  With O_PATH the kernel keeps
-#: only O_DIRECTORY, O_NOFOLLOW and O_CLOEXEC of OPEN_DIR's flags.
-DIR_HANDLE = os.O_PATH | OPEN_DIR
+from dedup_engine.openflags import open_dir_handle
 
 #: _IOWR(0x94, 54, struct file_dedupe_range), from linux/fs.h.
 FIDEDUPERANGE = 0xC0189436
@@ -55,10 +49,6 @@ LEASE_SIGNAL = signal.SIGURG
 
 class ContentDiffers(OSError):
     """The kernel compared the bytes for a dedupe and they differ: nothing was shared."""
-
-
-class SymlinkInPath(OSError):
-    """A directory on the way to a file is a symlink: `apply` never acts through one."""
 
 
 class Syscalls(Protocol):
@@ -93,27 +83,7 @@ class RealSyscalls:
             self._renameat2 = getattr(libc, "renameat2", None)
 
     def open_dir(self, at: int | None, path: str) -> int:
-        if at is None and not path.startswith("/"):
-            raise OSError(errno.EINVAL, "not an absolute path", path)
-        fd = os.open("/", DIR_HANDLE) if at is None else os.dup(at)
-        try:
-            for part in path.split("/"):
-                if part in ("", "."):
-                    continue
-                if part == "..":
-                    raise OSError(errno.EINVAL, "'..' in a path", path)
-                try:
-                    below = os.open(part, DIR_HANDLE, dir_fd=fd)
-                except NotADirectoryError:
-                    if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
-                        raise SymlinkInPath(errno.ELOOP, f"{part!r} is a symlink", path) from None
-                    raise
-                os.close(fd)
-                fd = below
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return open_dir_handle(at, path)
 
     def open(self, at: int, name: str, flags: int) -> int:
         return os.open(name, flags, dir_fd=at)

@@ -14,33 +14,14 @@ import errno
 import os
 import stat
 
-#: A directory on the way, opened only to go through it; the symlink itself where it is one.
-_THROUGH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+from dedup_engine.openflags import open_dir_handle
 
 
 def open_directory(path: str) -> int:
     """An `O_PATH` descriptor of the directory at the absolute `path`, reached from "/" a
-    component at a time; OSError (ELOOP) where a component is now a symlink, ENOTDIR where it is
-    not a directory."""
-    fd = os.open("/", _THROUGH | os.O_DIRECTORY)
-    try:
-        walked = ""
-        for part in path.split("/"):
-            if not part:
-                continue
-            walked += "/" + part
-            inner = os.open(part, _THROUGH, dir_fd=fd)
-            os.close(fd)
-            fd = inner
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISLNK(mode):
-                raise OSError(errno.ELOOP, f"{walked!r} became a symlink after it was resolved")
-            if not stat.S_ISDIR(mode):
-                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), walked)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    component at a time (`openflags.open_dir_handle`): `SymlinkInPath` (ELOOP) where a component
+    is now a symlink."""
+    return open_dir_handle(None, path)
 
 
 def stat_root(path: str, parent_fd: int | None = None) -> os.stat_result:

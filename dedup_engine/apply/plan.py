@@ -91,13 +91,12 @@ class Policy:
     @classmethod
     def from_dict(cls, data: object) -> Policy:
         """The inverse of `as_dict`; `ValueError` for anything it would not have written."""
-        if not isinstance(data, dict) or set(data) - set(_LATER_FIELDS) != set(_POLICY_FIELDS):
+        if not isinstance(data, dict):
             raise ValueError("not a policy")
         data = {**_LATER_FIELDS, **data}  # a journal written before a field was added
-        for key, kind in {
-            **_POLICY_FIELDS,
-            **{k: type(v) for k, v in _LATER_FIELDS.items()},
-        }.items():
+        if set(data) != set(_POLICY_FIELDS):
+            raise ValueError("not a policy")
+        for key, kind in _POLICY_FIELDS.items():
             value = data[key]
             if key == "move_to" and value is None:
                 continue
@@ -128,6 +127,7 @@ _POLICY_FIELDS: dict[str, type] = {
     "min_copies": int,
     "move_to": str,
     "across_owners": bool,
+    "trust_sampled": bool,
 }
 #: Fields added since journals were first written, with the value an older journal means.
 _LATER_FIELDS: dict[str, object] = {"trust_sampled": False}

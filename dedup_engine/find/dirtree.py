@@ -82,14 +82,13 @@ class DirTree:
         if self._open is not None:
             self._open.others.append((name, kind))
 
-    def link(self, name: str, dir_fd: int | None, path: str) -> None:
-        """A symlink not followed, by its target, read relative to its directory's descriptor
-        (by `path` only without one): one that cannot be read leaves its directory
-        incomplete."""
+    def link(self, name: str, dir_fd: int) -> None:
+        """A symlink not followed, by its target, read relative to its directory's descriptor:
+        one that cannot be read leaves its directory incomplete."""
         if self._open is None:
             return
         try:
-            target = os.readlink(name, dir_fd=dir_fd) if dir_fd is not None else os.readlink(path)
+            target = os.readlink(name, dir_fd=dir_fd)
         except OSError:
             self._open.whole = False
             return

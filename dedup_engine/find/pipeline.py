@@ -165,11 +165,12 @@ def find_duplicates(
     pool = open_pool(opts, canon)
     directories: tuple[DirectoryGroup, ...] = ()
     try:
-        rule = RootRule(opts.isolate, _under_references(canon, references))
+        holders = RootIndex(canon, references)
+        rule = RootRule(opts.isolate, _under_references(holders))
         _Run(pool, canon, opts, stats, issues, progress, tally, rule).search()
         if contents is not None:
             directories = find_directory_groups(
-                pool, contents, RootIndex(canon, references), rule, (i.path for i in issues)
+                pool, contents, holders, rule, (i.path for i in issues)
             )
     except BaseException:  # KeyboardInterrupt, a dead worker: stop the workers at once
         pool.abort()
@@ -182,11 +183,10 @@ def find_duplicates(
     return FindResult(canon, tuple(kept), tuple(issues), stats, references, directories)
 
 
-def _under_references(roots: Sequence[str], references: Sequence[str]) -> frozenset[int]:
+def _under_references(holders: RootIndex) -> frozenset[int]:
     """The indexes of the roots that lie under a reference root (itself included): a file under
     a reference root is a reference file, whatever root inside it holds it too."""
-    holders = RootIndex(roots, references)
-    return frozenset(index for index, root in enumerate(roots) if holders.is_reference(root))
+    return frozenset(i for i, root in enumerate(holders.roots) if holders.is_reference(root))
 
 
 def _reference_roots(given: Sequence[str], roots: Sequence[str]) -> tuple[str, ...]:

@@ -80,7 +80,7 @@ class _Listing:
         self.opts = opts
         self.store = store
         self.tree = tree
-        self._dir_fd: int | None = None  # the directory being listed
+        self._dir_fd = -1  # the directory being listed (symlinks in it are read through it)
         self.first = len(store)
         self.open_flags = dir_flags(opts.follow_links)
         self.filtering = flt.has_include or flt.has_exclude or not opts.hidden
@@ -175,7 +175,7 @@ class _Listing:
                 tree.incomplete()
         finally:
             self._commit()
-            self._dir_fd = None
+            self._dir_fd = -1
             os.close(dir_fd)
             if tree is not None:
                 start = first - self.first  # this directory's first row among the task's
@@ -250,7 +250,7 @@ class _Listing:
         else:
             self.symlinks += 1
             if tree is not None and self._in_tree(name, prefix + name, job):
-                tree.link(name, self._dir_fd, prefix + name)
+                tree.link(name, self._dir_fd)
 
     def _in_tree(self, name: str, path: str, job: DirJob) -> bool:
         """Whether an entry that is no file row is part of its directory's tree for `--dirs`:
@@ -284,7 +284,7 @@ class _Listing:
         except OSError:  # dangling, looping or unreadable target
             self.symlinks += 1
             if tree is not None and self._in_tree(name, path, job):
-                tree.link(name, self._dir_fd, path)
+                tree.link(name, self._dir_fd)
             return
         is_dir = stat.S_ISDIR(st.st_mode)
         if self.flt.excluded(name, path, job.root, is_dir):

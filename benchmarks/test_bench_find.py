@@ -25,7 +25,7 @@ from dedup_engine.find.fullcompare import compare_groups
 from dedup_engine.find.groups import Group, Named, SizeIndex, assemble
 from dedup_engine.find.hashstep import split
 from dedup_engine.find.hashtasks import hash_batch
-from dedup_engine.find.pipeline import canonical_roots
+from dedup_engine.find.roots import canonical_roots
 from dedup_engine.find.store import RowStore
 from dedup_engine.find.tasks import (
     DIGEST_SIZE,
@@ -65,7 +65,7 @@ class Captured:
 def _capture(root: Path) -> Captured:
     opts = ScanOptions(workers=0)
     roots = canonical_roots([root])
-    flt = Filter(opts, roots)
+    flt = Filter(opts, roots.directories)
     store = RowStore()
     top = os.stat(roots[0])
     pending = [DirJob(roots[0], 0, 0, top.st_dev, top.st_dev, top.st_ino)]

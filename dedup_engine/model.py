@@ -201,7 +201,9 @@ class RunStats:
 class FindResult:
     """What `find_duplicates` returns: the groups, the files it could not read, the work done."""
 
-    roots: tuple[str, ...]
+    #: Every root searched, in the order given (`find.roots.Roots` keeps a list of millions on
+    #: disk, not in memory).
+    roots: Sequence[str]
     groups: tuple[DuplicateGroup, ...]
     issues: tuple[Issue, ...]
     stats: RunStats

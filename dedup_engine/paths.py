@@ -7,7 +7,7 @@ order, glob matching and move targets) asks it here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 
 def is_under(path: str, root: str) -> bool:
@@ -26,14 +26,21 @@ def below(path: str, root: str) -> str | None:
 class RootIndex:
     """Roots by path, so that which roots hold a path costs a look at each of its ancestors,
     not one at each root (a report made from `--files-from` names up to millions of roots).
-    `reference`: those of the roots given with `--reference`."""
+    `reference`: those of the roots given with `--reference`; `numbers`: each root's number,
+    where it is not its place in `roots` (the search numbers every root it was given, and holds
+    only its directories here)."""
 
     __slots__ = ("_index", "_reference", "roots")
 
-    def __init__(self, roots: Sequence[str], reference: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        roots: Sequence[str],
+        reference: Iterable[str] = (),
+        numbers: Sequence[int] | None = None,
+    ) -> None:
         self.roots = tuple(roots)
         self._index: dict[str, int] = {}
-        for number, root in enumerate(self.roots):
+        for root, number in zip(self.roots, numbers or range(len(self.roots)), strict=True):
             self._index.setdefault(root.rstrip("/") or "/", number)
         self._reference = frozenset(self._index[root.rstrip("/") or "/"] for root in reference)
 

@@ -16,7 +16,7 @@ import typer
 
 from dedup_engine.cli.common import fail_usage, parse_size
 from dedup_engine.cli.exitcode import check_exit_code
-from dedup_engine.find.pipeline import canonical_roots
+from dedup_engine.find.roots import canonical_roots
 from dedup_engine.options import OptionsError, ScanOptions
 
 bench = typer.Typer(

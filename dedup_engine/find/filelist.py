@@ -34,28 +34,38 @@ def read_paths(stream: BinaryIO, null: bool) -> Iterator[str]:
     empty = 0
     number = 0
     while block := stream.read(BLOCK):
-        *paths, rest = (rest + block).split(separator)
-        for path in paths:
-            number += 1
-            if not path:
-                empty += 1
-                if empty > EMPTY_RUN:
-                    raise ListError(f"{EMPTY_RUN:,} empty entries in a row: not a list of paths")
-                continue
-            empty = 0
-            yield _checked(path, number, null)
+        whole, cut, rest = (rest + block).rpartition(separator)
+        if cut:  # else no separator yet: all of it is the start of an entry
+            entries = _entries(whole, separator, number, null)
+            number += len(entries)
+            for path in entries:
+                if not path:
+                    empty += 1
+                    if empty > EMPTY_RUN:
+                        raise ListError(
+                            f"{EMPTY_RUN:,} empty entries in a row: not a list of paths"
+                        )
+                    continue
+                empty = 0
+                yield path
         if len(rest) > LONGEST:
             raise ListError(_too_long(number + 1, null))
     if rest:
-        yield _checked(rest, number + 1, null)
+        yield from _entries(rest, separator, number, null)
 
 
-def _checked(path: bytes, number: int, null: bool) -> str:
-    if len(path) > LONGEST:
-        raise ListError(_too_long(number, null))
-    if b"\0" in path:
-        raise ListError(f"entry {number} holds a NUL (a NUL-separated list wants -0)")
-    return os.fsdecode(path)
+def _entries(whole: bytes, separator: bytes, number: int, null: bool) -> list[str]:
+    """The entries of a run of whole entries, checked and decoded together: a newline or a NUL
+    is never part of a multibyte character, so splitting the decoded text is splitting the
+    bytes (numbered from `number + 1`, for the messages)."""
+    entries = whole.split(separator)
+    if not null and b"\0" in whole:
+        at = next(i for i, entry in enumerate(entries) if b"\0" in entry)
+        raise ListError(f"entry {number + at + 1} holds a NUL (a NUL-separated list wants -0)")
+    if max(map(len, entries)) > LONGEST:
+        at = next(i for i, entry in enumerate(entries) if len(entry) > LONGEST)
+        raise ListError(_too_long(number + at + 1, null))
+    return os.fsdecode(whole).split(os.fsdecode(separator))
 
 
 def _too_long(number: int, null: bool) -> str:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import sqlite3
 import stat
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from dedup_engine.find import reach
@@ -35,6 +36,7 @@ from dedup_engine.find.hashstep import (
     WindowStep,
 )
 from dedup_engine.find.pool import Pool, open_pool
+from dedup_engine.find.roots import Roots, canonical_roots
 from dedup_engine.find.tasks import DirJob, ScanResult, ScanTask, Window
 from dedup_engine.model import (
     DirectoryGroup,
@@ -47,7 +49,6 @@ from dedup_engine.model import (
 )
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.oserror import describe_error
-from dedup_engine.paths import RootIndex, is_under
 
 #: Tasks in flight per worker: enough to hide the queue round trip, few enough to keep memory flat.
 IN_FLIGHT_PER_WORKER = 3
@@ -73,67 +74,6 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
-def canonical_roots(roots: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
-    """Absolute, symlink-free roots, each once, in the order given; missing roots are fatal.
-
-    Nested directory roots are kept (a file under both is attributed to the innermost): the walk
-    visits each directory once by (st_dev, st_ino).  A file root inside a directory root is kept
-    too, and listed once: the walk passes over a path that is a root of its own.
-    """
-    out: list[str] = []
-    seen: set[str] = set()
-    parents: dict[str, str] = {}
-    for root in roots:
-        text = os.fspath(root)
-        if not text:
-            raise OptionsError("an empty root was given")
-        if "\0" in text:
-            raise OptionsError(f"root {text!r} holds a NUL")
-        real = _realpath(text, parents)
-        try:
-            st = os.stat(real)
-        except OSError as exc:
-            raise OptionsError(f"root {text!r}: {describe_error(exc)}") from None
-        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-            raise OptionsError(f"root {text!r} is neither a directory nor a regular file")
-        if real not in seen:
-            seen.add(real)
-            out.append(real)
-    if not out:
-        raise OptionsError("no root given")
-    return tuple(out)
-
-
-#: Parent directories `_realpath` keeps resolved, at most: a list names few directories often.
-_PARENTS_KEPT = 65_536
-
-
-def _realpath(text: str, parents: dict[str, str]) -> str:
-    """`os.path.realpath(text)`, with each parent directory resolved once (a list of a million
-    files from --files-from names a few thousand directories, and resolving a path looks at each
-    of its components).  A path with a "." or ".." in it, whose meaning depends on the symlinks
-    before it, is resolved whole."""
-    absolute = os.path.join(os.getcwd(), text) if not text.startswith("/") else text
-    parts = absolute.split("/")
-    if "." in parts or ".." in parts:
-        return os.path.realpath(text)
-    head, name = os.path.split(os.path.normpath(absolute))
-    if not name:
-        return os.path.realpath(text)
-    real_head = parents.get(head)
-    if real_head is None:
-        if len(parents) >= _PARENTS_KEPT:
-            parents.clear()
-        real_head = parents[head] = os.path.realpath(head)
-    joined = os.path.join(real_head, name)
-    try:
-        if stat.S_ISLNK(os.lstat(joined).st_mode):
-            return os.path.realpath(joined)
-    except OSError:
-        pass  # missing: the caller's stat says so
-    return joined
-
-
 def find_duplicates(
     roots: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
     options: ScanOptions | None = None,
@@ -152,9 +92,7 @@ def find_duplicates(
     opts = options or ScanOptions()
     if isinstance(roots, str | os.PathLike):
         roots = [roots]
-    searched = canonical_roots(roots)
-    references = _reference_roots(opts.reference, searched)
-    canon = searched + references
+    canon = canonical_roots(roots, opts.reference)
     started = time.perf_counter()
     stats = RunStats()
     issues: list[Issue] = []
@@ -162,15 +100,14 @@ def find_duplicates(
     contents = Contents() if opts.dirs else None
     tally = _Tally(stats, on_group or kept.append, contents)
     opts = _check_cache(opts, canon, stats)
-    pool = open_pool(opts, canon)
+    pool = open_pool(opts, canon.directories)
     directories: tuple[DirectoryGroup, ...] = ()
     try:
-        holders = RootIndex(canon, references)
-        rule = RootRule(opts.isolate, _under_references(holders))
+        rule = RootRule(opts.isolate, canon.under_reference)
         _Run(pool, canon, opts, stats, issues, progress, tally, rule).search()
         if contents is not None:
             directories = find_directory_groups(
-                pool, contents, holders, rule, (i.path for i in issues)
+                pool, contents, canon.directory_index, rule, (i.path for i in issues)
             )
     except BaseException:  # KeyboardInterrupt, a dead worker: stop the workers at once
         pool.abort()
@@ -180,30 +117,10 @@ def find_duplicates(
     stats.seconds = time.perf_counter() - started
     issues.sort(key=lambda i: (i.path, i.stage.value))
     kept.sort(key=report_order)
-    return FindResult(canon, tuple(kept), tuple(issues), stats, references, directories)
+    return FindResult(canon, tuple(kept), tuple(issues), stats, canon.reference, directories)
 
 
-def _under_references(holders: RootIndex) -> frozenset[int]:
-    """The indexes of the roots that lie under a reference root (itself included): a file under
-    a reference root is a reference file, whatever root inside it holds it too."""
-    return frozenset(i for i, root in enumerate(holders.roots) if holders.is_reference(root))
-
-
-def _reference_roots(given: Sequence[str], roots: Sequence[str]) -> tuple[str, ...]:
-    """The `--reference` roots, canonical as roots are, after the roots in their numbering; one
-    that is also a root is fatal (is its copy to be kept or acted on?)."""
-    if not given:
-        return ()
-    references = canonical_roots(given)
-    both = set(references).intersection(roots)
-    if both:
-        raise OptionsError(
-            f"{min(both)!r} is given both as a root and as a reference root: give it once"
-        )
-    return references
-
-
-def _check_cache(opts: ScanOptions, roots: Sequence[str], stats: RunStats) -> ScanOptions:
+def _check_cache(opts: ScanOptions, roots: Roots, stats: RunStats) -> ScanOptions:
     """Make or check the digest cache before any work (a directory that cannot be trusted, or a
     root in it, is fatal); a cache rebuilt, or one that cannot be used now, is a warning, and the
     run goes on without the latter.  Closed again before the workers fork: each opens its own
@@ -211,12 +128,12 @@ def _check_cache(opts: ScanOptions, roots: Sequence[str], stats: RunStats) -> Sc
     if opts.cache_dir is None:
         return opts
     cache_dir = os.path.realpath(opts.cache_dir)
-    for root in roots:
-        if is_under(root, cache_dir):
-            raise OptionsError(
-                f"root {root!r} is in the digest cache's directory {opts.cache_dir!r}: "
-                "search it with --no-cache, or keep the cache elsewhere (--cache-dir)"
-            )
+    root = roots.first_under(cache_dir)
+    if root is not None:
+        raise OptionsError(
+            f"root {root!r} is in the digest cache's directory {opts.cache_dir!r}: "
+            "search it with --no-cache, or keep the cache elsewhere (--cache-dir)"
+        )
     try:
         opened = DigestCache.open(opts.cache_dir)
     except CacheError as exc:
@@ -261,7 +178,7 @@ class _Run:
     def __init__(
         self,
         pool: Pool,
-        roots: tuple[str, ...],
+        roots: Roots,
         opts: ScanOptions,
         stats: RunStats,
         issues: list[Issue],
@@ -296,6 +213,7 @@ class _Run:
         )
         self._last_tick = 0.0
         self._dirs: deque[DirJob] = deque()  # directories still to list
+        self._holding_file_roots: set[str] = set()  # directories whose listing passes some over
         self._seen: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every directory queued
         self._scans = 0  # scan tasks whose results are not taken yet
         # Scan results are taken in the order their tasks were sent, whatever the order they
@@ -433,27 +351,29 @@ class _Run:
         started = time.perf_counter()
         self._skip_cache()
         waves: tuple[list[DirJob], list[DirJob]] = ([], [])
-        files: tuple[list[tuple[str, int]], list[tuple[str, int]]] = ([], [])
-        reference = self.steps.rule.reference
+        roots = self.roots
+        self._holding_file_roots = roots.holding_file_roots()
         with reach.Reached() as reached:
-            for index, root in enumerate(self.roots):
-                wave = 0 if index in reference else 1
-                self._add_root(index, root, waves[wave], files[wave], reached)
-        for jobs, file_roots in zip(waves, files, strict=True):
-            self._walk(jobs, file_roots)
+            for index, root in roots.directories.items():
+                wave = 0 if roots.is_reference_root(index) else 1
+                self._add_root(index, root, waves[wave], reached)
+        for wave, jobs in enumerate(waves):
+            self._walk(jobs, roots.files(reference=wave == 0))
         scan = self.stats.stage(Stage.SCAN)
         scan.seconds = time.perf_counter() - started
         scan.files_out = self.stats.files_scanned
         self._tick(finished=True)
 
-    def _walk(self, jobs: list[DirJob], files: list[tuple[str, int]]) -> None:
-        """List these root directories and every directory below them, and take these file
-        roots, to the end."""
+    def _walk(self, jobs: list[DirJob], files: Iterator[tuple[str, int]]) -> None:
+        """Take these file roots, then list these root directories and every directory below
+        them, to the end."""
         pool = self.pool
         # Roots that are files (a list from --files-from may hold millions): scanned, and owned,
-        # by the workers like any other file, a task's worth at a time.
-        for start in range(0, len(files), FILE_ROOTS_PER_TASK):
-            self._submit_scan(ScanTask((), tuple(files[start : start + FILE_ROOTS_PER_TASK])))
+        # by the workers like any other file, a task's worth at a time as the pool has room.
+        while task := tuple(itertools.islice(files, FILE_ROOTS_PER_TASK)):
+            while pool.in_flight >= self.limit or len(self._arrived) >= self.limit:
+                pool.wait_one()
+            self._submit_scan(ScanTask((), task))
         pending = self._dirs
         pending.extend(jobs)
         while pending or self._scans:
@@ -471,25 +391,19 @@ class _Run:
             st = os.stat(self.opts.cache_dir)
             self._seen.add((st.st_dev, st.st_ino))
 
-    def _add_root(
-        self,
-        index: int,
-        root: str,
-        jobs: list[DirJob],
-        files: list[tuple[str, int]],
-        reached: reach.Reached,
-    ) -> None:
-        """A directory root's job, or a file root for a worker to take."""
+    def _add_root(self, index: int, root: str, jobs: list[DirJob], reached: reach.Reached) -> None:
+        """A directory root's job."""
         try:
             st = reached.stat(root)
         except OSError as exc:  # vanished since canonical_roots looked, or a symlink put above
             self.issues.append(Issue(root, Stage.SCAN, f"cannot stat root: {describe_error(exc)}"))
             return
-        if stat.S_ISDIR(st.st_mode):
-            self._seen.add((st.st_dev, st.st_ino))
-            jobs.append(DirJob(root, index, 0, st.st_dev, st.st_dev, st.st_ino))
-        else:
-            files.append((root, index))
+        if not stat.S_ISDIR(st.st_mode):
+            message = "cannot list root: it is no longer a directory"
+            self.issues.append(Issue(root, Stage.SCAN, message))
+            return
+        self._seen.add((st.st_dev, st.st_ino))
+        jobs.append(DirJob(root, index, 0, st.st_dev, st.st_dev, st.st_ino))
 
     def _send_dirs(self) -> None:
         """One scan task: a few directories, fewer while there are few to share out."""
@@ -497,7 +411,11 @@ class _Run:
         workers = max(1, self.pool.workers)
         count = max(1, min(SCAN_BATCH_DIRS, len(pending) // (2 * workers)))
         jobs = tuple(pending.popleft() for _ in range(min(count, len(pending))))
-        self._submit_scan(ScanTask(jobs))
+        holding = self._holding_file_roots
+        inside = [
+            p for job in jobs if job.path in holding for p in self.roots.file_roots_in(job.path)
+        ]
+        self._submit_scan(ScanTask(jobs, file_roots=frozenset(inside)))
 
     def _submit_scan(self, task: ScanTask) -> None:
         """Send a scan task to the least busy worker, which will own the files it finds."""

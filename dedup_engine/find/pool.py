@@ -23,7 +23,7 @@ import sys
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Protocol
@@ -75,7 +75,7 @@ class WorkerState:
     """What a worker keeps between tasks: its filters, the rows it has scanned, and its readers
     (for which `workers` is how many share each device)."""
 
-    def __init__(self, options: ScanOptions, roots: Sequence[str], workers: int) -> None:
+    def __init__(self, options: ScanOptions, roots: Mapping[int, str], workers: int) -> None:
         self.filter = Filter(options, roots)
         self.store = RowStore()
         self.tree = DirTree() if options.dirs else None
@@ -111,7 +111,7 @@ def run_task(task: Task, state: WorkerState) -> Result:
 class InlinePool:
     """`--workers 0`: every task runs in this process when its result is waited for."""
 
-    def __init__(self, options: ScanOptions, roots: Sequence[str]) -> None:
+    def __init__(self, options: ScanOptions, roots: Mapping[int, str]) -> None:
         self.workers = 0
         self._state = WorkerState(options, roots, 1)
         self._queue: deque[tuple[Task, Callback]] = deque()
@@ -140,7 +140,7 @@ def _worker_main(
     tasks: Connection,
     results: Connection,
     options: ScanOptions,
-    roots: Sequence[str],
+    roots: Mapping[int, str],
     workers: int,
     parent: int,
     inherited: frozenset[int],
@@ -272,7 +272,7 @@ class ProcessPool:
     Pipes and no queue threads in the parent: the parent's CPU is part of the run's budget.
     """
 
-    def __init__(self, workers: int, options: ScanOptions, roots: Sequence[str]) -> None:
+    def __init__(self, workers: int, options: ScanOptions, roots: Mapping[int, str]) -> None:
         method = "fork" if sys.platform.startswith("linux") else "spawn"
         ctx = multiprocessing.get_context(method)
         self.workers = workers
@@ -292,7 +292,9 @@ class ProcessPool:
         for conn in self._recv:
             self._selector.register(conn, selectors.EVENT_READ)
 
-    def _start(self, ctx: Any, workers: int, options: ScanOptions, roots: Sequence[str]) -> None:
+    def _start(
+        self, ctx: Any, workers: int, options: ScanOptions, roots: Mapping[int, str]
+    ) -> None:
         parent = os.getpid()
         # Blocked across each fork, so that a new worker meets no stop signal before it has
         # chosen to ignore it (the parent's handler would run in the worker and print a
@@ -317,7 +319,7 @@ class ProcessPool:
                         task_r,
                         result_w,
                         options,
-                        tuple(roots),
+                        dict(roots),
                         workers,
                         parent,
                         inherited,
@@ -430,7 +432,7 @@ def _open_fds() -> list[int]:
         return []
 
 
-def open_pool(options: ScanOptions, roots: Sequence[str]) -> Pool:
+def open_pool(options: ScanOptions, roots: Mapping[int, str]) -> Pool:
     workers = options.worker_count()
     if workers == 0:
         return InlinePool(options, roots)

@@ -28,12 +28,14 @@ class RowStore:
         "_dir_dev",
         "_dir_first",
         "_dir_root",
+        "_dir_step",
         "_dirs",
         "_many_devs",
         "_name_end",
         "_names",
         "_other_dev",
         "_other_root",
+        "_stepping",
         "ctime",
         "ino",
         "mtime",
@@ -43,6 +45,10 @@ class RowStore:
         self._dirs: list[str] = []  # each directory's path with its trailing "/"
         self._dir_first = array("Q")  # its first row
         self._dir_root = array("I")  # the index of the root it was found under
+        # 1 where each row is a root of its own, numbered from the directory's root on (file
+        # roots, which a list names one after another in their directory)
+        self._dir_step = array("B")
+        self._stepping = False
         self._dir_dev = array("Q")  # its st_dev: what its files have, but for a mount point
         self._other_dev: dict[int, int] = {}  # rows on another device than their directory
         self._other_root: dict[int, int] = {}  # rows counting under another root than theirs
@@ -56,20 +62,36 @@ class RowStore:
     def __len__(self) -> int:
         return len(self.ino)
 
-    def start_dir(self, prefix: str, root: int, dev: int) -> None:
-        """The rows added next are in the directory `prefix` (ending in "/")."""
+    def start_dir(self, prefix: str, root: int, dev: int, stepping: bool = False) -> None:
+        """The rows added next are in the directory `prefix` (ending in "/"), and count under
+        `root`, or with `stepping` each under its own, numbered on from `root`."""
         if self._dir_dev and dev != self._dir_dev[0]:
             self._many_devs = True
+        self._stepping = self._stepping or stepping
         first = len(self.ino)
         if self._dir_first and self._dir_first[-1] == first:  # the last one had no file
             self._dirs[-1] = prefix
             self._dir_root[-1] = root
             self._dir_dev[-1] = dev
+            self._dir_step[-1] = stepping
             return
         self._dirs.append(prefix)
         self._dir_first.append(first)
         self._dir_root.append(root)
         self._dir_dev.append(dev)
+        self._dir_step.append(stepping)
+
+    def continues(self, prefix: str, root: int, dev: int) -> bool:
+        """Whether a file root numbered `root` in `prefix` on `dev` is the next row of the last
+        directory (one of file roots), which it then joins without a directory of its own."""
+        if not self._dir_step or not self._dir_step[-1]:
+            return False
+        rows = len(self.ino) - self._dir_first[-1]
+        return (
+            self._dir_root[-1] + rows == root
+            and self._dir_dev[-1] == dev
+            and self._dirs[-1] == prefix
+        )
 
     def add(self, names: list[str], stats: list[os.stat_result]) -> None:
         """Files of the current directory, as stat'ed by the scan.
@@ -112,11 +134,21 @@ class RowStore:
             return array("Q", [one]) * len(rows)
         return self.roots_devs(rows)[1]
 
-    def roots_devs(self, rows: Iterable[int]) -> tuple[array[int], array[int]]:
+    def roots_devs(self, rows: Sequence[int]) -> tuple[array[int], array[int]]:
         """The root index and the device of many rows, in columns."""
         firsts, dir_root = self._dir_first, self._dir_root
         directories = [bisect_right(firsts, row) - 1 for row in rows]
-        roots = array("I", [dir_root[d] for d in directories])
+        if self._stepping:
+            step = self._dir_step
+            roots = array(
+                "I",
+                [
+                    dir_root[d] + (row - firsts[d] if step[d] else 0)
+                    for row, d in zip(rows, directories, strict=True)
+                ],
+            )
+        else:
+            roots = array("I", [dir_root[d] for d in directories])
         if self._other_root:
             other_root = self._other_root
             roots = array("I", [other_root.get(row, r) for row, r in zip(rows, roots, strict=True)])
@@ -151,14 +183,11 @@ class RowStore:
         return self._names[start : ends[row]].decode("utf-8", "surrogateescape")
 
     def directory(self, row: int) -> int:
-        """The index of the row's directory, for `path_in`, `root_of` and `dev_in`."""
+        """The index of the row's directory, for `path_in` and `dev_in`."""
         return bisect_right(self._dir_first, row) - 1
 
     def path_in(self, directory: int, row: int) -> str:
         return self._dirs[directory] + self._name(row)
-
-    def root_of(self, directory: int) -> int:
-        return self._dir_root[directory]
 
     def dev(self, row: int) -> int:
         return self.dev_in(self.directory(row), row)

@@ -49,11 +49,13 @@ class DirJob:
 class ScanTask:
     """Directories for one worker to list (`walk.scan_dirs`), and file roots for it to take.
 
-    `files` are (path, root index) of roots that are files, stat'ed by the worker like an entry.
+    `files` are (path, root index) of roots that are files, stat'ed by the worker like an entry;
+    `file_roots` the paths of such roots in these directories, which their listing passes over.
     """
 
     dirs: tuple[DirJob, ...]
     files: tuple[tuple[str, int], ...] = ()
+    file_roots: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

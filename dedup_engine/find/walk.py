@@ -13,7 +13,7 @@ import errno
 import os
 import stat
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from dedup_engine.find import reach
 from dedup_engine.find.dirtree import EMPTY, DirTree, special_kind
@@ -29,15 +29,14 @@ from dedup_engine.paths import RootIndex
 class Filter:
     """Name filters and limits from the options, compiled once per process."""
 
-    def __init__(self, options: ScanOptions, roots: Sequence[str]) -> None:
+    def __init__(self, options: ScanOptions, roots: Mapping[int, str]) -> None:
         self.options = options
-        self.roots = tuple(roots)
+        #: The directory roots, by number: file roots are taken whole, and never walked.
+        self.roots = dict(roots)
         self._include = Globs(options.include)
         self._exclude = Globs(options.exclude)
         self.has_include = bool(options.include)
         self.has_exclude = bool(options.exclude)
-        #: Roots that are files: taken as roots, so the walk passes them over if it meets them.
-        self.file_roots = frozenset(r for r in self.roots if os.path.isfile(r))
         self._holders: RootIndex | None = None  # made when first needed
 
     def excluded(self, name: str, path: str, root: int, is_dir: bool = False) -> bool:
@@ -52,7 +51,7 @@ class Filter:
         """The index of the innermost root that holds the symlink-free path `real`, or
         `default` where none does."""
         if self._holders is None:
-            self._holders = RootIndex(self.roots)
+            self._holders = RootIndex(list(self.roots.values()), numbers=list(self.roots))
         holding = self._holders.holding(real)
         return holding[0] if holding else default
 
@@ -62,7 +61,7 @@ def scan_dirs(
 ) -> ScanResult:
     """List every directory of the task into `store` (and what else each holds into `tree`,
     with `--dirs`); errors become issues and the listing goes on."""
-    listing = _Listing(flt, store, tree)
+    listing = _Listing(flt, store, tree, task.file_roots)
     if task.files:
         listing.add_file_roots(task.files)
     for job in task.dirs:
@@ -74,9 +73,16 @@ class _Listing:
     """What one scan task has found so far: its rows go straight into the store, their keys into
     columns for the coordinator."""
 
-    def __init__(self, flt: Filter, store: RowStore, tree: DirTree | None = None) -> None:
+    def __init__(
+        self,
+        flt: Filter,
+        store: RowStore,
+        tree: DirTree | None = None,
+        file_roots: frozenset[str] = frozenset(),
+    ) -> None:
         opts = flt.options
         self.flt = flt
+        self.file_roots = file_roots  # paths the listing passes over: each a root of its own
         self.opts = opts
         self.store = store
         self.tree = tree
@@ -106,7 +112,10 @@ class _Listing:
 
     def add_file_roots(self, files: Sequence[tuple[str, int]]) -> None:
         """Roots that are files, taken as the walk would take them, each reached without
-        following a symlink (`reach`)."""
+        following a symlink (`reach`).  Those of one directory numbered one after another share
+        its record in the store."""
+        store, accepts = self.store, self.opts.accepts_size
+        following: tuple[str, int, int] | None = None  # what continues the current run
         with reach.Reached() as reached:
             for path, root in files:
                 try:
@@ -114,12 +123,18 @@ class _Listing:
                 except OSError as exc:  # vanished since the roots were checked, or a link put above
                     self.issues.append((path, f"cannot stat root: {describe_error(exc)}"))
                     continue
-                if stat.S_ISREG(st.st_mode) and self.opts.accepts_size(st.st_size):
-                    head, name = os.path.split(path)
-                    self.store.start_dir(head.rstrip("/") + "/", root, st.st_dev)
-                    self._names.append(name)
-                    self._stats.append(st)
+                if not (stat.S_ISREG(st.st_mode) and accepts(st.st_size)):
+                    continue
+                head, _, name = path.rpartition("/")  # canonical: "/" is the parent of "/x"
+                prefix = head + "/"
+                if (prefix, root, st.st_dev) != following:
                     self._commit()
+                    if not store.continues(prefix, root, st.st_dev):
+                        store.start_dir(prefix, root, st.st_dev, stepping=True)
+                self._names.append(name)
+                self._stats.append(st)
+                following = (prefix, root + 1, st.st_dev)
+        self._commit()
 
     def _commit(self) -> None:
         """The current directory's files into the store, and their keys into the columns."""
@@ -197,7 +212,7 @@ class _Listing:
         max_size = opts.max_size if opts.max_size is not None else 1 << 63
         empty = opts.empty
         add_name, add_stat = self._names.append, self._stats.append
-        plain = not (flt.file_roots or job.alias)  # no file needs a second look
+        plain = not (job.alias or self.file_roots)  # no file needs a second look
         root = job.root
         descend = opts.max_depth is None or job.depth < opts.max_depth
         tree = self.tree
@@ -267,7 +282,7 @@ class _Listing:
             self.special += 1
             if self.tree is not None:
                 self.tree.other(name, special_kind(st.st_mode))
-        elif path in self.flt.file_roots:  # a root of its own is listed once, as that root
+        elif path in self.file_roots:  # a root of its own is listed once, as that root
             if self.tree is not None:
                 self.tree.incomplete()  # its row lies elsewhere: this listing is not whole
         else:

@@ -21,7 +21,7 @@ import marshal
 import os
 import struct
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import IO
@@ -169,7 +169,7 @@ class GroupSpool:
 class SpooledResult:
     """A finished search whose groups wait in a spool: a `Findings` for the report writers."""
 
-    roots: tuple[str, ...]
+    roots: Sequence[str]
     groups: GroupSpool
     issues: tuple[Issue, ...]
     stats: RunStats

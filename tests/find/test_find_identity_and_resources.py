@@ -90,7 +90,7 @@ def _keys(sizes: list[int]) -> ScanResult:
 
 
 def test_sending_to_a_dead_worker_raises_worker_error(tmp_path: Path) -> None:
-    pool = ProcessPool(1, ScanOptions(), [str(tmp_path)])
+    pool = ProcessPool(1, ScanOptions(), {0: str(tmp_path)})
     try:
         os.kill(pool._procs[0].pid, signal.SIGKILL)
         pool._procs[0].join(timeout=10)

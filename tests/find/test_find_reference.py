@@ -41,7 +41,7 @@ def test_only_groups_with_a_reference_file_and_another_are_reported(
     assert groups_of(result) == expect(
         tree, ["new/a", "archive/a"], ["new/d", "archive/d1", "archive/old/d2"]
     )
-    assert result.roots == (tree.path("new"), tree.path("archive"))
+    assert tuple(result.roots) == (tree.path("new"), tree.path("archive"))
     assert result.reference_roots == (tree.path("archive"),)
     # Without the reference root the archive is not searched at all.
     assert groups_of(run([tree.path("new")])) == expect(tree, ["new/b1", "new/b2"])

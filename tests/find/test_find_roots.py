@@ -17,7 +17,7 @@ from incli import invoke
 from treebuilder import Runner, Tree, content, expect, groups_of
 
 from dedup_engine.find.filelist import read_paths
-from dedup_engine.find.pipeline import _realpath
+from dedup_engine.find.roots import Roots, _realpath, canonical_roots
 from dedup_engine.find.tasks import DirJob
 
 pytestmark = pytest.mark.usefixtures("deadline")
@@ -194,11 +194,14 @@ def test_roots_resolve_as_realpath_does(tmp_path: Path, monkeypatch: pytest.Monk
         "link/./sub/f",
         f"{tmp_path}//link//sub/",
         "/",
-        "missing/x",
     ]
     parents: dict[str, str] = {}
     for case in cases:
-        assert _realpath(case, parents) == os.path.realpath(case), case
+        real, st = _realpath(case, parents)
+        assert real == os.path.realpath(case), case
+        assert (st.st_dev, st.st_ino) == (os.stat(real).st_dev, os.stat(real).st_ino), case
+    with pytest.raises(FileNotFoundError):
+        _realpath("missing/x", parents)
 
 
 # --- a symlink put on a root's path after it was resolved ------------------------------------
@@ -229,10 +232,10 @@ def test_a_symlink_put_above_a_root_after_resolution_is_not_followed(
     elsewhere = _elsewhere(tree)
     tree.file("base/in/root/s1", content(2000, seed="mine"))
     tree.file("base/in/root/s2", content(2000, seed="mine"))
-    real = pipeline.canonical_roots
+    real = canonical_roots
 
-    def resolve_then_swap(roots: object) -> tuple[str, ...]:
-        resolved = real(roots)  # type: ignore[arg-type]
+    def resolve_then_swap(roots: object, reference: object) -> Roots:
+        resolved = real(roots, reference)  # type: ignore[arg-type]
         _swap_for_link(tree.path("base/in"), elsewhere)
         return resolved
 

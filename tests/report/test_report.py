@@ -175,7 +175,7 @@ def test_json_round_trips(found: tuple[Tree, FindResult]) -> None:
     assert isinstance(report, Report)
     assert report.groups == result.groups
     assert report.issues == result.issues
-    assert report.roots == result.roots == (tree.root,)
+    assert report.roots == tuple(result.roots) == (tree.root,)
     assert report.version == __version__
     assert dict(report.options) == OPTIONS.as_dict()
     assert report.stats["groups"] == 3

@@ -10,7 +10,7 @@ import dataclasses
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -58,7 +58,7 @@ def found(tree: Tree) -> FindResult:
 class Streamed:
     """Findings whose groups are any iterable: a generator reads once, as a writer must."""
 
-    roots: tuple[str, ...]
+    roots: Sequence[str]
     groups: Iterable[DuplicateGroup]
     issues: tuple[Issue, ...]
     stats: RunStats

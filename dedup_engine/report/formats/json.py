@@ -28,7 +28,9 @@ _file_values = operator.attrgetter(*FILE_FIELDS)
 def to_json_dict(result: Findings, options: ScanOptions, version: str) -> dict[str, Any]:
     """The whole report as one dict, groups included (`write_json` writes the same, streaming)."""
     return {
-        **_head(result, options, version),
+        **_opening(version),
+        "roots": list(result.roots),
+        **_head(result, options),
         "groups": [
             {
                 "size": g.size,
@@ -47,8 +49,13 @@ def write_json(result: Findings, options: ScanOptions, version: str, out: IO[str
     group written as it is read from `result.groups` (read once).
 
     ensure_ascii keeps surrogate-escaped names representable: they become \\udcxx escapes."""
-    head = json.dumps(_head(result, options, version), indent=1, ensure_ascii=True)
-    out.write(head.removesuffix("\n}"))
+    opening = json.dumps(_opening(version), indent=1, ensure_ascii=True)
+    out.write(opening.removesuffix("\n}"))
+    # The roots one at a time: a list from --files-from may name millions.
+    out.write(',\n "roots": ')
+    _write_list(out, ("  " + json.dumps(root) for root in result.roots))
+    head = json.dumps(_head(result, options), indent=1, ensure_ascii=True)
+    out.write(",\n" + head.removeprefix("{\n").removesuffix("\n}"))
     out.write(',\n "groups": ')
     _write_list(out, map(_group_json, result.groups))
     out.write(',\n "issues": ')
@@ -56,15 +63,21 @@ def write_json(result: Findings, options: ScanOptions, version: str, out: IO[str
     out.write("\n}\n")
 
 
-def _head(result: Findings, options: ScanOptions, version: str) -> dict[str, Any]:
-    """What the report says before its groups: all known before the first group is written."""
+def _opening(version: str) -> dict[str, Any]:
+    """What the report says before its roots."""
     created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     return {
         "schema": SCHEMA,
         "tool": TOOL,
         "version": version,
         "created": created.isoformat().replace("+00:00", "Z"),
-        "roots": list(result.roots),
+    }
+
+
+def _head(result: Findings, options: ScanOptions) -> dict[str, Any]:
+    """What the report says after its roots and before its groups: all known before the first
+    group is written."""
+    return {
         "reference_roots": list(result.reference_roots),
         "directory_groups": [
             {"paths": list(group.paths), "bytes": group.bytes} for group in result.directory_groups

@@ -19,7 +19,7 @@ def write_text(result: Findings, out: IO[bytes]) -> None:
     """For people: each group with its size and digest, then a summary.  Odd names are escaped.
 
     Each group is written as it comes from `result.groups`, which is read once."""
-    roots = RootIndex(result.roots, result.reference_roots)
+    roots = RootIndex(result.reference_roots, result.reference_roots)
 
     def mark(path: str) -> str:
         return _REFERENCE if roots.is_reference(path) else ""

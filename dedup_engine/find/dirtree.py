@@ -59,6 +59,8 @@ class _Record:
     subdirs: list[tuple[str, int, int]]
     others: list[tuple[str, str]]
     whole: bool
+    # Files that are roots of their own, whose rows lie elsewhere: (name, dev, ino, size, linked)
+    root_files: list[tuple[str, int, int, int, bool]] | None = None
 
 
 class DirTree:
@@ -94,6 +96,14 @@ class DirTree:
             return
         self._open.others.append((name, f"{LINK}:{target}"))
 
+    def root_file(self, name: str, st: os.stat_result) -> None:
+        """A file that is a root of its own: the scan took it as that root, not in this
+        listing, but it is part of this directory's tree all the same."""
+        if self._open is not None:
+            if self._open.root_files is None:
+                self._open.root_files = []
+            self._open.root_files.append((name, st.st_dev, st.st_ino, st.st_size, st.st_nlink > 1))
+
     def incomplete(self) -> None:
         """An entry could not be listed or stat'ed."""
         if self._open is not None:
@@ -125,16 +135,28 @@ class DirTree:
 def _listed(record: _Record, store: RowStore) -> ListedDir:
     first, end = record.first, record.end
     names, ends = store.names_between(first, end)
+    devs, inos = store.devs(range(first, end)), store.ino[first:end]
+    sizes, linked = record.sizes, record.linked
+    if record.root_files:
+        sizes, linked = array("q", sizes), array("Q", linked)
+        for name, dev, ino, size, has_links in record.root_files:
+            if has_links:
+                linked.append(len(sizes))
+            names += os.fsencode(name)
+            ends.append(len(names))
+            devs.append(dev)
+            inos.append(ino)
+            sizes.append(size)
     return ListedDir(
         record.prefix.rstrip("/") or "/",
         record.dev,
         record.ino,
         names,
         ends,
-        store.devs(range(first, end)),
-        store.ino[first:end],
-        record.sizes,
-        record.linked,
+        devs,
+        inos,
+        sizes,
+        linked,
         tuple(record.subdirs),
         tuple(record.others),
         record.whole,

@@ -284,7 +284,7 @@ class _Listing:
                 self.tree.other(name, special_kind(st.st_mode))
         elif path in self.file_roots:  # a root of its own is listed once, as that root
             if self.tree is not None:
-                self.tree.incomplete()  # its row lies elsewhere: this listing is not whole
+                self.tree.root_file(name, st)  # its row lies elsewhere
         else:
             if job.alias:
                 self._aliased.append(len(self._names))

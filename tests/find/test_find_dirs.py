@@ -363,3 +363,22 @@ def test_a_path_in_two_directory_groups_or_in_a_file_group_is_refused(tree: Tree
         data["directory_groups"] = bad
         with pytest.raises(ReportError, match="listed twice"):
             read_json(json.dumps(data))
+
+
+def test_files_listed_as_roots_inside_a_listed_directory_are_part_of_its_tree(
+    tree: Tree, run: Runner
+) -> None:
+    """A list made by `find DIR` names every directory and file: each file is a root of its
+    own, taken outside its directory's listing, and its directory is still known whole."""
+    _project(tree, "a")
+    _project(tree, "backup/a")
+    tree.file("backup/a/lib/extra", content(100, seed="extra"))  # backup/a is no copy of a now
+    tree.file("backup/b", content(3000, seed="readme"))
+    listed = sorted(os.path.join(d, n) for d, ds, fs in os.walk(tree.root) for n in ds + fs)
+    everything = [tree.root, *listed]
+    by_root = _run(run, tree)
+    by_list = run(everything, dirs=True)
+    assert _dirs(tree, by_list) == _dirs(tree, by_root) == set()
+    tree.file("a/lib/extra", content(100, seed="extra"))
+    by_list = run([*everything, tree.path("a/lib/extra")], dirs=True)
+    assert _dirs(tree, by_list) == _dirs(tree, _run(run, tree)) == {frozenset({"a", "backup/a"})}

@@ -12,7 +12,8 @@ import gc
 import itertools
 import os
 import sys
-from collections.abc import Iterable, Iterator
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated, Any, BinaryIO
@@ -36,7 +37,7 @@ from dedup_engine.find.cache import ENVIRONMENT as CACHE_ENVIRONMENT
 from dedup_engine.find.filelist import ListError, read_paths
 from dedup_engine.find.pipeline import Progress, ProgressCallback, find_duplicates
 from dedup_engine.find.pool import WorkerError
-from dedup_engine.model import Findings, FindResult
+from dedup_engine.model import DuplicateGroup, Findings, FindResult
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.oserror import describe_error
 from dedup_engine.report.display import human_size
@@ -194,11 +195,11 @@ def find(
         ),
     ] = False,
     files_from: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--files-from",
             help="Also search the paths listed in FILE (- for stdin), one a line or, with -0,"
-            " each followed by a NUL: each is a root.",
+            " each followed by a NUL: each is a root.  Repeatable: each list in turn.",
         ),
     ] = None,
     cache_dir: Annotated[
@@ -261,7 +262,7 @@ def find(
             stages=tuple(s.strip() for s in partial_stages.split(",") if s.strip()),
             cache_dir=_cache_dir(cache, cache_dir, ctx),
         )
-        if null and output_format is not Format.FDUPES and files_from is None:
+        if null and output_format is not Format.FDUPES and not files_from:
             raise OptionsError("-0/--null is for --format fdupes or --files-from")
         if sample and output_format is Format.FDUPES:
             raise OptionsError(
@@ -269,7 +270,9 @@ def find(
                 " use text, csv or json"
             )
         _check_output(output)
-        searched = itertools.chain(roots or (), _listed(files_from, null))
+        searched = itertools.chain(
+            roots or (), *(_listed(source, null) for source in files_from or ())
+        )
     except OptionsError as exc:
         fail_usage(str(exc))
     fdupes_null = null and output_format is Format.FDUPES
@@ -279,11 +282,9 @@ def find(
     raise typer.Exit(_run(searched, options, request).exit_code)
 
 
-def _listed(source: str | None, null: bool) -> Iterator[str]:
-    """The paths `--files-from` names, read as the search takes its roots; a list that cannot
-    be opened or read is a usage error (before any work: the roots are all read first)."""
-    if source is None:
-        return iter(())
+def _listed(source: str, null: bool) -> Iterator[str]:
+    """The paths one `--files-from` list names, read as the search takes its roots; a list that
+    cannot be opened or read is a usage error (before any work: the roots are all read first)."""
     if source == "-":
         if sys.stdin is None:
             raise OptionsError("--files-from -: standard input is closed")
@@ -327,15 +328,18 @@ def _run(roots: Iterable[str], options: ScanOptions, request: _Request) -> FindS
     show_progress = progress_shown(request.progress, request.quiet)
     # Each group goes to the spool as it is final, and comes back in report order: the report
     # is never whole in memory.
-    with GroupSpool(default_directory()) as spool:
+    with _spool() as (spool, keep):
         try:
             with _progress(show_progress) as callback, _no_gc():
-                result = find_duplicates(roots, options, progress=callback, on_group=spool.add)
+                result = find_duplicates(roots, options, progress=callback, on_group=keep)
         except OptionsError as exc:  # a root that cannot be searched, before any work
             fail_usage(str(exc))
         except WorkerError as exc:
             print_error(str(exc))
             return FindStatus(worker_died=True)
+        except OutputError as exc:  # the groups could not be kept for the report
+            print_error(str(exc))
+            return FindStatus(report_unwritten=True)
         report = SpooledResult(
             result.roots,
             spool,
@@ -390,6 +394,31 @@ def _print_notes(result: FindResult, request: _Request, left_out: int) -> None:
 def _write(result: Findings, options: ScanOptions, form: Format, out: IO[bytes], null: bool) -> int:
     """Write the report; the number of paths left out of it (fdupes without -0)."""
     return WRITERS[form](result, options, out, null=null)
+
+
+@contextlib.contextmanager
+def _spool() -> Iterator[tuple[GroupSpool, Callable[[DuplicateGroup], None]]]:
+    """The spool that keeps each final group until the report is written, and what adds a group
+    to it.  A temporary directory that cannot hold it is one line: before the search a usage
+    error, during it an `OutputError` (the report is not written)."""
+    directory = default_directory()
+    where = directory or tempfile.gettempdir()
+    try:
+        spool = GroupSpool(directory)
+    except OSError as exc:
+        fail_usage(f"cannot make a temporary file in {where!r} ($TMPDIR): {describe_error(exc)}")
+
+    def keep(group: DuplicateGroup) -> None:
+        try:
+            spool.add(group)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot keep the groups for the report in {where!r} ($TMPDIR): "
+                f"{describe_error(exc)}"
+            ) from None
+
+    with spool:
+        yield spool, keep
 
 
 @contextlib.contextmanager

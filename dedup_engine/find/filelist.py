@@ -10,6 +10,7 @@ entries (a blank line, the separator after the last path) are passed over.
 from __future__ import annotations
 
 import os
+import select
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -33,7 +34,7 @@ def read_paths(stream: BinaryIO, null: bool) -> Iterator[str]:
     rest = b""
     empty = 0
     number = 0
-    while block := stream.read(BLOCK):
+    while block := _read(stream):
         whole, cut, rest = (rest + block).rpartition(separator)
         if cut:  # else no separator yet: all of it is the start of an entry
             entries = _entries(whole, separator, number, null)
@@ -52,6 +53,14 @@ def read_paths(stream: BinaryIO, null: bool) -> Iterator[str]:
             raise ListError(_too_long(number + 1, null))
     if rest:
         yield from _entries(rest, separator, number, null)
+
+
+def _read(stream: BinaryIO) -> bytes:
+    """The next block, b"" at the end; a stream that has nothing yet (a non-blocking pipe,
+    whose `read` then answers None) is waited for, not taken to have ended."""
+    while (block := stream.read(BLOCK)) is None:
+        select.select([stream], [], [])
+    return block
 
 
 def _entries(whole: bytes, separator: bytes, number: int, null: bool) -> list[str]:

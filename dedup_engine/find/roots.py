@@ -187,10 +187,16 @@ def canonical_roots(
         for root in reference:
             table.add_reference(*_canonical(root, parents), searched)
         table.db.execute("COMMIT")
+        return Roots(table.db, table.count, searched)
+    except sqlite3.Error as exc:  # its temporary file's disk full, or no place to make one
+        table.db.close()
+        raise OptionsError(
+            "cannot keep the roots in a temporary file"
+            f" ($SQLITE_TMPDIR, $TMPDIR or /var/tmp): {exc}"
+        ) from None
     except BaseException:
         table.db.close()
         raise
-    return Roots(table.db, table.count, searched)
 
 
 class _Table:
@@ -287,12 +293,15 @@ def _realpath(text: str, parents: dict[str, str]) -> tuple[str, os.stat_result]:
         head, _, name = text.rpartition("/")  # already normal: the common case, made quick
         head = head or "/"
     else:
+        # The kernel's view first: "file/", "file/." and "file/../x" name no file (ENOTDIR),
+        # where the string operations below would drop the part that says so.
+        kernel = os.stat(text)
         absolute = os.path.join(os.getcwd(), text) if not text.startswith("/") else text
         parts = absolute.split("/")
         head, name = os.path.split(os.path.normpath(absolute))
         if "." in parts or ".." in parts or not name:
             real = os.path.realpath(text)
-            return real, os.stat(real)
+            return real, kernel
     real_head = parents.get(head)
     if real_head is None:
         if len(parents) >= _PARENTS_KEPT:

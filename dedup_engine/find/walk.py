@@ -123,7 +123,10 @@ class _Listing:
                 except OSError as exc:  # vanished since the roots were checked, or a link put above
                     self.issues.append((path, f"cannot stat root: {describe_error(exc)}"))
                     continue
-                if not (stat.S_ISREG(st.st_mode) and accepts(st.st_size)):
+                if not stat.S_ISREG(st.st_mode):  # replaced since the roots were checked
+                    self.issues.append((path, "cannot take root: it is no longer a regular file"))
+                    continue
+                if not accepts(st.st_size):
                     continue
                 head, _, name = path.rpartition("/")  # canonical: "/" is the parent of "/x"
                 prefix = head + "/"

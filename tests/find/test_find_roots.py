@@ -4,11 +4,14 @@ each path of a list (a file or stdin, newline- or NUL-separated) as a root."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +84,8 @@ def test_the_cli_takes_isolate(tree: Tree) -> None:
 # --- --files-from ---------------------------------------------------------------------------
 
 
-def _list(tmp_path: Path, paths: list[str], null: bool = False) -> Path:
-    listed = tmp_path / "list"
+def _list(tmp_path: Path, paths: list[str], null: bool = False, name: str = "list") -> Path:
+    listed = tmp_path / name
     separator = b"\0" if null else b"\n"
     listed.write_bytes(b"".join(os.fsencode(p) + separator for p in paths))
     return listed
@@ -138,6 +141,9 @@ def test_files_from_reads_standard_input(tree: Tree) -> None:
         "a NUL-separated list without -0",
         "a newline list with -0",
         "separators only, with -0",
+        "a file named as a directory",
+        "a file named as a directory, with a dot",
+        "a file named as a directory, with two dots",
     ],
 )
 def test_a_bad_file_list_is_one_line_and_exit_2(tree: Tree, tmp_path: Path, problem: str) -> None:
@@ -150,12 +156,27 @@ def test_a_bad_file_list_is_one_line_and_exit_2(tree: Tree, tmp_path: Path, prob
     zeros.write_bytes(bytes(2 << 20))
     listed, null = {
         "missing list": (tmp_path / "no such list", False),
-        "missing path": (_list(tmp_path, [tree.path("f"), str(tmp_path / "gone")]), False),
-        "empty list": (_list(tmp_path, []), False),
-        "blank list": (_list(tmp_path, ["", ""]), False),
+        "missing path": (
+            _list(tmp_path, [tree.path("f"), str(tmp_path / "gone")], name="list1"),
+            False,
+        ),
+        "empty list": (_list(tmp_path, [], name="list2"), False),
+        "blank list": (_list(tmp_path, ["", ""], name="list3"), False),
         "a NUL-separated list without -0": (nul_list, False),
         "a newline list with -0": (long_list, True),
         "separators only, with -0": (zeros, True),
+        "a file named as a directory": (
+            _list(tmp_path, [tree.path("f") + "/"], name="list4"),
+            False,
+        ),
+        "a file named as a directory, with a dot": (
+            _list(tmp_path, [tree.path("f") + "/."], name="list5"),
+            False,
+        ),
+        "a file named as a directory, with two dots": (
+            _list(tmp_path, [tree.path("f") + "/../f"], name="list6"),
+            False,
+        ),
     }[problem]
     code, out, err = invoke("find", "--files-from", listed, *(["-0"] if null else []))
     assert (code, out) == (2, b"")
@@ -356,3 +377,97 @@ def test_isolate_with_links_followed_counts_a_linked_file_under_its_target_root_
     tree.file("r1/z", content(3000, seed="x"))  # a real copy in r1: now across the roots
     found = run(roots, isolate=True, follow_links=True, exclude=("x",))
     assert groups_of(found) == expect(tree, ["r1/fl", "r1/z", "r2/y"])
+
+
+def test_every_list_given_is_read_in_turn(tree: Tree, tmp_path: Path) -> None:
+    _build(tree)
+    first = _list(tmp_path, [tree.path("a/y")])
+    (tmp_path / "second").mkdir()
+    second = _list(tmp_path / "second", [tree.path("b/y")])
+    code, out, _ = invoke("find", "--files-from", first, "--files-from", second, "-f", "json")
+    assert code == 0
+    assert json.loads(out)["roots"] == [tree.path("a/y"), tree.path("b/y")]
+
+
+def test_a_list_on_a_pipe_that_has_nothing_yet_is_waited_for(tree: Tree) -> None:
+    """A non-blocking pipe answers a read with nothing yet: not the end of the list."""
+    _build(tree)
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    command = [sys.executable, "-m", "dedup_engine", "find", "--files-from", "-", "-f", "fdupes"]
+    with subprocess.Popen(command, stdin=read_end, stdout=subprocess.PIPE) as proc:
+        os.close(read_end)
+        os.write(write_end, os.fsencode(tree.path("a/y")) + b"\n")
+        time.sleep(0.5)
+        os.write(write_end, os.fsencode(tree.path("b/y")) + b"\n")
+        os.close(write_end)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert _fdupes(out) == [[tree.path("a/y"), tree.path("b/y")]]
+
+
+def test_a_roots_table_that_cannot_be_written_is_one_line_and_exit_2(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dedup_engine.find import roots
+
+    def full(self: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    tree.file("f", b"x")
+    monkeypatch.setattr(roots._Table, "flush", full)
+    code, out, err = invoke("find", tree.path("f"))
+    assert (code, out) == (2, b"")
+    assert err.decode() == (
+        "dedup: error: cannot keep the roots in a temporary file"
+        " ($SQLITE_TMPDIR, $TMPDIR or /var/tmp): database or disk is full\n"
+    )
+
+
+def test_a_temporary_directory_that_cannot_be_used_is_one_line(tree: Tree) -> None:
+    tree.file("f", b"x")
+    command = [sys.executable, "-m", "dedup_engine", "find", tree.root]
+    env = {**os.environ, "TMPDIR": str(Path(tree.root) / "no such directory")}
+    done = subprocess.run(command, capture_output=True, env=env, check=False, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.decode().count("\n") == 1
+    assert done.stderr.startswith(b"dedup: error: cannot make a temporary file in ")
+
+
+def test_groups_that_cannot_be_kept_for_the_report_are_one_line_and_exit_5(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dedup_engine.report.spool import GroupSpool
+
+    def full(self: object, group: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    _build(tree)
+    monkeypatch.setattr(GroupSpool, "add", full)
+    code, out, err = invoke("find", tree.root, "--workers", "0")
+    assert (code, out) == (5, b"")
+    assert err.decode().startswith("dedup: error: cannot keep the groups for the report in ")
+    assert "No space left on device" in err.decode()
+
+
+def test_a_file_root_replaced_by_a_fifo_before_its_scan_is_an_issue(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dedup_engine import ScanOptions, find_duplicates
+    from dedup_engine.find import walk
+
+    data = content(2000, seed="f")
+    first, second = tree.file("f1", data), tree.file("f2", data)
+    real = walk._Listing.add_file_roots
+
+    def swap_then_take(self: walk._Listing, files: Any) -> None:
+        os.unlink(second)
+        os.mkfifo(second)
+        real(self, files)
+
+    monkeypatch.setattr(walk._Listing, "add_file_roots", swap_then_take)
+    result = find_duplicates([first, second], ScanOptions(workers=0))
+    assert result.groups == ()
+    assert [(i.path, i.message) for i in result.issues] == [
+        (second, "cannot take root: it is no longer a regular file")
+    ]

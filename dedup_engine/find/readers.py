@@ -119,6 +119,7 @@ class Readers:
                     array("Q", [rows[p] for p in part.positions]),
                     array("q", [sizes[p] for p in part.positions]),
                     follow,
+                    task.writeback,
                 ),
                 store,
             ),
@@ -290,7 +291,9 @@ def _members(task: CompareTask, starts: list[int], part: _Part) -> list[int]:
 
 
 def _sub_compare(task: CompareTask, starts: list[int], part: _Part) -> CompareTask:
-    return task.subset(_members(task, starts, part), [task.groups[g] for g in part.positions])
+    return task.subset(
+        _members(task, starts, part), [task.groups[g] for g in part.positions], task.writeback
+    )
 
 
 def _common(

@@ -211,3 +211,54 @@ def test_a_root_in_the_cache_directory_is_refused(tree: Tree, tmp_path: Path) ->
         assert code == 2
         assert err.decode().count("\n") == 1 and "in the digest cache's directory" in err.decode()
     assert invoke("find", cache, "--no-cache")[0] in (0, 1)
+
+
+def test_a_task_shared_out_among_threads_still_writes_back_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A digest to be kept is read only after the file's dirty pages were written back, in
+    whichever part of the task a thread reads it (a task is split when its files are not in
+    the page cache)."""
+    from array import array
+
+    from dedup_engine.find import fullcompare, hashtasks, readers
+    from dedup_engine.find.store import RowStore
+    from dedup_engine.find.tasks import CompareTask, DirJob, HashTask, ScanTask, Window
+    from dedup_engine.find.walk import Filter, scan_dirs
+    from dedup_engine.model import Stage
+
+    for n in range(64):
+        (tmp_path / f"f{n:02}").write_bytes(content(5000, seed=str(n // 2)))
+    written: list[int] = []
+    monkeypatch.setattr(hashtasks, "expose_mapped_writes", written.append)
+    monkeypatch.setattr(fullcompare, "expose_mapped_writes", written.append)
+    monkeypatch.setattr(readers, "_resident", lambda paths, offsets: False)
+    store, top = RowStore(), os.stat(tmp_path)
+    job = DirJob(str(tmp_path), 0, 0, top.st_dev, top.st_dev, top.st_ino)
+    scanned = scan_dirs(ScanTask((job,)), Filter(ScanOptions(), {0: str(tmp_path)}), store)
+    pool = readers.Readers(io_depth=8, workers=1)
+    try:
+        window = Window(Stage.HEAD, 4096, 4096)
+        rows = array("Q", range(len(store)))
+        task = HashTask(window, rows, scanned.sizes, False, writeback=True)
+        assert len(pool._parts([pool.device(top.st_dev)] * 64, store.paths, lambda p: 0)) > 1
+        pool.hash_batch(task, store)
+        assert len(written) == 64
+        written.clear()
+        paths = sorted(store.paths(rows))
+        compare = CompareTask(
+            tuple(paths),
+            array("q", [5000] * 64),
+            array("I", [2] * 32),
+            array("Q", [top.st_dev] * 64),
+            array("Q", [os.stat(p).st_ino for p in paths]),
+            array("q", [os.stat(p).st_mtime_ns for p in paths]),
+            array("q", [os.stat(p).st_ctime_ns for p in paths]),
+            False,
+            1 << 20,
+            True,
+        )
+        pool.compare(compare)
+        assert len(written) == 64
+    finally:
+        pool.close()

@@ -90,6 +90,8 @@ class ScanOptions:
     #: in full (0: never); their groups are marked sampled (`model.Verified`).
     sample: int = 0
     sample_above: int = DEFAULT_SAMPLE_ABOVE
+    #: Run the search on a Dask cluster (`find.cluster`): a scheduler's address, or "local:N".
+    cluster: str | None = None
 
     def __post_init__(self) -> None:
         self._check_limits()

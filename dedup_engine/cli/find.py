@@ -172,6 +172,15 @@ def find(
             "--workers", "-j", help="Worker processes (default: usable CPUs; 0: in process)."
         ),
     ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            metavar="ADDRESS",
+            help="Run on a Dask cluster: its scheduler (tcp://host:8786), or local:N for N"
+            " worker processes here.  Needs: pip install 'dedup-engine[dask]'.",
+        ),
+    ] = None,
     io_depth: Annotated[
         int | None,
         typer.Option(
@@ -253,6 +262,7 @@ def find(
             sample=sample,
             sample_above=parse_size(sample_above),
             workers=workers,
+            cluster=cluster,
             io_depth=io_depth,
             head_window=parse_size(head_window),
             tail_window=parse_size(tail_window),

@@ -25,6 +25,8 @@ ROW_BITS = 32
 ROW_MASK = (1 << ROW_BITS) - 1
 #: No file: the end of a chain of files of one size.
 NONE = (1 << 64) - 1
+#: A row not taken yet.
+_GAP = array("Q", [NONE])
 
 
 def file_key(worker: int, row: int) -> int:
@@ -65,6 +67,7 @@ class SizeIndex:
         self.aliases: set[int] = set()  # rows reached through a symlink to a file
         self._last: dict[int, int] = {}
         self._prev: dict[int, array[int]] = {}
+        self._received: dict[int, int] = {}  # rows taken, per worker: all of them at the end
         self._inodes: dict[tuple[int, int], int] = {}
         self._real: dict[int, int] = {}  # names not reached through a symlink, per linked inode
         self.rows_in = 0
@@ -77,28 +80,34 @@ class SizeIndex:
         self.rows_in += len(sizes)
         last = self._last
         prev = self._prev.setdefault(worker, array("Q"))
-        if len(prev) != result.first:  # a worker's results come in the order of its rows
-            raise RuntimeError(f"worker {worker}'s scan results arrived out of order")
-        if result.first + len(sizes) > ROW_MASK:
+        start, end = result.first, result.first + len(sizes)
+        if end > ROW_MASK:
             raise OverflowError(f"worker {worker} holds more than {ROW_MASK} files: use more")
-        first = file_key(worker, result.first)
+        # A worker's results may come in another order than its rows (a cluster's worker runs
+        # its tasks in the order they reach it): each row has its place.
+        if len(prev) < start:
+            prev.extend(_GAP * (start - len(prev)))
+        self._received[worker] = self._received.get(worker, 0) + len(sizes)
+        first = file_key(worker, start)
         if result.aliases:
             self.aliases.update(first + offset for offset in result.aliases)
         keyed = dict(zip(result.linked, zip(result.devs, result.inos, strict=True), strict=True))
+        before = array("Q")
+        put = before.append
         if not keyed:
             get = last.get
             for row, size in enumerate(sizes, first):
-                prev.append(get(size, NONE))
+                put(get(size, NONE))
                 last[size] = row
-            return
-        for offset, size in enumerate(sizes):
-            row = first + offset
-            key = keyed.get(offset)
-            if key is not None and self._is_link(row, key):
-                prev.append(NONE)
-                continue
-            prev.append(last.get(size, NONE))
-            last[size] = row
+        else:
+            for row, size in enumerate(sizes, first):
+                key = keyed.get(row - first)
+                if key is not None and self._is_link(row, key):
+                    put(NONE)
+                    continue
+                put(last.get(size, NONE))
+                last[size] = row
+        prev[start:end] = before
 
     def _is_link(self, row: int, key: tuple[int, int]) -> bool:
         """Record another name of a known inode; False (and remember it) for a new inode."""
@@ -128,6 +137,9 @@ class SizeIndex:
         """(size, representative rows) of each size group that counts, in order of first
         appearance; the index is emptied as it goes."""
         prev, links, hard_links = self._prev, self.links, self.hard_links
+        for worker, rows in prev.items():
+            if self._received.get(worker) != len(rows):
+                raise RuntimeError(f"worker {worker}'s scan results overlap or leave a gap")
         last = self._last
         self._last = {}
         for size, row in last.items():

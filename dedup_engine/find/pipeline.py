@@ -50,8 +50,6 @@ from dedup_engine.model import (
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.oserror import describe_error
 
-#: Tasks in flight per worker: enough to hide the queue round trip, few enough to keep memory flat.
-IN_FLIGHT_PER_WORKER = 3
 #: Directories per scan task, at most; fewer while there are few to share out.
 SCAN_BATCH_DIRS = 16
 #: Roots that are files, at most, in one scan task.
@@ -192,7 +190,7 @@ class _Run:
         self.stats = stats
         self.issues = issues
         self.progress = progress
-        self.limit = max(1, pool.workers) * IN_FLIGHT_PER_WORKER
+        self.limit = max(1, pool.workers) * pool.depth
         for stage in (Stage.SCAN, Stage.SIZE, Stage.HARDLINK, Stage.HEAD, Stage.TAIL, Stage.FULL):
             stats.stage(stage)  # rows in pipeline order
         self.current = Stage.SCAN

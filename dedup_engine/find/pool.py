@@ -52,8 +52,15 @@ class WorkerError(RuntimeError):
     """A worker process died or raised: a bug or a kill, never a per-file problem."""
 
 
+#: Tasks in flight per local worker: enough to hide a pipe's round trip, few enough to keep
+#: memory flat.
+IN_FLIGHT_PER_WORKER = 3
+
+
 class Pool(Protocol):
     workers: int
+    #: Tasks the pipeline keeps in flight per worker: what hides the pool's round trip.
+    depth: int
 
     @property
     def in_flight(self) -> int: ...
@@ -113,6 +120,7 @@ class InlinePool:
 
     def __init__(self, options: ScanOptions, roots: Mapping[int, str]) -> None:
         self.workers = 0
+        self.depth = IN_FLIGHT_PER_WORKER
         self._state = WorkerState(options, roots, 1)
         self._queue: deque[tuple[Task, Callback]] = deque()
 
@@ -276,6 +284,7 @@ class ProcessPool:
         method = "fork" if sys.platform.startswith("linux") else "spawn"
         ctx = multiprocessing.get_context(method)
         self.workers = workers
+        self.depth = IN_FLIGHT_PER_WORKER
         self._callbacks: dict[int, tuple[Callback, int]] = {}
         self._busy = [0] * workers
         self._next = 0
@@ -433,6 +442,10 @@ def _open_fds() -> list[int]:
 
 
 def open_pool(options: ScanOptions, roots: Mapping[int, str]) -> Pool:
+    if options.cluster is not None:
+        from dedup_engine.find.cluster import ClusterPool  # Dask: only for a run that asks
+
+        return ClusterPool(options.cluster, options, roots)
     workers = options.worker_count()
     if workers == 0:
         return InlinePool(options, roots)

@@ -1,0 +1,232 @@
+"""`dedup find --cluster`: the search's tasks on a Dask cluster, a `LocalCluster` of worker
+processes or one started with the real `dask scheduler` and `dask worker` commands, give the
+groups, issues and report a local run gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from array import array
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from incli import invoke
+from treebuilder import Tree, brute_groups, content, groups_of
+
+from dedup_engine import ScanOptions, find_duplicates
+from dedup_engine.find.cluster import ClusterPool
+from dedup_engine.find.groups import SizeIndex
+from dedup_engine.find.pool import WorkerError
+from dedup_engine.find.tasks import DirJob, ScanResult, ScanTask
+
+pytestmark = pytest.mark.usefixtures("deadline")
+
+DEDUP = [sys.executable, "-m", "dedup_engine"]
+
+
+def _tree(tree: Tree) -> None:
+    """Copies in several directories and sizes, hard links, a near-copy, a symlink, a FIFO."""
+    for d in range(6):
+        for n in range(5):
+            tree.file(f"d{d}/f{n}", content(500 + 3000 * n, seed=f"c{n}"))
+        tree.file(f"d{d}/own", content(2000, seed=f"own{d}"))
+    tree.file("near/f1", content(3500, seed="c1")[:-1] + b"?")
+    tree.hardlink("links/l1", "d0/f1")
+    tree.symlink("links/s", "d1/f2")
+    tree.fifo("links/fifo")
+
+
+def test_a_local_cluster_finds_what_a_local_run_finds(tree: Tree) -> None:
+    _tree(tree)
+    local = find_duplicates(tree.root, ScanOptions(workers=2))
+    on_cluster = find_duplicates(tree.root, ScanOptions(cluster="local:2"))
+    assert groups_of(on_cluster) == groups_of(local) == brute_groups(tree.root)
+    assert on_cluster.groups == local.groups  # the same files, in the same order
+    assert on_cluster.issues == local.issues
+    assert on_cluster.stats.workers == 2
+
+
+def test_the_command_runs_on_a_local_cluster(tree: Tree, tmp_path: Path) -> None:
+    _tree(tree)
+    listed = tmp_path / "list"
+    listed.write_text(f"{tree.path('d0/f1')}\n{tree.path('d5')}\n")
+    for extra in ([], ["--files-from", str(listed), "--dirs"]):
+        here = subprocess.run(
+            [*DEDUP, "find", tree.path("d1"), *extra, "-f", "json"],
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+        there = subprocess.run(
+            [*DEDUP, "find", tree.path("d1"), *extra, "-f", "json", "--cluster", "local:2"],
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+        mine, theirs = json.loads(here.stdout), json.loads(there.stdout)
+        assert theirs["groups"] == mine["groups"] and theirs["roots"] == mine["roots"]
+        assert theirs["directory_groups"] == mine["directory_groups"]
+        assert theirs["options"]["cluster"] == "local:2"
+
+
+@pytest.mark.parametrize("address", ["local:0", "local:x", "local:"])
+def test_a_bad_local_cluster_is_a_usage_error(tree: Tree, address: str) -> None:
+    tree.file("f", b"x")
+    code, out, err = invoke("find", tree.root, "--cluster", address)
+    assert (code, out) == (2, b"")
+    assert err.decode() == (
+        f"dedup: error: --cluster {address}: local:N wants N from 1 to 256 workers\n"
+    )
+
+
+def test_without_dask_the_cluster_option_says_how_to_install_it(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree.file("f", b"x")
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed: ImportError
+    code, out, err = invoke("find", tree.root, "--cluster", "local:2")
+    assert (code, out) == (2, b"")
+    assert err.decode() == (
+        "dedup: error: --cluster needs Dask distributed: pip install 'dedup-engine[dask]'\n"
+    )
+
+
+def test_an_unreachable_scheduler_is_a_usage_error(tree: Tree) -> None:
+    tree.file("f", b"x")
+    port = _free_port()
+    done = subprocess.run(
+        [*DEDUP, "find", tree.root, "--cluster", f"tcp://127.0.0.1:{port}"],
+        capture_output=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"},
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.decode().count("\n") == 1
+    assert done.stderr.startswith(f"dedup: error: --cluster tcp://127.0.0.1:{port}: ".encode())
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """A scheduler and two workers started with the `dask` commands, on 127.0.0.1."""
+    dask = shutil.which("dask", path=os.path.dirname(sys.executable))
+    if dask is None:
+        pytest.skip("no dask command beside this Python")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": tmp_path}
+    scheduler = subprocess.Popen(
+        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        **quiet,  # type: ignore[call-overload]
+    )
+    workers = [
+        subprocess.Popen(
+            [dask, "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard"],
+            **quiet,  # type: ignore[call-overload]
+        )
+        for _ in range(2)
+    ]
+    try:
+        _wait_for_workers(address, 2)
+        yield address, workers
+    finally:
+        for proc in [*workers, scheduler]:
+            proc.kill()  # nothing of theirs to keep
+        for proc in [*workers, scheduler]:
+            proc.wait(timeout=10)
+
+
+def test_a_cluster_started_with_the_dask_commands_finds_the_groups(
+    tree: Tree, dask_cluster: tuple[str, list[subprocess.Popen[bytes]]]
+) -> None:
+    _tree(tree)
+    address, _ = dask_cluster
+    done = subprocess.run(
+        [*DEDUP, "find", tree.root, "-f", "json", "--cluster", address],
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    found = {frozenset(f["path"] for f in g["files"]) for g in report["groups"]}
+    assert found == brute_groups(tree.root)
+    assert report["stats"]["workers"] == 2
+
+
+def test_a_worker_lost_during_a_run_ends_it_with_a_worker_error(
+    tree: Tree, dask_cluster: tuple[str, list[subprocess.Popen[bytes]]]
+) -> None:
+    """The rows a worker scanned are lost with it: the run ends, it does not hang."""
+    _tree(tree)
+    address, workers = dask_cluster
+    top = os.stat(tree.root)
+    job = DirJob(tree.root, 0, 0, top.st_dev, top.st_dev, top.st_ino)
+    pool = ClusterPool(address, ScanOptions(), {0: tree.root})
+    try:
+        workers[0].kill()
+        workers[0].wait(timeout=10)
+        with pytest.raises(WorkerError, match=r"was lost|failed"):
+            for number in range(pool.workers):
+                pool.submit(ScanTask((job,)), lambda result: None, number)
+            for _ in range(pool.workers):
+                pool.wait_one()
+    finally:
+        pool.abort()
+
+
+def test_results_of_a_worker_taken_out_of_the_order_of_its_rows_keep_their_places() -> None:
+    """A cluster's worker runs tasks in the order they reach it: its rows are numbered so, and
+    its results are taken in the order they were sent."""
+    first = _result(0, [100, 200, 300])
+    second = _result(3, [300, 100, 400])
+    in_order, reversed_order = SizeIndex(False), SizeIndex(False)
+    for result in (first, second):
+        in_order.add(0, result)
+    for result in (second, first):
+        reversed_order.add(0, result)
+    expected = {(100, frozenset({0, 4})), (300, frozenset({2, 3}))}
+    assert {(s, frozenset(g)) for s, g in in_order.candidates()} == expected
+    assert {(s, frozenset(g)) for s, g in reversed_order.candidates()} == expected
+
+
+def test_results_that_leave_a_gap_are_refused() -> None:
+    sizes = SizeIndex(False)
+    sizes.add(0, _result(3, [100, 100]))
+    with pytest.raises(RuntimeError, match="overlap or leave a gap"):
+        list(sizes.candidates())
+
+
+def _result(first: int, sizes: list[int]) -> ScanResult:
+    empty = array("Q")
+    keys = ScanResult(0, array("q"), empty, empty, empty, empty, (), empty, empty, (), 1, 0, 0)
+    return replace(keys, first=first, sizes=array("q", sizes))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_for_workers(address: str, count: int) -> None:
+    from distributed import Client
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with Client(address, timeout=5) as client:  # type: ignore[no-untyped-call]
+                client.wait_for_workers(count, timeout=max(1, deadline - time.monotonic()))
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)

@@ -25,6 +25,7 @@ from typing import Any
 from dedup_engine.find.pool import WorkerError, WorkerState, run_task
 from dedup_engine.find.tasks import Result, Task
 from dedup_engine.options import OptionsError, ScanOptions
+from dedup_engine.version import __version__
 
 #: Seconds between looks at whether a worker was lost, and that the run's end waits for its
 #: workers to let go of its state.  Reaching the scheduler waits Dask's own
@@ -60,11 +61,22 @@ class ClusterPool:
             self._busy = [0] * self.workers
             setup = [
                 self._client.submit(
-                    _setup, self._id, options, dict(roots), self.workers, **self._on(number)
+                    _setup,
+                    self._id,
+                    __version__,
+                    options,
+                    dict(roots),
+                    self.workers,
+                    **self._on(number),
                 )
                 for number in range(self.workers)
             ]
-            distributed.wait(setup)
+            try:
+                distributed.wait(setup, timeout=CLOSE_S)
+            except TimeoutError:
+                raise WorkerError(
+                    f"the cluster's workers did not start the run within {CLOSE_S} s"
+                ) from None
             for future in setup:
                 if future.status != "finished":
                     raise WorkerError(
@@ -194,7 +206,14 @@ class _Held:
 _RUNS: dict[str, _Held] = {}
 
 
-def _setup(run: str, options: ScanOptions, roots: dict[int, str], workers: int) -> None:
+def _setup(
+    run: str, version: str, options: ScanOptions, roots: dict[int, str], workers: int
+) -> None:
+    if version != __version__:  # tasks and results are this version's
+        raise RuntimeError(
+            f"this worker runs dedup-engine {__version__} and the run {version}: install one"
+            " version on every host"
+        )
     _RUNS[run] = _Held(WorkerState(options, roots, workers))
 
 

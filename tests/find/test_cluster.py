@@ -230,3 +230,11 @@ def _wait_for_workers(address: str, count: int) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def test_a_worker_of_another_version_is_refused() -> None:
+    from dedup_engine.find import cluster
+
+    with pytest.raises(RuntimeError, match="install one version on every host"):
+        cluster._setup("run", "0.0.0-other", ScanOptions(), {}, 1)
+    assert "run" not in cluster._RUNS

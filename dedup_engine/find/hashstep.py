@@ -98,7 +98,7 @@ class StepContext:
 
     @property
     def batch_files(self) -> int:
-        return BATCH_FILES * max(1, self.pool.workers)
+        return BATCH_FILES * self.pool.batch_scale * max(1, self.pool.workers)
 
     def fail(self, stage: Stage, failed: Sequence[Failure]) -> None:
         self.issues.extend(Issue(path, stage, message) for _, path, message in failed)
@@ -511,15 +511,15 @@ class FullStep(Step):
         self._count_in(len(group))
 
     def _batch_size(self) -> int:
-        return BATCH_FILES
+        return BATCH_FILES * self.context.pool.batch_scale
 
     def _send_batch(self) -> None:
         heap = self._heap
         batch: list[tuple[int, Group]] = []
         count = total = 0
-        while heap and (
-            not batch or (count + len(heap[0][2]) <= BATCH_FILES and total < BATCH_BYTES)
-        ):
+        scale = self.context.pool.batch_scale
+        files, size = BATCH_FILES * scale, BATCH_BYTES * scale
+        while heap and (not batch or (count + len(heap[0][2]) <= files and total < size)):
             negative, _, group = heapq.heappop(heap)
             batch.append((-negative, group))
             count += len(group)

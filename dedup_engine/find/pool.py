@@ -61,6 +61,9 @@ class Pool(Protocol):
     workers: int
     #: Tasks the pipeline keeps in flight per worker: what hides the pool's round trip.
     depth: int
+    #: How many times the usual number of files a task holds (`hashstep.BATCH_FILES`): more
+    #: where each task costs more to carry.
+    batch_scale: int
 
     @property
     def in_flight(self) -> int: ...
@@ -121,6 +124,7 @@ class InlinePool:
     def __init__(self, options: ScanOptions, roots: Mapping[int, str]) -> None:
         self.workers = 0
         self.depth = IN_FLIGHT_PER_WORKER
+        self.batch_scale = 1
         self._state = WorkerState(options, roots, 1)
         self._queue: deque[tuple[Task, Callback]] = deque()
 
@@ -285,6 +289,7 @@ class ProcessPool:
         ctx = multiprocessing.get_context(method)
         self.workers = workers
         self.depth = IN_FLIGHT_PER_WORKER
+        self.batch_scale = 1
         self._callbacks: dict[int, tuple[Callback, int]] = {}
         self._busy = [0] * workers
         self._next = 0

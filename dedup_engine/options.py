@@ -120,6 +120,11 @@ class ScanOptions:
             raise OptionsError(f"--sample-above must be at least 1 byte, not {self.sample_above}")
         if self.io_depth is not None and not 1 <= self.io_depth <= MAX_IO_DEPTH:
             raise OptionsError(f"--io-depth must be 1 to {MAX_IO_DEPTH}, not {self.io_depth}")
+        if self.workers is not None and self.cluster is not None:
+            raise OptionsError(
+                "--workers is for local worker processes: --cluster runs on the cluster's"
+                " workers (local:N starts N)"
+            )
         if self.workers is not None and self.workers < 0:
             raise OptionsError(f"--workers must be 0 (in process) or more, not {self.workers}")
         if self.workers is not None:

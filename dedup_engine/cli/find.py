@@ -280,6 +280,8 @@ def find(
                 " use text, csv or json"
             )
         _check_output(output)
+        if cluster is not None:
+            _quiet_dask()
         searched = itertools.chain(
             roots or (), *(_listed(source, null) for source in files_from or ())
         )
@@ -404,6 +406,16 @@ def _print_notes(result: FindResult, request: _Request, left_out: int) -> None:
 def _write(result: Findings, options: ScanOptions, form: Format, out: IO[bytes], null: bool) -> int:
     """Write the report; the number of paths left out of it (fdupes without -0)."""
     return WRITERS[form](result, options, out, null=null)
+
+
+def _quiet_dask() -> None:
+    """Dask's own log lines and warnings (a worker rescheduled, a port taken, versions that
+    differ in their last digit) are not the run's: stderr holds what dedup has to say."""
+    import logging
+    import warnings
+
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", module=r"distributed(\.|$)")
 
 
 @contextlib.contextmanager

@@ -16,15 +16,23 @@ tasks are not run again elsewhere yet).  Dask is an optional dependency, importe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from dedup_engine.find.pool import WorkerError, WorkerState, run_task
 from dedup_engine.find.tasks import Result, Task
-from dedup_engine.options import OptionsError, ScanOptions
+from dedup_engine.options import (
+    OptionsError,
+    ScanOptions,
+    cpu_count,
+    open_file_limit,
+    worker_limit,
+)
 from dedup_engine.version import __version__
 
 #: Seconds between looks at whether a worker was lost, and that the run's end waits for its
@@ -74,17 +82,8 @@ class ClusterPool:
                 )
                 for number in range(self.workers)
             ]
-            try:
-                distributed.wait(setup, timeout=CLOSE_S)
-            except TimeoutError:
-                raise WorkerError(
-                    f"the cluster's workers did not start the run within {CLOSE_S} s"
-                ) from None
             for future in setup:
-                if future.status != "finished":
-                    raise WorkerError(
-                        f"a cluster worker could not start the run: {future.exception()}"
-                    )
+                self._outcome(future, "could not start the run")
         except BaseException:
             self.abort()
             raise
@@ -101,10 +100,19 @@ class ClusterPool:
                 silence_logs=50,  # logging.CRITICAL: the run's stderr is the run's own
             )
             return distributed.Client(self._cluster)
+        # The connection and its handshake first, within Dask's connect timeout: a server that
+        # takes the connection and never answers (not a scheduler) holds a Client for ever.
+        limit = _seconds("distributed.comm.timeouts.connect")
         try:
-            return distributed.Client(address)
+            asyncio.run(_reach(address, limit))
+            return distributed.Client(address, timeout=limit)
         except (OSError, TimeoutError) as exc:
-            raise OptionsError(f"--cluster {address}: cannot reach the scheduler: {exc}") from None
+            reason = str(exc) or f"no answer within {limit:g} s"
+            raise OptionsError(
+                f"--cluster {address}: cannot reach the scheduler: {reason}"
+            ) from None
+        except (ValueError, TypeError) as exc:  # not an address Dask can use
+            raise OptionsError(f"--cluster {address}: not a scheduler's address: {exc}") from None
 
     def _on(self, number: int) -> dict[str, Any]:
         """Where a task for worker `number` runs: there and nowhere else."""
@@ -133,20 +141,42 @@ class ClusterPool:
             except TimeoutError:  # nothing finished yet: still every worker there?
                 self._check_workers()
                 continue
+            except OSError as exc:  # the scheduler is gone
+                raise WorkerError(f"lost the cluster's scheduler: {exc}") from None
             break
         for future in done:
             self._futures.discard(future)
             on_done, worker = self._callbacks.pop(future.key)
             self._busy[worker] -= 1
-            if future.status != "finished":
-                raise WorkerError(f"a cluster worker failed: {future.exception()!r}")
-            result = future.result()
+            result = self._outcome(future, "failed")
             future.release()
             on_done(result)
 
+    def _outcome(self, future: Any, failing: str) -> Any:
+        """A task's result, fetched from its worker; a worker lost meanwhile (the result lived
+        there, and Dask would wait for it to come back) or a task that raised ends the run."""
+        while True:
+            try:
+                if future.status == "error":
+                    raise WorkerError(
+                        f"a cluster worker {failing}: {future.exception(timeout=POLL_S)!r}"
+                    )
+                return future.result(timeout=POLL_S)
+            except TimeoutError:
+                self._check_workers()
+            except OSError as exc:  # the scheduler is gone
+                raise WorkerError(f"lost the cluster's scheduler: {exc}") from None
+
     def _check_workers(self) -> None:
-        """A worker that owns rows and left the cluster ends the run."""
-        present = set(self._client.scheduler_info()["workers"])
+        """A worker that owns rows and left the cluster ends the run, and so does a scheduler
+        that no longer answers."""
+        try:
+            present = set(self._client.scheduler_info()["workers"])
+            status = self._client.status
+        except OSError as exc:
+            raise WorkerError(f"lost the cluster's scheduler: {exc}") from None
+        if status not in ("running", "connecting"):
+            raise WorkerError("lost the cluster's scheduler")
         lost = [address for address in self._addresses if address not in present]
         if lost:
             raise WorkerError(f"cluster worker {lost[0]} was lost: the files it scanned with it")
@@ -166,7 +196,7 @@ class ClusterPool:
             with contextlib.suppress(Exception):  # only those still there: none waits for one gone
                 present = set(client.scheduler_info()["workers"])
                 there = [a for a in self._addresses if a in present]
-                client.run(_drop, self._id, workers=there)
+                client.run(_close, self._id, workers=there)
         self._release()
 
     def _release(self) -> None:
@@ -189,24 +219,47 @@ def _dask() -> Any:
 
 
 def _local_workers(address: str) -> int:
+    """N of `local:N`: from 1 to as many worker processes as `--workers` may start here."""
+    limit, why = worker_limit(cpu_count(), open_file_limit())
     count = address.removeprefix("local:")
-    if not count.isdigit() or not 1 <= int(count) <= 256:
-        raise OptionsError(f"--cluster {address}: local:N wants N from 1 to 256 workers")
+    if not (count.isascii() and count.isdigit()) or not 1 <= int(count) <= limit:
+        raise OptionsError(f"--cluster {address}: local:N wants N from 1 to {limit} ({why})")
     return int(count)
+
+
+async def _reach(address: str, limit: float) -> None:
+    """Connect to `address` and shake hands as Dask does, within `limit` seconds."""
+    from distributed.comm.core import connect
+
+    comm = await asyncio.wait_for(connect(address, timeout=limit), limit)  # type: ignore[no-untyped-call]
+    await comm.close()
+
+
+def _seconds(key: str) -> float:
+    """A duration from Dask's configuration, in seconds."""
+    from dask.config import get
+    from dask.utils import parse_timedelta
+
+    seconds: float = parse_timedelta(get(key), default="s")
+    return seconds
 
 
 # Worker side: the runs this worker process takes part in, by run id.
 
 
 class _Held:
-    """A run's state on one worker, used by one task at a time."""
+    """A run's state on one worker, used by one task at a time, and when it was last used."""
 
     def __init__(self, state: WorkerState) -> None:
         self.state = state
         self.lock = threading.Lock()
+        self.used = time.monotonic()
 
 
 _RUNS: dict[str, _Held] = {}
+#: A run whose state no task has used for this long lost its coordinator (killed, its host
+#: gone): the next run set up on the worker drops it.
+ABANDONED_S = 3600.0
 
 
 def _setup(
@@ -217,6 +270,9 @@ def _setup(
             f"this worker runs dedup-engine {__version__} and the run {version}: install one"
             " version on every host"
         )
+    now = time.monotonic()
+    for old in [r for r, held in _RUNS.items() if now - held.used > ABANDONED_S]:
+        _close(old)
     _RUNS[run] = _Held(WorkerState(options, roots, workers))
 
 
@@ -225,14 +281,13 @@ def _run(run: str, task: Task) -> Result:
     if held is None:
         raise RuntimeError("this worker holds no state for the run: it was restarted")
     with held.lock:
+        held.used = time.monotonic()
         return run_task(task, held.state)
 
 
 def _close(run: str) -> None:
+    """The run's end on this worker: its state written (the cache) and let go."""
     held = _RUNS.pop(run, None)
     if held is not None:
-        held.state.close()
-
-
-def _drop(run: str) -> None:
-    _RUNS.pop(run, None)
+        with contextlib.suppress(Exception):
+            held.state.close()

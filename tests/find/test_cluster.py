@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -76,14 +77,55 @@ def test_the_command_runs_on_a_local_cluster(tree: Tree, tmp_path: Path) -> None
         assert theirs["options"]["cluster"] == "local:2"
 
 
-@pytest.mark.parametrize("address", ["local:0", "local:x", "local:"])
-def test_a_bad_local_cluster_is_a_usage_error(tree: Tree, address: str) -> None:
+@pytest.mark.parametrize(
+    "address",
+    [
+        "local:0",
+        "local:x",
+        "local:",
+        "local:\u00b2",
+        "local:9999",
+        "garbage",
+        "",
+        "tcp://127.0.0.1",
+        "tcp://127.0.0.1:notaport",
+        "tls://127.0.0.1:1",
+        "tcp://[::1",
+    ],
+)
+def test_a_bad_cluster_address_is_one_line_and_exit_2(tree: Tree, address: str) -> None:
     tree.file("f", b"x")
     code, out, err = invoke("find", tree.root, "--cluster", address)
     assert (code, out) == (2, b"")
-    assert err.decode() == (
-        f"dedup: error: --cluster {address}: local:N wants N from 1 to 256 workers\n"
-    )
+    assert err.decode().count("\n") == 1
+    assert err.decode().startswith(f"dedup: error: --cluster {address}: ")
+
+
+def test_workers_and_a_cluster_are_a_usage_error(tree: Tree) -> None:
+    tree.file("f", b"x")
+    code, _, err = invoke("find", tree.root, "-j", "3", "--cluster", "local:2")
+    assert code == 2
+    assert err.decode().startswith("dedup: error: --workers is for local worker processes")
+
+
+def test_a_server_that_is_no_scheduler_is_a_usage_error(tree: Tree) -> None:
+    """It takes the connection and never answers: waited for as long as a connection, no more."""
+    tree.file("f", b"x")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        done = subprocess.run(
+            [*DEDUP, "find", tree.root, "--cluster", f"tcp://127.0.0.1:{port}"],
+            capture_output=True,
+            check=False,
+            timeout=120,
+            env={**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"},
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.decode().count("\n") == 1
+    assert time.monotonic() - started < 60
 
 
 def test_without_dask_the_cluster_option_says_how_to_install_it(
@@ -178,6 +220,32 @@ def test_a_worker_lost_during_a_run_ends_it_with_a_worker_error(
                 pool.submit(ScanTask((job,)), lambda result: None, number)
             for _ in range(pool.workers):
                 pool.wait_one()
+    finally:
+        pool.abort()
+
+
+def test_a_result_left_on_a_worker_lost_since_ends_the_run(
+    tree: Tree, dask_cluster: tuple[str, list[subprocess.Popen[bytes]]]
+) -> None:
+    """The task finished, but its result lived on the worker: Dask would wait for that worker
+    to come back, for ever; the run ends instead."""
+    _tree(tree)
+    address, _ = dask_cluster
+    top = os.stat(tree.root)
+    job = DirJob(tree.root, 0, 0, top.st_dev, top.st_dev, top.st_ino)
+    pool = ClusterPool(address, ScanOptions(), {0: tree.root})
+    try:
+        pool.submit(ScanTask((job,)), lambda result: None, 0)
+        (future,) = pool._futures
+        deadline = time.monotonic() + 60
+        while future.status != "finished" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids = pool._client.run(os.getpid)
+        os.kill(pids[pool._addresses[0]], signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(WorkerError, match="was lost"):
+            pool.wait_one()
+        assert time.monotonic() - started < 30
     finally:
         pool.abort()
 

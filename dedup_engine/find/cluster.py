@@ -166,6 +166,10 @@ class ClusterPool:
                 self._check_workers()
             except OSError as exc:  # the scheduler is gone
                 raise WorkerError(f"lost the cluster's scheduler: {exc}") from None
+            except WorkerError:
+                raise
+            except (Exception, asyncio.CancelledError) as exc:  # raised since, or cancelled
+                raise WorkerError(f"a cluster worker {failing}: {exc!r}") from None
 
     def _check_workers(self) -> None:
         """A worker that owns rows and left the cluster ends the run, and so does a scheduler

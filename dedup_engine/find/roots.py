@@ -178,14 +178,15 @@ def canonical_roots(
     table = _Table()
     try:
         parents: dict[str, str] = {}
+        cwd = os.getcwd()
         for root in given:
-            table.add(*_canonical(root, parents))
+            table.add(*_canonical(root, parents, cwd))
         table.flush()
         searched = table.count
         if not searched:
             raise OptionsError("no root given")
         for root in reference:
-            table.add_reference(*_canonical(root, parents), searched)
+            table.add_reference(*_canonical(root, parents, cwd), searched)
         table.db.execute("COMMIT")
         return Roots(table.db, table.count, searched)
     except sqlite3.Error as exc:  # its temporary file's disk full, or no place to make one
@@ -265,7 +266,7 @@ class _Table:
         return number
 
 
-def _canonical(root: str | os.PathLike[str], parents: dict[str, str]) -> tuple[str, bool]:
+def _canonical(root: str | os.PathLike[str], parents: dict[str, str], cwd: str) -> tuple[str, bool]:
     """The root's canonical path, and whether it is a directory (else a regular file)."""
     text = os.fspath(root)
     if not text:
@@ -273,7 +274,7 @@ def _canonical(root: str | os.PathLike[str], parents: dict[str, str]) -> tuple[s
     if "\0" in text:
         raise OptionsError(f"root {text!r} holds a NUL")
     try:
-        real, st = _realpath(text, parents)
+        real, st = _realpath(text, parents, cwd)
     except OSError as exc:
         raise OptionsError(f"root {text!r}: {describe_error(exc)}") from None
     if stat.S_ISDIR(st.st_mode):
@@ -283,25 +284,30 @@ def _canonical(root: str | os.PathLike[str], parents: dict[str, str]) -> tuple[s
     raise OptionsError(f"root {text!r} is neither a directory nor a regular file")
 
 
-def _realpath(text: str, parents: dict[str, str]) -> tuple[str, os.stat_result]:
+def _realpath(
+    text: str, parents: dict[str, str], cwd: str | None = None
+) -> tuple[str, os.stat_result]:
     """`os.path.realpath(text)` and the stat of what it names, with each parent directory
     resolved once (a list of a million files names a few thousand directories, and resolving a
     path looks at each of its components), and one look at a name that is no symlink.  A path
     with a "." or ".." in it, whose meaning depends on the symlinks before it, is resolved
-    whole."""
+    whole; but a leading "./" (`find .` writes one before every path) is the working directory
+    `cwd`, whatever the symlinks."""
+    while text.startswith("./") and len(text) > 2:
+        text = text[2:]
     if text.startswith("/") and "//" not in text and "/." not in text and text[-1] != "/":
         head, _, name = text.rpartition("/")  # already normal: the common case, made quick
         head = head or "/"
     else:
-        # The kernel's view first: "file/", "file/." and "file/../x" name no file (ENOTDIR),
-        # where the string operations below would drop the part that says so.
-        kernel = os.stat(text)
-        absolute = os.path.join(os.getcwd(), text) if not text.startswith("/") else text
+        absolute = text if text.startswith("/") else os.path.join(cwd or os.getcwd(), text)
         parts = absolute.split("/")
         head, name = os.path.split(os.path.normpath(absolute))
-        if "." in parts or ".." in parts or not name:
-            real = os.path.realpath(text)
-            return real, kernel
+        if "." in parts or ".." in parts or not name or text.endswith("/"):
+            # The kernel's view first: "file/", "file/." and "file/../x" name no file
+            # (ENOTDIR), where the string operations would drop the part that says so.
+            kernel = os.stat(text)
+            if "." in parts or ".." in parts or not name:
+                return os.path.realpath(text), kernel
     real_head = parents.get(head)
     if real_head is None:
         if len(parents) >= _PARENTS_KEPT:

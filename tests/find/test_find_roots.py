@@ -213,6 +213,8 @@ def test_roots_resolve_as_realpath_does(tmp_path: Path, monkeypatch: pytest.Monk
         "link/../link/sub/f",
         "real/up/../sub/f",  # "..", after a symlink: the symlink's parent, not the lexical one
         "link/./sub/f",
+        "./link/sub/f",
+        "././real/up/f",
         f"{tmp_path}//link//sub/",
         "/",
     ]

@@ -517,8 +517,7 @@ class FullStep(Step):
         heap = self._heap
         batch: list[tuple[int, Group]] = []
         count = total = 0
-        scale = self.context.pool.batch_scale
-        files, size = BATCH_FILES * scale, BATCH_BYTES * scale
+        files, size = self._batch_size(), BATCH_BYTES * self.context.pool.batch_scale
         while heap and (not batch or (count + len(heap[0][2]) <= files and total < size)):
             negative, _, group = heapq.heappop(heap)
             batch.append((-negative, group))

@@ -65,6 +65,7 @@ class ClusterPool:
         self._callbacks: dict[str, tuple[Callback, int]] = {}
         try:
             self._client = self._connect(distributed, address)
+            _drop_abandoned_fetches(self._client.loop.asyncio_loop)
             self._addresses = sorted(self._client.scheduler_info()["workers"])
             if not self._addresses:
                 raise OptionsError(f"--cluster {address}: the cluster has no worker")
@@ -212,6 +213,29 @@ class ClusterPool:
             with contextlib.suppress(Exception):
                 self._cluster.close()
             self._cluster = None
+
+
+def _drop_abandoned_fetches(loop: asyncio.AbstractEventLoop) -> None:
+    """A result fetch that `_outcome` gave up on (its worker was lost) stays pending inside the
+    client until the client closes, and then ends with Dask's `AllExit`, which nobody is left to
+    read: asyncio would print it as "Task exception was never retrieved" (on the run's stderr,
+    at some later garbage collection).  Any other exception goes to the handler there before."""
+    from distributed.client import AllExit
+
+    before = loop.get_exception_handler()
+    if getattr(before, "drops_abandoned_fetches", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), AllExit):
+            return
+        if before is not None:
+            before(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.drops_abandoned_fetches = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
 
 
 def _dask() -> Any:

@@ -65,6 +65,7 @@ class Verified(str, enum.Enum):
     """How a group's files were found equal."""
 
     BYTES = "bytes"  # every byte compared (and hashed)
+    DIGEST = "digest"  # every byte hashed, files compared by their BLAKE3 digests (`--root-on`)
     SAMPLED = "sampled"  # `--sample`: windows spread over the files only; not verified
 
 

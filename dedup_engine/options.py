@@ -92,11 +92,15 @@ class ScanOptions:
     sample_above: int = DEFAULT_SAMPLE_ABOVE
     #: Run the search on a Dask cluster (`find.cluster`): a scheduler's address, or "local:N".
     cluster: str | None = None
+    #: `--root-on`: (workers, directory) of each root that only some of the cluster's workers
+    #: hold (a disk of their host), as given; `find.cluster` says which workers a name matches.
+    root_on: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         self._check_limits()
         self._check_windows()
         self._check_patterns()
+        self._check_root_on()
 
     def _check_limits(self) -> None:
         if self.max_depth is not None and self.max_depth < 0:
@@ -131,6 +135,24 @@ class ScanOptions:
             limit, why = worker_limit(cpu_count(), open_file_limit())
             if self.workers > limit:
                 raise OptionsError(f"--workers {self.workers} is above the limit of {limit}: {why}")
+
+    def _check_root_on(self) -> None:
+        """What `--root-on` needs, and what it is not yet combined with."""
+        if not self.root_on:
+            return
+        if self.cluster is None:
+            raise OptionsError("--root-on names a cluster's workers: give --cluster as well")
+        for name, path in self.root_on:
+            if not name:
+                raise OptionsError(f"--root-on ={path}: name the workers before the '='")
+            if not os.path.isabs(path) or "\0" in path:
+                raise OptionsError(
+                    f"--root-on {name}={path}: the directory must be an absolute path on"
+                    " those workers' host"
+                )
+        for option, used in (("--dirs", self.dirs), ("--reference", self.reference)):
+            if used:
+                raise OptionsError(f"--root-on cannot be combined with {option} yet")
 
     def _check_windows(self) -> None:
         for name in ("head_window", "tail_window", "chunk_size"):

@@ -181,6 +181,16 @@ def find(
             " worker processes here.  Needs: pip install 'dedup-engine[dask]'.",
         ),
     ] = None,
+    root_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--root-on",
+            metavar="WORKERS=DIR",
+            help="With --cluster: search DIR, a directory that only the workers of that name,"
+            " address or host hold (their own disk); files of two such are compared by"
+            " digest.  Repeatable; then every root is given so.",
+        ),
+    ] = None,
     io_depth: Annotated[
         int | None,
         typer.Option(
@@ -263,6 +273,7 @@ def find(
             sample_above=parse_size(sample_above),
             workers=workers,
             cluster=cluster,
+            root_on=tuple(_root_on(given) for given in root_on or ()),
             io_depth=io_depth,
             head_window=parse_size(head_window),
             tail_window=parse_size(tail_window),
@@ -406,6 +417,14 @@ def _print_notes(result: FindResult, request: _Request, left_out: int) -> None:
 def _write(result: Findings, options: ScanOptions, form: Format, out: IO[bytes], null: bool) -> int:
     """Write the report; the number of paths left out of it (fdupes without -0)."""
     return WRITERS[form](result, options, out, null=null)
+
+
+def _root_on(given: str) -> tuple[str, str]:
+    """`WORKERS=DIR` of `--root-on` (the name may not hold an "="; the directory may)."""
+    name, equals, path = given.partition("=")
+    if not equals:
+        raise OptionsError(f"--root-on {given}: give it as WORKERS=DIR")
+    return name, path
 
 
 def _quiet_dask() -> None:

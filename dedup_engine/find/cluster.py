@@ -10,21 +10,29 @@ the order they reach it, which need not be the order they were sent: its rows ar
 it scans, and the coordinator gives each row of a scan result its place
 (`groups.SizeIndex.add`).
 
+With `--root-on`, the workers a name matches are a site, and the roots given to it are its
+own disks: a worker of the site makes each canonical (`held_roots`), and the coordinator sends
+every task on their files to that site's workers alone (`Pool.sites`, `submit(among=)`).
+
 A worker lost mid-run takes its rows with it: the run ends with a `WorkerError` naming it (its
-tasks are not run again elsewhere yet).  Dask is an optional dependency, imported only here.
+tasks are not run again elsewhere yet), and the roots no worker is left to read.  Dask is an
+optional dependency, imported only here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from dedup_engine.find.pool import WorkerError, WorkerState, run_task
+from dedup_engine.find.pool import WorkerError, WorkerState, least_busy, run_task
 from dedup_engine.find.tasks import Result, Task
 from dedup_engine.options import (
     OptionsError,
@@ -33,6 +41,7 @@ from dedup_engine.options import (
     open_file_limit,
     worker_limit,
 )
+from dedup_engine.oserror import describe_error
 from dedup_engine.version import __version__
 
 #: Seconds between looks at whether a worker was lost, and that the run's end waits for its
@@ -56,27 +65,47 @@ class ClusterPool:
     (`tcp://host:8786`), or `local:N` for a cluster of N worker processes on this machine,
     started for the run and stopped with it."""
 
-    def __init__(self, address: str, options: ScanOptions, roots: Mapping[int, str]) -> None:
+    def __init__(
+        self, address: str, options: ScanOptions, roots: Mapping[int, str] | None = None
+    ) -> None:
+        """Connect, and with `roots` start the run on every worker; without, `start` does once
+        the roots are known (those of `--root-on` are found by the workers, `held_roots`)."""
         distributed = _dask()
         self._cluster: Any = None
         self.depth = IN_FLIGHT
         self.batch_scale = BATCH_SCALE
         self._id = uuid.uuid4().hex
+        self._options = options
         self._callbacks: dict[str, tuple[Callback, int]] = {}
+        self._futures: set[Any] = set()
+        self._held: list[HeldRoot] = []
         try:
             self._client = self._connect(distributed, address)
             _drop_abandoned_fetches(self._client.loop.asyncio_loop)
-            self._addresses = sorted(self._client.scheduler_info()["workers"])
+            info = self._client.scheduler_info()["workers"]
+            self._addresses = sorted(info)
             if not self._addresses:
                 raise OptionsError(f"--cluster {address}: the cluster has no worker")
             self.workers = len(self._addresses)
             self._busy = [0] * self.workers
+            self.sites = _sites(
+                options.root_on, [info[a] | {"address": a} for a in self._addresses]
+            )
+            if roots is not None:
+                self.start(roots)
+        except BaseException:
+            self.abort()
+            raise
+
+    def start(self, roots: Mapping[int, str]) -> ClusterPool:
+        """The run's state set up on every worker, for these directory roots."""
+        try:
             setup = [
                 self._client.submit(
                     _setup,
                     self._id,
                     __version__,
-                    options,
+                    self._options,
                     dict(roots),
                     self.workers,
                     **self._on(number),
@@ -88,7 +117,24 @@ class ClusterPool:
         except BaseException:
             self.abort()
             raise
-        self._futures: set[Any] = set()
+        return self
+
+    def held_roots(self) -> list[HeldRoot]:
+        """Each `--root-on` directory made canonical by a worker of its site, with the
+        identity it has there; one missing or not a directory is a usage error."""
+        names = _site_names(self._options.root_on)
+        asked = []
+        for name, path in self._options.root_on:
+            site = names[name]
+            worker = self.sites.index(site)
+            future = self._client.submit(_held_root, path, **self._on(worker))
+            asked.append((name, path, site, future))
+        for name, path, site, future in asked:
+            real, dev, ino, error = self._outcome(future, "could not look at a --root-on root")
+            if error:
+                raise OptionsError(f"--root-on {name}={path}: {error}")
+            self._held.append(HeldRoot(real, site, dev, ino, name))
+        return list(self._held)
 
     def _connect(self, distributed: Any, address: str) -> Any:
         if address.startswith("local:"):
@@ -123,9 +169,15 @@ class ClusterPool:
     def in_flight(self) -> int:
         return len(self._callbacks)
 
-    def submit(self, task: Task, on_done: Callback, worker: int | None = None) -> int:
+    def submit(
+        self,
+        task: Task,
+        on_done: Callback,
+        worker: int | None = None,
+        among: Sequence[int] | None = None,
+    ) -> int:
         if worker is None:
-            worker = self._busy.index(min(self._busy))
+            worker = least_busy(self._busy, among)
         self._busy[worker] += 1
         future = self._client.submit(_run, self._id, task, **self._on(worker))
         self._callbacks[future.key] = (on_done, worker)
@@ -182,9 +234,21 @@ class ClusterPool:
             raise WorkerError(f"lost the cluster's scheduler: {exc}") from None
         if status not in ("running", "connecting"):
             raise WorkerError("lost the cluster's scheduler")
-        lost = [address for address in self._addresses if address not in present]
+        lost = [n for n, address in enumerate(self._addresses) if address not in present]
         if lost:
-            raise WorkerError(f"cluster worker {lost[0]} was lost: the files it scanned with it")
+            raise WorkerError(self._lost(lost[0], present))
+
+    def _lost(self, worker: int, present: set[str]) -> str:
+        """What a lost worker takes with it: the files it scanned, and the roots only its site
+        could read once no worker of the site is left."""
+        said = f"cluster worker {self._addresses[worker]} was lost: the files it scanned with it"
+        site = self.sites[worker]
+        left = [a for n, a in enumerate(self._addresses) if self.sites[n] == site and a in present]
+        held = [h for h in self._held if h.site == site]
+        if site and held and not left:
+            roots = ", ".join(repr(h.path) for h in held)
+            said += f", and no worker is left that holds {held[0].name}: {roots}"
+        return said
 
     def close(self) -> None:
         distributed = _dask()
@@ -213,6 +277,55 @@ class ClusterPool:
             with contextlib.suppress(Exception):
                 self._cluster.close()
             self._cluster = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRoot:
+    """A `--root-on` directory: its canonical path where its site's workers read it (`name`
+    matched them), and its identity there."""
+
+    path: str
+    site: int
+    dev: int
+    ino: int
+    name: str
+
+
+def _site_names(root_on: Sequence[tuple[str, str]]) -> dict[str, int]:
+    """Each name `--root-on` gives its site number, from 1, in the order first given."""
+    names: dict[str, int] = {}
+    for name, _ in root_on:
+        names.setdefault(name, len(names) + 1)
+    return names
+
+
+def _sites(
+    root_on: Sequence[tuple[str, str]], workers: Sequence[Mapping[str, Any]]
+) -> tuple[int, ...]:
+    """Each worker's site: that of the `--root-on` name it matches (its Dask name, its
+    address, or its host), or 0.  A name that matches no worker, or a worker two names match,
+    is a usage error: which disk is where must be plain."""
+    sites = [0] * len(workers)
+    names = _site_names(root_on)
+    for name, site in names.items():
+        matched = [
+            n
+            for n, worker in enumerate(workers)
+            if name in (str(worker.get("name")), worker["address"], worker.get("host"))
+        ]
+        if not matched:
+            raise OptionsError(
+                f"--root-on {name}=...: no worker of the cluster has that name, address or host"
+            )
+        for number in matched:
+            if sites[number]:
+                other = next(n for n, s in names.items() if s == sites[number])
+                raise OptionsError(
+                    f"--root-on: cluster worker {workers[number]['address']} is matched by"
+                    f" {other!r} and by {name!r}: give the disks of one host under one name"
+                )
+            sites[number] = site
+    return tuple(sites)
 
 
 def _drop_abandoned_fetches(loop: asyncio.AbstractEventLoop) -> None:
@@ -302,6 +415,19 @@ def _setup(
     for old in [r for r, held in _RUNS.items() if now - held.used > ABANDONED_S]:
         _close(old)
     _RUNS[run] = _Held(WorkerState(options, roots, workers))
+
+
+def _held_root(path: str) -> tuple[str, int, int, str]:
+    """A `--root-on` directory as this worker sees it: its canonical path and identity, or
+    why it cannot be a root."""
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except OSError as exc:
+        return path, 0, 0, describe_error(exc)
+    if not stat.S_ISDIR(st.st_mode):
+        return real, 0, 0, "not a directory on that worker"
+    return real, st.st_dev, st.st_ino, ""
 
 
 def _run(run: str, task: Task) -> Result:

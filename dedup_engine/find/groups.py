@@ -12,7 +12,7 @@ or names when hard links are to be reported as duplicates.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -61,14 +61,17 @@ class SizeIndex:
     when the final group is built (`assemble`).
     """
 
-    def __init__(self, hard_links: bool) -> None:
+    def __init__(self, hard_links: bool, sites: Sequence[int] = ()) -> None:
         self.hard_links = hard_links
+        #: Each worker's site (`pool.Pool.sites`): an inode is one only within a site, since
+        #: two sites' disks (`--root-on`) may well number theirs alike.
+        self._sites = sites if any(sites) else ()
         self.links: dict[int, list[int]] = {}
         self.aliases: set[int] = set()  # rows reached through a symlink to a file
         self._last: dict[int, int] = {}
         self._prev: dict[int, array[int]] = {}
         self._received: dict[int, int] = {}  # rows taken, per worker: all of them at the end
-        self._inodes: dict[tuple[int, int], int] = {}
+        self._inodes: dict[tuple[int, ...], int] = {}
         self._real: dict[int, int] = {}  # names not reached through a symlink, per linked inode
         self.rows_in = 0
         self.paths_in_candidates = 0
@@ -91,7 +94,11 @@ class SizeIndex:
         first = file_key(worker, start)
         if result.aliases:
             self.aliases.update(first + offset for offset in result.aliases)
-        keyed = dict(zip(result.linked, zip(result.devs, result.inos, strict=True), strict=True))
+        identities: Iterable[tuple[int, ...]] = zip(result.devs, result.inos, strict=True)
+        if self._sites:
+            site = self._sites[worker]
+            identities = ((site, dev, ino) for dev, ino in identities)
+        keyed = dict(zip(result.linked, identities, strict=True))
         before = array("Q")
         put = before.append
         if not keyed:
@@ -109,7 +116,7 @@ class SizeIndex:
                 last[size] = row
         prev[start:end] = before
 
-    def _is_link(self, row: int, key: tuple[int, int]) -> bool:
+    def _is_link(self, row: int, key: tuple[int, ...]) -> bool:
         """Record another name of a known inode; False (and remember it) for a new inode."""
         rep = self._inodes.get(key)
         if rep is None:
@@ -199,7 +206,12 @@ ANY_ROOTS = RootRule()
 
 
 def assemble(
-    size: int, digest: bytes, names: list[Named], hard_links: bool, rule: RootRule = ANY_ROOTS
+    size: int,
+    digest: bytes,
+    names: list[Named],
+    hard_links: bool,
+    rule: RootRule = ANY_ROOTS,
+    sites: Mapping[int, int] | None = None,
 ) -> DuplicateGroup | None:
     """The final group of these names, or None if it does not count.
 
@@ -208,17 +220,19 @@ def assemble(
     name not reached through a symlink, up to the inode's link count (a bind mount shows one
     file under a second name without linking it).  A name reached through a symlink is listed
     only when its inode has no other: acting on a link while keeping its target's copies loses
-    data.  Order: by the index of the root the file was found under, then by path.
+    data.  Order: by the index of the root the file was found under, then by path.  `sites`:
+    each root's site (`--root-on`), within which alone a (dev, ino) is one inode.
     """
     if len(names) < 2 or not rule.counts(n.root for n in names):
         return None  # one name: not a group, even of hard links
-    entries = [n.entry for n in names]
-    distinct = len({(e.dev, e.ino) for e in entries}) == len(entries)
+    site = (sites or {}).get
+    keys = [(site(n.root, 0), n.entry.dev, n.entry.ino) for n in names]
+    distinct = len(set(keys)) == len(keys)
     if distinct and not any(n.alias for n in names):
         return DuplicateGroup(size, digest.hex(), _ordered(names))  # one name per inode
-    inodes: dict[tuple[int, int], list[Named]] = {}
-    for named in names:
-        inodes.setdefault((named.entry.dev, named.entry.ino), []).append(named)
+    inodes: dict[tuple[int, int, int], list[Named]] = {}
+    for key, named in zip(keys, names, strict=True):
+        inodes.setdefault(key, []).append(named)
     if hard_links:
         weight = sum(
             min(max(1, sum(not n.alias for n in same)), max(1, *(n.nlink for n in same)))

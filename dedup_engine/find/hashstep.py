@@ -27,12 +27,13 @@ import time
 from abc import ABC, abstractmethod
 from array import array
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dedup_engine.find.groups import (
     ANY_ROOTS,
+    ROW_BITS,
     Group,
     Named,
     RootRule,
@@ -91,6 +92,9 @@ class StepContext:
     #: `--sample` windows (0: none), for files above `sample_above` bytes.
     sample: int = 0
     sample_above: int = 0
+    #: Each root's site, where a cluster's workers hold roots of their own (`--root-on`):
+    #: files of two sites are never read by one worker, and are compared by their digests.
+    root_sites: Mapping[int, int] = dataclasses.field(default_factory=dict)
 
     @property
     def room(self) -> bool:
@@ -396,7 +400,19 @@ class _Names:
         self, context: StepContext, size: int, digest: bytes, group: Group
     ) -> DuplicateGroup | None:
         """The final group of these representatives' names that passed their checks, or None
-        if it does not count (`groups.assemble`)."""
+        if it does not count (`groups.assemble`); one whose files are on two sites or more was
+        found equal by the files' digests, and says so."""
+        final = self._final(context, size, digest, group)
+        if final is None or not context.root_sites:
+            return final
+        sites, failed, at = context.pool.sites, self.failed, self.at
+        if len({sites[rep >> ROW_BITS] for rep in group if not failed[at[rep]]}) > 1:
+            return dataclasses.replace(final, verified=Verified.DIGEST)
+        return final
+
+    def _final(
+        self, context: StepContext, size: int, digest: bytes, group: Group
+    ) -> DuplicateGroup | None:
         entries, parts, where, at, failed = (
             self._entries(),
             self.part,
@@ -406,7 +422,8 @@ class _Names:
         )
         sizes, rule = context.sizes, context.rule
         if sizes.links or sizes.aliases:
-            return assemble(size, digest, self._named(context, group), sizes.hard_links, rule)
+            named = self._named(context, group)
+            return assemble(size, digest, named, sizes.hard_links, rule, context.root_sites)
         # One name per file, none through a symlink: `assemble`'s common case, without a
         # `Named` per file.
         described = self.described
@@ -418,7 +435,8 @@ class _Names:
         if len(kept) < 2 or len({entry[1:3] for _, entry in kept}) < len(kept):
             # Too few, or one inode under two names after all (a bind mount, a link made
             # during the walk): the general rule decides, with each name's link count.
-            return assemble(size, digest, self._named(context, group), sizes.hard_links, rule)
+            named = self._named(context, group)
+            return assemble(size, digest, named, sizes.hard_links, rule, context.root_sites)
         if not rule.counts(root for root, _ in kept):
             return None
         kept.sort()  # by root, then path (first in an entry, and never twice in a group)
@@ -537,8 +555,16 @@ class FullStep(Step):
         groups = array("I", [len(group) for _, group in batch])
         if self.alone:
             groups = array("I", [1]) * len(reps)
-        task = names.compare_task(reps, groups, self.context)
-        self.context.pool.submit(task, lambda result: self._split(batch, names, reps, result))
+        if not self.context.root_sites:
+            task = names.compare_task(reps, groups, self.context)
+            self.context.pool.submit(task, lambda result: self._split(batch, names, reps, result))
+            return
+        parts = _by_site(self.context.pool.sites, reps, groups)
+        gathered = _Gathered(len(reps), len(parts), lambda r: self._split(batch, names, reps, r))
+        for site, (positions, sizes) in parts.items():
+            task = names.compare_task([reps[p] for p in positions], sizes, self.context)
+            among = [n for n, s in enumerate(self.context.pool.sites) if s == site]
+            self.context.pool.submit(task, functools.partial(gathered.take, positions), None, among)
 
     def _split(
         self, batch: list[tuple[int, Group]], names: _Names, reps: list[int], result: CompareResult
@@ -563,6 +589,76 @@ class FullStep(Step):
                         final = dataclasses.replace(final, verified=Verified.SAMPLED)
                     context.emit(final)
         self.stats.files_out += out
+
+
+def _by_site(
+    sites: Sequence[int], reps: list[int], groups: array[int]
+) -> dict[int, tuple[list[int], array[int]]]:
+    """The full stage's files split by the site whose workers may read them: (positions in
+    `reps`, group sizes) for each site.  A group on one site stays whole there, to be compared
+    byte by byte; one on several is hashed file by file on each, to be split by digest."""
+    parts: dict[int, tuple[list[int], array[int]]] = {}
+    start = 0
+    for members in groups:
+        end = start + members
+        on = {sites[reps[p] >> ROW_BITS] for p in range(start, end)}
+        for p in range(start, end):
+            site = sites[reps[p] >> ROW_BITS]
+            positions, sizes = parts.setdefault(site, ([], array("I")))
+            positions.append(p)
+            if len(on) > 1:
+                sizes.append(1)
+            elif p == start:
+                sizes.append(members)
+        start = end
+    return parts
+
+
+class _Gathered:
+    """The compare results of a batch's sites, put back in the batch's order: one result, as
+    one worker would have given it, once every site's is in."""
+
+    def __init__(self, count: int, parts: int, done: Callable[[CompareResult], None]) -> None:
+        self._digests = bytearray(NO_DIGEST * count)
+        self._owners = [array("I", bytes(4 * count)), array("I", bytes(4 * count))]
+        self._modes = array("H", bytes(2 * count))
+        self._failed: list[Failure] = []
+        self._counts = [0, 0, 0, 0]
+        self._left = parts
+        self._done = done
+
+    def take(self, positions: list[int], result: CompareResult) -> None:
+        digests, blob = self._digests, result.digests
+        uids, gids = self._owners
+        for index, p in enumerate(positions):
+            digests[p * DIGEST_SIZE : (p + 1) * DIGEST_SIZE] = blob[
+                index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE
+            ]
+            uids[p], gids[p], self._modes[p] = (
+                result.uids[index],
+                result.gids[index],
+                result.modes[index],
+            )
+        self._failed.extend((positions[i], path, why) for i, path, why in result.failed)
+        counts = (result.files_opened, result.bytes_read, result.cache_hits, result.cache_misses)
+        self._counts = [a + b for a, b in zip(self._counts, counts, strict=True)]
+        self._left -= 1
+        if not self._left:
+            opened, read, hits, misses = self._counts
+            uids, gids = self._owners
+            self._done(
+                CompareResult(
+                    bytes(self._digests),
+                    tuple(self._failed),
+                    opened,
+                    read,
+                    uids,
+                    gids,
+                    self._modes,
+                    hits,
+                    misses,
+                )
+            )
 
 
 #: The weight of a group when only distinct inodes count: its length.

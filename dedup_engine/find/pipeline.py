@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dedup_engine.find import reach
 from dedup_engine.find.cache import CacheError, DigestCache
@@ -36,7 +37,7 @@ from dedup_engine.find.hashstep import (
     WindowStep,
 )
 from dedup_engine.find.pool import Pool, open_pool
-from dedup_engine.find.roots import Roots, canonical_roots
+from dedup_engine.find.roots import Roots, canonical_roots, known_roots
 from dedup_engine.find.tasks import DirJob, ScanResult, ScanTask, Window
 from dedup_engine.model import (
     DirectoryGroup,
@@ -49,6 +50,10 @@ from dedup_engine.model import (
 )
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.oserror import describe_error
+from dedup_engine.paths import is_under
+
+if TYPE_CHECKING:  # Dask is imported only by a run on a cluster
+    from dedup_engine.find.cluster import ClusterPool, HeldRoot
 
 #: Directories per scan task, at most; fewer while there are few to share out.
 SCAN_BATCH_DIRS = 16
@@ -90,19 +95,28 @@ def find_duplicates(
     opts = options or ScanOptions()
     if isinstance(roots, str | os.PathLike):
         roots = [roots]
-    canon = canonical_roots(roots, opts.reference)
+    held = _Held.connect(opts, roots)
+    canon = held.roots() if held is not None else canonical_roots(roots, opts.reference)
     started = time.perf_counter()
     stats = RunStats()
     issues: list[Issue] = []
     kept: list[DuplicateGroup] = []
     contents = Contents() if opts.dirs else None
     tally = _Tally(stats, on_group or kept.append, contents)
-    opts = _check_cache(opts, canon, stats)
-    pool = open_pool(opts, canon.directories)
+    try:
+        opts = _check_cache(opts, canon, stats)
+    except BaseException:
+        if held is not None:
+            held.pool.abort()
+        raise
+    pool = held.start(canon) if held is not None else open_pool(opts, canon.directories)
     directories: tuple[DirectoryGroup, ...] = ()
     try:
         rule = RootRule(opts.isolate, canon.under_reference)
-        _Run(pool, canon, opts, stats, issues, progress, tally, rule).search()
+        run = _Run(pool, canon, opts, stats, issues, progress, tally, rule)
+        if held is not None:
+            run.hold(held.by_number(canon))
+        run.search()
         if contents is not None:
             directories = find_directory_groups(
                 pool, contents, canon.directory_index, rule, (i.path for i in issues)
@@ -116,6 +130,67 @@ def find_duplicates(
     issues.sort(key=lambda i: (i.path, i.stage.value))
     kept.sort(key=report_order)
     return FindResult(canon, tuple(kept), tuple(issues), stats, canon.reference, directories)
+
+
+class _Held:
+    """`--root-on`: the cluster connected first, since only its workers can say what each
+    root is on their host (`find.cluster`); the run's state is set up once the roots are
+    numbered."""
+
+    def __init__(self, pool: ClusterPool, held: list[HeldRoot]) -> None:
+        self.pool = pool
+        self.held = held
+
+    @classmethod
+    def connect(cls, opts: ScanOptions, given: Iterable[str | os.PathLike[str]]) -> _Held | None:
+        if not opts.root_on:
+            return None
+        if next(iter(given), None) is not None:
+            raise OptionsError(
+                "--root-on: give every root with --root-on; roots that any worker may read are"
+                " not searched with roots that only some hold yet"
+            )
+        from dedup_engine.find.cluster import ClusterPool  # Dask: only for a run that asks
+
+        assert opts.cluster is not None  # ScanOptions says so
+        pool = ClusterPool(opts.cluster, opts)
+        try:
+            held = pool.held_roots()
+            _check_apart(held)
+        except BaseException:
+            pool.abort()
+            raise
+        return cls(pool, held)
+
+    def roots(self) -> Roots:
+        try:
+            return known_roots(h.path for h in self.held)
+        except BaseException:
+            self.pool.abort()
+            raise
+
+    def start(self, roots: Roots) -> Pool:
+        return self.pool.start(roots.directories)
+
+    def by_number(self, roots: Roots) -> dict[int, HeldRoot]:
+        """Each root's number: the roots are the held ones, each once, in the order given."""
+        number = {path: n for n, path in roots.directories.items()}
+        return {number[h.path]: h for h in self.held}
+
+
+def _check_apart(held: list[HeldRoot]) -> None:
+    """Two sites' roots share no path, and neither lies in the other: a report names files by
+    path, and one path must name one file."""
+    for n, one in enumerate(held):
+        for other in held[n + 1 :]:
+            if one.site == other.site:
+                continue
+            if is_under(one.path, other.path) or is_under(other.path, one.path):
+                raise OptionsError(
+                    f"--root-on {one.name}={one.path} and {other.name}={other.path}: the roots"
+                    " of two sites must not share a path (a report names files by path): mount"
+                    " each host's disk at a path of its own"
+                )
 
 
 def _check_cache(opts: ScanOptions, roots: Roots, stats: RunStats) -> ScanOptions:
@@ -194,7 +269,7 @@ class _Run:
         for stage in (Stage.SCAN, Stage.SIZE, Stage.HARDLINK, Stage.HEAD, Stage.TAIL, Stage.FULL):
             stats.stage(stage)  # rows in pipeline order
         self.current = Stage.SCAN
-        self.sizes = SizeIndex(opts.hard_links)
+        self.sizes = SizeIndex(opts.hard_links, pool.sites)
         self.steps = StepContext(
             pool,
             self.sizes,
@@ -210,9 +285,12 @@ class _Run:
             opts.sample_above,
         )
         self._last_tick = 0.0
-        self._dirs: deque[DirJob] = deque()  # directories still to list
+        # Directories still to list, by the site whose workers may list them (`hold`).
+        self._dirs: dict[int, deque[DirJob]] = {0: deque()}
+        self._held: dict[int, HeldRoot] = {}  # `--root-on` roots by number
         self._holding_file_roots: set[str] = set()  # directories whose listing passes some over
-        self._seen: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every directory queued
+        # (site, st_dev, st_ino) of every directory queued: two sites' disks may number alike.
+        self._seen: set[tuple[int, int, int]] = set()
         self._scans = 0  # scan tasks whose results are not taken yet
         # Scan results are taken in the order their tasks were sent, whatever the order they
         # come back in: the walk is then breadth first and the same for every worker count, and
@@ -221,6 +299,14 @@ class _Run:
         self._taken = 0
         self._arrived: dict[int, tuple[int, ScanResult]] = {}
         self._rechecks: dict[Step, RecheckStep] = {}  # each window's, which completes its work
+
+    def hold(self, held: dict[int, HeldRoot]) -> None:
+        """`--root-on`: these roots (by number) are listed and read only by their site's
+        workers, and files of two sites are compared by digest."""
+        self._held = held
+        sites = {number: root.site for number, root in held.items()}
+        self.steps = dataclasses.replace(self.steps, root_sites=sites)
+        self._dirs = {site: deque() for site in sorted(set(sites.values()))}
 
     def search(self) -> None:
         """scan → by size → hard links → head → tail → full → groups."""
@@ -372,13 +458,26 @@ class _Run:
             while pool.in_flight >= self.limit or len(self._arrived) >= self.limit:
                 pool.wait_one()
             self._submit_scan(ScanTask((), task))
-        pending = self._dirs
-        pending.extend(jobs)
-        while pending or self._scans:
+        for job in jobs:
+            self._dirs[self._site_of(job.root)].append(job)
+        sites = itertools.cycle(list(self._dirs.items()))
+        while self._pending() or self._scans:
             # Results wait (`_arrived`) behind a slow task: no more sent while many do.
-            while pending and pool.in_flight < self.limit and len(self._arrived) < self.limit:
-                self._send_dirs()
+            while self._pending() and not self._scans_full():
+                site, pending = next(sites)  # each site in turn: they list in parallel
+                if pending:
+                    self._send_dirs(site, pending)
             pool.wait_one()
+
+    def _scans_full(self) -> bool:
+        return self.pool.in_flight >= self.limit or len(self._arrived) >= self.limit
+
+    def _pending(self) -> bool:
+        return any(self._dirs.values())
+
+    def _site_of(self, root: int) -> int:
+        held = self._held.get(root)
+        return 0 if held is None else held.site
 
     def _skip_cache(self) -> None:
         """The digest cache's directory is never walked, should it lie under a root (the
@@ -387,10 +486,15 @@ class _Run:
             return
         with contextlib.suppress(OSError):
             st = os.stat(self.opts.cache_dir)
-            self._seen.add((st.st_dev, st.st_ino))
+            self._seen.add((0, st.st_dev, st.st_ino))
 
     def _add_root(self, index: int, root: str, jobs: list[DirJob], reached: reach.Reached) -> None:
         """A directory root's job."""
+        held = self._held.get(index)
+        if held is not None:  # on its site's host: as its workers saw it
+            self._seen.add((held.site, held.dev, held.ino))
+            jobs.append(DirJob(root, index, 0, held.dev, held.dev, held.ino))
+            return
         try:
             st = reached.stat(root)
         except OSError as exc:  # vanished since canonical_roots looked, or a symlink put above
@@ -400,29 +504,41 @@ class _Run:
             message = "cannot list root: it is no longer a directory"
             self.issues.append(Issue(root, Stage.SCAN, message))
             return
-        self._seen.add((st.st_dev, st.st_ino))
+        self._seen.add((0, st.st_dev, st.st_ino))
         jobs.append(DirJob(root, index, 0, st.st_dev, st.st_dev, st.st_ino))
 
-    def _send_dirs(self) -> None:
-        """One scan task: a few directories, fewer while there are few to share out."""
-        pending = self._dirs
-        workers = max(1, self.pool.workers)
+    def _send_dirs(self, site: int, pending: deque[DirJob]) -> None:
+        """One scan task for a worker of the site: a few directories, fewer while there are
+        few to share out."""
+        among = self._workers_of(site)
+        workers = max(1, len(among) if among is not None else self.pool.workers)
         count = max(1, min(SCAN_BATCH_DIRS, len(pending) // (2 * workers)))
         jobs = tuple(pending.popleft() for _ in range(min(count, len(pending))))
         holding = self._holding_file_roots
         inside = [
             p for job in jobs if job.path in holding for p in self.roots.file_roots_in(job.path)
         ]
-        self._submit_scan(ScanTask(jobs, file_roots=frozenset(inside)))
+        self._submit_scan(ScanTask(jobs, file_roots=frozenset(inside)), among)
 
-    def _submit_scan(self, task: ScanTask) -> None:
-        """Send a scan task to the least busy worker, which will own the files it finds."""
+    def _workers_of(self, site: int) -> list[int] | None:
+        """The workers of a site; None: any worker (no root is held)."""
+        if not self._held:
+            return None
+        return [n for n, s in enumerate(self.pool.sites) if s == site]
+
+    def _submit_scan(self, task: ScanTask, among: list[int] | None = None) -> None:
+        """Send a scan task to the least busy worker (of `among`), which will own the files it
+        finds."""
         self._scans += 1
         number = self._sent
         self._sent += 1
         # The pool says which worker it chose when `submit` returns, before any result is read.
         owner: list[int] = []
-        owner.append(self.pool.submit(task, lambda result: self._arrive(number, owner[0], result)))
+        owner.append(
+            self.pool.submit(
+                task, lambda result: self._arrive(number, owner[0], result), None, among
+            )
+        )
 
     def _arrive(self, number: int, worker: int, result: ScanResult) -> None:
         arrived = self._arrived
@@ -443,14 +559,16 @@ class _Run:
         for path, message in result.issues:
             self.issues.append(Issue(path, Stage.SCAN, message))
         seen = self._seen
+        site = self.pool.sites[worker] if self._held else 0
+        pending = self._dirs[site]
         subdirs = zip(result.subdirs, result.subdir_devs, result.subdir_inos, strict=True)
         for job, dev, ino in subdirs:
-            key = (dev, ino)
+            key = (site, dev, ino)
             if key in seen:  # a loop through a followed link or a bind mount, or a nested root
                 stats.dirs_revisited += 1
                 continue
             seen.add(key)
-            self._dirs.append(job)
+            pending.append(job)
         if self.progress is not None:
             self._tick()
 

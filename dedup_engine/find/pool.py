@@ -23,7 +23,7 @@ import sys
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Protocol
@@ -64,13 +64,22 @@ class Pool(Protocol):
     #: How many times the usual number of files a task holds (`hashstep.BATCH_FILES`): more
     #: where each task costs more to carry.
     batch_scale: int
+    #: Each worker's site: the workers that may read a file are those of its owner's site.
+    #: One site (0) but where a cluster's workers hold roots of their own (`--root-on`).
+    sites: tuple[int, ...]
 
     @property
     def in_flight(self) -> int: ...
 
-    def submit(self, task: Task, on_done: Callback, worker: int | None = None) -> int:
+    def submit(
+        self,
+        task: Task,
+        on_done: Callback,
+        worker: int | None = None,
+        among: Sequence[int] | None = None,
+    ) -> int:
         """Send `task` to `worker` (the owner of the rows it names), or to the least busy one
-        when None; returns the worker it went to."""
+        of `among` (of all when None); returns the worker it went to."""
 
     def wait_one(self) -> None: ...
 
@@ -79,6 +88,13 @@ class Pool(Protocol):
 
     def abort(self) -> None:
         """Stop the workers now, whatever they are doing: an interrupt or a failure."""
+
+
+def least_busy(busy: Sequence[int], among: Sequence[int] | None) -> int:
+    """The worker with the fewest tasks in flight, of `among` (of all when None)."""
+    if among is None:
+        return busy.index(min(busy))
+    return min(among, key=busy.__getitem__)
 
 
 class WorkerState:
@@ -125,6 +141,7 @@ class InlinePool:
         self.workers = 0
         self.depth = IN_FLIGHT_PER_WORKER
         self.batch_scale = 1
+        self.sites: tuple[int, ...] = (0,)
         self._state = WorkerState(options, roots, 1)
         self._queue: deque[tuple[Task, Callback]] = deque()
 
@@ -132,7 +149,13 @@ class InlinePool:
     def in_flight(self) -> int:
         return len(self._queue)
 
-    def submit(self, task: Task, on_done: Callback, worker: int | None = None) -> int:
+    def submit(
+        self,
+        task: Task,
+        on_done: Callback,
+        worker: int | None = None,
+        among: Sequence[int] | None = None,
+    ) -> int:
         self._queue.append((task, on_done))
         return 0
 
@@ -289,6 +312,7 @@ class ProcessPool:
         ctx = multiprocessing.get_context(method)
         self.workers = workers
         self.depth = IN_FLIGHT_PER_WORKER
+        self.sites = (0,) * workers
         self.batch_scale = 1
         self._callbacks: dict[int, tuple[Callback, int]] = {}
         self._busy = [0] * workers
@@ -353,12 +377,18 @@ class ProcessPool:
     def in_flight(self) -> int:
         return len(self._callbacks)
 
-    def submit(self, task: Task, on_done: Callback, worker: int | None = None) -> int:
+    def submit(
+        self,
+        task: Task,
+        on_done: Callback,
+        worker: int | None = None,
+        among: Sequence[int] | None = None,
+    ) -> int:
         key = self._next
         self._next += 1
         busy = self._busy
         if worker is None:
-            worker = busy.index(min(busy))
+            worker = least_busy(busy, among)
         busy[worker] += 1
         self._callbacks[key] = (on_done, worker)
         try:

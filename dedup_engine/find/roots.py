@@ -200,6 +200,23 @@ def canonical_roots(
         raise
 
 
+def known_roots(directories: Iterable[str]) -> Roots:
+    """Roots made canonical elsewhere, each a directory (`--root-on`: by the cluster's workers
+    that hold them, on their own host), numbered in the order given, each once."""
+    table = _Table()
+    try:
+        for path in directories:
+            table.add(path, True)
+        table.flush()
+        if not table.count:
+            raise OptionsError("no root given")
+        table.db.execute("COMMIT")
+        return Roots(table.db, table.count, table.count)
+    except BaseException:
+        table.db.close()
+        raise
+
+
 class _Table:
     """The roots table as it is filled: each distinct path once, numbered by its rowid.  A path
     is its directory's number and its name: a list names few directories, each many times, and

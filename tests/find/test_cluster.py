@@ -7,7 +7,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from daskcluster import dask_commands, free_port
 from incli import invoke
 from treebuilder import Tree, brute_groups, content, groups_of
 
@@ -134,7 +134,7 @@ def test_without_dask_the_cluster_option_says_how_to_install_it(
 
 def test_an_unreachable_scheduler_is_a_usage_error(tree: Tree) -> None:
     tree.file("f", b"x")
-    port = _free_port()
+    port = free_port()
     done = _find_on(tree, f"tcp://127.0.0.1:{port}")
     assert done.returncode == 2, done.stderr
     assert done.stderr.decode().count("\n") == 1
@@ -144,31 +144,8 @@ def test_an_unreachable_scheduler_is_a_usage_error(tree: Tree) -> None:
 @pytest.fixture
 def dask_cluster(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
     """A scheduler and two workers started with the `dask` commands, on 127.0.0.1."""
-    dask = shutil.which("dask", path=os.path.dirname(sys.executable))
-    if dask is None:
-        pytest.skip("no dask command beside this Python")
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": tmp_path}
-    scheduler = subprocess.Popen(
-        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-        **quiet,  # type: ignore[call-overload]
-    )
-    workers = [
-        subprocess.Popen(
-            [dask, "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard"],
-            **quiet,  # type: ignore[call-overload]
-        )
-        for _ in range(2)
-    ]
-    try:
-        _wait_for_workers(address, 2)
-        yield address, workers
-    finally:
-        for proc in [*workers, scheduler]:
-            proc.kill()  # nothing of theirs to keep
-        for proc in [*workers, scheduler]:
-            proc.wait(timeout=10)
+    with dask_commands(tmp_path) as cluster:
+        yield cluster.address, cluster.workers
 
 
 def test_a_cluster_started_with_the_dask_commands_finds_the_groups(
@@ -279,28 +256,6 @@ def _find_on(tree: Tree, address: str) -> subprocess.CompletedProcess[bytes]:
         timeout=120,
         env={**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"},
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_for_workers(address: str, count: int) -> None:
-    from distributed import Client
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with Client(address, timeout=5) as client:  # type: ignore[no-untyped-call]
-                client.wait_for_workers(count, timeout=max(1, deadline - time.monotonic()))
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def test_a_worker_of_another_version_is_refused() -> None:

@@ -26,8 +26,8 @@ def write_csv(
 
     With `--dirs`, the groups of duplicate directories come first: one row per directory, its
     group numbered "d1", "d2"..., `size` the bytes its tree holds, its path ending in "/", and
-    no digest, inode or times.  With `verified` (`--sample` runs), a last column says how each
-    group was found equal: "bytes" or "sampled"."""
+    no digest, inode or times.  With `verified` (`--sample` and `--root-on` runs), a last column
+    says how each group was found equal: "bytes", "sampled" or "digest"."""
     text = io.TextIOWrapper(out, encoding="utf-8", errors="surrogateescape", newline="")
     writer = csv.writer(text)
     extra = ["verified"] if verified else []
@@ -50,5 +50,6 @@ def write_csv(
 def write(result: Findings, options: ScanOptions, out: IO[bytes], *, null: bool) -> int:
     """The format's `Writer`: the result's directory groups and groups; `null` has no use
     here."""
-    write_csv(result.groups, out, result.directory_groups, verified=options.sample > 0)
+    verified = options.sample > 0 or bool(options.root_on)
+    write_csv(result.groups, out, result.directory_groups, verified=verified)
     return 0

@@ -35,7 +35,7 @@ def write_text(result: Findings, out: IO[bytes]) -> None:
         header = (
             f"group {number}: {len(group.files)} files, {group.inodes} distinct, "
             f"{human_size(group.size)} each, {human_size(group.reclaimable)} reclaimable, "
-            f"blake3 {group.digest[:16]}{_SAMPLED if group.verified is Verified.SAMPLED else ''}"
+            f"blake3 {group.digest[:16]}{_HOW.get(group.verified, '')}"
         )
         out.write(_block(header, [f"{printable(f.path)}{mark(f.path)}" for f in group.files]))
     stats = result.stats
@@ -54,8 +54,13 @@ def write_text(result: Findings, out: IO[bytes]) -> None:
             out.write(_encode(f"  {printable(i.path)}: {i.message} ({i.stage.value})\n"))
 
 
-#: After a group found with `--sample`: its files were compared on windows only.
-_SAMPLED = " of sampled windows: SAMPLED, NOT VERIFIED (the files may differ elsewhere)"
+#: After a group's digest, how its files were found equal where it was not byte by byte:
+#: with `--sample` on windows only; with `--root-on` by their digests (no worker could read
+#: them all).
+_HOW = {
+    Verified.SAMPLED: " of sampled windows: SAMPLED, NOT VERIFIED (the files may differ elsewhere)",
+    Verified.DIGEST: " (verified by digest: the files are on different workers' disks)",
+}
 #: After a file under a reference root: kept by `dedup apply`, whatever its policy.
 _REFERENCE = "   (reference)"
 

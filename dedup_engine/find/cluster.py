@@ -99,6 +99,7 @@ class ClusterPool:
 
     def start(self, roots: Mapping[int, str]) -> ClusterPool:
         """The run's state set up on every worker, for these directory roots."""
+        shared = not any(self.sites)  # else every root is held by a site (`held_roots`)
         try:
             setup = [
                 self._client.submit(
@@ -107,17 +108,27 @@ class ClusterPool:
                     __version__,
                     self._options,
                     dict(roots),
-                    self.workers,
+                    self._sharing(number),
+                    shared,
                     **self._on(number),
                 )
                 for number in range(self.workers)
             ]
-            for future in setup:
-                self._outcome(future, "could not start the run")
+            here = _identities(roots) if shared else {}
+            for number, future in enumerate(setup):
+                there = self._outcome(future, "could not start the run")
+                _agree(self._addresses[number], roots, here, there)
         except BaseException:
             self.abort()
             raise
         return self
+
+    def _sharing(self, worker: int) -> int:
+        """How many workers share the devices `worker` reads, whose reads in flight
+        (`--io-depth`, or the device's own depth) they divide: every worker on a filesystem all
+        of them mount, its site's alone on the disks of its host."""
+        site = self.sites[worker]
+        return self.sites.count(site) if site else self.workers
 
     def held_roots(self) -> list[HeldRoot]:
         """Each `--root-on` directory made canonical by a worker of its site, with the
@@ -291,6 +302,33 @@ class HeldRoot:
     name: str
 
 
+def _agree(
+    address: str,
+    roots: Mapping[int, str],
+    here: Mapping[int, tuple[int, int] | None],
+    there: Mapping[int, tuple[int, int] | None],
+) -> None:
+    """The worker at `address` sees every root the coordinator sees, as the same (st_dev,
+    st_ino): the walk and the reads check each directory and file they are sent against the
+    identity another process saw, so every host must mount the roots alike."""
+    for number, identity in here.items():
+        theirs = there.get(number)
+        if identity is None or theirs == identity:
+            continue
+        root = roots[number]
+        if theirs is None:
+            raise OptionsError(
+                f"--cluster: worker {address} cannot reach root {root!r}: mount the roots at"
+                " the same paths on every host, or give each host's disks with --root-on"
+            )
+        raise OptionsError(
+            f"--cluster: worker {address} sees root {root!r} as another file (st_dev"
+            f" {_device(theirs[0])}, st_ino {theirs[1]}; here {_device(identity[0])},"
+            f" {identity[1]}): mount it alike on every host, or give each host's disks with"
+            " --root-on"
+        )
+
+
 def _site_names(root_on: Sequence[tuple[str, str]]) -> dict[str, int]:
     """Each name `--root-on` gives its site number, from 1, in the order first given."""
     names: dict[str, int] = {}
@@ -404,8 +442,15 @@ ABANDONED_S = 3600.0
 
 
 def _setup(
-    run: str, version: str, options: ScanOptions, roots: dict[int, str], workers: int
-) -> None:
+    run: str,
+    version: str,
+    options: ScanOptions,
+    roots: dict[int, str],
+    workers: int,
+    shared: bool,
+) -> dict[int, tuple[int, int] | None]:
+    """The run's state on this worker; and, for roots every worker reads (`shared`), each
+    one's identity here, for the coordinator to compare with its own (`ClusterPool._agree`)."""
     if version != __version__:  # tasks and results are this version's
         raise RuntimeError(
             f"this worker runs dedup-engine {__version__} and the run {version}: install one"
@@ -415,6 +460,24 @@ def _setup(
     for old in [r for r, held in _RUNS.items() if now - held.used > ABANDONED_S]:
         _close(old)
     _RUNS[run] = _Held(WorkerState(options, roots, workers))
+    return _identities(roots) if shared else {}
+
+
+def _identities(roots: Mapping[int, str]) -> dict[int, tuple[int, int] | None]:
+    """(st_dev, st_ino) of each directory root as this process sees it; None where it cannot."""
+    seen: dict[int, tuple[int, int] | None] = {}
+    for number, path in roots.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            seen[number] = None
+        else:
+            seen[number] = (st.st_dev, st.st_ino)
+    return seen
+
+
+def _device(dev: int) -> str:
+    return f"{os.major(dev)}:{os.minor(dev)}"
 
 
 def _held_root(path: str) -> tuple[str, int, int, str]:

@@ -262,5 +262,5 @@ def test_a_worker_of_another_version_is_refused() -> None:
     from dedup_engine.find import cluster
 
     with pytest.raises(RuntimeError, match="install one version on every host"):
-        cluster._setup("run", "0.0.0-other", ScanOptions(), {}, 1)
+        cluster._setup("run", "0.0.0-other", ScanOptions(), {}, 1, True)
     assert "run" not in cluster._RUNS

@@ -100,14 +100,26 @@ def test_copies_on_two_hosts_are_found_by_digest_and_none_reads_the_others_disk(
     assert log.read_text() == ""
 
 
-def test_the_guard_bites_a_run_that_reads_both_disks_everywhere(
+def test_roots_some_workers_cannot_reach_are_refused_before_any_work(
     hosts: tuple[Cluster, str, str, Path],
 ) -> None:
-    """Without --root-on, the walk is spread over both workers: each is sent the other's
-    directories, and the guard refuses them (so the test above could fail)."""
+    """Without --root-on every worker must reach every root: each one's is looked at as the
+    run starts, and the guard saw that look (so the test above could fail)."""
     cluster, a, b, log = hosts
-    _find(cluster.address, a, b)
+    done = _find(cluster.address, a, b)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.decode().count("\n") == 1
+    assert b"cannot reach root" in done.stderr
     assert log.read_text() != ""
+
+
+def test_a_worker_that_sees_a_root_on_another_device_is_refused() -> None:
+    from dedup_engine.find.cluster import _agree
+
+    roots = {0: "/srv/share"}
+    _agree("tcp://w:1", roots, {0: (52, 7)}, {0: (52, 7)})
+    with pytest.raises(OptionsError, match=r"st_dev 0:53, st_ino 7; here 0:52, 7"):
+        _agree("tcp://w:1", roots, {0: (52, 7)}, {0: (53, 7)})
 
 
 def test_text_and_csv_say_how_each_group_was_verified(
@@ -137,6 +149,7 @@ def test_a_host_lost_with_the_only_worker_holding_a_root_ends_the_run_naming_it(
     try:
         held = pool.held_roots()
         pool.start({0: held[0].path, 1: held[1].path})
+        assert [pool._sharing(n) for n in range(2)] == [1, 1]  # each its own host's disk
         worker = pool.sites.index(1)
         pid = pool._client.run(os.getpid)[pool._addresses[worker]]
         os.kill(pid, signal.SIGKILL)

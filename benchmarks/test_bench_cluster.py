@@ -38,7 +38,9 @@ class _Carried:
         self.bytes = 0
 
     def wrap(self, submit: Any) -> Any:
-        def counting(pool: ClusterPool, task: Any, on_done: Any, worker: Any = None) -> int:
+        def counting(
+            pool: ClusterPool, task: Any, on_done: Any, worker: Any = None, among: Any = None
+        ) -> int:
             self.tasks += 1
             self.bytes += len(pickle.dumps(task))
 
@@ -46,7 +48,7 @@ class _Carried:
                 self.bytes += len(pickle.dumps(result))
                 on_done(result)
 
-            return int(submit(pool, task, done, worker))
+            return int(submit(pool, task, done, worker, among))
 
         return counting
 

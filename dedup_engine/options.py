@@ -144,10 +144,10 @@ class ScanOptions:
             raise OptionsError("--root-on names a cluster's workers: give --cluster as well")
         for name, path in self.root_on:
             if not name:
-                raise OptionsError(f"--root-on ={path}: name the workers before the '='")
+                raise OptionsError(f"--root-on ={path!r}: name the workers before the '='")
             if not os.path.isabs(path) or "\0" in path:
                 raise OptionsError(
-                    f"--root-on {name}={path}: the directory must be an absolute path on"
+                    f"--root-on {name!r}={path!r}: the directory must be an absolute path on"
                     " those workers' host"
                 )
         for option, used in (("--dirs", self.dirs), ("--reference", self.reference)):

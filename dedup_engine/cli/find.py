@@ -423,7 +423,7 @@ def _root_on(given: str) -> tuple[str, str]:
     """`WORKERS=DIR` of `--root-on` (the name may not hold an "="; the directory may)."""
     name, equals, path = given.partition("=")
     if not equals:
-        raise OptionsError(f"--root-on {given}: give it as WORKERS=DIR")
+        raise OptionsError(f"--root-on {given!r}: give it as WORKERS=DIR")
     return name, path
 
 
@@ -433,7 +433,12 @@ def _quiet_dask() -> None:
     import logging
     import warnings
 
-    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    with contextlib.suppress(ImportError):  # without it, --cluster says how to install it
+        import distributed  # noqa: F401 - its logging set up now, to be quietened below
+    for name in ["distributed", *logging.root.manager.loggerDict]:
+        if name == "distributed" or name.startswith("distributed."):
+            # Dask gives some their own level and handler ("distributed.client"): each is set.
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", module=r"distributed(\.|$)")
 
 

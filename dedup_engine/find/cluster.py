@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import stat
 import threading
 import time
@@ -83,14 +84,23 @@ class ClusterPool:
             self._client = self._connect(distributed, address)
             _drop_abandoned_fetches(self._client.loop.asyncio_loop)
             info = self._client.scheduler_info()["workers"]
-            self._addresses = sorted(info)
-            if not self._addresses:
+            addresses = sorted(info)
+            if not addresses:
                 raise OptionsError(f"--cluster {address}: the cluster has no worker")
-            self.workers = len(self._addresses)
+            sites = _sites(options.root_on, [info[a] | {"address": a} for a in addresses])
+            if options.root_on:  # a worker that holds no root has no part in the run
+                addresses = [a for a, site in zip(addresses, sites, strict=True) if site]
+                sites = tuple(site for site in sites if site)
+            self._addresses = addresses
+            self.sites = sites
+            self.workers = len(addresses)
             self._busy = [0] * self.workers
-            self.sites = _sites(
-                options.root_on, [info[a] | {"address": a} for a in self._addresses]
-            )
+            #: Each worker's machine, numbered from 1 where roots are held (`held_roots`): a
+            #: (dev, ino) names one file within one.  0: every worker reads the same roots.
+            self.spaces: tuple[int, ...] = (0,) * self.workers
+            #: (machine, dev, ino) of the digest cache's directory where each worker keeps it.
+            self.cache_dirs: set[tuple[int, int, int]] = set()
+            self._started = False
             if roots is not None:
                 self.start(roots)
         except BaseException:
@@ -116,8 +126,11 @@ class ClusterPool:
             ]
             here = _identities(roots) if shared else {}
             for number, future in enumerate(setup):
-                there = self._outcome(future, "could not start the run")
+                there, cache = self._outcome(future, "could not start the run")
                 _agree(self._addresses[number], roots, here, there)
+                if cache is not None:
+                    self.cache_dirs.add((self.spaces[number], *cache))
+            self._started = True
         except BaseException:
             self.abort()
             raise
@@ -132,7 +145,8 @@ class ClusterPool:
 
     def held_roots(self) -> list[HeldRoot]:
         """Each `--root-on` directory made canonical by a worker of its site, with the
-        identity it has there; one missing or not a directory is a usage error."""
+        identity it has there and the machine it is on; one missing or not a directory is a
+        usage error."""
         names = _site_names(self._options.root_on)
         asked = []
         for name, path in self._options.root_on:
@@ -140,11 +154,20 @@ class ClusterPool:
             worker = self.sites.index(site)
             future = self._client.submit(_held_root, path, **self._on(worker))
             asked.append((name, path, site, future))
+        machines: dict[str, int] = {}
+        spaces = list(self.spaces)
         for name, path, site, future in asked:
-            real, dev, ino, error = self._outcome(future, "could not look at a --root-on root")
+            real, dev, ino, machine, error = self._outcome(
+                future, "could not look at a --root-on root"
+            )
             if error:
-                raise OptionsError(f"--root-on {name}={path}: {error}")
-            self._held.append(HeldRoot(real, site, dev, ino, name))
+                raise OptionsError(f"--root-on {name!r}={path!r}: {error}")
+            space = machines.setdefault(machine, len(machines) + 1)
+            self._held.append(HeldRoot(real, site, dev, ino, name, space))
+            spaces = [
+                space if s == site else old for s, old in zip(self.sites, spaces, strict=True)
+            ]
+        self.spaces = tuple(spaces)
         return list(self._held)
 
     def _connect(self, distributed: Any, address: str) -> Any:
@@ -252,7 +275,8 @@ class ClusterPool:
     def _lost(self, worker: int, present: set[str]) -> str:
         """What a lost worker takes with it: the files it scanned, and the roots only its site
         could read once no worker of the site is left."""
-        said = f"cluster worker {self._addresses[worker]} was lost: the files it scanned with it"
+        said = f"cluster worker {self._addresses[worker]} was lost"
+        said += ": the files it scanned with it" if self._started else " as the run started"
         site = self.sites[worker]
         left = [a for n, a in enumerate(self._addresses) if self.sites[n] == site and a in present]
         held = [h for h in self._held if h.site == site]
@@ -262,12 +286,21 @@ class ClusterPool:
         return said
 
     def close(self) -> None:
+        """Each worker still there lets go of the run's state; one lost meanwhile is not
+        waited for."""
         distributed = _dask()
-        closing = [
-            self._client.submit(_close, self._id, **self._on(n)) for n in range(self.workers)
-        ]
+        closing = {
+            self._client.submit(_close, self._id, **self._on(n)): self._addresses[n]
+            for n in range(self.workers)
+        }
+        deadline = time.monotonic() + CLOSE_S
         with contextlib.suppress(Exception):
-            distributed.wait(closing, timeout=CLOSE_S)
+            while closing and time.monotonic() < deadline:
+                done = distributed.wait(list(closing), timeout=POLL_S, return_when="ALL_COMPLETED")
+                for future in done.done:
+                    closing.pop(future)
+                present = set(self._client.scheduler_info()["workers"])
+                closing = {f: a for f, a in closing.items() if a in present}
         self._release()
 
     def abort(self) -> None:
@@ -300,6 +333,9 @@ class HeldRoot:
     dev: int
     ino: int
     name: str
+    #: The machine it is on, numbered from 1: a (dev, ino) is one file within a machine,
+    #: whatever the sites (two sites may be workers of one machine).
+    space: int = 1
 
 
 def _agree(
@@ -352,8 +388,11 @@ def _sites(
             if name in (str(worker.get("name")), worker["address"], worker.get("host"))
         ]
         if not matched:
+            known = sorted({str(w.get("name")) for w in workers} | {w["address"] for w in workers})
+            shown = ", ".join(map(repr, known[:8])) + (", ..." if len(known) > 8 else "")
             raise OptionsError(
-                f"--root-on {name}=...: no worker of the cluster has that name, address or host"
+                f"--root-on {name!r}: no worker of the cluster has that name, address or host"
+                f" (its workers: {shown})"
             )
         for number in matched:
             if sites[number]:
@@ -448,9 +487,10 @@ def _setup(
     roots: dict[int, str],
     workers: int,
     shared: bool,
-) -> dict[int, tuple[int, int] | None]:
-    """The run's state on this worker; and, for roots every worker reads (`shared`), each
-    one's identity here, for the coordinator to compare with its own (`ClusterPool._agree`)."""
+) -> tuple[dict[int, tuple[int, int] | None], tuple[int, int] | None]:
+    """The run's state on this worker; for roots every worker reads (`shared`), each one's
+    identity here, for the coordinator to compare with its own (`ClusterPool._agree`); and
+    the identity of the digest cache's directory here, which no walk lists."""
     if version != __version__:  # tasks and results are this version's
         raise RuntimeError(
             f"this worker runs dedup-engine {__version__} and the run {version}: install one"
@@ -460,7 +500,12 @@ def _setup(
     for old in [r for r, held in _RUNS.items() if now - held.used > ABANDONED_S]:
         _close(old)
     _RUNS[run] = _Held(WorkerState(options, roots, workers))
-    return _identities(roots) if shared else {}
+    cache = None
+    if options.cache_dir is not None:
+        with contextlib.suppress(OSError):
+            st = os.stat(options.cache_dir)
+            cache = (st.st_dev, st.st_ino)
+    return _identities(roots) if shared else {}, cache
 
 
 def _identities(roots: Mapping[int, str]) -> dict[int, tuple[int, int] | None]:
@@ -480,17 +525,28 @@ def _device(dev: int) -> str:
     return f"{os.major(dev)}:{os.minor(dev)}"
 
 
-def _held_root(path: str) -> tuple[str, int, int, str]:
-    """A `--root-on` directory as this worker sees it: its canonical path and identity, or
-    why it cannot be a root."""
+def _held_root(path: str) -> tuple[str, int, int, str, str]:
+    """A `--root-on` directory as this worker sees it: its canonical path and identity, and
+    this machine's; or why it cannot be a root."""
+    machine = _machine()
     try:
         real = os.path.realpath(path)
         st = os.stat(real)
     except OSError as exc:
-        return path, 0, 0, describe_error(exc)
+        return path, 0, 0, machine, describe_error(exc)
     if not stat.S_ISDIR(st.st_mode):
-        return real, 0, 0, "not a directory on that worker"
-    return real, st.st_dev, st.st_ino, ""
+        return real, 0, 0, machine, "not a directory on that worker"
+    return real, st.st_dev, st.st_ino, machine, ""
+
+
+def _machine() -> str:
+    """What tells this machine from the others: its boot's id (Linux), which the workers of
+    one host share whatever their names and addresses, else its name."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            return boot.read().strip()
+    except OSError:
+        return socket.gethostname()
 
 
 def _run(run: str, task: Task) -> Result:

@@ -61,11 +61,11 @@ class SizeIndex:
     when the final group is built (`assemble`).
     """
 
-    def __init__(self, hard_links: bool, sites: Sequence[int] = ()) -> None:
+    def __init__(self, hard_links: bool, spaces: Sequence[int] = ()) -> None:
         self.hard_links = hard_links
-        #: Each worker's site (`pool.Pool.sites`): an inode is one only within a site, since
-        #: two sites' disks (`--root-on`) may well number theirs alike.
-        self._sites = sites if any(sites) else ()
+        #: Each worker's machine (`--root-on`: `cluster.ClusterPool.spaces`): an inode is one
+        #: only within a machine, since two machines' disks may well number theirs alike.
+        self._spaces = spaces if any(spaces) else ()
         self.links: dict[int, list[int]] = {}
         self.aliases: set[int] = set()  # rows reached through a symlink to a file
         self._last: dict[int, int] = {}
@@ -95,9 +95,9 @@ class SizeIndex:
         if result.aliases:
             self.aliases.update(first + offset for offset in result.aliases)
         identities: Iterable[tuple[int, ...]] = zip(result.devs, result.inos, strict=True)
-        if self._sites:
-            site = self._sites[worker]
-            identities = ((site, dev, ino) for dev, ino in identities)
+        if self._spaces:
+            space = self._spaces[worker]
+            identities = ((space, dev, ino) for dev, ino in identities)
         keyed = dict(zip(result.linked, identities, strict=True))
         before = array("Q")
         put = before.append
@@ -211,7 +211,7 @@ def assemble(
     names: list[Named],
     hard_links: bool,
     rule: RootRule = ANY_ROOTS,
-    sites: Mapping[int, int] | None = None,
+    spaces: Mapping[int, int] | None = None,
 ) -> DuplicateGroup | None:
     """The final group of these names, or None if it does not count.
 
@@ -220,13 +220,13 @@ def assemble(
     name not reached through a symlink, up to the inode's link count (a bind mount shows one
     file under a second name without linking it).  A name reached through a symlink is listed
     only when its inode has no other: acting on a link while keeping its target's copies loses
-    data.  Order: by the index of the root the file was found under, then by path.  `sites`:
-    each root's site (`--root-on`), within which alone a (dev, ino) is one inode.
+    data.  Order: by the index of the root the file was found under, then by path.  `spaces`:
+    each root's machine (`--root-on`), within which alone a (dev, ino) is one inode.
     """
     if len(names) < 2 or not rule.counts(n.root for n in names):
         return None  # one name: not a group, even of hard links
-    site = (sites or {}).get
-    keys = [(site(n.root, 0), n.entry.dev, n.entry.ino) for n in names]
+    space = (spaces or {}).get
+    keys = [(space(n.root, 0), n.entry.dev, n.entry.ino) for n in names]
     distinct = len(set(keys)) == len(keys)
     if distinct and not any(n.alias for n in names):
         return DuplicateGroup(size, digest.hex(), _ordered(names))  # one name per inode

@@ -92,9 +92,15 @@ class StepContext:
     #: `--sample` windows (0: none), for files above `sample_above` bytes.
     sample: int = 0
     sample_above: int = 0
-    #: Each root's site, where a cluster's workers hold roots of their own (`--root-on`):
-    #: files of two sites are never read by one worker, and are compared by their digests.
-    root_sites: Mapping[int, int] = dataclasses.field(default_factory=dict)
+    #: Each root's machine, where a cluster's workers hold roots of their own (`--root-on`):
+    #: a (dev, ino) is one file only within one (`groups.assemble`).
+    root_spaces: Mapping[int, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def sited(self) -> bool:
+        """Whether files of two sites may not be read by one worker (`Pool.sites`), and are
+        compared by their digests."""
+        return any(self.pool.sites)
 
     @property
     def room(self) -> bool:
@@ -397,16 +403,21 @@ class _Names:
         )
 
     def final(
-        self, context: StepContext, size: int, digest: bytes, group: Group
+        self,
+        context: StepContext,
+        size: int,
+        digest: bytes,
+        group: Group,
+        apart: bool = False,
     ) -> DuplicateGroup | None:
         """The final group of these representatives' names that passed their checks, or None
-        if it does not count (`groups.assemble`); one whose files are on two sites or more was
-        found equal by the files' digests, and says so."""
+        if it does not count (`groups.assemble`).  One whose files are on two sites or more,
+        or whose files were hashed `apart` (their candidate group was on two sites), was found
+        equal by the files' digests, and says so."""
         final = self._final(context, size, digest, group)
-        if final is None or not context.root_sites:
+        if final is None or not context.sited:
             return final
-        sites, failed, at = context.pool.sites, self.failed, self.at
-        if len({sites[rep >> ROW_BITS] for rep in group if not failed[at[rep]]}) > 1:
+        if apart or _on_sites(context.pool.sites, group) > 1:
             return dataclasses.replace(final, verified=Verified.DIGEST)
         return final
 
@@ -423,7 +434,7 @@ class _Names:
         sizes, rule = context.sizes, context.rule
         if sizes.links or sizes.aliases:
             named = self._named(context, group)
-            return assemble(size, digest, named, sizes.hard_links, rule, context.root_sites)
+            return assemble(size, digest, named, sizes.hard_links, rule, context.root_spaces)
         # One name per file, none through a symlink: `assemble`'s common case, without a
         # `Named` per file.
         described = self.described
@@ -436,7 +447,7 @@ class _Names:
             # Too few, or one inode under two names after all (a bind mount, a link made
             # during the walk): the general rule decides, with each name's link count.
             named = self._named(context, group)
-            return assemble(size, digest, named, sizes.hard_links, rule, context.root_sites)
+            return assemble(size, digest, named, sizes.hard_links, rule, context.root_spaces)
         if not rule.counts(root for root, _ in kept):
             return None
         kept.sort()  # by root, then path (first in an entry, and never twice in a group)
@@ -555,7 +566,7 @@ class FullStep(Step):
         groups = array("I", [len(group) for _, group in batch])
         if self.alone:
             groups = array("I", [1]) * len(reps)
-        if not self.context.root_sites:
+        if not self.context.sited:
             task = names.compare_task(reps, groups, self.context)
             self.context.pool.submit(task, lambda result: self._split(batch, names, reps, result))
             return
@@ -581,14 +592,20 @@ class FullStep(Step):
             digests = [blob[p * DIGEST_SIZE : (p + 1) * DIGEST_SIZE] for p in range(start, end)]
             start = end
             sampled = is_sampled(context.sample, context.sample_above, context.chunk_size, size)
+            apart = context.sited and _on_sites(context.pool.sites, group) > 1
             for digest, members in split(group, digests, context.sizes.weight):
                 out += len(members)
-                final = names.final(context, size, digest, members)
+                final = names.final(context, size, digest, members, apart)
                 if final is not None:
                     if sampled:
                         final = dataclasses.replace(final, verified=Verified.SAMPLED)
                     context.emit(final)
         self.stats.files_out += out
+
+
+def _on_sites(sites: Sequence[int], group: Group) -> int:
+    """How many sites a group's files are on."""
+    return len({sites[rep >> ROW_BITS] for rep in group})
 
 
 def _by_site(
@@ -601,12 +618,12 @@ def _by_site(
     start = 0
     for members in groups:
         end = start + members
-        on = {sites[reps[p] >> ROW_BITS] for p in range(start, end)}
+        apart = _on_sites(sites, reps[start:end]) > 1
         for p in range(start, end):
             site = sites[reps[p] >> ROW_BITS]
             positions, sizes = parts.setdefault(site, ([], array("I")))
             positions.append(p)
-            if len(on) > 1:
+            if apart:
                 sizes.append(1)
             elif p == start:
                 sizes.append(members)

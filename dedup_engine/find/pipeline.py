@@ -115,7 +115,7 @@ def find_duplicates(
         rule = RootRule(opts.isolate, canon.under_reference)
         run = _Run(pool, canon, opts, stats, issues, progress, tally, rule)
         if held is not None:
-            run.hold(held.by_number(canon))
+            run.hold(held.by_number(canon), held.pool.spaces, held.pool.cache_dirs)
         run.search()
         if contents is not None:
             directories = find_directory_groups(
@@ -187,9 +187,9 @@ def _check_apart(held: list[HeldRoot]) -> None:
                 continue
             if is_under(one.path, other.path) or is_under(other.path, one.path):
                 raise OptionsError(
-                    f"--root-on {one.name}={one.path} and {other.name}={other.path}: the roots"
-                    " of two sites must not share a path (a report names files by path): mount"
-                    " each host's disk at a path of its own"
+                    f"--root-on {one.name!r}={one.path!r} and {other.name!r}={other.path!r}:"
+                    " the roots of two sites must not share a path (a report names files by"
+                    " path): mount each host's disk at a path of its own"
                 )
 
 
@@ -288,8 +288,10 @@ class _Run:
         # Directories still to list, by the site whose workers may list them (`hold`).
         self._dirs: dict[int, deque[DirJob]] = {0: deque()}
         self._held: dict[int, HeldRoot] = {}  # `--root-on` roots by number
+        self._spaces: tuple[int, ...] = ()
         self._holding_file_roots: set[str] = set()  # directories whose listing passes some over
-        # (site, st_dev, st_ino) of every directory queued: two sites' disks may number alike.
+        # (machine, st_dev, st_ino) of every directory queued (`hold`): two machines' disks
+        # may number alike.
         self._seen: set[tuple[int, int, int]] = set()
         self._scans = 0  # scan tasks whose results are not taken yet
         # Scan results are taken in the order their tasks were sent, whatever the order they
@@ -300,13 +302,20 @@ class _Run:
         self._arrived: dict[int, tuple[int, ScanResult]] = {}
         self._rechecks: dict[Step, RecheckStep] = {}  # each window's, which completes its work
 
-    def hold(self, held: dict[int, HeldRoot]) -> None:
+    def hold(
+        self, held: dict[int, HeldRoot], spaces: tuple[int, ...], caches: set[tuple[int, int, int]]
+    ) -> None:
         """`--root-on`: these roots (by number) are listed and read only by their site's
-        workers, and files of two sites are compared by digest."""
+        workers, and files of two sites are compared by digest.  `spaces`: each worker's
+        machine, within which alone a (dev, ino) is one file; `caches`: (machine, dev, ino) of
+        the digest cache's directory on each, which no walk lists."""
         self._held = held
-        sites = {number: root.site for number, root in held.items()}
-        self.steps = dataclasses.replace(self.steps, root_sites=sites)
-        self._dirs = {site: deque() for site in sorted(set(sites.values()))}
+        self._spaces = spaces
+        self.sizes = SizeIndex(self.opts.hard_links, spaces)
+        root_spaces = {number: root.space for number, root in held.items()}
+        self.steps = dataclasses.replace(self.steps, sizes=self.sizes, root_spaces=root_spaces)
+        self._dirs = {site: deque() for site in sorted({root.site for root in held.values()})}
+        self._seen.update(caches)
 
     def search(self) -> None:
         """scan → by size → hard links → head → tail → full → groups."""
@@ -486,13 +495,13 @@ class _Run:
             return
         with contextlib.suppress(OSError):
             st = os.stat(self.opts.cache_dir)
-            self._seen.add((0, st.st_dev, st.st_ino))
+            self._seen.add((0, st.st_dev, st.st_ino))  # where roots are held: by each (`hold`)
 
     def _add_root(self, index: int, root: str, jobs: list[DirJob], reached: reach.Reached) -> None:
         """A directory root's job."""
         held = self._held.get(index)
         if held is not None:  # on its site's host: as its workers saw it
-            self._seen.add((held.site, held.dev, held.ino))
+            self._seen.add((held.space, held.dev, held.ino))
             jobs.append(DirJob(root, index, 0, held.dev, held.dev, held.ino))
             return
         try:
@@ -559,11 +568,11 @@ class _Run:
         for path, message in result.issues:
             self.issues.append(Issue(path, Stage.SCAN, message))
         seen = self._seen
-        site = self.pool.sites[worker] if self._held else 0
+        site, space = (self.pool.sites[worker], self._spaces[worker]) if self._held else (0, 0)
         pending = self._dirs[site]
         subdirs = zip(result.subdirs, result.subdir_devs, result.subdir_inos, strict=True)
         for job, dev, ino in subdirs:
-            key = (site, dev, ino)
+            key = (space, dev, ino)
             if key in seen:  # a loop through a followed link or a bind mount, or a nested root
                 stats.dirs_revisited += 1
                 continue

@@ -264,3 +264,47 @@ def test_a_worker_of_another_version_is_refused() -> None:
     with pytest.raises(RuntimeError, match="install one version on every host"):
         cluster._setup("run", "0.0.0-other", ScanOptions(), {}, 1, True)
     assert "run" not in cluster._RUNS
+
+
+def test_dask_loggers_with_their_own_level_are_quietened_too() -> None:
+    """`distributed.client` has its own level and handler ("Couldn't gather 1 keys,
+    rescheduling" as a worker is lost): the command's stderr is its own."""
+    import logging
+
+    from dedup_engine.cli.find import _quiet_dask
+
+    pytest.importorskip("distributed")  # its loggers set up first, as in a run
+    _quiet_dask()
+    for name in ("distributed", "distributed.client", "distributed.gc"):
+        assert logging.getLogger(name).getEffectiveLevel() == logging.CRITICAL
+
+
+def test_the_end_of_a_run_does_not_wait_for_a_worker_lost_meanwhile(
+    tree: Tree,
+    dask_cluster: tuple[str, list[subprocess.Popen[bytes]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its closing task could never run: the run ends once the workers still there are done
+    (the wait's limit made far longer than the test's deadline, so a wait for it fails)."""
+    from dedup_engine.find import cluster
+
+    address, workers = dask_cluster
+    _, pool = _root_job_and_pool(tree, address)
+    monkeypatch.setattr(cluster, "CLOSE_S", 3600)
+    workers[0].kill()
+    workers[0].wait(timeout=10)
+    while len(pool._client.scheduler_info()["workers"]) > 1:
+        time.sleep(0.1)  # the scheduler has seen it go
+
+    def hung(signum: int, frame: object) -> None:
+        raise _Hung  # the deadline's alarm, past the pool's `except Exception`
+
+    before = signal.signal(signal.SIGALRM, hung)
+    try:
+        pool.close()
+    finally:
+        signal.signal(signal.SIGALRM, before)
+
+
+class _Hung(BaseException):
+    """A test ran into its deadline inside code that catches every `Exception`."""

@@ -22,7 +22,7 @@ import pytest
 from daskcluster import Cluster, dask_commands
 from treebuilder import Tree, content
 
-from dedup_engine import ScanOptions
+from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.find.cluster import ClusterPool
 from dedup_engine.find.groups import Named, SizeIndex, assemble, file_key
 from dedup_engine.find.hashstep import _by_site
@@ -48,6 +48,12 @@ def _disks(tree: Tree) -> tuple[str, str]:
     tree.file("b/pair/1", content(40_000, seed="pair"))
     tree.file("b/pair/2", content(40_000, seed="pair"))
     tree.hardlink("b/pair/link-of-same", "b/same")
+    # Twins on a, and a file of their size on b that differs in its middle: their candidate
+    # group is on two sites, so each is hashed on its own, and the twins are found by digest.
+    twin = content(60_000, seed="twin")
+    tree.file("a/twin1", twin)
+    tree.file("a/twin2", twin)
+    tree.file("b/not-a-twin", twin[:30_000] + b"?" + twin[30_001:])
     return tree.path("a"), tree.path("b")
 
 
@@ -96,6 +102,7 @@ def test_copies_on_two_hosts_are_found_by_digest_and_none_reads_the_others_disk(
         ),
         frozenset({f"{a}/small", f"{b}/small"}): "digest",
         frozenset({f"{b}/pair/1", f"{b}/pair/2"}): "bytes",  # one host's: byte by byte
+        frozenset({f"{a}/twin1", f"{a}/twin2"}): "digest",
     }
     assert log.read_text() == ""
 
@@ -129,9 +136,7 @@ def test_text_and_csv_say_how_each_group_was_verified(
     held = ["--root-on", f"host-a={a}", "--root-on", f"host-b={b}"]
     text = _find(cluster.address, *held)
     assert text.returncode == 0, text.stderr
-    assert (
-        text.stdout.count(b"(verified by digest: the files are on different workers' disks)") == 2
-    )
+    assert text.stdout.count(b"(verified by digest, across workers' disks)") == 3
     rows = list(
         csv.DictReader(io.StringIO(_find(cluster.address, "-f", "csv", *held).stdout.decode()))
     )
@@ -170,6 +175,8 @@ def test_a_host_lost_with_the_only_worker_holding_a_root_ends_the_run_naming_it(
         (["--root-on", "host-a={b}"], "No such file or directory"),  # not on that host
         (["--root-on", "host-a={a}", "--root-on", "127.0.0.1={b}"], "matched by 'host-a' and"),
         (["--root-on", "host-a={a}", "{b}"], "give every root with --root-on"),
+        (["--root-on", "host\nx={a}"], "no worker of the cluster has that name"),
+        (["--root-on", "host-a={a}/no\nsuch"], "No such file or directory"),
     ],
 )
 def test_a_root_on_that_cannot_be_is_one_line_and_exit_2(
@@ -191,6 +198,40 @@ def test_two_hosts_roots_at_one_path_are_a_usage_error(tree: Tree, tmp_path: Pat
         )
     assert done.returncode == 2, done.stderr
     assert b"the roots of two sites must not share a path" in done.stderr
+
+
+def test_workers_that_hold_no_root_have_no_part_in_the_run(tree: Tree, tmp_path: Path) -> None:
+    a, b = _disks(tree)
+    with dask_commands(tmp_path, [{}, {}, {}], ["host-a", "host-b", "idle"]) as cluster:
+        done = _find(
+            cluster.address, "-f", "json", "--root-on", f"host-a={a}", "--root-on", f"host-b={b}"
+        )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["stats"]["workers"] == 2
+
+
+def test_two_sites_on_one_machine_share_its_inodes(tree: Tree) -> None:
+    """Two workers of one machine, each holding a directory: a file linked into both is one
+    file, not a group of two."""
+    tree.file("x/f", content(50_000, seed="f"))
+    tree.hardlink("y/link", "x/f")
+    tree.file("y/copy", content(50_000, seed="f"))
+    options = ScanOptions(cluster="local:2", root_on=(("0", tree.path("x")), ("1", tree.path("y"))))
+    found = find_duplicates([], options)
+    assert [sorted(f.path for f in g.files) for g in found.groups] == [
+        sorted([tree.path("x/f"), tree.path("y/copy"), tree.path("y/link")])
+    ]
+    assert found.groups[0].inodes == 2
+
+
+def test_a_digest_cache_in_a_held_root_is_not_searched(tree: Tree) -> None:
+    tree.file("x/f", content(5_000, seed="f"))
+    tree.file("y/f", content(5_000, seed="f"))
+    held = (("0", tree.path("x")), ("1", tree.path("y")))
+    options = ScanOptions(cluster="local:2", root_on=held, cache_dir=tree.path("x/.cache"))
+    found = find_duplicates([], options)
+    assert os.listdir(tree.path("x/.cache"))  # the cache is there, and kept
+    assert found.stats.files_scanned == 2
 
 
 @pytest.mark.parametrize(
@@ -218,7 +259,7 @@ def test_the_command_refuses_a_root_on_without_its_equals_sign() -> None:
     assert b"give it as WORKERS=DIR" in done.stderr
 
 
-# The coordinator's side, on made-up keys: two sites' disks may number their inodes alike.
+# The coordinator's side, on made-up keys: two machines' disks may number their inodes alike.
 
 
 def _scan(first: int, dev: int, ino: int) -> ScanResult:
@@ -229,27 +270,27 @@ def _scan(first: int, dev: int, ino: int) -> ScanResult:
     )  # fmt: skip
 
 
-def test_one_inode_number_on_two_sites_is_two_files() -> None:
-    index = SizeIndex(False, sites=(1, 2))
+def test_one_inode_number_on_two_machines_is_two_files() -> None:
+    index = SizeIndex(False, spaces=(1, 2))
     index.add(0, _scan(0, 2049, 12))
     index.add(1, _scan(0, 2049, 12))
     assert [group for _, group in index.candidates()] == [[file_key(0, 0), file_key(1, 0)]]
 
 
-def test_one_inode_number_on_one_site_is_one_file() -> None:
-    index = SizeIndex(False, sites=(1, 1))
+def test_one_inode_number_on_one_machine_is_one_file() -> None:
+    index = SizeIndex(False, spaces=(1, 1))
     index.add(0, _scan(0, 2049, 12))
     index.add(1, _scan(0, 2049, 12))
     assert list(index.candidates()) == []
 
 
-def test_a_final_group_keeps_two_sites_files_of_one_inode_number() -> None:
+def test_a_final_group_keeps_two_machines_files_of_one_inode_number() -> None:
     def named(path: str, root: int) -> Named:
         return Named(FileEntry(path, 2049, 12, 10, 0, 0, 0, 0, 0o644), root, False, 1)
 
     names = [named("/a/f", 0), named("/b/f", 1)]
-    assert assemble(10, bytes(32), names, False, sites={0: 1, 1: 2}) is not None
-    assert assemble(10, bytes(32), names, False, sites={0: 1, 1: 1}) is None
+    assert assemble(10, bytes(32), names, False, spaces={0: 1, 1: 2}) is not None
+    assert assemble(10, bytes(32), names, False, spaces={0: 1, 1: 1}) is None
 
 
 def test_a_group_on_two_sites_is_hashed_file_by_file_on_each() -> None:

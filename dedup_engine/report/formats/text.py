@@ -59,7 +59,7 @@ def write_text(result: Findings, out: IO[bytes]) -> None:
 #: them all).
 _HOW = {
     Verified.SAMPLED: " of sampled windows: SAMPLED, NOT VERIFIED (the files may differ elsewhere)",
-    Verified.DIGEST: " (verified by digest: the files are on different workers' disks)",
+    Verified.DIGEST: " (verified by digest, across workers' disks)",
 }
 #: After a file under a reference root: kept by `dedup apply`, whatever its policy.
 _REFERENCE = "   (reference)"

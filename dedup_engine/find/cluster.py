@@ -78,11 +78,13 @@ class ClusterPool:
         self._id = uuid.uuid4().hex
         self._options = options
         self._callbacks: dict[str, tuple[Callback, int]] = {}
-        self._futures: set[Any] = set()
         self._held: list[HeldRoot] = []
         try:
             self._client = self._connect(distributed, address)
             _drop_abandoned_fetches(self._client.loop.asyncio_loop)
+            self._done = distributed.as_completed(
+                loop=self._client.loop, with_results=True, raise_errors=False
+            )
             info = self._client.scheduler_info()["workers"]
             addresses = sorted(info)
             if not addresses:
@@ -215,27 +217,28 @@ class ClusterPool:
         self._busy[worker] += 1
         future = self._client.submit(_run, self._id, task, **self._on(worker))
         self._callbacks[future.key] = (on_done, worker)
-        self._futures.add(future)
+        self._done.add(future)
         return worker
 
     def wait_one(self) -> None:
-        distributed = _dask()
+        """Hand on the results that are in, at least one: each was fetched from its worker as
+        its task finished (`as_completed` fetches them side by side), so none waits here for a
+        round trip to its worker."""
+        done = self._done
         while True:
-            try:
-                done = distributed.wait(
-                    self._futures, timeout=POLL_S, return_when="FIRST_COMPLETED"
-                ).done
-            except TimeoutError:  # nothing finished yet: still every worker there?
-                self._check_workers()
-                continue
-            except OSError as exc:  # the scheduler is gone
-                raise WorkerError(f"lost the cluster's scheduler: {exc}") from None
-            break
-        for future in done:
-            self._futures.discard(future)
+            with done.thread_condition:  # held while looking: no wake-up is missed
+                deadline = time.monotonic() + POLL_S
+                while not done.has_ready() and (left := deadline - time.monotonic()) > 0:
+                    done.thread_condition.wait(left)
+            if done.has_ready():
+                break
+            self._check_workers()  # nothing in for a while: still every worker there?
+        for future, result in done.next_batch(block=False):
             on_done, worker = self._callbacks.pop(future.key)
             self._busy[worker] -= 1
-            result = self._outcome(future, "failed")
+            if future.status != "finished":  # an error's (type, exception, traceback)
+                cause = result[1] if isinstance(result, tuple) else result
+                raise WorkerError(f"a cluster worker failed: {cause!r}")
             future.release()
             on_done(result)
 
@@ -376,17 +379,13 @@ def _site_names(root_on: Sequence[tuple[str, str]]) -> dict[str, int]:
 def _sites(
     root_on: Sequence[tuple[str, str]], workers: Sequence[Mapping[str, Any]]
 ) -> tuple[int, ...]:
-    """Each worker's site: that of the `--root-on` name it matches (its Dask name, its
-    address, or its host), or 0.  A name that matches no worker, or a worker two names match,
-    is a usage error: which disk is where must be plain."""
+    """Each worker's site: that of the `--root-on` name it matches (`_matching`), or 0.  A
+    name that matches no worker, or a worker two names match, is a usage error: which disk is
+    where must be plain."""
     sites = [0] * len(workers)
     names = _site_names(root_on)
     for name, site in names.items():
-        matched = [
-            n
-            for n, worker in enumerate(workers)
-            if name in (str(worker.get("name")), worker["address"], worker.get("host"))
-        ]
+        matched = _matching(name, workers)
         if not matched:
             known = sorted({str(w.get("name")) for w in workers} | {w["address"] for w in workers})
             shown = ", ".join(map(repr, known[:8])) + (", ..." if len(known) > 8 else "")
@@ -403,6 +402,28 @@ def _sites(
                 )
             sites[number] = site
     return tuple(sites)
+
+
+def _matching(name: str, workers: Sequence[Mapping[str, Any]]) -> list[int]:
+    """The workers a `--root-on` name matches: by their Dask name, address or host; failing
+    those, by the addresses the name resolves to as a host name (Dask gives each worker's host
+    as an address)."""
+
+    def where(hosts: set[str]) -> list[int]:
+        return [
+            n
+            for n, worker in enumerate(workers)
+            if name in (str(worker.get("name")), worker["address"]) or worker.get("host") in hosts
+        ]
+
+    matched = where({name})
+    if matched:
+        return matched
+    try:
+        _, _, addresses = socket.gethostbyname_ex(name)
+    except (OSError, UnicodeError):  # no such host
+        return []
+    return where(set(addresses))
 
 
 def _drop_abandoned_fetches(loop: asyncio.AbstractEventLoop) -> None:

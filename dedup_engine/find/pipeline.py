@@ -55,7 +55,8 @@ from dedup_engine.paths import is_under
 if TYPE_CHECKING:  # Dask is imported only by a run on a cluster
     from dedup_engine.find.cluster import ClusterPool, HeldRoot
 
-#: Directories per scan task, at most; fewer while there are few to share out.
+#: Directories per scan task, at most (times the pool's `batch_scale`); fewer while there are
+#: few to share out.
 SCAN_BATCH_DIRS = 16
 #: Roots that are files, at most, in one scan task.
 FILE_ROOTS_PER_TASK = 4096
@@ -521,7 +522,8 @@ class _Run:
         few to share out."""
         among = self._workers_of(site)
         workers = max(1, len(among) if among is not None else self.pool.workers)
-        count = max(1, min(SCAN_BATCH_DIRS, len(pending) // (2 * workers)))
+        most = SCAN_BATCH_DIRS * self.pool.batch_scale
+        count = max(1, min(most, len(pending) // (2 * workers)))
         jobs = tuple(pending.popleft() for _ in range(min(count, len(pending))))
         holding = self._holding_file_roots
         inside = [

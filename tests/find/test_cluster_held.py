@@ -301,3 +301,18 @@ def test_a_group_on_two_sites_is_hashed_file_by_file_on_each() -> None:
         1: ([0], [1]),
         2: ([1, 2, 3, 4], [1, 1, 2]),
     }
+
+
+def test_a_host_name_matches_the_workers_at_its_address() -> None:
+    """Dask gives a worker's host as an address: `--root-on localhost=...` means the workers
+    at 127.0.0.1, and a name that is no host matches no worker by address."""
+    from dedup_engine.find.cluster import _matching
+
+    workers = [
+        {"name": "w1", "address": "tcp://127.0.0.1:4001", "host": "127.0.0.1"},
+        {"name": "w2", "address": "tcp://10.9.9.9:4001", "host": "10.9.9.9"},
+    ]
+    assert _matching("localhost", workers) == [0]
+    assert _matching("w2", workers) == [1]
+    assert _matching("10.9.9.9", workers) == [1]
+    assert _matching("no-such-host.invalid", workers) == []

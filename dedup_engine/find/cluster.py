@@ -427,10 +427,11 @@ def _matching(name: str, workers: Sequence[Mapping[str, Any]]) -> list[int]:
 
 
 def _drop_abandoned_fetches(loop: asyncio.AbstractEventLoop) -> None:
-    """A result fetch that `_outcome` gave up on (its worker was lost) stays pending inside the
-    client until the client closes, and then ends with Dask's `AllExit`, which nobody is left to
-    read: asyncio would print it as "Task exception was never retrieved" (on the run's stderr,
-    at some later garbage collection).  Any other exception goes to the handler there before."""
+    """A result fetch given up on (its worker was lost: `_outcome`'s, or `as_completed`'s for a
+    task's result) stays pending inside the client until the client closes, and then ends with
+    Dask's `AllExit`, which nobody is left to read: asyncio would print it as "Task exception
+    was never retrieved" (on the run's stderr, at some later garbage collection).  Any other
+    exception goes to the handler there before."""
     from distributed.client import AllExit
 
     before = loop.get_exception_handler()

@@ -95,12 +95,9 @@ class StepContext:
     #: Each root's machine, where a cluster's workers hold roots of their own (`--root-on`):
     #: a (dev, ino) is one file only within one (`groups.assemble`).
     root_spaces: Mapping[int, int] = dataclasses.field(default_factory=dict)
-
-    @property
-    def sited(self) -> bool:
-        """Whether files of two sites may not be read by one worker (`Pool.sites`), and are
-        compared by their digests."""
-        return any(self.pool.sites)
+    #: Files of two sites may not be read by one worker (`Pool.sites`): they are compared by
+    #: their digests.
+    sited: bool = False
 
     @property
     def room(self) -> bool:

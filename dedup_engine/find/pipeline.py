@@ -270,7 +270,7 @@ class _Run:
         for stage in (Stage.SCAN, Stage.SIZE, Stage.HARDLINK, Stage.HEAD, Stage.TAIL, Stage.FULL):
             stats.stage(stage)  # rows in pipeline order
         self.current = Stage.SCAN
-        self.sizes = SizeIndex(opts.hard_links, pool.sites)
+        self.sizes = SizeIndex(opts.hard_links)  # by machine where roots are held (`hold`)
         self.steps = StepContext(
             pool,
             self.sizes,
@@ -314,7 +314,9 @@ class _Run:
         self._spaces = spaces
         self.sizes = SizeIndex(self.opts.hard_links, spaces)
         root_spaces = {number: root.space for number, root in held.items()}
-        self.steps = dataclasses.replace(self.steps, sizes=self.sizes, root_spaces=root_spaces)
+        self.steps = dataclasses.replace(
+            self.steps, sizes=self.sizes, root_spaces=root_spaces, sited=True
+        )
         self._dirs = {site: deque() for site in sorted({root.site for root in held.values()})}
         self._seen.update(caches)
 

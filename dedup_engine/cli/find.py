@@ -435,9 +435,10 @@ def _quiet_dask() -> None:
 
     with contextlib.suppress(ImportError):  # without it, --cluster says how to install it
         import distributed  # noqa: F401 - its logging set up now, to be quietened below
-    for name in ["distributed", *logging.root.manager.loggerDict]:
-        if name == "distributed" or name.startswith("distributed."):
-            # Dask gives some their own level and handler ("distributed.client"): each is set.
+    for name in ["distributed", "tornado", *logging.root.manager.loggerDict]:
+        if name in ("distributed", "tornado") or name.startswith(("distributed.", "tornado.")):
+            # Dask gives some their own level and handler ("distributed.client"): each is set;
+            # tornado's are Dask's event loop's ("Exception in callback" as a scheduler goes).
             logging.getLogger(name).setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", module=r"distributed(\.|$)")
 

@@ -103,6 +103,7 @@ class ClusterPool:
             #: (machine, dev, ino) of the digest cache's directory where each worker keeps it.
             self.cache_dirs: set[tuple[int, int, int]] = set()
             self._started = False
+            self._checked = time.monotonic()
             if roots is not None:
                 self.start(roots)
         except BaseException:
@@ -233,12 +234,15 @@ class ClusterPool:
             if done.has_ready():
                 break
             self._check_workers()  # nothing in for a while: still every worker there?
+        if time.monotonic() - self._checked > POLL_S:  # results coming, yet one may be lost
+            self._check_workers()
         for future, result in done.next_batch(block=False):
             on_done, worker = self._callbacks.pop(future.key)
             self._busy[worker] -= 1
-            if future.status != "finished":  # an error's (type, exception, traceback)
-                cause = result[1] if isinstance(result, tuple) else result
-                raise WorkerError(f"a cluster worker failed: {cause!r}")
+            failure = _failure(result)
+            if failure is not None:
+                self._check_workers()  # a worker lost or the scheduler gone says so first
+                raise WorkerError(f"a cluster worker failed: {failure}")
             future.release()
             on_done(result)
 
@@ -264,12 +268,13 @@ class ClusterPool:
     def _check_workers(self) -> None:
         """A worker that owns rows and left the cluster ends the run, and so does a scheduler
         that no longer answers."""
+        self._checked = time.monotonic()
         try:
-            present = set(self._client.scheduler_info()["workers"])
+            present = set(self._client.scheduler_info().get("workers", ()))
             status = self._client.status
         except OSError as exc:
             raise WorkerError(f"lost the cluster's scheduler: {exc}") from None
-        if status not in ("running", "connecting"):
+        if status != "running" or not present:  # reconnecting to a scheduler that is gone
             raise WorkerError("lost the cluster's scheduler")
         lost = [n for n, address in enumerate(self._addresses) if address not in present]
         if lost:
@@ -299,10 +304,10 @@ class ClusterPool:
         deadline = time.monotonic() + CLOSE_S
         with contextlib.suppress(Exception):
             while closing and time.monotonic() < deadline:
-                done = distributed.wait(list(closing), timeout=POLL_S, return_when="ALL_COMPLETED")
-                for future in done.done:
-                    closing.pop(future)
-                present = set(self._client.scheduler_info()["workers"])
+                with contextlib.suppress(TimeoutError):  # some still closing: look again
+                    distributed.wait(list(closing), timeout=POLL_S, return_when="ALL_COMPLETED")
+                closing = {f: a for f, a in closing.items() if f.status == "pending"}
+                present = set(self._client.scheduler_info().get("workers", ()))
                 closing = {f: a for f, a in closing.items() if a in present}
         self._release()
 
@@ -366,6 +371,17 @@ def _agree(
             f" {identity[1]}): mount it alike on every host, or give each host's disks with"
             " --root-on"
         )
+
+
+def _failure(result: Any) -> str | None:
+    """Why a task's result is none (as `as_completed` gives a task that raised: its type,
+    exception and traceback; or the exception that cancelled it), shortly; None for a
+    result."""
+    if isinstance(result, BaseException):
+        return repr(result)[:200]
+    if isinstance(result, tuple) and len(result) == 3 and isinstance(result[1], BaseException):
+        return repr(result[1])[:200]
+    return None
 
 
 def _site_names(root_on: Sequence[tuple[str, str]]) -> dict[str, int]:

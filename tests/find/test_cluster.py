@@ -279,7 +279,7 @@ def test_dask_loggers_with_their_own_level_are_quietened_too() -> None:
 
     pytest.importorskip("distributed")  # its loggers set up first, as in a run
     _quiet_dask()
-    for name in ("distributed", "distributed.client", "distributed.gc"):
+    for name in ("distributed", "distributed.client", "distributed.gc", "tornado.application"):
         assert logging.getLogger(name).getEffectiveLevel() == logging.CRITICAL
 
 
@@ -312,3 +312,19 @@ def test_the_end_of_a_run_does_not_wait_for_a_worker_lost_meanwhile(
 
 class _Hung(BaseException):
     """A test ran into its deadline inside code that catches every `Exception`."""
+
+
+def test_a_result_is_passed_on_whatever_its_future_says_since_and_a_failure_is_short() -> None:
+    """A result fetched before its worker was lost is a result (its future's status may have
+    changed since); a task that raised is said in a line, never with a whole result in it."""
+    from array import array as arr
+
+    from dedup_engine.find.cluster import _failure
+    from dedup_engine.find.tasks import HashResult
+
+    assert _failure(HashResult(b"x" * 32, (), 1, 1)) is None
+    assert _failure(arr("q", [1])) is None
+    big = RuntimeError("x" * 100_000)
+    said = _failure((RuntimeError, big, None))
+    assert said is not None and said.startswith("RuntimeError('xxx") and len(said) <= 200
+    assert _failure(TimeoutError()) == "TimeoutError()"

@@ -189,12 +189,9 @@ def canonical_roots(
             table.add_reference(*_canonical(root, parents, cwd), searched)
         table.db.execute("COMMIT")
         return Roots(table.db, table.count, searched)
-    except sqlite3.Error as exc:  # its temporary file's disk full, or no place to make one
+    except sqlite3.Error as exc:
         table.db.close()
-        raise OptionsError(
-            "cannot keep the roots in a temporary file"
-            f" ($SQLITE_TMPDIR, $TMPDIR or /var/tmp): {exc}"
-        ) from None
+        raise _unkept(exc) from None
     except BaseException:
         table.db.close()
         raise
@@ -212,9 +209,20 @@ def known_roots(directories: Iterable[str]) -> Roots:
             raise OptionsError("no root given")
         table.db.execute("COMMIT")
         return Roots(table.db, table.count, table.count)
+    except sqlite3.Error as exc:
+        table.db.close()
+        raise _unkept(exc) from None
     except BaseException:
         table.db.close()
         raise
+
+
+def _unkept(exc: sqlite3.Error) -> OptionsError:
+    """The roots table could not be written: its temporary file's disk is full, or there is no
+    place to make one."""
+    return OptionsError(
+        f"cannot keep the roots in a temporary file ($SQLITE_TMPDIR, $TMPDIR or /var/tmp): {exc}"
+    )
 
 
 class _Table:

@@ -473,3 +473,18 @@ def test_a_file_root_replaced_by_a_fifo_before_its_scan_is_an_issue(
     assert [(i.path, i.message) for i in result.issues] == [
         (second, "cannot take root: it is no longer a regular file")
     ]
+
+
+def test_roots_found_by_a_clusters_workers_that_cannot_be_kept_are_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--root-on`'s roots go into the same table, with the same one line when it fails."""
+    from dedup_engine.find import roots
+    from dedup_engine.options import OptionsError
+
+    def full(self: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(roots._Table, "flush", full)
+    with pytest.raises(OptionsError, match=r"cannot keep the roots .* database or disk is full"):
+        roots.known_roots(["/srv/disk"])

@@ -15,6 +15,7 @@ and the walk of the directory passes it over (`holding_file_roots`, `file_roots_
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -175,8 +176,7 @@ def canonical_roots(
 
     Nested directory roots are kept (a file under both is attributed to the innermost): the walk
     visits each directory once by (st_dev, st_ino)."""
-    table = _Table()
-    try:
+    with _filling() as table:
         parents: dict[str, str] = {}
         cwd = os.getcwd()
         for root in given:
@@ -189,19 +189,12 @@ def canonical_roots(
             table.add_reference(*_canonical(root, parents, cwd), searched)
         table.db.execute("COMMIT")
         return Roots(table.db, table.count, searched)
-    except sqlite3.Error as exc:
-        table.db.close()
-        raise _unkept(exc) from None
-    except BaseException:
-        table.db.close()
-        raise
 
 
 def known_roots(directories: Iterable[str]) -> Roots:
     """Roots made canonical elsewhere, each a directory (`--root-on`: by the cluster's workers
     that hold them, on their own host), numbered in the order given, each once."""
-    table = _Table()
-    try:
+    with _filling() as table:
         for path in directories:
             table.add(path, True)
         table.flush()
@@ -209,20 +202,24 @@ def known_roots(directories: Iterable[str]) -> Roots:
             raise OptionsError("no root given")
         table.db.execute("COMMIT")
         return Roots(table.db, table.count, table.count)
+
+
+@contextlib.contextmanager
+def _filling() -> Iterator[_Table]:
+    """A new roots table to fill, closed again if filling it fails; one that cannot be written
+    (its temporary file's disk full, or no place to make one) is one line."""
+    table = _Table()
+    try:
+        yield table
     except sqlite3.Error as exc:
         table.db.close()
-        raise _unkept(exc) from None
+        raise OptionsError(
+            "cannot keep the roots in a temporary file"
+            f" ($SQLITE_TMPDIR, $TMPDIR or /var/tmp): {exc}"
+        ) from None
     except BaseException:
         table.db.close()
         raise
-
-
-def _unkept(exc: sqlite3.Error) -> OptionsError:
-    """The roots table could not be written: its temporary file's disk is full, or there is no
-    place to make one."""
-    return OptionsError(
-        f"cannot keep the roots in a temporary file ($SQLITE_TMPDIR, $TMPDIR or /var/tmp): {exc}"
-    )
 
 
 class _Table:

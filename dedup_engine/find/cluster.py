@@ -14,9 +14,11 @@ With `--root-on`, the workers a name matches are a site, and the roots given to 
 own disks: a worker of the site makes each canonical (`held_roots`), and the coordinator sends
 every task on their files to that site's workers alone (`Pool.sites`, `submit(among=)`).
 
-A worker lost mid-run takes its rows with it: the run ends with a `WorkerError` naming it (its
-tasks are not run again elsewhere yet), and the roots no worker is left to read.  Dask is an
-optional dependency, imported only here.
+A worker lost mid-run (gone from the cluster, or silent for `SILENT_S`) takes its rows with it.
+Where other workers can read its files (every worker on a shared filesystem, or others of its
+site), the pool forgets it and says so (`WorkerLost`), and the run lists its directories again
+elsewhere (`pipeline`); where none can, the run ends with a `WorkerError` naming the roots no
+worker is left to read.  Dask is an optional dependency, imported only here.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dedup_engine.find.pool import WorkerError, WorkerState, least_busy, run_task
+from dedup_engine.find.pool import WorkerError, WorkerLost, WorkerState, least_busy, run_task
 from dedup_engine.find.tasks import Result, Task
 from dedup_engine.options import (
     OptionsError,
@@ -50,6 +52,16 @@ from dedup_engine.version import __version__
 #: `distributed.comm.timeouts.connect` (30 s unless set).
 POLL_S = 1.0
 CLOSE_S = 30
+#: Seconds a worker may go without a heartbeat reaching the scheduler before the run takes it
+#: for lost (frozen, or cut off by a partition; Dask itself waits `worker-ttl`, 5 minutes).  A
+#: worker busy with a long read still beats: its heartbeats run beside its tasks.  Never less
+#: than `SILENT_BEATS` heartbeats: Dask spaces them out on big clusters.
+SILENT_S = 60.0
+SILENT_BEATS = 6
+#: Seconds an interrupted or failed run waits for the workers to let go of its state.
+ABORT_S = 5.0
+#: A lost worker's load: never the least busy.
+_NEVER = 1 << 62
 #: Tasks in flight per worker: a task's trip through the scheduler takes milliseconds, which
 #: three in flight (as for local workers) leave the workers waiting for (measured on the small
 #: synth tree, 2 local workers: 3 in flight 11-20 s, 10 in flight 7.6 s, 16 7.1 s, 32 7.0 s).
@@ -77,8 +89,10 @@ class ClusterPool:
         self.batch_scale = BATCH_SCALE
         self._id = uuid.uuid4().hex
         self._options = options
-        self._callbacks: dict[str, tuple[Callback, int]] = {}
+        self._callbacks: dict[str, tuple[Callback, int, Any]] = {}
         self._held: list[HeldRoot] = []
+        self._gone: set[int] = set()  # workers lost, and forgotten by the run
+        self._heard: dict[int, tuple[float, float]] = {}  # last heartbeat seen, and when
         try:
             self._client = self._connect(distributed, address)
             _drop_abandoned_fetches(self._client.loop.asyncio_loop)
@@ -215,11 +229,24 @@ class ClusterPool:
     ) -> int:
         if worker is None:
             worker = least_busy(self._busy, among)
+        if worker in self._gone:  # its rows went with it: no task may name them
+            raise WorkerError(f"cluster worker {self._addresses[worker]} was lost")
         self._busy[worker] += 1
         future = self._client.submit(_run, self._id, task, **self._on(worker))
-        self._callbacks[future.key] = (on_done, worker)
+        self._callbacks[future.key] = (on_done, worker, future)
         self._done.add(future)
         return worker
+
+    def forget(self, workers: Sequence[int] | None) -> None:
+        forgotten = []
+        for key, (_, worker, future) in list(self._callbacks.items()):
+            if workers is None or worker in workers:
+                del self._callbacks[key]
+                self._busy[worker] -= 1
+                forgotten.append(future)
+        if forgotten:  # not left to run, nor to wait for a worker that is gone
+            with contextlib.suppress(Exception):
+                self._client.cancel(forgotten)
 
     def wait_one(self) -> None:
         """Hand on the results that are in, at least one: each was fetched from its worker as
@@ -236,15 +263,28 @@ class ClusterPool:
             self._check_workers()  # nothing in for a while: still every worker there?
         if time.monotonic() - self._checked > POLL_S:  # results coming, yet one may be lost
             self._check_workers()
+        lost: WorkerLost | None = None
         for future, result in done.next_batch(block=False):
-            on_done, worker = self._callbacks.pop(future.key)
+            taken = self._callbacks.pop(future.key, None)
+            if taken is None:  # forgotten: its worker was lost, or the run started over
+                continue
+            on_done, worker, _ = taken
             self._busy[worker] -= 1
             failure = _failure(result)
             if failure is not None:
-                self._check_workers()  # a worker lost or the scheduler gone says so first
+                try:
+                    if _restarted(result) and worker not in self._gone:
+                        self._lose({worker: "was restarted (its state for the run is gone)"})
+                    self._check_workers()  # a worker lost or the scheduler gone says so first
+                except WorkerLost as exc:
+                    lost = exc  # said once the other results are handed on
+                if worker in self._gone:
+                    continue  # its task went with it
                 raise WorkerError(f"a cluster worker failed: {failure}")
             future.release()
             on_done(result)
+        if lost is not None:
+            raise lost
 
     def _outcome(self, future: Any, failing: str) -> Any:
         """A task's result, fetched from its worker; a worker lost meanwhile (the result lived
@@ -266,42 +306,83 @@ class ClusterPool:
                 raise WorkerError(f"a cluster worker {failing}: {exc!r}") from None
 
     def _check_workers(self) -> None:
-        """A worker that owns rows and left the cluster ends the run, and so does a scheduler
-        that no longer answers."""
-        self._checked = time.monotonic()
+        """Workers that left the cluster, or went silent, are lost: `WorkerLost` where others
+        can read their files and the run has started, else a `WorkerError` that ends the run, as
+        does a scheduler that no longer answers."""
+        from distributed.scheduler import heartbeat_interval  # how Dask spaces them
+
+        self._checked = now = time.monotonic()
+        if self._client.status != "running":  # reconnecting: asking would wait for it
+            raise WorkerError("lost the cluster's scheduler")
         try:
-            present = set(self._client.scheduler_info().get("workers", ()))
-            status = self._client.status
+            workers = self._client.scheduler_info().get("workers", {})
         except OSError as exc:
             raise WorkerError(f"lost the cluster's scheduler: {exc}") from None
-        if status != "running" or not present:  # reconnecting to a scheduler that is gone
+        if self._client.status != "running" or not workers:  # it went as we asked
             raise WorkerError("lost the cluster's scheduler")
-        lost = [n for n, address in enumerate(self._addresses) if address not in present]
+        silent = max(SILENT_S, SILENT_BEATS * heartbeat_interval(len(workers)))
+        lost: dict[int, str] = {}
+        for number, address in enumerate(self._addresses):
+            if number in self._gone:
+                continue
+            if address not in workers:
+                lost[number] = "was lost"
+                continue
+            beat = float(workers[address].get("last_seen", 0.0))
+            heard = self._heard.get(number)
+            if heard is None or heard[0] != beat:
+                self._heard[number] = (beat, now)
+            elif now - heard[1] > silent:
+                lost[number] = f"was silent for {now - heard[1]:.0f} s (frozen, or cut off)"
         if lost:
-            raise WorkerError(self._lost(lost[0], present))
+            self._lose(lost)
 
-    def _lost(self, worker: int, present: set[str]) -> str:
-        """What a lost worker takes with it: the files it scanned, and the roots only its site
-        could read once no worker of the site is left."""
-        said = f"cluster worker {self._addresses[worker]} was lost"
-        said += ": the files it scanned with it" if self._started else " as the run started"
-        site = self.sites[worker]
-        left = [a for n, a in enumerate(self._addresses) if self.sites[n] == site and a in present]
-        held = [h for h in self._held if h.site == site]
-        if site and held and not left:
+    def _lose(self, lost: dict[int, str]) -> None:
+        gone = self._gone | set(lost)
+        left = [n for n in range(self.workers) if n not in gone]
+        said = "; ".join(f"cluster worker {self._addresses[n]} {why}" for n, why in lost.items())
+        stranded = [n for n in lost if not any(self.sites[k] == self.sites[n] for k in left)]
+        if not self._started or stranded:
+            raise WorkerError(self._stranded(said, stranded[0] if stranded else None))
+        self._gone = gone
+        for number in lost:
+            self._busy[number] = _NEVER
+        raise WorkerLost(said, list(lost))
+
+    def _stranded(self, said: str, worker: int | None) -> str:
+        """Why losing a worker ends the run: it was still starting, or no worker is left that
+        can read the files it scanned (of its site, where roots are held)."""
+        if not self._started:
+            return said + " as the run started"
+        said += ": the files it scanned with it, and no other worker can read them"
+        held = [h for h in self._held if worker is not None and h.site == self.sites[worker]]
+        if held:
             roots = ", ".join(repr(h.path) for h in held)
-            said += f", and no worker is left that holds {held[0].name}: {roots}"
+            said += f" (no worker is left that holds {held[0].name}: {roots})"
         return said
 
     def close(self) -> None:
         """Each worker still there lets go of the run's state; one lost meanwhile is not
         waited for."""
+        self._close_within(CLOSE_S)
+        self._release()
+
+    def abort(self) -> None:
+        if getattr(self, "_addresses", None):
+            with contextlib.suppress(Exception):
+                self.forget(None)  # queued tasks would hold the closing one back
+                self._close_within(ABORT_S)
+        self._release()
+
+    def _close_within(self, seconds: float) -> None:
+        """Each worker still there (and not forgotten) lets go of the run's state; waited for up
+        to `seconds`, and never for one lost meanwhile."""
         distributed = _dask()
+        there = [n for n in range(self.workers) if n not in self._gone]
         closing = {
-            self._client.submit(_close, self._id, **self._on(n)): self._addresses[n]
-            for n in range(self.workers)
+            self._client.submit(_close, self._id, **self._on(n)): self._addresses[n] for n in there
         }
-        deadline = time.monotonic() + CLOSE_S
+        deadline = time.monotonic() + seconds
         with contextlib.suppress(Exception):
             while closing and time.monotonic() < deadline:
                 with contextlib.suppress(TimeoutError):  # some still closing: look again
@@ -309,16 +390,6 @@ class ClusterPool:
                 closing = {f: a for f, a in closing.items() if f.status == "pending"}
                 present = set(self._client.scheduler_info().get("workers", ()))
                 closing = {f: a for f, a in closing.items() if a in present}
-        self._release()
-
-    def abort(self) -> None:
-        client = getattr(self, "_client", None)
-        if client is not None and getattr(self, "_addresses", None):
-            with contextlib.suppress(Exception):  # only those still there: none waits for one gone
-                present = set(client.scheduler_info()["workers"])
-                there = [a for a in self._addresses if a in present]
-                client.run(_close, self._id, workers=there)
-        self._release()
 
     def _release(self) -> None:
         client = getattr(self, "_client", None)
@@ -382,6 +453,13 @@ def _failure(result: Any) -> str | None:
     if isinstance(result, tuple) and len(result) == 3 and isinstance(result[1], BaseException):
         return repr(result[1])[:200]
     return None
+
+
+def _restarted(result: Any) -> bool:
+    """Whether a task failed for its worker holding no state for the run: a worker started
+    again at the same address, which the scheduler may never have been seen gone."""
+    error = result[1] if isinstance(result, tuple) and len(result) == 3 else result
+    return isinstance(error, NoRunState)
 
 
 def _site_names(root_on: Sequence[tuple[str, str]]) -> dict[str, int]:
@@ -587,10 +665,15 @@ def _machine() -> str:
         return socket.gethostname()
 
 
+class NoRunState(RuntimeError):
+    """A task reached a worker that holds no state for its run: the worker was started again
+    since the run was set up (at the same address)."""
+
+
 def _run(run: str, task: Task) -> Result:
     held = _RUNS.get(run)
     if held is None:
-        raise RuntimeError("this worker holds no state for the run: it was restarted")
+        raise NoRunState("this worker holds no state for the run: it was restarted")
     with held.lock:
         held.used = time.monotonic()
         return run_task(task, held.state)

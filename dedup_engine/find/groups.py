@@ -61,8 +61,15 @@ class SizeIndex:
     when the final group is built (`assemble`).
     """
 
-    def __init__(self, hard_links: bool, spaces: Sequence[int] = ()) -> None:
+    def __init__(
+        self, hard_links: bool, spaces: Sequence[int] = (), *, restartable: bool = False
+    ) -> None:
         self.hard_links = hard_links
+        #: Whether a worker's rows may be dropped (`drop`) and the size groups taken again: a
+        #: cluster's, whose workers may be lost mid-run.  The chains are then kept to the end.
+        self._restartable = restartable
+        self._dead: set[int] = set()  # workers whose rows are gone
+        self._rep_size: dict[int, int] = {}  # restartable: each linked inode's size, by its rep
         #: Each worker's machine (`--root-on`: `cluster.ClusterPool.spaces`): an inode is one
         #: only within a machine, since two machines' disks may well number theirs alike.
         self._spaces = spaces if any(spaces) else ()
@@ -78,7 +85,9 @@ class SizeIndex:
         self.reps_in_candidates = 0
 
     def add(self, worker: int, result: ScanResult) -> None:
-        """Take the rows of one of `worker`'s scan results."""
+        """Take the rows of one of `worker`'s scan results (none of a worker dropped)."""
+        if worker in self._dead:
+            return
         sizes = result.sizes
         self.rows_in += len(sizes)
         last = self._last
@@ -109,23 +118,63 @@ class SizeIndex:
         else:
             for row, size in enumerate(sizes, first):
                 key = keyed.get(row - first)
-                if key is not None and self._is_link(row, key):
+                if key is not None and self._is_link(row, key, size):
                     put(NONE)
                     continue
                 put(last.get(size, NONE))
                 last[size] = row
         prev[start:end] = before
 
-    def _is_link(self, row: int, key: tuple[int, ...]) -> bool:
+    def _is_link(self, row: int, key: tuple[int, ...], size: int) -> bool:
         """Record another name of a known inode; False (and remember it) for a new inode."""
         rep = self._inodes.get(key)
         if rep is None:
             self._inodes[key] = row
+            if self._restartable:
+                self._rep_size[row] = size
             return False
         self.links.setdefault(rep, []).append(row)
         if row not in self.aliases:
             self._real[rep] = self._real.get(rep, 0 if rep in self.aliases else 1) + 1
         return True
+
+    def drop(self, worker: int) -> None:
+        """`worker`'s rows are gone (a cluster's worker was lost): none is a candidate from now
+        on, and an inode it held the first name of is represented by its next name still here,
+        if any.  The size groups are then taken again from the start (`candidates`)."""
+        if not self._restartable:
+            raise RuntimeError("this size index was not made to drop a worker's rows")
+        dead = self._dead
+        dead.add(worker)
+        self.rows_in -= self._received.pop(worker, 0)
+        for key, rep in list(self._inodes.items()):
+            if rep >> ROW_BITS not in dead:
+                continue
+            del self._inodes[key]
+            size = self._rep_size.pop(rep)
+            self._real.pop(rep, None)
+            living = [r for r in self.links.pop(rep, ()) if r >> ROW_BITS not in dead]
+            if living:  # the next name becomes the inode's, in the chain of its size
+                rep, names = living[0], living[1:]
+                self._inodes[key] = rep
+                self._rep_size[rep] = size
+                self._prev[rep >> ROW_BITS][rep & ROW_MASK] = self._last.get(size, NONE)
+                self._last[size] = rep
+                self._name(rep, names)
+        for rep, names in list(self.links.items()):
+            living = [r for r in names if r >> ROW_BITS not in dead]
+            if len(living) < len(names):
+                self._name(rep, living)
+
+    def _name(self, rep: int, links: list[int]) -> None:
+        """The inode represented by `rep` has these other names (as `_is_link` counts them)."""
+        self.links.pop(rep, None)
+        self._real.pop(rep, None)
+        if links:
+            self.links[rep] = links
+        real = sum(r not in self.aliases for r in links)
+        if real:
+            self._real[rep] = (0 if rep in self.aliases else 1) + real
 
     def _copies_of(self, rep: int) -> int:
         """Names of one inode that count as copies (a name reached through a symlink does not)."""
@@ -142,19 +191,22 @@ class SizeIndex:
 
     def candidates(self) -> Iterator[tuple[int, Group]]:
         """(size, representative rows) of each size group that counts, in order of first
-        appearance; the index is emptied as it goes."""
-        prev, links, hard_links = self._prev, self.links, self.hard_links
+        appearance; the index is emptied as it goes, but where it is `restartable`."""
+        prev, links, hard_links, dead = self._prev, self.links, self.hard_links, self._dead
         for worker, rows in prev.items():
-            if self._received.get(worker) != len(rows):
+            if worker not in dead and self._received.get(worker) != len(rows):
                 raise RuntimeError(f"worker {worker}'s scan results overlap or leave a gap")
+        self.reps_in_candidates = self.paths_in_candidates = 0
         last = self._last
-        self._last = {}
+        if not self._restartable:
+            self._last = {}
         for size, row in last.items():
             if prev[row >> ROW_BITS][row & ROW_MASK] == NONE and not (hard_links and row in links):
                 continue  # the common case: a size seen once
             group: Group = []
             while row != NONE:
-                group.append(row)
+                if not dead or row >> ROW_BITS not in dead:
+                    group.append(row)
                 row = prev[row >> ROW_BITS][row & ROW_MASK]
             group.reverse()
             if self.weight(group) >= 2:
@@ -163,7 +215,8 @@ class SizeIndex:
                 if links:
                     self.paths_in_candidates += sum(len(links.get(r, ())) for r in group)
                 yield size, group
-        self._prev = {}
+        if not self._restartable:
+            self._prev = {}
 
 
 class Named(NamedTuple):

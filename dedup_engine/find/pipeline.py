@@ -8,6 +8,11 @@ overlap: size groups flow into the head stage a batch at a time, each later stag
 groups the one before has split so far, and every final group is handed on as soon as it is
 final.  The workers' side of each stage is `walk`, `hashtasks`, `entries` and `fullcompare`,
 reached through `pool`.
+
+A cluster's worker lost mid-run (`pool.WorkerLost`) takes the rows it owns with it: the
+directories it listed are listed again by the others (`_Run._lose`), and if the stages had
+begun they begin again over the size index without its rows, the groups already handed on not
+handed on twice (`_Tally.started_over`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import sqlite3
 import stat
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -36,7 +42,7 @@ from dedup_engine.find.hashstep import (
     StepContext,
     WindowStep,
 )
-from dedup_engine.find.pool import Pool, open_pool
+from dedup_engine.find.pool import Pool, Recovering, WorkerLost, open_pool
 from dedup_engine.find.roots import Roots, canonical_roots, known_roots
 from dedup_engine.find.tasks import DirJob, ScanResult, ScanTask, Window
 from dedup_engine.model import (
@@ -46,6 +52,7 @@ from dedup_engine.model import (
     Issue,
     RunStats,
     Stage,
+    StageStats,
     report_order,
 )
 from dedup_engine.options import OptionsError, ScanOptions
@@ -103,7 +110,7 @@ def find_duplicates(
     issues: list[Issue] = []
     kept: list[DuplicateGroup] = []
     contents = Contents() if opts.dirs else None
-    tally = _Tally(stats, on_group or kept.append, contents)
+    tally = _Tally(stats, on_group or kept.append, contents, opts.hard_links)
     try:
         opts = _check_cache(opts, canon, stats)
     except BaseException:
@@ -128,6 +135,8 @@ def find_duplicates(
     pool.close()
     stats.workers = pool.workers
     stats.seconds = time.perf_counter() - started
+    if run.lost:  # what the lost workers' files and the stages said, said again since
+        issues[:] = set(issues)
     issues.sort(key=lambda i: (i.path, i.stage.value))
     kept.sort(key=report_order)
     return FindResult(canon, tuple(kept), tuple(issues), stats, canon.reference, directories)
@@ -224,19 +233,46 @@ def _check_cache(opts: ScanOptions, roots: Roots, stats: RunStats) -> ScanOption
 
 
 class _Tally:
-    """Counts each final group into the run's totals and hands it on."""
+    """Counts each final group into the run's totals and hands it on; once the stages have
+    started over (`started_over`), none of the files handed on before is handed on again."""
 
     def __init__(
         self,
         stats: RunStats,
         sink: Callable[[DuplicateGroup], None],
         contents: Contents | None = None,
+        hard_links: bool = False,
     ) -> None:
         self.stats = stats
         self.sink = sink
         self.contents = contents  # with --dirs: each file's group, for the directories
+        self.hard_links = hard_links
+        #: Where the stages may start over (`track`): a hash of each path handed on, 8 bytes.
+        self._handed: array[int] | None = None
+        self._before: set[int] | None = None
+        self._rule = RootRule()
+
+    def track(self, rule: RootRule) -> None:
+        """Remember what is handed on: the stages may start over (a cluster's run), and `rule`
+        is which groups count by their roots."""
+        self._handed = array("q")
+        self._rule = rule
+
+    def started_over(self) -> None:
+        """From now on, a file handed on before is not handed on again: a group found again is
+        dropped, and one that lost files to earlier groups (a file changed between the two
+        passes) keeps the rest where they still make a group."""
+        assert self._handed is not None, "the stages may start over only where tracked"
+        self._before = set(self._handed)
 
     def __call__(self, group: DuplicateGroup) -> None:
+        if self._before is not None:
+            unseen = self._unseen(group, self._before)
+            if unseen is None:
+                return
+            group = unseen
+        if self._handed is not None:
+            self._handed.extend(hash(f.path) for f in group.files)
         stats = self.stats
         stats.groups += 1
         stats.files_in_groups += len(group.files)
@@ -244,6 +280,17 @@ class _Tally:
         if self.contents is not None:
             self.contents.add(group)
         self.sink(group)
+
+    def _unseen(self, group: DuplicateGroup, before: set[int]) -> DuplicateGroup | None:
+        files = tuple(f for f in group.files if hash(f.path) not in before)
+        if len(files) == len(group.files):
+            return group
+        # Which roots the files were found under is not in an entry: where that decides
+        # (--isolate, --reference), the rest is not reported.
+        if self._rule.isolate or self._rule.reference:
+            return None
+        count = len(files) if self.hard_links else len({(f.dev, f.ino) for f in files})
+        return dataclasses.replace(group, files=files) if count >= 2 else None
 
 
 class _Run:
@@ -257,10 +304,17 @@ class _Run:
         stats: RunStats,
         issues: list[Issue],
         progress: ProgressCallback | None,
-        emit: Callable[[DuplicateGroup], None],
+        tally: _Tally,
         rule: RootRule,
     ) -> None:
         self.pool = pool
+        self.tally = tally
+        #: Whether a lost worker's directories may be listed again elsewhere and the run go on.
+        #: Not with --dirs: the directories' listings are spread over the workers.
+        self.recovers = isinstance(pool, Recovering) and not opts.dirs
+        if self.recovers:
+            tally.track(rule)
+        self.lost: set[int] = set()  # workers lost, whose rows are gone
         self.roots = roots
         self.opts = opts
         self.stats = stats
@@ -270,7 +324,8 @@ class _Run:
         for stage in (Stage.SCAN, Stage.SIZE, Stage.HARDLINK, Stage.HEAD, Stage.TAIL, Stage.FULL):
             stats.stage(stage)  # rows in pipeline order
         self.current = Stage.SCAN
-        self.sizes = SizeIndex(opts.hard_links)  # by machine where roots are held (`hold`)
+        # By machine where roots are held (`hold`).
+        self.sizes = SizeIndex(opts.hard_links, restartable=self.recovers)
         self.steps = StepContext(
             pool,
             self.sizes,
@@ -279,7 +334,7 @@ class _Run:
             opts.follow_links,
             opts.chunk_size,
             self.limit,
-            emit,
+            tally,
             self._tick if progress else None,
             rule,
             opts.sample,
@@ -302,6 +357,12 @@ class _Run:
         self._taken = 0
         self._arrived: dict[int, tuple[int, ScanResult]] = {}
         self._rechecks: dict[Step, RecheckStep] = {}  # each window's, which completes its work
+        # Where the run recovers from a lost worker: scan tasks in flight by number, those whose
+        # results are in by worker, what those counted, and the numbers of scans done again.
+        self._scan_out: dict[int, tuple[int, ScanTask]] = {}
+        self._scan_done: dict[int, list[ScanTask]] = {}
+        self._counted: dict[int, list[int]] = {}
+        self._again: set[int] = set()
 
     def hold(
         self, held: dict[int, HeldRoot], spaces: tuple[int, ...], caches: set[tuple[int, int, int]]
@@ -312,7 +373,7 @@ class _Run:
         the digest cache's directory on each, which no walk lists."""
         self._held = held
         self._spaces = spaces
-        self.sizes = SizeIndex(self.opts.hard_links, spaces)
+        self.sizes = SizeIndex(self.opts.hard_links, spaces, restartable=self.recovers)
         root_spaces = {number: root.space for number, root in held.items()}
         self.steps = dataclasses.replace(
             self.steps, sizes=self.sizes, root_spaces=root_spaces, sited=True
@@ -321,8 +382,19 @@ class _Run:
         self._seen.update(caches)
 
     def search(self) -> None:
-        """scan → by size → hard links → head → tail → full → groups."""
+        """scan → by size → hard links → head → tail → full → groups; begun again from the
+        size groups when a worker is lost on the way (`_lose`)."""
         self._scan()
+        while True:
+            try:
+                self._stages()
+                return
+            except WorkerLost as lost:
+                self._lose(lost, " and the stages began again", everything=True)
+                self._walk([], iter(()))
+                self._start_over()
+
+    def _stages(self) -> None:
         full = FullStep(self.steps, alone=self.opts.hard_links)
         windows = self._windows(full)
         self._rechecks = dict(windows)
@@ -468,7 +540,7 @@ class _Run:
         # by the workers like any other file, a task's worth at a time as the pool has room.
         while task := tuple(itertools.islice(files, FILE_ROOTS_PER_TASK)):
             while pool.in_flight >= self.limit or len(self._arrived) >= self.limit:
-                pool.wait_one()
+                self._wait()
             self._submit_scan(ScanTask((), task))
         for job in jobs:
             self._dirs[self._site_of(job.root)].append(job)
@@ -479,7 +551,64 @@ class _Run:
                 site, pending = next(sites)  # each site in turn: they list in parallel
                 if pending:
                     self._send_dirs(site, pending)
-            pool.wait_one()
+            self._wait()
+
+    def _wait(self) -> None:
+        """Let a scan result come back; a worker lost meanwhile has its directories listed
+        again by the others."""
+        try:
+            self.pool.wait_one()
+        except WorkerLost as lost:
+            self._lose(lost)
+
+    def _lose(self, lost: WorkerLost, then: str = "", everything: bool = False) -> None:
+        """The lost workers' rows are gone: every scan task they took goes to another worker
+        (of their site), those in flight under their own numbers, so the walk's order holds.
+        `everything`: every task in flight is dropped, not only theirs (the stages start
+        over)."""
+        if not self.recovers:
+            raise lost
+        assert isinstance(self.pool, Recovering)
+        self.pool.forget(None if everything else lost.workers)
+        listed = 0
+        for worker in lost.workers:
+            self.lost.add(worker)
+            self.sizes.drop(worker)
+            self._uncount(worker)
+            done = self._scan_done.pop(worker, [])
+            listed += sum(len(task.dirs) for task in done)
+            for task in done:
+                self._submit_scan(task, self._workers_of(self.pool.sites[worker]), again=True)
+        for number, (worker, task) in list(self._scan_out.items()):
+            if worker in lost.workers:
+                among = self._workers_of(self.pool.sites[worker])
+                self._submit_scan(task, among, number=number)
+                listed += len(task.dirs)
+        self.stats.warnings.append(
+            f"{lost}: the {listed} directories it had listed were listed again by the other"
+            f" workers{then}"
+        )
+
+    def _uncount(self, worker: int) -> None:
+        """Take a lost worker's scan results out of the run's counts: its files are counted
+        again as others list them."""
+        files, size, dirs, special, symlinks = self._counted.pop(worker, [0] * 5)
+        stats = self.stats
+        stats.files_scanned -= files
+        stats.bytes_scanned -= size
+        stats.dirs_scanned -= dirs
+        stats.skipped_special -= special
+        stats.skipped_symlinks -= symlinks
+
+    def _start_over(self) -> None:
+        """The stages' counts begin again with the stages (the scan's keep what it did)."""
+        stats = self.stats
+        for index, row in enumerate(stats.stages):
+            if row.stage is Stage.SCAN:
+                row.files_out = stats.files_scanned
+            else:
+                stats.stages[index] = StageStats(row.stage)
+        self.tally.started_over()
 
     def _scans_full(self) -> bool:
         return self.pool.in_flight >= self.limit or len(self._arrived) >= self.limit
@@ -539,12 +668,23 @@ class _Run:
             return None
         return [n for n, s in enumerate(self.pool.sites) if s == site]
 
-    def _submit_scan(self, task: ScanTask, among: list[int] | None = None) -> None:
+    def _submit_scan(
+        self,
+        task: ScanTask,
+        among: list[int] | None = None,
+        number: int | None = None,
+        again: bool = False,
+    ) -> None:
         """Send a scan task to the least busy worker (of `among`), which will own the files it
-        finds."""
-        self._scans += 1
-        number = self._sent
-        self._sent += 1
+        finds.  `number`: a task sent before whose worker was lost, in its place in the walk's
+        order; `again`: its result came, from a worker lost since, and its directories' subdirs
+        are known."""
+        if number is None:
+            self._scans += 1
+            number = self._sent
+            self._sent += 1
+        if again:
+            self._again.add(number)
         # The pool says which worker it chose when `submit` returns, before any result is read.
         owner: list[int] = []
         owner.append(
@@ -552,23 +692,25 @@ class _Run:
                 task, lambda result: self._arrive(number, owner[0], result), None, among
             )
         )
+        if self.recovers:
+            self._scan_out[number] = (owner[0], task)
 
     def _arrive(self, number: int, worker: int, result: ScanResult) -> None:
+        if self.recovers:
+            _, task = self._scan_out.pop(number)
+            self._scan_done.setdefault(worker, []).append(task)
         arrived = self._arrived
         arrived[number] = (worker, result)
         while self._taken in arrived:
-            self._scanned(*arrived.pop(self._taken))
+            self._scanned(*arrived.pop(self._taken), self._taken in self._again)
             self._taken += 1
 
-    def _scanned(self, worker: int, result: ScanResult) -> None:
+    def _scanned(self, worker: int, result: ScanResult, again: bool = False) -> None:
         self._scans -= 1
         stats = self.stats
-        self.sizes.add(worker, result)
-        stats.dirs_scanned += result.dirs_scanned
-        stats.skipped_special += result.skipped_special
-        stats.skipped_symlinks += result.skipped_symlinks
-        stats.files_scanned += len(result.sizes)
-        stats.bytes_scanned += sum(result.sizes)
+        if worker not in self.lost:  # else its rows are gone, but its subdirs were listed
+            self.sizes.add(worker, result)
+            self._count(worker, result)
         for path, message in result.issues:
             self.issues.append(Issue(path, Stage.SCAN, message))
         seen = self._seen
@@ -578,12 +720,27 @@ class _Run:
         for job, dev, ino in subdirs:
             key = (space, dev, ino)
             if key in seen:  # a loop through a followed link or a bind mount, or a nested root
-                stats.dirs_revisited += 1
+                stats.dirs_revisited += not again
                 continue
             seen.add(key)
             pending.append(job)
         if self.progress is not None:
             self._tick()
+
+    def _count(self, worker: int, result: ScanResult) -> None:
+        stats = self.stats
+        files, size = len(result.sizes), sum(result.sizes)
+        stats.dirs_scanned += result.dirs_scanned
+        stats.skipped_special += result.skipped_special
+        stats.skipped_symlinks += result.skipped_symlinks
+        stats.files_scanned += files
+        stats.bytes_scanned += size
+        if self.recovers:  # what the worker's files would take out of the counts if it is lost
+            counted = self._counted.setdefault(worker, [0] * 5)
+            for index, value in enumerate(
+                (files, size, result.dirs_scanned, result.skipped_special, result.skipped_symlinks)
+            ):
+                counted[index] += value
 
     def _tick(self, finished: bool = False) -> None:
         """Report progress, at most ten times a second, and always when a stage ends."""

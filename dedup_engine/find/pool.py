@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from dedup_engine.find.cached import WorkerCache, compare_cached, hash_cached
 from dedup_engine.find.dirtree import DirTree
@@ -50,6 +50,16 @@ Callback = Callable[[Any], None]
 
 class WorkerError(RuntimeError):
     """A worker process died or raised: a bug or a kill, never a per-file problem."""
+
+
+class WorkerLost(WorkerError):
+    """Workers left a cluster (killed, their host gone, silent too long) while others that can
+    read their files are still there: the files they scanned are gone with them, and a run that
+    can scan those again elsewhere goes on (`Recovering`); any other ends as a `WorkerError`."""
+
+    def __init__(self, message: str, workers: Sequence[int]) -> None:
+        super().__init__(message)
+        self.workers = tuple(workers)
 
 
 #: Tasks in flight per local worker: enough to hide a pipe's round trip, few enough to keep
@@ -88,6 +98,15 @@ class Pool(Protocol):
 
     def abort(self) -> None:
         """Stop the workers now, whatever they are doing: an interrupt or a failure."""
+
+
+@runtime_checkable
+class Recovering(Protocol):
+    """A pool whose workers may be lost while the run goes on (`WorkerLost`): a cluster's."""
+
+    def forget(self, workers: Sequence[int] | None) -> None:
+        """Drop the tasks in flight on these workers (on every one: None): their results, if
+        any come, are not handed on, and they count no more in `in_flight`."""
 
 
 def least_busy(busy: Sequence[int], among: Sequence[int] | None) -> int:

@@ -108,6 +108,8 @@ class ClusterPool:
                 addresses = [a for a, site in zip(addresses, sites, strict=True) if site]
                 sites = tuple(site for site in sites if site)
             self._addresses = addresses
+            #: What tells each worker's process from one started again at its address.
+            self._processes = [_process(info[a]) for a in addresses]
             self.sites = sites
             self.workers = len(addresses)
             self._busy = [0] * self.workers
@@ -274,7 +276,7 @@ class ClusterPool:
             if failure is not None:
                 try:
                     if _restarted(result) and worker not in self._gone:
-                        self._lose({worker: "was restarted (its state for the run is gone)"})
+                        self._lose({worker: "was started again (its state for the run is gone)"})
                     self._check_workers()  # a worker lost or the scheduler gone says so first
                 except WorkerLost as exc:
                     lost = exc  # said once the other results are handed on
@@ -328,6 +330,9 @@ class ClusterPool:
             if address not in workers:
                 lost[number] = "was lost"
                 continue
+            if _process(workers[address]) != self._processes[number]:
+                lost[number] = "was started again (its state for the run is gone)"
+                continue
             beat = float(workers[address].get("last_seen", 0.0))
             heard = self._heard.get(number)
             if heard is None or heard[0] != beat:
@@ -376,8 +381,11 @@ class ClusterPool:
 
     def _close_within(self, seconds: float) -> None:
         """Each worker still there (and not forgotten) lets go of the run's state; waited for up
-        to `seconds`, and never for one lost meanwhile."""
+        to `seconds`, and never for one lost meanwhile, nor for a scheduler gone (a client
+        reconnecting to it would wait Dask's connect timeout at each question)."""
         distributed = _dask()
+        if self._client.status != "running":
+            return
         there = [n for n in range(self.workers) if n not in self._gone]
         closing = {
             self._client.submit(_close, self._id, **self._on(n)): self._addresses[n] for n in there
@@ -388,6 +396,8 @@ class ClusterPool:
                 with contextlib.suppress(TimeoutError):  # some still closing: look again
                     distributed.wait(list(closing), timeout=POLL_S, return_when="ALL_COMPLETED")
                 closing = {f: a for f, a in closing.items() if f.status == "pending"}
+                if not closing or self._client.status != "running":
+                    return
                 present = set(self._client.scheduler_info().get("workers", ()))
                 closing = {f: a for f, a in closing.items() if a in present}
 
@@ -453,6 +463,12 @@ def _failure(result: Any) -> str | None:
     if isinstance(result, tuple) and len(result) == 3 and isinstance(result[1], BaseException):
         return repr(result[1])[:200]
     return None
+
+
+def _process(worker: Mapping[str, Any]) -> str:
+    """Which process a worker is, from what the scheduler says of it: its scratch directory,
+    which Dask names afresh for each worker process (its address and name may be reused)."""
+    return str(worker.get("local_directory"))
 
 
 def _restarted(result: Any) -> bool:

@@ -396,3 +396,104 @@ def test_a_task_that_finds_its_worker_restarted_loses_that_worker() -> None:
     assert _restarted((NoRunState, raised.value, None))
     assert not _restarted((RuntimeError, RuntimeError("other"), None))
     assert not _restarted(ScanTask(()))
+
+
+def test_the_scheduler_killed_mid_run_ends_it_at_once_in_one_line(
+    tree: Tree,
+    cluster_of_three: tuple[str, list[subprocess.Popen[bytes]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client would try to reconnect for Dask's connect timeout (made longer than the
+    test's deadline here), at every question asked of it: the run ends as soon as it looks."""
+    import dask
+    from incli import invoke
+
+    _tree(tree)
+    address, _ = cluster_of_three
+    port = address.rsplit(":", 1)[1]
+    real = pipeline._Run._scanned
+    killed: list[int] = []
+
+    def scanned(self: Any, *args: Any, **kwargs: Any) -> None:
+        if not killed:
+            found = subprocess.run(
+                ["pgrep", "-f", f"dask scheduler .*--port {port}"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            killed.append(int(found.stdout.split()[0]))
+            os.kill(killed[0], signal.SIGKILL)
+        real(self, *args, **kwargs)
+
+    def hung(signum: int, frame: object) -> None:
+        raise _Hung  # the deadline's alarm, past the pool's `except Exception`
+
+    monkeypatch.setattr(pipeline._Run, "_scanned", scanned)
+    before = signal.signal(signal.SIGALRM, hung)
+    try:
+        with dask.config.set({"distributed.comm.timeouts.connect": "3600s"}):
+            code, _, err = invoke("find", tree.root, "--cluster", address)
+    finally:
+        signal.signal(signal.SIGALRM, before)
+    assert killed
+    assert code == 4
+    assert err.decode().splitlines() == ["dedup: error: lost the cluster's scheduler"]
+
+
+class _Hung(BaseException):
+    """A test ran into its deadline inside code that catches every `Exception`."""
+
+
+def test_a_worker_started_again_at_its_address_is_taken_for_lost(
+    tree: Tree,
+    cluster_of_three: tuple[str, list[subprocess.Popen[bytes]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Same address, a new process without the run's rows: a loss, whether the scheduler was
+    seen without it or not."""
+    import shutil
+    import sys
+    import time
+
+    _tree(tree)
+    address, _ = cluster_of_three
+    dask = shutil.which("dask", path=os.path.dirname(sys.executable))
+    assert dask is not None
+    real = pipeline._Run._scanned
+    started: list[subprocess.Popen[bytes]] = []
+
+    def scanned(self: Any, *args: Any, **kwargs: Any) -> None:
+        owners = _owners(self.sizes)
+        if owners and not started:
+            pool = self.pool
+            worker = pool._addresses[owners[0]]
+            pids = pool._client.run(os.getpid)
+            os.kill(pids[worker], signal.SIGKILL)
+            port = worker.rsplit(":", 1)[1]
+            command = [dask, "worker", address, "--worker-port", port, "--nthreads", "1"]
+            started.append(
+                subprocess.Popen(
+                    [*command, "--no-nanny", "--no-dashboard"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+            while True:  # back, as another process, before the run looks again
+                info = pool._client.scheduler_info()["workers"].get(worker)
+                if info is not None and cluster._process(info) != pool._processes[owners[0]]:
+                    break
+                time.sleep(0.1)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline._Run, "_scanned", scanned)
+    try:
+        result = find_duplicates(tree.root, ScanOptions(cluster=address))
+    finally:
+        for process in started:
+            process.kill()
+            process.wait(timeout=10)
+    assert started
+    _expect_local(tree, result)
+    (warning,) = result.stats.warnings
+    assert "was started again" in warning

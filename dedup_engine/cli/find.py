@@ -290,6 +290,11 @@ def find(
                 "--sample with --format fdupes: fdupes' format cannot mark a group as sampled;"
                 " use text, csv or json"
             )
+        if root_on and output_format is Format.FDUPES:
+            raise OptionsError(
+                "--root-on with --format fdupes: fdupes' format cannot say that a group across"
+                " hosts was verified by digest, not byte by byte; use text, csv or json"
+            )
         _check_output(output)
         if cluster is not None:
             _quiet_dask()

@@ -259,6 +259,23 @@ def test_the_command_refuses_a_root_on_without_its_equals_sign() -> None:
     assert b"give it as WORKERS=DIR" in done.stderr
 
 
+def test_the_fdupes_format_is_refused_since_it_cannot_say_how_a_group_was_verified(
+    tmp_path: Path,
+) -> None:
+    """A group across hosts is verified by digest, which every format must say, and fdupes'
+    has no place for it: refused before any cluster is started."""
+    done = subprocess.run(
+        [*DEDUP, "find", "--cluster", "local:1", "--root-on", f"a={tmp_path}", "-f", "fdupes"],
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.decode().splitlines() == [
+        "dedup: error: --root-on with --format fdupes: fdupes' format cannot say that a group"
+        " across hosts was verified by digest, not byte by byte; use text, csv or json"
+    ]
+
+
 # The coordinator's side, on made-up keys: two machines' disks may number their inodes alike.
 
 

@@ -50,6 +50,7 @@ class Profile(str, enum.Enum):
     LARGE = "large"
     MIXED = "mixed"
     SCALE = "scale"
+    REALISTIC = "realistic"
 
 
 DEFAULT_FILES = {
@@ -57,6 +58,7 @@ DEFAULT_FILES = {
     Profile.LARGE: 200,
     Profile.MIXED: 2_027,
     Profile.SCALE: 1_000_000,
+    Profile.REALISTIC: 20_000,
 }
 #: Mixed trees add fixed extras (hard links, empty files) that need this many paths.
 _MIXED_EXTRAS = 17
@@ -355,6 +357,10 @@ def generate(
         from dedup_engine.bench import synthscale
 
         manifest = synthscale.generate_scale(dest, rng, seed, n, workers)
+    elif prof is Profile.REALISTIC:
+        from dedup_engine.bench import synthreal
+
+        manifest = synthreal.generate_realistic(dest, rng, seed, n, workers, size_scale)
     else:
         manifest = _generate_shaped(dest, rng, prof, seed, n, workers, size_scale)
     text = json.dumps(manifest.to_json(), sort_keys=True, indent=1) + "\n"

@@ -48,6 +48,27 @@ def test_an_engine_without_its_head_stage_fails_naming_the_stage(
     assert any("stage tail: bytes_read grew" in f for f in failures), failures
 
 
+@pytest.mark.parametrize(
+    ("degraded", "stage"),
+    [
+        (ScanOptions(head_window=64), "full"),
+        (ScanOptions(stages=("head",)), "full"),
+        (ScanOptions(whole_threshold=4096), "full"),
+    ],
+    ids=["head window cut to 64 B", "tail stage dropped", "whole-file threshold at 4 KiB"],
+)
+def test_the_realistic_tree_catches_worse_windows_and_thresholds(
+    cache: Path, current: dict[str, Any], degraded: ScanOptions, stage: str
+) -> None:
+    """Files of one format share their header and boilerplate, as on a disk: a shorter head
+    window, no tail stage or a lower whole-file threshold let more candidates through to the
+    full stage, which the gate sees."""
+    realistic = tuple(t for t in workgate.QUICK_TREES if t.profile == "realistic")
+    worse = workgate.measure(cache, degraded, realistic)
+    failures, _notes = workgate.compare(current, worse)
+    assert any(f.startswith(f"realistic-quick: stage {stage}: ") for f in failures), failures
+
+
 def test_more_work_fails_less_work_is_a_note(current: dict[str, Any]) -> None:
     more = copy.deepcopy(current)
     more["trees"]["large-quick"]["stages"]["tail"]["bytes_read"] += 1

@@ -51,6 +51,7 @@ class Profile(str, enum.Enum):
     MIXED = "mixed"
     SCALE = "scale"
     REALISTIC = "realistic"
+    BACKUP = "backup"
 
 
 DEFAULT_FILES = {
@@ -59,6 +60,7 @@ DEFAULT_FILES = {
     Profile.MIXED: 2_027,
     Profile.SCALE: 1_000_000,
     Profile.REALISTIC: 20_000,
+    Profile.BACKUP: 60_000,
 }
 #: Mixed trees add fixed extras (hard links, empty files) that need this many paths.
 _MIXED_EXTRAS = 17
@@ -361,6 +363,10 @@ def generate(
         from dedup_engine.bench import synthreal
 
         manifest = synthreal.generate_realistic(dest, rng, seed, n, workers, size_scale)
+    elif prof is Profile.BACKUP:
+        from dedup_engine.bench import synthbackup
+
+        manifest = synthbackup.generate_backup(dest, rng, seed, n, workers, size_scale)
     else:
         manifest = _generate_shaped(dest, rng, prof, seed, n, workers, size_scale)
     text = json.dumps(manifest.to_json(), sort_keys=True, indent=1) + "\n"

@@ -128,7 +128,9 @@ class File:
         return spec_size(self.spec)
 
 
-class _Planner:
+class Planner:
+    """Draws new files, copies and near-copies; every choice from one Random."""
+
     def __init__(self, rng: random.Random, size_scale: float) -> None:
         self.rng = rng
         self.most = max(4096, int(MAX_SIZE * size_scale))
@@ -159,22 +161,34 @@ class _Planner:
         return File(fmt.build(choices, size), (), kind)
 
     def near(self, base: File) -> File:
-        rng = self.rng
-        how = rng.choices([k for k, _ in NEAR_KINDS], [w for _, w in NEAR_KINDS])[0]
-        size = base.size
-        mask = rng.randint(1, 255)
-        if how == "appended" or size < 2:
-            extra: Literal | Noise = Noise(self.key(), rng.randint(1, 4096))
-            if base.kind == "log":
-                extra = Literal(b"2026-11-30T23:59:59.999Z INFO  [log.tail] appended\n")
-            return File((*base.spec, extra), base.patches, base.kind)
+        """A near-copy of `base`: changed in place (`edit`), or appended to."""
+        how = self.rng.choices([k for k, _ in NEAR_KINDS], [w for _, w in NEAR_KINDS])[0]
+        if how == "appended" or base.size < 2:
+            return self.append(base)
+        return self.edit(base, how)
+
+    def append(self, base: File) -> File:
+        """`base` with more bytes at its end: a log's new line, or any file's new data."""
+        extra: Literal | Noise = Noise(self.key(), self.rng.randint(1, 4096))
+        if base.kind == "log":
+            extra = Literal(b"2026-11-30T23:59:59.999Z INFO  [log.tail] appended\n")
+        return File((*base.spec, extra), base.patches, base.kind)
+
+    def edit(self, base: File, how: str | None = None) -> File:
+        """`base` changed in a byte, keeping its size: in a header field, near its end or in
+        its middle (`how`; drawn as `NEAR_KINDS` says when None)."""
+        rng, size = self.rng, base.size
+        if size < 1:
+            return self.append(base)
+        while how is None or how == "appended":
+            how = rng.choices([k for k, _ in NEAR_KINDS], [w for _, w in NEAR_KINDS])[0]
         if how == "header":
             offset = min(_header_field(base), size - 1)
         elif how == "end":
             offset = size - 1 - rng.randint(0, min(size - 1, 100))
         else:
             offset = size // 2
-        return File(base.spec, (*base.patches, (offset, mask)), base.kind)
+        return File(base.spec, (*base.patches, (offset, rng.randint(1, 255))), base.kind)
 
 
 def _header_field(file: File) -> int:
@@ -187,9 +201,11 @@ def _header_field(file: File) -> int:
     return found + len(field) if found >= 0 else HEADER_OTHER
 
 
-def plan(rng: random.Random, n: int, size_scale: float) -> list[File]:
+def plan(
+    rng: random.Random, n: int, size_scale: float, planner: Planner | None = None
+) -> list[File]:
     """The inodes of a realistic tree of `n` files, each once (copies are inodes of their own)."""
-    planner = _Planner(rng, size_scale)
+    planner = planner or Planner(rng, size_scale)
     weighted = shares()
     kinds = list(weighted)
     weights = [weighted[k] for k in kinds]
@@ -285,21 +301,31 @@ def _write(job: _Job) -> list[tuple[str, int, bytes]]:
 
 
 def write(
-    dest: Path, seed: int, files: list[File], paths: list[str], workers: int | None
+    dest: Path,
+    seed: int,
+    files: list[File],
+    names: list[list[str]],
+    workers: int | None,
+    profile: Profile = Profile.REALISTIC,
 ) -> Manifest:
-    """Write every file under `dest` and the manifest of the groups its bytes make."""
-    for path in sorted({os.path.dirname(p) for p in paths}):
+    """Write every file at its first name under `dest`, link its other names to it, and make
+    the manifest of the groups its bytes make."""
+    for path in sorted({os.path.dirname(n) for ns in names for n in ns}):
         (dest / path).mkdir(parents=True, exist_ok=True)
     jobs: list[_Job] = []
     size = 0
-    for path, file in sorted(zip(paths, files, strict=True)):
+    for first, file in sorted((ns[0], f) for ns, f in zip(names, files, strict=True) if ns):
         if not jobs or len(jobs[-1][2]) >= 2000 or size >= 32 * MIB:
             jobs.append((str(dest), seed, []))
             size = 0
-        jobs[-1][2].append((path, file))
+        jobs[-1][2].append((first, file))
         size += file.size
     written = _run(jobs, workers)
-    return manifest(Profile.REALISTIC.value, seed, written)
+    linked = [tuple(ns) for ns in names if len(ns) > 1]
+    for ns in linked:
+        for name in ns[1:]:
+            os.link(dest / ns[0], dest / name)
+    return manifest(profile.value, seed, written, linked)
 
 
 def _run(jobs: list[_Job], workers: int | None) -> Iterable[tuple[str, int, bytes]]:
@@ -316,30 +342,26 @@ def manifest(
     written: Iterable[tuple[str, int, bytes]],
     links: Iterable[tuple[str, ...]] = (),
 ) -> Manifest:
-    """The groups of the files written: equal size and digest, two inodes or more, not empty.
-    `links`: the names of each inode that has more than one (the first one written)."""
-    others = {name: names[0] for names in links for name in names[1:]}
+    """The groups of the files written (path, size, digest): equal size and digest, two inodes
+    or more, not empty, every name of each inode listed.  `links`: every name of each inode
+    that has more than one, the one written first."""
+    names: dict[str, list[str]] = {}
+    for ns in links:
+        names[ns[0]] = list(ns)
     by_content: dict[tuple[int, bytes], list[str]] = {}
-    inodes: dict[tuple[int, bytes], int] = {}
     empty: list[str] = []
-    total = 0
-    count = 0
+    total = count = 0
     for path, size, digest in written:
-        count += 1
-        if path in others:
-            continue
+        every = names.get(path, [path])
+        count += len(every)
         total += size
         if size == 0:
-            empty.append(path)
+            empty.extend(every)
         by_content.setdefault((size, digest), []).append(path)
-        inodes[(size, digest)] = inodes.get((size, digest), 0) + 1
-    names = {path: [path] for path in (p for ps in by_content.values() for p in ps)}
-    for name, first in others.items():
-        names[first].append(name)
     groups = sorted(
-        tuple(sorted(n for p in ps for n in names[p]))
-        for (size, _), ps in by_content.items()
-        if size > 0 and len(ps) >= 2
+        tuple(sorted(n for p in firsts for n in names.get(p, [p])))
+        for (size, _), firsts in by_content.items()
+        if size > 0 and len(firsts) >= 2
     )
     return Manifest(
         profile=profile,
@@ -348,8 +370,8 @@ def manifest(
         bytes=total,
         groups=tuple(groups),
         files_in_groups=sum(len(g) for g in groups),
-        empty_files=tuple(sorted(empty + [n for n, f in others.items() if f in empty])),
-        hard_links=tuple(sorted(tuple(sorted(names[f])) for f in set(others.values()))),
+        empty_files=tuple(sorted(empty)),
+        hard_links=tuple(sorted(tuple(sorted(ns)) for ns in names.values())),
         symlinks=(),
     )
 
@@ -359,4 +381,4 @@ def generate_realistic(
 ) -> Manifest:
     files = plan(rng, n, size_scale)
     paths = layout(rng, files)
-    return write(dest, seed, files, paths, workers)
+    return write(dest, seed, files, [[path] for path in paths], workers)

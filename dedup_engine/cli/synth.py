@@ -13,7 +13,9 @@ from dedup_engine.report.display import human_size
 
 def synth(
     directory: Annotated[Path, typer.Argument(help="Where to write data/ and manifest.json.")],
-    profile: Annotated[str, typer.Option(help="small, large, mixed or scale.")] = "small",
+    profile: Annotated[
+        str, typer.Option(help="small, large, mixed, scale, realistic or backup.")
+    ] = "small",
     seed: Annotated[int, typer.Option(help="Same seed, same tree, byte for byte.")] = 1,
     files: Annotated[int | None, typer.Option(help="Number of files (default: profile's).")] = None,
 ) -> None:
@@ -23,7 +25,7 @@ def synth(
     try:
         chosen = Profile(profile)
     except ValueError:
-        fail_usage(f"unknown profile {profile!r} (small, large, mixed, scale)")
+        fail_usage(f"unknown profile {profile!r} ({', '.join(p.value for p in Profile)})")
     try:
         manifest = generate(directory, chosen, seed, files)
     except ValueError as exc:

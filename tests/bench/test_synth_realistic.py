@@ -16,7 +16,7 @@ from treebuilder import brute_groups
 from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.bench import synthreal
 from dedup_engine.bench.synth import Profile, generate, load_manifest
-from dedup_engine.bench.synthformats import FORMATS, Hole, spec_bytes
+from dedup_engine.bench.synthformats import FORMATS, Choices, Hole, spec_bytes
 
 FILES = 600
 SCALE = 1 / 64
@@ -67,7 +67,7 @@ def test_the_manifest_is_what_the_bytes_say_and_what_the_engine_finds(tree: Path
 
 
 def test_each_file_is_in_the_format_its_name_says(tree: Path) -> None:
-    seen = collections.Counter()
+    seen: collections.Counter[str] = collections.Counter()
     for dirpath, _dirs, names in os.walk(tree / "data"):
         for name in names:
             magic = MAGIC.get(name.rsplit(".", 1)[1])
@@ -88,7 +88,7 @@ def test_a_format_s_files_share_their_header_and_differ_after_it() -> None:
     keys = iter(range(1, 1000))
     made = []
     for _ in range(2):
-        choices = synthreal.Choices(rng, lambda: next(keys), family=4)
+        choices = Choices(rng, lambda: next(keys), family=4)
         made.append(spec_bytes(1, FORMATS["source"].build(choices, 6000)))
     shared = next(i for i, (a, b) in enumerate(zip(*made, strict=False)) if a != b)
     assert 500 < shared < 4096
@@ -106,7 +106,7 @@ def test_sparse_images_hold_holes(tree: Path) -> None:
 
 def test_a_near_copy_differs_where_it_was_changed_and_keeps_its_size() -> None:
     rng = random.Random(5)
-    planner = synthreal._Planner(rng, 1.0)
+    planner = synthreal.Planner(rng, 1.0)
     base = planner.new("gzip")
     nears = [planner.near(base) for _ in range(40)]
     sized = [n for n in nears if n.size == base.size]
@@ -131,7 +131,7 @@ def test_sizes_files_per_directory_and_copies_follow_the_published_shape() -> No
     counts = synthreal._dir_sizes(random.Random(2), 100_000)
     assert abs(counts.count(0) / len(counts) - synthreal.EMPTY_DIRS) < 0.02
     by_kind = collections.Counter(f.kind for f in files)
-    copies = collections.Counter()
+    copies: collections.Counter[str] = collections.Counter()
     seen: set[int] = set()
     for f in files:
         if id(f) in seen:

@@ -1,7 +1,8 @@
 """Benchmark fixtures: synthetic trees made once into a cache outside the repository and reused.
 
-Quick scale by default (the work gate's trees); `DEDUP_BENCH_FULL=1` switches to the engine issue's
-full-scale profiles (200,000 files / 4.5 GB, and 200 files / 3 GB: make sure the cache has room).
+Quick scale by default (the work gate's trees, and a quick backup tree); `DEDUP_BENCH_FULL=1`
+switches to the full-scale profiles (200,000 files / 4.5 GB, 200 files / 3 GB, a realistic tree of
+20,000 files / about 4.6 GB and a backup tree of 60,000 paths: make sure the cache has room).
 The cache is `$DEDUP_BENCH_CACHE`, else `~/.cache/dedup-engine/bench`.
 """
 
@@ -21,8 +22,11 @@ FULL_TREES = (
     SynthTree("small-full", "small", 1, 200_000),
     SynthTree("large-full", "large", 1, 200),
     SynthTree("mixed-full", "mixed", 1, 20_000),
+    SynthTree("realistic-full", "realistic", 1, 20_000),
+    SynthTree("backup-full", "backup", 1, 60_000),
 )
-TREES = {t.profile: t for t in (FULL_TREES if FULL else workgate.QUICK_TREES)}
+QUICK_TREES = (*workgate.QUICK_TREES, SynthTree("backup-quick", "backup", 1, 1200, 1 / 16))
+TREES = {t.profile: t for t in (FULL_TREES if FULL else QUICK_TREES)}
 
 
 @pytest.fixture(scope="session", params=sorted(TREES))

@@ -58,8 +58,10 @@ CLOSE_S = 30
 #: than `SILENT_BEATS` heartbeats: Dask spaces them out on big clusters.
 SILENT_S = 60.0
 SILENT_BEATS = 6
-#: Seconds an interrupted or failed run waits for the workers to let go of its state.
+#: Seconds an interrupted or failed run waits for the workers to let go of its state; and
+#: seconds without a heartbeat after which the run's end stops waiting for a worker.
 ABORT_S = 5.0
+CLOSE_SILENT_S = 5.0
 #: A lost worker's load: never the least busy.
 _NEVER = 1 << 62
 #: Tasks in flight per worker: a task's trip through the scheduler takes milliseconds, which
@@ -92,6 +94,7 @@ class ClusterPool:
         self._callbacks: dict[str, tuple[Callback, int, Any]] = {}
         self._held: list[HeldRoot] = []
         self._gone: set[int] = set()  # workers lost, and forgotten by the run
+        self._fetched: dict[str, float] = {}  # results fetched again (`_fetch_again`), and when
         self._heard: dict[int, tuple[float, float]] = {}  # last heartbeat seen, and when
         try:
             self._client = self._connect(distributed, address)
@@ -271,6 +274,7 @@ class ClusterPool:
             if taken is None:  # forgotten: its worker was lost, or the run started over
                 continue
             on_done, worker, _ = taken
+            self._fetched.pop(future.key, None)
             self._busy[worker] -= 1
             failure = _failure(result)
             if failure is not None:
@@ -313,16 +317,31 @@ class ClusterPool:
         does a scheduler that no longer answers."""
         from distributed.scheduler import heartbeat_interval  # how Dask spaces them
 
-        self._checked = now = time.monotonic()
+        self._checked = time.monotonic()
+        workers = self._scheduler_workers()
+        silent = max(SILENT_S, SILENT_BEATS * heartbeat_interval(max(1, len(workers))))
+        lost = self._unheard(workers, silent)
+        if lost:
+            self._lose(lost)
+        if self._gone:
+            self._fetch_again()
+
+    def _scheduler_workers(self) -> dict[str, Any]:
+        """What the scheduler says of each worker it has; a scheduler gone ends the run."""
         if self._client.status != "running":  # reconnecting: asking would wait for it
             raise WorkerError("lost the cluster's scheduler")
         try:
-            workers = self._client.scheduler_info().get("workers", {})
+            workers: dict[str, Any] = self._client.scheduler_info().get("workers", {})
         except OSError as exc:
             raise WorkerError(f"lost the cluster's scheduler: {exc}") from None
-        if self._client.status != "running" or not workers:  # it went as we asked
+        if self._client.status != "running":  # it went as we asked
             raise WorkerError("lost the cluster's scheduler")
-        silent = max(SILENT_S, SILENT_BEATS * heartbeat_interval(len(workers)))
+        return workers
+
+    def _unheard(self, workers: Mapping[str, Any], silent: float) -> dict[int, str]:
+        """The run's workers (not lost already) that left the cluster, were started again, or
+        sent no heartbeat for `silent` seconds, each with what befell it."""
+        now = time.monotonic()
         lost: dict[int, str] = {}
         for number, address in enumerate(self._addresses):
             if number in self._gone:
@@ -339,8 +358,21 @@ class ClusterPool:
                 self._heard[number] = (beat, now)
             elif now - heard[1] > silent:
                 lost[number] = f"was silent for {now - heard[1]:.0f} s (frozen, or cut off)"
-        if lost:
-            self._lose(lost)
+        return lost
+
+    def _fetch_again(self) -> None:
+        """Once a worker is lost, fetch again each finished result of a worker still here that
+        has not come: Dask fetches results side by side in one request per moment, and one that
+        held a result of the lost worker waits for it (for ever, if it is frozen), and with it
+        the others'.  A result fetched twice is handed on once (`wait_one`)."""
+        now = time.monotonic()
+        for _, worker, future in list(self._callbacks.values()):
+            if worker in self._gone or future.status != "finished":
+                continue
+            asked = self._fetched.setdefault(future.key, now)
+            if now - asked > POLL_S:
+                self._fetched[future.key] = now
+                self._done.add(future)
 
     def _lose(self, lost: dict[int, str]) -> None:
         gone = self._gone | set(lost)
@@ -348,18 +380,20 @@ class ClusterPool:
         said = "; ".join(f"cluster worker {self._addresses[n]} {why}" for n, why in lost.items())
         stranded = [n for n in lost if not any(self.sites[k] == self.sites[n] for k in left)]
         if not self._started or stranded:
-            raise WorkerError(self._stranded(said, stranded[0] if stranded else None))
+            raise WorkerError(self._stranded(said, stranded[0] if stranded else None, len(lost)))
         self._gone = gone
         for number in lost:
             self._busy[number] = _NEVER
         raise WorkerLost(said, list(lost))
 
-    def _stranded(self, said: str, worker: int | None) -> str:
-        """Why losing a worker ends the run: it was still starting, or no worker is left that
-        can read the files it scanned (of its site, where roots are held)."""
+    def _stranded(self, said: str, worker: int | None, count: int = 1) -> str:
+        """Why losing `count` workers ends the run: it was still starting, or no worker is left
+        that can read the files they scanned (of `worker`'s site, where roots are held)."""
         if not self._started:
             return said + " as the run started"
-        said += ": the files it scanned with it, and no other worker can read them"
+        they = "it" if count == 1 else "they"
+        said += f": the files {they} scanned with {'it' if count == 1 else 'them'}, and no other"
+        said += " worker can read them"
         held = [h for h in self._held if worker is not None and h.site == self.sites[worker]]
         if held:
             roots = ", ".join(repr(h.path) for h in held)
@@ -381,25 +415,24 @@ class ClusterPool:
 
     def _close_within(self, seconds: float) -> None:
         """Each worker still there (and not forgotten) lets go of the run's state; waited for up
-        to `seconds`, and never for one lost meanwhile, nor for a scheduler gone (a client
-        reconnecting to it would wait Dask's connect timeout at each question)."""
+        to `seconds`, and never for one lost meanwhile, nor for one silent for CLOSE_SILENT_S,
+        nor for a scheduler gone (a client reconnecting to it would wait Dask's connect timeout
+        at each question)."""
         distributed = _dask()
         if self._client.status != "running":
             return
         there = [n for n in range(self.workers) if n not in self._gone]
-        closing = {
-            self._client.submit(_close, self._id, **self._on(n)): self._addresses[n] for n in there
-        }
+        closing = {self._client.submit(_close, self._id, **self._on(n)): n for n in there}
         deadline = time.monotonic() + seconds
         with contextlib.suppress(Exception):
             while closing and time.monotonic() < deadline:
                 with contextlib.suppress(TimeoutError):  # some still closing: look again
                     distributed.wait(list(closing), timeout=POLL_S, return_when="ALL_COMPLETED")
-                closing = {f: a for f, a in closing.items() if f.status == "pending"}
+                closing = {f: n for f, n in closing.items() if f.status == "pending"}
                 if not closing or self._client.status != "running":
                     return
-                present = set(self._client.scheduler_info().get("workers", ()))
-                closing = {f: a for f, a in closing.items() if a in present}
+                gone = self._unheard(self._scheduler_workers(), CLOSE_SILENT_S)
+                closing = {f: n for f, n in closing.items() if n not in gone}
 
     def _release(self) -> None:
         client = getattr(self, "_client", None)

@@ -584,8 +584,9 @@ class _Run:
                 among = self._workers_of(self.pool.sites[worker])
                 self._submit_scan(task, among, number=number)
                 listed += len(task.dirs)
+        they = "it" if len(lost.workers) == 1 else "they"
         self.stats.warnings.append(
-            f"{lost}: the {listed} directories it had listed were listed again by the other"
+            f"{lost}: the {listed} directories {they} had listed were listed again by the other"
             f" workers{then}"
         )
 

@@ -41,6 +41,14 @@ def _tree(tree: Tree) -> None:
         tree.hardlink(f"links/l{d}", f"top{d % 4}/d{d}/f3")
 
 
+def _wide_tree(tree: Tree) -> None:
+    """Six hundred directories: results of many scan tasks in flight at any moment."""
+    _tree(tree)
+    for d in range(600):
+        for n in range(3):
+            tree.file(f"wide/a{d % 7}/b{d % 31}/d{d}/f{n}", content(300 + n, seed=f"w{d % 50}"))
+
+
 @pytest.fixture
 def cluster_of_three(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
     with dask_commands(tmp_path, ({}, {}, {})) as started:
@@ -197,25 +205,34 @@ def test_a_worker_killed_after_groups_were_handed_on_does_not_hand_them_on_again
     assert result.stats.groups == len(handed)
 
 
+@pytest.mark.parametrize("when", ["listing", "hashing"])
 def test_a_frozen_worker_is_taken_for_lost_and_the_run_ends_exact(
     tree: Tree,
     cluster_of_three: tuple[str, list[subprocess.Popen[bytes]]],
     monkeypatch: pytest.MonkeyPatch,
+    when: str,
 ) -> None:
     """SIGSTOP: still in the cluster, its connections open, but no heartbeat: after `SILENT_S`
-    the run goes on without it (Dask would wait 5 minutes)."""
-    _tree(tree)
+    the run goes on without it (Dask would wait 5 minutes).  Results of the other workers that
+    Dask was fetching together with one of its own are fetched again, or the run would wait for
+    them for ever."""
+    (_wide_tree if when == "listing" else _tree)(tree)
     address, _ = cluster_of_three
     monkeypatch.setattr(cluster, "SILENT_S", 3.0)
     monkeypatch.setattr(hashstep, "BATCH_FILES", 8)
-    hit = _losing_at(
-        monkeypatch,
-        hashstep.WindowStep,
-        "_send_batch",
-        lambda n: n == 2,
-        signal.SIGSTOP,
-        _step_pool,
-    )
+    if when == "listing":
+        hit = _losing_at(
+            monkeypatch, pipeline._Run, "_scanned", lambda n: n == 3, signal.SIGSTOP, _run_pool
+        )
+    else:
+        hit = _losing_at(
+            monkeypatch,
+            hashstep.WindowStep,
+            "_send_batch",
+            lambda n: n == 2,
+            signal.SIGSTOP,
+            _step_pool,
+        )
     result = find_duplicates(tree.root, ScanOptions(cluster=address))
     assert hit
     _expect_local(tree, result)
@@ -497,3 +514,30 @@ def test_a_worker_started_again_at_its_address_is_taken_for_lost(
     _expect_local(tree, result)
     (warning,) = result.stats.warnings
     assert "was started again" in warning
+
+
+def test_every_worker_lost_is_said_so_not_taken_for_the_scheduler() -> None:
+    """The scheduler answers, with no worker: the run ends naming the workers."""
+
+    class Client:
+        status = "running"
+
+        def scheduler_info(self) -> dict[str, object]:
+            return {"workers": {}}
+
+    pool = cluster.ClusterPool.__new__(cluster.ClusterPool)
+    pool._client = Client()
+    pool._addresses = ["tcp://a:1", "tcp://b:1"]
+    pool.workers = 2
+    pool.sites = (0, 0)
+    pool._held = []
+    pool._gone = set()
+    pool._heard = {}
+    pool._busy = [0, 0]
+    pool._started = True
+    with pytest.raises(WorkerError) as raised:
+        pool._check_workers()
+    assert "scheduler" not in str(raised.value)
+    assert "cluster worker tcp://a:1 was lost; cluster worker tcp://b:1 was lost" in str(
+        raised.value
+    )

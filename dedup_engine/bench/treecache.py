@@ -2,16 +2,23 @@
 
 The work gate, the benchmark suite and `dedup bench compare --profile` all ask for trees by their
 generation arguments; equal arguments give the same tree byte for byte, so a tree on disk with a
-complete manifest is as good as a new one.
+complete manifest is as good as a new one.  A tree is kept under its arguments and a digest of
+the generator's source (`generator_digest`): a generator changed since makes other trees, which
+a tree made before must never stand in for (the work gate would compare counts on two trees).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from blake3 import blake3
+
+from dedup_engine.bench import synth, synthbackup, synthformats, synthreal, synthscale
 from dedup_engine.bench.synth import (
     DATA_DIR,
     DEFAULT_FILES,
@@ -40,7 +47,8 @@ class SynthTree:
 
 def ensure_tree(tree: SynthTree, cache: Path) -> Path:
     """The tree's data directory under `cache`, generated on first use and reused after."""
-    dest = cache / f"{tree.name}-seed{tree.seed}-n{tree.files}-s{tree.size_scale:g}"
+    name = f"{tree.name}-seed{tree.seed}-n{tree.files}-s{tree.size_scale:g}"
+    dest = cache / f"{name}-g{generator_digest()}"
     if (dest / MANIFEST_NAME).exists():
         load_manifest(dest)  # refuses a damaged or foreign manifest
     else:
@@ -49,6 +57,15 @@ def ensure_tree(tree: SynthTree, cache: Path) -> Path:
         dest.mkdir(parents=True)
         generate(dest, tree.profile, tree.seed, tree.files, size_scale=tree.size_scale)
     return dest / DATA_DIR
+
+
+@functools.cache
+def generator_digest() -> str:
+    """A short digest of the source of every module that draws or writes a synthetic tree."""
+    digest = blake3()
+    for module in (synth, synthscale, synthreal, synthformats, synthbackup):
+        digest.update(Path(inspect.getfile(module)).read_bytes())
+    return digest.hexdigest(length=6)
 
 
 def default_cache() -> Path:

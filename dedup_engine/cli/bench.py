@@ -83,7 +83,7 @@ def bench_compare(
         str | None,
         typer.Option(
             help="Instead of root: the `dedup synth` tree of this profile (small, large, "
-            "mixed or scale), made once into --cache and reused."
+            "mixed, scale, realistic or backup), made once into --cache and reused."
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="The --profile tree's seed.")] = 1,

@@ -18,6 +18,7 @@ import pytest
 from incli import invoke
 from treebuilder import Tree, content
 
+from dedup_engine.bench import treecache
 from dedup_engine.bench.synth import DEFAULT_FILES, Profile, load_manifest
 
 pytestmark = pytest.mark.usefixtures("deadline")
@@ -45,7 +46,7 @@ def test_profile_tree_is_made_into_the_cache_once_and_reused(
     by_profile += ["--out", str(out), *ONCE]
     code, _, err = invoke(*by_profile)
     assert code == 0, err
-    entry = cache / f"small-seed3-n{small_profile}-s1"
+    entry = cache / f"small-seed3-n{small_profile}-s1-g{treecache.generator_digest()}"
     manifest = load_manifest(entry)
     assert (manifest.profile, manifest.seed, manifest.files) == ("small", 3, small_profile)
     assert f"tree: {entry / 'data'}" in err.decode()
@@ -66,7 +67,10 @@ def test_profile_tree_is_made_into_the_cache_once_and_reused(
     [
         ((), "give either a root or --profile"),
         (("ROOT", "--profile", "small"), "give either a root or --profile"),
-        (("--profile", "huge"), "unknown profile 'huge' (small, large, mixed, scale)"),
+        (
+            ("--profile", "huge"),
+            "unknown profile 'huge' (small, large, mixed, scale, realistic, backup)",
+        ),
         (("ROOT", "--dedup", "no-such-dedup-here"), "--dedup: 'no-such-dedup-here' is not an"),
     ],
 )

@@ -19,7 +19,7 @@ def test_a_tree_is_made_on_first_use_and_reused_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = ensure_tree(TINY, tmp_path)
-    assert data == tmp_path / "tiny-seed5-n30-s1" / "data"
+    assert data == tmp_path / f"tiny-seed5-n30-s1-g{treecache.generator_digest()}" / "data"
     assert sum(1 for p in data.rglob("*") if p.is_file()) == 30
 
     def refuse(*args: Any, **kwargs: Any) -> None:
@@ -30,7 +30,8 @@ def test_a_tree_is_made_on_first_use_and_reused_after(
 
 
 def test_a_tree_without_its_manifest_is_made_again(tmp_path: Path) -> None:
-    leftover = tmp_path / "tiny-seed5-n30-s1" / "data" / "half-written.bin"
+    leftover = tmp_path / f"tiny-seed5-n30-s1-g{treecache.generator_digest()}" / "data"
+    leftover /= "half-written.bin"
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"x")
     data = ensure_tree(TINY, tmp_path)
@@ -43,6 +44,16 @@ def test_a_damaged_manifest_is_refused(tmp_path: Path) -> None:
     (data.parent / "manifest.json").write_text('{"schema": 99}')
     with pytest.raises(ValueError, match="schema"):
         ensure_tree(TINY, tmp_path)
+
+
+def test_a_tree_made_by_another_generator_is_not_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its counts are another tree's: the work gate would compare two trees."""
+    before = ensure_tree(TINY, tmp_path)
+    monkeypatch.setattr(treecache, "generator_digest", lambda: "000000")
+    after = ensure_tree(TINY, tmp_path)
+    assert after != before and (after.parent / "manifest.json").exists()
 
 
 def test_full_size_is_the_profiles_own_tree() -> None:

@@ -64,7 +64,7 @@ DEFAULT_FILES = {
 }
 #: Mixed trees add fixed extras (hard links, empty files) that need this many paths.
 _MIXED_EXTRAS = 17
-_MIN_FILES = {Profile.MIXED: 40, Profile.SCALE: 20}
+_MIN_FILES = {Profile.MIXED: 40, Profile.SCALE: 20, Profile.BACKUP: 6}  # backup: a file a week
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,8 @@ GROWTH = 1.0
 def generate_backup(
     dest: Path, rng: random.Random, seed: int, n: int, workers: int | None, size_scale: float
 ) -> Manifest:
-    """A tree of `n` paths in all, over SNAPSHOTS snapshots."""
+    """A tree of about `n` paths over SNAPSHOTS snapshots: n / SNAPSHOTS files in the first,
+    and each later one as many give or take the week's changes (the manifest counts them)."""
     per = max(1, n // SNAPSHOTS)
     planner = synthreal.Planner(rng, size_scale)
     files = synthreal.plan(rng, per, size_scale, planner)

@@ -242,6 +242,10 @@ class ClusterPool:
         self._done.add(future)
         return worker
 
+    @property
+    def gone(self) -> frozenset[int]:
+        return frozenset(self._gone)
+
     def forget(self, workers: Sequence[int] | None) -> None:
         forgotten = []
         for key, (_, worker, future) in list(self._callbacks.items()):

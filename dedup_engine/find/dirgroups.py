@@ -28,7 +28,7 @@ from blake3 import blake3
 
 from dedup_engine.find.dirtree import EMPTY
 from dedup_engine.find.groups import RootRule
-from dedup_engine.find.pool import Pool
+from dedup_engine.find.pool import Pool, Recovering
 from dedup_engine.find.tasks import ListedDir, TreeResult, TreeTask
 from dedup_engine.model import DirectoryGroup, DuplicateGroup, Verified, directory_order
 from dedup_engine.paths import RootIndex
@@ -132,8 +132,10 @@ def _listings(pool: Pool) -> Iterable[ListedDir]:
 
         return take
 
+    gone = pool.gone if isinstance(pool, Recovering) else frozenset()
     for worker in range(max(1, pool.workers)):
-        ask(worker, 0)
+        if worker not in gone:  # what it listed was listed again by the others
+            ask(worker, 0)
     while pool.in_flight or arrived:
         if not arrived:
             pool.wait_one()

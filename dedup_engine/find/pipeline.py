@@ -309,9 +309,9 @@ class _Run:
     ) -> None:
         self.pool = pool
         self.tally = tally
-        #: Whether a lost worker's directories may be listed again elsewhere and the run go on.
-        #: Not with --dirs: the directories' listings are spread over the workers.
-        self.recovers = isinstance(pool, Recovering) and not opts.dirs
+        #: Whether a lost worker's directories may be listed again elsewhere and the run go on
+        #: (with --dirs, their listings are then the others': `dirgroups` asks those left).
+        self.recovers = isinstance(pool, Recovering)
         if self.recovers:
             tally.track(rule)
         self.lost: set[int] = set()  # workers lost, whose rows are gone

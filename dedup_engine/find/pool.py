@@ -104,6 +104,9 @@ class Pool(Protocol):
 class Recovering(Protocol):
     """A pool whose workers may be lost while the run goes on (`WorkerLost`): a cluster's."""
 
+    #: The workers lost so far, which no task may name again.
+    gone: frozenset[int]
+
     def forget(self, workers: Sequence[int] | None) -> None:
         """Drop the tasks in flight on these workers (on every one: None): their results, if
         any come, are not handed on, and they count no more in `in_flight`."""

@@ -261,17 +261,65 @@ def test_the_command_says_a_worker_was_lost_and_exits_as_a_clean_run(
     assert {frozenset(block.split("\n")) for block in blocks} == brute_groups(tree.root)
 
 
-def test_with_dirs_a_lost_worker_still_ends_the_run(
+@pytest.mark.parametrize("when", ["listing", "hashing"])
+def test_with_dirs_the_directory_groups_are_a_local_run_s(
+    tree: Tree,
+    cluster_of_three: tuple[str, list[subprocess.Popen[bytes]]],
+    monkeypatch: pytest.MonkeyPatch,
+    when: str,
+) -> None:
+    """The lost worker's listings went with it; its directories, listed again by the others,
+    are theirs to describe."""
+    _tree(tree)
+    for copy in ("a", "b", "c"):
+        for n in range(5):
+            tree.file(f"copies/{copy}/sub/g{n}", content(1000 + 10 * n, seed=f"g{n}"))
+        tree.file(f"copies/{copy}/top", content(50, seed="top"))
+    address, _ = cluster_of_three
+    monkeypatch.setattr(hashstep, "BATCH_FILES", 8)
+    if when == "listing":
+        hit = _losing_at(
+            monkeypatch, pipeline._Run, "_scanned", lambda n: n == 2, signal.SIGKILL, _run_pool
+        )
+    else:
+        hit = _losing_at(
+            monkeypatch,
+            hashstep.WindowStep,
+            "_send_batch",
+            lambda n: n == 2,
+            signal.SIGKILL,
+            _step_pool,
+        )
+    result = find_duplicates(tree.root, ScanOptions(cluster=address, dirs=True))
+    assert hit
+    local = find_duplicates(tree.root, ScanOptions(workers=2, dirs=True))
+    assert result.directory_groups == local.directory_groups
+    assert {d.paths for d in result.directory_groups} >= {
+        tuple(tree.path(f"copies/{c}") for c in "abc")
+    }
+    assert groups_of(result) == groups_of(local)
+
+
+def test_a_worker_lost_while_directory_groups_are_made_ends_the_run(
     tree: Tree,
     cluster_of_three: tuple[str, list[subprocess.Popen[bytes]]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Directory listings are spread over the workers: not recovered yet, never wrong."""
+    """Its listings are gone and the others' are being read: not recovered yet, never wrong."""
+    from dedup_engine.find import dirgroups
+
     _tree(tree)
     address, _ = cluster_of_three
-    hit = _losing_at(
-        monkeypatch, pipeline._Run, "_scanned", lambda n: n == 2, signal.SIGKILL, _run_pool
-    )
+    real = dirgroups._listings
+    hit: list[int] = []
+
+    def listings(pool: Any) -> Any:
+        pids = pool._client.run(os.getpid)
+        os.kill(pids[pool._addresses[0]], signal.SIGKILL)
+        hit.append(0)
+        return real(pool)
+
+    monkeypatch.setattr(dirgroups, "_listings", listings)
     with pytest.raises(WorkerError, match="was lost"):
         find_duplicates(tree.root, ScanOptions(cluster=address, dirs=True))
     assert hit

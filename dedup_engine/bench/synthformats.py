@@ -237,13 +237,7 @@ def _jpeg(c: Choices, size: int) -> Spec:
     tables, then entropy-coded data, then EOI."""
     make = b"Maker%d\0" % (c.family % 7)
     model = b"Model %d\0" % c.family
-    when = b"2026:%02d:%02d %02d:%02d:%02d\0" % (
-        c.rng.randint(1, 12),
-        c.rng.randint(1, 28),
-        c.rng.randint(0, 23),
-        c.rng.randint(0, 59),
-        c.rng.randint(0, 59),
-    )
+    when = b"2026:%02d:%02d %02d:%02d:%02d\0" % _moment(c.rng)
     values = make + model + when
     entries = b""
     offset = 8 + 2 + 3 * 12 + 4  # after the TIFF header, the count, three entries, next-IFD
@@ -263,6 +257,17 @@ def _jpeg(c: Choices, size: int) -> Spec:
     if size < 2:
         return fit(body, size)
     return (*fit(body, size - 2), Literal(b"\xff\xd9"))
+
+
+def _moment(rng: random.Random) -> tuple[int, int, int, int, int]:
+    """A moment of the year a header records: month, day, hour, minute, second."""
+    return (
+        rng.randint(1, 12),
+        rng.randint(1, 28),
+        rng.randint(0, 23),
+        rng.randint(0, 59),
+        rng.randint(0, 59),
+    )
 
 
 def _png(c: Choices, size: int) -> Spec:
@@ -303,13 +308,7 @@ def _pdf(c: Choices, size: int) -> Spec:
     """`%PDF-1.7`, the binary-comment line, a catalog and an info dictionary with the
     producer (the family) and the creation date, the content streams, an xref table and a
     trailer ending in `%%EOF`."""
-    when = b"D:2026%02d%02d%02d%02d%02dZ" % (
-        c.rng.randint(1, 12),
-        c.rng.randint(1, 28),
-        c.rng.randint(0, 23),
-        c.rng.randint(0, 59),
-        c.rng.randint(0, 59),
-    )
+    when = b"D:2026%02d%02d%02d%02d%02dZ" % _moment(c.rng)
     start = (
         b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n"
         b"2 0 obj\n<< /Type /Pages /Kids [3 0 R] /Count 1 >>\nendobj\n"

@@ -92,6 +92,22 @@ def _losing_at(
     return hit
 
 
+def _losing_while(
+    monkeypatch: pytest.MonkeyPatch, when: str, how: int, scan_result: int
+) -> list[int]:
+    """Send `how` to a worker that owns rows while the tree is "listing" (at that scan result,
+    counted from the first a worker owns rows by), or while its files are "hashing" (as the
+    head stage sends its second batch, of 8 files: many batches, some out when it happens)."""
+    monkeypatch.setattr(hashstep, "BATCH_FILES", 8)
+    if when == "listing":
+        return _losing_at(
+            monkeypatch, pipeline._Run, "_scanned", lambda n: n == scan_result, how, _run_pool
+        )
+    return _losing_at(
+        monkeypatch, hashstep.WindowStep, "_send_batch", lambda n: n == 2, how, _step_pool
+    )
+
+
 def _run_pool(run: Any) -> tuple[Any, SizeIndex]:
     return run.pool, run.sizes
 
@@ -219,20 +235,7 @@ def test_a_frozen_worker_is_taken_for_lost_and_the_run_ends_exact(
     (_wide_tree if when == "listing" else _tree)(tree)
     address, _ = cluster_of_three
     monkeypatch.setattr(cluster, "SILENT_S", 3.0)
-    monkeypatch.setattr(hashstep, "BATCH_FILES", 8)
-    if when == "listing":
-        hit = _losing_at(
-            monkeypatch, pipeline._Run, "_scanned", lambda n: n == 3, signal.SIGSTOP, _run_pool
-        )
-    else:
-        hit = _losing_at(
-            monkeypatch,
-            hashstep.WindowStep,
-            "_send_batch",
-            lambda n: n == 2,
-            signal.SIGSTOP,
-            _step_pool,
-        )
+    hit = _losing_while(monkeypatch, when, signal.SIGSTOP, scan_result=3)
     result = find_duplicates(tree.root, ScanOptions(cluster=address))
     assert hit
     _expect_local(tree, result)
@@ -276,20 +279,7 @@ def test_with_dirs_the_directory_groups_are_a_local_run_s(
             tree.file(f"copies/{copy}/sub/g{n}", content(1000 + 10 * n, seed=f"g{n}"))
         tree.file(f"copies/{copy}/top", content(50, seed="top"))
     address, _ = cluster_of_three
-    monkeypatch.setattr(hashstep, "BATCH_FILES", 8)
-    if when == "listing":
-        hit = _losing_at(
-            monkeypatch, pipeline._Run, "_scanned", lambda n: n == 2, signal.SIGKILL, _run_pool
-        )
-    else:
-        hit = _losing_at(
-            monkeypatch,
-            hashstep.WindowStep,
-            "_send_batch",
-            lambda n: n == 2,
-            signal.SIGKILL,
-            _step_pool,
-        )
+    hit = _losing_while(monkeypatch, when, signal.SIGKILL, scan_result=2)
     result = find_duplicates(tree.root, ScanOptions(cluster=address, dirs=True))
     assert hit
     local = find_duplicates(tree.root, ScanOptions(workers=2, dirs=True))

@@ -293,3 +293,16 @@ class OsSpy:
 def append(path: str, data: bytes = b"+") -> None:
     with Path(path).open("ab") as f:
         f.write(data)
+
+
+def manifest_found(dest: Path) -> FindResult:
+    """Check that a synthetic tree's manifest (`dest/manifest.json`) holds the groups its bytes
+    make and the engine finds in `dest/data`; the engine's result."""
+    from dedup_engine.bench.synth import load_manifest
+
+    manifest = load_manifest(dest)
+    expected = {frozenset(str(dest / p) for p in group) for group in manifest.groups}
+    assert expected == brute_groups(str(dest / "data"))
+    found = find_duplicates(dest / "data", ScanOptions(workers=2))
+    assert {frozenset(f.path for f in g.files) for g in found.groups} == expected
+    return found

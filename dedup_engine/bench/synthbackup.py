@@ -28,7 +28,7 @@ FIRST_DAY = datetime.date(2026, 10, 4)
 #: 0.35% deleted by the next (Tarasov et al., "Generating Realistic Datasets for Deduplication
 #: Analysis", USENIX ATC'12, table 2).  Renames and moves are not measured there: RENAMED is our
 #: choice, as is APPENDED, the share of log files that grow in a week.  New files replace the
-#: deleted ones, and as many again grow the tree (our choice).
+#: deleted ones, and as many again grow the tree, each of any format alike (our choice).
 MODIFIED = 0.0014
 DELETED = 0.0035
 RENAMED = 0.002
@@ -89,7 +89,7 @@ def _week(
         else:
             after[path] = inode  # linked to the snapshot before's
     for _ in range(round(deleted + GROWTH * deleted)):
-        kind = rng.choice(list(synthreal.shares()))
+        kind = rng.choice(list(synthreal.shares()))  # our choice: any format, evenly
         file = planner.new(kind)
         home = rng.choice(dirs)
         name = f"n{len(inodes):07d}.{FORMATS[kind].extension}"

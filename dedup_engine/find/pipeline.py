@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import operator
 import os
 import sqlite3
 import stat
@@ -69,6 +70,14 @@ SCAN_BATCH_DIRS = 16
 FILE_ROOTS_PER_TASK = 4096
 #: Batches of size groups queued ahead of the head stage: enough to keep it fed.
 AHEAD_BATCHES = 2
+#: What each scan result adds to the run's counts (`RunStats`), in `_Run._count`'s order.
+_SCAN_COUNTS = (
+    "files_scanned",
+    "bytes_scanned",
+    "dirs_scanned",
+    "skipped_special",
+    "skipped_symlinks",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +370,7 @@ class _Run:
         # results are in by worker, what those counted, and the numbers of scans done again.
         self._scan_out: dict[int, tuple[int, ScanTask]] = {}
         self._scan_done: dict[int, list[ScanTask]] = {}
-        self._counted: dict[int, list[int]] = {}
+        self._counted: dict[int, tuple[int, ...]] = {}
         self._again: set[int] = set()
 
     def hold(
@@ -593,13 +602,12 @@ class _Run:
     def _uncount(self, worker: int) -> None:
         """Take a lost worker's scan results out of the run's counts: its files are counted
         again as others list them."""
-        files, size, dirs, special, symlinks = self._counted.pop(worker, [0] * 5)
+        self._add(tuple(-n for n in self._counted.pop(worker, ())))
+
+    def _add(self, counts: tuple[int, ...]) -> None:
         stats = self.stats
-        stats.files_scanned -= files
-        stats.bytes_scanned -= size
-        stats.dirs_scanned -= dirs
-        stats.skipped_special -= special
-        stats.skipped_symlinks -= symlinks
+        for name, value in zip(_SCAN_COUNTS, counts, strict=False):
+            setattr(stats, name, getattr(stats, name) + value)
 
     def _start_over(self) -> None:
         """The stages' counts begin again with the stages (the scan's keep what it did)."""
@@ -729,19 +737,17 @@ class _Run:
             self._tick()
 
     def _count(self, worker: int, result: ScanResult) -> None:
-        stats = self.stats
-        files, size = len(result.sizes), sum(result.sizes)
-        stats.dirs_scanned += result.dirs_scanned
-        stats.skipped_special += result.skipped_special
-        stats.skipped_symlinks += result.skipped_symlinks
-        stats.files_scanned += files
-        stats.bytes_scanned += size
+        counts = (
+            len(result.sizes),
+            sum(result.sizes),
+            result.dirs_scanned,
+            result.skipped_special,
+            result.skipped_symlinks,
+        )
+        self._add(counts)
         if self.recovers:  # what the worker's files would take out of the counts if it is lost
-            counted = self._counted.setdefault(worker, [0] * 5)
-            for index, value in enumerate(
-                (files, size, result.dirs_scanned, result.skipped_special, result.skipped_symlinks)
-            ):
-                counted[index] += value
+            before = self._counted.get(worker, (0,) * len(counts))
+            self._counted[worker] = tuple(map(operator.add, before, counts))
 
     def _tick(self, finished: bool = False) -> None:
         """Report progress, at most ten times a second, and always when a stage ends."""

@@ -17,14 +17,17 @@ import os
 import posixpath
 import random
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import blake3
 
 SCHEMA = 1
+J = TypeVar("J")
+R = TypeVar("R")
+T = TypeVar("T")
 MANIFEST_NAME = "manifest.json"
 DATA_DIR = "data"
 KIB = 1024
@@ -488,31 +491,45 @@ def _plan_symlinks(
 
 
 def _write_all(dest: Path, seed: int, jobs: list[tuple[str, Content]], workers: int | None) -> None:
-    chunks: list[WriteJob] = [(str(dest), seed, [])]
-    batch_bytes = 0
-    for job in jobs:
-        if len(chunks[-1][2]) >= _JOB_FILES or batch_bytes >= _JOB_BYTES:
-            chunks.append((str(dest), seed, []))
-            batch_bytes = 0
-        chunks[-1][2].append(job)
-        batch_bytes += job[1].size
+    chunks: list[WriteJob] = [
+        (str(dest), seed, part) for part in writer_shares(jobs, lambda j: j[1].size)
+    ]
     run_jobs(chunks, len(chunks), workers)
 
 
+def writer_shares(files: Iterable[T], size: Callable[[T], int]) -> list[list[T]]:
+    """The files cut into one writer's shares: a share ends at `_JOB_FILES` files or once it
+    holds `_JOB_BYTES`, whichever comes first."""
+    out: list[list[T]] = [[]]
+    held = 0
+    for file in files:
+        if len(out[-1]) >= _JOB_FILES or held >= _JOB_BYTES:
+            out.append([])
+            held = 0
+        out[-1].append(file)
+        held += size(file)
+    return out
+
+
 def run_jobs(jobs: Iterable[WriteJob], count: int, workers: int | None) -> None:
-    """Write every job, in `workers` forked processes (None: one per CPU; 0: in this one).
+    """Write every job (`map_jobs`)."""
+    map_jobs(_write_job, jobs, count, workers)
+
+
+def map_jobs(
+    write: Callable[[J], R], jobs: Iterable[J], count: int, workers: int | None
+) -> list[R]:
+    """`write` each job, in `workers` forked processes (None: one per CPU; 0: in this one);
+    what each returned, in no set order.
 
     `jobs` is consumed as the workers take them, so it may be a generator that builds each
     job's paths only then; `count` (how many it yields) caps the number of workers.
     """
     n_workers = min((os.cpu_count() or 1) if workers is None else workers, count)
     if n_workers <= 0 or "fork" not in multiprocessing.get_all_start_methods():
-        for job in jobs:
-            _write_job(job)
-        return
+        return [write(job) for job in jobs]
     with multiprocessing.get_context("fork").Pool(n_workers) as pool:
-        for _ in pool.imap_unordered(_write_job, jobs):
-            pass
+        return list(pool.imap_unordered(write, jobs))
 
 
 def _manifest(

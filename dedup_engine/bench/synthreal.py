@@ -15,14 +15,13 @@ two plans equal.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dedup_engine.bench.synth import DATA_DIR, MIB, Manifest, Profile
+from dedup_engine.bench.synth import DATA_DIR, MIB, Manifest, Profile, map_jobs, writer_shares
 from dedup_engine.bench.synthformats import (
     FORMATS,
     Choices,
@@ -312,28 +311,16 @@ def write(
     the manifest of the groups its bytes make."""
     for path in sorted({os.path.dirname(n) for ns in names for n in ns}):
         (dest / path).mkdir(parents=True, exist_ok=True)
-    jobs: list[_Job] = []
-    size = 0
-    for first, file in sorted((ns[0], f) for ns, f in zip(names, files, strict=True) if ns):
-        if not jobs or len(jobs[-1][2]) >= 2000 or size >= 32 * MIB:
-            jobs.append((str(dest), seed, []))
-            size = 0
-        jobs[-1][2].append((first, file))
-        size += file.size
-    written = _run(jobs, workers)
+    firsts = sorted((ns[0], f) for ns, f in zip(names, files, strict=True) if ns)
+    jobs: list[_Job] = [
+        (str(dest), seed, part) for part in writer_shares(firsts, lambda f: f[1].size)
+    ]
+    written = [w for part in map_jobs(_write, jobs, len(jobs), workers) for w in part]
     linked = [tuple(ns) for ns in names if len(ns) > 1]
     for ns in linked:
         for name in ns[1:]:
             os.link(dest / ns[0], dest / name)
     return manifest(profile.value, seed, written, linked)
-
-
-def _run(jobs: list[_Job], workers: int | None) -> Iterable[tuple[str, int, bytes]]:
-    count = min((os.cpu_count() or 1) if workers is None else workers, len(jobs))
-    if count <= 0 or "fork" not in multiprocessing.get_all_start_methods():
-        return [w for job in jobs for w in _write(job)]
-    with multiprocessing.get_context("fork").Pool(count) as pool:
-        return [w for part in pool.imap_unordered(_write, jobs) for w in part]
 
 
 def manifest(

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from daskcluster import dask_commands, free_port
+from daskcluster import dask_commands, deadline_past_except, free_port
 from incli import invoke
 from treebuilder import Tree, brute_groups, content, groups_of
 
@@ -300,18 +300,8 @@ def test_the_end_of_a_run_does_not_wait_for_a_worker_lost_meanwhile(
     while len(pool._client.scheduler_info()["workers"]) > 1:
         time.sleep(0.1)  # the scheduler has seen it go
 
-    def hung(signum: int, frame: object) -> None:
-        raise _Hung  # the deadline's alarm, past the pool's `except Exception`
-
-    before = signal.signal(signal.SIGALRM, hung)
-    try:
+    with deadline_past_except():
         pool.close()
-    finally:
-        signal.signal(signal.SIGALRM, before)
-
-
-class _Hung(BaseException):
-    """A test ran into its deadline inside code that catches every `Exception`."""
 
 
 def test_a_result_is_passed_on_whatever_its_future_says_since_and_a_failure_is_short() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daskcluster import dask_commands
+from daskcluster import dask_commands, deadline_past_except
 from treebuilder import Tree, brute_groups, check_invariants, content, groups_of
 
 from dedup_engine import ScanOptions, find_duplicates
@@ -481,23 +481,12 @@ def test_the_scheduler_killed_mid_run_ends_it_at_once_in_one_line(
             os.kill(killed[0], signal.SIGKILL)
         real(self, *args, **kwargs)
 
-    def hung(signum: int, frame: object) -> None:
-        raise _Hung  # the deadline's alarm, past the pool's `except Exception`
-
     monkeypatch.setattr(pipeline._Run, "_scanned", scanned)
-    before = signal.signal(signal.SIGALRM, hung)
-    try:
-        with dask.config.set({"distributed.comm.timeouts.connect": "3600s"}):
-            code, _, err = invoke("find", tree.root, "--cluster", address)
-    finally:
-        signal.signal(signal.SIGALRM, before)
+    with deadline_past_except(), dask.config.set({"distributed.comm.timeouts.connect": "3600s"}):
+        code, _, err = invoke("find", tree.root, "--cluster", address)
     assert killed
     assert code == 4
     assert err.decode().splitlines() == ["dedup: error: lost the cluster's scheduler"]
-
-
-class _Hung(BaseException):
-    """A test ran into its deadline inside code that catches every `Exception`."""
 
 
 def test_a_worker_started_again_at_its_address_is_taken_for_lost(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -83,3 +84,22 @@ def wait_for_workers(address: str, count: int) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+class Hung(BaseException):
+    """A test ran into its deadline inside code that catches every `Exception`."""
+
+
+@contextlib.contextmanager
+def deadline_past_except() -> Iterator[None]:
+    """The test's deadline alarm (`conftest.deadline`) raises `Hung` meanwhile: the pool's
+    `except Exception` would swallow the usual `TimeoutError`, and a hang would pass."""
+
+    def hung(signum: int, frame: object) -> None:
+        raise Hung
+
+    before = signal.signal(signal.SIGALRM, hung)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGALRM, before)

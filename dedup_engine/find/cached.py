@@ -94,16 +94,21 @@ class WorkerCache:
         return self._fs[dev]
 
     def lookup(self, slot: Slot, seen: Sequence[Seen]) -> list[bytes | None]:
+        return self.lookup_kinds(slot[0], (slot[1],), seen)[slot[1]]
+
+    def lookup_kinds(
+        self, fs: bytes, kinds: Sequence[int], seen: Sequence[Seen]
+    ) -> dict[int, list[bytes | None]]:
+        """`DigestCache.lookup_kinds`; nothing found where the cache cannot be used."""
         cache = self._open()
-        if cache is None:
-            return [None] * len(seen)
         try:
-            found = cache.lookup(slot[0], slot[1], seen)
+            if cache is not None:
+                found = cache.lookup_kinds(fs, kinds, seen)
+                self._busy = 0
+                return found
         except sqlite3.Error as exc:
             self._failed(exc)
-            return [None] * len(seen)
-        self._busy = 0
-        return found
+        return {kind: [None] * len(seen) for kind in kinds}
 
     def store(self, place: Place, entries: list[Entry]) -> None:
         """Keep these digests: written with the others at most `FLUSH_S` later, or at `close`."""
@@ -174,7 +179,8 @@ def hash_cached(
     run: Callable[[HashTask], HashResult],
 ) -> HashResult:
     """A head or tail task: digests from the cache where it has them, the other files read by
-    `run`, and those read unchanged stored."""
+    `run`, and those read unchanged stored.  With `whole_known`, each file above the window
+    also gets its whole-file digest where the cache has one (`HashResult.whole`)."""
     started = time.time_ns()
     rows, sizes, window = task.rows, task.sizes, task.window
     devs = store.devs(rows)
@@ -193,15 +199,19 @@ def hash_cached(
         dev: cache.fs(dev, store.paths([rows[devs.index(dev)]])[0], task.follow_links)
         for dev in set(devs)
     }
+    places = (
+        [next(iter(fs_of.values()))] * len(devs)
+        if len(fs_of) == 1
+        else [fs_of[dev] for dev in devs]
+    )
     window_kind, whole = cache_kind(window.stage, window.length), cache_kind(Stage.FULL)
     limit = window.whole_limit
-    # Per device: the slot of a file read whole, and of one read for its window.
-    pairs: dict[int, tuple[Slot | None, Slot | None]] = {
-        dev: (None, None) if fs is None else ((fs, whole), (fs, window_kind))
-        for dev, fs in fs_of.items()
-    }
-    slots = [pairs[dev][size > limit] for dev, size in zip(devs, sizes, strict=True)]
-    digests = _look_up(cache, slots, keys)
+    found = _look_up(cache, places, (whole, window_kind), keys)
+    wholes = found[whole]
+    digests = [
+        held if size <= limit else part
+        for held, part, size in zip(wholes, found[window_kind], sizes, strict=True)
+    ]
     missing = [p for p, digest in enumerate(digests) if digest is None]
     result = (
         run(
@@ -227,12 +237,17 @@ def hash_cached(
         cache,
         started,
         [
-            (slots[p], seen[j], read[j], paths[j])
+            (
+                _slot(places[p], whole if sizes[p] <= limit else window_kind),
+                seen[j],
+                read[j],
+                paths[j],
+            )
             for j, p in enumerate(missing)
             if read[j] != NO_DIGEST and _unchanged(paths[j], seen[j], task.follow_links)
         ],
     )
-    looked = sum(slot is not None for slot in slots)
+    looked = sum(place is not None for place in places)
     return HashResult(
         b"".join(digest or NO_DIGEST for digest in digests),
         _moved(result.failed, missing),
@@ -240,7 +255,22 @@ def hash_cached(
         result.bytes_read,
         len(digests) - len(missing),
         looked - (len(digests) - len(missing)),
+        _above(wholes, sizes, limit) if task.whole_known else b"",
     )
+
+
+def _slot(fs: bytes | None, kind: int) -> Slot | None:
+    return None if fs is None else (fs, kind)
+
+
+def _above(wholes: list[bytes | None], sizes: Sequence[int], limit: float) -> bytes:
+    """The whole-file digests known of the files above a window's limit, in task order
+    (`NO_DIGEST` for the others); nothing if none is known."""
+    known = [
+        NO_DIGEST if digest is None or size <= limit else digest
+        for digest, size in zip(wholes, sizes, strict=True)
+    ]
+    return b"".join(known) if known.count(NO_DIGEST) < len(known) else b""
 
 
 def compare_cached(
@@ -251,21 +281,21 @@ def compare_cached(
     started = time.time_ns()
     count = len(task.paths)
     whole = cache_kind(Stage.FULL)
-    slots: list[Slot | None] = []
+    places: list[bytes | None] = []
     seen: list[Scanned] = []
     for p in range(count):
         # A file compared on `--sample` windows gets no whole-file digest: not looked up, never
         # stored.
-        fs = (
+        places.append(
             None
             if task.sampled(task.sizes[p])
             else cache.fs(task.devs[p], task.paths[p], task.follow_links)
         )
-        slots.append(None if fs is None else (fs, whole))
         seen.append(
             Scanned(task.devs[p], task.inos[p], task.sizes[p], task.mtimes[p], task.ctimes[p])
         )
-    known = _look_up(cache, slots, [scanned[1:] for scanned in seen])
+    slots = [None if fs is None else (fs, whole) for fs in places]
+    known = _look_up(cache, places, (whole,), [scanned[1:] for scanned in seen])[whole]
     digests: list[bytes | None] = [None] * count
     uids, gids = array("I", bytes(4 * count)), array("I", bytes(4 * count))
     modes = array("H", bytes(2 * count))
@@ -336,23 +366,22 @@ def compare_cached(
 
 
 def _look_up(
-    cache: WorkerCache, slots: Sequence[Slot | None], keys: Sequence[Seen]
-) -> list[bytes | None]:
-    """Each file's stored digest, or None; one query per slot."""
-    by_slot: dict[Slot, list[int]] = {}
-    for p, slot in enumerate(slots):
-        if slot is not None:
-            by_slot.setdefault(slot, []).append(p)
-    if len(by_slot) == 1:
-        ((only, positions),) = by_slot.items()
-        if len(positions) == len(keys):  # the common task: one filesystem and kind
-            return cache.lookup(only, keys)
-    found: list[bytes | None] = [None] * len(slots)
-    for slot, positions in by_slot.items():
-        for p, digest in zip(
-            positions, cache.lookup(slot, [keys[p] for p in positions]), strict=True
-        ):
-            found[p] = digest
+    cache: WorkerCache, places: Sequence[bytes | None], kinds: Sequence[int], keys: Sequence[Seen]
+) -> dict[int, list[bytes | None]]:
+    """Each file's stored digest of each kind, or None, by its filesystem (None: not looked
+    up); one query per filesystem."""
+    if places and places[0] is not None and places.count(places[0]) == len(places):
+        return cache.lookup_kinds(places[0], kinds, keys)  # the common task: one filesystem
+    by_fs: dict[bytes, list[int]] = {}
+    for p, fs in enumerate(places):
+        if fs is not None:
+            by_fs.setdefault(fs, []).append(p)
+    found: dict[int, list[bytes | None]] = {kind: [None] * len(keys) for kind in kinds}
+    for fs, positions in by_fs.items():
+        for kind, digests in cache.lookup_kinds(fs, kinds, [keys[p] for p in positions]).items():
+            column = found[kind]
+            for p, digest in zip(positions, digests, strict=True):
+                column[p] = digest
     return found
 
 

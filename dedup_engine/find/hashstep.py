@@ -220,13 +220,26 @@ class Step(ABC):
 
 class WindowStep(Step):
     """The head or the tail stage: each file hashed over a window by its owner, each group split
-    by the digests once the whole batch is back."""
+    by the digests once the whole batch is back.
 
-    def __init__(self, context: StepContext, window: Window, finished: Sink, onward: Sink) -> None:
+    With `whole_known` (the first window, with the cache on), the owners also give the
+    whole-file digests the cache holds: a group whose every member has one is split by them and
+    finished here, its files counted in the full stage as cache hits.
+    """
+
+    def __init__(
+        self,
+        context: StepContext,
+        window: Window,
+        finished: Sink,
+        onward: Sink,
+        whole_known: bool = False,
+    ) -> None:
         super().__init__(context, window.stage)
         self.window = window
         self._finished = finished
         self._onward = onward
+        self._whole_known = whole_known
         self._queue: deque[tuple[int, Group]] = deque()
 
     def feed(self, size: int, group: Group) -> None:
@@ -246,16 +259,15 @@ class WindowStep(Step):
         self.queued -= len(rows)
         self.outstanding += 1
         digests: list[bytes] = [NO_DIGEST] * len(rows)
-        window, follow = self.window, self.context.follow_links
+        wholes: list[bytes] = []  # made only once an owner knows one
+        window, follow, known = self.window, self.context.follow_links, self._whole_known
 
         def take(positions: array[int], result: HashResult) -> None:
-            blob, width = result.digests, DIGEST_SIZE
-            chunks = [blob[at : at + width] for at in range(0, len(blob), width)]
-            if len(chunks) == len(digests):  # one owner for the whole batch, in order
-                digests[:] = chunks
-            else:
-                for position, chunk in zip(positions, chunks, strict=True):
-                    digests[position] = chunk
+            _place(digests, positions, result.digests)
+            if result.whole:
+                if not wholes:
+                    wholes.extend([NO_DIGEST] * len(digests))
+                _place(wholes, positions, result.whole)
             self.context.fail(self.stage, result.failed)
             self._count_read(result)
 
@@ -263,15 +275,17 @@ class WindowStep(Step):
             self.context,
             rows,
             lambda positions, local: HashTask(
-                window, local, array("q", [sizes[p] for p in positions]), follow
+                window, local, array("q", [sizes[p] for p in positions]), follow, whole_known=known
             ),
             take,
-            lambda: self._refine(batch, digests),
+            lambda: self._refine(batch, digests, wholes),
         )
 
-    def _refine(self, batch: list[tuple[int, Group]], column: list[bytes]) -> None:
-        """Split each group of a batch by its digests: a group read whole is finished, the
-        others go on."""
+    def _refine(
+        self, batch: list[tuple[int, Group]], column: list[bytes], wholes: list[bytes]
+    ) -> None:
+        """Split each group of a batch by its digests: a group read whole, or whose whole-file
+        digests are all known, is finished; the others go on."""
         self.outstanding -= 1
         weight = self.context.sizes.weight
         reads_whole = self.window.reads_whole
@@ -280,12 +294,53 @@ class WindowStep(Step):
         for size, group in batch:
             end = start + len(group)
             digests = column[start:end]
+            known = self._known(size, group, wholes[start:end]) if wholes else None
             start = end
             whole = reads_whole(size)
             for digest, members in split(group, digests, weight):
                 out += len(members)
-                (self._finished if whole else self._onward)(size, digest, members)
+                if whole:
+                    self._finished(size, digest, members)
+                elif known is None or not self._finish_known(size, known, members):
+                    self._onward(size, digest, members)
         self.stats.files_out += out
+
+    def _known(self, size: int, group: Group, wholes: list[bytes]) -> dict[int, bytes] | None:
+        """The whole-file digests of a group's rows, if any is known and may be used (not for
+        sizes `--sample` compares on windows, whose groups say so)."""
+        context = self.context
+        if wholes.count(NO_DIGEST) == len(wholes) or is_sampled(
+            context.sample, context.sample_above, context.chunk_size, size
+        ):
+            return None
+        return dict(zip(group, wholes, strict=True))
+
+    def _finish_known(self, size: int, known: dict[int, bytes], members: Group) -> bool:
+        """Split `members` by their whole-file digests and finish them, if every one is
+        `known`; else False."""
+        digests = [known[row] for row in members]
+        if NO_DIGEST in digests:
+            return False
+        context = self.context
+        full = context.stats.stage(Stage.FULL)
+        full.files_in += len(members)
+        full.cache_hits += len(members)
+        for digest, same in split(members, digests, context.sizes.weight):
+            full.files_out += len(same)
+            self._finished(size, digest, same)
+        return True
+
+
+def _place(column: list[bytes], positions: array[int], blob: bytes) -> None:
+    """An owner's digests (`DIGEST_SIZE` bytes each, in its task's order) into a batch's
+    column at their positions."""
+    width = DIGEST_SIZE
+    chunks = [blob[at : at + width] for at in range(0, len(blob), width)]
+    if len(chunks) == len(column):  # one owner for the whole batch, in order
+        column[:] = chunks
+    else:
+        for position, chunk in zip(positions, chunks, strict=True):
+            column[position] = chunk
 
 
 class _Names:

@@ -431,7 +431,15 @@ class _Run:
         for index, window in enumerate(reversed(windows)):
             later = [w for w, _ in steps[::-1]] if index else []
             recheck = RecheckStep(self.steps, window.stage)
-            step = WindowStep(self.steps, window, recheck.feed, self._router(later, full))
+            # The first window finishes the groups whose whole-file digests the cache holds.
+            first = index == len(windows) - 1
+            step = WindowStep(
+                self.steps,
+                window,
+                recheck.feed,
+                self._router(later, full),
+                whole_known=first and opts.cache_dir is not None,
+            )
             steps.insert(0, (step, recheck))
         return steps
 

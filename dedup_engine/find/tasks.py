@@ -123,6 +123,9 @@ class HashTask:
     #: Write each file's dirty pages back before reading it (`fsidentity.expose_mapped_writes`):
     #: its digest is to be kept in the cache.
     writeback: bool = False
+    #: Also give the whole-file digest the cache holds of each file above the window
+    #: (`HashResult.whole`): a group whose every member has one needs no later stage.
+    whole_known: bool = False
 
 
 #: A file a task could not use: its position in the task, its path and why.
@@ -139,6 +142,9 @@ class HashResult:
     bytes_read: int
     cache_hits: int = 0
     cache_misses: int = 0
+    #: With `HashTask.whole_known`: the cache's whole-file digests in task order, `NO_DIGEST`
+    #: where it has none; empty where it has none at all.
+    whole: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

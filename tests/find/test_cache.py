@@ -420,7 +420,7 @@ def test_a_worker_gives_up_a_cache_locked_against_readers_after_a_few_tries(
         tries += 1
         raise sqlite3.OperationalError("database is locked")
 
-    monkeypatch.setattr(DigestCache, "lookup", locked)
+    monkeypatch.setattr(DigestCache, "lookup_kinds", locked)
     for _ in range(20):
         assert worker.lookup((FS, HEAD), [(1, 1, 2, 3)]) == [None]
     assert tries == cached_module.BUSY_LIMIT

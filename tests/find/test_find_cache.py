@@ -10,14 +10,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cachetrust import need_trusted
 from incli import invoke
-from treebuilder import Tree, content, groups_of
+from treebuilder import Tree, content, flip, groups_of, issues_of, rewrite
 
 import dedup_engine.find.cache as cache_module
 from dedup_engine import ScanOptions, find_duplicates
+from dedup_engine.find.hashstep import WindowStep
 from dedup_engine.model import FindResult, Stage
 
 pytestmark = pytest.mark.usefixtures("deadline")
@@ -124,6 +126,76 @@ def test_a_renamed_tree_is_found_in_the_cache(tree: Tree, tmp_path: Path) -> Non
     second = _find(moved, tmp_path / "cache", 2)
     assert _opened(second) == 0
     assert len(second.groups) == len(first.groups)
+
+
+def _build_big(tree: Tree) -> list[str]:
+    """a and b equal and above the head's whole-file limit; c the same size, differing in the
+    middle (so the same head and tail): all three are read to their end in the full stage."""
+    big = content(300_000)
+    return [
+        tree.file("big/a", big),
+        tree.file("big/b", big),
+        tree.file("big/c", flip(big, 150_000)),
+    ]
+
+
+@pytest.mark.usefixtures("at_once")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_group_whose_whole_file_digests_are_cached_skips_the_later_stages(
+    tree: Tree, tmp_path: Path, workers: int
+) -> None:
+    """Every member's whole-file digest is in the cache: the head stage splits the group by
+    them and finishes it; the tail and full stages see none of it, and count its files as the
+    full stage's cache hits."""
+    need_trusted(tree.root)
+    a, b, _ = _build_big(tree)
+    first = _find(tree.root, tmp_path / "cache", workers)
+    assert first.stats.stage(Stage.FULL).files_in == 3
+    second = _find(tree.root, tmp_path / "cache", workers)
+    assert _opened(second) == 0
+    assert second.stats.stage(Stage.TAIL).files_in == 0
+    full = second.stats.stage(Stage.FULL)
+    assert (full.files_in, full.files_out, full.cache_hits, full.cache_misses) == (3, 2, 3, 0)
+    assert groups_of(second) == groups_of(first) == {frozenset({a, b})}
+    assert [g.digest for g in second.groups] == [g.digest for g in first.groups]
+
+
+@pytest.mark.usefixtures("at_once")
+def test_a_new_copy_in_a_cached_group_sends_the_group_through_every_stage(
+    tree: Tree, tmp_path: Path
+) -> None:
+    need_trusted(tree.root)
+    a, b, _ = _build_big(tree)
+    _find(tree.root, tmp_path / "cache", 2)
+    copy = tree.file("big/d", Path(a).read_bytes())
+    second = _find(tree.root, tmp_path / "cache", 2)
+    assert groups_of(second) == {frozenset({a, b, copy})}
+    # The group of four compared, and c, which differs, read on to its end for the cache.
+    assert second.stats.stage(Stage.FULL).files_opened == 5
+    assert second.stats.stage(Stage.FULL).cache_misses == 1
+
+
+@pytest.mark.usefixtures("at_once")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_file_changed_after_the_scan_leaves_a_group_the_cache_finished(
+    tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """The members of a group finished from the cache are stat'ed again before it is final, as
+    those of a group a window read whole."""
+    need_trusted(tree.root)
+    _, b, _ = _build_big(tree)
+    _find(tree.root, tmp_path / "cache", workers)
+    finish = WindowStep._finish_known
+
+    def rewrite_b_first(step: WindowStep, *args: Any) -> bool:
+        rewrite(b, Path(b).read_bytes())  # the same bytes, but not the file scanned
+        return finish(step, *args)
+
+    monkeypatch.setattr(WindowStep, "_finish_known", rewrite_b_first)
+    second = _find(tree.root, tmp_path / "cache", workers)
+    assert groups_of(second) == set()
+    assert issues_of(second) == {b: {"head"}}
+    assert "changed since the scan" in second.issues[0].message
 
 
 def test_a_file_changed_just_before_its_read_is_not_cached(tree: Tree, tmp_path: Path) -> None:

@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from treebuilder import Tree, check_invariants, content, expect, flip, groups_of, issues_of
+from treebuilder import (
+    Tree,
+    check_invariants,
+    content,
+    expect,
+    flip,
+    groups_of,
+    issues_of,
+    rewrite,
+)
 
 import dedup_engine.find.fullcompare
 import dedup_engine.find.hashtasks
@@ -74,15 +83,6 @@ class ReadHook:
         if self.kind == "readv":
             self._before(fd)
         return os.readv(fd, buffers)
-
-
-def rewrite(path: str, data: bytes) -> None:
-    """Write `data` over the file in place (same size), and move its mtime on by a second."""
-    before = os.stat(path)
-    assert len(data) == before.st_size
-    with Path(path).open("r+b") as f:
-        f.write(data)
-    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
 
 
 def find_hooked(

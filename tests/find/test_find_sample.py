@@ -96,6 +96,29 @@ def test_a_sampled_run_never_caches_a_window_digest_as_the_whole_file(
     }
 
 
+@pytest.mark.usefixtures("at_once")
+def test_whole_file_digests_in_the_cache_leave_a_sampled_group_sampled(
+    tree: Tree, tmp_path: Path, workers: int
+) -> None:
+    """A run without `--sample` caches the big files' whole-file digests; a sampled run after
+    it still compares them on windows, as asked, and says so: c, which differs only between
+    the windows, is in the group, as it is without a cache."""
+    need_trusted(tree.root)
+    _build(tree)
+    os.unlink(tree.path("d"))  # which the tail would tell apart: a, b and c reach the full stage
+    cache = str(tmp_path / "cache")
+    find_duplicates([tree.root], ScanOptions(workers=workers, cache_dir=cache))
+    sampled = ScanOptions(workers=workers, sample=4, sample_above=1 << 20, cache_dir=cache)
+    verified = {
+        frozenset(Path(f.path).name for f in g.files): g.verified
+        for g in find_duplicates([tree.root], sampled).groups
+    }
+    assert verified == {
+        frozenset({"a", "b", "c"}): Verified.SAMPLED,
+        frozenset({"small1", "small2"}): Verified.BYTES,
+    }
+
+
 def _report(tree: Tree, tmp_path: Path) -> Path:
     path = tmp_path / "report.json"
     code, _, _ = invoke("find", tree.root, *SAMPLE, "-f", "json", "-o", str(path))

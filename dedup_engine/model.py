@@ -10,6 +10,7 @@ end up in a group become these records.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -59,6 +60,12 @@ class FileEntry(NamedTuple):
     @property
     def owner(self) -> Owner:
         return Owner(self.uid, self.gid, self.mode)
+
+
+#: A FileEntry from its fields in order, as `FileEntry._make` makes one but without its
+#: Python-level frame: one is made for every file of every final group, and again as a report
+#: reads them back.
+entry_of = functools.partial(tuple.__new__, FileEntry)
 
 
 class Verified(str, enum.Enum):

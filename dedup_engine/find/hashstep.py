@@ -56,7 +56,15 @@ from dedup_engine.find.tasks import (
     Window,
     is_sampled,
 )
-from dedup_engine.model import DuplicateGroup, FileEntry, Issue, RunStats, Stage, Verified
+from dedup_engine.model import (
+    DuplicateGroup,
+    FileEntry,
+    Issue,
+    RunStats,
+    Stage,
+    Verified,
+    entry_of,
+)
 
 #: Files per task and worker: enough that a task costs a few ms of small reads, against ~50 us
 #: of pipe and pickle overhead per task.
@@ -64,8 +72,6 @@ BATCH_FILES = 512
 #: Bytes per task in the full stage: a big file goes alone, so both workers stay busy to the end.
 BATCH_BYTES = 8 * 1024 * 1024
 
-#: A FileEntry from a row of its fields: `FileEntry._make` without its Python-level frame.
-_new_entry = functools.partial(tuple.__new__, FileEntry)
 #: Groups split by a digest: (the digest, the rows that share it).
 Split = list[tuple[bytes, Group]]
 #: Where a step hands a group on: (size, digest so far, representative rows).
@@ -430,7 +436,7 @@ class _Names:
                 d.modes,
                 strict=True,
             )
-            made.append(list(map(_new_entry, columns)))
+            made.append(list(map(entry_of, columns)))
         return made
 
     def compare_task(

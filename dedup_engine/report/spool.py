@@ -29,10 +29,10 @@ from typing import IO
 from dedup_engine.model import (
     DirectoryGroup,
     DuplicateGroup,
-    FileEntry,
     Issue,
     RunStats,
     Verified,
+    entry_of,
 )
 
 #: Keys kept in memory before a sorted run of them is written out: about 4 MiB of keys for
@@ -45,7 +45,6 @@ _READ_CHUNK = 1 << 16  # bytes a run is read in, per run, when merging
 _SIZE_TOP = (1 << 64) - 1
 _PLACE = struct.Struct(">QI")  # a group's offset and length in the data file, ending its key
 _KEY_LENGTH = struct.Struct(">I")  # before each key of a run on disk
-_entry = FileEntry._make
 
 
 def default_directory() -> str | None:
@@ -114,7 +113,7 @@ class GroupSpool:
         for key in keys:
             offset, length = _PLACE.unpack_from(key, len(key) - _PLACE.size)
             size, digest, files, verified = marshal.loads(os.pread(fd, length, offset))
-            yield DuplicateGroup(size, digest, tuple(map(_entry, files)), Verified(verified))
+            yield DuplicateGroup(size, digest, tuple(map(entry_of, files)), Verified(verified))
 
     def _spill(self) -> None:
         """Write the keys in memory out as one sorted run."""

@@ -7,9 +7,10 @@ Names are escaped (`display.printable`), so a line is always one path and a term
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import IO
 
-from dedup_engine.model import Findings, Verified
+from dedup_engine.model import FileEntry, Findings, Verified
 from dedup_engine.options import ScanOptions
 from dedup_engine.paths import RootIndex
 from dedup_engine.report.display import human_size, printable
@@ -24,6 +25,11 @@ def write_text(result: Findings, out: IO[bytes]) -> None:
     def mark(path: str) -> str:
         return _REFERENCE if roots.is_reference(path) else ""
 
+    def listed(files: Iterable[FileEntry]) -> list[str]:
+        if not result.reference_roots:  # the common run: no name to look up
+            return [printable(f.path) for f in files]
+        return [f"{printable(f.path)}{mark(f.path)}" for f in files]
+
     for number, directories in enumerate(result.directory_groups, 1):
         header = (
             f"directory group {number}: {len(directories.paths)} directories, "
@@ -37,7 +43,7 @@ def write_text(result: Findings, out: IO[bytes]) -> None:
             f"{human_size(group.size)} each, {human_size(group.reclaimable)} reclaimable, "
             f"blake3 {group.digest[:16]}{_HOW.get(group.verified, '')}"
         )
-        out.write(_block(header, [f"{printable(f.path)}{mark(f.path)}" for f in group.files]))
+        out.write(_block(header, listed(group.files)))
     stats = result.stats
     out.write(
         _encode(

@@ -323,11 +323,14 @@ class WindowStep(Step):
 
     def _finish_known(self, size: int, known: dict[int, bytes], members: Group) -> bool:
         """Split `members` by their whole-file digests and finish them, if every one is
-        `known`; else False."""
+        `known`; else False.  Not members on two sites: the full stage hashes those apart, and
+        its groups say they were found equal by digest."""
         digests = [known[row] for row in members]
         if NO_DIGEST in digests:
             return False
         context = self.context
+        if context.sited and _on_sites(context.pool.sites, members) > 1:
+            return False
         full = context.stats.stage(Stage.FULL)
         full.files_in += len(members)
         full.cache_hits += len(members)

@@ -14,15 +14,18 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cachetrust import need_trusted
 from daskcluster import Cluster, dask_commands
 from treebuilder import Tree, content
 
 from dedup_engine import ScanOptions, find_duplicates
+from dedup_engine.find.cache import RACY_NS
 from dedup_engine.find.cluster import ClusterPool
 from dedup_engine.find.groups import Named, SizeIndex, assemble, file_key
 from dedup_engine.find.hashstep import _by_site
@@ -105,6 +108,26 @@ def test_copies_on_two_hosts_are_found_by_digest_and_none_reads_the_others_disk(
         frozenset({f"{a}/twin1", f"{a}/twin2"}): "digest",
     }
     assert log.read_text() == ""
+
+
+def test_a_cached_rerun_says_how_each_group_was_verified_as_the_first_run_did(
+    hosts: tuple[Cluster, str, str, Path], tmp_path: Path
+) -> None:
+    """The twins' candidate group is on two sites: the first run hashes its files apart, and
+    the rerun, which finds all their whole-file digests in the cache, says so too."""
+    cluster, a, b, _ = hosts
+    need_trusted(a)
+    newest = max(os.stat(path).st_ctime_ns for path in Path(a).parent.rglob("*"))
+    time.sleep(max(0.0, (newest + RACY_NS - time.time_ns()) / 1e9 + 0.1))  # cacheable
+    held = ("--root-on", f"host-a={a}", "--root-on", f"host-b={b}")
+    args = ("-f", "json", *held, "--cache-dir", str(tmp_path / "cache"))
+    first = _find(cluster.address, *args)
+    rerun = _find(cluster.address, *args)
+    assert first.returncode == rerun.returncode == 0, rerun.stderr
+    stages = {row["stage"]: row for row in json.loads(rerun.stdout)["stats"]["stages"]}
+    assert stages["full"]["cache_hits"] > 0 and stages["full"]["files_opened"] == 0
+    assert _groups(rerun.stdout) == _groups(first.stdout)
+    assert _groups(rerun.stdout)[frozenset({f"{a}/twin1", f"{a}/twin2"})] == "digest"
 
 
 def test_roots_some_workers_cannot_reach_are_refused_before_any_work(

@@ -11,7 +11,8 @@ and groups of a single inode are dropped from its answer (`Tool.hard_link_groups
 
 Runs are interleaved (warm-up runs of each tool, then run i of every tool, ...); each timed run
 records wall time, CPU time of the child and its reaped children (wait4), and the peak of the summed
-RSS of its process tree, sampled every 5 ms.  The groups come from one extra untimed run per tool.
+RSS of its process tree, sampled every 5 ms.  The groups come from one extra untimed run per tool,
+which also leaves dedup's bytecode where the timed runs find it (`_environment`).
 `jdupes-Q` is jdupes trusting its hashes (`-Q`: no byte-by-byte check before it reports a
 group), the mode the README's speed figures are measured against.  This module imports neither
 typer nor rich: `compare_report` writes the `Comparison` to files and the CLI prints it.
@@ -192,6 +193,17 @@ def _argv(tool: Tool, root: str, out: str) -> list[str]:
     return [root if a == ROOT else out if a == OUT else a for a in tool.command]
 
 
+def _environment(workdir: str) -> dict[str, str]:
+    """Every tool's environment: without the digest cache, and with a bytecode cache of the
+    run's own (`PYTHONPYCACHEPREFIX`), which the untimed run that reads the groups fills.  An
+    installed package has its bytecode; a `PYTHONDONTWRITEBYTECODE` set here would have every
+    timed run of dedup compile it again (about 70 ms a run), which no user pays twice."""
+    env = environment_without()
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = os.path.join(workdir, "bytecode")
+    return env
+
+
 def _tree_rss_psutil(pid: int) -> int:
     total = 0
     with contextlib.suppress(psutil.Error):
@@ -271,7 +283,7 @@ def _timed(tool: Tool, root: str, workdir: str) -> RunSample:
         cwd=workdir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=environment_without(),
+        env=_environment(workdir),
     )
     with _PeakSampler(child.pid) as sampler:
         try:
@@ -336,7 +348,7 @@ def groups_of(tool: Tool, root: str, workdir: str) -> GroupSet:
         cwd=workdir,
         capture_output=True,
         check=False,
-        env=environment_without(),
+        env=_environment(workdir),
     )
     if proc.returncode not in (0, 1):
         tail = proc.stderr.decode(errors="replace")[-500:]

@@ -112,6 +112,32 @@ def test_peer_agrees_with_dedup(peer: str, tree: Tree, tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []  # no rmlint.sh, rmlint.json or results.txt left behind
 
 
+def test_dedup_runs_with_a_bytecode_cache_of_the_comparisons_own(
+    tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As an installed package has its bytecode, whatever the environment says: the untimed
+    run that reads the groups writes it, and the timed runs find it.  The digest cache stays
+    off."""
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setenv("DEDUP_ENGINE_CACHE", "1")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    bc.groups_of(dedup_tool(), tree.root, str(workdir))
+    assert list((workdir / "bytecode").rglob("pipeline.*.pyc"))
+    seen = tmp_path / "seen"
+    script = tmp_path / "tool.py"
+    script.write_text(
+        "import os, sys\n"
+        "with open(sys.argv[1], 'a') as f:\n"
+        "    f.write(f'{sys.flags.dont_write_bytecode} {sys.pycache_prefix} "
+        '{os.environ.get("DEDUP_ENGINE_CACHE")}\')\n'
+    )
+    bc._timed(
+        bc.Tool("py", (sys.executable, str(script), str(seen)), "py 1"), tree.root, str(workdir)
+    )
+    assert seen.read_text() == f"0 {workdir / 'bytecode'} None"
+
+
 def test_available_tools_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("shutil.which", lambda name: None)
     tools, skipped = bc.available_tools(["dedup", "jdupes", "nosuch"], ["/bin/true"])

@@ -42,7 +42,11 @@ class _HeldOs:
 
     def pread(self, fd, n, offset):
         if os.readlink(f"/proc/self/fd/{fd}") == os.environ["DEDUP_TEST_HOLD"]:
-            open(os.environ["DEDUP_TEST_READY"], "w").close()
+            # Made under another name and renamed once closed: a test that sees it may look at
+            # this worker's descriptors, which must not still hold it.
+            ready = os.environ["DEDUP_TEST_READY"]
+            open(ready + ".part", "w").close()
+            os.rename(ready + ".part", ready)
             while not os.path.exists(os.environ.get("DEDUP_TEST_RELEASE", "")):
                 time.sleep(0.01)
         return os.pread(fd, n, offset)

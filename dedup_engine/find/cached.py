@@ -294,7 +294,7 @@ def compare_cached(
         seen.append(
             Scanned(task.devs[p], task.inos[p], task.sizes[p], task.mtimes[p], task.ctimes[p])
         )
-    slots = [None if fs is None else (fs, whole) for fs in places]
+    slots = [_slot(fs, whole) for fs in places]
     known = _look_up(cache, places, (whole,), [scanned[1:] for scanned in seen])[whole]
     digests: list[bytes | None] = [None] * count
     uids, gids = array("I", bytes(4 * count)), array("I", bytes(4 * count))

@@ -63,6 +63,12 @@ def _owners(sizes: SizeIndex) -> list[int]:
     return sorted(w for w, rows in sizes._received.items() if rows)
 
 
+def _signal_worker(pool: Any, worker: int, how: int) -> None:
+    """Send `how` to the process of a cluster pool's worker, by its number."""
+    pids = pool._client.run(os.getpid)
+    os.kill(pids[pool._addresses[worker]], how)
+
+
 def _losing_at(
     monkeypatch: pytest.MonkeyPatch,
     owner: type,
@@ -83,8 +89,7 @@ def _losing_at(
         if owners and not hit:
             calls[0] += 1
             if when(calls[0]):
-                pids = pool._client.run(os.getpid)
-                os.kill(pids[pool._addresses[owners[0]]], how)
+                _signal_worker(pool, owners[0], how)
                 hit.append(owners[0])
         return real(self, *args, **kwargs)
 
@@ -132,6 +137,14 @@ def _expect_local(tree: Tree, result: Any) -> None:
     assert (stats.groups, stats.files_in_groups) == (expected.groups, expected.files_in_groups)
 
 
+def _expect_handed_once(tree: Tree, handed: list[DuplicateGroup], result: Any) -> None:
+    """The groups handed on as they were final are the tree's, no file in two, and counted."""
+    paths = [f.path for group in handed for f in group.files]
+    assert len(paths) == len(set(paths))  # no file handed on twice
+    assert {frozenset(f.path for f in g.files) for g in handed} == brute_groups(tree.root)
+    assert result.stats.groups == len(handed)
+
+
 def test_a_worker_killed_while_the_tree_is_listed_is_listed_for_by_the_others(
     tree: Tree,
     cluster_of_three: tuple[str, list[subprocess.Popen[bytes]]],
@@ -171,10 +184,7 @@ def test_a_worker_killed_while_files_are_hashed_leaves_the_groups_exact(
     handed: list[DuplicateGroup] = []
     result = find_duplicates(tree.root, ScanOptions(cluster=address), on_group=handed.append)
     assert hit
-    paths = [f.path for group in handed for f in group.files]
-    assert len(paths) == len(set(paths))  # no file handed on twice
-    assert {frozenset(f.path for f in g.files) for g in handed} == brute_groups(tree.root)
-    assert result.stats.groups == len(handed)
+    _expect_handed_once(tree, handed, result)
     (warning,) = result.stats.warnings
     assert "listed again by the other workers and the stages began again" in warning
 
@@ -189,19 +199,14 @@ def test_a_worker_killed_after_groups_were_handed_on_does_not_hand_them_on_again
     monkeypatch.setattr(hashstep, "BATCH_FILES", 8)
     handed: list[DuplicateGroup] = []
     hit: list[int] = []
-
-    def hand_on(group: DuplicateGroup) -> None:
-        handed.append(group)
-
     real = pipeline._Tally.__call__
 
     def tally(self: Any, group: DuplicateGroup) -> None:
         real(self, group)
         if len(handed) == 3 and not hit:  # some out, more to come
             pool = cluster_pools[-1]
-            pids = pool._client.run(os.getpid)
             alive = [n for n in range(pool.workers) if n not in pool._gone]
-            os.kill(pids[pool._addresses[alive[0]]], signal.SIGKILL)
+            _signal_worker(pool, alive[0], signal.SIGKILL)
             hit.append(alive[0])
 
     cluster_pools: list[Any] = []
@@ -213,12 +218,9 @@ def test_a_worker_killed_after_groups_were_handed_on_does_not_hand_them_on_again
 
     monkeypatch.setattr(cluster.ClusterPool, "__init__", init)
     monkeypatch.setattr(pipeline._Tally, "__call__", tally)
-    result = find_duplicates(tree.root, ScanOptions(cluster=address), on_group=hand_on)
+    result = find_duplicates(tree.root, ScanOptions(cluster=address), on_group=handed.append)
     assert hit
-    paths = [f.path for group in handed for f in group.files]
-    assert len(paths) == len(set(paths))
-    assert {frozenset(f.path for f in g.files) for g in handed} == brute_groups(tree.root)
-    assert result.stats.groups == len(handed)
+    _expect_handed_once(tree, handed, result)
 
 
 @pytest.mark.parametrize("when", ["listing", "hashing"])
@@ -304,8 +306,7 @@ def test_a_worker_lost_while_directory_groups_are_made_ends_the_run(
     hit: list[int] = []
 
     def listings(pool: Any) -> Any:
-        pids = pool._client.run(os.getpid)
-        os.kill(pids[pool._addresses[0]], signal.SIGKILL)
+        _signal_worker(pool, 0, signal.SIGKILL)
         hit.append(0)
         return real(pool)
 
@@ -512,8 +513,7 @@ def test_a_worker_started_again_at_its_address_is_taken_for_lost(
         if owners and not started:
             pool = self.pool
             worker = pool._addresses[owners[0]]
-            pids = pool._client.run(os.getpid)
-            os.kill(pids[worker], signal.SIGKILL)
+            _signal_worker(pool, owners[0], signal.SIGKILL)
             port = worker.rsplit(":", 1)[1]
             command = [dask, "worker", address, "--worker-port", port, "--nthreads", "1"]
             started.append(

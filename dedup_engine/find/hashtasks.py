@@ -16,28 +16,50 @@ from blake3 import blake3
 from dedup_engine.find.changes import ChangedError, describe, what_changed
 from dedup_engine.find.fsidentity import expose_mapped_writes
 from dedup_engine.find.store import RowStore
-from dedup_engine.find.tasks import NO_DIGEST, Failure, HashResult, HashTask
+from dedup_engine.find.tasks import NO_DIGEST, Failure, HashResult, HashTask, Window
 from dedup_engine.model import Stage
 from dedup_engine.openflags import read_flags
+
+#: preadv2's flag that fails with EAGAIN where a read would wait for the disk (Linux); None
+#: where there is none.
+RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+_NOWAIT = RWF_NOWAIT or 0  # the flag `_Reader.resident` passes, used only where there is one
+#: The most one read returns on Linux (MAX_RW_COUNT): a window as long is left to waiting reads.
+_ONE_READ = 0x7FFFF000
+#: Files a reader tries for the page cache before it may take the task for one on the disk.
+GIVE_UP_AFTER = 16
 
 
 def hash_batch(task: HashTask, store: RowStore) -> HashResult:
     """Hash the head or tail window of each of the task's rows of `store`; never raises for one
-    file.
+    file."""
+    return hash_rows(task, store)[0]
 
-    The loop is written out flat because it runs once per candidate file: at ~200k files a
-    function call per file costs a measurable share of the run.
+
+def hash_rows(
+    task: HashTask, store: RowStore, resident_only: bool = False
+) -> tuple[HashResult, list[int]]:
+    """`hash_batch`, and with `resident_only` the positions of the files left unread because
+    their window is not all in the page cache (`RWF_NOWAIT`): they have no digest and no
+    failure, for the caller to read with threads that may wait for the disk.  A file left was
+    not opened, as far as the counts go.  Once three in four of the files tried have been left
+    (`GIVE_UP_AFTER` tried at least), the rest are left untried: the task is on the disk.  Where
+    the filesystem cannot tell (overlayfs, tmpfs), the file tried and the rest are left; where
+    the system cannot (no `RWF_NOWAIT`), every file is.
+
+    The loop runs once per candidate file (some 200k in a small tree), so it holds nothing but
+    the open, the identity check, one read and the hash.
     """
-    window = task.window
+    if resident_only and RWF_NOWAIT is None:  # nothing can be told: every file is left
+        return HashResult(NO_DIGEST * len(task.rows), (), 0, 0), list(range(len(task.rows)))
     flags = read_flags(task.follow_links)
-    head = window.stage is Stage.HEAD
-    length = window.length
-    limit = window.whole_limit
+    reader = _Reader(task.window)
+    read = reader.resident if resident_only else reader.waiting
     digests = bytearray()
     failed: list[Failure] = []
-    opened = 0
-    total = 0
-    os_open, os_close, os_fstat, os_pread, hasher = os.open, os.close, os.fstat, os.pread, blake3
+    left: list[int] = []
+    opened = total = 0
+    os_open, os_close, os_fstat, hasher = os.open, os.close, os.fstat, blake3
     writeback = task.writeback
     rows = task.rows
     paths = store.paths(rows)
@@ -60,29 +82,82 @@ def hash_batch(task: HashTask, store: RowStore) -> HashResult:
                 )
             if writeback:
                 expose_mapped_writes(fd)
-            if size <= limit:
-                # The file is read whole and this digest is final.  One byte more than expected
-                # is asked for, so a file that grew since the scan shows itself; on a regular
-                # file a read is short only at end of file.  Any other change is for the
-                # parent's re-check.
-                data = os_pread(fd, size + 1, 0)
-                if len(data) != size:
-                    data = _finish_whole(fd, data, size)
-            else:
-                offset = 0 if head else size - length
-                data = os_pread(fd, length, offset)
-                if len(data) != length:
-                    data = _read_rest(fd, data, length, offset)
-            digest = hasher(data).digest()
+            data = read(fd, size, st.st_size)
+            digest = NO_DIGEST if data is None else hasher(data).digest()
         except OSError as exc:
             failed.append((position, path, describe(exc)))
             digests += NO_DIGEST
             continue
         finally:
             os_close(fd)
-        total += len(data)
         digests += digest
-    return HashResult(bytes(digests), tuple(failed), opened, total)
+        if data is not None:
+            total += len(data)
+            continue
+        # On the disk, or changed since the scan: a waiting read decides.
+        left.append(position)
+        opened -= 1
+        if reader.blind or _on_the_disk(len(left), opened + len(left)):
+            left.extend(range(position + 1, len(paths)))
+            digests += NO_DIGEST * (len(paths) - position - 1)
+            break
+    return HashResult(bytes(digests), tuple(failed), opened, total), left
+
+
+def _on_the_disk(left: int, tried: int) -> bool:
+    """Whether a task whose reads from the page cache left so many of the files tried is on the
+    disk: three in four of them, `GIVE_UP_AFTER` tried at least."""
+    return tried >= GIVE_UP_AFTER and 4 * left >= 3 * tried
+
+
+class _Reader:
+    """Reads one window of a file (`window.whole_limit` and below: the whole file), either
+    waiting for the disk or only from the page cache."""
+
+    def __init__(self, window: Window) -> None:
+        self.length = window.length
+        self.limit = window.whole_limit
+        self.head = window.stage is Stage.HEAD
+        #: The filesystem cannot tell what is in the page cache (`resident`).
+        self.blind = False
+        self._buffer = memoryview(bytearray(0))
+
+    def waiting(self, fd: int, size: int, now: int) -> bytes:
+        """The window's bytes, waiting for the disk where it must; `now` is unused."""
+        if size <= self.limit:
+            # The file is read whole and this digest is final.  One byte more than expected is
+            # asked for, so a file that grew since the scan shows itself; on a regular file a
+            # read is short only at end of file.  Any other change is for the parent's re-check.
+            data = os.pread(fd, size + 1, 0)
+            return data if len(data) == size else _finish_whole(fd, data, size)
+        offset = 0 if self.head else size - self.length
+        data = os.pread(fd, self.length, offset)
+        return data if len(data) == self.length else _read_rest(fd, data, self.length, offset)
+
+    def resident(self, fd: int, size: int, now: int) -> memoryview | None:
+        """The window's bytes if they are all in the page cache and the file is the size the
+        scan saw (`now`: its size at the open), else None; None too, and `blind` set, where
+        the filesystem cannot tell."""
+        whole = size <= self.limit
+        want = size if whole else self.length
+        if now != size or want >= _ONE_READ:  # a read that long comes back short on Linux
+            return None
+        buffer = self._buffer
+        if len(buffer) <= want:  # grown only for a file the size the scan saw
+            buffer = self._buffer = memoryview(bytearray(want + 1))
+        try:
+            # A whole file is asked for one byte more, as above.
+            got = os.preadv(
+                fd, [buffer[: want + whole]], 0 if whole or self.head else size - want, _NOWAIT
+            )
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            self.blind = True  # the waiting reads, with threads, are then the safe side
+            return None
+        return buffer[:got] if got == want else None
 
 
 def _finish_whole(fd: int, data: bytes, size: int) -> bytes:

@@ -5,9 +5,10 @@ A worker decides this for itself, from the devices of the files it is asked to r
 the coordinator never needs to know which disk a file is on, and a worker on another host would
 decide the same way.  A task's files are split by device; the files of a solid, virtual or
 network device are shared out between `threads_per_worker` threads (`os.pread`, `os.readv` and
-BLAKE3 release the GIL, so the reads overlap); the files of a spinning disk are put in physical
-order (`readorder`) and read by this worker alone among the run's workers while it holds the
-disk's lock, so the disk serves one sequential reader.
+BLAKE3 release the GIL, so the reads overlap), but for a head or tail task's files whose window
+is in the page cache, which the worker reads first in its own thread; the files of a spinning
+disk are put in physical order (`readorder`) and read by this worker alone among the run's
+workers while it holds the disk's lock, so the disk serves one sequential reader.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import TypeVar
 
 from dedup_engine.find.device import DeviceInfo, DeviceProbe, read_depth, threads_per_worker
 from dedup_engine.find.fullcompare import MAX_COMPARED, compare_groups
-from dedup_engine.find.hashtasks import hash_batch
+from dedup_engine.find.hashtasks import hash_batch, hash_rows
 from dedup_engine.find.readorder import physical_order
 from dedup_engine.find.store import RowStore
 from dedup_engine.find.tasks import (
@@ -36,7 +37,6 @@ from dedup_engine.find.tasks import (
     HashResult,
     HashTask,
 )
-from dedup_engine.model import Stage
 from dedup_engine.openflags import OPEN_READ
 from dedup_engine.options import MAX_IO_DEPTH, RESERVED_FDS, open_file_limit
 
@@ -93,39 +93,72 @@ class Readers:
         )
 
     def hash_batch(self, task: HashTask, store: RowStore) -> HashResult:
-        """`hashtasks.hash_batch`, with the task's files shared out by device."""
-        rows, sizes, window = task.rows, task.sizes, task.window
+        """`hashtasks.hash_batch`, with the task's files shared out by device.
+
+        On a device read with threads, the files whose window is in the page cache are read
+        first, here: threads would only contend for the GIL over them.  The rest are shared
+        out between the threads."""
+        rows, follow = task.rows, task.follow_links
         if not rows:
             return hash_batch(task, store)
+        read, parts = self._resident_first(task, store)
+        if not read and len(parts) == 1 and not parts[0].ordered:
+            return hash_batch(task, store)
+        if not parts:
+            return read[0][1] if len(read) == 1 else _gather_hash(read, len(rows))
+        results = self._run(
+            parts,
+            lambda part: hash_batch(_subtask(task, part.positions), store),
+            lambda ps: _physical(
+                store.paths([rows[p] for p in ps]), [store.ino[rows[p]] for p in ps], ps, follow
+            ),
+        )
+        # Where files were read first, those left have no digest in those results: the
+        # threads' results, gathered after them, put theirs in their places.
+        return _gather_hash([*read, *((part.positions, r) for part, r in results)], len(rows))
+
+    def _resident_first(
+        self, task: HashTask, store: RowStore
+    ) -> tuple[list[tuple[list[int], HashResult]], list[_Part]]:
+        """The files of each device read with threads whose window is in the page cache, read
+        now (`hashtasks.hash_rows`), with their positions in the task; and the parts left to
+        read, each device's others shared out between its threads."""
+        rows = task.rows
         dev = store.one_dev
         if dev is not None:
             devices = [self.device(dev)] * len(rows)
         else:
             devices = [self.device(store.dev(row)) for row in rows]
-        head, follow = window.stage is Stage.HEAD, task.follow_links
+        read: list[tuple[list[int], HashResult]] = []
+        parts: list[_Part] = []
+        for positions, info, count in self._by_device(devices):
+            if count == 1:
+                parts.append(_Part(positions, info, ordered=self._ordered(info)))
+                continue
+            every = len(positions) == len(rows)
+            result, left = hash_rows(task if every else _subtask(task, positions), store, True)
+            read.append((positions, result))
+            waiting = [positions[i] for i in left]
+            count = max(1, min(count, len(waiting) // MIN_PART_FILES))
+            parts.extend(_Part(waiting[i::count], info) for i in range(count) if waiting)
+        return read, parts
 
-        def paths_of(positions: list[int]) -> list[str]:
-            return store.paths([rows[p] for p in positions])
+    def _ordered(self, info: DeviceInfo) -> bool:
+        """Whether the device's files are read in physical order, by one reader at a time."""
+        return info.ordered and self.io_depth is None
 
-        parts = self._parts(devices, paths_of, lambda p: 0 if head else max(0, sizes[p] - 1))
-        whole = parts[0].positions == list(range(len(rows)))
-        if len(parts) == 1 and not parts[0].ordered and whole:
-            return hash_batch(task, store)
-        results = self._run(
-            parts,
-            lambda part: hash_batch(
-                HashTask(
-                    window,
-                    array("Q", [rows[p] for p in part.positions]),
-                    array("q", [sizes[p] for p in part.positions]),
-                    follow,
-                    task.writeback,
-                ),
-                store,
-            ),
-            lambda ps: _physical(paths_of(ps), [store.ino[rows[p]] for p in ps], ps, follow),
-        )
-        return _gather_hash([(part.positions, r) for part, r in results], len(rows))
+    def _by_device(self, devices: Sequence[DeviceInfo]) -> list[tuple[list[int], DeviceInfo, int]]:
+        """The task's positions by device, with the threads each device's share would have:
+        one for a device read in physical order, or for too few files to share out."""
+        by_device: dict[int, list[int]] = {}
+        for position, info in enumerate(devices):
+            by_device.setdefault(info.dev, []).append(position)
+        out = []
+        for positions in by_device.values():
+            info = devices[positions[0]]
+            count = 1 if self._ordered(info) else self.threads(info)
+            out.append((positions, info, max(1, min(count, len(positions) // MIN_PART_FILES))))
+        return out
 
     def compare(self, task: CompareTask) -> CompareResult:
         """`fullcompare.compare_groups`, with whole groups shared out by device."""
@@ -156,19 +189,15 @@ class Readers:
         paths_of: Callable[[list[int]], list[str]],
         probe_at: Callable[[int], int],
     ) -> list[_Part]:
-        """The task's items split by device, each device's into as many parts as it has threads
-        (one where its data is in the page cache already: threads would only contend for the
-        GIL); a spinning disk's in one part, to be read in physical order."""
-        by_device: dict[int, list[int]] = {}
-        for position, info in enumerate(devices):
-            by_device.setdefault(info.dev, []).append(position)
+        """A comparison's groups split by device, each device's into as many parts as it has
+        threads (one where a sample of its data is in the page cache already: threads would
+        only contend for the GIL); a spinning disk's in one part, to be read in physical
+        order."""
         parts: list[_Part] = []
-        for positions in by_device.values():
-            info = devices[positions[0]]
-            if info.ordered and self.io_depth is None:
+        for positions, info, count in self._by_device(devices):
+            if self._ordered(info):
                 parts.append(_Part(positions, info, ordered=True))
                 continue
-            count = max(1, min(self.threads(info), len(positions) // MIN_PART_FILES))
             if count > 1:
                 sample = positions[:: max(1, len(positions) // RESIDENCY_SAMPLE)]
                 offsets = [probe_at(p) for p in sample]
@@ -276,6 +305,18 @@ def _resident(paths: list[str], offsets: list[int]) -> bool:
             os.close(fd)
         probed += 1
     return probed > 0
+
+
+def _subtask(task: HashTask, positions: list[int]) -> HashTask:
+    """The task for some of a task's files, by their positions in it."""
+    rows, sizes = task.rows, task.sizes
+    return HashTask(
+        task.window,
+        array("Q", [rows[p] for p in positions]),
+        array("q", [sizes[p] for p in positions]),
+        task.follow_links,
+        task.writeback,
+    )
 
 
 def _starts(groups: array[int]) -> Iterator[int]:

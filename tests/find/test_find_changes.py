@@ -44,7 +44,8 @@ class ReadHook:
 
     Just before the first read of the kind `kind` of each watched file, calls `act(order, path)`,
     `order` counting the watched files so met before (0 for the first).  "pread" is how the head
-    and tail windows read, "readv" how the full stage does.  Whether a file was met is kept on
+    and tail windows read (`preadv` where a worker reads from the page cache first), "readv" how
+    the full stage does.  Whether a file was met is kept on
     disk, so that the worker processes share it.
     """
 
@@ -78,6 +79,11 @@ class ReadHook:
         if self.kind == "pread":
             self._before(fd)
         return os.pread(fd, n, offset)
+
+    def preadv(self, fd: int, buffers: Sequence[bytearray], offset: int, *flags: int) -> int:
+        if self.kind == "pread":
+            self._before(fd)
+        return os.preadv(fd, buffers, offset, *flags)
 
     def readv(self, fd: int, buffers: Sequence[bytearray]) -> int:
         if self.kind == "readv":

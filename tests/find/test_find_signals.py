@@ -41,15 +41,23 @@ class _HeldOs:
         return getattr(os, name)
 
     def pread(self, fd, n, offset):
-        if os.readlink(f"/proc/self/fd/{fd}") == os.environ["DEDUP_TEST_HOLD"]:
-            # Made under another name and renamed once closed: a test that sees it may look at
-            # this worker's descriptors, which must not still hold it.
-            ready = os.environ["DEDUP_TEST_READY"]
-            open(ready + ".part", "w").close()
-            os.rename(ready + ".part", ready)
-            while not os.path.exists(os.environ.get("DEDUP_TEST_RELEASE", "")):
-                time.sleep(0.01)
+        _hold(fd)
         return os.pread(fd, n, offset)
+
+    def preadv(self, fd, buffers, offset, flags=0):
+        _hold(fd)
+        return os.preadv(fd, buffers, offset, flags)
+
+
+def _hold(fd):
+    if os.readlink(f"/proc/self/fd/{fd}") == os.environ["DEDUP_TEST_HOLD"]:
+        # Made under another name and renamed once closed: a test that sees it may look at this
+        # worker's descriptors, which must not still hold it.
+        ready = os.environ["DEDUP_TEST_READY"]
+        open(ready + ".part", "w").close()
+        os.rename(ready + ".part", ready)
+        while not os.path.exists(os.environ.get("DEDUP_TEST_RELEASE", "")):
+            time.sleep(0.01)
 
 
 dedup_engine.find.hashtasks.os = _HeldOs()

@@ -2,8 +2,9 @@
 
 `hash_batch` runs in the worker processes (or in process with `--workers 0`) and returns digests
 for the files it could read; a file it could not read, or whose size differs from what the scan
-saw, gets no digest and an issue instead, so it never matches.  The full stage's reader is
-`fullcompare`; the parent side of every hashing stage is `hashstep`.
+saw, gets no digest and an issue instead, so it never matches.  `hash_rows` may also read only
+what is in the page cache, and leave the other files to the reader threads (`readers`).  The full
+stage's reader is `fullcompare`; the parent side of every hashing stage is `hashstep`.
 """
 
 from __future__ import annotations

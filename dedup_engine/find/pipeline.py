@@ -489,9 +489,14 @@ class _Run:
     def _pull(self, candidates: Iterator[tuple[int, Group]], route: Sink, fed: list[Step]) -> bool:
         """Feed size groups to the stages they go to first until they hold enough; False once
         none are left."""
+        # A group routed adds its files to one stage's queue, and nothing is sent meanwhile:
+        # the files queued are counted here, and the stages asked only once there are enough.
+        enough = AHEAD_BATCHES * self.steps.batch_files
+        ahead = sum(step.queued for step in fed)
         for size, group in candidates:
             route(size, b"", group)
-            if self._fed_enough(fed):
+            ahead += len(group)
+            if ahead >= enough and self._fed_enough(fed):
                 return True
         return False
 

@@ -64,10 +64,39 @@ dedup_engine.find.hashtasks.os = _HeldOs()
 '''
 
 
-class Held:
-    """A `dedup find` run held mid-way; every process it started is killed when the test ends."""
+#: The signals that stop `dedup`.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    def __init__(self, tree: Tree, tmp_path: Path, workers: int, stdout: int | None) -> None:
+
+def _program(ignored: frozenset[int]) -> str:
+    """The child's program: its stop signals as a terminal's job has them (`ignored` ones
+    ignored, as under nohup), whatever this test run's own are, then the command with its read
+    held.  Run in the background or under nohup, this run ignores SIGINT or SIGHUP, and a child
+    that inherited that would keep them ignored, as the command is meant to."""
+    defaults = ("default_int_handler", "SIG_DFL", "SIG_DFL")  # Python's own, and the system's
+    handlers = "; ".join(
+        f"signal.signal({int(number)}, signal.{'SIG_IGN' if number in ignored else default})"
+        for number, default in zip(STOP_SIGNALS, defaults, strict=True)
+    )
+    return f"import signal; {handlers}; {_COMMAND}"
+
+
+#: The command, its read held (`HOLD`).
+_COMMAND = "import dedup_hold; from dedup_engine.cli.app import main; main()"
+
+
+class Held:
+    """A `dedup find` run held mid-way; every process it started is killed when the test ends.
+    `ignored`: stop signals it starts with ignored (by default none, as a terminal's job)."""
+
+    def __init__(
+        self,
+        tree: Tree,
+        tmp_path: Path,
+        workers: int,
+        stdout: int | None,
+        ignored: frozenset[int] = frozenset(),
+    ) -> None:
         hook = tmp_path / "hook"
         hook.mkdir()
         (hook / "dedup_hold.py").write_text(HOLD)
@@ -83,7 +112,7 @@ class Held:
         env["DEDUP_TEST_HOLD"] = self.held
         env["DEDUP_TEST_READY"] = str(self.ready)
         env["DEDUP_TEST_RELEASE"] = str(self.release)
-        code = "import dedup_hold; from dedup_engine.cli.app import main; main()"
+        code = _program(ignored)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, "find", tree.root, "-f", "fdupes", "-j", str(workers)],
             stdout=stdout,
@@ -260,11 +289,7 @@ def test_a_signal_ignored_at_start_stays_ignored(
     tree: Tree, tmp_path: Path, held: list[Held]
 ) -> None:
     """Under `nohup` (SIGHUP ignored), a hangup neither stops `dedup` nor kills its workers."""
-    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited through exec, as nohup does
-    try:
-        run = Held(tree, tmp_path, 2, subprocess.PIPE)
-    finally:
-        signal.signal(signal.SIGHUP, before)
+    run = Held(tree, tmp_path, 2, subprocess.PIPE, ignored=frozenset({signal.SIGHUP}))
     held.append(run)
     os.killpg(run.proc.pid, signal.SIGHUP)
     run.release.touch()

@@ -34,6 +34,7 @@ from dedup_engine.cli.common import (
     OutputError,
     ProgressOption,
     fail_usage,
+    heeded_stop_signals,
     output_to,
     print_error,
     progress_shown,
@@ -335,11 +336,11 @@ def _finish(
 @contextlib.contextmanager
 def _deferred() -> Iterator[Callable[[], bool]]:
     """Ctrl-C, SIGTERM and SIGHUP stop the run between operations, never in the middle of one
-    (which would leave a file under its temporary name until --resume)."""
+    (which would leave a file under its temporary name until --resume); but one ignored when
+    the run started, as under `nohup`, stays ignored (`heeded_stop_signals`)."""
     caught: list[int] = []
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old = {number: signal.getsignal(number) for number in signals}
-    for number in signals:
+    old = heeded_stop_signals()
+    for number in old:
         signal.signal(number, lambda received, frame: caught.append(received))
     try:
         yield lambda: bool(caught)

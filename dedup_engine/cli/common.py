@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import IO, Annotated, NoReturn, ParamSpec
+from typing import IO, Annotated, Any, NoReturn, ParamSpec
 
 import typer
 
@@ -180,6 +180,26 @@ def _replacing(target: str, old: os.stat_result | None) -> Iterator[IO[bytes]]:
             os.close(dir_fd)
 
 
+#: A handler `signal.signal` takes back: a function, SIG_DFL or SIG_IGN.
+SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers
+
+
+def heeded_stop_signals() -> dict[int, SignalHandler]:
+    """The stop signals (Ctrl-C, SIGTERM, SIGHUP) a command takes over, with their handlers
+    now, to be put back after.  A signal ignored when the command started stays ignored: `nohup`
+    ignores SIGHUP, a shell's background job SIGINT.  One whose handler was set outside Python
+    (None), which could not be put back, is left as it is too.  None off the main thread, where
+    handlers cannot be set (a caller's test harness)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    now = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    return {
+        number: handler
+        for number, handler in now.items()
+        if handler is not None and handler != signal.SIG_IGN
+    }
+
+
 def interruptible(command: Callable[P, None]) -> Callable[P, None]:
     """Ctrl-C, SIGTERM and SIGHUP stop the command: one line on stderr, exit 130, no traceback.
 
@@ -197,11 +217,7 @@ def interruptible(command: Callable[P, None]) -> Callable[P, None]:
                 stopping.append(number)
                 raise KeyboardInterrupt
 
-        # Handlers can be set only from the main thread (elsewhere: a caller's test harness).  A
-        # signal ignored when the command started stays ignored: `nohup`, a background job.
-        main = threading.current_thread() is threading.main_thread()
-        old = {number: signal.getsignal(number) for number in STOP_SIGNALS} if main else {}
-        old = {number: handler for number, handler in old.items() if handler != signal.SIG_IGN}
+        old = heeded_stop_signals()
         for number in old:
             signal.signal(number, stop)
         try:

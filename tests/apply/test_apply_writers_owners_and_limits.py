@@ -433,31 +433,52 @@ def test_a_signal_during_the_last_operation_is_still_an_interruption(tmp_path: P
     assert summary.interrupted and not summary.clean
 
 
-SIGINT_AT_LINK = """
+SIGNAL_AT_LINK = """
 import os, signal, sys
+# As a terminal's job has it, whatever the test run's own (a background run ignores SIGINT), or
+# ignored from the start, as under nohup.
+signal.signal({number}, {handler})
 from dedup_engine.apply.syscalls import REAL
 link = REAL.link
-def link_then_ctrl_c(*args):
-    os.kill(os.getpid(), signal.SIGINT)
+def link_then_signal(*args):
+    os.kill(os.getpid(), {number})
     link(*args)
-REAL.link = link_then_ctrl_c
+REAL.link = link_then_signal
 from dedup_engine.cli.app import main
 main()
 """
 
 
-def test_ctrl_c_during_the_last_operation_exits_130(tmp_path: Path) -> None:
+def _apply_signalled_at_link(
+    tmp_path: Path, number: int, handler: str
+) -> tuple[Tree, subprocess.CompletedProcess[bytes]]:
+    """`dedup apply --action hardlink` of one pair, sent `number` as it links, the signal set to
+    `handler` (a name in `signal`) when the command starts."""
     tree, _ = pair(tmp_path, data=content(5000, "c"))
     report = tmp_path / "report.json"
     assert dedup("find", tree.root, "-f", "json", "-o", report, "-q").returncode == 0
+    program = SIGNAL_AT_LINK.format(number=int(number), handler=f"signal.{handler}")
     proc = subprocess.run(
-        [sys.executable, "-c", SIGINT_AT_LINK, "apply", report, "--action", "hardlink",
+        [sys.executable, "-c", program, "apply", report, "--action", "hardlink",
          "--journal", tmp_path / "j"],
         capture_output=True, timeout=60, check=False,
     )  # fmt: skip
+    return tree, proc
+
+
+def test_ctrl_c_during_the_last_operation_exits_130(tmp_path: Path) -> None:
+    tree, proc = _apply_signalled_at_link(tmp_path, signal.SIGINT, "default_int_handler")
     assert proc.returncode == 130, proc.stderr
     assert b"Traceback" not in proc.stderr
     assert os.path.samefile(tree.path("k"), tree.path("sub/victim"))  # done whole, not cut
+
+
+def test_a_hangup_ignored_at_start_does_not_stop_the_run(tmp_path: Path) -> None:
+    """Under `nohup` (SIGHUP ignored), a hangup is no stop: the run goes on to its end."""
+    tree, proc = _apply_signalled_at_link(tmp_path, signal.SIGHUP, "SIG_IGN")
+    assert proc.returncode == 0, proc.stderr
+    assert b"interrupted" not in proc.stderr
+    assert os.path.samefile(tree.path("k"), tree.path("sub/victim"))
 
 
 # -- 12. --resume finishes the job ---------------------------------------------------------

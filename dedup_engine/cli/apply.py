@@ -374,9 +374,18 @@ def _progress(enabled: bool, total: int) -> Iterator[ProgressCallback | None]:
     if not enabled or total == 0:
         yield None
         return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    bar = Progress("apply", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
+    # On stderr, as `--progress` says, where it never mixes with the results on stdout.
+    bar = Progress(
+        "apply",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+        console=Console(stderr=True),
+    )
     task = bar.add_task("apply", total=total)
     with bar:
         yield lambda done, _: bar.update(task, completed=done)

@@ -617,3 +617,37 @@ def test_a_name_pattern_that_matches_nothing_is_warned_about_as_a_name(tmp_path:
     assert proc.returncode == 0
     assert b"--protect 'b' matches no file" in proc.stderr
     assert b"matches a file's name" in proc.stderr and b"DIR/*" not in proc.stderr
+
+
+def test_the_progress_bar_is_on_stderr_not_stdout(tmp_path: Path) -> None:
+    """`--progress` draws on stderr, a terminal here, while the results go to stdout, a pipe."""
+    tree = Tree(tmp_path / "t")
+    for n in range(40):
+        for side in "ab":
+            tree.file(f"{side}/f{n:02}", content(3000, seed=n))
+    report = find_report(tmp_path, tree.root)
+    terminal, stderr = os.openpty()
+    with subprocess.Popen(
+        [*DEDUP, "apply", str(report), "--action", "hardlink", "--progress"],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+    ) as proc:
+        os.close(stderr)
+        drawn = bytearray()
+        while chunk := _read_terminal(terminal):
+            drawn += chunk
+        assert proc.stdout is not None
+        results = proc.stdout.read()
+    os.close(terminal)
+    assert proc.returncode == 0, bytes(drawn)
+    assert b"/40" in drawn  # the bar's count of operations done
+    assert b"\x1b" not in results
+    assert results.startswith(b"hardlink: 40 done")
+
+
+def _read_terminal(fd: int) -> bytes:
+    """What a terminal shows next; nothing once the other side is closed (EIO on Linux)."""
+    try:
+        return os.read(fd, 1 << 16)
+    except OSError:
+        return b""

@@ -205,7 +205,8 @@ def interruptible(command: Callable[P, None]) -> Callable[P, None]:
 
     The worker processes ignore Ctrl-C (the terminal sends it to the whole process group) and
     are killed by the search on its way out (`find_duplicates`).  A second signal while stopping
-    is ignored, so that the stop is never cut short; the command is about to exit anyway.
+    is ignored, so that the stop is never cut short.  Stopped or not, the handlers there before
+    are put back once the command is done: called from Python, its caller's are its own again.
     """
 
     @functools.wraps(command)
@@ -226,9 +227,8 @@ def interruptible(command: Callable[P, None]) -> Callable[P, None]:
             typer.echo("dedup: interrupted", err=True)
             raise typer.Exit(ExitCode.INTERRUPTED) from None
         finally:
-            if not stopping:
-                for number, handler in old.items():
-                    signal.signal(number, handler)
+            for number, handler in old.items():
+                signal.signal(number, handler)
 
     return run
 

@@ -296,3 +296,40 @@ def test_a_signal_ignored_at_start_stays_ignored(
     out, err = run.proc.communicate(timeout=PATIENCE_S)
     assert run.proc.returncode == 0, err.decode()
     assert out.startswith(f"{run.held}\n".encode())
+
+
+def test_a_run_stopped_from_python_puts_its_callers_handlers_back(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Called from Python, with the caller's own handlers set: a run stopped by SIGTERM exits
+    130, and leaves those handlers as they were, so the caller's next Ctrl-C is its own."""
+    from incli import invoke
+
+    from dedup_engine.find import pool
+    from dedup_engine.find.tasks import Result, Task
+
+    for n in range(40):
+        tree.file(f"a/{n:02}", content(3000, seed=n % 20))
+    real = pool.run_task
+
+    def stopped(task: Task, state: pool.WorkerState) -> Result:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(task, state)
+
+    monkeypatch.setattr(pool, "run_task", stopped)
+    caught: list[int] = []
+
+    def callers(number: int, frame: object) -> None:
+        caught.append(number)
+
+    before = {number: signal.signal(number, callers) for number in STOP_SIGNALS}
+    try:
+        code, _, err = invoke("find", tree.root, "-j", "0", "-q")
+        after = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+    assert code == 130, err
+    assert b"interrupted" in err
+    assert after == dict.fromkeys(STOP_SIGNALS, callers)
+    assert not caught  # the stop was the command's

@@ -387,8 +387,14 @@ def _progress(enabled: bool, total: int) -> Iterator[ProgressCallback | None]:
         console=Console(stderr=True),
     )
     task = bar.add_task("apply", total=total)
-    with bar:
+    bar.start()
+    try:
         yield lambda done, _: bar.update(task, completed=done)
+    finally:
+        # A terminal gone (EIO: hung up, the run going on under nohup) leaves the bar nowhere
+        # to be cleared from; the run is not failed for it (its results say how it went).
+        with contextlib.suppress(OSError):
+            bar.stop()
 
 
 def _move_target(to: str) -> str:

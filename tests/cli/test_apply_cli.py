@@ -651,3 +651,47 @@ def _read_terminal(fd: int) -> bytes:
         return os.read(fd, 1 << 16)
     except OSError:
         return b""
+
+
+SLOW_LINKS = """
+import time
+from dedup_engine.apply.syscalls import REAL
+link = REAL.link
+def slow_link(*args):
+    time.sleep(0.02)
+    link(*args)
+REAL.link = slow_link
+from dedup_engine.cli.app import main
+main()
+"""
+
+
+def test_a_terminal_hung_up_under_the_bar_does_not_fail_the_run(tmp_path: Path) -> None:
+    """The terminal that shows `--progress` goes away mid-run (as a run left under nohup after
+    a logout): the bar has nowhere to go, and the run still does every operation and reports
+    on stdout, exit 0."""
+    tree = Tree(tmp_path / "t")
+    for n in range(60):
+        for side in "ab":
+            tree.file(f"{side}/f{n:02}", content(3000, seed=n))
+    report = find_report(tmp_path, tree.root)
+    terminal, stderr = os.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-c", SLOW_LINKS, "apply", str(report), "--action", "hardlink",
+         "--progress"],
+        stdout=subprocess.PIPE, stderr=stderr, start_new_session=True,
+    ) as proc:  # fmt: skip
+        os.close(stderr)
+        drawn = b""
+        while b"/60" not in drawn:  # the bar is up
+            chunk = _read_terminal(terminal)
+            assert chunk, drawn
+            drawn += chunk
+        os.close(terminal)  # the hangup
+        assert proc.stdout is not None
+        results = proc.stdout.read()
+    assert proc.returncode == 0
+    assert results.startswith(b"hardlink: 60 done")
+    assert all(
+        os.path.samefile(tree.path(f"a/f{n:02}"), tree.path(f"b/f{n:02}")) for n in range(60)
+    )

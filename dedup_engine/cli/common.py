@@ -188,8 +188,8 @@ def heeded_stop_signals() -> dict[int, SignalHandler]:
     """The stop signals (Ctrl-C, SIGTERM, SIGHUP) a command takes over, with their handlers
     now, to be put back after.  A signal ignored when the command started stays ignored: `nohup`
     ignores SIGHUP, a shell's background job SIGINT.  One whose handler was set outside Python
-    (None), which could not be put back, is left as it is too.  None off the main thread, where
-    handlers cannot be set (a caller's test harness)."""
+    (None), which could not be put back, is left as it is too.  Off the main thread, where
+    handlers cannot be set (a caller's test harness), no signal is taken over."""
     if threading.current_thread() is not threading.main_thread():
         return {}
     now = {number: signal.getsignal(number) for number in STOP_SIGNALS}

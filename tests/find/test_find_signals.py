@@ -1,8 +1,9 @@
 """`dedup find` stopped from outside: Ctrl-C, SIGTERM, SIGHUP, and a parent killed outright.
 
-Each test runs the real command in a subprocess whose reads of one chosen file never end (a
-stand-in for `os` in the hashing module, loaded before the command starts), so the run is
-certainly mid-way, with a worker busy reading, when the signal comes.  What must hold: exit 130
+Each test but one runs the real command in a subprocess whose reads of one chosen file never end
+(a stand-in for `os` in the hashing module, loaded before the command starts), so the run is
+certainly mid-way, with a worker busy reading, when the signal comes; the last runs it in
+process, as a program that calls `dedup` from Python would.  What must hold: exit 130
 and one line on stderr, no traceback from the parent or a worker, no worker left behind; a
 worker never outlives its parent, holds none of its parent's descriptors but its own pipes and
 stderr, and does not hold the parent's stdout open.
@@ -20,7 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from incli import invoke
 from treebuilder import Tree, content
+
+from dedup_engine.find import pool
+from dedup_engine.find.tasks import Result, Task
 
 pytestmark = pytest.mark.usefixtures("deadline")
 
@@ -303,11 +308,6 @@ def test_a_run_stopped_from_python_puts_its_callers_handlers_back(
 ) -> None:
     """Called from Python, with the caller's own handlers set: a run stopped by SIGTERM exits
     130, and leaves those handlers as they were, so the caller's next Ctrl-C is its own."""
-    from incli import invoke
-
-    from dedup_engine.find import pool
-    from dedup_engine.find.tasks import Result, Task
-
     for n in range(40):
         tree.file(f"a/{n:02}", content(3000, seed=n % 20))
     real = pool.run_task

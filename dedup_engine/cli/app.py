@@ -51,7 +51,7 @@ def _root(
 # In this order in `dedup --help`.
 app.command(epilog=EXIT_CODES_HELP)(interruptible(find))
 app.command(epilog=EXIT_CODES_HELP)(synth)
-app.command(epilog=APPLY_EXIT_HELP)(apply)
+app.command(epilog=APPLY_EXIT_HELP)(interruptible(apply))
 app.add_typer(bench, name="bench")
 app.add_typer(cache, name="cache")
 

@@ -203,8 +203,9 @@ def heeded_stop_signals() -> dict[int, SignalHandler]:
 def interruptible(command: Callable[P, None]) -> Callable[P, None]:
     """Ctrl-C, SIGTERM and SIGHUP stop the command: one line on stderr, exit 130, no traceback.
 
-    The worker processes ignore Ctrl-C (the terminal sends it to the whole process group) and
-    are killed by the search on its way out (`find_duplicates`).  A second signal while stopping
+    `find`'s worker processes ignore Ctrl-C (the terminal sends it to the whole process group)
+    and are killed by the search on its way out (`find_duplicates`); `apply` takes the signals
+    over itself while it acts, to stop between two operations.  A second signal while stopping
     is ignored, so that the stop is never cut short.  Stopped or not, the handlers there before
     are put back once the command is done: called from Python, its caller's are its own again.
     """

@@ -695,3 +695,27 @@ def test_a_terminal_hung_up_under_the_bar_does_not_fail_the_run(tmp_path: Path) 
     assert all(
         os.path.samefile(tree.path(f"a/f{n:02}"), tree.path(f"b/f{n:02}")) for n in range(60)
     )
+
+
+SIGTERM_AT_READ = """
+import os, signal
+import dedup_engine.cli.apply as command
+read = command.read_json
+def read_then_stop(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return read(*args, **kwargs)
+command.read_json = read_then_stop
+from dedup_engine.cli.app import main
+main()
+"""
+
+
+def test_a_stop_before_any_operation_is_one_line_and_130(tmp_path: Path, dups: Tree) -> None:
+    """A stop signal while the report is read, before the operations (which stop between
+    two), ends the run as `find`'s does: one line, exit 130, and nothing touched."""
+    report = find_report(tmp_path, dups.root)
+    before = snapshot(dups.root)
+    proc = run(sys.executable, "-c", SIGTERM_AT_READ, "apply", report, "--action", "hardlink")
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == b"dedup: interrupted\n"
+    assert snapshot(dups.root) == before

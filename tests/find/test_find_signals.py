@@ -69,21 +69,24 @@ dedup_engine.find.hashtasks.os = _HeldOs()
 '''
 
 
-#: The signals that stop `dedup`.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
 def _program(ignored: frozenset[int]) -> str:
     """The child's program: its stop signals as a terminal's job has them (`ignored` ones
     ignored, as under nohup), whatever this test run's own are, then the command with its read
     held.  Run in the background or under nohup, this run ignores SIGINT or SIGHUP, and a child
     that inherited that would keep them ignored, as the command is meant to."""
-    defaults = ("default_int_handler", "SIG_DFL", "SIG_DFL")  # Python's own, and the system's
     handlers = "; ".join(
-        f"signal.signal({int(number)}, signal.{'SIG_IGN' if number in ignored else default})"
-        for number, default in zip(STOP_SIGNALS, defaults, strict=True)
+        f"signal.signal({int(number)}, signal.{_start_handler(number, ignored)})"
+        for number in pool.STOP_SIGNALS
     )
     return f"import signal; {handlers}; {_COMMAND}"
+
+
+def _start_handler(number: int, ignored: frozenset[int]) -> str:
+    """A stop signal's handler at the start, by its name in `signal`: Python's own for Ctrl-C,
+    the system's for the others."""
+    if number in ignored:
+        return "SIG_IGN"
+    return "default_int_handler" if number == signal.SIGINT else "SIG_DFL"
 
 
 #: The command, its read held (`HOLD`).
@@ -322,14 +325,14 @@ def test_a_run_stopped_from_python_puts_its_callers_handlers_back(
     def callers(number: int, frame: object) -> None:
         caught.append(number)
 
-    before = {number: signal.signal(number, callers) for number in STOP_SIGNALS}
+    before = {number: signal.signal(number, callers) for number in pool.STOP_SIGNALS}
     try:
         code, _, err = invoke("find", tree.root, "-j", "0", "-q")
-        after = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+        after = {number: signal.getsignal(number) for number in pool.STOP_SIGNALS}
     finally:
         for number, handler in before.items():
             signal.signal(number, handler)
     assert code == 130, err
     assert b"interrupted" in err
-    assert after == dict.fromkeys(STOP_SIGNALS, callers)
+    assert after == dict.fromkeys(pool.STOP_SIGNALS, callers)
     assert not caught  # the stop was the command's

@@ -9,6 +9,7 @@ XDG_STATE_HOME at its own directory, so a default journal never lands in the rea
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -16,6 +17,7 @@ import signal
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -621,28 +623,47 @@ def test_a_name_pattern_that_matches_nothing_is_warned_about_as_a_name(tmp_path:
 
 def test_the_progress_bar_is_on_stderr_not_stdout(tmp_path: Path) -> None:
     """`--progress` draws on stderr, a terminal here, while the results go to stdout, a pipe."""
-    tree = Tree(tmp_path / "t")
-    for n in range(40):
-        for side in "ab":
-            tree.file(f"{side}/f{n:02}", content(3000, seed=n))
-    report = find_report(tmp_path, tree.root)
-    terminal, stderr = os.openpty()
-    with subprocess.Popen(
-        [*DEDUP, "apply", str(report), "--action", "hardlink", "--progress"],
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-    ) as proc:
-        os.close(stderr)
+    _, report = _pairs_report(tmp_path, 40)
+    with _on_a_terminal(*DEDUP, "apply", report, "--action", "hardlink", "--progress") as (
+        proc,
+        terminal,
+    ):
         drawn = bytearray()
         while chunk := _read_terminal(terminal):
             drawn += chunk
         assert proc.stdout is not None
         results = proc.stdout.read()
-    os.close(terminal)
     assert proc.returncode == 0, bytes(drawn)
     assert b"/40" in drawn  # the bar's count of operations done
     assert b"\x1b" not in results
     assert results.startswith(b"hardlink: 40 done")
+
+
+def _pairs_report(tmp_path: Path, count: int) -> tuple[Tree, Path]:
+    """A tree of `count` pairs of copies, `a/fNN` and `b/fNN`, and its report."""
+    tree = Tree(tmp_path / "t")
+    for n in range(count):
+        for side in "ab":
+            tree.file(f"{side}/f{n:02}", content(3000, seed=n))
+    return tree, find_report(tmp_path, tree.root)
+
+
+@contextlib.contextmanager
+def _on_a_terminal(
+    *cmd: str | os.PathLike[str],
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """The command run with stderr on a pseudo-terminal and stdout on a pipe: the process, and
+    the terminal's side to read (closed afterwards, if the test has not)."""
+    terminal, stderr = os.openpty()
+    try:
+        with subprocess.Popen(
+            list(map(str, cmd)), stdout=subprocess.PIPE, stderr=stderr, start_new_session=True
+        ) as proc:
+            os.close(stderr)
+            yield proc, terminal
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(terminal)
 
 
 def _read_terminal(fd: int) -> bytes:
@@ -653,41 +674,38 @@ def _read_terminal(fd: int) -> bytes:
         return b""
 
 
-SLOW_LINKS = """
-import time
+HELD_LINKS = """
+import os, time
 from dedup_engine.apply.syscalls import REAL
 link = REAL.link
-def slow_link(*args):
-    time.sleep(0.02)
+def held_link(*args):
+    while not os.path.exists(os.environ["DEDUP_TEST_RELEASE"]):
+        time.sleep(0.01)
     link(*args)
-REAL.link = slow_link
+REAL.link = held_link
 from dedup_engine.cli.app import main
 main()
 """
 
 
-def test_a_terminal_hung_up_under_the_bar_does_not_fail_the_run(tmp_path: Path) -> None:
+def test_a_terminal_hung_up_under_the_bar_does_not_fail_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The terminal that shows `--progress` goes away mid-run (as a run left under nohup after
     a logout): the bar has nowhere to go, and the run still does every operation and reports
-    on stdout, exit 0."""
-    tree = Tree(tmp_path / "t")
-    for n in range(60):
-        for side in "ab":
-            tree.file(f"{side}/f{n:02}", content(3000, seed=n))
-    report = find_report(tmp_path, tree.root)
-    terminal, stderr = os.openpty()
-    with subprocess.Popen(
-        [sys.executable, "-c", SLOW_LINKS, "apply", str(report), "--action", "hardlink",
-         "--progress"],
-        stdout=subprocess.PIPE, stderr=stderr, start_new_session=True,
-    ) as proc:  # fmt: skip
-        os.close(stderr)
+    on stdout, exit 0.  The first link waits until the terminal is gone."""
+    tree, report = _pairs_report(tmp_path, 60)
+    release = tmp_path / "release"
+    monkeypatch.setenv("DEDUP_TEST_RELEASE", str(release))
+    cmd = (sys.executable, "-c", HELD_LINKS, "apply", report, "--action", "hardlink", "--progress")
+    with _on_a_terminal(*cmd) as (proc, terminal):
         drawn = b""
         while b"/60" not in drawn:  # the bar is up
             chunk = _read_terminal(terminal)
             assert chunk, drawn
             drawn += chunk
         os.close(terminal)  # the hangup
+        release.touch()
         assert proc.stdout is not None
         results = proc.stdout.read()
     assert proc.returncode == 0

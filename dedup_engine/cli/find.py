@@ -356,10 +356,11 @@ def _run(roots: Iterable[str], options: ScanOptions, request: _Request) -> FindS
     show_progress = progress_shown(request.progress, request.quiet)
     # Each group goes to the spool as it is final, and comes back in report order: the report
     # is never whole in memory.
-    with _spool() as (spool, keep):
+    with _spool() as (spool, keep, kept):
         try:
             with _progress(show_progress) as callback, _no_gc():
                 result = find_duplicates(roots, options, progress=callback, on_group=keep)
+            kept()
         except OptionsError as exc:  # a root that cannot be searched, before any work
             fail_usage(str(exc))
         except WorkerError as exc:
@@ -449,10 +450,11 @@ def _quiet_dask() -> None:
 
 
 @contextlib.contextmanager
-def _spool() -> Iterator[tuple[GroupSpool, Callable[[DuplicateGroup], None]]]:
-    """The spool that keeps each final group until the report is written, and what adds a group
-    to it.  A temporary directory that cannot hold it is one line: before the search a usage
-    error, during it an `OutputError` (the report is not written)."""
+def _spool() -> Iterator[tuple[GroupSpool, Callable[[DuplicateGroup], None], Callable[[], None]]]:
+    """The spool that keeps each final group until the report is written, what adds a group to
+    it, and what puts every group on disk once the search is done.  A temporary directory that
+    cannot hold them is one line: before the search a usage error, during it or at its end an
+    `OutputError` (the report is not written)."""
     directory = default_directory()
     where = directory or tempfile.gettempdir()
     try:
@@ -460,17 +462,25 @@ def _spool() -> Iterator[tuple[GroupSpool, Callable[[DuplicateGroup], None]]]:
     except OSError as exc:
         fail_usage(f"cannot make a temporary file in {where!r} ($TMPDIR): {describe_error(exc)}")
 
-    def keep(group: DuplicateGroup) -> None:
+    def failed(exc: OSError) -> OutputError:
+        return OutputError(
+            f"cannot keep the groups for the report in {where!r} ($TMPDIR): {describe_error(exc)}"
+        )
+
+    def keep(group: DuplicateGroup) -> None:  # once per group: no more than a try
         try:
             spool.add(group)
         except OSError as exc:
-            raise OutputError(
-                f"cannot keep the groups for the report in {where!r} ($TMPDIR): "
-                f"{describe_error(exc)}"
-            ) from None
+            raise failed(exc) from None
+
+    def kept() -> None:
+        try:
+            spool.flush()
+        except OSError as exc:
+            raise failed(exc) from None
 
     with spool:
-        yield spool, keep
+        yield spool, keep, kept
 
 
 @contextlib.contextmanager

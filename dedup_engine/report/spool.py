@@ -37,14 +37,21 @@ from dedup_engine.model import (
 
 #: Keys kept in memory before a sorted run of them is written out: about 4 MiB of keys for
 #: paths of 60 characters, a few bytes a file at a million files; a merge of 10M files' groups
-#: then reads some 60 runs, 64 KiB at a time each.
+#: then reads some 60 runs, a record of `RUN_CHUNK` keys at a time each.
 MAX_KEYS = 1 << 15
 
-_READ_CHUNK = 1 << 16  # bytes a run is read in, per run, when merging
+#: Keys a run's records hold: a merge of runs holds one record of each in memory (some 55 KiB
+#: for paths of 60 characters), and reads a run with one `marshal.loads` per record.
+RUN_CHUNK = 512
+#: Records of groups held before they are written out together.
+FLUSH_BYTES = 1 << 16
 
 _SIZE_TOP = (1 << 64) - 1
 _PLACE = struct.Struct(">QI")  # a group's offset and length in the data file, ending its key
-_KEY_LENGTH = struct.Struct(">I")  # before each key of a run on disk
+_CHUNK_LENGTH = struct.Struct(">I")  # before each record of a run on disk
+#: A `Verified` as the spool stores it, and back: cheaper than the enum's own lookups.
+_VALUE = {member: member.value for member in Verified}
+_VERIFIED = {member.value: member for member in Verified}
 
 
 def default_directory() -> str | None:
@@ -78,21 +85,40 @@ class GroupSpool:
         self._runs_file: IO[bytes] | None = None
         self._runs: list[tuple[int, int]] = []  # (offset, length) of each sorted run of keys
         self._keys: list[bytes] = []
-        self._end = 0  # the data file's length
+        self._end = 0  # the data file's length, the records waiting included
         self._count = 0
+        self._pending: list[bytes] = []  # records not yet written
+        self._pending_bytes = 0
 
     def add(self, group: DuplicateGroup) -> None:
-        """Write the group out now; only its key stays."""
+        """Write the group out (once `FLUSH_BYTES` are waiting, or at `flush`); only its key
+        stays."""
         record = marshal.dumps(
-            (group.size, group.digest, tuple(map(tuple, group.files)), group.verified.value)
+            (group.size, group.digest, tuple(map(tuple, group.files)), _VALUE[group.verified])
         )
-        self._data.write(record)
+        self._pending.append(record)
+        self._pending_bytes += len(record)
         first = group.files[0].path if group.files else ""
         self._keys.append(_key(group.size, first, self._end, len(record)))
         self._end += len(record)
         self._count += 1
+        if self._pending_bytes >= FLUSH_BYTES:
+            self._write_pending()
         if len(self._keys) >= self._max_keys:
             self._spill()
+
+    def _write_pending(self) -> None:
+        """Write the records waiting: one write for many groups, not one each."""
+        self._data.write(b"".join(self._pending))
+        self._pending, self._pending_bytes = [], 0
+
+    def flush(self) -> None:
+        """Put every group added so far in the spool's files, so that a full disk shows once
+        the groups are all added (`OSError`), not as they are read back."""
+        self._write_pending()
+        self._data.flush()
+        if self._runs_file is not None:
+            self._runs_file.flush()
 
     def extend(self, groups: Iterable[DuplicateGroup]) -> None:
         for group in groups:
@@ -103,47 +129,43 @@ class GroupSpool:
 
     def __iter__(self) -> Iterator[DuplicateGroup]:
         """The groups in report order; a group added while iterating may be missed."""
-        self._data.flush()
-        if self._runs_file is not None:
-            self._runs_file.flush()
+        self.flush()
         self._keys.sort()
         sources: list[Iterable[bytes]] = [self._run(*run) for run in self._runs]
         keys = heapq.merge(*sources, self._keys) if sources else iter(self._keys)
-        fd = self._data.fileno()
+        fd, place, loads, pread = self._data.fileno(), _PLACE.unpack_from, marshal.loads, os.pread
         for key in keys:
-            offset, length = _PLACE.unpack_from(key, len(key) - _PLACE.size)
-            size, digest, files, verified = marshal.loads(os.pread(fd, length, offset))
-            yield DuplicateGroup(size, digest, tuple(map(entry_of, files)), Verified(verified))
+            offset, length = place(key, len(key) - _PLACE.size)
+            size, digest, files, verified = loads(pread(fd, length, offset))
+            yield DuplicateGroup(size, digest, tuple(map(entry_of, files)), _VERIFIED[verified])
 
     def _spill(self) -> None:
-        """Write the keys in memory out as one sorted run."""
+        """Write the keys in memory out as one sorted run, `RUN_CHUNK` keys a record."""
         if self._runs_file is None:
             self._runs_file = tempfile.TemporaryFile(dir=self._directory)  # noqa: SIM115
-        self._keys.sort()
+        keys = self._keys
+        keys.sort()
         start = self._runs_file.tell()
-        pack = _KEY_LENGTH.pack
-        self._runs_file.writelines(pack(len(key)) + key for key in self._keys)
+        for at in range(0, len(keys), RUN_CHUNK):
+            chunk = marshal.dumps(keys[at : at + RUN_CHUNK])
+            self._runs_file.write(_CHUNK_LENGTH.pack(len(chunk)) + chunk)
         self._runs.append((start, self._runs_file.tell() - start))
         self._keys = []
 
     def _run(self, offset: int, length: int) -> Iterator[bytes]:
-        """The keys of one run, read a chunk at a time (each run keeps its own place)."""
+        """The keys of one run, read a record at a time (each run keeps its own place)."""
         assert self._runs_file is not None
         fd, end = self._runs_file.fileno(), offset + length
-        buffer, at = b"", 0
-        while at < len(buffer) or offset < end:
-            if len(buffer) - at >= _KEY_LENGTH.size:
-                (size,) = _KEY_LENGTH.unpack_from(buffer, at)
-                start = at + _KEY_LENGTH.size
-                if start + size <= len(buffer):
-                    yield buffer[start : start + size]
-                    at = start + size
+        while offset < end:
+            header = os.pread(fd, _CHUNK_LENGTH.size, offset)
+            if len(header) == _CHUNK_LENGTH.size:
+                (size,) = _CHUNK_LENGTH.unpack(header)
+                chunk = os.pread(fd, size, offset + len(header))
+                if len(chunk) == size:
+                    yield from marshal.loads(chunk)
+                    offset += len(header) + size
                     continue
-            chunk = os.pread(fd, min(_READ_CHUNK, end - offset), offset)
-            if not chunk:
-                raise OSError(f"a spool's run of keys ends early at {offset}")
-            buffer, at = buffer[at:] + chunk, 0
-            offset += len(chunk)
+            raise OSError(f"a spool's run of keys ends early at {offset}")
 
     def close(self) -> None:
         """Remove both files (idempotent); the spool is empty afterwards."""
@@ -151,6 +173,7 @@ class GroupSpool:
         if self._runs_file is not None:
             self._runs_file.close()
         self._keys, self._runs, self._count = [], [], 0
+        self._pending, self._pending_bytes = [], 0
 
     def __enter__(self) -> GroupSpool:
         return self

@@ -13,6 +13,7 @@ import io
 import json
 import operator
 from collections.abc import Iterator
+from json.encoder import encode_basestring_ascii
 from typing import IO, Any
 
 from dedup_engine.model import DuplicateGroup, Findings, Issue
@@ -111,8 +112,9 @@ def _nested(item: str) -> str:
 
 
 # A group and each of its files as `json.dump(..., indent=1)` writes them at their depth: keys
-# are plain ASCII, strings go through `json.dumps` (ASCII-escaped) and ints through %d, which
-# writes them as json's encoder does.
+# are plain ASCII, strings go through the encoder's own escaping (`encode_basestring_ascii`,
+# what `json.dumps` calls for a string, without its setup for each call) and ints through %d,
+# which writes them as json's encoder does.
 _GROUP = '  {\n   "size": %d,\n   "digest": %s,\n   "verified": "%s",\n   "files": %s\n  }'
 _FILE = (
     "    {\n"
@@ -123,10 +125,18 @@ _FILE = (
 
 def _group_json(group: DuplicateGroup) -> str:
     files = ",\n".join(
-        [_FILE % (json.dumps(values[0]), *values[1:]) for values in map(_file_values, group.files)]
+        [
+            _FILE % (encode_basestring_ascii(values[0]), *values[1:])
+            for values in map(_file_values, group.files)
+        ]
     )
     listed = f"[\n{files}\n   ]" if files else "[]"
-    return _GROUP % (group.size, json.dumps(group.digest), group.verified.value, listed)
+    return _GROUP % (
+        group.size,
+        encode_basestring_ascii(group.digest),
+        group.verified.value,
+        listed,
+    )
 
 
 def write(result: Findings, options: ScanOptions, out: IO[bytes], *, null: bool) -> int:

@@ -41,6 +41,11 @@ import psutil
 from dedup_engine.find.cache import environment_without
 
 SAMPLE_S = 0.01
+#: How often an empty run is sampled.  It lasts a fraction of a second and a worker of it a few
+#: milliseconds: `dedup find` on an empty directory, sampled every 10 ms, showed all three of
+#: its processes in 3 runs of 8 (69 MiB) and its parent alone in 4 (28 MiB), which would count
+#: 41 bytes a file more at 1M files; every 1 ms, all three in 8 of 8 (68.5-69.4 MiB).
+EMPTY_SAMPLE_S = 0.001
 ROOT = "{root}"  #: in a command given to `per_file`: replaced by the roots, one argument each
 _KIB = 1024
 
@@ -242,12 +247,13 @@ def expand(command: Sequence[str], roots: Sequence[Path | str]) -> list[str]:
 
 
 def empty_run(
-    command: Sequence[str], roots: int, *, sample_s: float = SAMPLE_S, runs: int = 3
+    command: Sequence[str], roots: int, *, sample_s: float = EMPTY_SAMPLE_S, runs: int = 3
 ) -> TreePeak:
     """The command on `roots` new empty directories: what it costs before any file.
 
-    The run of median peak out of `runs`: a start-up's peak varies by tens of MiB between runs
-    (42 and 62 MiB for `dedup find`), which is tens of bytes per file at 1M files.
+    The run of median peak out of `runs`, each sampled every `EMPTY_SAMPLE_S` unless told: a
+    process missed there would count its memory as the files' (at 1M files, every 10 MiB missed
+    is 10 bytes a file).
     """
     with tempfile.TemporaryDirectory(prefix="dedup-empty-") as tmp:
         empties = [Path(tmp, f"root{i}") for i in range(roots)]
@@ -266,13 +272,14 @@ def per_file(
     sample_s: float = SAMPLE_S,
 ) -> PerFile:
     """Memory per file of `command` on `roots` (`files` files in all; ROOT marks where the roots
-    go), against the same command on as many empty directories, run first.
+    go), against the same command on as many empty directories, run first (and sampled at
+    least every `EMPTY_SAMPLE_S`).
 
     RuntimeError where either run exits with a status not in `ok`.
     """
     if files <= 0:
         raise ValueError(f"files must be positive, not {files}")
-    empty = empty_run(command, len(roots), sample_s=sample_s)
+    empty = empty_run(command, len(roots), sample_s=min(sample_s, EMPTY_SAMPLE_S))
     run = measure(expand(command, roots), sample_s=sample_s)
     for result in (empty, run):
         if result.returncode not in ok:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from dedup_engine.bench import memory
 from dedup_engine.bench.memory import ROOT, empty_run, main, measure, per_file
 
 MIB = 1024 * 1024
@@ -81,6 +82,26 @@ def test_the_empty_run_is_the_median_of_three(tmp_path: Path) -> None:
     run = empty_run(_python(code, str(counter), ROOT), 1)
     assert counter.read_text() == "3"
     assert 110 * MIB <= run.peak_rss < 150 * MIB
+
+
+def test_the_empty_run_is_sampled_often_enough_to_see_short_lived_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The workers of a command on an empty directory live a few milliseconds: sampled as
+    # seldom as a long run, they are missed and their memory is counted as the files'.
+    intervals: list[float] = []
+    real = memory.measure
+
+    def recorded(argv: list[str], *, sample_s: float) -> memory.TreePeak:
+        intervals.append(sample_s)
+        return real(argv, sample_s=sample_s)
+
+    monkeypatch.setattr(memory, "measure", recorded)
+    per_file(_python("pass", ROOT), [tmp_path], 1)
+    *empty, run = intervals
+    assert len(empty) == 3
+    assert all(interval <= 0.001 for interval in empty)
+    assert run == memory.SAMPLE_S
 
 
 def test_a_failed_run_is_an_error_unless_its_status_is_accepted(tmp_path: Path) -> None:

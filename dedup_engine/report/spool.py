@@ -2,11 +2,11 @@
 
 A search finishes its groups in no particular order, and a report lists them largest size first,
 then by first path (the order `find_duplicates` returns).  `GroupSpool` takes them as they come,
-writes each one at once to an anonymous temporary file (deleted when the spool is closed, or by the
-kernel when the process dies) and keeps only a compact sort key per group in memory; past
-`max_keys` keys, a sorted run of keys goes to a second anonymous file too.  Iterating sorts the keys
-still in memory, merges them with the runs, and reads each group back: the memory held is bounded
-whatever the number of groups.
+writes them to an anonymous temporary file, `FLUSH_BYTES` at a time (deleted when the spool is
+closed, or by the kernel when the process dies) and keeps only a compact sort key per group in
+memory; past `max_keys` keys, a sorted run of keys goes to a second anonymous file too.
+Iterating sorts the keys still in memory, merges them with the runs, and reads each group back:
+the memory held is bounded whatever the number of groups.
 
 A key is one bytes object ordered as the report is: the size's complement, the first path's code
 points as UTF-8 (which orders like the code points, lone surrogates of undecodable bytes

@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import os
+import random
 from typing import Any
 
 import pytest
@@ -14,7 +15,15 @@ from treebuilder import OsSpy, Tree, check_invariants, content, groups_of
 
 import dedup_engine.find.fullcompare
 import dedup_engine.find.hashtasks
-from dedup_engine import FindResult, ScanOptions, __version__, find_duplicates
+from dedup_engine import (
+    DuplicateGroup,
+    FileEntry,
+    FindResult,
+    ScanOptions,
+    __version__,
+    find_duplicates,
+)
+from dedup_engine.model import Verified
 from dedup_engine.report.display import human_size, printable
 from dedup_engine.report.formats.csv import write_csv
 from dedup_engine.report.formats.fdupes import write_fdupes
@@ -117,6 +126,50 @@ def test_csv_is_one_row_per_file_with_group_ids(found: tuple[Tree, FindResult]) 
 def test_csv_of_no_groups_is_the_header() -> None:
     rows = list(csv.reader(io.StringIO(_bytes(write_csv, ()).decode(), newline="")))
     assert rows == [["group", "size", "digest", "path", "dev", "ino", "mtime_ns", "ctime_ns"]]
+
+
+@pytest.mark.parametrize("verified", [False, True])
+def test_csv_rows_are_the_csv_modules_bytes_whatever_the_names(verified: bool) -> None:
+    # Rows whose path needs no quoting are formatted by hand; every row must still be the bytes
+    # csv.writer writes, for names holding the characters it quotes and every other kind.
+    alphabet = ["a", ",", '"', "\r", "\n", "\0", " ", "\t", "\udcff", "\U0001f600", "\\", "'", ";"]
+    rng = random.Random(3)
+    groups = [
+        DuplicateGroup(
+            rng.randrange(2**63),
+            f"{number:064x}",
+            tuple(
+                FileEntry(
+                    "/" + "".join(rng.choices(alphabet, k=rng.randint(0, 8))),
+                    rng.randrange(2**64),
+                    rng.randrange(2**64),
+                    9,
+                    rng.randrange(-(2**62), 2**62),
+                    rng.randrange(2**62),
+                    0,
+                    0,
+                    0o644,
+                )
+                for _ in range(rng.randint(1, 4))
+            ),
+            rng.choice(list(Verified)),
+        )
+        for number in range(2000)
+    ]
+    expected = io.StringIO(newline="")
+    writer = csv.writer(expected)
+    writer.writerow(
+        ["group", "size", "digest", "path", "dev", "ino", "mtime_ns", "ctime_ns"]
+        + (["verified"] if verified else [])
+    )
+    for number, group in enumerate(groups, 1):
+        for f in group.files:
+            how = [group.verified.value] if verified else []
+            row = [number, group.size, group.digest, f.path, f.dev, f.ino, f.mtime_ns, f.ctime_ns]
+            writer.writerow(row + how)
+    out = io.BytesIO()
+    write_csv(groups, out, verified=verified)
+    assert out.getvalue() == expected.getvalue().encode("utf-8", "surrogateescape")
 
 
 # --- text -----------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ _LOOKUP_CHUNK = 900
 #: Pages each connection keeps at most, in KiB: a bound on what a worker adds to its memory.
 _PAGE_CACHE_KIB = 16 * 1024
 #: How long opening the cache waits for another run's transaction before going without it.
-_BUSY_MS = 10_000
+BUSY_MS = 10_000
 #: How long a worker's write waits for the lock: past it the batch is held for the next flush,
 #: so a cache locked by another program never stalls the run.
 WORKER_BUSY_MS = 250
@@ -266,7 +266,7 @@ class DigestCache:
             checked = _check_file(self._dir_fd, self.directory)
             path = os.path.join(self.directory, FILE_NAME)
             before = _descriptors()
-            self._db = _connect(path, _BUSY_MS if busy_ms is None else busy_ms)
+            self._db = _connect(path, BUSY_MS if busy_ms is None else busy_ms)
             try:
                 _opened_by_sqlite(path, before, checked)
             except BaseException:
@@ -576,6 +576,11 @@ class DigestCache:
         self._db.execute(
             "DELETE FROM dirs WHERE NOT EXISTS (SELECT 1 FROM digests WHERE digests.dir = dirs.id)"
         )
+
+    def wait_for_locks(self, busy_ms: int | None = None) -> None:
+        """From now on, wait up to `busy_ms` (`BUSY_MS` unless told) for another connection's
+        lock, not the wait this connection was opened with."""
+        self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_MS if busy_ms is None else busy_ms)}")
 
     def close(self) -> None:
         self._db.close()

@@ -138,7 +138,15 @@ class WorkerCache:
         self._busy = 0
 
     def close(self) -> None:
-        """Write what is held and let the file go: the end of the worker's run."""
+        """Write what is held and let the file go: the end of the worker's run.
+
+        This last write waits for the lock as long as an open does: no later flush would keep
+        its digests, and the lock is most often the other workers' own last writes (a commit,
+        and the checkpoint of a connection closing, can take longer than `WORKER_BUSY_MS` on
+        a busy disk)."""
+        cache = self._open() if self._pending else None
+        if cache is not None:
+            cache.wait_for_locks()
         self.flush()
         if self._cache is not None:
             self._cache.close()

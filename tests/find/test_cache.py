@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +205,7 @@ def test_a_locked_cache_is_left_alone_and_the_run_goes_without_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _opened(tmp_path).close()
-    monkeypatch.setattr(cache_module, "_BUSY_MS", 100)
+    monkeypatch.setattr(cache_module, "BUSY_MS", 100)
     holder = sqlite3.connect(tmp_path / FILE_NAME)
     holder.execute("PRAGMA locking_mode = EXCLUSIVE")
     holder.execute("BEGIN EXCLUSIVE")
@@ -402,6 +403,27 @@ def test_a_worker_holds_its_digests_while_another_program_locks_the_cache(
         holder.close()
     worker.flush()
     worker.close()
+    assert _opened(tmp_path).count() == 100
+
+
+def test_a_worker_closing_waits_for_a_lock_held_past_its_usual_wait(tmp_path: Path) -> None:
+    """At the end of a run the workers write their last digests at once, and on a busy disk one
+    write (or the checkpoint of a connection closing) can hold the lock past `WORKER_BUSY_MS`.
+    No later flush would keep the digests of the worker that waits: it waits as long as an open
+    does, and stores them."""
+    _opened(tmp_path).close()
+    worker = WorkerCache(str(tmp_path))
+    worker.store((FS, HEAD, DIR), [(ino, 1, 2, 3, DIGEST) for ino in range(100)])
+    holder = sqlite3.connect(tmp_path / FILE_NAME, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    hold_s = 4 * cache_module.WORKER_BUSY_MS / 1000
+    release = threading.Timer(hold_s, holder.rollback)
+    release.start()
+    try:
+        worker.close()
+    finally:
+        release.join()
+        holder.close()
     assert _opened(tmp_path).count() == 100
 
 

@@ -59,7 +59,8 @@ _PAGE_CACHE_KIB = 16 * 1024
 #: How long opening the cache waits for another run's transaction before going without it.
 BUSY_MS = 10_000
 #: How long a worker's write waits for the lock: past it the batch is held for the next flush,
-#: so a cache locked by another program never stalls the run.
+#: so a cache locked by another program never stalls the run (but for its last flush, which
+#: waits `BUSY_MS`: nothing would keep its digests after it).
 WORKER_BUSY_MS = 250
 #: How long a run waits for another that is setting a damaged cache aside.
 _REBUILD_WAIT_S = 5.0

@@ -12,12 +12,14 @@ give one identity (an overlay over several filesystems, say), which cannot be on
 Every file read for a digest to keep has its dirty pages written back first
 (`fsidentity.expose_mapped_writes`: the readers do it for a task marked `writeback`).  A cache
 locked by another program is not waited for: what is held is written at a later flush, or not at
-all.  A cache that fails mid-run otherwise (a full disk, a file damaged under the run) is left
-alone for the rest of the run, whose result does not depend on it.
+all (the last flush, at the end of the run, waits as long as an open does).  A cache that fails
+mid-run otherwise (a full disk, a file damaged under the run) is left alone for the rest of the
+run, whose result does not depend on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -146,7 +148,8 @@ class WorkerCache:
         a busy disk)."""
         cache = self._open() if self._pending else None
         if cache is not None:
-            cache.wait_for_locks()
+            with contextlib.suppress(sqlite3.Error):  # the flush then meets the same error
+                cache.wait_for_locks()
         self.flush()
         if self._cache is not None:
             self._cache.close()

@@ -427,6 +427,21 @@ def test_a_worker_closing_waits_for_a_lock_held_past_its_usual_wait(tmp_path: Pa
     assert _opened(tmp_path).count() == 100
 
 
+def test_a_worker_closing_on_a_cache_that_refuses_the_longer_wait_still_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _opened(tmp_path).close()
+    worker = WorkerCache(str(tmp_path))
+    worker.store((FS, HEAD, DIR), [(ino, 1, 2, 3, DIGEST) for ino in range(10)])
+
+    def refused(self: DigestCache, busy_ms: int | None = None) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(DigestCache, "wait_for_locks", refused)
+    worker.close()  # the end of a worker's run never fails for its cache
+    assert _opened(tmp_path).count() == 10
+
+
 def test_a_worker_gives_up_a_cache_locked_against_readers_after_a_few_tries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

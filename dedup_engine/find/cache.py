@@ -59,9 +59,13 @@ _PAGE_CACHE_KIB = 16 * 1024
 #: How long opening the cache waits for another run's transaction before going without it.
 BUSY_MS = 10_000
 #: How long a worker's write waits for the lock: past it the batch is held for the next flush,
-#: so a cache locked by another program never stalls the run (but for its last flush, which
-#: waits `BUSY_MS`: nothing would keep its digests after it).
+#: so a cache locked by another program never stalls the run.
 WORKER_BUSY_MS = 250
+#: How long a worker's last write, at the end of its run, waits for the lock: nothing would keep
+#: its digests after it, and the lock then is most often the other workers' own last writes,
+#: which took over `WORKER_BUSY_MS` on a busy disk here.  Another program's lock held longer
+#: costs the end of a run no more than this (the pool waits for its workers `pool.CLOSE_S`).
+CLOSING_BUSY_MS = 2_000
 #: How long a run waits for another that is setting a damaged cache aside.
 _REBUILD_WAIT_S = 5.0
 #: Symlinks followed at most on the way to the cache directory, as the kernel's limit.

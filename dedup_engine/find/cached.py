@@ -12,7 +12,7 @@ give one identity (an overlay over several filesystems, say), which cannot be on
 Every file read for a digest to keep has its dirty pages written back first
 (`fsidentity.expose_mapped_writes`: the readers do it for a task marked `writeback`).  A cache
 locked by another program is not waited for: what is held is written at a later flush, or not at
-all (the last flush, at the end of the run, waits as long as an open does).  A cache that fails
+all (the last flush, at the end of the run, waits `CLOSING_BUSY_MS`).  A cache that fails
 mid-run otherwise (a full disk, a file damaged under the run) is left alone for the rest of the
 run, whose result does not depend on it.
 """
@@ -27,6 +27,7 @@ from array import array
 from collections.abc import Callable, Sequence
 
 from dedup_engine.find.cache import (
+    CLOSING_BUSY_MS,
     WORKER_BUSY_MS,
     DigestCache,
     Entry,
@@ -140,16 +141,13 @@ class WorkerCache:
         self._busy = 0
 
     def close(self) -> None:
-        """Write what is held and let the file go: the end of the worker's run.
-
-        This last write waits for the lock as long as an open does: no later flush would keep
-        its digests, and the lock is most often the other workers' own last writes (a commit,
-        and the checkpoint of a connection closing, can take longer than `WORKER_BUSY_MS` on
-        a busy disk)."""
-        cache = self._open() if self._pending else None
-        if cache is not None:
+        """Write what is held and let the file go: the end of the worker's run.  This last
+        write waits `CLOSING_BUSY_MS` for the lock, not `WORKER_BUSY_MS`: no later flush would
+        keep its digests."""
+        cache = self._open() if self._pending else self._cache
+        if cache is not None and (self._pending or cache.unwritten):
             with contextlib.suppress(sqlite3.Error):  # the flush then meets the same error
-                cache.wait_for_locks()
+                cache.wait_for_locks(CLOSING_BUSY_MS)
         self.flush()
         if self._cache is not None:
             self._cache.close()

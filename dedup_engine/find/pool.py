@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Protocol, runtime_checkable
 
+from dedup_engine.find.cache import CLOSING_BUSY_MS
 from dedup_engine.find.cached import WorkerCache, compare_cached, hash_cached
 from dedup_engine.find.dirtree import DirTree
 from dedup_engine.find.entries import describe
@@ -42,6 +43,9 @@ PIPE_BYTES = 1 << 20
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: Seconds `abort` waits for killed workers to be reaped before leaving them to the system.
 REAP_S = 1.0
+#: Seconds `close` gives all the workers together to finish before it kills them: a worker's
+#: last digest-cache write may wait `cache.CLOSING_BUSY_MS` for the lock, then write.
+CLOSE_S = CLOSING_BUSY_MS / 1000 + 3.0
 _PR_SET_PDEATHSIG = 1
 _SHORT, _LONG = struct.Struct("!i"), struct.Struct("!Q")
 _SHORT_MAX = 0x7FFFFFFF
@@ -448,11 +452,12 @@ class ProcessPool:
         for conn in self._send:
             with contextlib.suppress(OSError):  # that worker is gone already
                 conn.send(None)
+        deadline = time.monotonic() + CLOSE_S  # one for all: they finish side by side
         for proc in self._procs:
-            proc.join(timeout=2)
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
-                proc.join(timeout=2)
+                proc.join(timeout=REAP_S)
         self._release()
 
     def abort(self) -> None:

@@ -16,6 +16,7 @@ keeps any string exactly.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import marshal
 import os
@@ -168,10 +169,12 @@ class GroupSpool:
             raise OSError(f"a spool's run of keys ends early at {offset}")
 
     def close(self) -> None:
-        """Remove both files (idempotent); the spool is empty afterwards."""
-        self._data.close()
-        if self._runs_file is not None:
-            self._runs_file.close()
+        """Remove both files (idempotent); the spool is empty afterwards.  Never fails: what a
+        full disk kept from them is no longer wanted (the error was met where it was written)."""
+        for spooled in (self._data, self._runs_file):
+            if spooled is not None:
+                with contextlib.suppress(OSError):  # the descriptor is closed all the same
+                    spooled.close()
         self._keys, self._runs, self._count = [], [], 0
         self._pending, self._pending_bytes = [], 0
 

@@ -408,15 +408,14 @@ def test_a_worker_holds_its_digests_while_another_program_locks_the_cache(
 
 def test_a_worker_closing_waits_for_a_lock_held_past_its_usual_wait(tmp_path: Path) -> None:
     """At the end of a run the workers write their last digests at once, and on a busy disk one
-    write (or the checkpoint of a connection closing) can hold the lock past `WORKER_BUSY_MS`.
-    No later flush would keep the digests of the worker that waits: it waits as long as an open
-    does, and stores them."""
+    write can hold the lock past `WORKER_BUSY_MS`.  No later flush would keep the digests of the
+    worker that waits: it waits `CLOSING_BUSY_MS`, and stores them."""
     _opened(tmp_path).close()
     worker = WorkerCache(str(tmp_path))
     worker.store((FS, HEAD, DIR), [(ino, 1, 2, 3, DIGEST) for ino in range(100)])
     holder = sqlite3.connect(tmp_path / FILE_NAME, check_same_thread=False)
     holder.execute("BEGIN IMMEDIATE")
-    hold_s = 4 * cache_module.WORKER_BUSY_MS / 1000
+    hold_s = (cache_module.WORKER_BUSY_MS + cache_module.CLOSING_BUSY_MS) / 2000
     release = threading.Timer(hold_s, holder.rollback)
     release.start()
     try:

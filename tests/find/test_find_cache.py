@@ -18,6 +18,7 @@ from incli import invoke
 from treebuilder import Tree, content, flip, groups_of, issues_of, rewrite
 
 import dedup_engine.find.cache as cache_module
+import dedup_engine.find.cached as cached_module
 from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.find.hashstep import WindowStep
 from dedup_engine.model import FindResult, Stage
@@ -70,6 +71,31 @@ def test_a_rerun_of_an_unchanged_tree_opens_no_file(
         == groups_of(find_duplicates(tree.root, ScanOptions(workers=workers)))
     )
     assert [g.digest for g in second.groups] == [g.digest for g in first.groups]
+
+
+@pytest.mark.usefixtures("at_once")
+def test_workers_whose_last_cache_write_waits_are_not_killed_before_it_is_done(
+    tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker's last write may wait `CLOSING_BUSY_MS` for the lock (the other workers' last
+    # writes): the pool gives its workers that long to finish, all together, before it kills
+    # them, or the wait kept nothing.  Each worker here takes longer to close than the pool
+    # once gave each one, and a rerun must still find every digest.
+    need_trusted(tree.root)
+    _build(tree)
+    slow = cache_module.CLOSING_BUSY_MS / 1000 + 0.5
+    close = cached_module.WorkerCache.close
+
+    def slow_close(self: cached_module.WorkerCache) -> None:
+        time.sleep(slow)
+        close(self)
+
+    monkeypatch.setattr(cached_module.WorkerCache, "close", slow_close)
+    first = _find(tree.root, tmp_path / "cache", 2)
+    monkeypatch.undo()
+    second = _find(tree.root, tmp_path / "cache", 2)
+    assert _opened(second) == 0
+    assert _hits(second) == sum(first.stats.stage(s).files_in for s in READ_STAGES)
 
 
 @pytest.mark.usefixtures("at_once")

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from incli import invoke
@@ -453,6 +453,28 @@ def test_groups_that_cannot_be_kept_for_the_report_are_one_line_and_exit_5(
     assert (code, out) == (5, b"")
     assert err.decode().startswith("dedup: error: cannot keep the groups for the report in ")
     assert err.decode().endswith("No space left on device (ENOSPC)\n")
+    assert err.decode().count("\n") == 1
+
+
+def test_a_full_disk_under_the_spool_is_one_line_and_exit_5(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The spool's own file on a full device (/dev/full: every write is ENOSPC): the groups
+    # waiting to be written fail once the search is done, and again as the spool is closed,
+    # which must not turn the one line into a traceback.
+    import tempfile
+
+    from dedup_engine.report import spool
+
+    def on_a_full_device(**kwargs: object) -> IO[bytes]:
+        return open("/dev/full", "w+b")  # the spool closes it
+
+    monkeypatch.setattr(spool, "FLUSH_BYTES", 1 << 30)  # every record waits for the end
+    monkeypatch.setattr(tempfile, "TemporaryFile", on_a_full_device)
+    _build(tree)
+    code, out, err = invoke("find", tree.root, "--workers", "0")
+    assert (code, out) == (5, b"")
+    assert err.decode().startswith("dedup: error: cannot keep the groups for the report in ")
     assert err.decode().count("\n") == 1
 
 

@@ -131,8 +131,9 @@ def test_csv_of_no_groups_is_the_header() -> None:
 @pytest.mark.parametrize("verified", [False, True])
 def test_csv_rows_are_the_csv_modules_bytes_whatever_the_names(verified: bool) -> None:
     # Rows whose path needs no quoting are formatted by hand; every row must still be the bytes
-    # csv.writer writes, for names holding the characters it quotes and every other kind.
-    alphabet = ["a", ",", '"', "\r", "\n", "\0", " ", "\t", "\udcff", "\U0001f600", "\\", "'", ";"]
+    # csv.writer writes, for names holding the characters it quotes and every other kind (but
+    # NUL, which no name holds, and which csv.writer refuses before Python 3.11).
+    alphabet = ["a", ",", '"', "\r", "\n", " ", "\t", "\udcff", "\U0001f600", "\\", "'", ";"]
     rng = random.Random(3)
     groups = [
         DuplicateGroup(

@@ -582,10 +582,10 @@ class DigestCache:
             "DELETE FROM dirs WHERE NOT EXISTS (SELECT 1 FROM digests WHERE digests.dir = dirs.id)"
         )
 
-    def wait_for_locks(self, busy_ms: int | None = None) -> None:
-        """From now on, wait up to `busy_ms` (`BUSY_MS` unless told) for another connection's
-        lock, not the wait this connection was opened with."""
-        self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_MS if busy_ms is None else busy_ms)}")
+    def wait_for_locks(self, busy_ms: int) -> None:
+        """From now on, wait up to `busy_ms` for another connection's lock, not the wait this
+        connection was opened with."""
+        self._db.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
 
     def close(self) -> None:
         self._db.close()

@@ -433,7 +433,7 @@ def test_a_worker_closing_on_a_cache_that_refuses_the_longer_wait_still_writes(
     worker = WorkerCache(str(tmp_path))
     worker.store((FS, HEAD, DIR), [(ino, 1, 2, 3, DIGEST) for ino in range(10)])
 
-    def refused(self: DigestCache, busy_ms: int | None = None) -> None:
+    def refused(self: DigestCache, busy_ms: int) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(DigestCache, "wait_for_locks", refused)

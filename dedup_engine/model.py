@@ -99,7 +99,13 @@ class DuplicateGroup:
     @property
     def reclaimable(self) -> int:
         """Bytes freed if all but one inode of the group were removed."""
-        return self.size * (self.inodes - 1)
+        return reclaimable_bytes(self.size, self.inodes)
+
+
+def reclaimable_bytes(size: int, inodes: int) -> int:
+    """Bytes freed if all but one of `inodes` files of `size` bytes were removed (for a caller
+    that has counted a group's inodes already)."""
+    return size * (inodes - 1)
 
 
 def report_order(group: DuplicateGroup) -> tuple[int, str]:

@@ -194,6 +194,19 @@ def test_text_lists_paths_groups_summary_and_issues(found: tuple[Tree, FindResul
     assert human_size(20000) in text
 
 
+def test_text_headers_count_hard_links_once_in_distinct_and_reclaimable(tree: Tree) -> None:
+    data = content(3000, seed=7)
+    tree.file("a", data)
+    tree.hardlink("a-link", "a")
+    tree.file("b", data)
+    tree.file("c", data)
+    result = find_duplicates(tree.root, OPTIONS)
+    text = _bytes(write_text, result).decode()
+    # Four names, three files: two copies could go.
+    expected = f"4 files, 3 distinct, {human_size(3000)} each, {human_size(6000)} reclaimable"
+    assert f"group 1: {expected}, blake3 " in text
+
+
 def test_text_of_nothing_found(tree: Tree) -> None:
     tree.file("only", b"one")
     result = find_duplicates(tree.root, OPTIONS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import IO
 
-from dedup_engine.model import FileEntry, Findings, Verified
+from dedup_engine.model import FileEntry, Findings, Verified, reclaimable_bytes
 from dedup_engine.options import ScanOptions
 from dedup_engine.paths import RootIndex
 from dedup_engine.report.display import human_size, printable
@@ -38,9 +38,10 @@ def write_text(result: Findings, out: IO[bytes]) -> None:
         names = [f"{printable(path.rstrip('/'))}/{mark(path)}" for path in directories.paths]
         out.write(_block(header, names))
     for number, group in enumerate(result.groups, 1):
+        size, inodes = group.size, group.inodes  # counted once: `group.reclaimable` counts again
         header = (
-            f"group {number}: {len(group.files)} files, {group.inodes} distinct, "
-            f"{human_size(group.size)} each, {human_size(group.reclaimable)} reclaimable, "
+            f"group {number}: {len(group.files)} files, {inodes} distinct, "
+            f"{human_size(size)} each, {human_size(reclaimable_bytes(size, inodes))} reclaimable, "
             f"blake3 {group.digest[:16]}{_HOW.get(group.verified, '')}"
         )
         out.write(_block(header, listed(group.files)))

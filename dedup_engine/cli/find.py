@@ -37,12 +37,13 @@ from dedup_engine.find.cache import ENVIRONMENT as CACHE_ENVIRONMENT
 from dedup_engine.find.filelist import ListError, read_paths
 from dedup_engine.find.pipeline import Progress, ProgressCallback, find_duplicates
 from dedup_engine.find.pool import WorkerError
-from dedup_engine.model import DuplicateGroup, Findings, FindResult
+from dedup_engine.model import DuplicateGroup, FindResult
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.oserror import describe_error
 from dedup_engine.report.display import human_size
-from dedup_engine.report.formats import WRITERS, Format
-from dedup_engine.report.spool import GroupSpool, SpooledResult, default_directory
+from dedup_engine.report.formats import RENDERINGS, WRITERS, Format
+from dedup_engine.report.formats.blocks import Counted, Renderer
+from dedup_engine.report.spool import BlockSpool, GroupSpool, SpooledResult, default_directory
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,11 +357,11 @@ def _run(roots: Iterable[str], options: ScanOptions, request: _Request) -> FindS
     show_progress = progress_shown(request.progress, request.quiet)
     # Each group goes to the spool as it is final, and comes back in report order: the report
     # is never whole in memory.
-    with _spool() as (spool, keep, kept):
+    with _spool(options, request) as spool:
         try:
             with _progress(show_progress) as callback, _no_gc():
-                result = find_duplicates(roots, options, progress=callback, on_group=keep)
-            kept()
+                result = find_duplicates(roots, options, progress=callback, on_group=spool.keep)
+            spool.kept()
         except OptionsError as exc:  # a root that cannot be searched, before any work
             fail_usage(str(exc))
         except WorkerError as exc:
@@ -369,15 +370,7 @@ def _run(roots: Iterable[str], options: ScanOptions, request: _Request) -> FindS
         except OutputError as exc:  # the groups could not be kept for the report
             print_error(str(exc))
             return FindStatus(report_unwritten=True)
-        report = SpooledResult(
-            result.roots,
-            spool,
-            result.issues,
-            result.stats,
-            result.reference_roots,
-            result.directory_groups,
-        )
-        left_out = _write_report(report, options, request)
+        left_out = _write_report(spool.report(result), request)
     if left_out is not None:
         _print_notes(result, request, left_out)
     return FindStatus(
@@ -388,14 +381,14 @@ def _run(roots: Iterable[str], options: ScanOptions, request: _Request) -> FindS
     )
 
 
-def _write_report(result: Findings, options: ScanOptions, request: _Request) -> int | None:
-    """Write the report where asked: the number of paths left out of it, None if it could not
-    be written (said on stderr)."""
+def _write_report(write: Callable[[IO[bytes]], int], request: _Request) -> int | None:
+    """Write the report where asked (`write`): the number of paths left out of it, None if it
+    could not be written (said on stderr)."""
     left_out = 0  # stays 0 if the reader leaves early
     output = None if request.output is None else str(request.output)
     try:
         with reader_may_leave(), output_to(output) as out:
-            left_out = _write(result, options, request.form, out, request.null)
+            left_out = write(out)
     except OutputError as exc:
         print_error(str(exc))
         return None
@@ -418,11 +411,6 @@ def _print_notes(result: FindResult, request: _Request, left_out: int) -> None:
         _print_stats(result)
     if not request.quiet and (request.form is not Format.TEXT or request.output is not None):
         _print_summary(result)
-
-
-def _write(result: Findings, options: ScanOptions, form: Format, out: IO[bytes], null: bool) -> int:
-    """Write the report; the number of paths left out of it (fdupes without -0)."""
-    return WRITERS[form](result, options, out, null=null)
 
 
 def _root_on(given: str) -> tuple[str, str]:
@@ -450,37 +438,100 @@ def _quiet_dask() -> None:
 
 
 @contextlib.contextmanager
-def _spool() -> Iterator[tuple[GroupSpool, Callable[[DuplicateGroup], None], Callable[[], None]]]:
-    """The spool that keeps each final group until the report is written, what adds a group to
-    it, and what puts every group on disk once the search is done.  A temporary directory that
+def _spool(options: ScanOptions, request: _Request) -> Iterator[_Spooled]:
+    """Where each final group waits for the report: rendered in the report's format where the
+    format can render it before the search is done, else as it is.  A temporary directory that
     cannot hold them is one line: before the search a usage error, during it or at its end an
     `OutputError` (the report is not written)."""
     directory = default_directory()
     where = directory or tempfile.gettempdir()
+    render = RENDERINGS[request.form].renderer(options, request.null)
     try:
-        spool = GroupSpool(directory)
+        spool = GroupSpool(directory) if render is None else BlockSpool(directory)
     except OSError as exc:
         fail_usage(f"cannot make a temporary file in {where!r} ($TMPDIR): {describe_error(exc)}")
+    with spool:
+        yield _Spooled(spool, where, options, request, render)
 
-    def failed(exc: OSError) -> OutputError:
+
+class _Spooled:
+    """The spool of a `dedup find`: what adds each final group to it (`keep`), what puts every
+    group on disk once the search is done (`kept`), and what writes the report from it."""
+
+    def __init__(
+        self,
+        spool: GroupSpool | BlockSpool,
+        where: str,
+        options: ScanOptions,
+        request: _Request,
+        render: Renderer | None,
+    ) -> None:
+        self._spool = spool
+        self._where = where
+        self._options = options
+        self._form = request.form
+        self._null = request.null
+        self._counted = None if render is None else Counted(render)
+        #: Adds a final group: called once per group, so no more than the add and a try.
+        self.keep: Callable[[DuplicateGroup], None]
+        if isinstance(spool, GroupSpool):
+            self.keep = self._keeping_groups(spool)
+        else:
+            assert self._counted is not None, "blocks are spooled only where a format renders them"
+            self.keep = self._keeping_blocks(spool, self._counted)
+
+    def _keeping_groups(self, spool: GroupSpool) -> Callable[[DuplicateGroup], None]:
+        def keep(group: DuplicateGroup) -> None:
+            try:
+                spool.add(group)
+            except OSError as exc:
+                raise self._failed(exc) from None
+
+        return keep
+
+    def _keeping_blocks(
+        self, spool: BlockSpool, render: Counted
+    ) -> Callable[[DuplicateGroup], None]:
+        def keep(group: DuplicateGroup) -> None:
+            block = render(group)
+            try:
+                spool.add(group.size, group.files[0].path if group.files else "", block)
+            except OSError as exc:
+                raise self._failed(exc) from None
+
+        return keep
+
+    def kept(self) -> None:
+        """Every group is added: all of them on disk, so that a full disk shows now."""
+        try:
+            self._spool.flush()
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError) -> OutputError:
         return OutputError(
-            f"cannot keep the groups for the report in {where!r} ($TMPDIR): {describe_error(exc)}"
+            f"cannot keep the groups for the report in {self._where!r} ($TMPDIR): "
+            f"{describe_error(exc)}"
         )
 
-    def keep(group: DuplicateGroup) -> None:  # once per group: no more than a try
-        try:
-            spool.add(group)
-        except OSError as exc:
-            raise failed(exc) from None
-
-    def kept() -> None:
-        try:
-            spool.flush()
-        except OSError as exc:
-            raise failed(exc) from None
-
-    with spool:
-        yield spool, keep, kept
+    def report(self, result: FindResult) -> Callable[[IO[bytes]], int]:
+        """What writes the report of `result`, whose groups are in the spool, to a stream: the
+        number of paths it left out (fdupes without -0)."""
+        spool, counted, options, null = self._spool, self._counted, self._options, self._null
+        spooled = SpooledResult(
+            result.roots,
+            spool if isinstance(spool, GroupSpool) else (),
+            result.issues,
+            result.stats,
+            result.reference_roots,
+            result.directory_groups,
+        )
+        if isinstance(spool, GroupSpool):
+            writer = WRITERS[self._form]
+            return lambda out: writer(spooled, options, out, null=null)
+        assert counted is not None, "blocks are spooled only where a format renders them"
+        write_around = RENDERINGS[self._form].write
+        return lambda out: write_around(spooled, spool, options, out, null=null) + counted.left_out
 
 
 @contextlib.contextmanager

@@ -11,7 +11,9 @@ the memory held is bounded whatever the number of groups.
 A key is one bytes object ordered as the report is: the size's complement, the first path's code
 points as UTF-8 (which orders like the code points, lone surrogates of undecodable bytes
 included), then where the group lies in the data file.  A group is stored with `marshal`, which
-keeps any string exactly.
+keeps any string exactly.  `BlockSpool` is the same spool for groups already rendered in a
+report's format (`report.formats.blocks`): it stores each one's bytes and gives them back as they
+are, so that writing the report at the end of a search only orders them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import IO
+from typing import IO, TypeVar
 
 from dedup_engine.model import (
     DirectoryGroup,
@@ -53,6 +55,7 @@ _CHUNK_LENGTH = struct.Struct(">I")  # before each record of a run on disk
 #: A `Verified` as the spool stores it, and back: cheaper than the enum's own lookups.
 _VALUE = {member: member.value for member in Verified}
 _VERIFIED = {member.value: member for member in Verified}
+_S = TypeVar("_S", bound="_Spool")
 
 
 def default_directory() -> str | None:
@@ -67,13 +70,13 @@ def default_directory() -> str | None:
     return None
 
 
-class GroupSpool:
-    """Duplicate groups added in any order, given back in report order, held in temporary files.
+class _Spool:
+    """Records added in any order with the size and first path of their group, given back in
+    report order, held in temporary files.
 
-    `add` a group as soon as it is final; iterate (as often as needed) for the groups in
-    `model.report_order` order, each read back from disk.  `directory` is where the anonymous
-    files live (`tempfile`'s choice by default); `max_keys` bounds the keys held in memory.  Use
-    it as a context manager, or `close` it: both files go at once.
+    `directory` is where the anonymous files live (`tempfile`'s choice by default); `max_keys`
+    bounds the keys held in memory.  Use it as a context manager, or `close` it: both files go
+    at once.
     """
 
     def __init__(self, directory: str | None = None, max_keys: int = MAX_KEYS) -> None:
@@ -91,16 +94,12 @@ class GroupSpool:
         self._pending: list[bytes] = []  # records not yet written
         self._pending_bytes = 0
 
-    def add(self, group: DuplicateGroup) -> None:
-        """Write the group out (once `FLUSH_BYTES` are waiting, or at `flush`); only its key
+    def _add(self, size: int, first_path: str, record: bytes) -> None:
+        """Write the record out (once `FLUSH_BYTES` are waiting, or at `flush`); only its key
         stays."""
-        record = marshal.dumps(
-            (group.size, group.digest, tuple(map(tuple, group.files)), _VALUE[group.verified])
-        )
         self._pending.append(record)
         self._pending_bytes += len(record)
-        first = group.files[0].path if group.files else ""
-        self._keys.append(_key(group.size, first, self._end, len(record)))
+        self._keys.append(_key(size, first_path, self._end, len(record)))
         self._end += len(record)
         self._count += 1
         if self._pending_bytes >= FLUSH_BYTES:
@@ -121,24 +120,19 @@ class GroupSpool:
         if self._runs_file is not None:
             self._runs_file.flush()
 
-    def extend(self, groups: Iterable[DuplicateGroup]) -> None:
-        for group in groups:
-            self.add(group)
-
     def __len__(self) -> int:
         return self._count
 
-    def __iter__(self) -> Iterator[DuplicateGroup]:
-        """The groups in report order; a group added while iterating may be missed."""
+    def _records(self) -> Iterator[bytes]:
+        """The records in report order; one added while iterating may be missed."""
         self.flush()
         self._keys.sort()
         sources: list[Iterable[bytes]] = [self._run(*run) for run in self._runs]
         keys = heapq.merge(*sources, self._keys) if sources else iter(self._keys)
-        fd, place, loads, pread = self._data.fileno(), _PLACE.unpack_from, marshal.loads, os.pread
+        fd, place, pread = self._data.fileno(), _PLACE.unpack_from, os.pread
         for key in keys:
             offset, length = place(key, len(key) - _PLACE.size)
-            size, digest, files, verified = loads(pread(fd, length, offset))
-            yield DuplicateGroup(size, digest, tuple(map(entry_of, files)), _VERIFIED[verified])
+            yield pread(fd, length, offset)
 
     def _spill(self) -> None:
         """Write the keys in memory out as one sorted run, `RUN_CHUNK` keys a record."""
@@ -178,7 +172,7 @@ class GroupSpool:
         self._keys, self._runs, self._count = [], [], 0
         self._pending, self._pending_bytes = [], 0
 
-    def __enter__(self) -> GroupSpool:
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(
@@ -190,12 +184,51 @@ class GroupSpool:
         self.close()
 
 
+class GroupSpool(_Spool):
+    """Duplicate groups added in any order, given back in report order, held in temporary files.
+
+    `add` a group as soon as it is final; iterate (as often as needed) for the groups in
+    `model.report_order` order, each read back from disk.
+    """
+
+    def add(self, group: DuplicateGroup) -> None:
+        record = marshal.dumps(
+            (group.size, group.digest, tuple(map(tuple, group.files)), _VALUE[group.verified])
+        )
+        self._add(group.size, group.files[0].path if group.files else "", record)
+
+    def extend(self, groups: Iterable[DuplicateGroup]) -> None:
+        for group in groups:
+            self.add(group)
+
+    def __iter__(self) -> Iterator[DuplicateGroup]:
+        """The groups in report order; a group added while iterating may be missed."""
+        loads = marshal.loads
+        for record in self._records():
+            size, digest, files, verified = loads(record)
+            yield DuplicateGroup(size, digest, tuple(map(entry_of, files)), _VERIFIED[verified])
+
+
+class BlockSpool(_Spool):
+    """Groups rendered in a report's format, added in any order with their group's size and
+    first path, given back in report order as the bytes added."""
+
+    def add(self, size: int, first_path: str, block: bytes) -> None:
+        self._add(size, first_path, block)
+
+    def __iter__(self) -> Iterator[bytes]:
+        """The blocks in report order; one added while iterating may be missed."""
+        return self._records()
+
+
 @dataclass(frozen=True, slots=True)
 class SpooledResult:
-    """A finished search whose groups wait in a spool: a `Findings` for the report writers."""
+    """A finished search whose groups wait in a spool: a `Findings` for the report writers.
+    Where they wait rendered already (a `BlockSpool`), `groups` is empty and the blocks go to the
+    format's `BlockWriter` beside it."""
 
     roots: Sequence[str]
-    groups: GroupSpool
+    groups: Iterable[DuplicateGroup]
     issues: tuple[Issue, ...]
     stats: RunStats
     reference_roots: tuple[str, ...] = ()

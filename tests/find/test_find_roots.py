@@ -439,17 +439,22 @@ def test_a_temporary_directory_that_cannot_be_used_is_one_line(tree: Tree) -> No
 # The spool writes groups many at a time: the last of them go to disk once the search is done,
 # and a full disk then is the spool's, not the report destination's.
 @pytest.mark.parametrize("failing", ["add", "flush"])
+@pytest.mark.parametrize("reference", [False, True], ids=["rendered", "groups"])
 def test_groups_that_cannot_be_kept_for_the_report_are_one_line_and_exit_5(
-    tree: Tree, monkeypatch: pytest.MonkeyPatch, failing: str
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, failing: str, reference: bool
 ) -> None:
-    from dedup_engine.report.spool import GroupSpool
+    from dedup_engine.report.spool import BlockSpool, GroupSpool
 
     def full(*args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     _build(tree)
+    # Groups are kept rendered in the text format, or as groups where they cannot be rendered
+    # before the search is done (files marked under reference roots).
+    monkeypatch.setattr(BlockSpool, failing, full)
     monkeypatch.setattr(GroupSpool, failing, full)
-    code, out, err = invoke("find", tree.root, "--workers", "0")
+    roots = [tree.path("a"), "--reference", tree.path("b")] if reference else [tree.root]
+    code, out, err = invoke("find", *roots, "--workers", "0")
     assert (code, out) == (5, b"")
     assert err.decode().startswith("dedup: error: cannot keep the groups for the report in ")
     assert err.decode().endswith("No space left on device (ENOSPC)\n")

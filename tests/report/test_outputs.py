@@ -199,7 +199,9 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(
     target = tmp_path / "out" / "report.json"
     target.parent.mkdir()
     target.write_bytes(b"old report\n")
-    real = dedup_engine.report.formats.json.write_json
+    # What both of the JSON format's writers end in: `dedup find` renders its groups as they
+    # are final and has the report written around them.
+    real = dedup_engine.report.formats.json._write_json
 
     def fail_half_way(*args: Any) -> None:
         out: IO[str] = args[-1]
@@ -208,7 +210,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(
         assert target.read_bytes() == b"old report\n"  # written elsewhere until complete
         raise failure if failure is not None else KeyboardInterrupt
 
-    monkeypatch.setattr(dedup_engine.report.formats.json, "write_json", fail_half_way)
+    monkeypatch.setattr(dedup_engine.report.formats.json, "_write_json", fail_half_way)
     exit_code, _out, err = invoke("find", dups.root, "-f", "json", "-o", str(target), "-j", "0")
     assert exit_code == code
     assert target.read_bytes() == b"old report\n"

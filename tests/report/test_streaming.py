@@ -27,9 +27,10 @@ from dedup_engine import (
     find_duplicates,
 )
 from dedup_engine.model import DirectoryGroup, Findings
-from dedup_engine.report.formats import WRITERS, Format
+from dedup_engine.report.formats import RENDERINGS, WRITERS, Format
+from dedup_engine.report.formats.blocks import Counted
 from dedup_engine.report.formats.json import to_json_dict, write_json
-from dedup_engine.report.spool import GroupSpool, SpooledResult
+from dedup_engine.report.spool import BlockSpool, GroupSpool, SpooledResult
 from dedup_engine.version import __version__
 
 pytestmark = pytest.mark.usefixtures("deadline")
@@ -82,6 +83,36 @@ def test_a_spooled_result_is_written_byte_for_byte_as_the_result_itself(
         spool.extend(reversed(found.groups))
         spooled = SpooledResult(found.roots, spool, found.issues, found.stats)
         assert _written(form, spooled, null) == _written(form, found, null)
+
+
+@FORMATS
+@pytest.mark.parametrize("null", [False, True], ids=["lines", "null"])
+def test_groups_rendered_as_they_are_final_are_written_byte_for_byte_as_the_result_itself(
+    found: FindResult, tmp_path: Path, form: Format, null: bool
+) -> None:
+    rendering = RENDERINGS[form]
+    render = rendering.renderer(OPTIONS, null)
+    assert render is not None
+    counted = Counted(render)
+    out = io.BytesIO()
+    with BlockSpool(str(tmp_path), max_keys=1) as spool:
+        for group in reversed(found.groups):  # in no set order, as a search finishes them
+            spool.add(group.size, group.files[0].path, counted(group))
+        heads = SpooledResult(found.roots, (), found.issues, found.stats)
+        left_out = rendering.write(heads, spool, OPTIONS, out, null=null) + counted.left_out
+    expected = io.BytesIO()
+    assert left_out == WRITERS[form](found, OPTIONS, expected, null=null)
+    assert left_out == (1 if form is Format.FDUPES and not null else 0)  # the newline's name
+    written = re.sub(rb'"created": "[^"]*"', b'"created": ""', out.getvalue())
+    assert written == _written(form, found, null)
+
+
+def test_text_groups_wait_for_the_search_to_be_rendered_where_files_are_marked_reference() -> None:
+    # Which files lie under a reference root is known once the search has made the roots
+    # canonical: the text format cannot render a group before.
+    text = RENDERINGS[Format.TEXT]
+    assert text.renderer(dataclasses.replace(OPTIONS, reference=("/ref",)), False) is None
+    assert text.renderer(OPTIONS, False) is not None
 
 
 @FORMATS

@@ -14,29 +14,47 @@ from typing import IO
 
 from dedup_engine.model import DirectoryGroup, DuplicateGroup, Findings
 from dedup_engine.options import ScanOptions
+from dedup_engine.report.formats.blocks import Block, Counted, Renderer
 
 
 def write_fdupes(groups: Iterable[DuplicateGroup], out: IO[bytes], *, null: bool = False) -> int:
     """fdupes' own format: one path per line, a blank line after each group, raw name bytes.
-
     With `null` (`-0`, as `jdupes -0` and `rmlint -0`), a NUL ends each path and one more each
     group: exact for any name.  Without it, a name holding a newline would read as two paths (a
     directory `x\\n` holding `etc/passwd` would give a line `/etc/passwd`), so such paths are left
     out, with a group left with no copy.  Returns the number of paths left out so.
     """
+    render = Counted(_renderer(null))
+    _write_groups(render.each(groups), out)
+    return render.left_out
+
+
+def renderer(options: ScanOptions, null: bool) -> Renderer:
+    """Renders a group as `write_fdupes` writes it."""
+    return _renderer(null)
+
+
+def _renderer(null: bool) -> Renderer:
     end = b"\0" if null else b"\n"
-    left_out = 0
-    for group in groups:
+
+    def render(group: DuplicateGroup) -> Block:
         files = group.files
+        left_out = 0
         if not null and any("\n" in f.path for f in files):
             files = tuple(f for f in files if "\n" not in f.path)
-            left_out += len(group.files) - len(files)
+            left_out = len(group.files) - len(files)
             # What is left must still be a group: two paths, and two files if it had two.
             if len(files) < 2 or len({(f.dev, f.ino) for f in files}) < min(2, group.inodes):
-                continue
-        out.write(b"".join(os.fsencode(f.path) + end for f in files))
-        out.write(end)
-    return left_out
+                return b"", left_out
+        return b"".join([*(os.fsencode(f.path) + end for f in files), end]), left_out
+
+    return render
+
+
+def _write_groups(blocks: Iterable[bytes], out: IO[bytes]) -> None:
+    for block in blocks:
+        if block:
+            out.write(block)
 
 
 def write_directories(
@@ -60,3 +78,13 @@ def write(result: Findings, options: ScanOptions, out: IO[bytes], *, null: bool)
     left out."""
     left_out = write_directories(result.directory_groups, out, null=null)
     return left_out + write_fdupes(result.groups, out, null=null)
+
+
+def write_rendered(
+    result: Findings, blocks: Iterable[bytes], options: ScanOptions, out: IO[bytes], *, null: bool
+) -> int:
+    """The format's `BlockWriter`: `write` with the groups rendered already; the number of
+    directory paths left out (the groups' own are their blocks')."""
+    left_out = write_directories(result.directory_groups, out, null=null)
+    _write_groups(blocks, out)
+    return left_out

@@ -12,12 +12,13 @@ import datetime as dt
 import io
 import json
 import operator
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from json.encoder import encode_basestring_ascii
 from typing import IO, Any
 
 from dedup_engine.model import DuplicateGroup, Findings, Issue
 from dedup_engine.options import ScanOptions
+from dedup_engine.report.formats.blocks import Block, Renderer
 from dedup_engine.report.schema import SCHEMA, TOOL
 from dedup_engine.version import __version__
 
@@ -50,6 +51,13 @@ def write_json(result: Findings, options: ScanOptions, version: str, out: IO[str
     group written as it is read from `result.groups` (read once).
 
     ensure_ascii keeps surrogate-escaped names representable: they become \\udcxx escapes."""
+    _write_json(result, options, version, map(_group_json, result.groups), out)
+
+
+def _write_json(
+    result: Findings, options: ScanOptions, version: str, groups: Iterator[str], out: IO[str]
+) -> None:
+    """`write_json` with each group as it is written already (`_group_json`)."""
     opening = json.dumps(_opening(version), indent=1, ensure_ascii=True)
     out.write(opening.removesuffix("\n}"))
     # The roots one at a time: a list from --files-from may name millions.
@@ -58,7 +66,7 @@ def write_json(result: Findings, options: ScanOptions, version: str, out: IO[str
     head = json.dumps(_head(result, options), indent=1, ensure_ascii=True)
     out.write(",\n" + head.removeprefix("{\n").removesuffix("\n}"))
     out.write(',\n "groups": ')
-    _write_list(out, map(_group_json, result.groups))
+    _write_list(out, groups)
     out.write(',\n "issues": ')
     _write_list(out, (_nested(json.dumps(_issue(i), indent=1)) for i in result.issues))
     out.write("\n}\n")
@@ -139,10 +147,31 @@ def _group_json(group: DuplicateGroup) -> str:
     )
 
 
+def renderer(options: ScanOptions, null: bool) -> Renderer:
+    """Renders a group as `write_json` writes it (ASCII, as the whole report is)."""
+    return _render
+
+
+def _render(group: DuplicateGroup) -> Block:
+    return _group_json(group).encode("ascii"), 0
+
+
 def write(result: Findings, options: ScanOptions, out: IO[bytes], *, null: bool) -> int:
     """The format's `Writer`: the report of this version, as ASCII bytes; `null` has no use here."""
     text = io.TextIOWrapper(out, encoding="ascii", newline="\n")
     write_json(result, options, __version__, text)
+    text.flush()
+    text.detach()
+    return 0
+
+
+def write_rendered(
+    result: Findings, blocks: Iterable[bytes], options: ScanOptions, out: IO[bytes], *, null: bool
+) -> int:
+    """The format's `BlockWriter`: `write` with the groups rendered already."""
+    text = io.TextIOWrapper(out, encoding="ascii", newline="\n")
+    groups = (block.decode("ascii") for block in blocks)
+    _write_json(result, options, __version__, groups, text)
     text.flush()
     text.detach()
     return 0

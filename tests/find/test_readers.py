@@ -26,7 +26,15 @@ from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.find import hashtasks, readers
 from dedup_engine.find.hashtasks import GIVE_UP_AFTER, hash_batch, hash_rows
 from dedup_engine.find.store import RowStore
-from dedup_engine.find.tasks import NO_DIGEST, DirJob, HashResult, HashTask, ScanTask, Window
+from dedup_engine.find.tasks import (
+    DIGEST_SIZE,
+    NO_DIGEST,
+    DirJob,
+    HashResult,
+    HashTask,
+    ScanTask,
+    Window,
+)
 from dedup_engine.find.walk import Filter, scan_dirs
 from dedup_engine.model import Stage
 
@@ -157,10 +165,15 @@ def test_a_task_on_the_disk_is_given_up_after_a_few_files(
 
     monkeypatch.setattr(os, "open", counting_open)
     result, left = hash_rows(task, store, resident_only=True)
-    assert left == list(range(200))
-    assert len(opens) == GIVE_UP_AFTER
-    assert result.digests == NO_DIGEST * 200
-    assert (result.files_opened, result.bytes_read, result.failed) == (0, 0, ())
+    assert len(opens) == GIVE_UP_AFTER  # the rest untried
+    # The page cache is the whole system's: a file may come back into it before it is tried
+    # (another reader, a readahead finished), and is then read; three in four stay out.
+    read = sorted(set(range(200)) - set(left))
+    assert all(p < GIVE_UP_AFTER for p in read) and 4 * len(read) <= GIVE_UP_AFTER
+    assert left == [p for p in range(200) if p not in read]
+    digests = [result.digests[p * DIGEST_SIZE : (p + 1) * DIGEST_SIZE] for p in range(200)]
+    assert [p for p in range(200) if digests[p] != NO_DIGEST] == read
+    assert (result.files_opened, result.failed) == (len(read), ())
 
 
 @pytest.mark.parametrize("blind", ["filesystem", "system"])

@@ -19,6 +19,7 @@ from dedup_engine.report.formats.blocks import Block, Counted, Renderer
 
 def write_fdupes(groups: Iterable[DuplicateGroup], out: IO[bytes], *, null: bool = False) -> int:
     """fdupes' own format: one path per line, a blank line after each group, raw name bytes.
+
     With `null` (`-0`, as `jdupes -0` and `rmlint -0`), a NUL ends each path and one more each
     group: exact for any name.  Without it, a name holding a newline would read as two paths (a
     directory `x\\n` holding `etc/passwd` would give a line `/etc/passwd`), so such paths are left

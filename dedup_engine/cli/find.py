@@ -495,7 +495,7 @@ class _Spooled:
         def keep(group: DuplicateGroup) -> None:
             block = render(group)
             try:
-                spool.add(group.size, group.files[0].path if group.files else "", block)
+                spool.add(group, block)
             except OSError as exc:
                 raise self._failed(exc) from None
 

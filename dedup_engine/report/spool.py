@@ -71,8 +71,8 @@ def default_directory() -> str | None:
 
 
 class _Spool:
-    """Records added in any order with the size and first path of their group, given back in
-    report order, held in temporary files.
+    """Records of groups added in any order, given back in report order, held in temporary
+    files.
 
     `directory` is where the anonymous files live (`tempfile`'s choice by default); `max_keys`
     bounds the keys held in memory.  Use it as a context manager, or `close` it: both files go
@@ -94,12 +94,13 @@ class _Spool:
         self._pending: list[bytes] = []  # records not yet written
         self._pending_bytes = 0
 
-    def _add(self, size: int, first_path: str, record: bytes) -> None:
-        """Write the record out (once `FLUSH_BYTES` are waiting, or at `flush`); only its key
-        stays."""
+    def _add(self, group: DuplicateGroup, record: bytes) -> None:
+        """Write the group's record out (once `FLUSH_BYTES` are waiting, or at `flush`); only
+        its key stays."""
         self._pending.append(record)
         self._pending_bytes += len(record)
-        self._keys.append(_key(size, first_path, self._end, len(record)))
+        first = group.files[0].path if group.files else ""
+        self._keys.append(_key(group.size, first, self._end, len(record)))
         self._end += len(record)
         self._count += 1
         if self._pending_bytes >= FLUSH_BYTES:
@@ -195,7 +196,7 @@ class GroupSpool(_Spool):
         record = marshal.dumps(
             (group.size, group.digest, tuple(map(tuple, group.files)), _VALUE[group.verified])
         )
-        self._add(group.size, group.files[0].path if group.files else "", record)
+        self._add(group, record)
 
     def extend(self, groups: Iterable[DuplicateGroup]) -> None:
         for group in groups:
@@ -210,11 +211,11 @@ class GroupSpool(_Spool):
 
 
 class BlockSpool(_Spool):
-    """Groups rendered in a report's format, added in any order with their group's size and
-    first path, given back in report order as the bytes added."""
+    """Groups rendered in a report's format, added in any order with the group each renders,
+    given back in report order as the bytes added."""
 
-    def add(self, size: int, first_path: str, block: bytes) -> None:
-        self._add(size, first_path, block)
+    def add(self, group: DuplicateGroup, block: bytes) -> None:
+        self._add(group, block)
 
     def __iter__(self) -> Iterator[bytes]:
         """The blocks in report order; one added while iterating may be missed."""

@@ -97,7 +97,7 @@ def test_groups_rendered_as_they_are_final_are_written_byte_for_byte_as_the_resu
     out = io.BytesIO()
     with BlockSpool(str(tmp_path), max_keys=1) as spool:
         for group in reversed(found.groups):  # in no set order, as a search finishes them
-            spool.add(group.size, group.files[0].path, counted(group))
+            spool.add(group, counted(group))
         heads = SpooledResult(found.roots, (), found.issues, found.stats)
         left_out = rendering.write(heads, spool, OPTIONS, out, null=null) + counted.left_out
     expected = io.BytesIO()

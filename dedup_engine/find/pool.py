@@ -66,9 +66,10 @@ class WorkerLost(WorkerError):
         self.workers = tuple(workers)
 
 
-#: Tasks in flight per local worker: enough to hide a pipe's round trip, few enough to keep
-#: memory flat.
-IN_FLIGHT_PER_WORKER = 3
+#: Tasks in flight per local worker: enough to hide a pipe's round trip and the main process's
+#: waits for a CPU (on a 1M-file tree with 2 CPUs, 4-5 s of a 15 s run, in which 3 tasks a
+#: worker ran dry: docs/benchmarks.md), few enough to keep memory flat.
+IN_FLIGHT_PER_WORKER = 6
 
 
 class Pool(Protocol):

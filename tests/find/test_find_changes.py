@@ -9,9 +9,10 @@ granularity of the filesystem.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,9 @@ class ReadHook:
     Just before the first read of the kind `kind` of each watched file, calls `act(order, path)`,
     `order` counting the watched files so met before (0 for the first).  "pread" is how the head
     and tail windows read (`preadv` where a worker reads from the page cache first), "readv" how
-    the full stage does.  Whether a file was met is kept on
-    disk, so that the worker processes share it.
+    the full stage does.  Whether a file was met is kept on disk, so that the worker processes
+    share it, and each read of a watched file is made holding a lock they share: with two workers
+    reading at once, one file's read is done before another file's `act` can change it.
     """
 
     def __init__(
@@ -61,34 +63,36 @@ class ReadHook:
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
 
-    def _before(self, fd: int) -> None:
-        path = os.readlink(f"/proc/self/fd/{fd}")
+    @contextlib.contextmanager
+    def _reading(self, fd: int, kind: str) -> Iterator[None]:
+        """Around a read of `kind`: for a watched file, the act due before it, then the read,
+        all under the lock."""
+        path = os.readlink(f"/proc/self/fd/{fd}") if kind == self.kind else None
         if path not in self.watched:
+            yield
             return
-        # Under a lock: two workers may meet their files at once, and each must get its order.
+        # Two workers may meet their files at once: each must get its order, and one's read must
+        # not fall between the other's act and read.
         with (self.state.parent / f"{self.state.name}.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             mark = self.state / str(self.watched.index(path))
-            if mark.exists():
-                return
-            order = len(list(self.state.iterdir()))
-            mark.touch()
-            self.act(order, path)
+            if not mark.exists():
+                order = len(list(self.state.iterdir()))
+                mark.touch()
+                self.act(order, path)
+            yield
 
     def pread(self, fd: int, n: int, offset: int) -> bytes:
-        if self.kind == "pread":
-            self._before(fd)
-        return os.pread(fd, n, offset)
+        with self._reading(fd, "pread"):
+            return os.pread(fd, n, offset)
 
     def preadv(self, fd: int, buffers: Sequence[bytearray], offset: int, *flags: int) -> int:
-        if self.kind == "pread":
-            self._before(fd)
-        return os.preadv(fd, buffers, offset, *flags)
+        with self._reading(fd, "pread"):
+            return os.preadv(fd, buffers, offset, *flags)
 
     def readv(self, fd: int, buffers: Sequence[bytearray]) -> int:
-        if self.kind == "readv":
-            self._before(fd)
-        return os.readv(fd, buffers)
+        with self._reading(fd, "readv"):
+            return os.readv(fd, buffers)
 
 
 def find_hooked(

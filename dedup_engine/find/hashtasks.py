@@ -14,6 +14,7 @@ import os
 
 from blake3 import blake3
 
+from dedup_engine.find.anchors import Anchors
 from dedup_engine.find.changes import ChangedError, describe, what_changed
 from dedup_engine.find.fsidentity import expose_mapped_writes
 from dedup_engine.find.store import RowStore
@@ -31,14 +32,14 @@ _ONE_READ = 0x7FFFF000
 GIVE_UP_AFTER = 16
 
 
-def hash_batch(task: HashTask, store: RowStore) -> HashResult:
+def hash_batch(task: HashTask, store: RowStore, anchors: Anchors | None = None) -> HashResult:
     """Hash the head or tail window of each of the task's rows of `store`; never raises for one
-    file."""
-    return hash_rows(task, store)[0]
+    file.  Files are opened from their directories' `anchors` where given, else by path."""
+    return hash_rows(task, store, anchors=anchors)[0]
 
 
 def hash_rows(
-    task: HashTask, store: RowStore, resident_only: bool = False
+    task: HashTask, store: RowStore, resident_only: bool = False, anchors: Anchors | None = None
 ) -> tuple[HashResult, list[int]]:
     """`hash_batch`, and with `resident_only` the positions of the files left unread because
     their window is not all in the page cache (`RWF_NOWAIT`): they have no digest and no
@@ -63,19 +64,22 @@ def hash_rows(
     os_open, os_close, os_fstat, hasher = os.open, os.close, os.fstat, blake3
     writeback = task.writeback
     rows = task.rows
-    paths = store.paths(rows)
+    handles, names = (
+        anchors.located(rows) if anchors is not None else ([None] * len(rows), store.paths(rows))
+    )
     devs, inos = store.devs(rows), [store.ino[row] for row in rows]
-    for position, (path, size) in enumerate(zip(paths, task.sizes, strict=True)):
+    for position, (at, name, size) in enumerate(zip(handles, names, task.sizes, strict=True)):
         try:
-            fd = os_open(path, flags)
+            fd = os_open(name, flags, dir_fd=at)
         except OSError as exc:
-            failed.append((position, path, describe(exc)))
+            failed.append((position, _path(store, rows[position], at, name), describe(exc)))
             digests += NO_DIGEST
             continue
         opened += 1
         try:
-            # The path is looked up again: a directory on it swapped for a symlink since the
-            # scan would lead elsewhere, so the file opened must be the one the scan saw.
+            # The name is looked up again (in a directory whose handle may have been opened
+            # long after the scan): a directory on the way swapped or renamed since could lead
+            # elsewhere, so the file opened must be the one the scan saw.
             st = os_fstat(fd)
             if st.st_ino != inos[position] or st.st_dev != devs[position]:
                 raise ChangedError(
@@ -86,7 +90,7 @@ def hash_rows(
             data = read(fd, size, st.st_size)
             digest = NO_DIGEST if data is None else hasher(data).digest()
         except OSError as exc:
-            failed.append((position, path, describe(exc)))
+            failed.append((position, _path(store, rows[position], at, name), describe(exc)))
             digests += NO_DIGEST
             continue
         finally:
@@ -99,10 +103,15 @@ def hash_rows(
         left.append(position)
         opened -= 1
         if reader.blind or _on_the_disk(len(left), opened + len(left)):
-            left.extend(range(position + 1, len(paths)))
-            digests += NO_DIGEST * (len(paths) - position - 1)
+            left.extend(range(position + 1, len(rows)))
+            digests += NO_DIGEST * (len(rows) - position - 1)
             break
     return HashResult(bytes(digests), tuple(failed), opened, total), left
+
+
+def _path(store: RowStore, row: int, at: int | None, name: str) -> str:
+    """A row's path for its issue: `name` is one where it was opened by path."""
+    return name if at is None else store.paths([row])[0]
 
 
 def _on_the_disk(left: int, tried: int) -> bool:

@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Protocol, runtime_checkable
 
+from dedup_engine.find.anchors import Anchors, handle_limit
 from dedup_engine.find.cache import CLOSING_BUSY_MS
 from dedup_engine.find.cached import WorkerCache, compare_cached, hash_cached
 from dedup_engine.find.dirtree import DirTree
@@ -36,7 +37,7 @@ from dedup_engine.find.readers import Readers
 from dedup_engine.find.store import RowStore
 from dedup_engine.find.tasks import CompareTask, DescribeTask, Result, ScanTask, Task, TreeTask
 from dedup_engine.find.walk import Filter, scan_dirs
-from dedup_engine.options import ScanOptions
+from dedup_engine.options import ScanOptions, open_file_limit
 
 PIPE_BYTES = 1 << 20
 #: Signals the `dedup` command turns into a clean stop; a worker leaves them to its parent.
@@ -125,19 +126,22 @@ def least_busy(busy: Sequence[int], among: Sequence[int] | None) -> int:
 
 
 class WorkerState:
-    """What a worker keeps between tasks: its filters, the rows it has scanned, and its readers
-    (for which `workers` is how many share each device)."""
+    """What a worker keeps between tasks: its filters, the rows it has scanned, the handles of
+    their directories, and its readers (for which `workers` is how many share each device)."""
 
     def __init__(self, options: ScanOptions, roots: Mapping[int, str], workers: int) -> None:
         self.filter = Filter(options, roots)
         self.store = RowStore()
         self.tree = DirTree() if options.dirs else None
-        self.readers = Readers(options.io_depth, workers)
+        self.anchors = Anchors(self.store, handle_limit(open_file_limit()))
+        self.readers = Readers(options.io_depth, workers, anchors=self.anchors)
         self.cache = WorkerCache(options.cache_dir) if options.cache_dir else None
 
     def close(self) -> None:
-        """The run is over: what the worker holds for the cache is written."""
+        """The run is over: what the worker holds for the cache is written, and its directory
+        handles closed."""
         self.readers.close()
+        self.anchors.close()
         if self.cache is not None:
             self.cache.close()
 

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from dedup_engine.find.anchors import Anchors, handle_limit
 from dedup_engine.find.device import DeviceInfo, DeviceProbe, read_depth, threads_per_worker
 from dedup_engine.find.fullcompare import MAX_COMPARED, compare_groups
 from dedup_engine.find.hashtasks import hash_batch, hash_rows
@@ -64,21 +65,27 @@ class Readers:
     """One worker's readers: its threads, and what it knows of each device."""
 
     def __init__(
-        self, io_depth: int | None, workers: int, probe: DeviceProbe | None = None
+        self,
+        io_depth: int | None,
+        workers: int,
+        probe: DeviceProbe | None = None,
+        anchors: Anchors | None = None,
     ) -> None:
         self.io_depth = io_depth
         self.workers = max(1, workers)
         self.probe = probe or DeviceProbe()
+        #: Where the head and tail stages open the worker's files from (by path where None).
+        self.anchors = anchors
         self._lock_dir: str | bool | None = False  # not looked for yet
         self._devices: dict[int, DeviceInfo] = {}
         self._threads: ThreadPoolExecutor | None = None
         # A comparing thread holds up to MAX_COMPARED files open: no more threads than this
-        # process's open-file limit holds.
+        # process's open-file limit holds once the directory handles have their share.
         limit = open_file_limit()
         self.max_threads = (
             DEFAULT_MAX_THREADS
             if limit is None
-            else max(1, (limit - RESERVED_FDS) // (MAX_COMPARED + 1))
+            else max(1, (limit - RESERVED_FDS - handle_limit(limit)) // (MAX_COMPARED + 1))
         )
 
     def device(self, dev: int) -> DeviceInfo:
@@ -98,17 +105,17 @@ class Readers:
         On a device read with threads, the files whose window is in the page cache are read
         first, here: threads would only contend for the GIL over them.  The rest are shared
         out between the threads."""
-        rows, follow = task.rows, task.follow_links
+        rows, follow, anchors = task.rows, task.follow_links, self.anchors
         if not rows:
-            return hash_batch(task, store)
+            return hash_batch(task, store, anchors)
         read, parts = self._resident_first(task, store)
         if not read and len(parts) == 1 and not parts[0].ordered:
-            return hash_batch(task, store)
+            return hash_batch(task, store, anchors)
         if not parts:
             return read[0][1] if len(read) == 1 else _gather_hash(read, len(rows))
         results = self._run(
             parts,
-            lambda part: hash_batch(_subtask(task, part.positions), store),
+            lambda part: hash_batch(_subtask(task, part.positions), store, anchors),
             lambda ps: _physical(
                 store.paths([rows[p] for p in ps]), [store.ino[rows[p]] for p in ps], ps, follow
             ),
@@ -136,7 +143,9 @@ class Readers:
                 parts.append(_Part(positions, info, ordered=self._ordered(info)))
                 continue
             every = len(positions) == len(rows)
-            result, left = hash_rows(task if every else _subtask(task, positions), store, True)
+            result, left = hash_rows(
+                task if every else _subtask(task, positions), store, True, self.anchors
+            )
             read.append((positions, result))
             waiting = [positions[i] for i in left]
             count = max(1, min(count, len(waiting) // MIN_PART_FILES))

@@ -127,6 +127,23 @@ class RowStore:
             for row in rows
         ]
 
+    def directories(self, rows: Iterable[int]) -> list[int]:
+        """The directory of many rows (its index, for `dir_path`), without a call per row."""
+        firsts = self._dir_first
+        return [bisect_right(firsts, row) - 1 for row in rows]
+
+    def names(self, rows: Iterable[int]) -> list[str]:
+        """The names of many rows in their directories, without a call per row."""
+        ends, names = self._name_end, self._names
+        return [
+            names[ends[row - 1] if row else 0 : ends[row]].decode("utf-8", "surrogateescape")
+            for row in rows
+        ]
+
+    def dir_path(self, directory: int) -> str:
+        """A directory's path, ending in "/"."""
+        return self._dirs[directory]
+
     def devs(self, rows: Sequence[int]) -> array[int]:
         """The device of many rows, in a column; with one device, without a look at each."""
         one = self.one_dev

@@ -17,6 +17,7 @@ import tracemalloc
 from array import array
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from blake3 import blake3
@@ -244,9 +245,9 @@ def test_only_the_files_on_the_disk_go_to_the_threads(
     threaded: list[str] = []
     real = readers.hash_batch  # type: ignore[attr-defined]
 
-    def recording(part: HashTask, store: RowStore) -> HashResult:
+    def recording(part: HashTask, store: RowStore, *rest: Any) -> HashResult:
         threaded.extend(store.paths(part.rows))
-        return real(part, store)
+        return real(part, store, *rest)
 
     monkeypatch.setattr(readers, "hash_batch", recording)
     _threaded(task, store)

@@ -229,11 +229,13 @@ class OsSpy:
     """Replaces the `os` module seen by `find.hashtasks` and `find.fullcompare` of `dedup_engine`
     (monkeypatch it into both, workers=0).
 
-    Records every open by path and counts opens per path: a file too big to be read whole is
-    opened once per stage (head = 1st, tail = 2nd where the tail stage applies, full = last), a
-    small one once.  A test acts at exact points: `on_open(path, n)` runs just before the n-th open
-    of path, `on_read(path, n)` just before the first read after the n-th open, and `eio` holds
-    (path, n) pairs whose reads after the n-th open fail with EIO, whatever the read call.
+    Records every open by path and counts opens per path (a name opened under a directory
+    handle, `find.anchors`, counts at the handle's path joined to it): a file too big to be
+    read whole is opened once per stage (head = 1st, tail = 2nd where the tail stage applies,
+    full = last), a small one once.  A test acts at exact points: `on_open(path, n)` runs just
+    before the n-th open of path, `on_read(path, n)` just before the first read after the n-th
+    open, and `eio` holds (path, n) pairs whose reads after the n-th open fail with EIO,
+    whatever the read call.
     Everything else is the real `os`.
     """
 
@@ -249,11 +251,14 @@ class OsSpy:
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
 
-    def open(self, path: str, flags: int, *args: Any, **kwargs: Any) -> int:
+    def open(self, name: str, flags: int, *args: Any, dir_fd: int | None = None, **kw: Any) -> int:
+        path = (
+            name if dir_fd is None else os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), name)
+        )
         self.opens[path] += 1
         if self.on_open is not None:
             self.on_open(path, self.opens[path])
-        fd = os.open(path, flags, *args, **kwargs)
+        fd = os.open(name, flags, *args, dir_fd=dir_fd, **kw)
         self.opened.append(path)
         self.fd_paths[fd] = path
         return fd

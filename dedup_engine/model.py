@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -62,6 +63,10 @@ class FileEntry(NamedTuple):
         return Owner(self.uid, self.gid, self.mode)
 
 
+#: A FileEntry's (dev, ino), without a Python-level frame: every group's inodes are counted
+#: as the group is reported.
+_IDENTITY = operator.itemgetter(1, 2)
+
 #: A FileEntry from its fields in order, as `FileEntry._make` makes one but without its
 #: Python-level frame: one is made for every file of every final group, and again as a report
 #: reads them back.
@@ -94,7 +99,7 @@ class DuplicateGroup:
     @property
     def inodes(self) -> int:
         """How many distinct files (dev, ino) the group holds."""
-        return len({(f.dev, f.ino) for f in self.files})
+        return len(set(map(_IDENTITY, self.files)))
 
     @property
     def reclaimable(self) -> int:

@@ -32,10 +32,14 @@ def printable(path: str) -> str:
 
 
 def human_size(n: int) -> str:
-    """`n` bytes in binary units: whole bytes below 1 KiB, one decimal above, TiB at most."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    """`n` bytes in binary units: whole bytes below 1 KiB, one decimal above, TiB at most.
+
+    The unit is the largest power of 1024 that `n` reaches, read off its bit length: the text
+    report prints two sizes for every group."""
+    if n < 1024:
+        return f"{n} B"
+    power = min((n.bit_length() - 1) // 10, 4)
+    return f"{n / (1 << 10 * power):.1f} {_UNITS[power]}"
+
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")

@@ -229,6 +229,21 @@ def test_printable_and_human_size() -> None:
     ]
 
 
+def test_human_size_picks_the_unit_a_division_at_a_time_would() -> None:
+    """The unit from the bit length, as dividing by 1024 while the value reaches 1024 finds
+    it: the same text at every edge of a unit, and past the last one."""
+
+    def divided(n: int) -> str:
+        value, units = float(n), ["B", "KiB", "MiB", "GiB", "TiB"]
+        while value >= 1024 and len(units) > 1:
+            value, units = value / 1024, units[1:]
+        return f"{value:.0f} B" if units[0] == "B" else f"{value:.1f} {units[0]}"
+
+    edges = [1024**k + d for k in range(1, 6) for d in (-52, -1, 0, 1, 51, 52)]
+    sizes = [0, 1, 512, 1023, *edges, 1024**5 * 3, 1 << 62, 123_456_789, 53_000]
+    assert [human_size(n) for n in sizes] == [divided(n) for n in sizes]
+
+
 # --- JSON -----------------------------------------------------------------------------------------
 
 

@@ -98,7 +98,7 @@ _REFERENCE = "   (reference)"
 
 def _block(header: str, names: list[str]) -> bytes:
     """A group as printed: its line, each of its names indented, a blank line."""
-    return _encode("\n".join([header, *(f"  {name}" for name in names), "\n"]))
+    return _encode("\n  ".join([header, *names]) + "\n\n")
 
 
 def _encode(text: str) -> bytes:

@@ -44,6 +44,11 @@ def dir_flags(follow_links: bool = False) -> int:
 DIR_HANDLE = os.O_PATH | OPEN_DIR
 
 
+def handle_flags(follow_links: bool = False) -> int:
+    """DIR_HANDLE, or the same flags following a symlink (`-L`)."""
+    return DIR_HANDLE & ~_NOFOLLOW if follow_links else DIR_HANDLE
+
+
 class SymlinkInPath(OSError):
     """A directory on the way is a symlink: neither `find` nor `apply` goes through one."""
 

@@ -11,17 +11,20 @@ checked again by path before a group is final (`entries.describe` and the full s
 which keep opening by path), so a directory renamed since leaves its files out with an issue,
 as before.
 
-Handles are bounded (`handle_limit`): a share of the open-file limit, and `MAX_HANDLES` at most.
-Directories past the bound, and those whose handle cannot be opened, are read by path as before.
+Handles are bounded (`handle_limit`): a share of what the open-file limit leaves once the
+descriptors open at the start are counted (an in-process caller's own among them), and
+`MAX_HANDLES` at most; the first open that finds no descriptor left stops them.  Directories past
+the bound, and those whose handle cannot be opened, are read by path as before.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 
 from dedup_engine.find.store import RowStore
-from dedup_engine.openflags import DIR_HANDLE
+from dedup_engine.openflags import handle_flags
 from dedup_engine.options import RESERVED_FDS
 
 #: The most directory handles a worker holds: all the directories of a tree of a few million
@@ -30,12 +33,21 @@ from dedup_engine.options import RESERVED_FDS
 MAX_HANDLES = 4096
 
 
-def handle_limit(open_files: int | None) -> int:
-    """A worker's handles at most, under an open-file limit (None: none): a quarter of what the
-    reserve leaves, so the readers' threads keep the rest (`readers.Readers`)."""
+def handle_limit(open_files: int | None, in_use: int = 0) -> int:
+    """A worker's handles at most, under an open-file limit (None: none) with `in_use`
+    descriptors open already: a quarter of what they and the reserve leave, so the readers'
+    threads keep the rest (`readers.Readers`)."""
     if open_files is None:
         return MAX_HANDLES
-    return max(0, min(MAX_HANDLES, (open_files - RESERVED_FDS) // 4))
+    return max(0, min(MAX_HANDLES, (open_files - RESERVED_FDS - in_use) // 4))
+
+
+def descriptors_in_use() -> int:
+    """This process's open descriptors now; 0 where the system does not list them."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
 
 
 class Anchors:
@@ -45,11 +57,17 @@ class Anchors:
     at once keep one and close the other.  `close` once no read is running.
     """
 
-    __slots__ = ("_fds", "_limit", "_store")
+    __slots__ = ("_fds", "_flags", "_limit", "_store", "limit")
 
-    def __init__(self, store: RowStore, limit: int) -> None:
+    def __init__(self, store: RowStore, limit: int, follow_links: bool = False) -> None:
         self._store = store
+        #: The most handles this worker may hold, which its readers leave to it.
+        self.limit = limit
+        # The directories it may still look at, those that got no handle counted too: 0 once
+        # the descriptors ran out, or after `close`.
         self._limit = limit
+        # With links followed, a directory may have been listed through a symlink to it.
+        self._flags = handle_flags(follow_links)
         #: Each directory's handle by its index in the store; None where it could not be opened
         #: (its files are then opened by path, and the error, if any, is theirs).
         self._fds: dict[int, int | None] = {}
@@ -74,11 +92,13 @@ class Anchors:
             return
         path = self._store.dir_path(directory)
         try:
-            # Not through a symlink, as the directory was listed: one swapped for a link since
-            # gets no handle, and its files' opens by path meet the link.
-            fd: int | None = os.open(path.rstrip("/") or "/", DIR_HANDLE)
-        except OSError:
+            # Not through a symlink (unless links are followed), as the directory was listed:
+            # one swapped for a link since gets no handle, and its files' opens by path meet it.
+            fd: int | None = os.open(path.rstrip("/") or "/", self._flags)
+        except OSError as exc:
             fd = None
+            if exc.errno in (errno.EMFILE, errno.ENFILE):  # the files' own opens need the rest
+                self._limit = 0
         kept = self._fds.setdefault(directory, fd)
         if fd is not None and kept != fd:  # another thread's handle came first
             os.close(fd)

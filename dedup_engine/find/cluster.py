@@ -666,8 +666,10 @@ def _setup(
             " version on every host"
         )
     now = time.monotonic()
-    for old in [r for r, held in _RUNS.items() if now - held.used > ABANDONED_S]:
-        _close(old)
+    for old, held in list(_RUNS.items()):
+        # One with a task still running here is let go by a later run, not waited for.
+        if now - held.used > ABANDONED_S and not held.lock.locked():
+            _close(old)
     _RUNS[run] = _Held(WorkerState(options, roots, workers))
     cache = None
     if options.cache_dir is not None:
@@ -736,5 +738,6 @@ def _close(run: str) -> None:
     """The run's end on this worker: its state written (the cache) and let go."""
     held = _RUNS.pop(run, None)
     if held is not None:
-        with contextlib.suppress(Exception):
+        # After any task of the run still running here: its reads use what closing lets go.
+        with held.lock, contextlib.suppress(Exception):
             held.state.close()

@@ -28,7 +28,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Protocol, runtime_checkable
 
-from dedup_engine.find.anchors import Anchors, handle_limit
+from dedup_engine.find.anchors import Anchors, descriptors_in_use, handle_limit
 from dedup_engine.find.cache import CLOSING_BUSY_MS
 from dedup_engine.find.cached import WorkerCache, compare_cached, hash_cached
 from dedup_engine.find.dirtree import DirTree
@@ -133,13 +133,17 @@ class WorkerState:
         self.filter = Filter(options, roots)
         self.store = RowStore()
         self.tree = DirTree() if options.dirs else None
-        self.anchors = Anchors(self.store, handle_limit(open_file_limit()))
+        self.anchors = Anchors(
+            self.store,
+            handle_limit(open_file_limit(), descriptors_in_use()),
+            options.follow_links,
+        )
         self.readers = Readers(options.io_depth, workers, anchors=self.anchors)
         self.cache = WorkerCache(options.cache_dir) if options.cache_dir else None
 
     def close(self) -> None:
         """The run is over: what the worker holds for the cache is written, and its directory
-        handles closed."""
+        handles closed once no reader is left to use them."""
         self.readers.close()
         self.anchors.close()
         if self.cache is not None:

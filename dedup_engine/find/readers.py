@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from dedup_engine.find.anchors import Anchors, handle_limit
+from dedup_engine.find.anchors import Anchors
 from dedup_engine.find.device import DeviceInfo, DeviceProbe, read_depth, threads_per_worker
 from dedup_engine.find.fullcompare import MAX_COMPARED, compare_groups
 from dedup_engine.find.hashtasks import hash_batch, hash_rows
@@ -81,11 +81,11 @@ class Readers:
         self._threads: ThreadPoolExecutor | None = None
         # A comparing thread holds up to MAX_COMPARED files open: no more threads than this
         # process's open-file limit holds once the directory handles have their share.
-        limit = open_file_limit()
+        limit, handles = open_file_limit(), 0 if anchors is None else anchors.limit
         self.max_threads = (
             DEFAULT_MAX_THREADS
             if limit is None
-            else max(1, (limit - RESERVED_FDS - handle_limit(limit)) // (MAX_COMPARED + 1))
+            else max(1, (limit - RESERVED_FDS - handles) // (MAX_COMPARED + 1))
         )
 
     def device(self, dev: int) -> DeviceInfo:
@@ -258,8 +258,11 @@ class Readers:
             os.close(fd)  # releases the lock
 
     def close(self) -> None:
+        """No more reads: the parts not started are dropped, and those running waited for, so
+        that none opens a file from a directory handle closed after this (its number may be
+        another directory's by then)."""
         if self._threads is not None:
-            self._threads.shutdown(wait=False)
+            self._threads.shutdown(wait=True, cancel_futures=True)
 
 
 def lock_dir() -> str | None:

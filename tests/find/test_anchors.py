@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
+import threading
 from array import array
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +20,7 @@ from treebuilder import Tree, content
 
 from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.find import anchors as anchors_module
+from dedup_engine.find import readers
 from dedup_engine.find.anchors import MAX_HANDLES, Anchors, handle_limit
 from dedup_engine.find.hashtasks import hash_batch
 from dedup_engine.find.store import RowStore
@@ -203,3 +206,99 @@ def test_a_worker_opens_no_handle_where_its_limit_is_none(
     opens = _Opens(monkeypatch)
     assert hash_batch(task, store, anchors) == expected
     assert len(anchors) == 0 and all(at is None for _, at in opens.calls)
+
+
+@pytest.fixture
+def few_descriptors() -> Iterator[int]:
+    """This process's soft open-file limit lowered to 256 for the test."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        yield 256
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _free(limit: int) -> int:
+    """Descriptors left under `limit` (the listing's own, open while it lists, not counted)."""
+    return limit - (len(os.listdir("/proc/self/fd")) - 1)
+
+
+def _hold(count: int) -> list[int]:
+    """Descriptors held open until closed, as a library caller's own would be."""
+    return [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in range(count)]
+
+
+def test_an_in_process_run_leaves_the_callers_descriptors_to_it_and_the_files_their_opens(
+    tree: Tree, few_descriptors: int
+) -> None:
+    """Most of the limit is the caller's: the handles take a share of what is left, so every
+    file is still opened and grouped."""
+    for n in range(60):
+        tree.file(f"d{n:02}/x", content(3000, seed=n))
+        tree.file(f"d{n:02}/y", content(3000, seed=n))
+    held = _hold(_free(few_descriptors) - RESERVED_FDS - 20)
+    try:
+        result = find_duplicates([tree.root], ScanOptions(workers=0))
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert result.issues == ()
+    assert len(result.groups) == 60
+
+
+def test_no_handle_is_opened_once_the_descriptors_ran_out(
+    anchored: tuple[RowStore, HashTask, Anchors], few_descriptors: int
+) -> None:
+    store, task, anchors = anchored
+    directories = store.directories(task.rows)
+    first = [row for row, d in zip(task.rows, directories, strict=True) if d in (0, 1)]
+    held = _hold(_free(few_descriptors) - 1)
+    try:
+        handles, _ = anchors.located(first)  # two directories: one handle, then none left
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert len(anchors) == 1 and sum(at is None for at in handles) == 2
+    anchors.located(task.rows)  # descriptors are free again: still no more handles
+    assert len(anchors) == 1
+
+
+@pytest.mark.parametrize("follow_links", [False, True])
+def test_a_directory_listed_through_a_symlink_gets_a_handle_only_with_links_followed(
+    tree: Tree, follow_links: bool
+) -> None:
+    tree.file("real/f", content(3000, seed="f"))
+    tree.symlink("link", "real")
+    store = RowStore()
+    store.start_dir(tree.path("link") + "/", 0, os.stat(tree.root).st_dev)
+    store.add(["f"], [os.stat(tree.path("real/f"))])
+    anchors = Anchors(store, MAX_HANDLES, follow_links)
+    try:
+        _, names = anchors.located([0])
+        assert len(anchors) == int(follow_links)
+        assert names == (["f"] if follow_links else [tree.path("link/f")])
+    finally:
+        anchors.close()
+
+
+def test_closing_the_readers_waits_for_the_parts_still_reading(tree: Tree) -> None:
+    """A part still reading when the run ends (an interrupted run) finishes before closing
+    returns: the directory handles are closed after it, never under it."""
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def work(part: Any) -> None:
+        started.set()
+        release.wait(5)
+        finished.set()
+
+    pool = readers.Readers(io_depth=8, workers=1)
+    device = pool.device(os.stat(tree.root).st_dev)
+    parts = [readers._Part([n], device) for n in range(2)]
+    runner = threading.Thread(target=pool._run, args=(parts, work, lambda ps: ps))
+    runner.start()
+    assert started.wait(5)
+    threading.Timer(0.2, release.set).start()
+    pool.close()
+    assert finished.is_set()
+    runner.join(5)

@@ -77,7 +77,8 @@ class Anchors:
         it, or None and the file's full path (`os.open`'s `dir_fd` None)."""
         store, fds = self._store, self._fds
         directories = store.directories(rows)
-        for directory in set(directories) - fds.keys():
+        # Each look at `fds` a single one, which another thread's insert cannot break.
+        for directory in [d for d in set(directories) if d not in fds]:
             self._open(directory)
         handles = list(map(fds.get, directories))
         names = store.names(rows)

@@ -10,8 +10,10 @@ Every benchmark stores the engine's work counters in `extra_info`, so a saved ru
 
 from __future__ import annotations
 
+import contextlib
 import os
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import pytest
 
 from dedup_engine import ScanOptions, find_duplicates
 from dedup_engine.bench import workgate
+from dedup_engine.find.anchors import MAX_HANDLES, Anchors
 from dedup_engine.find.entries import describe
 from dedup_engine.find.fullcompare import compare_groups
 from dedup_engine.find.groups import Group, Named, SizeIndex, assemble
@@ -153,19 +156,35 @@ def test_stage_size_grouping(benchmark: Bench, captured: Captured) -> None:
     benchmark.extra_info.update(rows=rows, candidates=sum(len(g) for _, g in groups))
 
 
-def test_stage_head(benchmark: Bench, captured: Captured) -> None:
-    opts = captured.opts
+@contextlib.contextmanager
+def _anchors(store: RowStore, opened: str) -> Iterator[Anchors | None]:
+    """A worker's directory handles (`find.anchors`), held across rounds as a worker holds them
+    across tasks; None to open every file by its path."""
+    anchors = Anchors(store, MAX_HANDLES) if opened == "under-handles" else None
+    try:
+        yield anchors
+    finally:
+        if anchors is not None:
+            anchors.close()
+
+
+@pytest.mark.parametrize("opened", ["under-handles", "by-path"])
+def test_stage_head(benchmark: Bench, captured: Captured, opened: str) -> None:
+    """The head stage as a worker runs it, and with every file opened by its path instead."""
+    opts, store = captured.opts, captured.store
     window = Window(Stage.HEAD, opts.head_window, opts.whole_threshold)
     tasks = _hash_tasks(window, captured.candidates)
-    _record(benchmark, benchmark(lambda: [hash_batch(t, captured.store) for t in tasks]))
+    with _anchors(store, opened) as anchors:
+        _record(benchmark, benchmark(lambda: [hash_batch(t, store, anchors) for t in tasks]))
 
 
 def test_stage_tail(benchmark: Bench, captured: Captured) -> None:
-    opts = captured.opts
+    opts, store = captured.opts, captured.store
     window = Window(Stage.TAIL, opts.tail_window, min_size=opts.tail_min_size)
     groups = [(s, g) for s, g in captured.after_head if window.applies(s)]
     tasks = _hash_tasks(window, groups)
-    _record(benchmark, benchmark(lambda: [hash_batch(t, captured.store) for t in tasks]))
+    with _anchors(store, "under-handles") as anchors:
+        _record(benchmark, benchmark(lambda: [hash_batch(t, store, anchors) for t in tasks]))
 
 
 def test_stage_full(benchmark: Bench, captured: Captured) -> None:

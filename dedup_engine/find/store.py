@@ -43,7 +43,10 @@ class RowStore:
 
     def __init__(self) -> None:
         self._dirs: list[str] = []  # each directory's path with its trailing "/"
-        self._dir_first = array("Q")  # its first row
+        # Its first row; a list, not an array, since every row's lookup bisects it: an array
+        # makes an int object at each of the bisection's steps, a list holds them already
+        # (one object a directory, not a file).
+        self._dir_first: list[int] = []
         self._dir_root = array("I")  # the index of the root it was found under
         # 1 where each row is a root of its own, numbered from the directory's root on (file
         # roots, which a list names one after another in their directory)

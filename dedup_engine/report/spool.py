@@ -36,6 +36,7 @@ from dedup_engine.model import (
     RunStats,
     Verified,
     entry_of,
+    report_order,
 )
 
 #: Keys kept in memory before a sorted run of them is written out: about 4 MiB of keys for
@@ -99,8 +100,7 @@ class _Spool:
         its key stays."""
         self._pending.append(record)
         self._pending_bytes += len(record)
-        first = group.files[0].path if group.files else ""
-        self._keys.append(_key(group.size, first, self._end, len(record)))
+        self._keys.append(_key(report_order(group), self._end, len(record)))
         self._end += len(record)
         self._count += 1
         if self._pending_bytes >= FLUSH_BYTES:
@@ -236,13 +236,15 @@ class SpooledResult:
     directory_groups: tuple[DirectoryGroup, ...] = ()
 
 
-def _key(size: int, first_path: str, offset: int, length: int) -> bytes:
-    """Bytes that order as `model.report_order` does, ending in where the group lies in the data
-    file.
+def _key(order: tuple[int, str], offset: int, length: int) -> bytes:
+    """Bytes that sort as the group's `model.report_order` does, ending in where the group lies
+    in the data file.
 
     A NUL in the path becomes NUL 1 and the path ends in NUL NUL, so a path sorts before every
     longer path it begins, as a string does."""
+    negative_size, first_path = order
     path = first_path.encode("utf-8", "surrogatepass")
     if b"\0" in path:
         path = path.replace(b"\0", b"\0\1")
-    return (_SIZE_TOP - size).to_bytes(8, "big") + path + b"\0\0" + _PLACE.pack(offset, length)
+    size_part = (_SIZE_TOP + negative_size).to_bytes(8, "big")
+    return size_part + path + b"\0\0" + _PLACE.pack(offset, length)

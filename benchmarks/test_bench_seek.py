@@ -11,14 +11,16 @@ and `extra_info` holds what a single head would travel to read every file's firs
 order (`readorder.seek_distance`), next to the walk order's.
 
 The cold sweep reads every file's first 4 KiB (with BLAKE3) from a dropped page cache with 1 to
-64 reads in flight, split over one worker process per CPU: the measurement behind the default
-read depth of a virtual disk in `find.device`.
+64 reads in flight, split over one worker process per CPU, each keeping its share in flight with
+threads or from one thread reading ahead: the measurement behind the default read depth of a
+virtual disk in `find.device`, and behind reading ahead on local disks in `find.readers`.
 """
 
 from __future__ import annotations
 
 import os
 import random
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -180,13 +182,39 @@ def _head(path: str) -> bytes:
         os.close(fd)
 
 
-def _read_share(share: tuple[list[str], int]) -> int:
-    """One worker's part: its paths, read by `threads` threads in batches, as a worker would."""
-    paths, threads = share
-    with ThreadPoolExecutor(threads) as readers:
+def _read_share(share: tuple[list[str], int, str]) -> int:
+    """One worker's part: its paths, read in batches as a worker would, with `depth` reads in
+    flight: by as many threads, or by one thread that opens files `depth` ahead of the one it
+    reads and asks for their heads (`hashtasks`' reading ahead)."""
+    paths, depth, how = share
+    if how == "ahead":
+        for start in range(0, len(paths), 256):
+            _read_ahead(paths[start : start + 256], depth)
+        return len(paths)
+    with ThreadPoolExecutor(depth) as readers:
         for start in range(0, len(paths), 256):
             list(readers.map(_head, paths[start : start + 256]))
     return len(paths)
+
+
+def _read_ahead(paths: list[str], depth: int) -> None:
+    opened: deque[int] = deque()
+    for path in paths[:depth]:
+        opened.append(_ask(path))
+    for at in range(len(paths)):
+        fd = opened.popleft()
+        if at + depth < len(paths):
+            opened.append(_ask(paths[at + depth]))
+        try:
+            blake3.blake3(os.read(fd, HEAD)).digest()
+        finally:
+            os.close(fd)
+
+
+def _ask(path: str) -> int:
+    fd = os.open(path, OPEN_READ)
+    os.posix_fadvise(fd, 0, HEAD, os.POSIX_FADV_WILLNEED)
+    return fd
 
 
 @pytest.fixture(scope="session")
@@ -212,17 +240,18 @@ def cold_pool() -> Iterable[Pool]:
         yield pool
 
 
+@pytest.mark.parametrize("how", ["threads", "ahead"])
 @pytest.mark.parametrize("depth", [1, 2, 4, 8, 16, 32, 64])
 def test_cold_read_depth(
-    benchmark: Bench, cold_tree: list[str], cold_pool: Pool, depth: int
+    benchmark: Bench, cold_tree: list[str], cold_pool: Pool, depth: int, how: str
 ) -> None:
     workers = cpu_count()
     threads = threads_per_worker(depth, workers)
-    shares = [(cold_tree[k::workers], threads) for k in range(workers)]
+    shares = [(cold_tree[k::workers], threads, how) for k in range(workers)]
     done = benchmark.pedantic(
         lambda: sum(cold_pool.map(_read_share, shares)), setup=_drop_caches, rounds=3
     )
     info = device_for(cold_tree[0])
     benchmark.extra_info.update(
-        files=done, depth=depth, workers=workers, threads=threads, device=info.cls.value
+        files=done, depth=depth, workers=workers, per_worker=threads, how=how, device=info.cls.value
     )

@@ -3,12 +3,18 @@ wants, and a spinning disk's by one reader at a time, in physical order.
 
 A worker decides this for itself, from the devices of the files it is asked to read (`device`):
 the coordinator never needs to know which disk a file is on, and a worker on another host would
-decide the same way.  A task's files are split by device; the files of a solid, virtual or
-network device are shared out between `threads_per_worker` threads (`os.pread`, `os.readv` and
-BLAKE3 release the GIL, so the reads overlap), but for a head or tail task's files whose window
-is in the page cache, which the worker reads first in its own thread; the files of a spinning
-disk are put in physical order (`readorder`) and read by this worker alone among the run's
-workers while it holds the disk's lock, so the disk serves one sequential reader.
+decide the same way.  A task's files are split by device, and each device gets its share of the
+reads in flight (`threads_per_worker`):
+- a head or tail task's files whose window is in the page cache are read first, by the worker in
+  its own thread;
+- on a local solid or virtual disk, the rest are read by one thread that asks for the windows of
+  the files ahead of the one it reads (`hashtasks`), which the kernel then reads while it hashes;
+- on other devices (a network filesystem, FUSE, one not known), and for the full stage's
+  comparisons, the files are shared out between threads (`os.pread`, `os.readv` and BLAKE3
+  release the GIL, so the reads overlap);
+- the files of a spinning disk are put in physical order (`readorder`) and read by this worker
+  alone among the run's workers while it holds the disk's lock, so the disk serves one
+  sequential reader.
 """
 
 from __future__ import annotations
@@ -25,9 +31,15 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from dedup_engine.find.anchors import Anchors
-from dedup_engine.find.device import DeviceInfo, DeviceProbe, read_depth, threads_per_worker
+from dedup_engine.find.device import (
+    DeviceClass,
+    DeviceInfo,
+    DeviceProbe,
+    read_depth,
+    threads_per_worker,
+)
 from dedup_engine.find.fullcompare import MAX_COMPARED, compare_groups
-from dedup_engine.find.hashtasks import hash_batch, hash_rows
+from dedup_engine.find.hashtasks import WILLNEED, hash_batch, hash_rows
 from dedup_engine.find.readorder import physical_order
 from dedup_engine.find.store import RowStore
 from dedup_engine.find.tasks import (
@@ -47,6 +59,11 @@ MIN_PART_FILES = 16
 RESIDENCY_SAMPLE = 4
 #: Threads a worker may run where the open-file limit does not say.
 DEFAULT_MAX_THREADS = MAX_IO_DEPTH
+#: Devices whose files a head or tail task reads ahead from one thread (`_Part.ahead`): local
+#: disks, whose filesystems start the reads asked for in the page cache.  A network filesystem's
+#: or FUSE's may not (FUSE with direct I/O has no page cache), and threads overlap their reads
+#: whatever the filesystem does.
+_READ_AHEAD = frozenset({DeviceClass.SOLID, DeviceClass.VIRTUAL})
 
 _R = TypeVar("_R", HashResult, CompareResult)
 
@@ -54,11 +71,13 @@ _R = TypeVar("_R", HashResult, CompareResult)
 @dataclass(frozen=True, slots=True)
 class _Part:
     """Some of a task's files, for one thread: their positions in the task, in reading order;
-    `ordered`: to be put in physical order first, once the disk's lock is held."""
+    `ordered`: to be put in physical order first, once the disk's lock is held; `ahead`: how
+    many files past the one read to have open, their windows asked for (head and tail only)."""
 
     positions: list[int]
     device: DeviceInfo
     ordered: bool = False
+    ahead: int = 0
 
 
 class Readers:
@@ -82,10 +101,16 @@ class Readers:
         # A comparing thread holds up to MAX_COMPARED files open: no more threads than this
         # process's open-file limit holds once the directory handles have their share.
         limit, handles = open_file_limit(), 0 if anchors is None else anchors.limit
+        room = None if limit is None else limit - RESERVED_FDS - handles
         self.max_threads = (
-            DEFAULT_MAX_THREADS
-            if limit is None
-            else max(1, (limit - RESERVED_FDS - handles) // (MAX_COMPARED + 1))
+            DEFAULT_MAX_THREADS if room is None else max(1, room // (MAX_COMPARED + 1))
+        )
+        #: Files a thread reading ahead may hold open besides the one it reads: as many as a
+        #: comparing thread, or what the limit leaves each thread.
+        self.max_ahead = (
+            MAX_COMPARED
+            if room is None
+            else max(1, min(MAX_COMPARED, room // self.max_threads - 1))
         )
 
     def device(self, dev: int) -> DeviceInfo:
@@ -99,23 +124,32 @@ class Readers:
             self.max_threads, threads_per_worker(read_depth(info, self.io_depth), self.workers)
         )
 
+    def ahead(self, info: DeviceInfo) -> int:
+        """Files to read ahead on the device from one thread, in place of `threads` threads
+        (`_Part.ahead`); 0 where its files are shared out between threads instead."""
+        if WILLNEED is None or info.cls not in _READ_AHEAD or info.fstype.startswith("fuse"):
+            return 0
+        return min(
+            self.max_ahead, threads_per_worker(read_depth(info, self.io_depth), self.workers)
+        )
+
     def hash_batch(self, task: HashTask, store: RowStore) -> HashResult:
         """`hashtasks.hash_batch`, with the task's files shared out by device.
 
         On a device read with threads, the files whose window is in the page cache are read
-        first, here: threads would only contend for the GIL over them.  The rest are shared
-        out between the threads."""
+        first, here: threads would only contend for the GIL over them.  The rest are read
+        ahead by one thread, or shared out between the threads (`_resident_first`)."""
         rows, follow, anchors = task.rows, task.follow_links, self.anchors
         if not rows:
             return hash_batch(task, store, anchors)
         read, parts = self._resident_first(task, store)
         if not read and len(parts) == 1 and not parts[0].ordered:
-            return hash_batch(task, store, anchors)
+            return hash_batch(task, store, anchors, parts[0].ahead)
         if not parts:
             return read[0][1] if len(read) == 1 else _gather_hash(read, len(rows))
         results = self._run(
             parts,
-            lambda part: hash_batch(_subtask(task, part.positions), store, anchors),
+            lambda part: hash_batch(_subtask(task, part.positions), store, anchors, part.ahead),
             lambda ps: _physical(
                 store.paths([rows[p] for p in ps]), [store.ino[rows[p]] for p in ps], ps, follow
             ),
@@ -129,7 +163,8 @@ class Readers:
     ) -> tuple[list[tuple[list[int], HashResult]], list[_Part]]:
         """The files of each device read with threads whose window is in the page cache, read
         now (`hashtasks.hash_rows`), with their positions in the task; and the parts left to
-        read, each device's others shared out between its threads."""
+        read: each device's others read ahead by one thread, or shared out between its
+        threads."""
         rows = task.rows
         dev = store.one_dev
         if dev is not None:
@@ -148,6 +183,11 @@ class Readers:
             )
             read.append((positions, result))
             waiting = [positions[i] for i in left]
+            ahead = self.ahead(info)
+            if ahead:
+                if waiting:
+                    parts.append(_Part(waiting, info, ahead=ahead))
+                continue
             count = max(1, min(count, len(waiting) // MIN_PART_FILES))
             parts.extend(_Part(waiting[i::count], info) for i in range(count) if waiting)
         return read, parts

@@ -198,7 +198,7 @@ def find(
             "--io-depth",
             help=(
                 "Reads in flight per device, over all workers (default: the device's own: 1 "
-                "in physical order on a spinning disk, 16 on SSDs and virtual disks, 32 on "
+                "in physical order on a spinning disk, 16 on SSDs, 32 on virtual disks and "
                 "network filesystems)."
             ),
         ),

@@ -45,12 +45,14 @@ class DeviceClass(Enum):
 #: - SOLID 16: fclones' SSD default is 4 threads per core, 16 on a 4-core machine such as the
 #:   laptop of its published NVMe benchmark; a SATA disk queues 32 commands (NCQ). A constant:
 #:   the device, not the CPU count, sets it. No SSD or NVMe disk was at hand to measure.
-#: - VIRTUAL 16: measured on this project's virtio disk by the cold sweep of
+#: - VIRTUAL 32: measured on this project's virtio disk by the cold sweep of
 #:   benchmarks/test_bench_seek.py (20,000 files, 4 KiB head + BLAKE3 each, page cache dropped,
-#:   two worker processes, median of 3; two sweeps): 2 in flight 3.53 s, 4 2.01-2.51 s,
-#:   8 1.30-1.61 s, 16 1.11-1.26 s, 32 1.00-1.01 s, 64 0.95-1.03 s. 16 takes most of the gain
-#:   over 8; warm, 2 to 64 in flight all read the tree in 0.3-0.4 s. `dedup find --workers 8`
-#:   was likewise twice as fast cold as 2 workers on the small tree (anchors).
+#:   two worker processes, median of 3). With threads, two sweeps: 2 in flight 3.53 s, 4
+#:   2.01-2.51 s, 8 1.30-1.61 s, 16 1.11-1.26 s, 32 1.00-1.01 s, 64 0.95-1.03 s; a third, on a
+#:   faster day: 16 0.88 s, 32 0.81 s, 64 0.94 s. With one thread a worker reading ahead, as
+#:   `readers` reads a local disk: 8 0.54 s, 16 0.44 s, 32 0.33 s, 64 0.42 s. Reading ahead
+#:   costs no thread per read, so the depth that reads fastest is taken; warm, 2 to 64 in
+#:   flight all read the tree in 0.3-0.4 s.
 #: - NETWORK 32: each read is a round trip, so latency, not the server, bounds one reader; the
 #:   Linux NFSv4.1 client opens 64 session slots by default (NFS4_DEF_SLOT_TABLE_SIZE): half of
 #:   them leaves room for the walk's metadata calls and other clients.
@@ -62,7 +64,7 @@ class DeviceClass(Enum):
 DEFAULT_DEPTH: dict[DeviceClass, int] = {
     DeviceClass.ROTATIONAL: 1,
     DeviceClass.SOLID: 16,
-    DeviceClass.VIRTUAL: 16,
+    DeviceClass.VIRTUAL: 32,
     DeviceClass.NETWORK: 32,
     DeviceClass.UNKNOWN: 8,
 }

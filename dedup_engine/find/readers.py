@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from dedup_engine.find.anchors import Anchors
+from dedup_engine.find.anchors import Anchors, descriptors_in_use
 from dedup_engine.find.device import (
     DeviceClass,
     DeviceInfo,
@@ -99,9 +99,10 @@ class Readers:
         self._devices: dict[int, DeviceInfo] = {}
         self._threads: ThreadPoolExecutor | None = None
         # A comparing thread holds up to MAX_COMPARED files open: no more threads than this
-        # process's open-file limit holds once the directory handles have their share.
+        # process's open-file limit holds once the descriptors open now (a caller's, in
+        # process) and the directory handles have their share.
         limit, handles = open_file_limit(), 0 if anchors is None else anchors.limit
-        room = None if limit is None else limit - RESERVED_FDS - handles
+        room = None if limit is None else limit - RESERVED_FDS - handles - descriptors_in_use()
         self.max_threads = (
             DEFAULT_MAX_THREADS if room is None else max(1, room // (MAX_COMPARED + 1))
         )

@@ -17,6 +17,7 @@ import ctypes
 import errno
 import mmap
 import os
+import resource
 import tracemalloc
 from array import array
 from dataclasses import replace
@@ -376,15 +377,26 @@ def test_without_posix_fadvise_nothing_is_read_ahead(
 
 
 @pytest.mark.parametrize(
-    ("limit", "threads", "ahead"),
-    [(None, readers.DEFAULT_MAX_THREADS, 64), (200, 2, 64), (100, 1, 64), (60, 1, 27), (20, 1, 1)],
+    ("limit", "in_use", "threads", "ahead"),
+    [
+        (None, 10, readers.DEFAULT_MAX_THREADS, 64),
+        (200, 0, 2, 64),
+        (100, 0, 1, 64),
+        (60, 0, 1, 27),
+        (20, 0, 1, 1),
+        (1024, 900, 1, 64),  # an in-process caller holding most of the limit
+        (1024, 980, 1, 11),
+        (1024, 1010, 1, 1),
+    ],
 )
 def test_reading_ahead_holds_no_more_files_than_the_open_file_limit_leaves(
-    monkeypatch: pytest.MonkeyPatch, limit: int | None, threads: int, ahead: int
+    monkeypatch: pytest.MonkeyPatch, limit: int | None, in_use: int, threads: int, ahead: int
 ) -> None:
-    """Past the reserve (32), a thread reading ahead holds as many files as a comparing thread
-    (64 and the one it reads), or what the limit leaves each thread."""
+    """Past the reserve (32) and the descriptors open already, a thread reading ahead holds as
+    many files as a comparing thread (64 and the one it reads), or what the limit leaves each
+    thread."""
     monkeypatch.setattr(readers, "open_file_limit", lambda: limit)
+    monkeypatch.setattr(readers, "descriptors_in_use", lambda: in_use)
     pool = readers.Readers(io_depth=1024, workers=1, probe=_Probe(DeviceClass.SOLID))
     assert (pool.max_threads, pool.max_ahead) == (threads, ahead)
     assert pool.ahead(pool.device(1)) == ahead
@@ -462,28 +474,66 @@ def test_advice_refused_is_only_a_read_not_started_early(
     assert hash_batch(task, store, ahead=4) == plain
 
 
-@pytest.mark.parametrize("interrupted", [False, True])
+@pytest.mark.parametrize(
+    ("where", "call"),
+    [
+        (None, 0),
+        ("fstat", 5),  # reading a file taken
+        ("posix_fadvise", 1),  # asking for the first window
+        ("posix_fadvise", 8),  # asking for the last window of the first fill
+        ("posix_fadvise", 20),  # asking for one while files are read
+        ("open", 3),  # opening a file ahead
+        ("open", 20),
+    ],
+)
 def test_reading_ahead_leaves_no_file_open(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupted: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str | None, call: int
 ) -> None:
+    """Done, or interrupted anywhere in it (here: the `call`th call to `where` raises
+    KeyboardInterrupt, as a signal handler would there), it leaves no file open."""
     _tree(tmp_path, 40, SMALL)
     store, task = _scanned(tmp_path)
     before = sorted(os.listdir("/proc/self/fd"))
-    real_fstat = os.fstat
-    seen: list[int] = []
+    if where is not None:
+        real = getattr(os, where)
+        calls: list[object] = []
 
-    def stopping(fd: int) -> os.stat_result:
-        seen.append(fd)
-        if interrupted and len(seen) == 5:
-            raise KeyboardInterrupt
-        return real_fstat(fd)
+        def stopping(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args)
+            if len(calls) == call:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(os, "fstat", stopping)
-    if interrupted:
+        monkeypatch.setattr(os, where, stopping)
         with pytest.raises(KeyboardInterrupt):
             hash_batch(task, store, ahead=8)
     else:
         hash_batch(task, store, ahead=8)
     monkeypatch.undo()
-    assert len(seen) == (5 if interrupted else 40)
     assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_reading_ahead_out_of_descriptors_opens_each_file_at_its_turn(tmp_path: Path) -> None:
+    """With 6 descriptors left under the limit, reading 32 ahead meets EMFILE: it reads as far
+    ahead as it can, and every file is read, none an issue."""
+    _tree(tmp_path, 60, SMALL)
+    store, task = _scanned(tmp_path)
+    plain = hash_batch(task, store)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (_limit_leaving(6), hard))
+        result = hash_batch(task, store, ahead=32)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert result == plain
+
+
+def _limit_leaving(free: int) -> int:
+    """The open-file limit under which `free` descriptors are left: a new one gets the lowest
+    number free, and must be below the limit."""
+    used = {int(fd) for fd in os.listdir("/proc/self/fd")}
+    number = -1
+    while free:
+        number += 1
+        free -= number not in used
+    return number + 1

@@ -42,6 +42,10 @@ def handle_limit(open_files: int | None, in_use: int = 0) -> int:
     return max(0, min(MAX_HANDLES, (open_files - RESERVED_FDS - in_use) // 4))
 
 
+#: The errors of an open that found no descriptor left: the process's (EMFILE) or the system's.
+OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+
+
 def descriptors_in_use() -> int:
     """This process's open descriptors now; 0 where the system does not list them."""
     try:
@@ -98,7 +102,7 @@ class Anchors:
             fd: int | None = os.open(path.rstrip("/") or "/", self._flags)
         except OSError as exc:
             fd = None
-            if exc.errno in (errno.EMFILE, errno.ENFILE):  # the files' own opens need the rest
+            if exc.errno in OUT_OF_DESCRIPTORS:  # the files' own opens need the rest
                 self._limit = 0
         kept = self._fds.setdefault(directory, fd)
         if fd is not None and kept != fd:  # another thread's handle came first

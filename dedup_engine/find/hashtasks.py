@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from blake3 import blake3
 
-from dedup_engine.find.anchors import Anchors
+from dedup_engine.find.anchors import OUT_OF_DESCRIPTORS, Anchors
 from dedup_engine.find.changes import ChangedError, describe, what_changed
 from dedup_engine.find.fsidentity import expose_mapped_writes
 from dedup_engine.find.store import RowStore
@@ -256,7 +256,7 @@ class _Ahead:
         self._taken += 1
         got = self._opened.popleft()
         if got is None:
-            return os.open(names[at], self._flags, dir_fd=self._handles[at])
+            return self._open(at)
         if isinstance(got, OSError):
             raise got
         return got
@@ -266,9 +266,9 @@ class _Ahead:
         self._next += 1
         opened = self._opened
         try:
-            fd = os.open(self._names[at], self._flags, dir_fd=self._handles[at])
+            fd = self._open(at)
         except OSError as exc:
-            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            if exc.errno not in OUT_OF_DESCRIPTORS:
                 opened.append(exc)
                 return
             # As far ahead as the descriptors held now go, less one: the one this file is
@@ -280,6 +280,9 @@ class _Ahead:
         offset, length = self._reader.span(self._sizes[at])
         with contextlib.suppress(OSError):
             os.posix_fadvise(fd, offset, length, WILLNEED or 0)
+
+    def _open(self, at: int) -> int:
+        return os.open(self._names[at], self._flags, dir_fd=self._handles[at])
 
     def close(self) -> None:
         """Close the files opened and not taken."""

@@ -121,18 +121,18 @@ class Readers:
         return info
 
     def threads(self, info: DeviceInfo) -> int:
-        return min(
-            self.max_threads, threads_per_worker(read_depth(info, self.io_depth), self.workers)
-        )
+        return min(self.max_threads, self._per_worker(info))
 
     def ahead(self, info: DeviceInfo) -> int:
         """Files to read ahead on the device from one thread, in place of `threads` threads
         (`_Part.ahead`); 0 where its files are shared out between threads instead."""
         if WILLNEED is None or info.cls not in _READ_AHEAD or info.fstype.startswith("fuse"):
             return 0
-        return min(
-            self.max_ahead, threads_per_worker(read_depth(info, self.io_depth), self.workers)
-        )
+        return min(self.max_ahead, self._per_worker(info))
+
+    def _per_worker(self, info: DeviceInfo) -> int:
+        """This worker's share of the device's reads in flight."""
+        return threads_per_worker(read_depth(info, self.io_depth), self.workers)
 
     def hash_batch(self, task: HashTask, store: RowStore) -> HashResult:
         """`hashtasks.hash_batch`, with the task's files shared out by device.

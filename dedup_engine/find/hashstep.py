@@ -294,7 +294,7 @@ class WindowStep(Step):
         digests are all known, is finished; the others go on."""
         self.outstanding -= 1
         weight = self.context.sizes.weight
-        reads_whole = self.window.reads_whole
+        limit = self.window.whole_limit  # read whole up to here (`Window.reads_whole`)
         start = 0
         out = 0
         for size, group in batch:
@@ -302,7 +302,7 @@ class WindowStep(Step):
             digests = column[start:end]
             known = self._known(size, group, wholes[start:end]) if wholes else None
             start = end
-            whole = reads_whole(size)
+            whole = size <= limit
             for digest, members in split(group, digests, weight):
                 out += len(members)
                 if whole:

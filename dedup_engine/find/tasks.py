@@ -9,9 +9,11 @@ be read elsewhere its path), never as an object per file.
 
 from __future__ import annotations
 
+import operator
 from array import array
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 from dedup_engine.model import Stage
 
@@ -20,8 +22,37 @@ DIGEST_SIZE = 32
 NO_DIGEST = bytes(DIGEST_SIZE)
 
 
+class _Message:
+    """Pickled as its class and its fields' values, rebuilt by its constructor.
+
+    A frozen, slotted dataclass is otherwise pickled with its fields looked up again for every
+    object, both ways: a run sends some thousand results, and a scan every directory as a
+    `DirJob` twice, and that look-up cost more than the pickling itself (41.6 ms against 17.2
+    for 7,000 directories, out and back)."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
+        cls = type(self)
+        values = _VALUES.get(cls)
+        if values is None:
+            values = _VALUES[cls] = _values_of(cls)
+        return cls, values(self)
+
+
+#: Each message class's fields' values, in order, as a tuple.
+_VALUES: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+
+
+def _values_of(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    names = [f.name for f in fields(cls)]
+    if len(names) == 1:  # attrgetter gives a lone field's value, not a tuple
+        return lambda message: (getattr(message, names[0]),)
+    return operator.attrgetter(*names)
+
+
 @dataclass(frozen=True, slots=True)
-class DirJob:
+class DirJob(_Message):
     """A directory to list.  `depth` is its depth below its root (the root is 0); `alias`: it
     was reached through a symlink to a directory (links followed), so each file below it is a
     name that may also be found by its real path, never a copy in its own right.
@@ -46,7 +77,7 @@ class DirJob:
 
 
 @dataclass(frozen=True, slots=True)
-class ScanTask:
+class ScanTask(_Message):
     """Directories for one worker to list (`walk.scan_dirs`), and file roots for it to take.
 
     `files` are (path, root index) of roots that are files, stat'ed by the worker like an entry;
@@ -59,7 +90,7 @@ class ScanTask:
 
 
 @dataclass(frozen=True, slots=True)
-class ScanResult:
+class ScanResult(_Message):
     """The keys of the rows a scan task added to its worker's store, and the subdirectories it
     found: the coordinator never sees a file's name.
 
@@ -85,7 +116,7 @@ class ScanResult:
 
 
 @dataclass(frozen=True, slots=True)
-class Window:
+class Window(_Message):
     """Which bytes a hashing stage reads.
 
     `length` is the window for head and tail (0 for full).  A file no bigger than
@@ -112,7 +143,7 @@ class Window:
 
 
 @dataclass(frozen=True, slots=True)
-class HashTask:
+class HashTask(_Message):
     """Head or tail: a window of each of the worker's own `rows` (`hashtasks.hash_batch`), whose
     sizes the scan saw as `sizes`."""
 
@@ -133,7 +164,7 @@ Failure = tuple[int, str, str]
 
 
 @dataclass(frozen=True, slots=True)
-class HashResult:
+class HashResult(_Message):
     """Digests in task order, `DIGEST_SIZE` bytes each; a failed file has zeros and a failure."""
 
     digests: bytes
@@ -148,7 +179,7 @@ class HashResult:
 
 
 @dataclass(frozen=True, slots=True)
-class DescribeTask:
+class DescribeTask(_Message):
     """The paths and scan identities of the worker's own `rows`, for the full stage to compare
     or for a final group's entries; a row whose byte in `check` is set has its path stat'ed
     again and is kept only if it is still the file the scan saw (`entries.describe`)."""
@@ -160,7 +191,7 @@ class DescribeTask:
 
 
 @dataclass(frozen=True, slots=True)
-class Described:
+class Described(_Message):
     """Rows in task order, in columns.  A row that failed its check is in `failed`; `uids`,
     `gids`, `modes` and `nlinks` (the link count) are known only for rows checked and found
     unchanged, and are zeros for the others."""
@@ -179,7 +210,7 @@ class Described:
 
 
 @dataclass(frozen=True, slots=True)
-class CompareTask:
+class CompareTask(_Message):
     """The full stage: files named by path, laid end to end in groups of the sizes in `groups`,
     each group compared within (`fullcompare.compare_groups`); the files' paths are the only ones
     that travel, since the members of a group may be owned by different workers.  What the scan
@@ -233,7 +264,7 @@ def is_sampled(sample: int, above: int, window: int, size: int) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class CompareResult:
+class CompareResult(_Message):
     """Digests in task order, as `HashResult`; and each file's owner and permission bits from the
     check on its open file (zeros where it failed)."""
 
@@ -249,7 +280,7 @@ class CompareResult:
 
 
 @dataclass(frozen=True, slots=True)
-class ListedDir:
+class ListedDir(_Message):
     """One directory as its worker listed it (`--dirs`).  Its file rows in columns: `names`
     one after another (the bytes on disk), each ending at its `name_ends` offset, with `devs`,
     `inos` and `sizes`, and `linked` the places among them of files that may have other names
@@ -272,7 +303,7 @@ class ListedDir:
 
 
 @dataclass(frozen=True, slots=True)
-class TreeTask:
+class TreeTask(_Message):
     """Ask a worker for the directories it listed from its `start`th, as many as hold about
     `files` files (one at least)."""
 
@@ -281,7 +312,7 @@ class TreeTask:
 
 
 @dataclass(frozen=True, slots=True)
-class TreeResult:
+class TreeResult(_Message):
     dirs: tuple[ListedDir, ...]
     next: int | None  # where the worker's next directories start; None: no more
 

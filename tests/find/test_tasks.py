@@ -125,3 +125,15 @@ def test_a_message_pickled_comes_back_equal(message: Any) -> None:
             assert type(value) is type(getattr(message, field.name))
             if isinstance(value, array):
                 assert value.typecode == getattr(message, field.name).typecode
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _OneField(tasks._Message):
+    only: int
+
+
+def test_a_message_of_one_field_gives_its_value_as_a_tuple() -> None:
+    cls, values = _OneField(7).__reduce__()
+    assert cls is _OneField
+    assert values == (7,)
+    assert cls(*values) == _OneField(7)

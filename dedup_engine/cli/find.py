@@ -234,7 +234,12 @@ def find(
         bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
     ] = False,
     show_stats: Annotated[
-        bool, typer.Option("--stats", help="A per-stage table of the work done, on stderr.")
+        bool,
+        typer.Option(
+            "--stats",
+            help="A per-stage table of the work done, and the CPU time of this process and its"
+            " workers, on stderr.",
+        ),
     ] = False,
     fail_on_duplicates: Annotated[
         bool, typer.Option("--fail-on-duplicates", help="Exit 3 if any group is found.")
@@ -360,7 +365,9 @@ def _run(roots: Iterable[str], options: ScanOptions, request: _Request) -> FindS
     with _spool(options, request) as spool:
         try:
             with _progress(show_progress) as callback, _no_gc():
+                before = os.times()
                 result = find_duplicates(roots, options, progress=callback, on_group=spool.keep)
+                cpu = _Cpu.between(before, os.times(), options.cluster is None)
             spool.kept()
         except OptionsError as exc:  # a root that cannot be searched, before any work
             fail_usage(str(exc))
@@ -372,7 +379,7 @@ def _run(roots: Iterable[str], options: ScanOptions, request: _Request) -> FindS
             return FindStatus(report_unwritten=True)
         left_out = _write_report(spool.report(result), request)
     if left_out is not None:
-        _print_notes(result, request, left_out)
+        _print_notes(result, request, left_out, cpu)
     return FindStatus(
         report_unwritten=left_out is None,
         duplicates_found=result.stats.groups > 0 or bool(result.directory_groups),
@@ -395,9 +402,42 @@ def _write_report(write: Callable[[IO[bytes]], int], request: _Request) -> int |
     return left_out
 
 
-def _print_notes(result: FindResult, request: _Request, left_out: int) -> None:
-    """What stderr says after the report: warnings, paths left out of it, the stages' work, a
-    summary."""
+@dataclass(frozen=True, slots=True)
+class _Cpu:
+    """The search's CPU time, user and system: this process's, and its workers' where they are
+    its own child processes (None on a cluster, whose workers' time is on their machines)."""
+
+    main: float
+    workers: float | None
+
+    @staticmethod
+    def between(before: os.times_result, after: os.times_result, local: bool) -> _Cpu:
+        """From `os.times()` before and after the search: the pool has reaped its workers by
+        its end, so their time is in the children's."""
+        main = (after.user - before.user) + (after.system - before.system)
+        children = (after.children_user - before.children_user) + (
+            after.children_system - before.children_system
+        )
+        return _Cpu(main, children if local else None)
+
+    def line(self, workers: int) -> str:
+        """What `--stats` says of it, for a search by so many workers (0: in this process)."""
+        if self.workers is None:
+            return f"CPU: {self.main:.2f} s in this process (the cluster's workers not counted)"
+        if not workers:
+            return f"CPU: {self.main:.2f} s, all in this process (no worker processes)"
+        total = self.main + self.workers
+        share = f" ({self.main / total:.1%} in this process)" if total else ""
+        plural = "s" if workers > 1 else ""
+        return (
+            f"CPU: {self.main:.2f} s in this process, {self.workers:.2f} s in its {workers} "
+            f"worker{plural}{share}"
+        )
+
+
+def _print_notes(result: FindResult, request: _Request, left_out: int, cpu: _Cpu) -> None:
+    """What stderr says after the report: warnings, paths left out of it, the stages' work and
+    CPU time, a summary."""
     if not request.quiet:
         for warning in result.stats.warnings:
             typer.echo(f"dedup: warning: {warning}", err=True)
@@ -409,6 +449,7 @@ def _print_notes(result: FindResult, request: _Request, left_out: int) -> None:
         )
     if request.stats:
         _print_stats(result)
+        typer.echo(cpu.line(result.stats.workers), err=True)
     if not request.quiet and (request.form is not Format.TEXT or request.output is not None):
         _print_summary(result)
 

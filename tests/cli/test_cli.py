@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -239,6 +240,28 @@ def test_stats_prints_a_table_on_stderr(dups: Tree) -> None:
     lines = err.splitlines()
     for stage in ("scan", "size", "hardlink", "head", "tail", "full"):
         assert any(line.strip("│┃| ").startswith(stage) for line in lines), stage
+
+
+_SECONDS = r"\d+\.\d\d s"
+_SHARE = r"( \(\d+\.\d% in this process\))?"  # none where no CPU time was counted at all
+
+
+@pytest.mark.parametrize(
+    ("workers", "said"),
+    [
+        ("2", f"CPU: {_SECONDS} in this process, {_SECONDS} in its 2 workers{_SHARE}"),
+        ("1", f"CPU: {_SECONDS} in this process, {_SECONDS} in its 1 worker{_SHARE}"),
+        ("0", rf"CPU: {_SECONDS}, all in this process \(no worker processes\)"),
+    ],
+)
+def test_stats_say_the_cpu_time_of_the_process_and_its_workers(
+    dups: Tree, workers: str, said: str
+) -> None:
+    proc = dedup("find", dups.root, "--stats", "-q", "-j", workers)
+    assert proc.returncode == 0
+    lines = [line for line in proc.stderr.decode().splitlines() if line.startswith("CPU:")]
+    assert len(lines) == 1
+    assert re.fullmatch(said, lines[0]), lines[0]
 
 
 # --- options reach the engine ---------------------------------------------------------------------

@@ -424,6 +424,8 @@ class _Names:
         """The entries of each owner's part, made all at once when first asked: after `take`
         and `own`, before any final group."""
         made, sizes = self._made, self.sizes
+        if len(made) == len(self.described):  # every final group but a batch's first
+            return made
         for d, positions in zip(
             self.described[len(made) :], self._positions[len(made) :], strict=True
         ):

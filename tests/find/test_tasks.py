@@ -110,8 +110,9 @@ def _message_classes() -> set[type]:
     }
 
 
-def test_every_message_class_is_tried() -> None:
+def test_every_message_class_is_tried_and_pickles_by_its_fields() -> None:
     assert {type(message) for message in MESSAGES} == _message_classes()
+    assert all(issubclass(cls, tasks._Message) for cls in _message_classes())
 
 
 @pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)

@@ -81,7 +81,7 @@ def hash_rows(
     left: list[int] = []
     opened = total = 0
     os_open, os_close, os_fstat, hasher = os.open, os.close, os.fstat, blake3
-    rows = task.rows
+    rows, writeback = task.rows, task.writeback
     handles, names, devs, inos = _located(rows, store, anchors)
     opener = (
         _Ahead(handles, names, task.sizes, flags, reader, ahead)
@@ -106,7 +106,7 @@ def hash_rows(
                     raise ChangedError(
                         errno.EIO, what_changed(st, size, inos[position], devs[position])
                     )
-                if task.writeback:
+                if writeback:
                     expose_mapped_writes(fd)
                 data = read(fd, size, st.st_size)
                 digest = NO_DIGEST if data is None else hasher(data).digest()

@@ -9,11 +9,22 @@ children and theirs, from /proc/PID/task/TID/children) and reads each member's
   exact peak, kept per process across samples), which also counts workers that started and
   exited between two moments of high use.
 
-Both count a page shared between processes (fork's copy-on-write) once per process.  A process
-that lives less than one interval may be missed, and so may its growth in the last interval
-before it exits (wait4's ru_maxrss is no help: the kernel carries the forked image's peak across
-exec, so it counts the measuring process).  Off Linux, psutil finds the members and their RSS,
-and a process's peak is the largest RSS sampled.
+Both count a page shared between processes (fork's copy-on-write) once per process.  A third
+view counts it once in all:
+
+- `peak_pss`: the largest sum of the members' PSS (proportional set size: a page shared by n
+  processes counts 1/n in each, from /proc/PID/smaps_rollup) at one sample.  Reading it costs the
+  kernel a walk of the process's pages (milliseconds for a large one), so it is read only every
+  `PSS_EVERY_S`, and at each sample where the sum of RSS has risen `PSS_STEP` or more above its
+  sum at the last reading.  The RSS alone would not do as the trigger: a page a worker writes
+  stops being shared, which grows the PSS and not the RSS.  0 where the system does not tell.
+
+The PSS is not exact either: a library's pages that processes outside the tree map too (the
+measuring process's interpreter among them) count in part only.  A process that lives less than
+one interval may be missed, and so may its growth in the last interval before it exits (wait4's
+ru_maxrss is no help: the kernel carries the forked image's peak across exec, so it counts the
+measuring process).  Off Linux, psutil finds the members and their RSS, and a process's peak is
+the largest RSS sampled.
 
 Per file: (peak on a tree - peak of the same command on empty directories) / files, which leaves
 out the interpreter and the imports.  Also a script:
@@ -33,7 +44,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -41,6 +52,10 @@ import psutil
 from dedup_engine.find.cache import environment_without
 
 SAMPLE_S = 0.01
+#: How far the sum of RSS must rise above its sum at the last PSS reading for PSS to be read
+#: again before `PSS_EVERY_S`: a reading per MiB of growth, about a hundred on a run of 1M files.
+PSS_STEP = 1 << 20
+PSS_EVERY_S = 0.1
 #: How often an empty run is sampled.  It lasts a fraction of a second and a worker of it a few
 #: milliseconds: `dedup find` on an empty directory, sampled every 10 ms, showed all three of
 #: its processes in 3 runs of 8 (69 MiB) and its parent alone in 4 (28 MiB), which would count
@@ -66,6 +81,7 @@ class TreePeak:
     root_hwm: int
     processes: int
     samples: int
+    peak_pss: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,16 +101,25 @@ class PerFile:
         return (self.run.sum_hwm - self.empty.sum_hwm) / self.files
 
     @property
+    def pss_per_file(self) -> float | None:
+        """The growth of the largest sum of PSS per file; None where PSS is not told."""
+        if not (self.run.peak_pss and self.empty.peak_pss):
+            return None
+        return (self.run.peak_pss - self.empty.peak_pss) / self.files
+
+    @property
     def root_share(self) -> float:
         """The command's own process's part of the tree's growth (sum of peaks) over empty."""
         grown = self.run.sum_hwm - self.empty.sum_hwm
         return (self.run.root_hwm - self.empty.root_hwm) / grown if grown > 0 else 0.0
 
     def to_json(self) -> dict[str, object]:
+        pss = self.pss_per_file
         return {
             "files": self.files,
             "rss_per_file": round(self.rss_per_file, 1),
             "hwm_per_file": round(self.hwm_per_file, 1),
+            "pss_per_file": None if pss is None else round(pss, 1),
             "root_share": round(self.root_share, 3),
             "run": asdict(self.run),
             "empty": asdict(self.empty),
@@ -145,6 +170,18 @@ def _read(pid: int) -> _Reading | None:
     return _Reading((pid, started), rss, hwm)
 
 
+def _pss(pid: int) -> int | None:
+    """The process's PSS now, in bytes; None where it is gone or the system does not tell."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * _KIB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _read_psutil(pid: int) -> _Reading | None:
     with contextlib.suppress(psutil.Error):
         proc = psutil.Process(pid)
@@ -160,7 +197,10 @@ class _Sampler:
         self.pid = pid
         self.interval = interval
         self.peak_rss = 0
+        self.peak_pss = 0
         self.samples = 0
+        self._rss_at_pss = -PSS_STEP  # the sum of RSS at the last PSS reading: none yet
+        self._pss_due = 0.0  # when PSS is to be read again, whatever the RSS
         self.hwm: dict[tuple[int, float], int] = {}
         self.root_key: tuple[int, float] | None = None
         self._stop = threading.Event()
@@ -168,16 +208,28 @@ class _Sampler:
 
     def sample(self) -> None:
         total = 0
+        alive = []
         for pid in _members(self.pid):
             reading = _read(pid)
             if reading is None:
                 continue
+            alive.append(pid)
             total += reading.rss
             self.hwm[reading.key] = max(self.hwm.get(reading.key, 0), reading.hwm)
             if pid == self.pid:
                 self.root_key = reading.key
         self.peak_rss = max(self.peak_rss, total)
         self.samples += 1
+        now = time.monotonic()
+        if alive and (total >= self._rss_at_pss + PSS_STEP or now >= self._pss_due):
+            self._rss_at_pss, self._pss_due = total, now + PSS_EVERY_S
+            self._sample_pss(alive)
+
+    def _sample_pss(self, pids: list[int]) -> None:
+        readings = [_pss(pid) for pid in pids]
+        # A member gone since its RSS was read leaves the sum short: it is not a peak.
+        if all(reading is not None for reading in readings):
+            self.peak_pss = max(self.peak_pss, sum(r for r in readings if r is not None))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -235,6 +287,7 @@ def measure(
         root_hwm=sampler.hwm.get(sampler.root_key, 0) if sampler.root_key else 0,
         processes=len(sampler.hwm),
         samples=sampler.samples,
+        peak_pss=sampler.peak_pss,
     )
 
 
@@ -253,14 +306,16 @@ def empty_run(
 
     The run of median peak out of `runs`, each sampled every `EMPTY_SAMPLE_S` unless told: a
     process missed there would count its memory as the files' (at 1M files, every 10 MiB missed
-    is 10 bytes a file).
+    is 10 bytes a file).  Its `peak_pss` is the largest of the runs': where the workers end
+    before PSS is read with them alive, a run's PSS leaves them out.
     """
     with tempfile.TemporaryDirectory(prefix="dedup-empty-") as tmp:
         empties = [Path(tmp, f"root{i}") for i in range(roots)]
         for path in empties:
             path.mkdir()
         done = [measure(expand(command, empties), sample_s=sample_s) for _ in range(runs)]
-    return sorted(done, key=lambda run: run.peak_rss)[len(done) // 2]
+    median = sorted(done, key=lambda run: run.peak_rss)[len(done) // 2]
+    return replace(median, peak_pss=max(run.peak_pss for run in done))
 
 
 def per_file(

@@ -44,6 +44,21 @@ def test_children_alive_at_once_add_up_in_the_peak() -> None:
     assert 40 * MIB <= peak.root_hwm < 40 * MIB + BASELINE
 
 
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="no PSS to read")
+def test_pages_shared_by_a_fork_count_once_in_the_pss_and_in_each_rss() -> None:
+    # A forked child that only reads the parent's 80 MiB shares every page of it.
+    code = (
+        "import os, sys, time; x = b'1' * (80 << 20); pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    time.sleep(0.5); os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+    )
+    peak = measure(_python(code))
+    assert peak.processes == 2
+    assert 160 * MIB <= peak.peak_rss < 160 * MIB + 2 * BASELINE
+    assert 80 * MIB <= peak.peak_pss < 80 * MIB + BASELINE
+
+
 def test_workers_that_never_overlap_count_in_the_sum_of_peaks_only() -> None:
     parent = (
         "import subprocess, sys\n"
@@ -67,6 +82,8 @@ def test_memory_per_file_leaves_out_the_empty_run(tmp_path: Path) -> None:
     assert result.empty.peak_rss >= 30 * MIB
     assert result.rss_per_file == pytest.approx(512 * 1024, rel=0.05)
     assert result.hwm_per_file == pytest.approx(512 * 1024, rel=0.05)
+    if result.pss_per_file is not None:  # one process: nothing shared with another
+        assert result.pss_per_file == pytest.approx(512 * 1024, rel=0.05)
     assert result.root_share == pytest.approx(1.0, abs=0.01)
 
 
@@ -82,6 +99,8 @@ def test_the_empty_run_is_the_median_of_three(tmp_path: Path) -> None:
     run = empty_run(_python(code, str(counter), ROOT), 1)
     assert counter.read_text() == "3"
     assert 110 * MIB <= run.peak_rss < 150 * MIB
+    if Path("/proc/self/smaps_rollup").exists():  # a PSS reading that missed a worker is low
+        assert run.peak_pss >= 150 * MIB
 
 
 def test_the_empty_run_is_sampled_often_enough_to_see_short_lived_workers(

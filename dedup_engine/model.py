@@ -190,6 +190,12 @@ class RunStats:
     seconds: float = 0.0
     #: What the user should hear of once, that is no file's issue (a cache rebuilt).
     warnings: list[str] = field(default_factory=list)
+    #: CPU seconds of the tasks the worker processes of this machine ran (with no worker
+    #: processes, of those run in this one), by kind: `scan`, `head`, `tail`, `full` (the full
+    #: stage's compare), `describe` (naming files, and checking again those read whole) and
+    #: `dirs` (`--dirs`).
+    #: Empty for a cluster's workers.  Not in reports: unlike the counts, it differs every run.
+    task_cpu: dict[str, float] = field(default_factory=dict)
 
     def stage(self, stage: Stage) -> StageStats:
         for row in self.stages:

@@ -13,7 +13,7 @@ import itertools
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated, Any, BinaryIO
@@ -37,6 +37,7 @@ from dedup_engine.find.cache import ENVIRONMENT as CACHE_ENVIRONMENT
 from dedup_engine.find.filelist import ListError, read_paths
 from dedup_engine.find.pipeline import Progress, ProgressCallback, find_duplicates
 from dedup_engine.find.pool import WorkerError
+from dedup_engine.find.tasks import TASK_KINDS
 from dedup_engine.model import DuplicateGroup, FindResult
 from dedup_engine.options import OptionsError, ScanOptions
 from dedup_engine.oserror import describe_error
@@ -434,6 +435,17 @@ class _Cpu:
             f"worker{plural}{share}"
         )
 
+    def tasks_line(self, task_cpu: Mapping[str, float], workers: int) -> str | None:
+        """What `--stats` says of the tasks' CPU time by kind (`RunStats.task_cpu`), and of the
+        workers' time outside them (reading tasks, pickling results); None where not counted."""
+        if not task_cpu:
+            return None
+        kinds = [k for k in TASK_KINDS if k in task_cpu] + sorted(set(task_cpu) - set(TASK_KINDS))
+        line = "CPU of the tasks: " + ", ".join(f"{k} {task_cpu[k]:.2f} s" for k in kinds)
+        if workers and self.workers is not None:
+            line += f"; {max(0.0, self.workers - sum(task_cpu.values())):.2f} s between them"
+        return line
+
 
 def _print_notes(result: FindResult, request: _Request, left_out: int, cpu: _Cpu) -> None:
     """What stderr says after the report: warnings, paths left out of it, the stages' work and
@@ -450,6 +462,9 @@ def _print_notes(result: FindResult, request: _Request, left_out: int, cpu: _Cpu
     if request.stats:
         _print_stats(result)
         typer.echo(cpu.line(result.stats.workers), err=True)
+        tasks = cpu.tasks_line(result.stats.task_cpu, result.stats.workers)
+        if tasks is not None:
+            typer.echo(tasks, err=True)
     if not request.quiet and (request.form is not Format.TEXT or request.output is not None):
         _print_summary(result)
 

@@ -89,6 +89,7 @@ class ClusterPool:
         self._cluster: Any = None
         self.depth = IN_FLIGHT
         self.batch_scale = BATCH_SCALE
+        self.task_cpu: dict[str, float] = {}  # the workers' time is on their machines
         self._id = uuid.uuid4().hex
         self._options = options
         self._callbacks: dict[str, tuple[Callback, int, Any]] = {}

@@ -143,6 +143,7 @@ def find_duplicates(
         raise
     pool.close()
     stats.workers = pool.workers
+    stats.task_cpu = dict(pool.task_cpu)
     stats.seconds = time.perf_counter() - started
     if run.lost:  # what the lost workers' files and the stages said, said again since
         issues[:] = set(issues)

@@ -35,7 +35,15 @@ from dedup_engine.find.dirtree import DirTree
 from dedup_engine.find.entries import describe
 from dedup_engine.find.readers import Readers
 from dedup_engine.find.store import RowStore
-from dedup_engine.find.tasks import CompareTask, DescribeTask, Result, ScanTask, Task, TreeTask
+from dedup_engine.find.tasks import (
+    CompareTask,
+    DescribeTask,
+    Result,
+    ScanTask,
+    Task,
+    TreeTask,
+    task_kind,
+)
 from dedup_engine.find.walk import Filter, scan_dirs
 from dedup_engine.options import ScanOptions, open_file_limit
 
@@ -83,6 +91,9 @@ class Pool(Protocol):
     #: Each worker's site: the workers that may read a file are those of its owner's site.
     #: One site (0) but where a cluster's workers hold roots of their own (`--root-on`).
     sites: tuple[int, ...]
+    #: The CPU time (user and system, seconds) of the tasks run on this machine, by
+    #: `tasks.task_kind`; empty where the workers run elsewhere (a cluster's).
+    task_cpu: dict[str, float]
 
     @property
     def in_flight(self) -> int: ...
@@ -176,6 +187,7 @@ class InlinePool:
         self.workers = 0
         self.depth = IN_FLIGHT_PER_WORKER
         self.batch_scale = 1
+        self.task_cpu: dict[str, float] = {}
         self.sites: tuple[int, ...] = (0,)
         self._state = WorkerState(options, roots, 1)
         self._queue: deque[tuple[Task, Callback]] = deque()
@@ -196,7 +208,10 @@ class InlinePool:
 
     def wait_one(self) -> None:
         task, on_done = self._queue.popleft()
-        on_done(run_task(task, self._state))
+        started = time.process_time()
+        result = run_task(task, self._state)
+        add_cpu(self.task_cpu, task_kind(task), time.process_time() - started)
+        on_done(result)
 
     def close(self) -> None:
         self._queue.clear()
@@ -256,11 +271,13 @@ def _serve(tasks: Connection, results: int, run: Callable[[Task], Result]) -> No
             continue
         if inbox:
             key, task = inbox.popleft()
-            reply: tuple[int, Result | None, str | None]
+            reply: Reply
+            started = time.process_time()  # every thread's: readers may use several
             try:
-                reply = (key, run(task), None)
+                result = run(task)
+                reply = (key, result, None, time.process_time() - started)
             except BaseException:  # report, then keep serving: the parent decides to stop
-                reply = (key, None, traceback.format_exc())
+                reply = (key, None, traceback.format_exc(), time.process_time() - started)
             outbox = _write_some(results, _frame(reply))
             continue
         if stopping:
@@ -269,6 +286,16 @@ def _serve(tasks: Connection, results: int, run: Callable[[Task], Result]) -> No
         if item is None:
             return
         inbox.append(item)
+
+
+#: A worker's reply: the task's key, its result or the traceback of its error, and the CPU time
+#: the task took in the worker.
+Reply = tuple[int, Result | None, str | None, float]
+
+
+def add_cpu(totals: dict[str, float], kind: str, seconds: float) -> None:
+    """Count a task's CPU time into `Pool.task_cpu`."""
+    totals[kind] = totals.get(kind, 0.0) + seconds
 
 
 def _receive(tasks: Connection) -> Any:
@@ -349,7 +376,8 @@ class ProcessPool:
         self.depth = IN_FLIGHT_PER_WORKER
         self.sites = (0,) * workers
         self.batch_scale = 1
-        self._callbacks: dict[int, tuple[Callback, int]] = {}
+        self.task_cpu: dict[str, float] = {}
+        self._callbacks: dict[int, tuple[Callback, int, str]] = {}
         self._busy = [0] * workers
         self._next = 0
         self._procs: list[Any] = []
@@ -425,7 +453,7 @@ class ProcessPool:
         if worker is None:
             worker = least_busy(busy, among)
         busy[worker] += 1
-        self._callbacks[key] = (on_done, worker)
+        self._callbacks[key] = (on_done, worker, task_kind(task))
         try:
             self._send[worker].send((key, task))
         except OSError as exc:  # EPIPE: the worker is gone
@@ -447,12 +475,13 @@ class ProcessPool:
         for conn in ready:
             assert isinstance(conn, Connection)
             try:
-                key, result, error = conn.recv()
+                key, result, error, cpu = conn.recv()
             except (EOFError, OSError):
                 code = self._procs[self._owner[conn]].exitcode
                 raise WorkerError(f"a worker process died (exit code {code})") from None
-            on_done, worker = self._callbacks.pop(key)
+            on_done, worker, kind = self._callbacks.pop(key)
             self._busy[worker] -= 1
+            add_cpu(self.task_cpu, kind, cpu)
             if error is not None:
                 raise WorkerError(f"a worker failed:\n{error}")
             on_done(result)

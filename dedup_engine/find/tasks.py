@@ -319,3 +319,22 @@ class TreeResult(_Message):
 
 Task = ScanTask | HashTask | DescribeTask | CompareTask | TreeTask
 Result = ScanResult | HashResult | Described | CompareResult | TreeResult
+
+#: The kinds of task (`task_kind`) in the order `--stats` lists them: the scan, the stages that
+#: read, the naming of files that serves them, and the listing `--dirs` asks for at the end.
+TASK_KINDS = ("scan", "head", "tail", "full", "describe", "dirs")
+_KIND_OF: dict[type, str] = {
+    ScanTask: "scan",
+    TreeTask: "dirs",
+    CompareTask: "full",
+    DescribeTask: "describe",
+}
+
+
+def task_kind(task: Task) -> str:
+    """What a task's work is called where CPU time is told by task (`RunStats.task_cpu`): a
+    window's stage for hashing (`head`, `tail`), `full` for the full stage's compare, `scan`,
+    `dirs` (listing for `--dirs`) or `describe` (naming files, and checking them again)."""
+    if isinstance(task, HashTask):
+        return task.window.stage.value
+    return _KIND_OF[type(task)]

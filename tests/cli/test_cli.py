@@ -259,9 +259,14 @@ def test_stats_say_the_cpu_time_of_the_process_and_its_workers(
 ) -> None:
     proc = dedup("find", dups.root, "--stats", "-q", "-j", workers)
     assert proc.returncode == 0
-    lines = [line for line in proc.stderr.decode().splitlines() if line.startswith("CPU:")]
-    assert len(lines) == 1
+    lines = [line for line in proc.stderr.decode().splitlines() if line.startswith("CPU")]
+    assert len(lines) == 2
     assert re.fullmatch(said, lines[0]), lines[0]
+    # Then the tasks' time by kind (files this small are read whole: no full stage), and with
+    # worker processes their time outside the tasks.
+    between = rf"; {_SECONDS} between them" if workers != "0" else ""
+    kinds = ", ".join(f"{kind} {_SECONDS}" for kind in ("scan", "head", "describe"))
+    assert re.fullmatch(rf"CPU of the tasks: {kinds}{between}", lines[1]), lines[1]
 
 
 # --- options reach the engine ---------------------------------------------------------------------

@@ -878,8 +878,12 @@ def test_stage_counts_are_exact(tree: Tree, run: Runner, workers: int) -> None:
     assert stats.files_in_groups == 7
     assert stats.bytes_reclaimable == 100 + big_size + 300
     assert stats.workers == workers
+    # Every kind of task the run had counts its CPU time, and no other kind appears.
+    assert set(stats.task_cpu) == {"scan", "head", "tail", "full", "describe"}
+    assert all(seconds >= 0 for seconds in stats.task_cpu.values())
     data = json.loads(json.dumps(stats.as_dict()))
     assert [s["stage"] for s in data["stages"]] == [s.value for s in Stage]
+    assert "task_cpu" not in data  # it differs every run: a report holds what does not
 
 
 def _model(sizes: list[int], opts: ScanOptions) -> dict[str, tuple[int, int]]:

@@ -6,6 +6,8 @@ import multiprocessing
 import os
 import resource
 import threading
+import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -41,28 +43,33 @@ def test_a_worker_reads_tasks_while_a_big_reply_waits_for_room() -> None:
     replies: list[Any] = [result_r.recv() for _ in tasks]
     worker.join(timeout=30)
     assert not worker.is_alive()
-    assert [(key, len(value), value[:1], error) for key, value, error in replies] == [
+    assert [(key, len(value), value[:1], error) for key, value, error, _ in replies] == [
         (n, 2 * BIG, bytes([n]), None) for n in range(3)
     ]
 
 
-def test_a_task_that_raises_is_reported_and_the_worker_serves_on() -> None:
+def _served(run: Callable[[int], int], tasks: list[int]) -> list[Any]:
+    """The replies of a worker (a thread here) that ran these tasks, in order."""
     task_r, task_w = multiprocessing.Pipe(duplex=False)
     result_r, result_w = multiprocessing.Pipe(duplex=False)
+    worker = threading.Thread(target=_serve, args=(task_r, result_w.fileno(), run), daemon=True)
+    worker.start()
+    for key, task in enumerate(tasks):
+        task_w.send((key, task))
+    task_w.send(None)
+    replies = [result_r.recv() for _ in tasks]
+    worker.join(timeout=30)
+    return replies
 
+
+def test_a_task_that_raises_is_reported_and_the_worker_serves_on() -> None:
     def run(task: int) -> int:
         if task < 0:
             raise ValueError("negative")
         return task + 1
 
-    worker = threading.Thread(target=_serve, args=(task_r, result_w.fileno(), run), daemon=True)
-    worker.start()
-    for key, task in enumerate([1, -1, 2]):
-        task_w.send((key, task))
-    task_w.send(None)
-    replies = [result_r.recv() for _ in range(3)]
-    worker.join(timeout=30)
-    assert [(key, value) for key, value, _ in replies] == [(0, 2), (1, None), (2, 3)]
+    replies = _served(run, [1, -1, 2])
+    assert [(key, value) for key, value, _, _ in replies] == [(0, 2), (1, None), (2, 3)]
     assert "ValueError: negative" in replies[1][2]
 
 
@@ -92,9 +99,23 @@ def test_a_worker_serves_on_pipes_numbered_past_1024() -> None:
         reader.join(timeout=30)
         worker.join(timeout=30)
         assert replies, "no whole reply: the worker failed partway"
-        key, value, error = replies[0]
+        key, value, error, _ = replies[0]
         assert (key, len(value), error) == (0, 2 * BIG, None)
         tasks.close()
         os.close(results)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_reply_says_the_cpu_time_its_task_took() -> None:
+    def run(task: int) -> int:
+        if task < 0:
+            raise ValueError("negative")
+        deadline = time.process_time() + task / 1000  # this much CPU, in milliseconds
+        while time.process_time() < deadline:
+            pass
+        return task
+
+    cpu = [seconds for _, _, _, seconds in _served(run, [0, 50, -1])]
+    assert all(isinstance(seconds, float) and seconds >= 0 for seconds in cpu)
+    assert cpu[1] >= 0.05  # the task's own time, whatever else the process did meanwhile

@@ -138,3 +138,25 @@ def test_a_message_of_one_field_gives_its_value_as_a_tuple() -> None:
     assert cls is _OneField
     assert values == (7,)
     assert cls(*values) == _OneField(7)
+
+
+@pytest.mark.parametrize(
+    ("task", "kind"),
+    [
+        (MESSAGES[1], "scan"),
+        (HashTask(Window(Stage.HEAD, 4096), array("Q"), array("q"), False), "head"),
+        (HashTask(Window(Stage.TAIL, 4096), array("Q"), array("q"), False), "tail"),
+        (MESSAGES[6], "describe"),
+        (MESSAGES[8], "full"),
+        (TreeTask(0, 1), "dirs"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else type(value).__name__,
+)
+def test_each_kind_of_task_has_the_name_its_cpu_time_is_told_under(task: Any, kind: str) -> None:
+    assert tasks.task_kind(task) == kind
+    assert kind in tasks.TASK_KINDS
+
+
+def test_every_kind_of_task_has_a_name() -> None:
+    kinds = {cls for cls in _message_classes() if cls.__name__.endswith("Task")}
+    assert kinds == set(tasks._KIND_OF) | {HashTask}

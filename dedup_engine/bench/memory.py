@@ -55,6 +55,7 @@ SAMPLE_S = 0.01
 #: How far the sum of RSS must rise above its sum at the last PSS reading for PSS to be read
 #: again before `PSS_EVERY_S`: a reading per MiB of growth, about a hundred on a run of 1M files.
 PSS_STEP = 1 << 20
+#: The longest between two PSS readings, whatever the RSS does.
 PSS_EVERY_S = 0.1
 #: How often an empty run is sampled.  It lasts a fraction of a second and a worker of it a few
 #: milliseconds: `dedup find` on an empty directory, sampled every 10 ms, showed all three of

@@ -440,7 +440,7 @@ class _Cpu:
         workers' time outside them (reading tasks, pickling results); None where not counted."""
         if not task_cpu:
             return None
-        kinds = [k for k in TASK_KINDS if k in task_cpu] + sorted(set(task_cpu) - set(TASK_KINDS))
+        kinds = [k for k in TASK_KINDS if k in task_cpu]  # `task_kind` names no other
         line = "CPU of the tasks: " + ", ".join(f"{k} {task_cpu[k]:.2f} s" for k in kinds)
         if workers and self.workers is not None:
             line += f"; {max(0.0, self.workers - sum(task_cpu.values())):.2f} s between them"

@@ -210,7 +210,7 @@ class InlinePool:
         task, on_done = self._queue.popleft()
         started = time.process_time()
         result = run_task(task, self._state)
-        add_cpu(self.task_cpu, task_kind(task), time.process_time() - started)
+        _add_cpu(self.task_cpu, task_kind(task), time.process_time() - started)
         on_done(result)
 
     def close(self) -> None:
@@ -293,7 +293,7 @@ def _serve(tasks: Connection, results: int, run: Callable[[Task], Result]) -> No
 Reply = tuple[int, Result | None, str | None, float]
 
 
-def add_cpu(totals: dict[str, float], kind: str, seconds: float) -> None:
+def _add_cpu(totals: dict[str, float], kind: str, seconds: float) -> None:
     """Count a task's CPU time into `Pool.task_cpu`."""
     totals[kind] = totals.get(kind, 0.0) + seconds
 
@@ -481,7 +481,7 @@ class ProcessPool:
                 raise WorkerError(f"a worker process died (exit code {code})") from None
             on_done, worker, kind = self._callbacks.pop(key)
             self._busy[worker] -= 1
-            add_cpu(self.task_cpu, kind, cpu)
+            _add_cpu(self.task_cpu, kind, cpu)
             if error is not None:
                 raise WorkerError(f"a worker failed:\n{error}")
             on_done(result)

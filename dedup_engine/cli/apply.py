@@ -29,7 +29,6 @@ from dedup_engine.apply.plan import (
     Policy,
     make_plan,
 )
-from dedup_engine.apply.preview import write_json, write_script, write_text
 from dedup_engine.cli.common import (
     OutputError,
     ProgressOption,
@@ -50,8 +49,8 @@ from dedup_engine.report.read import Report, ReportError, absolute, read_json
 from dedup_engine.report.schema import TOOL
 from dedup_engine.version import __version__
 
-# What only acting needs loads when a run acts (in the functions below), so that every other
-# command, `dedup find` above all, starts without it.
+# What only acting or previewing needs loads when a run acts or previews (in the functions
+# below), so that every other command, `dedup find` above all, starts without it.
 if TYPE_CHECKING:
     from dedup_engine.apply.journal import JournalError
     from dedup_engine.apply.outcome import OpResult
@@ -241,6 +240,8 @@ def _read_and_plan(report: str, policy: Policy) -> tuple[bytes, Plan]:
 
 
 def _dry_run(plan: Plan, action: Action, form: str) -> ApplyStatus:
+    from dedup_engine.apply.preview import write_json, write_text
+
     try:
         with reader_may_leave(), output_to(None, "the dry run") as out:
             if form == "json":
@@ -419,6 +420,8 @@ def _write_script(path: str, plan: Plan, action: Action, report: str) -> bool:
     """A new file, never through a symlink nor over an existing file (someone else's could
     be changed between the review and `sh FILE`), readable by its owner only (it lists every
     path of the plan).  False if it could not be written (said on stderr; no file is left)."""
+    from dedup_engine.apply.preview import write_script
+
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(path, flags, 0o700)

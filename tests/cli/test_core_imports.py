@@ -1,4 +1,5 @@
-"""The library never imports the CLI's libraries.
+"""What is imported where: the library never imports the CLI's libraries, and the command line
+loads what only `dedup apply` acts or previews with when it does.
 
 `import dedup_engine` and a whole search (in process and with workers, report writing included)
 leave rich, typer and click out of sys.modules.
@@ -41,6 +42,29 @@ def test_library_does_not_import_the_cli_libraries(tmp_path: Path) -> None:
         capture_output=True,
         timeout=60,
         check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert proc.stdout.decode().strip() == "none"
+
+
+#: Modules that only acting, resuming or previewing (`dedup apply`) use: every other command
+#: starts without them.
+APPLY_ONLY = (
+    "dedup_engine.apply.journal",
+    "dedup_engine.apply.outcome",
+    "dedup_engine.apply.preview",
+    "dedup_engine.apply.resume",
+    "dedup_engine.apply.runner",
+)
+
+
+def test_the_command_line_loads_what_apply_acts_with_only_when_it_acts() -> None:
+    script = (
+        "import sys, dedup_engine.cli.app\n"
+        f"print(','.join(m for m in {APPLY_ONLY!r} if m in sys.modules) or 'none')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     assert proc.stdout.decode().strip() == "none"

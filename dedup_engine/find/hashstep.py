@@ -121,7 +121,12 @@ class Scatter:
     """One batch's tasks to the workers that own its files; `done` once every part is back.
 
     `make` builds an owner's task from the positions (in the batch's keys) of its files and
-    their rows in its store; `take` gets each part's result with those positions.
+    their rows in its store; `take` gets each part's result with those positions.  An owner's
+    share of more than a batch's files (`StepContext.batch_files`) goes in several tasks: a
+    batch holds whole groups, and one size group can hold a large share of a tree (its files of
+    a few bytes: some 62,000 of the 1M-file `scale` tree, 6% of it), whose task would otherwise
+    hold a name, an inode and more for each of them in its worker at once, some 200 bytes a
+    file.
     """
 
     def __init__(
@@ -134,11 +139,16 @@ class Scatter:
     ) -> None:
         self._take = take
         self._done = done
-        parts = owner_rows(keys)
+        most = context.batch_files
+        parts = [
+            (worker, positions[at : at + most], local[at : at + most])
+            for worker, (positions, local) in owner_rows(keys).items()
+            for at in range(0, len(positions), most)
+        ]
         self._left = len(parts)
         if not parts:
             done()
-        for worker, (positions, local) in parts.items():
+        for worker, positions, local in parts:
             context.pool.submit(make(positions, local), self._part(positions), worker)
 
     def _part(self, positions: array[int]) -> Callable[[Any], None]:

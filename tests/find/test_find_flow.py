@@ -1,9 +1,10 @@
-"""How groups flow through the stages: bounded queues, stages closed in order, and the spinning
-disks' lock directory."""
+"""How groups flow through the stages: bounded queues and tasks, stages closed in order, and the
+spinning disks' lock directory."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +12,7 @@ import pytest
 from treebuilder import Tree, brute_groups, content, groups_of
 
 from dedup_engine import Progress, ScanOptions, Stage, find_duplicates
-from dedup_engine.find import hashstep, pipeline
+from dedup_engine.find import hashstep, pipeline, pool
 from dedup_engine.find.pipeline import AHEAD_BATCHES
 from dedup_engine.find.readers import lock_dir
 from dedup_engine.model import DuplicateGroup
@@ -54,6 +55,34 @@ def test_stages_fed_with_small_batches_give_the_same_groups(
         tree.file(f"d{n % 11}/f{n}", content(size, seed=f"{kind}-{n % 5}-{n % 2}"))
     result = find_duplicates(tree.root, ScanOptions(workers=workers))
     assert groups_of(result) == brute_groups(tree.root)
+
+
+@pytest.mark.usefixtures("deadline")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_size_group_larger_than_a_task_goes_to_its_owners_in_bounded_tasks(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """A batch holds whole groups, so one size group of many files is one batch; its owners
+    still get it, and its names are asked of them, in tasks of a batch's files at most."""
+    monkeypatch.setattr(hashstep, "BATCH_FILES", 16)
+    for n in range(300):  # one size group of 300 files: 30 groups of 10 copies
+        tree.file(f"d{n % 7}/f{n}", content(50, seed=str(n % 30)))
+    rows: list[int] = []  # of each task that has rows
+
+    def watching(submit: Callable[..., int]) -> Callable[..., int]:
+        def watch(self: object, task: object, *args: object) -> int:
+            rows.append(len(getattr(task, "rows", ())))
+            return submit(self, task, *args)
+
+        return watch
+
+    for cls in (pool.InlinePool, pool.ProcessPool):
+        monkeypatch.setattr(cls, "submit", watching(cls.submit))
+    result = find_duplicates(tree.root, ScanOptions(workers=workers))
+    assert groups_of(result) == brute_groups(tree.root)
+    assert len(result.groups) == 30
+    assert sum(rows) >= 2 * 300  # every file hashed, then named
+    assert max(rows) <= 16 * max(1, workers)  # `StepContext.batch_files`
 
 
 def test_more_size_groups_are_fed_while_no_stage_holds_a_whole_batch() -> None:

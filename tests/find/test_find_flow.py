@@ -59,7 +59,7 @@ def test_stages_fed_with_small_batches_give_the_same_groups(
 
 @pytest.mark.usefixtures("deadline")
 @pytest.mark.parametrize("workers", [0, 2])
-def test_a_size_group_larger_than_a_task_goes_to_its_owners_in_bounded_tasks(
+def test_a_size_group_larger_than_a_batch_goes_to_its_owners_in_batch_sized_tasks(
     tree: Tree, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
     """A batch holds whole groups, so one size group of many files is one batch; its owners
